@@ -1,0 +1,68 @@
+"""The web process: a Flask app that validates, authenticates and enqueues (SPEC 2).
+
+It never imports an HTTP client and never maps or delivers; that is the workers' job.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from app.enqueue import Enqueuer
+from app.errors import ApiError
+from app.views import ops, tracking, webhooks
+from connector.config import Settings, load_settings
+from workers.celery_app import create_celery
+
+log = logging.getLogger("connector.web")
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Application factory; configuration errors surface here, at start-up, all at once."""
+    settings = settings or load_settings()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = None  # bounded by app.body, which also bounds gzip
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=2)
+    celery = create_celery(settings.redis_url)
+    app.extensions["connector.settings"] = settings
+    app.extensions["connector.redis"] = client
+    app.extensions["connector.celery"] = celery
+    app.extensions["connector.enqueuer"] = Enqueuer(celery, client)
+    app.register_blueprint(tracking)
+    app.register_blueprint(webhooks)
+    app.register_blueprint(ops)
+    _register_errors(app)
+    return app
+
+
+def _json_error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: object
+) -> Response:
+    response = jsonify({"code": code, "message": message, **extra})
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _register_errors(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def api_error(exc: ApiError) -> Response:
+        return _json_error(exc.status, exc.code, exc.message, exc.headers, **exc.extra)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return _json_error(exc.code or 400, code, exc.description or exc.name or "error")
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        # A bug of ours, never the client's input: log it (without the body) and answer 503 so
+        # Segment's clients retry instead of dropping the events.
+        log.exception("unexpected error while handling a request")
+        return _json_error(
+            503, "internal_error", "the request could not be processed; retry later", {"Retry-After": "5"}
+        )

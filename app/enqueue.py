@@ -1,0 +1,91 @@
+"""Hand accepted work to the broker: one message per request, never one per event.
+
+Answering 2xx means the broker holds the work (SPEC 2.1), so every failure to publish becomes a
+503 with ``Retry-After`` that Segment's libraries retry.  Before publishing, the connection's
+backlog counter is reserved; over its bound the client gets a 429 instead of Redis running out
+of memory (SPEC 5, backpressure).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import redis
+from celery import Celery
+from kombu.exceptions import KombuError, OperationalError
+
+from app.errors import ApiError
+from connector.config import Connection
+from workers.celery_app import TASK_SEGMENT_EVENTS, TASK_VOUCHERIFY_WEBHOOK
+from workers.delivery import backlog
+
+log = logging.getLogger("connector.ingest")
+
+RETRY_AFTER_UNAVAILABLE = "5"
+RETRY_AFTER_BACKLOG = "30"
+
+# Everything that means "the broker did not take it": Redis gone, a timeout, a refused publish.
+_BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    OperationalError,
+    KombuError,
+    redis.RedisError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
+
+
+def unavailable() -> ApiError:
+    return ApiError(
+        503,
+        "broker_unavailable",
+        "the queue is unavailable; nothing was accepted, retry later",
+        headers={"Retry-After": RETRY_AFTER_UNAVAILABLE},
+    )
+
+
+class Enqueuer:
+    def __init__(self, celery: Celery, client: redis.Redis) -> None:
+        self.celery = celery
+        self.redis = client
+
+    def _reserve(self, connection: Connection, count: int) -> None:
+        try:
+            ok = backlog.reserve(self.redis, connection.id, count, connection.backlog_limit)
+        except _BROKER_ERRORS:
+            log.warning("redis unavailable while reserving backlog", extra={"connection": connection.id})
+            raise unavailable() from None
+        if not ok:
+            raise ApiError(
+                429,
+                "backlog_full",
+                f"connection {connection.id!r} has too much queued work; retry later",
+                headers={"Retry-After": RETRY_AFTER_BACKLOG},
+            )
+
+    def _publish(self, connection: Connection, count: int, name: str, args: list[Any], queue: str) -> None:
+        self._reserve(connection, count)
+        try:
+            self.celery.send_task(name, args=args, queue=queue, routing_key=queue, retry=False)
+        except _BROKER_ERRORS:
+            log.warning("broker unavailable while publishing", extra={"connection": connection.id})
+            with contextlib.suppress(*_BROKER_ERRORS):  # the counter's TTL reconciles it
+                backlog.release(self.redis, connection.id, count)
+            raise unavailable() from None
+
+    def segment_events(self, connection: Connection, events: list[dict[str, Any]]) -> None:
+        self._publish(
+            connection, len(events), TASK_SEGMENT_EVENTS, [connection.id, events], connection.voucherify.queue
+        )
+
+    def voucherify_webhook(self, connection: Connection, payload: Any, received_at: float) -> None:
+        assert connection.segment is not None
+        self._publish(
+            connection,
+            1,
+            TASK_VOUCHERIFY_WEBHOOK,
+            [connection.id, payload, received_at],
+            connection.segment.queue,
+        )

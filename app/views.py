@@ -1,0 +1,155 @@
+"""HTTP endpoints of the web process: Tracking API, webhook receivers, health.
+
+Views only parse, authenticate, validate and enqueue; the rules live in :mod:`app.ingest`,
+:mod:`app.body` and :mod:`app.enqueue`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from app import body as bodies
+from app.auth import basic_user, connection_for_key
+from app.errors import ApiError, bad_request, unauthorized
+from app.ingest import PATH_TYPES, IngestResult, ingest_body
+from connector.config import Connection, Settings
+from connector.signatures import segment_signature_valid, voucherify_signature_valid
+
+tracking = Blueprint("tracking", __name__)
+webhooks = Blueprint("webhooks", __name__)
+ops = Blueprint("ops", __name__)
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.extensions["connector.settings"]
+    return settings
+
+
+def _enqueuer() -> Any:
+    return current_app.extensions["connector.enqueuer"]
+
+
+def _accept(connection: Connection, result: IngestResult) -> Response:
+    if not result.accepted:
+        first = result.rejected[0] if result.rejected else None
+        raise bad_request(
+            first.code if first and len(result.rejected) == 1 else "no_valid_events",
+            first.message if first and len(result.rejected) == 1 else "no event in the request is valid",
+            rejected=[r.as_dict() for r in result.rejected],
+        )
+    _enqueuer().segment_events(connection, result.accepted)
+    payload: dict[str, Any] = {"success": True}
+    if result.rejected:
+        payload["rejected"] = [r.as_dict() for r in result.rejected]
+    return jsonify(payload)
+
+
+@tracking.post("/v1/<kind>")
+def track_api(kind: str) -> Response:
+    path_type = PATH_TYPES.get(kind)
+    if path_type is None:
+        raise ApiError(404, "not_found", f"unknown endpoint /v1/{kind}")
+    settings = _settings()
+    key = basic_user(request)
+    connection = connection_for_key(settings, key) if key else None
+    raw = bodies.read_raw(request, bodies.MAX_BATCH_BYTES if path_type == "batch" else bodies.MAX_EVENT_BYTES)
+    body = bodies.parse_json(raw)
+    if connection is None:
+        connection = connection_for_key(settings, body.get("writeKey") if isinstance(body, dict) else None)
+    if path_type != "batch" and isinstance(body, dict) and bodies.depth_exceeds(body):
+        raise bad_request("nesting_too_deep", f"JSON nesting deeper than {bodies.MAX_DEPTH} levels")
+    result = ingest_body(body, path_type)
+    if path_type != "batch" and result.rejected:
+        rejection = result.rejected[0]
+        raise bad_request(rejection.code, rejection.message)
+    return _accept(connection, result)
+
+
+def _connection_or_404(connection_id: str) -> Connection:
+    connection = _settings().connection(connection_id)
+    if connection is None:
+        raise ApiError(404, "unknown_connection", f"no connection {connection_id!r}")
+    return connection
+
+
+@webhooks.post("/webhooks/segment/<connection_id>")
+def segment_webhook(connection_id: str) -> Response:
+    connection = _connection_or_404(connection_id)
+    raw = bodies.read_raw(request)
+    secret = connection.segment_webhook_secret
+    if secret is not None and not segment_signature_valid(
+        raw, request.headers.get("X-Signature"), secret.reveal()
+    ):
+        raise unauthorized("invalid_signature", "X-Signature is missing or does not match the body")
+    body = bodies.parse_json(raw)
+    if isinstance(body, list):
+        # The Actions webhook sends a JSON array of events: treat it as a batch.
+        if len(body) > bodies.MAX_BATCH_EVENTS:
+            raise bad_request("too_many_events", f"at most {bodies.MAX_BATCH_EVENTS} events per request")
+        result = ingest_body({"batch": body}, "batch")
+    elif isinstance(body, dict):
+        result = ingest_body({"batch": [body]}, "batch")
+        if result.rejected:
+            raise bad_request(result.rejected[0].code, result.rejected[0].message)
+    else:
+        raise bad_request("not_an_object", "the body must be a JSON object or an array of objects")
+    return _accept(connection, result)
+
+
+@webhooks.post("/webhooks/voucherify/<connection_id>")
+def voucherify_webhook(connection_id: str) -> tuple[Response, int]:
+    from workers.errors import MappingError
+    from workers.source.envelope import event_age_seconds, parse_webhook
+
+    connection = _connection_or_404(connection_id)
+    secret = connection.voucherify.webhook_secret
+    if secret is None:
+        raise unauthorized(
+            "webhooks_not_configured", f"connection {connection_id!r} has no Voucherify webhook_secret"
+        )
+    raw = bodies.read_raw(request)
+    body = bodies.parse_json(raw)
+    if not voucherify_signature_valid(
+        raw, request.headers.get("x-voucherify-signature"), secret.reveal(), body
+    ):
+        raise unauthorized(
+            "invalid_signature", "x-voucherify-signature is missing or does not match the body"
+        )
+    if not isinstance(body, dict):
+        raise bad_request("not_an_object", "the body must be a JSON object")
+    if bodies.depth_exceeds(body):
+        raise bad_request("nesting_too_deep", f"JSON nesting deeper than {bodies.MAX_DEPTH} levels")
+    try:
+        event = parse_webhook(body)
+    except MappingError as exc:
+        raise bad_request("invalid_webhook", exc.message) from None
+    now = time.time()
+    age = event_age_seconds(event, now)
+    if age is not None and age > connection.voucherify.max_event_age_seconds:
+        raise bad_request(
+            "event_too_old",
+            f"the event is older than {connection.voucherify.max_event_age_seconds // 3600} h; refused",
+        )
+    if connection.segment is None:
+        raise ApiError(
+            409, "segment_not_configured", f"connection {connection_id!r} has no [connection.segment]"
+        )
+    _enqueuer().voucherify_webhook(connection, body, now)
+    return jsonify({"accepted": True, "event_id": event.event_id}), 202
+
+
+@ops.get("/healthz")
+def healthz() -> Response:
+    return jsonify({"status": "ok"})
+
+
+@ops.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    try:
+        current_app.extensions["connector.redis"].ping()
+    except Exception:  # any failure to reach Redis means "not ready"
+        return jsonify({"code": "redis_unavailable", "message": "Redis is not reachable"}), 503
+    return jsonify({"status": "ready"}), 200

@@ -1,0 +1,511 @@
+"""Configuration: environment variables and ``connections.toml``, mapped explicitly (SPEC 1).
+
+Both processes (web and workers) call :func:`load_settings` once at start-up.  Every problem is
+collected and reported at once as a :class:`ConfigError` whose lines name the connection and the
+key, so an operator fixes a file in one go instead of one restart per typo.  Secrets are wrapped
+in :class:`~connector.secrets.Secret` the moment they are read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from connector import regions
+from connector.secrets import Secret
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+CONNECTION_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+MODES = ("rest", "segmentio")
+MAX_SUBSCRIPTIONS = 50
+
+
+class ConfigError(Exception):
+    """All configuration problems found, one per line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class VoucherifySettings:
+    app_id: Secret
+    secret_key: Secret
+    region: str | None
+    api_url: str | None
+    mode: str
+    base_url: str
+    queue: str
+    webhook_secret: Secret | None = None
+    rate_limit_per_minute: int | None = None
+    # Age beyond which an incoming Voucherify webhook is refused (replay protection, SPEC 4.1).
+    max_event_age_seconds: int = 48 * 3600
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    write_key: Secret
+    region: str | None
+    api_url: str | None
+    base_url: str
+    queue: str
+    # None: every customer.* event; otherwise only these Segment event names / Voucherify types
+    # beyond the twelve catalog events (SPEC 4.2).
+    extra_events: tuple[str, ...] | None = None
+    requests_per_second: int = 1000
+
+
+@dataclass(frozen=True)
+class DestinationSettings:
+    identify_disabled: bool = False
+    track_disabled: bool = False
+    page_disabled: bool = False
+    screen_disabled: bool = False
+    group_disabled: bool = False
+    ignore_anonymous: bool = False
+    track_events_filter: tuple[str, ...] = ()
+    group_metadata_prefix: str = "segment_group_"
+    mappings: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Connection:
+    id: str
+    write_keys: tuple[Secret, ...]
+    voucherify: VoucherifySettings
+    segment: SegmentSettings | None = None
+    destination: DestinationSettings = field(default_factory=DestinationSettings)
+    segment_webhook_secret: Secret | None = None
+    retry_window_seconds: int = 4 * 3600
+    # Bound on queued work (events) before ingest answers 429 (SPEC 5, backpressure).
+    backlog_limit: int = 100_000
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str
+    connections: tuple[Connection, ...]
+    port: int = 8000
+    _by_key: Mapping[str, Connection] = field(default_factory=dict, repr=False)
+    _by_id: Mapping[str, Connection] = field(default_factory=dict, repr=False)
+
+    def connection_for_write_key(self, key: str) -> Connection | None:
+        # Look up by digest so that the lookup never compares secrets byte by byte.
+        return self._by_key.get(_key_digest(key))
+
+    def connection(self, connection_id: str) -> Connection | None:
+        return self._by_id.get(connection_id)
+
+    @property
+    def voucherify_queues(self) -> list[str]:
+        return sorted({c.voucherify.queue for c in self.connections})
+
+    @property
+    def segment_queues(self) -> list[str]:
+        return sorted({c.segment.queue for c in self.connections if c.segment})
+
+
+def _key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+class _Reader:
+    """Typed access to one table, recording problems instead of raising on the first."""
+
+    def __init__(
+        self,
+        table: Mapping[str, Any],
+        where: str,
+        env: Mapping[str, str],
+        problems: list[str],
+        prefix: str = "",
+    ) -> None:
+        self.table = table
+        self.where = where
+        self.env = env
+        self.problems = problems
+        self.prefix = f"{prefix}." if prefix else ""
+
+    def child(self, key: str) -> _Reader:
+        return _Reader(self.table_at(key), self.where, self.env, self.problems, self.prefix + key)
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(f"{self.where}: {self.prefix}{key}: {message}")
+
+    def _expand(self, key: str, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+
+        def sub(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in self.env:
+                self.problem(key, f"environment variable {name} is not set")
+                return ""
+            return self.env[name]
+
+        return VAR_RE.sub(sub, value)
+
+    def text(self, key: str, *, required: bool = False, default: str | None = None) -> str | None:
+        if key not in self.table or self.table[key] in (None, ""):
+            if required:
+                self.problem(key, "is required")
+            return default
+        value = self._expand(key, self.table[key])
+        if not isinstance(value, str):
+            self.problem(key, f"must be a string, not {type(value).__name__}")
+            return default
+        if value == "" and required:
+            self.problem(key, "is empty")
+            return default
+        return value or default
+
+    def secret(self, key: str, *, required: bool = False) -> Secret | None:
+        value = self.text(key, required=required)
+        return Secret(value) if value else None
+
+    def flag(self, key: str, default: bool = False) -> bool:
+        value = self._expand(key, self.table.get(key, default))
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no", ""):
+            return value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            self.problem(key, "must be true or false")
+            return default
+        return value
+
+    def integer(self, key: str, default: int | None = None, *, minimum: int = 0) -> int | None:
+        value = self._expand(key, self.table.get(key, default))
+        if value is None or value == "":
+            return default
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            self.problem(key, f"must be an integer, not {value!r}")
+            return default
+        if isinstance(value, bool) or number < minimum:
+            self.problem(key, f"must be an integer >= {minimum}")
+            return default
+        return number
+
+    def str_list(self, key: str) -> tuple[str, ...] | None:
+        if key not in self.table:
+            return None
+        value = self.table[key]
+        if isinstance(value, str):
+            value = [v.strip() for v in self._expand(key, value).split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.problem(key, "must be a list of strings")
+            return None
+        return tuple(self._expand(key, v) for v in value)
+
+    def table_at(self, key: str) -> Mapping[str, Any]:
+        value = self.table.get(key, {})
+        if not isinstance(value, Mapping):
+            self.problem(key, "must be a table")
+            return {}
+        return value
+
+    def unknown_keys(self, known: set[str]) -> None:
+        for key in self.table:
+            if key not in known:
+                self.problem(key, "unknown key")
+
+
+SubscriptionValidator = Callable[[Mapping[str, Any]], list[str]]
+
+
+def _default_subscription_validator() -> SubscriptionValidator:
+    # The mapping language lives with the (pure) mapping code in workers/; importing it here
+    # lets both processes reject a bad subscription at start-up.
+    from workers.destination.subscriptions import validate_subscription
+
+    return validate_subscription
+
+
+def _voucherify(r: _Reader) -> VoucherifySettings | None:
+    r.unknown_keys(
+        {
+            "app_id",
+            "secret_key",
+            "region",
+            "api_url",
+            "mode",
+            "webhook_secret",
+            "rate_limit_per_minute",
+            "max_event_age_hours",
+        }
+    )
+    app_id = r.secret("app_id", required=True)
+    secret_key = r.secret("secret_key", required=True)
+    region = r.text("region")
+    api_url = r.text("api_url")
+    mode = r.text("mode", default="rest") or "rest"
+    if mode not in MODES:
+        r.problem("mode", f"must be one of {', '.join(MODES)}, not {mode!r}")
+        mode = "rest"
+    if api_url and not re.match(r"^https?://", api_url):
+        r.problem("api_url", "must start with http:// or https://")
+    if not region and not api_url:
+        r.problem(
+            "region", f"is required (one of {', '.join(regions.VOUCHERIFY_REGIONS)}) unless api_url is set"
+        )
+        return None
+    try:
+        base_url = regions.voucherify_base_url(region, mode, api_url)
+        queue = regions.voucherify_queue(region, api_url)
+    except regions.UnknownRegion as exc:
+        r.problem("region", str(exc))
+        return None
+    rate = r.integer("rate_limit_per_minute", None, minimum=1)
+    age_hours = r.integer("max_event_age_hours", 48, minimum=1) or 48
+    if app_id is None or secret_key is None:
+        return None
+    return VoucherifySettings(
+        app_id=app_id,
+        secret_key=secret_key,
+        region=region,
+        api_url=api_url,
+        mode=mode,
+        base_url=base_url,
+        queue=queue,
+        webhook_secret=r.secret("webhook_secret"),
+        rate_limit_per_minute=rate,
+        max_event_age_seconds=age_hours * 3600,
+    )
+
+
+def _segment(r: _Reader) -> SegmentSettings | None:
+    r.unknown_keys({"write_key", "region", "api_url", "events", "requests_per_second"})
+    if not r.table:
+        return None
+    write_key = r.secret("write_key", required=True)
+    region = r.text("region", default=None)
+    api_url = r.text("api_url")
+    if not region and not api_url:
+        region = "us"  # Voucherify's own integration defaults to US (Oregon).
+    try:
+        base_url = regions.segment_base_url(region, api_url)
+        queue = regions.segment_queue(region, api_url)
+    except regions.UnknownRegion as exc:
+        r.problem("region", str(exc))
+        return None
+    rps = r.integer("requests_per_second", 1000, minimum=1) or 1000
+    if write_key is None:
+        return None
+    return SegmentSettings(
+        write_key=write_key,
+        region=region,
+        api_url=api_url,
+        base_url=base_url,
+        queue=queue,
+        extra_events=r.str_list("events"),
+        requests_per_second=rps,
+    )
+
+
+def _destination(r: _Reader, validator: SubscriptionValidator | None) -> DestinationSettings:
+    r.unknown_keys(
+        {
+            "identify_disabled",
+            "track_disabled",
+            "page_disabled",
+            "screen_disabled",
+            "group_disabled",
+            "ignore_anonymous",
+            "track_events_filter",
+            "group_metadata_prefix",
+            "mapping",
+        }
+    )
+    raw_mappings = r.table.get("mapping", [])
+    mappings: list[Mapping[str, Any]] = []
+    if not isinstance(raw_mappings, list) or not all(isinstance(m, Mapping) for m in raw_mappings):
+        r.problem("mapping", "must be an array of tables ([[connection.destination.mapping]])")
+    else:
+        if len(raw_mappings) > MAX_SUBSCRIPTIONS:
+            r.problem("mapping", f"at most {MAX_SUBSCRIPTIONS} subscriptions, got {len(raw_mappings)}")
+        for index, raw in enumerate(raw_mappings):
+            errors = validator(raw) if validator else []
+            for error in errors:
+                r.problem(f"mapping[{index}]", error)
+            mappings.append(raw)
+    return DestinationSettings(
+        identify_disabled=r.flag("identify_disabled"),
+        track_disabled=r.flag("track_disabled"),
+        page_disabled=r.flag("page_disabled"),
+        screen_disabled=r.flag("screen_disabled"),
+        group_disabled=r.flag("group_disabled"),
+        ignore_anonymous=r.flag("ignore_anonymous"),
+        track_events_filter=r.str_list("track_events_filter") or (),
+        group_metadata_prefix=r.text("group_metadata_prefix", default="segment_group_") or "segment_group_",
+        mappings=tuple(mappings),
+    )
+
+
+def _connection(
+    raw: Mapping[str, Any],
+    index: int,
+    env: Mapping[str, str],
+    problems: list[str],
+    validator: SubscriptionValidator | None,
+) -> Connection | None:
+    cid_raw = raw.get("id")
+    cid = cid_raw if isinstance(cid_raw, str) else f"#{index}"
+    where = f"connection {cid!r}"
+    r = _Reader(raw, where, env, problems)
+    r.unknown_keys(
+        {
+            "id",
+            "write_keys",
+            "segment_webhook_secret",
+            "voucherify",
+            "segment",
+            "destination",
+            "retry_window_hours",
+            "backlog_limit",
+        }
+    )
+    if not isinstance(cid_raw, str) or not CONNECTION_ID_RE.match(cid_raw):
+        r.problem("id", "is required and must match [a-z0-9-]+")
+    write_keys = r.str_list("write_keys") or ()
+    if "voucherify" not in raw:
+        r.problem("voucherify", "section [connection.voucherify] is required")
+    vf = _voucherify(r.child("voucherify"))
+    seg = _segment(r.child("segment"))
+    dest = _destination(r.child("destination"), validator)
+    window = r.integer("retry_window_hours", 4, minimum=1) or 4
+    backlog = r.integer("backlog_limit", 100_000, minimum=1) or 100_000
+    if vf is None:
+        return None
+    return Connection(
+        id=cid,
+        write_keys=tuple(Secret(k) for k in write_keys if k),
+        voucherify=vf,
+        segment=seg,
+        destination=dest,
+        segment_webhook_secret=r.secret("segment_webhook_secret"),
+        retry_window_seconds=window * 3600,
+        backlog_limit=backlog,
+    )
+
+
+def _from_env_shorthand(env: Mapping[str, str]) -> dict[str, Any] | None:
+    """The single-connection shorthand of SPEC 1, as the same table a TOML file would give."""
+    if not env.get("INGEST_WRITE_KEYS") and not env.get("VOUCHERIFY_APP_ID"):
+        return None
+    vf: dict[str, Any] = {
+        "app_id": env.get("VOUCHERIFY_APP_ID", ""),
+        "secret_key": env.get("VOUCHERIFY_SECRET_KEY", ""),
+        "mode": env.get("VOUCHERIFY_MODE", "rest"),
+    }
+    for key, var in (
+        ("region", "VOUCHERIFY_REGION"),
+        ("api_url", "VOUCHERIFY_API_URL"),
+        ("webhook_secret", "VOUCHERIFY_WEBHOOK_SECRET"),
+        ("rate_limit_per_minute", "VOUCHERIFY_RATE_LIMIT_PER_MINUTE"),
+    ):
+        if env.get(var):
+            vf[key] = env[var]
+    if "region" not in vf and "api_url" not in vf:
+        vf["region"] = "eu"  # Voucherify's default API host (api.voucherify.io) is the EU cluster.
+    conn: dict[str, Any] = {
+        "id": "default",
+        "write_keys": [k.strip() for k in env.get("INGEST_WRITE_KEYS", "").split(",") if k.strip()],
+        "voucherify": vf,
+    }
+    if env.get("SEGMENT_WEBHOOK_SECRET"):
+        conn["segment_webhook_secret"] = env["SEGMENT_WEBHOOK_SECRET"]
+    if env.get("SEGMENT_WRITE_KEY"):
+        seg: dict[str, Any] = {"write_key": env["SEGMENT_WRITE_KEY"]}
+        if env.get("SEGMENT_REGION"):
+            seg["region"] = env["SEGMENT_REGION"]
+        if env.get("SEGMENT_API_URL"):
+            seg["api_url"] = env["SEGMENT_API_URL"]
+        conn["segment"] = seg
+    return {"connection": [conn]}
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None,
+    *,
+    validator: SubscriptionValidator | None = None,
+    require_connections: bool = True,
+) -> Settings:
+    """Read the whole configuration; raise :class:`ConfigError` listing every problem."""
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    validator = validator or _default_subscription_validator()
+    path = env.get("CONNECTIONS_FILE")
+    document: Mapping[str, Any] | None
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                document = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError([f"CONNECTIONS_FILE: {path} does not exist"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"CONNECTIONS_FILE: {path} is not valid TOML: {exc}"]) from None
+    else:
+        document = _from_env_shorthand(env)
+
+    connections: list[Connection] = []
+    raw_connections = (document or {}).get("connection", [])
+    if not isinstance(raw_connections, list):
+        problems.append("connection: must be an array of tables ([[connection]])")
+        raw_connections = []
+    for index, raw in enumerate(raw_connections):
+        if not isinstance(raw, Mapping):
+            problems.append(f"connection #{index}: must be a table")
+            continue
+        conn = _connection(raw, index, env, problems, validator)
+        if conn is not None:
+            connections.append(conn)
+    if require_connections and not raw_connections:
+        problems.append(
+            "no connection configured: set CONNECTIONS_FILE, or INGEST_WRITE_KEYS and VOUCHERIFY_* "
+            "(or use `make run` for the sandbox)"
+        )
+
+    by_key: dict[str, Connection] = {}
+    by_id: dict[str, Connection] = {}
+    for conn in connections:
+        if conn.id in by_id:
+            problems.append(f"connection {conn.id!r}: id: used by more than one connection")
+        by_id[conn.id] = conn
+        for key in conn.write_keys:
+            digest = _key_digest(key.reveal())
+            if digest in by_key and by_key[digest].id != conn.id:
+                problems.append(
+                    f"connection {conn.id!r}: write_keys: a key is also used by {by_key[digest].id!r}"
+                )
+            by_key[digest] = conn
+
+    redis_url = env.get("REDIS_URL") or DEFAULT_REDIS_URL
+    if not re.match(r"^(redis|rediss|unix)://", redis_url):
+        problems.append("REDIS_URL: must be a redis://, rediss:// or unix:// URL")
+    port_raw = env.get("PORT", "8000")
+    try:
+        port = int(port_raw)
+    except ValueError:
+        problems.append(f"PORT: must be an integer, not {port_raw!r}")
+        port = 8000
+    if problems:
+        raise ConfigError(problems)
+    return Settings(
+        redis_url=redis_url, connections=tuple(connections), port=port, _by_key=by_key, _by_id=by_id
+    )
+
+
+def redact_url(url: str) -> str:
+    """redis://:password@host -> redis://:****@host, for log lines."""
+    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1****@", url)

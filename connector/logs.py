@@ -1,0 +1,83 @@
+"""Logging: one JSON object per line (or a readable line on a terminal), secrets redacted.
+
+Fields passed with ``extra={...}`` become JSON keys.  A last-line filter masks anything that
+looks like a credential (Basic/Bearer tokens, ``X-App-Token: ...``, ``secret_key=...``) in case a
+library logs a header or a URL; secrets are wrapped in :class:`connector.secrets.Secret`
+everywhere else, so this is a second line of defence, not the first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+from typing import Any
+
+import orjson
+
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+
+_PATTERNS = [
+    re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?(?:basic|bearer)\s+)[A-Za-z0-9+/=._-]+"),
+    re.compile(
+        r"(?i)((?:x-app-token|secret-key|secret_key|write_key|writekey|webhook_secret)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+"
+    ),
+    re.compile(r"(redis(?:s)?://[^:/@\s]*:)[^@\s]+@"),
+]
+
+
+def redact(text: str) -> str:
+    for pattern in _PATTERNS:
+        text = pattern.sub(lambda m: m.group(1) + "****" + ("@" if m.group(0).endswith("@") else ""), text)
+    return text
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, process_type: str) -> None:
+        super().__init__()
+        self.process_type = process_type
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "process": self.process_type,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                data[key] = value
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return redact(orjson.dumps(data, default=str).decode())
+
+
+class HumanFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        extras = " ".join(
+            f"{k}={v}" for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")
+        )
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        line = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        if extras:
+            line += f"  [{extras}]"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return redact(line)
+
+
+def configure_logging(process_type: str, level: str | None = None) -> None:
+    """JSON lines unless stderr is a terminal (or ``LOG_FORMAT=human``)."""
+    fmt = os.environ.get("LOG_FORMAT") or ("human" if sys.stderr.isatty() else "json")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(HumanFormatter() if fmt == "human" else JsonFormatter(process_type))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel((level or os.environ.get("LOG_LEVEL") or "INFO").upper())
+    # Libraries that log request URLs or headers at DEBUG stay quiet unless asked for.
+    for noisy in ("urllib3", "requests", "kombu", "amqp"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,15 @@
+"""gunicorn settings for the web process (Heroku sets PORT and WEB_CONCURRENCY)."""
+
+import os
+
+bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
+timeout = 30
+graceful_timeout = 25
+keepalive = 5
+# Access logs would carry nothing secret (paths only), but per-event outcome lines are ours.
+accesslog = None
+errorlog = "-"
+# Fail at start-up, not at the first request, when the configuration is wrong.
+preload_app = True

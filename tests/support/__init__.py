@@ -1,0 +1,1 @@
+"""Shared test helpers (real processes, fakes, brokers...): import them as ``tests.support.<module>``."""

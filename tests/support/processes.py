@@ -1,0 +1,185 @@
+"""Real processes for integration tests: gunicorn, Celery workers, the scheduler, Redis.
+
+Each process writes to a log file in the test's tmp dir (shown when a test fails) and is always
+stopped, also when the test fails.  Environment is explicit: tests never inherit a developer's
+CONNECTIONS_FILE by accident.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from connector.embedded import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def base_env(redis_url: str, connections_file: Path | None = None, **extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("VOUCHERIFY_", "SEGMENT_", "INGEST_", "CONNECTIONS_", "CONNECTOR_", "WORKER_"))
+    }
+    env.update(
+        {
+            "REDIS_URL": redis_url,
+            "LOG_FORMAT": "json",
+            "PYTHONUNBUFFERED": "1",
+            "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        }
+    )
+    if connections_file is not None:
+        env["CONNECTIONS_FILE"] = str(connections_file)
+    env.update(extra)
+    return env
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = ""
+) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except Exception as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: last={last!r}")
+
+
+class Proc:
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.args = args
+        self.env = env
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(
+            self.args, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            assert self.proc is not None
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if not self.alive():
+            return
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(10)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+class Stack:
+    """The processes of one test; ``close()`` stops them all."""
+
+    def __init__(self, tmp: Path, env: dict[str, str]) -> None:
+        self.tmp = tmp
+        self.env = env
+        self.procs: list[Proc] = []
+        self.web_url = ""
+
+    def add(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(name, args, env or self.env, self.tmp).start()
+        self.procs.append(proc)
+        return proc
+
+    def web(self, workers: int = 1, extra_env: dict[str, str] | None = None) -> Proc:
+        port = free_port()
+        env = {**self.env, "PORT": str(port), "WEB_CONCURRENCY": str(workers), **(extra_env or {})}
+        proc = self.add("web", [str(BIN / "gunicorn"), "app.wsgi:app", "--config", "gunicorn.conf.py"], env)
+        self.web_url = f"http://127.0.0.1:{port}"
+        wait_until(
+            lambda: requests.get(self.web_url + "/healthz", timeout=1).status_code == 200 or not proc.alive(),
+            what="gunicorn /healthz",
+        )
+        assert proc.alive(), proc.log()
+        return proc
+
+    def worker(
+        self,
+        name: str = "worker",
+        queues: list[str] | None = None,
+        concurrency: int = 20,
+        pool: str = "gevent",
+        **extra: str,
+    ) -> Proc:
+        args = [
+            str(BIN / "celery"),
+            "-A",
+            "workers.worker",
+            "worker",
+            "--pool",
+            pool,
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-n",
+            f"{name}-{os.getpid()}-{len(self.procs)}@%h",
+        ]
+        env = {**self.env, **extra}
+        if queues:
+            env["WORKER_QUEUES"] = ",".join(queues)
+        proc = self.add(name, args, env)
+        wait_until(lambda: "ready" in proc.log() or not proc.alive(), timeout=30, what=f"celery {name} ready")
+        assert proc.alive(), proc.log()
+        return proc
+
+    def scheduler(self, **extra: str) -> Proc:
+        return self.add("scheduler", [str(BIN / "connector"), "scheduler"], {**self.env, **extra})
+
+    def logs(self) -> str:
+        return "\n".join(f"===== {p.name} =====\n{p.log()[-6000:]}" for p in self.procs)
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()

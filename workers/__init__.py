@@ -1,0 +1,1 @@
+"""Celery workers: mapping, delivery, retries (the worker process side of the connector)."""

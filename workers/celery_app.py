@@ -1,0 +1,87 @@
+"""The Celery application, shared by the web process (publishing) and the workers (consuming).
+
+Importing this module is cheap and pulls in no HTTP client: the web process publishes by task
+*name* and never imports :mod:`workers.tasks`.
+
+Settings that keep accepted work safe (SPEC 5):
+- ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged after its task
+  returns, and a worker killed mid-task (SIGKILL, OOM) gives it back to the queue.
+- a short ``visibility_timeout`` with a fast unacked sweep: with the Redis transport a message
+  whose worker vanished comes back only after the visibility timeout, found by a periodic scan
+  that kombu runs every ``unacked_restore_interval * unacked_restore_throttle`` seconds (100 s by
+  default).  Tasks here are bounded in time (long waits are parked in Redis, never slept or
+  scheduled with ``countdown``), so a short timeout never re-runs a healthy task.
+- JSON only, no result backend, reconnects on broker loss.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from connector.config import DEFAULT_REDIS_URL
+
+# Task names are the contract between the web process and the workers.
+TASK_SEGMENT_EVENTS = "connector.segment_events"
+TASK_VOUCHERIFY_WEBHOOK = "connector.voucherify_webhook"
+TASK_DELIVER = "connector.deliver"
+TASK_SEGMENT_FLUSH = "connector.segment_flush"
+
+# Longest a single task may run before it parks its remaining work in Redis.  The visibility
+# timeout must stay well above it so that a running task is never handed to a second worker.
+TASK_TIME_BUDGET_SECONDS = 20
+VISIBILITY_TIMEOUT_SECONDS = int(os.environ.get("CONNECTOR_VISIBILITY_TIMEOUT", "120"))
+
+
+def celery_config(redis_url: str) -> dict[str, Any]:
+    return {
+        "broker_url": redis_url,
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": int(os.environ.get("CONNECTOR_PREFETCH", "4")),
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_retry": True,
+        "broker_connection_max_retries": None,
+        "broker_pool_limit": 10,
+        "broker_transport_options": {
+            "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
+            "unacked_restore_interval": 5,
+            "unacked_restore_throttle": 1,
+            "socket_connect_timeout": 2,
+            "socket_timeout": 5,
+            "retry_on_timeout": True,
+            "health_check_interval": 10,
+        },
+        # Publishing from the web process must fail fast (the client gets 503 and retries),
+        # never hang a gunicorn worker for seconds while Redis is away.
+        "task_publish_retry": False,
+        "task_default_queue": "connector.default",
+        "task_create_missing_queues": True,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
+    }
+
+
+def create_celery(redis_url: str | None = None) -> Celery:
+    url = redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    app = Celery("connector")
+    app.conf.update(celery_config(url))
+    return app
+
+
+def queues_for(names: list[str]) -> list[Queue]:
+    return [Queue(name, routing_key=name) for name in names]
+
+
+celery = create_celery()

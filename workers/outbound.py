@@ -1,0 +1,53 @@
+"""The description of one outbound HTTP call, produced by the pure mappings.
+
+A mapping never performs I/O: it returns :class:`OutboundRequest` values (or raises
+``SkipEvent`` / ``MappingError``).  The delivery machinery adds credentials, sends, classifies.
+Descriptions never hold secrets, so they can be stored in retry and dead-letter records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class OutboundRequest:
+    method: str
+    path: str  # relative to the target's base URL, e.g. "/v1/customers"
+    body: Any  # JSON-serializable
+    idempotency_key: str
+    action: str  # upsert_customer | add_custom_event | assign_group | segment_track ...
+    headers: dict[str, str] = field(default_factory=dict)  # non-secret headers to add
+    # Customer the call concerns (Voucherify source_id / Segment userId): orders and coalesces work.
+    customer: str | None = None
+    # Event time (ISO 8601) used by stale-update protection of customer upserts.
+    event_time: str | None = None
+    message_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "path": self.path,
+            "body": self.body,
+            "idempotency_key": self.idempotency_key,
+            "action": self.action,
+            "headers": dict(self.headers),
+            "customer": self.customer,
+            "event_time": self.event_time,
+            "message_id": self.message_id,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OutboundRequest:
+        return cls(
+            method=data["method"],
+            path=data["path"],
+            body=data["body"],
+            idempotency_key=data["idempotency_key"],
+            action=data["action"],
+            headers=dict(data.get("headers") or {}),
+            customer=data.get("customer"),
+            event_time=data.get("event_time"),
+            message_id=data.get("message_id"),
+        )
