@@ -70,6 +70,12 @@ class DestinationSettings:
     screen_disabled: bool = False
     group_disabled: bool = False
     ignore_anonymous: bool = False
+    # Classic fallback: source_id = userId, else anonymousId.  False gives the Actions preset
+    # exactly (an event without userId fails with the reference's message).
+    anonymous_fallback: bool = True
+    # Events that came from Voucherify through this connector (context.integration.name =
+    # "voucherify") are not sent back, or a two-way setup would loop forever.
+    skip_voucherify_origin: bool = True
     track_events_filter: tuple[str, ...] = ()
     group_metadata_prefix: str = "segment_group_"
     mappings: tuple[Mapping[str, Any], ...] = ()
@@ -322,6 +328,8 @@ def _destination(r: _Reader, validator: SubscriptionValidator | None) -> Destina
             "screen_disabled",
             "group_disabled",
             "ignore_anonymous",
+            "anonymous_fallback",
+            "skip_voucherify_origin",
             "track_events_filter",
             "group_metadata_prefix",
             "mapping",
@@ -346,6 +354,8 @@ def _destination(r: _Reader, validator: SubscriptionValidator | None) -> Destina
         screen_disabled=r.flag("screen_disabled"),
         group_disabled=r.flag("group_disabled"),
         ignore_anonymous=r.flag("ignore_anonymous"),
+        anonymous_fallback=r.flag("anonymous_fallback", True),
+        skip_voucherify_origin=r.flag("skip_voucherify_origin", True),
         track_events_filter=r.str_list("track_events_filter") or (),
         group_metadata_prefix=r.text("group_metadata_prefix", default="segment_group_") or "segment_group_",
         mappings=tuple(mappings),
