@@ -526,9 +526,7 @@ class CompiledDestination:
         if event_type in self.disabled:
             raise SkipEvent(f"{event_type}_disabled", f"{event_type} calls are disabled for this connection")
         if self.skip_voucherify_origin and _from_voucherify(event):
-            raise SkipEvent(
-                "voucherify_origin", "the event came from Voucherify; sending it back would loop"
-            )
+            raise SkipEvent("voucherify_origin", "the event came from Voucherify; sending it back would loop")
         if self.ignore_anonymous:
             user_id = event.get("userId")
             if user_id is None or user_id == "":
@@ -575,10 +573,7 @@ _CACHE_LOCK = threading.Lock()
 
 
 def _same_settings(a: Connection, b: Connection) -> bool:
-    return (
-        a.destination == b.destination
-        and a.voucherify.mode == b.voucherify.mode
-    )
+    return a.destination == b.destination and a.voucherify.mode == b.voucherify.mode
 
 
 def compiled_for(connection: Connection) -> CompiledDestination:
