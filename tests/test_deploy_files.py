@@ -94,7 +94,7 @@ api_url = "http://127.0.0.1:9"
         wait_until(lambda: "ready" in log_path.read_text(), timeout=40, what="worker ready")
         text = log_path.read_text()
         for name in ("web.1", "worker.1", "scheduler.1"):
-            assert "started with pid" in text and name in text, text[-3000:]
+            assert f"{name} started (pid=" in text, text[-3000:]
         assert proc.poll() is None, text[-3000:]
         assert "scheduler.1 stopped" not in text, text[-3000:]
     finally:

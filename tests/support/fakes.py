@@ -310,7 +310,7 @@ class FakeVoucherify(FakeProcess):
         self,
         *,
         app_id: str = "test-vf-app-id",
-        secret_key: str = "test-vf-secret-key",  # noqa: S107 (a fake's test credential)
+        secret_key: str = "test-vf-secret-key",
         name: str = "voucherify",
         strict_nulls: bool = False,
         **kw: Any,

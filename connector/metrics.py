@@ -1,0 +1,90 @@
+"""Every Prometheus metric of the connector, defined once (SPEC 7).
+
+Processes increment these; the web process exposes them at ``/metrics``.  Label values are
+bounded sets (connection ids from configuration, fixed reasons and outcomes, HTTP status codes),
+never free text or customer data.  Multiprocess aggregation (``PROMETHEUS_MULTIPROC_DIR``) is
+set up by the process entry points, not here: prometheus_client picks it at import time.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# --- ingest -----------------------------------------------------------------------------------
+EVENTS_RECEIVED = Counter(
+    "connector_events_received_total", "Events accepted by the ingest", ["connection", "source", "type"]
+)
+EVENTS_REJECTED = Counter(
+    "connector_events_rejected_total", "Events or requests rejected by the ingest", ["connection", "reason"]
+)
+
+# --- workers ----------------------------------------------------------------------------------
+EVENTS_SKIPPED = Counter(
+    "connector_events_skipped_total",
+    "Events acknowledged without an outbound call (by design, duplicates, stale)",
+    ["connection", "direction", "reason"],
+)
+DELIVERIES = Counter(
+    "connector_deliveries_total",
+    "Outbound delivery attempts by outcome (delivered, retry, dead_letter) and HTTP status",
+    ["connection", "direction", "region", "outcome", "status"],
+)
+RETRIES_SCHEDULED = Counter(
+    "connector_retries_scheduled_total",
+    "Deliveries parked for a retry after a failure",
+    ["connection", "direction"],
+)
+DEAD_LETTERS = Counter(
+    "connector_dead_letters_total", "Events dead-lettered, by reason", ["connection", "direction", "reason"]
+)
+RATE_LIMIT_WAITS = Counter(
+    "connector_rate_limit_waits_total",
+    "Deliveries parked because a request budget was spent or the target asked to slow down",
+    ["connection", "target"],
+)
+RATE_LIMIT_SLOWDOWNS = Counter(
+    "connector_rate_limit_slowdowns_total",
+    "Adaptive slow-downs after a 429 or a low X-Rate-Limit-Remaining",
+    ["connection", "target"],
+)
+PARKED = Counter(
+    "connector_parked_total",
+    "Deliveries parked in the delayed store, by reason",
+    ["connection", "direction", "reason"],
+)
+DROPPED = Counter(
+    "connector_dropped_total",
+    "Work dropped because its connection is no longer configured",
+    ["connection", "kind"],
+)
+DELIVERY_LATENCY = Histogram(
+    "connector_delivery_latency_seconds",
+    "From ingest to acknowledgement by the target",
+    ["direction"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400),
+)
+REQUEST_LATENCY = Histogram(
+    "connector_request_latency_seconds",
+    "Duration of one outbound HTTP request",
+    ["target"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15),
+)
+SEGMENT_BATCH_SIZE = Histogram(
+    "connector_segment_batch_events",
+    "Events per Segment /v1/batch request",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500),
+)
+
+# --- scheduler / state ------------------------------------------------------------------------
+SCHEDULER_PUBLISHED = Counter(
+    "connector_scheduler_published_total", "Parked entries moved back onto a queue", ["queue"]
+)
+SCHEDULER_ERRORS = Counter("connector_scheduler_errors_total", "Scheduler loop errors", ["kind"])
+OUTBOX_FLUSHES_PUBLISHED = Counter(
+    "connector_outbox_flushes_published_total",
+    "Segment outbox flush tasks published by the sweep",
+    ["connection"],
+)
+QUEUE_DEPTH = Gauge("connector_queue_depth", "Messages waiting in a broker queue", ["queue"])
+DELAYED_DEPTH = Gauge("connector_delayed_entries", "Entries waiting in the delayed store")
+DEAD_LETTER_DEPTH = Gauge("connector_dead_letter_entries", "Entries in the dead-letter store")

@@ -1,0 +1,264 @@
+"""Dead letters: what could not be delivered, kept whole enough to understand and replay.
+
+Storage: ``{p}dlq`` (zset id -> dead-lettered time, ms) + ``{p}dlq:data`` (hash id -> JSON).
+A record keeps the connection, direction and queue, the original payload (Segment event or
+Voucherify webhook, bounded), the request description (no secrets: auth headers are added only
+at send time), the last status, error and a bounded response excerpt, the attempt history, the
+reason and the time.
+
+Reasons (a closed set, used as a metric label)::
+
+    mapping_error          the event cannot become a request (never retried)
+    rejected               the target answered a permanent status (4xx but 408/423/429, 501, 505)
+    retry_window_exceeded  still failing when the connection's retry window ran out
+    too_large              a Segment track call over 32 KB
+    internal_error         a bug met this event (kept so it can be replayed after the fix)
+
+Replay re-publishes with the SAME idempotency keys -- the stored request as it is, or with
+``remap`` the original payload through today's mapping (deterministic keys again) -- and
+removes the record only after the publish succeeded.  Once the cause is fixed, the ledger makes
+sure each event lands once even if a replay is repeated.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+import redis
+
+from workers.celery_app import TASK_DELIVER, TASK_SEGMENT_EVENTS, TASK_VOUCHERIFY_WEBHOOK
+from workers.delivery import SOURCE, backlog
+from workers.delivery.keys import Keys
+from workers.delivery.publish import Publish
+
+MAPPING_ERROR = "mapping_error"
+REJECTED = "rejected"
+RETRY_WINDOW_EXCEEDED = "retry_window_exceeded"
+TOO_LARGE = "too_large"
+INTERNAL_ERROR = "internal_error"
+REASONS = (MAPPING_ERROR, REJECTED, RETRY_WINDOW_EXCEEDED, TOO_LARGE, INTERNAL_ERROR)
+
+MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_EXCERPT_CHARS = 2048
+MAX_ERROR_CHARS = 1000
+MAX_HISTORY = 50
+
+
+@dataclass
+class DeadLetter:
+    connection_id: str
+    direction: str
+    reason: str
+    error: str
+    queue: str = ""
+    payload: Any = None
+    request: dict[str, Any] | None = None
+    status: int | None = None
+    response_excerpt: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    attempts: int = 0
+    first_attempt_at: float | None = None
+    received_at: float | None = None
+    dead_lettered_at: float = 0.0
+    id: str = ""
+
+    @property
+    def idempotency_key(self) -> str | None:
+        return (self.request or {}).get("idempotency_key")
+
+    @property
+    def message_id(self) -> str | None:
+        req = self.request or {}
+        if req.get("message_id"):
+            return str(req["message_id"])
+        if isinstance(self.payload, dict):
+            value = self.payload.get("messageId") or self.payload.get("id")
+            return str(value) if value is not None else None
+        return None
+
+    @property
+    def action(self) -> str | None:
+        return (self.request or {}).get("action")
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "connection": self.connection_id,
+            "direction": self.direction,
+            "reason": self.reason,
+            "status": self.status,
+            "action": self.action,
+            "message_id": self.message_id,
+            "attempts": self.attempts,
+            "dead_lettered_at": self.dead_lettered_at,
+            "error": self.error,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["idempotency_key"] = self.idempotency_key
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeadLetter:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _bounded_payload(payload: Any) -> Any:
+    raw = orjson.dumps(payload, default=str)
+    if len(raw) <= MAX_PAYLOAD_BYTES:
+        return payload
+    return {"_truncated": True, "bytes": len(raw), "excerpt": raw[:4096].decode(errors="replace")}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class DeadLetters:
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+
+    # --- writing ------------------------------------------------------------------------------
+    def add(self, record: DeadLetter) -> str:
+        record.id = record.id or f"{int(time.time())}-{uuid.uuid4().hex[:12]}"
+        record.dead_lettered_at = record.dead_lettered_at or time.time()
+        record.payload = _bounded_payload(record.payload)
+        record.response_excerpt = (record.response_excerpt or "")[:MAX_EXCERPT_CHARS]
+        record.error = (record.error or "")[:MAX_ERROR_CHARS]
+        record.history = list(record.history or [])[-MAX_HISTORY:]
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self.keys.dlq_data, record.id, orjson.dumps(record.to_dict(), default=str))
+        pipe.zadd(self.keys.dlq, {record.id: int(record.dead_lettered_at * 1000)})
+        pipe.execute()
+        return record.id
+
+    def remove(self, ids: list[str]) -> int:
+        if not ids:
+            return 0
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zrem(self.keys.dlq, *ids)
+        pipe.hdel(self.keys.dlq_data, *ids)
+        removed, _ = pipe.execute()
+        return int(removed)
+
+    # --- reading ------------------------------------------------------------------------------
+    def get(self, entry_id: str) -> DeadLetter | None:
+        raw = self.client.hget(self.keys.dlq_data, entry_id)
+        if raw is None:
+            return None
+        record = DeadLetter.from_dict(orjson.loads(raw))
+        record.id = entry_id
+        return record
+
+    def count(self) -> int:
+        return int(self.client.zcard(self.keys.dlq))
+
+    def iter(
+        self,
+        *,
+        connection: str | None = None,
+        direction: str | None = None,
+        reason: str | None = None,
+        older_than: float | None = None,
+        newer_than: float | None = None,
+        now: float | None = None,
+        limit: int | None = None,
+        chunk: int = 200,
+    ) -> Iterator[DeadLetter]:
+        """Newest first.  Ages are seconds before ``now``: ``older_than=3600`` = at least 1 h old."""
+        now = time.time() if now is None else now
+        high: float | str = int((now - older_than) * 1000) if older_than is not None else "+inf"
+        low: float | str = int((now - newer_than) * 1000) if newer_than is not None else "-inf"
+        yielded = 0
+        offset = 0
+        while True:
+            ids = self.client.zrevrangebyscore(self.keys.dlq, high, low, start=offset, num=chunk)
+            if not ids:
+                return
+            offset += len(ids)
+            names = [_text(i) for i in ids]  # type: ignore[arg-type]
+            for entry_id, raw in zip(names, self.client.hmget(self.keys.dlq_data, names), strict=True):
+                if raw is None:
+                    continue
+                record = DeadLetter.from_dict(orjson.loads(raw))
+                record.id = entry_id
+                if connection and record.connection_id != connection:
+                    continue
+                if direction and record.direction != direction:
+                    continue
+                if reason and record.reason != reason:
+                    continue
+                yield record
+                yielded += 1
+                if limit is not None and yielded >= limit:
+                    return
+
+    def select(self, **filters: Any) -> list[DeadLetter]:
+        """``iter`` collected: the ``dlq list`` view."""
+        return [*self.iter(**filters)]
+
+    # --- replay / purge -----------------------------------------------------------------------
+    def replay(
+        self,
+        records: list[DeadLetter],
+        publish: Publish,
+        *,
+        remap: bool = False,
+        queue_for: dict[str, dict[str, str]] | None = None,
+    ) -> list[str]:
+        """Publish each record again, then remove it.  ``queue_for`` maps connection id ->
+        direction -> queue from the current configuration (a region may have moved)."""
+        done: list[str] = []
+        for record in records:
+            queue = ((queue_for or {}).get(record.connection_id) or {}).get(record.direction) or record.queue
+            task, args = self._replay_call(record, remap)
+            if task != TASK_DELIVER:
+                # Re-mapped work goes through the ordinary task, which releases one backlog unit
+                # per event when done: add that unit so the counter does not drift down.
+                backlog.reserve(self.client, record.connection_id, 1, 2**62, keys=self.keys)
+            publish(task, args, queue)
+            self.remove([record.id])
+            done.append(record.id)
+        return done
+
+    @staticmethod
+    def _replay_call(record: DeadLetter, remap: bool) -> tuple[str, list[Any]]:
+        payload_ok = record.payload is not None and not (
+            isinstance(record.payload, dict) and record.payload.get("_truncated")
+        )
+        if record.request is not None and not (remap and payload_ok):
+            item = {
+                "request": record.request,
+                "payload": record.payload,
+                "received_at": record.received_at,
+                "first_attempt_at": None,  # a new retry window starts with the replay
+                "attempts": 0,
+                "history": [
+                    *record.history[-MAX_HISTORY + 1 :],
+                    {"t": time.time(), "replayed_from": record.id},
+                ],
+                "backlog": 0,
+            }
+            return TASK_DELIVER, [record.connection_id, record.direction, [item]]
+        if not payload_ok:
+            raise ValueError(
+                f"dead letter {record.id} has neither a request nor a complete payload to replay"
+            )
+        if record.direction == SOURCE:
+            return TASK_VOUCHERIFY_WEBHOOK, [
+                record.connection_id,
+                record.payload,
+                record.received_at or time.time(),
+            ]
+        return TASK_SEGMENT_EVENTS, [record.connection_id, [record.payload]]
+
+    def purge(self, records: list[DeadLetter]) -> int:
+        return self.remove([r.id for r in records])

@@ -1,0 +1,516 @@
+"""Delivering one :class:`~workers.outbound.OutboundRequest`: the per-item state machine.
+
+::
+
+    deliver_one(item)
+      deadline passed? ────────────────────────────────────────────> PARKED deferred (due now)
+      ledger.claim ── DUPLICATE ───────────────────────────────────> DONE   skipped/duplicate
+                   ── BUSY (another attempt in flight) ────────────> PARKED busy (claim's TTL)
+      upsert older than the newest applied? ───────────────────────> DONE   skipped/stale
+      ratelimit.acquire ── denied (no attempt counted) ────────────> PARKED throttled (slot)
+      send ── classify ── SUCCESS ─ ledger done, stale raised ─────> DONE   delivered
+                       ── RETRY ── retries.decide ── in window ────> PARKED retry (backoff)
+                                                  └─ window spent ─> DONE   dead letter
+                       ── PERMANENT ───────────────────────────────> DONE   dead letter
+
+Every path that is not PARKED is *terminal*: reported (log line + metrics) and its backlog
+units released here.  Parking itself (writing to the delayed store, keeping per-customer order)
+belongs to the pipeline.  A delivery *item* is a JSON-able dict that travels through Celery and
+the delayed store::
+
+    {"request": OutboundRequest.to_dict(), "payload": <original event or webhook>,
+     "received_at": epoch|None, "first_attempt_at": epoch|None, "attempts": int,
+     "history": [{"t", "status", "error", "latency_ms"}], "last_delay": float|None,
+     "backlog": units to release when finished, "parked": bool}
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis
+
+from connector import USER_AGENT, metrics
+from connector.config import Connection
+from workers.delivery import DESTINATION, SOURCE, backlog, outcomes
+from workers.delivery.deadletters import (
+    MAX_HISTORY,
+    REJECTED,
+    RETRY_WINDOW_EXCEEDED,
+    DeadLetter,
+    DeadLetters,
+)
+from workers.delivery.http import (
+    HTTPResult,
+    RequestsTransport,
+    Transport,
+    TransportFailure,
+    Verdict,
+    classify,
+    server_wait,
+)
+from workers.delivery.keys import Keys
+from workers.delivery.ledger import ClaimState, Ledger, new_token
+from workers.delivery.ratelimit import SEGMENT, VOUCHERIFY, Budget, RateLimiter
+from workers.delivery.retries import decide
+from workers.delivery.stale import StaleGuard, event_time_ms
+from workers.delivery.tuning import Tuning
+from workers.outbound import OutboundRequest
+from workers.runtime import Runtime
+
+UPSERT_CUSTOMER = "upsert_customer"
+
+
+# ---------------------------------------------------------------------------------------------
+# Items
+
+
+def new_item(
+    request: OutboundRequest, payload: Any, received_at: float | None, backlog_units: int
+) -> dict[str, Any]:
+    return {
+        "request": request.to_dict(),
+        "payload": payload,
+        "received_at": received_at,
+        "first_attempt_at": None,
+        "attempts": 0,
+        "history": [],
+        "last_delay": None,
+        "backlog": backlog_units,
+        "parked": False,
+    }
+
+
+def _append_history(item: dict[str, Any], entry: dict[str, Any]) -> None:
+    history = item.setdefault("history", [])
+    history.append(entry)
+    if len(history) > MAX_HISTORY:
+        # Keep the first attempt (when the trouble started) and the most recent ones.
+        del history[1 : len(history) - MAX_HISTORY + 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Context: everything about (runtime, connection, direction) a task needs, built once per task.
+
+
+def runtime_keys(rt: Runtime) -> Keys:
+    keys = rt.extras.get("keys")
+    if not isinstance(keys, Keys):
+        keys = Keys.from_env()
+        rt.extras["keys"] = keys
+    return keys
+
+
+def runtime_transport(rt: Runtime, tuning: Tuning) -> Transport:
+    transport = rt.extras.get("transport")
+    if transport is None:
+        transport = RequestsTransport(pool_size=max(16, tuning.concurrency * 2))
+        rt.extras["transport"] = transport
+    return transport
+
+
+def _voucherify_auth(connection: Connection) -> dict[str, str]:
+    from workers.destination.requests import auth_headers
+
+    return auth_headers(connection.voucherify)
+
+
+def segment_auth(connection: Connection) -> dict[str, str]:
+    import base64
+
+    assert connection.segment is not None
+    token = base64.b64encode(f"{connection.segment.write_key.reveal()}:".encode()).decode("ascii")
+    return {"Authorization": f"Basic {token}"}
+
+
+@dataclass
+class Context:
+    client: redis.Redis
+    keys: Keys
+    tuning: Tuning
+    connection: Connection
+    connection_id: str
+    direction: str
+    target: str
+    queue: str
+    region: str
+    base_url: str
+    budget: Budget | None
+    transport: Transport
+    auth: dict[str, str] = field(repr=False)
+    deadline: float = 0.0  # time.monotonic() after which work is parked, not started
+    ledger: Ledger = field(init=False)
+    limiter: RateLimiter = field(init=False)
+    stale: StaleGuard = field(init=False)
+    dead_letters: DeadLetters = field(init=False)
+    _units: int = field(init=False, default=0)
+    _units_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.ledger = Ledger(self.client, self.keys, self.connection_id)
+        self.limiter = RateLimiter(self.client, self.keys, self.connection_id, self.target)
+        self.stale = StaleGuard(self.client, self.keys, self.connection_id)
+        self.dead_letters = DeadLetters(self.client, self.keys)
+
+    @property
+    def window(self) -> float:
+        return self.tuning.retry_window(float(self.connection.retry_window_seconds))
+
+    @property
+    def ledger_keep(self) -> float:
+        return self.window + self.tuning.ledger_extra
+
+    def out_of_time(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+    def release_backlog(self, units: int) -> None:
+        # Collected and released once per task (flush_backlog): a round trip per task, not per
+        # event.  A task that dies before flushing leaves them reserved; the counter's TTL heals it.
+        if units:
+            with self._units_lock:
+                self._units += units
+
+    def flush_backlog(self) -> None:
+        with self._units_lock:
+            units, self._units = self._units, 0
+        if units:
+            backlog.release(self.client, self.connection_id, units, keys=self.keys)
+
+
+def build_context(rt: Runtime, connection: Connection, connection_id: str, direction: str) -> Context:
+    tuning = rt.extras.get("tuning") or Tuning.from_env()
+    target, queue, region, base_url, budget, auth = _target(connection, connection_id, direction)
+    return Context(
+        client=rt.redis,
+        keys=runtime_keys(rt),
+        tuning=tuning,
+        connection=connection,
+        connection_id=connection_id,
+        direction=direction,
+        target=target,
+        queue=queue,
+        region=region,
+        base_url=base_url,
+        budget=budget,
+        transport=runtime_transport(rt, tuning),
+        auth=auth,
+        deadline=time.monotonic() + tuning.task_budget,
+    )
+
+
+def _target(
+    connection: Connection, connection_id: str, direction: str
+) -> tuple[str, str, str, str, Budget | None, dict[str, str]]:
+    """(target, queue, region label, base URL, budget, auth headers) of one direction."""
+    if direction == SOURCE:
+        seg = connection.segment
+        if seg is None:
+            raise ValueError(f"connection {connection_id!r} has no Segment settings")
+        budget = Budget(limit=seg.requests_per_second, window=1.0)
+        return SEGMENT, seg.queue, seg.region or "dedicated", seg.base_url, budget, segment_auth(connection)
+    vf = connection.voucherify
+    rate = vf.rate_limit_per_minute
+    vf_budget = Budget(limit=rate, window=60.0) if rate else None
+    return (
+        VOUCHERIFY,
+        vf.queue,
+        vf.region or "dedicated",
+        vf.base_url,
+        vf_budget,
+        _voucherify_auth(connection),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+
+
+class StepKind(enum.Enum):
+    DONE = "done"
+    PARKED = "parked"
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: StepKind
+    due: float = 0.0  # epoch seconds, for PARKED
+    reason: str = ""
+
+    @classmethod
+    def done(cls, reason: str = "") -> Step:
+        return cls(StepKind.DONE, reason=reason)
+
+    @classmethod
+    def parked(cls, reason: str, due: float) -> Step:
+        return cls(StepKind.PARKED, due=due, reason=reason)
+
+
+def deliver_one(ctx: Context, item: dict[str, Any]) -> Step:
+    request = OutboundRequest.from_dict(item["request"])
+    if ctx.out_of_time():
+        _park_report(ctx, request, item, "deferred")
+        return Step.parked("deferred", time.time())
+
+    token = new_token()
+    claim = ctx.ledger.claim(request.idempotency_key, token, ctx.tuning.claim_ttl)
+    if claim.state is ClaimState.DUPLICATE:
+        return finish_skipped(ctx, request, item, "duplicate")
+    if claim.state is ClaimState.BUSY:
+        _park_report(ctx, request, item, "busy")
+        return Step.parked("busy", time.time() + claim.wait + 0.05)
+
+    event_ms = event_time_ms(request.event_time) if request.action == UPSERT_CUSTOMER else None
+    if event_ms is not None and request.customer and ctx.stale.is_stale(request.customer, event_ms):
+        ctx.ledger.complete(request.idempotency_key, ctx.ledger_keep)
+        return finish_skipped(ctx, request, item, "stale")
+
+    grant = ctx.limiter.acquire(ctx.budget, has_slot=bool(item.get("parked")))
+    if not grant.granted:
+        ctx.ledger.release(request.idempotency_key, token)
+        metrics.RATE_LIMIT_WAITS.labels(ctx.connection_id, ctx.target).inc()
+        _park_report(ctx, request, item, "throttled")
+        return Step.parked("throttled", time.time() + grant.wait)
+
+    result = _send(ctx, request, item)
+    verdict = classify(result)
+    if verdict is Verdict.SUCCESS:
+        assert isinstance(result, HTTPResult)
+        ctx.ledger.complete(request.idempotency_key, ctx.ledger_keep)
+        if event_ms is not None and request.customer:
+            ctx.stale.applied(request.customer, event_ms, ctx.tuning.stale_ttl)
+        _observe(ctx, result)
+        return _finish_delivered(ctx, request, item, result)
+
+    ctx.ledger.release(request.idempotency_key, token)
+    _observe(ctx, result)
+    status = result.status if isinstance(result, HTTPResult) else None
+    if verdict is Verdict.PERMANENT:
+        return finish_dead(ctx, item, REJECTED, _error_text(result), status=status, excerpt=_excerpt(result))
+    return _retry_or_dead(ctx, request, item, result)
+
+
+def _send(ctx: Context, request: OutboundRequest, item: dict[str, Any]) -> HTTPResult | TransportFailure:
+    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, **request.headers, **ctx.auth}
+    body = orjson.dumps(request.body) if request.body is not None else None
+    now = time.time()
+    if not item.get("first_attempt_at"):
+        item["first_attempt_at"] = now
+    item["attempts"] = int(item.get("attempts") or 0) + 1
+    result: HTTPResult | TransportFailure
+    try:
+        result = ctx.transport.send(
+            request.method,
+            ctx.base_url + request.path,
+            headers,
+            body,
+            (ctx.tuning.connect_timeout, ctx.tuning.read_timeout),
+        )
+    except TransportFailure as exc:
+        result = exc
+    metrics.REQUEST_LATENCY.labels(ctx.target).observe(result.latency)
+    _append_history(
+        item,
+        {
+            "t": round(now, 3),
+            "status": result.status if isinstance(result, HTTPResult) else None,
+            "error": result.message if isinstance(result, TransportFailure) else None,
+            "latency_ms": int(result.latency * 1000),
+        },
+    )
+    return result
+
+
+def _observe(ctx: Context, result: HTTPResult | TransportFailure) -> None:
+    """Adaptive slow-down from a 429 or a low X-Rate-Limit-Remaining (Voucherify)."""
+    if not isinstance(result, HTTPResult):
+        return
+    slowed = ctx.limiter.observe(
+        result.status,
+        result.headers.get("x-rate-limit-remaining"),
+        ctx.budget.limit if ctx.budget else None,
+        tuning_low=ctx.tuning.low_remaining,
+        slowdown_seconds=ctx.tuning.slowdown_seconds,
+        server_wait=server_wait(result),
+    )
+    if slowed:
+        metrics.RATE_LIMIT_SLOWDOWNS.labels(ctx.connection_id, ctx.target).inc()
+
+
+def _retry_or_dead(
+    ctx: Context, request: OutboundRequest, item: dict[str, Any], result: HTTPResult | TransportFailure
+) -> Step:
+    now = time.time()
+    decision = decide(
+        now=now,
+        first_attempt_at=float(item.get("first_attempt_at") or now),
+        window=ctx.window,
+        previous_delay=item.get("last_delay"),
+        base=ctx.tuning.retry_base,
+        cap=ctx.tuning.retry_cap,
+        server_wait=server_wait(result, now),
+    )
+    status = result.status if isinstance(result, HTTPResult) else None
+    if decision.exhausted:
+        return finish_dead(
+            ctx, item, RETRY_WINDOW_EXCEEDED, _error_text(result), status=status, excerpt=_excerpt(result)
+        )
+    item["last_delay"] = decision.delay
+    metrics.RETRIES_SCHEDULED.labels(ctx.connection_id, ctx.direction).inc()
+    metrics.DELIVERIES.labels(
+        ctx.connection_id, ctx.direction, ctx.region, "retry", outcomes.status_label(status)
+    ).inc()
+    outcomes.report(
+        connection=ctx.connection_id,
+        direction=ctx.direction,
+        outcome="retry",
+        reason=f"retry in {decision.delay:.1f}s",
+        message_id=request.message_id,
+        action=request.action,
+        status=status,
+        attempt=item.get("attempts"),
+        latency_ms=int(result.latency * 1000),
+        error=_error_text(result),
+    )
+    return Step.parked("retry", now + decision.delay)
+
+
+# ---------------------------------------------------------------------------------------------
+# Terminal outcomes (also used by the pipeline and the Segment outbox)
+
+
+def _finish_delivered(
+    ctx: Context, request: OutboundRequest, item: dict[str, Any], result: HTTPResult
+) -> Step:
+    metrics.DELIVERIES.labels(
+        ctx.connection_id, ctx.direction, ctx.region, "delivered", str(result.status)
+    ).inc()
+    received_at = item.get("received_at")
+    if received_at:
+        metrics.DELIVERY_LATENCY.labels(ctx.direction).observe(max(0.0, time.time() - float(received_at)))
+    outcomes.report(
+        connection=ctx.connection_id,
+        direction=ctx.direction,
+        outcome="delivered",
+        message_id=request.message_id,
+        action=request.action,
+        status=result.status,
+        attempt=item.get("attempts"),
+        latency_ms=int(result.latency * 1000),
+    )
+    ctx.release_backlog(int(item.get("backlog") or 0))
+    return Step.done("delivered")
+
+
+def finish_skipped(
+    ctx: Context,
+    request: OutboundRequest | None,
+    item: dict[str, Any],
+    reason: str,
+    *,
+    message_id: str | None = None,
+) -> Step:
+    outcomes.skipped(
+        ctx.connection_id,
+        ctx.direction,
+        reason,
+        message_id=request.message_id if request else message_id,
+        action=request.action if request else None,
+    )
+    ctx.release_backlog(int(item.get("backlog") or 0))
+    return Step.done(reason)
+
+
+def finish_dead(
+    ctx: Context,
+    item: dict[str, Any],
+    reason: str,
+    error: str,
+    *,
+    status: int | None = None,
+    excerpt: str = "",
+    history: list[dict[str, Any]] | None = None,
+) -> Step:
+    request = item.get("request")
+    message_id = (request or {}).get("message_id") or _payload_id(item.get("payload"))
+    ctx.dead_letters.add(
+        DeadLetter(
+            connection_id=ctx.connection_id,
+            direction=ctx.direction,
+            reason=reason,
+            error=error,
+            queue=ctx.queue,
+            payload=item.get("payload"),
+            request=request,
+            status=status,
+            response_excerpt=excerpt,
+            history=history if history is not None else list(item.get("history") or []),
+            attempts=int(item.get("attempts") or 0),
+            first_attempt_at=item.get("first_attempt_at"),
+            received_at=item.get("received_at"),
+        )
+    )
+    metrics.DEAD_LETTERS.labels(ctx.connection_id, ctx.direction, reason).inc()
+    metrics.DELIVERIES.labels(
+        ctx.connection_id, ctx.direction, ctx.region, "dead_letter", outcomes.status_label(status)
+    ).inc()
+    outcomes.report(
+        connection=ctx.connection_id,
+        direction=ctx.direction,
+        outcome="dead_letter",
+        reason=reason,
+        message_id=message_id,
+        action=(request or {}).get("action"),
+        status=status,
+        attempt=item.get("attempts"),
+        error=error,
+    )
+    ctx.release_backlog(int(item.get("backlog") or 0))
+    return Step.done(reason)
+
+
+def _park_report(ctx: Context, request: OutboundRequest, item: dict[str, Any], reason: str) -> None:
+    metrics.PARKED.labels(ctx.connection_id, ctx.direction, reason).inc()
+    outcomes.report(
+        connection=ctx.connection_id,
+        direction=ctx.direction,
+        outcome=reason,
+        message_id=request.message_id,
+        action=request.action,
+        attempt=item.get("attempts"),
+    )
+
+
+def _payload_id(payload: Any) -> str | None:
+    if isinstance(payload, dict):
+        value = payload.get("messageId") or payload.get("id")
+        return str(value)[:200] if value is not None else None
+    return None
+
+
+def _error_text(result: HTTPResult | TransportFailure) -> str:
+    if isinstance(result, TransportFailure):
+        return result.message
+    return f"HTTP {result.status}"
+
+
+def _excerpt(result: HTTPResult | TransportFailure) -> str:
+    return result.body if isinstance(result, HTTPResult) else ""
+
+
+__all__ = [
+    "DESTINATION",
+    "SOURCE",
+    "Context",
+    "Step",
+    "StepKind",
+    "build_context",
+    "deliver_one",
+    "finish_dead",
+    "finish_skipped",
+    "new_item",
+]

@@ -1,0 +1,22 @@
+"""A tiny EVALSHA-with-fallback wrapper usable with any Redis client (and after a Redis restart,
+which forgets loaded scripts)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import redis
+from redis.exceptions import NoScriptError
+
+
+class Lua:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+
+    def __call__(self, client: redis.Redis, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return client.eval(self.source, len(keys), *keys, *args)

@@ -1,0 +1,174 @@
+"""Request budgets shared by every worker on every machine, enforced in Redis.
+
+A budget is ``limit`` requests per ``window`` for one connection and one target
+(``voucherify``: ``rate_limit_per_minute`` per 60 s; ``segment``: ``requests_per_second`` per 1 s).
+
+One Lua script decides atomically, on Redis's clock (workers' clocks do not matter):
+
+1. ``pause`` key set (the target answered 429 / asked us to wait)  -> deny until it ends;
+2. a *sliding-window log* (zset of grant times) holds fewer than ``limit * slow`` grants in the
+   last ``window`` -> grant and record.  A log, not a token bucket, because the budget must
+   NEVER be exceeded in any window (Voucherify blocks the project's API access if it is);
+3. otherwise deny, and hand out a *parking slot*: ``hint`` advances by ``window / limit`` per
+   denial, so throttled work parks in the delayed store spread over the time the budget needs
+   instead of stampeding back all at once.  Work coming back from such a slot (``has_slot``)
+   competes only on the log; fresh work waits behind the queue while the hint lies in the future,
+   which keeps throttled work from being starved by newer events.
+
+Adaptive slow-down: a 429 sets ``pause`` (for Retry-After / X-Rate-Limit-Retry, or a few seconds)
+and halves the budget for a while; a low ``X-Rate-Limit-Remaining`` halves it too (``slow`` key),
+because other clients of the same Voucherify project spend the same quota.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+import redis
+
+from workers.delivery.keys import Keys
+from workers.delivery.lua import Lua
+
+VOUCHERIFY = "voucherify"
+SEGMENT = "segment"
+
+_ACQUIRE = Lua(
+    """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local has_slot = ARGV[4] == '1'
+local slow = tonumber(redis.call('GET', KEYS[4]) or '1') or 1
+local eff = math.max(1, math.floor(limit * slow))
+local pause = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
+local hint = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+local wait = 0
+if pause > now then
+  wait = pause - now
+elseif (not has_slot) and hint > now then
+  wait = hint - now
+else
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+  local n = redis.call('ZCARD', KEYS[1])
+  if n < eff then
+    redis.call('ZADD', KEYS[1], now, ARGV[3])
+    redis.call('PEXPIRE', KEYS[1], window + 1000)
+    return {1, now, now}
+  end
+  local oldest = redis.call('ZRANGE', KEYS[1], n - eff, n - eff, 'WITHSCORES')
+  wait = tonumber(oldest[2]) + window - now + 1
+end
+local interval = math.max(1, math.ceil(window / eff))
+local slot = math.max(hint + interval, now + wait)
+redis.call('SET', KEYS[2], slot, 'PX', math.max(1, slot - now + window))
+return {0, now, slot}
+"""
+)
+
+_PAUSE = Lua(
+    """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local untl = now + tonumber(ARGV[1])
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if untl > cur then
+  redis.call('SET', KEYS[1], untl, 'PX', tonumber(ARGV[1]) + 1000)
+end
+return untl
+"""
+)
+
+
+@dataclass(frozen=True)
+class Grant:
+    granted: bool
+    wait: float  # seconds from now until the parking slot (0 when granted)
+    at_ms: int = 0  # Redis server time of the decision (epoch ms)
+
+
+@dataclass(frozen=True)
+class Budget:
+    limit: int
+    window: float  # seconds
+
+
+PAUSE_RECHECK_SECONDS = 0.25
+
+
+class RateLimiter:
+    """One connection's budget towards one target.  Instances live for one task."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, connection_id: str, target: str) -> None:
+        self.client = client
+        base = keys.ratelimit(connection_id, target)
+        self._keys = [base, f"{base}:hint", f"{base}:pause", f"{base}:slow"]
+        self._pause_until = 0.0  # epoch seconds, as last read
+        self._pause_read_at = -1.0  # monotonic
+
+    def acquire(self, budget: Budget | None, *, has_slot: bool = False) -> Grant:
+        """Take one request from the budget, or learn how long to park.
+
+        With no budget configured only a pause (429) can deny; it is then read at most every
+        ``PAUSE_RECHECK_SECONDS`` per task instead of once per request (a round trip saved per
+        event; a pause noticed 250 ms late costs a few extra 429s, which are retried anyway).
+        """
+        if budget is None:
+            return self._pause_only()
+        granted, now, slot = _ACQUIRE(
+            self.client,
+            self._keys,
+            [budget.limit, max(1, int(budget.window * 1000)), uuid.uuid4().hex, "1" if has_slot else "0"],
+        )
+        if int(granted) == 1:
+            return Grant(True, 0.0, int(now))
+        return Grant(False, max(0.0, (int(slot) - int(now)) / 1000.0), int(now))
+
+    def _pause_only(self) -> Grant:
+        mono = time.monotonic()
+        if mono - self._pause_read_at >= PAUSE_RECHECK_SECONDS:
+            raw = self.client.get(self._keys[2])
+            self._pause_until = int(raw) / 1000.0 if raw is not None else 0.0
+            self._pause_read_at = mono
+        now = time.time()
+        if self._pause_until > now:
+            return Grant(False, self._pause_until - now, int(now * 1000))
+        return Grant(True, 0.0, int(now * 1000))
+
+    def pause(self, seconds: float) -> None:
+        until = _PAUSE(self.client, [self._keys[2]], [max(1, int(seconds * 1000))])
+        self._pause_until = max(self._pause_until, int(until) / 1000.0)
+
+    def slow_down(self, factor: float, seconds: float) -> None:
+        self.client.set(self._keys[3], f"{max(0.01, min(1.0, factor)):.3f}", px=max(1, int(seconds * 1000)))
+
+    def observe(
+        self,
+        status: int | None,
+        remaining: str | None,
+        limit: int | None,
+        *,
+        tuning_low: float,
+        slowdown_seconds: float,
+        server_wait: float | None,
+    ) -> bool:
+        """Adapt to what the target said; returns True when it slowed the connection down."""
+        if status == 429:
+            self.pause(server_wait if server_wait is not None else 5.0)
+            self.slow_down(0.5, slowdown_seconds)
+            return True
+        if remaining is None:
+            return False
+        try:
+            left = int(float(remaining))
+        except ValueError:
+            return False
+        threshold = max(1, int((limit or 100) * tuning_low))
+        if left <= threshold:
+            self.slow_down(0.5, slowdown_seconds)
+            if left <= 0 and server_wait is not None:
+                self.pause(server_wait)
+            return True
+        return False

@@ -1,0 +1,169 @@
+"""The scheduler process (``connector scheduler``): parked work back onto Celery queues.
+
+Each tick::
+
+    claim_due (atomic Lua, leased) ──> publish connector.deliver(connection, direction, items)
+                                         to the entry's queue ──> ack (ZREM + HDEL)
+    sweep Segment outboxes ──────────> publish connector.segment_flush(connection) for each
+                                         non-empty, unlocked, due outbox
+
+Publish happens before the ack: a crash in between re-publishes the entry when its lease ends
+(the ledger absorbs the duplicate); an entry that cannot be published (broker away) is simply
+not acked and comes back after its lease.  Several schedulers may run (one per dyno, or a
+rolling restart): the lease makes each entry go to one of them.  The loop never dies on a Redis
+or broker error -- it logs, backs off (up to a few seconds) and carries on, so Redis restarts
+and reconnects are survived.  SIGTERM/SIGINT stop it after the current tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from dataclasses import dataclass, field
+from types import FrameType
+
+import redis
+from kombu.exceptions import KombuError
+
+from connector import metrics
+from workers.celery_app import TASK_DELIVER, TASK_SEGMENT_FLUSH
+from workers.delivery import outbox
+from workers.delivery.keys import Keys
+from workers.delivery.publish import Publish, celery_publish
+from workers.delivery.store import DelayedStore
+
+log = logging.getLogger("connector.scheduler")
+
+_PUBLISH_ERRORS: tuple[type[BaseException], ...] = (KombuError, redis.RedisError, OSError, ConnectionError)
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name) or default)
+    except ValueError:
+        return default
+
+
+@dataclass
+class SchedulerConfig:
+    interval: float = 0.5  # seconds between ticks when idle
+    batch: int = 200  # entries claimed per round trip
+    lease: float = 30.0  # an unacked claimed entry is due again after this
+    max_backoff: float = 5.0
+
+    @classmethod
+    def from_env(cls) -> SchedulerConfig:
+        return cls(
+            interval=_env_float("CONNECTOR_SCHEDULER_INTERVAL", 0.5),
+            batch=int(_env_float("CONNECTOR_SCHEDULER_BATCH", 200)),
+            lease=_env_float("CONNECTOR_SCHEDULER_LEASE_SECONDS", 30.0),
+        )
+
+
+@dataclass
+class TickResult:
+    published: int = 0
+    failed: int = 0
+    flushes: int = 0
+    more: bool = False  # a full batch was claimed: run again without sleeping
+
+
+@dataclass
+class Scheduler:
+    client: redis.Redis
+    keys: Keys
+    publish: Publish = celery_publish
+    config: SchedulerConfig = field(default_factory=SchedulerConfig.from_env)
+    stop_event: threading.Event = field(default_factory=threading.Event)
+
+    def tick(self, now: float | None = None) -> TickResult:
+        result = TickResult()
+        store = DelayedStore(self.client, self.keys)
+        entries = store.claim_due(now=now, limit=self.config.batch, lease=self.config.lease)
+        result.more = len(entries) >= self.config.batch
+        done: list[str] = []
+        for entry in entries:
+            try:
+                self.publish(TASK_DELIVER, [entry.connection_id, entry.direction, entry.items], entry.queue)
+            except _PUBLISH_ERRORS as exc:
+                # Not acked: due again when the lease ends.
+                result.failed += 1
+                metrics.SCHEDULER_ERRORS.labels("publish").inc()
+                log.warning(
+                    "could not publish parked work", extra={"queue": entry.queue, "error": str(exc)[:200]}
+                )
+                continue
+            metrics.SCHEDULER_PUBLISHED.labels(entry.queue).inc()
+            done.append(entry.id)
+            result.published += 1
+        store.ack(done)
+        result.flushes = self.sweep_outboxes(now)
+        metrics.DELAYED_DEPTH.set(store.size())
+        return result
+
+    def sweep_outboxes(self, now: float | None = None) -> int:
+        published = 0
+        for connection_id, queue in outbox.sweep(self.client, self.keys, now=now):
+            if not queue:
+                continue
+            try:
+                self.publish(TASK_SEGMENT_FLUSH, [connection_id], queue)
+            except _PUBLISH_ERRORS as exc:
+                outbox.unmark_swept(self.client, self.keys, connection_id)
+                metrics.SCHEDULER_ERRORS.labels("publish").inc()
+                log.warning(
+                    "could not publish an outbox flush", extra={"queue": queue, "error": str(exc)[:200]}
+                )
+                continue
+            metrics.OUTBOX_FLUSHES_PUBLISHED.labels(connection_id).inc()
+            published += 1
+        return published
+
+    def run(self) -> None:
+        log.info("scheduler started", extra={"prefix": self.keys.prefix, "interval": self.config.interval})
+        backoff = 0.0
+        while not self.stop_event.is_set():
+            try:
+                result = self.tick()
+                backoff = 0.0
+                if result.more:
+                    continue
+                wait = self.config.interval
+            except redis.RedisError as exc:
+                backoff = min(self.config.max_backoff, max(0.5, backoff * 2))
+                metrics.SCHEDULER_ERRORS.labels("redis").inc()
+                log.warning(
+                    "redis unavailable; retrying", extra={"error": str(exc)[:200], "backoff": backoff}
+                )
+                wait = backoff
+            except Exception:
+                # A bug must not stop the process that brings every retry back: log and continue.
+                backoff = min(self.config.max_backoff, max(0.5, backoff * 2))
+                metrics.SCHEDULER_ERRORS.labels("internal").inc()
+                log.exception("scheduler tick failed")
+                wait = backoff
+            self.stop_event.wait(wait)
+        log.info("scheduler stopped")
+
+    def install_signal_handlers(self) -> None:
+        def stop(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %s: stopping after this tick", signum)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+
+def run_forever(redis_url: str, keys: Keys | None = None, publish: Publish | None = None) -> None:
+    client = redis.Redis.from_url(
+        redis_url,
+        socket_connect_timeout=2,
+        socket_timeout=10,
+        health_check_interval=10,
+        retry_on_timeout=True,
+    )
+    scheduler = Scheduler(client, keys or Keys.from_env(), publish or celery_publish)
+    scheduler.install_signal_handlers()
+    scheduler.run()

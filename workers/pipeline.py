@@ -1,0 +1,342 @@
+"""The worker pipeline: what each Celery task does (``workers.tasks`` only resolves arguments).
+
+::
+
+    process_segment_events ── map each event (skip / dead-letter / OutboundRequests)
+                                   │
+    process_deliveries ────────────┤  (work back from the delayed store or a DLQ replay)
+                                   ▼
+                  group by customer: per-customer order kept, customers concurrent
+                  (greenlets under -P gevent, threads otherwise), each chain through
+                  engine.deliver_one until done or PARKED; a parked item takes the rest of its
+                  chain with it, so a later event never overtakes an earlier one of the same
+                  customer.  Parked chains go to the delayed store (one MULTI) -- never a sleep.
+
+    process_voucherify_webhook ── parse + map ── dedupe on messageId + append to the
+                                  connection's Segment outbox ── flush (if nobody else is)
+    flush_segment_outbox ──────── flush (scheduler sweep, or a task published for it)
+
+Failure policy: an exception about one event (a bug in a mapping) dead-letters that event only
+(``internal_error``).  A Redis error is about the whole task: the task is requeued (Celery
+``Reject(requeue=True)``; redelivered items are absorbed by the ledger), never acknowledged as if
+done -- the worker runs with ``task_acks_on_failure_or_timeout``, so a plain exception would
+lose the batch.  A task runs at most ``TASK_TIME_BUDGET_SECONDS``: whatever has not started by
+then is parked as ``deferred``, due at once, and continues in another task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import redis
+from celery.exceptions import Reject
+
+from connector.config import Connection
+from workers.delivery import DESTINATION, SOURCE, backlog, outcomes
+from workers.delivery.concurrency import run_all
+from workers.delivery.deadletters import INTERNAL_ERROR, MAPPING_ERROR
+from workers.delivery.engine import (
+    Context,
+    Step,
+    StepKind,
+    build_context,
+    deliver_one,
+    finish_dead,
+    finish_skipped,
+    new_item,
+    runtime_keys,
+)
+from workers.delivery.outbox import Outbox
+from workers.delivery.segment_outbox import FlushResult, flush
+from workers.delivery.store import DelayedStore, Parked
+from workers.errors import MappingError, SkipEvent
+from workers.outbound import OutboundRequest
+from workers.runtime import Runtime
+
+log = logging.getLogger("connector.pipeline")
+
+MAX_ITEMS_PER_ENTRY = 500
+REQUEUE_PAUSE_SECONDS = 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Mapping entry points, looked up lazily (and replaceable in tests).
+
+
+def _map_event(event: dict[str, Any], connection: Connection) -> list[OutboundRequest]:
+    from workers.destination import map_event
+
+    return list(map_event(event, connection))
+
+
+def _map_webhook(payload: dict[str, Any], connection: Connection) -> OutboundRequest:
+    from workers.source.envelope import parse_webhook
+    from workers.source.mapping import map_webhook, to_outbound
+
+    return to_outbound(map_webhook(parse_webhook(payload), connection), connection)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks' bodies
+
+
+def process_segment_events(
+    rt: Runtime, connection: Connection | None, connection_id: str, events: list[dict[str, Any]]
+) -> None:
+    if connection is None:
+        _drop(rt, connection_id, "segment_events", len(events), len(events))
+        return
+    with _task(rt, connection, connection_id, DESTINATION) as ctx:
+        items: list[dict[str, Any]] = []
+        for event in events:
+            items.extend(_map_segment_event(ctx, event))
+        _run(ctx, items)
+
+
+def process_deliveries(
+    rt: Runtime,
+    connection: Connection | None,
+    connection_id: str,
+    direction: str,
+    items: list[dict[str, Any]],
+) -> None:
+    units = sum(int(i.get("backlog") or 0) for i in items if isinstance(i, dict))
+    if connection is None or (direction == SOURCE and connection.segment is None):
+        _drop(rt, connection_id, "deliveries", len(items), units)
+        return
+    if direction not in (DESTINATION, SOURCE):
+        log.error("unknown delivery direction %r: dropping %d items", direction, len(items))
+        _drop(rt, connection_id, "deliveries", len(items), units)
+        return
+    with _task(rt, connection, connection_id, direction) as ctx:
+        if direction == SOURCE:
+            now = time.time()
+            for item in items:
+                item.setdefault("enqueued_at", now)
+            Outbox(ctx.client, ctx.keys, connection_id).append_many(items, ctx.queue)
+            flush(ctx)
+            return
+        _run(ctx, items)
+
+
+def process_voucherify_webhook(
+    rt: Runtime,
+    connection: Connection | None,
+    connection_id: str,
+    payload: dict[str, Any],
+    received_at: float,
+) -> None:
+    if connection is None:
+        _drop(rt, connection_id, "voucherify_webhook", 1, 1)
+        return
+    if connection.segment is None:
+        outcomes.skipped(connection_id, SOURCE, "segment_not_configured")
+        backlog.release(rt.redis, connection_id, 1, keys=runtime_keys(rt))
+        return
+    with _task(rt, connection, connection_id, SOURCE) as ctx:
+        bare = {"payload": payload, "received_at": received_at, "backlog": 1}
+        try:
+            request = _map_webhook(payload, connection)
+        except SkipEvent as exc:
+            finish_skipped(ctx, None, bare, exc.reason, message_id=_webhook_id(payload))
+            return
+        except MappingError as exc:
+            finish_dead(ctx, bare, MAPPING_ERROR, exc.message)
+            return
+        except redis.RedisError:
+            raise
+        except Exception as exc:
+            log.exception("mapping a Voucherify webhook failed", extra={"connection": connection_id})
+            finish_dead(ctx, bare, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+            return
+        item = new_item(request, payload, received_at, 1)
+        item["enqueued_at"] = time.time()
+        outbox = Outbox(ctx.client, ctx.keys, connection_id)
+        if not outbox.append(item, ctx.queue, dedupe_key=request.idempotency_key, keep=ctx.ledger_keep):
+            finish_skipped(ctx, request, item, "duplicate")
+            return
+        flush(ctx)
+
+
+def flush_segment_outbox(
+    rt: Runtime, connection: Connection | None, connection_id: str
+) -> FlushResult | None:
+    if connection is None or connection.segment is None:
+        _drop_outbox(rt, connection_id)
+        return None
+    with _task(rt, connection, connection_id, SOURCE) as ctx:
+        return flush(ctx)
+    return None  # pragma: no cover - the context manager re-raises
+
+
+# ---------------------------------------------------------------------------------------------
+# Mapping one Segment event
+
+
+def _map_segment_event(ctx: Context, event: dict[str, Any]) -> list[dict[str, Any]]:
+    message_id = str(event.get("messageId")) if isinstance(event, dict) and event.get("messageId") else None
+    received_at = _received_at(event)
+    bare = {"payload": event, "received_at": received_at, "backlog": 1}
+    try:
+        requests = _map_event(event, ctx.connection)
+    except SkipEvent as exc:
+        finish_skipped(ctx, None, bare, exc.reason, message_id=message_id)
+        return []
+    except MappingError as exc:
+        finish_dead(ctx, bare, MAPPING_ERROR, exc.message)
+        return []
+    except redis.RedisError:
+        raise
+    except Exception as exc:
+        log.exception("mapping a Segment event failed", extra={"connection": ctx.connection_id})
+        finish_dead(ctx, bare, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+        return []
+    if not requests:
+        finish_skipped(ctx, None, bare, "no_request", message_id=message_id)
+        return []
+    # The event's backlog unit rides on its last request: released when the event is finished.
+    last = len(requests) - 1
+    return [new_item(r, event, received_at, 1 if i == last else 0) for i, r in enumerate(requests)]
+
+
+def _received_at(event: Any) -> float | None:
+    value = event.get("receivedAt") if isinstance(event, dict) else None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    return None
+
+
+def _webhook_id(payload: Any) -> str | None:
+    if isinstance(payload, dict) and payload.get("id") is not None:
+        return str(payload["id"])[:200]
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Running items: chains per customer, concurrently; park what cannot go now.
+
+
+def chains(items: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Items grouped by customer, first-seen order; items without a customer stand alone."""
+    by_customer: dict[str, list[dict[str, Any]]] = {}
+    groups: list[list[dict[str, Any]]] = []
+    for item in items:
+        customer = (item.get("request") or {}).get("customer")
+        if customer is None:
+            groups.append([item])
+            continue
+        group = by_customer.get(customer)
+        if group is None:
+            group = by_customer[customer] = []
+            groups.append(group)
+        group.append(item)
+    return groups
+
+
+def _run(ctx: Context, items: list[dict[str, Any]]) -> None:
+    if not items:
+        return
+
+    def run_chain(chain: list[dict[str, Any]]) -> tuple[Step, list[dict[str, Any]]] | None:
+        for index, item in enumerate(chain):
+            try:
+                step = deliver_one(ctx, item)
+            except redis.RedisError:
+                raise
+            except Exception as exc:
+                log.exception("delivering an item failed", extra={"connection": ctx.connection_id})
+                finish_dead(ctx, item, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+                continue
+            if step.kind is StepKind.PARKED:
+                return step, chain[index:]
+        return None
+
+    parked = [p for p in run_all(run_chain, chains(items), ctx.tuning.concurrency) if p is not None]
+    park(ctx, parked)
+
+
+def park(ctx: Context, parked: list[tuple[Step, list[dict[str, Any]]]]) -> None:
+    """Write parked chains to the delayed store, merged per due second (fewer tasks later).
+
+    A merged entry is due at the LATEST due time of its chains: nothing comes back before the
+    time it was given (Retry-After is a floor), at most a second after it.
+    """
+    if not parked:
+        return
+    buckets: dict[int, list[tuple[Step, list[dict[str, Any]]]]] = {}
+    for step, chain in parked:
+        for item in chain:
+            item["parked"] = True
+        buckets.setdefault(int(step.due), []).append((step, chain))
+    entries: list[Parked] = []
+    for group in buckets.values():
+        current: list[dict[str, Any]] = []
+        due = 0.0
+        reason = group[0][0].reason
+        for step, chain in group:
+            if current and len(current) + len(chain) > MAX_ITEMS_PER_ENTRY:
+                entries.append(Parked(ctx.connection_id, ctx.direction, ctx.queue, current, due, reason))
+                current, due = [], 0.0
+            current.extend(chain)
+            due = max(due, step.due)
+        if current:
+            entries.append(Parked(ctx.connection_id, ctx.direction, ctx.queue, current, due, reason))
+    DelayedStore(ctx.client, ctx.keys).add(entries)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+@contextlib.contextmanager
+def _task(rt: Runtime, connection: Connection, connection_id: str, direction: str) -> Iterator[Context]:
+    """A task's context; backlog units of finished events are released when it ends normally.
+
+    Not on a Redis error: the task is requeued and its finished events, found again as
+    duplicates, release their units then.
+    """
+    with _requeue_on_redis_error(connection_id):
+        ctx = build_context(rt, connection, connection_id, direction)
+        yield ctx
+        ctx.flush_backlog()
+
+
+@contextlib.contextmanager
+def _requeue_on_redis_error(connection_id: str) -> Iterator[None]:
+    try:
+        yield
+    except redis.RedisError as exc:
+        log.warning(
+            "redis error during a task: requeueing it",
+            extra={"connection": connection_id, "error": str(exc)[:200]},
+        )
+        # Do not spin on a Redis that is restarting: the requeued task comes straight back.
+        time.sleep(REQUEUE_PAUSE_SECONDS)
+        raise Reject(f"redis error: {type(exc).__name__}", requeue=True) from exc
+
+
+def _drop(rt: Runtime, connection_id: str, kind: str, count: int, units: int) -> None:
+    outcomes.dropped(connection_id, kind, count)
+    with contextlib.suppress(redis.RedisError):
+        backlog.release(rt.redis, connection_id, units, keys=runtime_keys(rt))
+
+
+def _drop_outbox(rt: Runtime, connection_id: str) -> None:
+    keys = runtime_keys(rt)
+    with contextlib.suppress(redis.RedisError):
+        outbox_key = keys.outbox(connection_id)
+        count = int(rt.redis.llen(outbox_key))
+        pipe = rt.redis.pipeline(transaction=True)
+        pipe.delete(outbox_key, keys.outbox_state(connection_id))
+        pipe.srem(keys.outboxes, connection_id)
+        pipe.execute()
+        if count:
+            outcomes.dropped(connection_id, "segment_outbox", count)
