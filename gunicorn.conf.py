@@ -13,3 +13,6 @@ accesslog = None
 errorlog = "-"
 # Fail at start-up, not at the first request, when the configuration is wrong.
 preload_app = True
+# gunicorn >= 25 opens a control socket at a fixed path per user; several instances on one
+# machine (tests, benchmarks, per-region deployments) would fight over it, and nothing uses it.
+control_socket_disable = True
