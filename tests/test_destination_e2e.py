@@ -172,3 +172,27 @@ def test_three_regions_each_fake_gets_its_own_traffic_and_outages_stay_local(
     wait_until(lambda: len(delivered(fakes["us1"])) >= want_us1, timeout=60, what="us1 after its outage")
     for region, fake in fakes.items():
         check_requests(region, fake, users[region] + more[region])
+
+
+def test_workers_started_per_region_queue_take_only_their_region(
+    tmp_path: Path, redis_url: str, stack_factory: list, fakes: dict[str, FakeVoucherify]
+) -> None:
+    import redis as redis_lib
+
+    path = tmp_path / "connections.toml"
+    path.write_text(connections_toml(fakes))
+    stack = make_stack(stack_factory, tmp_path, redis_url, path, **FAST_RETRIES)
+    stack.web()
+    stack.worker(name="worker-eu", queues=["voucherify.eu"], concurrency=10)
+    for region in ("eu", "us1"):
+        send(stack.web_url, REGIONS[region]["write_key"], [f"{region}-only"])
+    wait_until(lambda: len(delivered(fakes["eu"])) >= 5, timeout=30, what="eu deliveries")
+    # Nobody consumes voucherify.us1 yet: its message waits in its own queue.
+    client = redis_lib.Redis.from_url(redis_url)
+    assert client.llen("voucherify.us1") >= 1
+    assert delivered(fakes["us1"]) == []
+    stack.worker(name="worker-us1", queues=["voucherify.us1"], concurrency=10)
+    wait_until(lambda: len(delivered(fakes["us1"])) >= 5, timeout=30, what="us1 deliveries")
+    check_requests("eu", fakes["eu"], ["eu-only"])
+    check_requests("us1", fakes["us1"], ["us1-only"])
+    assert delivered(fakes["as1"]) == []
