@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench clean
+.PHONY: run test lint typecheck unit bench clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -24,13 +24,34 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check app workers connector sandbox
 	$(BIN)/mypy
 
-test: $(STAMP) lint
+test: $(STAMP) lint chromium
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# The status-page test drives a headless Chromium from the system; on a fresh CI machine (root)
+# it is installed here.  Not root and missing: that one test is skipped.
+chromium:
+	@if [ ! -x /usr/bin/chromium ] && ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing chromium (apt-get) for the status page test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium missing and not root: the status page test will be skipped"; fi; \
+	fi
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration" $(PYTEST_ARGS)
 
+# The bench needs wrk (load generator) and nginx + its echo module (the fake Voucherify). When one is
+# missing and we are root, this is the one step that installs them (Debian); otherwise it says so
+# and bench.run falls back to the Python fake (and reports that the fake is then the bottleneck).
+BENCH_DEBS := wrk nginx-light libnginx-mod-http-echo
 bench: $(STAMP)
+	@if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null || \
+	    ! [ -e /usr/lib/nginx/modules/ngx_http_echo_module.so ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "bench: installing $(BENCH_DEBS) with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BENCH_DEBS); \
+	  else echo "bench: $(BENCH_DEBS) missing and not root: apt-get install -y $(BENCH_DEBS)"; fi; \
+	fi
 	$(BIN)/python -m bench.run
 
 clean:

@@ -8,11 +8,13 @@ from __future__ import annotations
 import logging
 
 import redis
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, g, has_request_context, jsonify
 from werkzeug.exceptions import HTTPException
 
 from app.enqueue import Enqueuer
 from app.errors import ApiError
+from app.metrics import announce_mode, count_refused_request, metrics_bp
+from app.status import status_bp
 from app.views import ops, tracking, webhooks
 from connector.config import Settings, load_settings
 from workers.celery_app import create_celery
@@ -34,8 +36,20 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(tracking)
     app.register_blueprint(webhooks)
     app.register_blueprint(ops)
+    app.register_blueprint(metrics_bp)
+    app.register_blueprint(status_bp)
     _register_errors(app)
+    announce_mode()
     return app
+
+
+def _count_refusal(code: str) -> None:
+    """A refused ingest request, under its code, unless the view counted its events itself."""
+    if not has_request_context() or "ingest_direction" not in g or g.get("ingest_counted"):
+        return
+    count_refused_request(
+        g.get("ingest_connection", "unknown"), g.ingest_direction, code, g.get("ingest_events", 1)
+    )
 
 
 def _json_error(
@@ -51,6 +65,7 @@ def _json_error(
 def _register_errors(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError) -> Response:
+        _count_refusal(exc.code)
         return _json_error(exc.status, exc.code, exc.message, exc.headers, **exc.extra)
 
     @app.errorhandler(HTTPException)
@@ -63,6 +78,7 @@ def _register_errors(app: Flask) -> None:
         # A bug of ours, never the client's input: log it (without the body) and answer 503 so
         # Segment's clients retry instead of dropping the events.
         log.exception("unexpected error while handling a request")
+        _count_refusal("internal_error")
         return _json_error(
             503, "internal_error", "the request could not be processed; retry later", {"Retry-After": "5"}
         )

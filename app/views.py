@@ -9,14 +9,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from app import body as bodies
 from app.auth import basic_user, connection_for_key
 from app.errors import ApiError, bad_request, unauthorized
 from app.ingest import PATH_TYPES, IngestResult, ingest_body
+from app.metrics import count_received, count_rejected
 from connector.config import Connection, Settings
 from connector.signatures import segment_signature_valid, voucherify_signature_valid
+from workers.delivery import DESTINATION, SOURCE
 
 tracking = Blueprint("tracking", __name__)
 webhooks = Blueprint("webhooks", __name__)
@@ -32,15 +34,34 @@ def _enqueuer() -> Any:
     return current_app.extensions["connector.enqueuer"]
 
 
+def _ingesting(direction: str, source: str) -> None:
+    """Label this request for the ingest metrics: the error handlers of ``app.create_app``
+    count a refused request under its code (once, or ``g.ingest_events`` times)."""
+    g.ingest_direction = direction
+    g.ingest_source = source
+
+
+def _reject_one(connection: Connection | None, code: str, message: str) -> ApiError:
+    """A single event refused: counted here under its own code, then answered 400."""
+    count_rejected(connection.id if connection else "unknown", DESTINATION, [code])
+    g.ingest_counted = True
+    return bad_request(code, message)
+
+
 def _accept(connection: Connection, result: IngestResult) -> Response:
+    g.ingest_connection = connection.id
+    count_rejected(connection.id, DESTINATION, (r.code for r in result.rejected))
     if not result.accepted:
+        g.ingest_counted = True
         first = result.rejected[0] if result.rejected else None
         raise bad_request(
             first.code if first and len(result.rejected) == 1 else "no_valid_events",
             first.message if first and len(result.rejected) == 1 else "no event in the request is valid",
             rejected=[r.as_dict() for r in result.rejected],
         )
+    g.ingest_events = len(result.accepted)  # a 429/503 from the enqueue refuses them all
     _enqueuer().segment_events(connection, result.accepted)
+    count_received(connection, DESTINATION, g.get("ingest_source", "tracking_api"), len(result.accepted))
     payload: dict[str, Any] = {"success": True}
     if result.rejected:
         payload["rejected"] = [r.as_dict() for r in result.rejected]
@@ -52,9 +73,12 @@ def track_api(kind: str) -> Response:
     path_type = PATH_TYPES.get(kind)
     if path_type is None:
         raise ApiError(404, "not_found", f"unknown endpoint /v1/{kind}")
+    _ingesting(DESTINATION, "tracking_api")
     settings = _settings()
     key = basic_user(request)
     connection = connection_for_key(settings, key) if key else None
+    if connection is not None:
+        g.ingest_connection = connection.id
     raw = bodies.read_raw(request, bodies.MAX_BATCH_BYTES if path_type == "batch" else bodies.MAX_EVENT_BYTES)
     body = bodies.parse_json(raw)
     if connection is None:
@@ -64,7 +88,7 @@ def track_api(kind: str) -> Response:
     result = ingest_body(body, path_type)
     if path_type != "batch" and result.rejected:
         rejection = result.rejected[0]
-        raise bad_request(rejection.code, rejection.message)
+        raise _reject_one(connection, rejection.code, rejection.message)
     return _accept(connection, result)
 
 
@@ -77,7 +101,9 @@ def _connection_or_404(connection_id: str) -> Connection:
 
 @webhooks.post("/webhooks/segment/<connection_id>")
 def segment_webhook(connection_id: str) -> Response:
+    _ingesting(DESTINATION, "segment_webhook")
     connection = _connection_or_404(connection_id)
+    g.ingest_connection = connection.id
     raw = bodies.read_raw(request)
     secret = connection.segment_webhook_secret
     if secret is not None and not segment_signature_valid(
@@ -93,7 +119,7 @@ def segment_webhook(connection_id: str) -> Response:
     elif isinstance(body, dict):
         result = ingest_body({"batch": [body]}, "batch")
         if result.rejected:
-            raise bad_request(result.rejected[0].code, result.rejected[0].message)
+            raise _reject_one(connection, result.rejected[0].code, result.rejected[0].message)
     else:
         raise bad_request("not_an_object", "the body must be a JSON object or an array of objects")
     return _accept(connection, result)
@@ -104,7 +130,9 @@ def voucherify_webhook(connection_id: str) -> tuple[Response, int]:
     from workers.errors import MappingError
     from workers.source.envelope import event_age_seconds, parse_webhook
 
+    _ingesting(SOURCE, "voucherify_webhook")
     connection = _connection_or_404(connection_id)
+    g.ingest_connection = connection.id
     secret = connection.voucherify.webhook_secret
     if secret is None:
         raise unauthorized(
@@ -138,6 +166,7 @@ def voucherify_webhook(connection_id: str) -> tuple[Response, int]:
             409, "segment_not_configured", f"connection {connection_id!r} has no [connection.segment]"
         )
     _enqueuer().voucherify_webhook(connection, body, now)
+    count_received(connection, SOURCE, "voucherify_webhook", 1)
     return jsonify({"accepted": True, "event_id": event.event_id}), 202
 
 

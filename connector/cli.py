@@ -8,10 +8,12 @@
     connector dlq replay  (ID... | filters | --all) [--remap] [--dry-run] [--json]
     connector dlq purge   (ID... | filters | --all) [--yes] [--dry-run] [--json]
     connector scheduler   [--interval S]         the Procfile's scheduler process
+    connector check       [--json] [--offline] [--strict]   configuration, Redis, credentials
+    connector send-test   [-c C] [--no-wait] [--timeout S]  one sample event through a connection
+    connector stats       [--json]               queues, retry backlog, dead letters, rate limits
 
-Reserved for later: ``check`` (credentials, Redis persistence), ``stats``, ``send-test``.
-
-Only ``REDIS_URL`` (and ``CONNECTOR_KEY_PREFIX``) are needed: dead letters carry their queue, so
+``check``, ``send-test`` and ``stats`` read the configuration as the processes do.  For ``dlq``
+only ``REDIS_URL`` (and ``CONNECTOR_KEY_PREFIX``) are needed: dead letters carry their queue, so
 ``dlq`` works even when the configuration does not load; when it does, replay uses each
 connection's *current* queue (its region may have changed since).
 """
@@ -249,6 +251,11 @@ def _require_selection(ids: tuple[str, ...], everything: bool, *filters: str | N
 )
 @click.option("--dry-run", is_flag=True, help="only say what would be replayed")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="progress bar on stderr (default: when stderr is a terminal)",
+)
 def dlq_replay(
     ids: tuple[str, ...],
     connection: str | None,
@@ -260,6 +267,7 @@ def dlq_replay(
     remap: bool,
     dry_run: bool,
     as_json: bool,
+    progress: bool | None,
 ) -> None:
     """Put dead letters back on their queue, with the same idempotency keys."""
     from workers.delivery.publish import celery_publish
@@ -270,10 +278,19 @@ def dlq_replay(
     if dry_run:
         replayed = [r.id for r in records]
     else:
+        queue_for = _current_queues()
+        replayed = []
+        show = _show_progress(progress) and len(records) > 1
         try:
-            replayed = store.replay(records, celery_publish, remap=remap, queue_for=_current_queues())
+            with click.progressbar(
+                records, label="replaying", file=sys.stderr, hidden=not show, show_pos=True
+            ) as bar:
+                for record in bar:
+                    replayed += store.replay([record], celery_publish, remap=remap, queue_for=queue_for)
         except Exception as exc:
-            raise click.ClickException(f"replay stopped: {type(exc).__name__}: {exc}") from None
+            raise click.ClickException(
+                f"replay stopped after {len(replayed)} of {len(records)}: {type(exc).__name__}: {exc}"
+            ) from None
     if as_json:
         _print_json({"replayed": replayed, "dry_run": dry_run})
     else:
@@ -320,6 +337,10 @@ def dlq_purge(
         click.echo(f"{verb} {purged} dead letter(s)")
 
 
+def _show_progress(flag: bool | None) -> bool:
+    return sys.stderr.isatty() if flag is None else flag
+
+
 # ---------------------------------------------------------------------------------------------
 # scheduler
 
@@ -330,6 +351,11 @@ def dlq_purge(
 )
 def scheduler(interval: float | None) -> None:
     """Move due parked work back onto Celery queues and sweep Segment outboxes (runs forever)."""
+    from connector import multiprocess
+
+    # Before connector.metrics is imported (by the scheduler module): shared metrics directory.
+    multiprocess.setup("scheduler")
+
     from connector.logs import configure_logging
     from workers.delivery.keys import Keys
     from workers.delivery.publish import celery_publish
@@ -345,6 +371,149 @@ def scheduler(interval: float | None) -> None:
     runner = Scheduler(client, Keys.from_env(), celery_publish, config)
     runner.install_signal_handlers()
     runner.run()
+
+
+# ---------------------------------------------------------------------------------------------
+# check, send-test, stats (connector/ops.py does the work)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option(
+    "--offline", is_flag=True, help="do not call Voucherify or Segment (configuration and Redis only)"
+)
+@click.option("--strict", is_flag=True, help="exit non-zero on warnings too")
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="seconds per HTTP call")
+def check(as_json: bool, offline: bool, strict: bool, timeout: float) -> None:
+    """Check the configuration, Redis (persistence, eviction) and every connection's credentials.
+
+    \b
+    Voucherify: GET /v1/customers?limit=1 (rest) or GET /segmentio/test-authentication
+    (segmentio) with the connection's keys.  Segment: POST /v1/batch {"batch": []} with the
+    write key; Segment's public API answers 200 even for an unknown write key, so against the
+    real Segment this proves reachability, not the key (the fake Segment does check it).
+    Exits 1 when anything is an error (2 with --strict and only warnings).
+    """
+    from connector import ops
+
+    findings = ops.run_checks(offline=offline, timeout=timeout)
+    if as_json:
+        _print_json([f.as_dict() for f in findings])
+    else:
+        marks = {"ok": "ok  ", "warning": "WARN", "error": "FAIL"}
+        for finding in findings:
+            colour = {"ok": "green", "warning": "yellow", "error": "red"}[finding.level]
+            mark = (
+                click.style(marks[finding.level], fg=colour) if sys.stdout.isatty() else marks[finding.level]
+            )
+            click.echo(f"{mark}  {finding.subject}: {finding.message}")
+        errors = sum(f.level == "error" for f in findings)
+        warnings = sum(f.level == "warning" for f in findings)
+        click.echo(f"\n{errors} error(s), {warnings} warning(s)")
+    if any(f.level == "error" for f in findings):
+        sys.exit(1)
+    if strict and any(f.level == "warning" for f in findings):
+        sys.exit(2)
+
+
+@main.command("send-test")
+@click.option("--connection", "-c", "connection_id", help="connection id (default: the only one)")
+@click.option("--user-id", default="connector-send-test", show_default=True, help="userId of the event")
+@click.option("--event", "event_name", default="Connector Test Event", show_default=True)
+@click.option("--wait/--no-wait", default=True, help="wait until the target acknowledged it")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="seconds to wait")
+def send_test(connection_id: str | None, user_id: str, event_name: str, wait: bool, timeout: float) -> None:
+    """Send one sample track event through a connection, as the ingest would enqueue it.
+
+    The event goes on the connection's Voucherify queue like any accepted event; a running
+    worker delivers it.  With --wait (default) this waits for the idempotency ledger to record
+    the delivery, i.e. until Voucherify (or the fake) acknowledged it, or for a dead letter.
+    """
+    from connector import ops
+
+    settings = ops.settings_or_exit()
+    connection = ops.pick_connection(settings, connection_id)
+    sent = ops.enqueue_sample(settings, connection, user_id=user_id, event_name=event_name)
+    click.echo(
+        f"enqueued {sent.message_id} on {connection.voucherify.queue} for connection {connection.id!r}: "
+        f"{len(sent.keys)} Voucherify call(s) expected ({', '.join(sent.actions) or 'none: skipped by settings'})"
+    )
+    if not sent.keys:
+        return
+    if not wait:
+        click.echo(
+            "watch it with: connector stats   (queues),  connector dlq list -c "
+            f"{connection.id}   (failures), or the worker's log (message_id={sent.message_id})"
+        )
+        return
+    result = ops.wait_for_delivery(settings, connection, sent, timeout=timeout)
+    if result.delivered:
+        click.echo(f"delivered: {connection.voucherify.base_url} acknowledged it after {result.seconds:.2f}s")
+        return
+    if result.dead_letter is not None:
+        raise click.ClickException(
+            f"dead-lettered ({result.dead_letter.reason}, status {result.dead_letter.status}): "
+            f"{result.dead_letter.error}; see connector dlq show {result.dead_letter.id}"
+        )
+    raise click.ClickException(
+        f"not acknowledged within {timeout:.0f}s: is a worker consuming {connection.voucherify.queue}? "
+        "(connector stats shows the queue; it may also be waiting for a retry or a rate limit)"
+    )
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def stats(as_json: bool) -> None:
+    """Queue depths, retry backlog, dead letters and rate-limit state per connection."""
+    from connector import depths, ops
+
+    settings = ops.settings_or_exit()
+    try:
+        snap = depths.snapshot(_redis(), settings, rate_limits=True)
+    except redis.RedisError as exc:
+        raise click.ClickException(f"Redis: {type(exc).__name__}: {exc}") from None
+    if as_json:
+        _print_json(snap.as_dict())
+        return
+    click.echo("QUEUES")
+    _table(
+        [{"queue": q, "waiting": n} for q, n in snap.queues.items()],
+        [("queue", "QUEUE", 50), ("waiting", "WAITING", 10)],
+    )
+    click.echo(
+        f"\nunacknowledged (taken by a worker): {snap.unacked}   parked (retries, throttled): {snap.delayed}"
+        f" ({snap.delayed_due} due now)   dead letters: {snap.dead_letters}\n"
+    )
+    click.echo("CONNECTIONS")
+    rows = []
+    for state in snap.connections:
+        limits = []
+        for rl in state.rate_limits:
+            text = f"{rl.target} {rl.used}/{rl.limit if rl.limit is not None else '-'} per {rl.window_seconds:g}s"
+            if rl.paused_for_seconds > 0:
+                text += f" PAUSED {rl.paused_for_seconds:.0f}s"
+            if rl.slow_factor < 1:
+                text += f" slowed x{rl.slow_factor:g}"
+            limits.append(text)
+        rows.append(
+            {
+                "id": state.id,
+                "backlog": f"{state.backlog}/{state.backlog_limit}",
+                "dead": state.dead_letters,
+                "limits": "; ".join(limits),
+            }
+        )
+    _table(
+        rows,
+        [
+            ("id", "CONNECTION", 30),
+            ("backlog", "BACKLOG", 16),
+            ("dead", "DEAD LETTERS", 12),
+            ("limits", "RATE LIMITS", 90),
+        ],
+    )
+    for connection_id, count in snap.dead_letters_unconfigured.items():
+        click.echo(f"(dead letters of a connection no longer configured: {connection_id}: {count})")
 
 
 if __name__ == "__main__":  # pragma: no cover

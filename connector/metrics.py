@@ -1,21 +1,30 @@
 """Every Prometheus metric of the connector, defined once (SPEC 7).
 
-Processes increment these; the web process exposes them at ``/metrics``.  Label values are
+Processes increment these; the web process exposes them at ``/metrics``.  Labels: ``connection``
+(a configured id, or ``unknown`` before a request is authenticated), ``direction``
+(``segment_to_voucherify`` | ``voucherify_to_segment``), ``region`` (the target's region or
+dedicated-cluster host), ``reason``/``outcome``/``status`` from closed sets.  Label values are
 bounded sets (connection ids from configuration, fixed reasons and outcomes, HTTP status codes),
 never free text or customer data.  Multiprocess aggregation (``PROMETHEUS_MULTIPROC_DIR``) is
-set up by the process entry points, not here: prometheus_client picks it at import time.
+set up by the process entry points (:mod:`connector.multiprocess`), not here: this module must
+be imported after that set-up.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 
-# --- ingest -----------------------------------------------------------------------------------
+# --- ingest (web) ------------------------------------------------------------------------------
+# Incremented once per request with counts (``inc(n)``), never once per event.
 EVENTS_RECEIVED = Counter(
-    "connector_events_received_total", "Events accepted by the ingest", ["connection", "source", "type"]
+    "connector_events_received_total",
+    "Events accepted by the ingest (durably enqueued)",
+    ["connection", "direction", "region", "source"],
 )
 EVENTS_REJECTED = Counter(
-    "connector_events_rejected_total", "Events or requests rejected by the ingest", ["connection", "reason"]
+    "connector_events_rejected_total",
+    "Events refused by the ingest, by reason (a whole refused request counts once, with its code)",
+    ["connection", "direction", "reason"],
 )
 
 # --- workers ----------------------------------------------------------------------------------
@@ -85,6 +94,6 @@ OUTBOX_FLUSHES_PUBLISHED = Counter(
     "Segment outbox flush tasks published by the sweep",
     ["connection"],
 )
-QUEUE_DEPTH = Gauge("connector_queue_depth", "Messages waiting in a broker queue", ["queue"])
-DELAYED_DEPTH = Gauge("connector_delayed_entries", "Entries waiting in the delayed store")
-DEAD_LETTER_DEPTH = Gauge("connector_dead_letter_entries", "Entries in the dead-letter store")
+
+# Queue depths, delayed entries and dead letters are read from Redis when /metrics is scraped
+# (connector.depths / app.metrics), not kept as gauges by the processes.

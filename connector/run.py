@@ -3,7 +3,13 @@
 - No Redis answering at ``REDIS_URL``: an embedded ``redis-server`` joins the process list
   (announced in the log).
 - No connection configured: the sandbox.  Fake Voucherify and fake Segment servers start on
-  loopback with a sandbox connection wired to them, and a copy-paste ``curl`` is printed.
+  loopback with a sandbox connection wired to them, and a copy-paste ``curl`` is printed.  The
+  web's status page (``/``) learns where the fakes listen from ``CONNECTOR_SANDBOX_FAKES`` and
+  shows what they received.
+- Metrics of every process are merged through a fresh ``PROMETHEUS_MULTIPROC_DIR`` under the
+  run directory (unless one is given), so ``/metrics`` shows the whole pipeline.
+
+``CONNECTOR_RUN_DIR`` moves the run directory (default ``.run/``), e.g. for tests.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from pathlib import Path
 from connector.embedded import free_port, redis_answers, redis_binary
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN_DIR = ROOT / ".run"
+RUN_DIR = Path(os.environ.get("CONNECTOR_RUN_DIR") or ROOT / ".run")
 
 SANDBOX = {
     "write_key": "sandbox-write-key",
@@ -65,7 +71,7 @@ api_url = "{segment_url}"
 
 
 def main() -> None:
-    RUN_DIR.mkdir(exist_ok=True)
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     python = shlex.quote(sys.executable)
     bindir = Path(sys.executable).parent
@@ -74,6 +80,12 @@ def main() -> None:
     env.setdefault("LOG_FORMAT", "human")
     lines = [line for line in (ROOT / "Procfile").read_text().splitlines() if line.strip()]
     notes: list[str] = []
+
+    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = RUN_DIR / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)  # counters start from zero on each run
+        metrics_dir.mkdir(parents=True)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
 
     redis_url = env.get("REDIS_URL") or "redis://localhost:6379/0"
     if not redis_answers(redis_url):
@@ -101,13 +113,13 @@ def main() -> None:
         path.write_text(sandbox_connections(vf_url, seg_url))
         env["CONNECTIONS_FILE"] = str(path)
         s = SANDBOX
-        lines.append(
-            f"fake_voucherify: {python} -m sandbox.fake_voucherify --port {vf_port} "
-            f"--app-id {s['app_id']} --secret-key {s['secret_key']} --name sandbox"
-        )
-        lines.append(
-            f"fake_segment: {python} -m sandbox.fake_segment --port {seg_port} --write-key {s['segment_write_key']}"
-        )
+        # Credentials through the environment: they stay out of the Procfile, `ps` and the log.
+        env["FAKE_VOUCHERIFY_APP_ID"] = s["app_id"]
+        env["FAKE_VOUCHERIFY_SECRET_KEY"] = s["secret_key"]
+        env["FAKE_SEGMENT_WRITE_KEYS"] = s["segment_write_key"]
+        env["CONNECTOR_SANDBOX_FAKES"] = f"voucherify={vf_url},segment={seg_url}"
+        lines.append(f"fake_voucherify: {python} -m sandbox.fake_voucherify --port {vf_port} --name sandbox")
+        lines.append(f"fake_segment: {python} -m sandbox.fake_segment --port {seg_port}")
         notes += [
             "No connection configured: running the SANDBOX (fake Voucherify and fake Segment on loopback).",
             "",
@@ -116,7 +128,7 @@ def main() -> None:
             '    -d \'{"userId":"user-1","event":"Order Completed","properties":{"total":42}}\' \\',
             f"    {web}/v1/track",
             "",
-            f"Status page:                       {web}/",
+            f"Status page:                       {web}/      (metrics: {web}/metrics)",
             f"Requests the fake Voucherify got:  {vf_url}/__fake/requests",
             f"Events the fake Segment got:       {seg_url}/__fake/events",
             f"Sandbox connection file:           {path}",

@@ -4,6 +4,7 @@ rate limiting and the ``/__fake/`` control API, plus the gevent server runner.
 Control API (every fake):
 
 - ``GET /__fake/health`` -> ``{"ok": true, "kind", "name", "pid", "requests", "uptime_s"}``
+  (every ``GET /__fake/...`` answers ``Access-Control-Allow-Origin: *`` for the status page)
 - ``GET /__fake/requests[?path=&method=&since=]`` -> recorded requests (``since``: a ``seq``)
 - ``DELETE /__fake/requests`` -> forget recorded requests (faults untouched)
 - ``GET /__fake/faults`` -> current settings and scripts
@@ -543,6 +544,9 @@ class FakeApp:
         except Exception:
             traceback.print_exc()
             resp = FakeResponse(500, {"error": "control endpoint crashed"})
+        if method == "GET":
+            # The connector's status page (another loopback port) reads the records from the browser.
+            resp.headers["Access-Control-Allow-Origin"] = "*"
         return self._send(start_response, resp)
 
     def _control(self, req: FakeRequest) -> FakeResponse:

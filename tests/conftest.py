@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from connector.embedded import redis_answers, start_redis
+from tests.support import secrets
 from tests.support.processes import Stack, base_env
 
 MACHINE_REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -18,6 +19,24 @@ MACHINE_REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "integration: runs real processes (gunicorn, celery, redis, fakes)")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """No secret in any log written during the session (every process, every fake)."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    roots = [factory.getbasetemp()] if factory is not None else []
+    leaks = secrets.scan(roots)
+    if not leaks:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = [f"{path}:{number}: contains a secret ({masked})" for path, number, masked in leaks[:50]]
+    message = "SECRETS FOUND IN PROCESS LOGS:\n" + "\n".join(lines)
+    if reporter is not None:
+        reporter.write_sep("=", "secret scan", red=True)
+        reporter.write_line(message)
+    else:
+        print(message)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

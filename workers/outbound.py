@@ -24,9 +24,12 @@ class OutboundRequest:
     # Event time (ISO 8601) used by stale-update protection of customer upserts.
     event_time: str | None = None
     message_id: str | None = None
+    # A coalesced request (workers.delivery.coalesce): the original requests it stands for, each
+    # {idempotency_key, action, customer, event_time, message_id, body}.  None for a plain one.
+    parts: tuple[dict[str, Any], ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "method": self.method,
             "path": self.path,
             "body": self.body,
@@ -37,6 +40,9 @@ class OutboundRequest:
             "event_time": self.event_time,
             "message_id": self.message_id,
         }
+        if self.parts:
+            data["parts"] = [dict(p) for p in self.parts]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OutboundRequest:
@@ -50,4 +56,5 @@ class OutboundRequest:
             customer=data.get("customer"),
             event_time=data.get("event_time"),
             message_id=data.get("message_id"),
+            parts=tuple(data["parts"]) if data.get("parts") else None,
         )

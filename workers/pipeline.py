@@ -38,6 +38,7 @@ from celery.exceptions import Reject
 
 from connector.config import Connection
 from workers.delivery import DESTINATION, SOURCE, backlog, outcomes
+from workers.delivery.coalesce import coalesce
 from workers.delivery.concurrency import run_all
 from workers.delivery.deadletters import INTERNAL_ERROR, MAPPING_ERROR
 from workers.delivery.engine import (
@@ -95,6 +96,8 @@ def process_segment_events(
         items: list[dict[str, Any]] = []
         for event in events:
             items.extend(_map_segment_event(ctx, event))
+        if connection.voucherify.mode == "rest":
+            items = coalesce_items(items)
         _run(ctx, items)
 
 
@@ -202,6 +205,33 @@ def _map_segment_event(ctx: Context, event: dict[str, Any]) -> list[dict[str, An
     # The event's backlog unit rides on its last request: released when the event is finished.
     last = len(requests) - 1
     return [new_item(r, event, received_at, 1 if i == last else 0) for i, r in enumerate(requests)]
+
+
+def coalesce_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fewer Voucherify calls for the same effects (:mod:`workers.delivery.coalesce`): merged
+    upserts of one customer, bulk upserts of independent customers.  A coalesced item carries the
+    payloads of all its events (for dead letters and replays) and all their backlog units."""
+    if len(items) < 2:
+        return items
+    plan = coalesce([OutboundRequest.from_dict(i["request"]) for i in items])
+    if len(plan) == len(items):
+        return items
+    out: list[dict[str, Any]] = []
+    for merged in plan:
+        if len(merged.sources) == 1:
+            out.append(items[merged.sources[0]])
+            continue
+        sources = [items[i] for i in merged.sources]
+        times = [float(s["received_at"]) for s in sources if s.get("received_at") is not None]
+        out.append(
+            new_item(
+                merged.request,
+                [s.get("payload") for s in sources],
+                min(times) if times else None,
+                sum(int(s.get("backlog") or 0) for s in sources),
+            )
+        )
+    return out
 
 
 def _received_at(event: Any) -> float | None:

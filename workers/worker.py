@@ -10,13 +10,25 @@ from __future__ import annotations
 
 import os
 
-from celery.signals import setup_logging, worker_process_init
+from connector import multiprocess
 
-from connector.config import load_settings
-from connector.logs import configure_logging
-from workers import tasks  # noqa: F401  (registers the tasks)
-from workers.celery_app import celery, queues_for
-from workers.runtime import build_runtime, set_runtime
+# Before anything imports connector.metrics: with PROMETHEUS_MULTIPROC_DIR set, this worker's
+# metrics land in the shared directory that the web's /metrics merges.
+multiprocess.setup("worker")
+
+from celery.signals import (  # noqa: E402
+    setup_logging,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+)
+
+from connector.config import load_settings  # noqa: E402
+from connector.logs import configure_logging  # noqa: E402
+from workers import tasks  # noqa: E402, F401  (registers the tasks)
+from workers.celery_app import celery, queues_for  # noqa: E402
+from workers.restore import start_sweeper  # noqa: E402
+from workers.runtime import build_runtime, set_runtime  # noqa: E402
 
 settings = load_settings()
 _all_queues = settings.voucherify_queues + settings.segment_queues
@@ -35,3 +47,44 @@ def _logging(**_: object) -> None:
 def _fresh_runtime(**_: object) -> None:
     # Each pool process opens its own sockets.
     set_runtime(build_runtime(settings))
+
+
+@worker_process_shutdown.connect
+def _metrics_gone(pid: int | None = None, **_: object) -> None:
+    # prefork children: forget their live gauges (counters stay, as for gunicorn's workers).
+    multiprocess.mark_dead(pid or os.getpid())
+
+
+@worker_ready.connect
+def _sweep_unacked(**_: object) -> None:
+    # Messages of a worker that died come back after the visibility timeout only if someone
+    # sweeps; kombu does not under --pool gevent (see workers.restore).
+    start_sweeper(celery)
+
+
+@worker_ready.connect
+def _shutdown_signals_in_a_greenlet(**_: object) -> None:
+    """Run Celery's shutdown handlers in a greenlet of their own under ``--pool gevent``.
+
+    Celery's cold shutdown (SIGQUIT, and SIGTERM with ``REMAP_SIGTERM=SIGQUIT`` as on Heroku)
+    joins the task pool from inside the signal handler.  Under gevent the handler may run in the
+    hub's event-loop callback, where blocking is forbidden: the join raises
+    ``BlockingSwitchOutError``, the worker dies on an "Unrecoverable error", and the messages of
+    the tasks it was running were measured lost (never requeued).  A gevent signal handler runs
+    the same Celery handler in a fresh greenlet, where the join simply waits for the running
+    (time-bounded) tasks to finish and acknowledge, and prefetched messages are restored.
+    """
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return
+    if not monkey.is_module_patched("socket"):
+        return  # not the gevent pool: Celery's handlers are fine as they are
+    import signal
+
+    import gevent
+
+    for signum in (signal.SIGQUIT, signal.SIGTERM, signal.SIGINT):
+        handler = signal.getsignal(signum)
+        if callable(handler):
+            gevent.signal_handler(signum, handler, signum, None)

@@ -42,6 +42,8 @@ from typing import Any, ClassVar, Self
 import pytest
 import requests
 
+from tests.support import secrets
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 CONTROL_TIMEOUT = 5.0
@@ -80,6 +82,7 @@ class FakeProcess:
             Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix=f"fake-{name}-"))
         )
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        secrets.watch_dir(self.log_dir)  # scanned for leaked secrets at the end of the session
         self.log_path = self.log_dir / f"{name}.log"
         self.port = port  # 0 until the first start picks a free port; then fixed for restarts
         self.startup_timeout = startup_timeout
@@ -318,6 +321,7 @@ class FakeVoucherify(FakeProcess):
         super().__init__(name=name, **kw)
         self.app_id = app_id
         self.secret_key = secret_key
+        secrets.register(secret_key)
         self.strict_nulls = strict_nulls
 
     def _cli_args(self) -> list[str]:
@@ -357,6 +361,7 @@ class FakeSegment(FakeProcess):
         if not write_keys:
             raise ValueError("at least one write key")
         self.write_keys = list(write_keys)
+        secrets.register(*self.write_keys)
 
     @property
     def write_key(self) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 import requests
 
 from connector.embedded import free_port
+from tests.support import secrets
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -121,10 +122,17 @@ class Stack:
     def __init__(self, tmp: Path, env: dict[str, str]) -> None:
         self.tmp = tmp
         self.env = env
+        # One metrics directory shared by the stack's processes (gunicorn workers, Celery, the
+        # scheduler), as `make run` does: /metrics of the web merges them all.
+        if "PROMETHEUS_MULTIPROC_DIR" not in env:
+            metrics_dir = tmp / f"prometheus-{id(self):x}"
+            metrics_dir.mkdir(parents=True, exist_ok=True)
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         self.procs: list[Proc] = []
         self.web_url = ""
 
     def add(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
+        secrets.register_env(env or self.env)  # the session-end log scan looks for them
         proc = Proc(name, args, env or self.env, self.tmp).start()
         self.procs.append(proc)
         return proc

@@ -1,6 +1,8 @@
 """Dead letters: what could not be delivered, kept whole enough to understand and replay.
 
-Storage: ``{p}dlq`` (zset id -> dead-lettered time, ms) + ``{p}dlq:data`` (hash id -> JSON).
+Storage: ``{p}dlq`` (zset id -> dead-lettered time, ms) + ``{p}dlq:data`` (hash id -> JSON),
+and ``{p}dlq:counts`` (hash connection id -> count, kept by the same Lua calls) so that
+``/metrics`` and ``connector stats`` read dead letters per connection without loading records.
 A record keeps the connection, direction and queue, the original payload (Segment event or
 Voucherify webhook, bounded), the request description (no secrets: auth headers are added only
 at send time), the last status, error and a bounded response excerpt, the attempt history, the
@@ -34,7 +36,41 @@ import redis
 from workers.celery_app import TASK_DELIVER, TASK_SEGMENT_EVENTS, TASK_VOUCHERIFY_WEBHOOK
 from workers.delivery import SOURCE, backlog
 from workers.delivery.keys import Keys
+from workers.delivery.lua import Lua
 from workers.delivery.publish import Publish
+
+# KEYS: dlq, dlq:data, dlq:counts.  ARGV: id, score, record JSON, connection id.
+_ADD = Lua(
+    """
+if redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) == 1 then
+  redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+return 1
+"""
+)
+
+# KEYS: dlq, dlq:data, dlq:counts.  ARGV: ids.  Returns how many were removed.
+_REMOVE = Lua(
+    """
+local removed = 0
+for _, id in ipairs(ARGV) do
+  local raw = redis.call('HGET', KEYS[2], id)
+  if redis.call('ZREM', KEYS[1], id) == 1 then
+    removed = removed + 1
+    if raw then
+      local ok, record = pcall(cjson.decode, raw)
+      local c = ok and type(record) == 'table' and record['connection_id']
+      if type(c) == 'string' then
+        if redis.call('HINCRBY', KEYS[3], c, -1) <= 0 then redis.call('HDEL', KEYS[3], c) end
+      end
+    end
+  end
+  redis.call('HDEL', KEYS[2], id)
+end
+return removed
+"""
+)
 
 MAPPING_ERROR = "mapping_error"
 REJECTED = "rejected"
@@ -134,20 +170,33 @@ class DeadLetters:
         record.response_excerpt = (record.response_excerpt or "")[:MAX_EXCERPT_CHARS]
         record.error = (record.error or "")[:MAX_ERROR_CHARS]
         record.history = list(record.history or [])[-MAX_HISTORY:]
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(self.keys.dlq_data, record.id, orjson.dumps(record.to_dict(), default=str))
-        pipe.zadd(self.keys.dlq, {record.id: int(record.dead_lettered_at * 1000)})
-        pipe.execute()
+        _ADD(
+            self.client,
+            [self.keys.dlq, self.keys.dlq_data, self.keys.dlq_counts],
+            [
+                record.id,
+                int(record.dead_lettered_at * 1000),
+                orjson.dumps(record.to_dict(), default=str),
+                record.connection_id,
+            ],
+        )
         return record.id
 
     def remove(self, ids: list[str]) -> int:
         if not ids:
             return 0
-        pipe = self.client.pipeline(transaction=True)
-        pipe.zrem(self.keys.dlq, *ids)
-        pipe.hdel(self.keys.dlq_data, *ids)
-        removed, _ = pipe.execute()
-        return int(removed)
+        removed = 0
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            removed += int(
+                _REMOVE(self.client, [self.keys.dlq, self.keys.dlq_data, self.keys.dlq_counts], chunk)
+            )
+        return removed
+
+    def counts(self) -> dict[str, int]:
+        """Dead letters per connection, without loading a record."""
+        raw = self.client.hgetall(self.keys.dlq_counts)
+        return {_text(k): int(v) for k, v in raw.items() if int(v) > 0}
 
     # --- reading ------------------------------------------------------------------------------
     def get(self, entry_id: str) -> DeadLetter | None:

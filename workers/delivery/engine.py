@@ -264,7 +264,17 @@ def deliver_one(ctx: Context, item: dict[str, Any]) -> Step:
         _park_report(ctx, request, item, "busy")
         return Step.parked("busy", time.time() + claim.wait + 0.05)
 
-    event_ms = event_time_ms(request.event_time) if request.action == UPSERT_CUSTOMER else None
+    if request.parts:
+        # A coalesced request: send only the parts not yet delivered and not stale.
+        live, why = _live_parts(ctx, request)
+        if live is None:
+            ctx.ledger.complete(request.idempotency_key, ctx.ledger_keep)
+            ctx.ledger.complete_many([p["idempotency_key"] for p in request.parts], ctx.ledger_keep)
+            return finish_skipped(ctx, request, item, why)
+        request = live
+    event_ms = (
+        event_time_ms(request.event_time) if request.action == UPSERT_CUSTOMER and not request.parts else None
+    )
     if event_ms is not None and request.customer and ctx.stale.is_stale(request.customer, event_ms):
         ctx.ledger.complete(request.idempotency_key, ctx.ledger_keep)
         return finish_skipped(ctx, request, item, "stale")
@@ -281,6 +291,8 @@ def deliver_one(ctx: Context, item: dict[str, Any]) -> Step:
     if verdict is Verdict.SUCCESS:
         assert isinstance(result, HTTPResult)
         ctx.ledger.complete(request.idempotency_key, ctx.ledger_keep)
+        if request.parts:
+            _parts_delivered(ctx, request)
         if event_ms is not None and request.customer:
             ctx.stale.applied(request.customer, event_ms, ctx.tuning.stale_ttl)
         _observe(ctx, result)
@@ -292,6 +304,39 @@ def deliver_one(ctx: Context, item: dict[str, Any]) -> Step:
     if verdict is Verdict.PERMANENT:
         return finish_dead(ctx, item, REJECTED, _error_text(result), status=status, excerpt=_excerpt(result))
     return _retry_or_dead(ctx, request, item, result)
+
+
+def _live_parts(ctx: Context, request: OutboundRequest) -> tuple[OutboundRequest | None, str]:
+    """The coalesced request without its parts already delivered or stale (None: nothing left)."""
+    from workers.delivery.coalesce import rebuild
+
+    parts = list(request.parts or ())
+    done = ctx.ledger.done_many([p["idempotency_key"] for p in parts])
+    newest = ctx.stale.newest_many([str(p.get("customer")) for p in parts])
+    live: list[dict[str, Any]] = []
+    stale = False
+    for part, delivered, newest_ms in zip(parts, done, newest, strict=True):
+        if delivered:
+            continue
+        if part.get("action") == UPSERT_CUSTOMER and newest_ms is not None:
+            ms = event_time_ms(part.get("event_time"))
+            if ms is not None and ms < newest_ms:
+                stale = True
+                continue
+        live.append(part)
+    return rebuild(request, live), "stale" if stale else "duplicate"
+
+
+def _parts_delivered(ctx: Context, request: OutboundRequest) -> None:
+    parts = request.parts or ()
+    ctx.ledger.complete_many([p["idempotency_key"] for p in parts], ctx.ledger_keep)
+    newest: dict[str, int] = {}
+    for part in parts:
+        ms = event_time_ms(part.get("event_time")) if part.get("action") == UPSERT_CUSTOMER else None
+        if ms is not None and part.get("customer"):
+            newest[part["customer"]] = max(ms, newest.get(part["customer"], ms))
+    for customer, ms in newest.items():
+        ctx.stale.applied(customer, ms, ctx.tuning.stale_ttl)
 
 
 def _send(ctx: Context, request: OutboundRequest, item: dict[str, Any]) -> HTTPResult | TransportFailure:

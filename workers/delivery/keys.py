@@ -15,6 +15,7 @@ Layout (``{p}`` is the prefix, ``{c}`` a connection id)::
     {p}stale:{c}:{customer}             string  epoch ms of the newest applied customer upsert
     {p}dlq                              zset    dead-letter id -> dead-lettered time (epoch ms)
     {p}dlq:data                         hash    dead-letter id -> JSON record
+    {p}dlq:counts                       hash    connection id -> number of its dead letters
     {p}outbox:{c}                       list    Segment track calls waiting for /v1/batch (FIFO)
     {p}outbox:{c}:state                 hash    queue, retry state (attempts, next_at, delay, history)
     {p}outbox:{c}:lock                  string  token of the one flusher of this connection
@@ -70,6 +71,10 @@ class Keys:
     @property
     def dlq_data(self) -> str:
         return f"{self.prefix}dlq:data"
+
+    @property
+    def dlq_counts(self) -> str:
+        return f"{self.prefix}dlq:counts"
 
     def outbox(self, connection_id: str) -> str:
         return f"{self.prefix}outbox:{connection_id}"

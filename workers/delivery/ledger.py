@@ -85,5 +85,20 @@ class Ledger:
     def release(self, idempotency_key: str, token: str) -> None:
         _RELEASE(self.client, [self._key(idempotency_key)], [token])
 
+    def complete_many(self, idempotency_keys: list[str], keep: float) -> None:
+        """Several keys delivered by one call (a coalesced request): one round trip."""
+        if not idempotency_keys:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for key in idempotency_keys:
+            pipe.set(self._key(key), "done", ex=max(1, int(keep)))
+        pipe.execute()
+
+    def done_many(self, idempotency_keys: list[str]) -> list[bool]:
+        if not idempotency_keys:
+            return []
+        values = self.client.mget([self._key(k) for k in idempotency_keys])
+        return [v == b"done" for v in values]
+
     def is_done(self, idempotency_key: str) -> bool:
         return self.client.get(self._key(idempotency_key)) == b"done"

@@ -100,7 +100,6 @@ class Scheduler:
             result.published += 1
         store.ack(done)
         result.flushes = self.sweep_outboxes(now)
-        metrics.DELAYED_DEPTH.set(store.size())
         return result
 
     def sweep_outboxes(self, now: float | None = None) -> int:

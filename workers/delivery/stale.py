@@ -61,5 +61,17 @@ class StaleGuard:
         except ValueError:
             return False
 
+    def newest_many(self, customers: list[str]) -> list[int | None]:
+        """The recorded newest upsert time of each customer (one round trip)."""
+        if not customers:
+            return []
+        out: list[int | None] = []
+        for raw in self.client.mget([self.keys.stale(self.connection_id, c) for c in customers]):
+            try:
+                out.append(int(raw) if raw is not None else None)
+            except ValueError:
+                out.append(None)
+        return out
+
     def applied(self, customer: str, event_ms: int, ttl: float) -> None:
         _RAISE(self.client, [self.keys.stale(self.connection_id, customer)], [event_ms, max(1, int(ttl))])

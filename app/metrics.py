@@ -1,0 +1,152 @@
+"""``GET /metrics``: Prometheus text for the whole machine, and the ingest's own counters.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` (see :mod:`connector.multiprocess`) the answer merges the
+metric files of every gunicorn worker, Celery worker and scheduler sharing the directory.
+Without it, the answer holds this gunicorn worker's own registry only (said once at start-up).
+
+Queue depths are not counters kept by a process: they are read from Redis at scrape time
+(:mod:`connector.depths`), so every scrape sees the current broker queues, parked work and
+dead letters, whichever process answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+
+import redis
+from flask import Blueprint, Response, current_app
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from connector import depths, metrics, multiprocess
+from connector.config import Connection, Settings
+from workers.delivery import SOURCE
+
+log = logging.getLogger("connector.web")
+
+metrics_bp = Blueprint("metrics", __name__)
+
+
+# --- ingest counters (called by the views, once per request) ----------------------------------
+
+
+def region_of(connection: Connection, direction: str) -> str:
+    if direction == SOURCE and connection.segment is not None:
+        return connection.segment.region or connection.segment.queue.split(".", 1)[-1]
+    return connection.voucherify.region or connection.voucherify.queue.split(".", 1)[-1]
+
+
+def count_received(connection: Connection, direction: str, source: str, count: int) -> None:
+    if count > 0:
+        metrics.EVENTS_RECEIVED.labels(
+            connection.id, direction, region_of(connection, direction), source
+        ).inc(count)
+
+
+def count_rejected(connection_id: str, direction: str, codes: Iterable[str]) -> None:
+    by_code: dict[str, int] = {}
+    for code in codes:
+        by_code[code] = by_code.get(code, 0) + 1
+    for code, count in by_code.items():
+        metrics.EVENTS_REJECTED.labels(connection_id, direction, code).inc(count)
+
+
+def count_refused_request(connection_id: str, direction: str, code: str, events: int = 1) -> None:
+    metrics.EVENTS_REJECTED.labels(connection_id, direction, code).inc(max(1, events))
+
+
+# --- scrape-time gauges ---------------------------------------------------------------------
+
+
+class DepthCollector(Collector):
+    """Gauges read from Redis when scraped."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("connector_redis_up", "1 when Redis answered this scrape")
+        try:
+            snap = depths.snapshot(self.client, self.settings)
+        except redis.RedisError as exc:
+            log.warning("metrics: Redis unavailable for queue depths", extra={"error": str(exc)[:200]})
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        queue = GaugeMetricFamily(
+            "connector_queue_depth", "Messages waiting in a broker queue", labels=["queue"]
+        )
+        for name, depth in snap.queues.items():
+            queue.add_metric([name], depth)
+        yield queue
+        yield GaugeMetricFamily(
+            "connector_queue_unacked", "Broker messages taken by a worker, not yet acknowledged", snap.unacked
+        )
+        delayed = GaugeMetricFamily(
+            "connector_delayed_entries",
+            "Entries parked in the delayed store (retries, throttled work); state=due: overdue now",
+            labels=["state"],
+        )
+        delayed.add_metric(["all"], snap.delayed)
+        delayed.add_metric(["due"], snap.delayed_due)
+        yield delayed
+        dead = GaugeMetricFamily(
+            "connector_dead_letter_entries", "Dead letters kept, per connection", labels=["connection"]
+        )
+        backlog = GaugeMetricFamily(
+            "connector_backlog_events",
+            "Accepted, unfinished work per connection (backpressure)",
+            labels=["connection"],
+        )
+        for state in snap.connections:
+            dead.add_metric([state.id], state.dead_letters)
+            backlog.add_metric([state.id], state.backlog)
+        for connection_id, count in snap.dead_letters_unconfigured.items():
+            dead.add_metric([connection_id], count)
+        yield dead
+        yield backlog
+
+
+class _Default(Collector):
+    """This process's own registry (single-process fallback)."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield from REGISTRY.collect()
+
+
+def multiprocess_mode() -> bool:
+    return multiprocess.directory() is not None
+
+
+def announce_mode() -> None:
+    if multiprocess_mode():
+        log.info("metrics: multiprocess mode", extra={"directory": multiprocess.directory()})
+    else:
+        log.warning(
+            "metrics: PROMETHEUS_MULTIPROC_DIR is not set; /metrics shows only the gunicorn worker "
+            "that answers (set it to a shared, empty directory to aggregate every process)"
+        )
+
+
+def _registry() -> CollectorRegistry:
+    from prometheus_client import multiprocess as prom_multiprocess
+
+    registry = CollectorRegistry(auto_describe=False)
+    if multiprocess_mode():
+        prom_multiprocess.MultiProcessCollector(registry)
+    else:
+        registry.register(_Default())
+    settings: Settings = current_app.extensions["connector.settings"]
+    registry.register(DepthCollector(current_app.extensions["connector.redis"], settings))
+    return registry
+
+
+@metrics_bp.get("/metrics")
+def scrape() -> Response:
+    return Response(generate_latest(_registry()), content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,103 @@
+"""``GET /``: a small status page for people (``make run``'s sandbox first of all).
+
+It shows the configured connections (ids, regions, modes, queues -- never a credential), the
+queue depths read from Redis, and, in the sandbox, the last requests the fake Voucherify and
+fake Segment received.  Those come from the fakes' ``/__fake/requests`` fetched *by the
+browser* (the web process never imports an HTTP client); ``connector.run`` tells the page where
+the fakes listen through ``CONNECTOR_SANDBOX_FAKES`` (``name=url,name=url``, loopback only).
+Only method, path, status and time of a recorded request are displayed, never its headers or
+body (they carry the sandbox's credentials and the events).
+
+``GET /status.json`` is the same data for scripts and the page's refresh.  ``STATUS_PAGE=off``
+turns both off (``/metrics`` and ``/readyz`` stay).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import redis
+from flask import Blueprint, Response, abort, current_app, jsonify, render_template
+
+from connector import depths
+from connector.config import Settings
+
+status_bp = Blueprint("status", __name__, template_folder="templates")
+
+SANDBOX_ENV = "CONNECTOR_SANDBOX_FAKES"
+_LOOPBACK_URL = re.compile(r"^http://(127\.0\.0\.1|localhost|\[::1\]):\d{1,5}$")
+
+
+def sandbox_fakes(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``{"voucherify": "http://127.0.0.1:8100", ...}`` from ``CONNECTOR_SANDBOX_FAKES``."""
+    raw = (env if env is not None else os.environ).get(SANDBOX_ENV, "")
+    fakes: dict[str, str] = {}
+    for part in raw.split(","):
+        name, _, url = part.strip().partition("=")
+        url = url.strip().rstrip("/")
+        if re.fullmatch(r"[a-z0-9_-]{1,32}", name.strip()) and _LOOPBACK_URL.match(url):
+            fakes[name.strip()] = url
+    return fakes
+
+
+def _enabled() -> bool:
+    return os.environ.get("STATUS_PAGE", "on").lower() not in ("off", "0", "false", "no")
+
+
+def status_data() -> dict[str, Any]:
+    settings: Settings = current_app.extensions["connector.settings"]
+    client: redis.Redis = current_app.extensions["connector.redis"]
+    connections = []
+    for c in settings.connections:
+        connections.append(
+            {
+                "id": c.id,
+                "voucherify": {
+                    "region": c.voucherify.region,
+                    "dedicated": bool(c.voucherify.api_url),
+                    "mode": c.voucherify.mode,
+                    "queue": c.voucherify.queue,
+                    "rate_limit_per_minute": c.voucherify.rate_limit_per_minute,
+                    "webhooks": c.voucherify.webhook_secret is not None,
+                },
+                "segment": (
+                    {"region": c.segment.region, "queue": c.segment.queue} if c.segment is not None else None
+                ),
+                "write_keys": len(c.write_keys),
+            }
+        )
+    data: dict[str, Any] = {"connections": connections, "redis": True, "sandbox": sandbox_fakes()}
+    try:
+        snap = depths.snapshot(client, settings)
+    except redis.RedisError:
+        data["redis"] = False
+        return data
+    data.update(
+        {
+            "queues": snap.queues,
+            "unacked": snap.unacked,
+            "delayed": snap.delayed,
+            "delayed_due": snap.delayed_due,
+            "dead_letters": snap.dead_letters,
+            "per_connection": {
+                s.id: {"backlog": s.backlog, "dead_letters": s.dead_letters} for s in snap.connections
+            },
+        }
+    )
+    return data
+
+
+@status_bp.get("/")
+def page() -> str:
+    if not _enabled():
+        abort(404)
+    return render_template("status.html", data=status_data())
+
+
+@status_bp.get("/status.json")
+def as_json() -> Response:
+    if not _enabled():
+        abort(404)
+    return jsonify(status_data())

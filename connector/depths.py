@@ -1,0 +1,152 @@
+"""What is waiting, read from Redis: broker queues, parked work, dead letters, backlogs, budgets.
+
+One read used by ``GET /metrics`` (at scrape time), the status page and ``connector stats``.
+Cheap by construction: LLEN per queue, ZCARD/ZCOUNT on the delayed store, one HGETALL of the
+dead-letter counts, a GET per connection backlog -- all in one pipeline; never a record load.
+Pure Redis (no HTTP client): the web process imports it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+
+from connector.config import Settings
+from workers.delivery.keys import Keys
+
+# kombu's Redis transport keeps messages handed to a worker but not yet acknowledged here.
+UNACKED_KEY = "unacked"
+
+
+@dataclass
+class RateLimitState:
+    target: str
+    limit: int | None  # requests per window, None when unbounded
+    window_seconds: float
+    used: int  # grants in the current window
+    paused_for_seconds: float  # > 0 while the target asked us to wait (429)
+    slow_factor: float  # 1.0, or less after a low X-Rate-Limit-Remaining / a 429
+
+
+@dataclass
+class ConnectionState:
+    id: str
+    backlog: int
+    backlog_limit: int
+    dead_letters: int
+    rate_limits: list[RateLimitState] = field(default_factory=list)
+
+
+@dataclass
+class Snapshot:
+    queues: dict[str, int]
+    unacked: int
+    delayed: int
+    delayed_due: int
+    dead_letters: int
+    connections: list[ConnectionState]
+    dead_letters_unconfigured: dict[str, int] = field(default_factory=dict)
+    taken_at: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value) if value is not None else 0
+    except (TypeError, ValueError):
+        return 0
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def queue_names(settings: Settings) -> list[str]:
+    return settings.voucherify_queues + settings.segment_queues
+
+
+def snapshot(
+    client: redis.Redis, settings: Settings, keys: Keys | None = None, *, rate_limits: bool = False
+) -> Snapshot:
+    """Everything in one round trip (two with ``rate_limits``)."""
+    keys = keys or Keys.from_env()
+    now = time.time()
+    queues = queue_names(settings)
+    pipe = client.pipeline(transaction=False)
+    for queue in queues:
+        pipe.llen(queue)
+    pipe.hlen(UNACKED_KEY)
+    pipe.zcard(keys.delayed)
+    pipe.zcount(keys.delayed, "-inf", int(now * 1000))
+    pipe.zcard(keys.dlq)
+    pipe.hgetall(keys.dlq_counts)
+    for connection in settings.connections:
+        pipe.get(keys.backlog(connection.id))
+    results = pipe.execute()
+    depth = {queue: _int(n) for queue, n in zip(queues, results[: len(queues)], strict=True)}
+    rest = results[len(queues) :]
+    unacked, delayed, due, dlq_total, dlq_raw = rest[:5]
+    backlogs = rest[5:]
+    dlq_counts = {_text(k): _int(v) for k, v in (dlq_raw or {}).items() if _int(v) > 0}
+    states = [
+        ConnectionState(
+            id=c.id,
+            backlog=_int(b),
+            backlog_limit=c.backlog_limit,
+            dead_letters=dlq_counts.pop(c.id, 0),
+        )
+        for c, b in zip(settings.connections, backlogs, strict=True)
+    ]
+    if rate_limits:
+        _add_rate_limits(client, settings, keys, states)
+    return Snapshot(
+        queues=depth,
+        unacked=_int(unacked),
+        delayed=_int(delayed),
+        delayed_due=_int(due),
+        dead_letters=_int(dlq_total),
+        connections=states,
+        dead_letters_unconfigured=dlq_counts,
+        taken_at=now,
+    )
+
+
+def _add_rate_limits(
+    client: redis.Redis, settings: Settings, keys: Keys, states: list[ConnectionState]
+) -> None:
+    from workers.delivery.ratelimit import SEGMENT, VOUCHERIFY
+
+    targets: list[tuple[ConnectionState, str, int | None, float]] = []
+    for connection, state in zip(settings.connections, states, strict=True):
+        targets.append((state, VOUCHERIFY, connection.voucherify.rate_limit_per_minute, 60.0))
+        if connection.segment is not None:
+            targets.append((state, SEGMENT, connection.segment.requests_per_second, 1.0))
+    now_ms = int(time.time() * 1000)
+    pipe = client.pipeline(transaction=False)
+    for state, target, _, window in targets:
+        base = keys.ratelimit(state.id, target)
+        pipe.zcount(base, now_ms - int(window * 1000), "+inf")
+        pipe.get(f"{base}:pause")
+        pipe.get(f"{base}:slow")
+    results = pipe.execute()
+    for index, (state, target, limit, window) in enumerate(targets):
+        used, pause, slow = results[index * 3 : index * 3 + 3]
+        try:
+            factor = float(slow) if slow is not None else 1.0
+        except ValueError:
+            factor = 1.0
+        state.rate_limits.append(
+            RateLimitState(
+                target=target,
+                limit=limit,
+                window_seconds=window,
+                used=_int(used),
+                paused_for_seconds=max(0.0, (_int(pause) - now_ms) / 1000.0),
+                slow_factor=factor,
+            )
+        )
