@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -85,7 +86,8 @@ class Enqueuer:
                 backlog.release(self.redis, connection.id, count)
             raise unavailable() from None
 
-    def segment_events(self, connection: Connection, events: list[dict[str, Any]]) -> None:
+    def segment_events(self, connection: Connection, events: Sequence[Any]) -> None:
+        """``events``: dicts, or their JSON as ``orjson.Fragment`` (embedded as they are)."""
         self._publish(
             connection, len(events), TASK_SEGMENT_EVENTS, [connection.id, events], connection.voucherify.queue
         )

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -58,12 +59,16 @@ class Rejection:
 class IngestResult:
     accepted: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
+    # The accepted events serialized once (as orjson fragments): the size and depth checks read
+    # these bytes, and the broker message embeds them without encoding the events again.
+    encoded: list[orjson.Fragment] = field(default_factory=list)
 
 
 def iso(dt: datetime) -> str:
     return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+@functools.lru_cache(maxsize=512)  # a batch's sentAt is parsed once, not once per event
 def _as_utc(value: str) -> datetime | None:
     try:
         dt = parse_timestamp(value)
@@ -81,7 +86,9 @@ def normalize(
     batch_sent_at: Any = None,
 ) -> dict[str, Any]:
     """A new dict: merged context, corrected timestamp, messageId, receivedAt."""
-    event = {k: v for k, v in item.items() if k not in _STRIPPED}
+    event = dict(item)
+    for key in _STRIPPED:
+        event.pop(key, None)
     if batch_context:
         ctx = event.get("context")
         event["context"] = {**batch_context, **ctx} if isinstance(ctx, dict) else dict(batch_context)
@@ -112,7 +119,7 @@ def normalize(
 
 
 def check_item(item: Any, call_type: str | None) -> tuple[str, str] | str:
-    """The call type when the item is acceptable, else ``(code, message)``."""
+    """The call type when the item passes its schema, else ``(code, message)``."""
     if not isinstance(item, dict):
         return "not_an_object", "an event must be a JSON object"
     raw_type = item.get("type")
@@ -121,20 +128,30 @@ def check_item(item: Any, call_type: str | None) -> tuple[str, str] | str:
         return "missing_type", "the event has no type (identify, track, page, screen, group or alias)"
     if kind not in CALL_TYPES:
         return "invalid_type", f"unknown event type {kind!r}"
-    try:
-        dumped = orjson.dumps(item)
-    except orjson.JSONEncodeError:  # only nesting deeper than orjson's own bound gets here
-        dumped = None
-    # Nesting needs a bracket per level: an event with at most MAX_DEPTH brackets in its JSON
-    # cannot be too deep, and that count is a C scan of bytes we serialize anyway for the size.
-    if (dumped is None or dumped.count(b"{") + dumped.count(b"[") > MAX_DEPTH) and depth_exceeds(item):
-        return "nesting_too_deep", "the event nests objects too deeply"
-    if dumped is None or len(dumped) > MAX_EVENT_BYTES:
-        return "event_too_large", f"the event exceeds {MAX_EVENT_BYTES // 1024} KB"
     problem = validate_event(item, kind)
     if problem is not None:
         return problem
     return str(kind)
+
+
+def encode_checked(event: dict[str, Any], item: dict[str, Any]) -> bytes | tuple[str, str]:
+    """The normalized event as JSON bytes, or ``(code, message)`` when too deep or too large.
+
+    One ``orjson.dumps`` per event serves three purposes: the bytes go to the broker as they
+    are, their length bounds the size, and their bracket count bounds the nesting (a JSON text
+    with at most MAX_DEPTH brackets cannot nest deeper; only above that is the event walked).
+    """
+    try:
+        dumped: bytes | None = orjson.dumps(event)
+    except orjson.JSONEncodeError:  # only nesting deeper than orjson's own bound gets here
+        dumped = None
+    if (dumped is None or dumped.count(b"{") + dumped.count(b"[") > MAX_DEPTH) and depth_exceeds(event):
+        return "nesting_too_deep", "the event nests objects too deeply"
+    # Segment's 32 KB applies to the event as sent; normalizing adds a few fields and the
+    # batch context, so only when the normalized form is over the bound is the original measured.
+    if dumped is None or (len(dumped) > MAX_EVENT_BYTES and len(orjson.dumps(item)) > MAX_EVENT_BYTES):
+        return "event_too_large", f"the event exceeds {MAX_EVENT_BYTES // 1024} KB"
+    return dumped
 
 
 def ingest_body(body: Any, path_type: str, now: datetime | None = None) -> IngestResult:
@@ -168,5 +185,10 @@ def ingest_body(body: Any, path_type: str, now: datetime | None = None) -> Inges
             continue
         event = normalize(item, received_at, received_iso, ctx, integ, sent_at)
         event["type"] = checked
+        encoded = encode_checked(event, item)
+        if isinstance(encoded, tuple):
+            result.rejected.append(Rejection(index, *encoded))
+            continue
         result.accepted.append(event)
+        result.encoded.append(orjson.Fragment(encoded))
     return result

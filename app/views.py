@@ -60,7 +60,7 @@ def _accept(connection: Connection, result: IngestResult) -> Response:
             rejected=[r.as_dict() for r in result.rejected],
         )
     g.ingest_events = len(result.accepted)  # a 429/503 from the enqueue refuses them all
-    _enqueuer().segment_events(connection, result.accepted)
+    _enqueuer().segment_events(connection, result.encoded)
     count_received(connection, DESTINATION, g.get("ingest_source", "tracking_api"), len(result.accepted))
     payload: dict[str, Any] = {"success": True}
     if result.rejected:

@@ -43,6 +43,8 @@ VISIBILITY_TIMEOUT_SECONDS = int(os.environ.get("CONNECTOR_VISIBILITY_TIMEOUT", 
 def celery_config(redis_url: str) -> dict[str, Any]:
     return {
         "broker_url": redis_url,
+        # kombu's Redis transport minus two measured publish costs (see workers.broker).
+        "broker_transport": "workers.broker:Transport",
         "result_backend": None,
         "task_ignore_result": True,
         "task_serializer": "json",
@@ -51,7 +53,10 @@ def celery_config(redis_url: str) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
-        "worker_prefetch_multiplier": int(os.environ.get("CONNECTOR_PREFETCH", "4")),
+        # Messages reserved per pool slot.  A gevent worker has many slots (the Procfile's
+        # --concurrency 100), so one each already keeps it busy; more would only hold messages
+        # unacknowledged for longer (a reserved message counts against the visibility timeout).
+        "worker_prefetch_multiplier": int(os.environ.get("CONNECTOR_PREFETCH", "1")),
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "broker_connection_retry_on_startup": True,
         "broker_connection_retry": True,
