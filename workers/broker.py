@@ -19,7 +19,6 @@ import orjson
 import redis
 from kombu.transport import redis as kombu_redis
 
-
 # The type stubs of kombu leave out the channel's private API overridden here.
 _RedisChannel: Any = kombu_redis.Channel
 
