@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from connector.embedded import redis_answers, start_redis
 from tests.support import secrets
+from tests.support.private_redis import fresh_database
 from tests.support.processes import Stack, base_env
 
 MACHINE_REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -60,16 +59,8 @@ _DB_POOL = list(range(2, 10))
 @pytest.fixture
 def redis_url(redis_base: str) -> Iterator[str]:
     """A database of our own, empty before and after the test."""
-    db = _DB_POOL.pop(0)
-    _DB_POOL.append(db)
-    url = f"{redis_base}/{db}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    try:
+    with fresh_database(redis_base, _DB_POOL) as url:
         yield url
-    finally:
-        with contextlib.suppress(redis.RedisError):
-            client.flushdb()
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import pytest
@@ -26,19 +27,27 @@ def private_redis_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
         proc.wait(10)
 
 
+@contextlib.contextmanager
+def fresh_database(base: str, pool: list[int]) -> Iterator[str]:
+    """The next database of ``pool`` on the server ``base``, empty before and after use."""
+    db = pool.pop(0)
+    pool.append(db)
+    url = f"{base}/{db}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    try:
+        yield url
+    finally:
+        with contextlib.suppress(redis.RedisError):  # a test may have stopped that server
+            client.flushdb()
+        client.close()
+
+
 _PRIVATE_DBS = list(range(16))
 
 
 @pytest.fixture
 def private_redis(private_redis_base: str) -> Iterator[str]:
     """An empty database of :func:`private_redis_base`."""
-    db = _PRIVATE_DBS.pop(0)
-    _PRIVATE_DBS.append(db)
-    url = f"{private_redis_base}/{db}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    try:
+    with fresh_database(private_redis_base, _PRIVATE_DBS) as url:
         yield url
-    finally:
-        client.flushdb()
-        client.close()
