@@ -25,3 +25,8 @@ preload_app = True
 def child_exit(server: Any, worker: Any) -> None:
     # A worker that exited (restart, timeout, crash) leaves its counters; its live gauges go.
     multiprocess.mark_dead(worker.pid)
+
+
+# gunicorn >= 25 opens a control socket at a fixed path per user; several instances on one
+# machine (tests, benchmarks, per-region deployments) would fight over it, and nothing uses it.
+control_socket_disable = True

@@ -93,8 +93,8 @@ def main() -> None:
         data = RUN_DIR / "redis"
         data.mkdir(exist_ok=True)
         binary = shlex.quote(redis_binary())
-        lines.insert(
-            0,
+        # Appended, not prepended: honcho gives the n-th process PORT + 100 n, and web is first.
+        lines.append(
             f"redis: {binary} --bind 127.0.0.1 --port {port} --dir {shlex.quote(str(data))} --save '' "
             "--appendonly yes --appendfsync everysec --maxmemory-policy noeviction",
         )
@@ -139,7 +139,7 @@ def main() -> None:
     print(banner, flush=True)
     honcho = shutil.which("honcho", path=env["PATH"]) or "honcho"
     os.chdir(ROOT)
-    os.execvpe(honcho, [honcho, "start", "-f", str(procfile), "-d", str(ROOT)], env)
+    os.execvpe(honcho, [honcho, "start", "-f", str(procfile), "-d", str(ROOT), "-p", env["PORT"]], env)
 
 
 if __name__ == "__main__":
