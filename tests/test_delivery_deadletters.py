@@ -182,7 +182,9 @@ def test_cli_replay_and_purge(
     runner: CliRunner, client: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = DeadLetters(client, keys)
-    a = store.add(_record("acme", request={"idempotency_key": "k1", "message_id": "m1"}))
+    first = _record("acme", request={"idempotency_key": "k1", "message_id": "m1"})
+    first.dead_lettered_at = time.time() - 1  # list order (newest first) must not hang on a millisecond
+    a = store.add(first)
     b = store.add(_record("other"))
     publish = Recorder()
     monkeypatch.setattr("workers.delivery.publish.celery_publish", publish)

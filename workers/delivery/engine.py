@@ -3,7 +3,7 @@
 ::
 
     deliver_one(item)
-      deadline passed? ────────────────────────────────────────────> PARKED deferred (due now)
+      no send slot before the deadline ────────────────────────────> PARKED deferred (due now)
       ledger.claim ── DUPLICATE ───────────────────────────────────> DONE   skipped/duplicate
                    ── BUSY (another attempt in flight) ────────────> PARKED busy (claim's TTL)
       upsert older than the newest applied? ───────────────────────> DONE   skipped/stale
@@ -12,6 +12,11 @@
                        ── RETRY ── retries.decide ── in window ────> PARKED retry (backoff)
                                                   └─ window spent ─> DONE   dead letter
                        ── PERMANENT ───────────────────────────────> DONE   dead letter
+
+A *send slot* (one of ``CONNECTOR_WORKER_INFLIGHT`` per target origin and process, shared by all
+tasks of the process) is held from the claim to the end of the item: however many tasks and
+customers run at once, a worker process keeps that many calls in flight per target, its HTTP
+pool holds as many connections, and a task waits for a slot at most until its deadline.
 
 Every path that is not PARKED is *terminal*: reported (log line + metrics) and its backlog
 units released here.  Parking itself (writing to the delayed store, keeping per-customer order)
@@ -109,9 +114,31 @@ def runtime_keys(rt: Runtime) -> Keys:
 def runtime_transport(rt: Runtime, tuning: Tuning) -> Transport:
     transport = rt.extras.get("transport")
     if transport is None:
-        transport = RequestsTransport(pool_size=max(16, tuning.concurrency * 2))
+        # One connection per send slot, and some for the Segment outbox's flushes.
+        transport = RequestsTransport(pool_size=max(16, tuning.inflight + 16))
         rt.extras["transport"] = transport
     return transport
+
+
+def runtime_slots(rt: Runtime, tuning: Tuning, base_url: str) -> threading.BoundedSemaphore:
+    """The process's send slots towards one origin (greenlet-aware under gevent's patching)."""
+    slots: dict[str, threading.BoundedSemaphore] = rt.extras.setdefault("send_slots", {})
+    slot = slots.get(base_url)
+    if slot is None:
+        slot = slots.setdefault(base_url, threading.BoundedSemaphore(max(1, tuning.inflight)))
+    return slot
+
+
+_children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, looked up once per process (label sets are small, bounded)."""
+    key = (id(metric), labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
 
 
 def _voucherify_auth(connection: Connection) -> dict[str, str]:
@@ -144,6 +171,7 @@ class Context:
     transport: Transport
     auth: dict[str, str] = field(repr=False)
     deadline: float = 0.0  # time.monotonic() after which work is parked, not started
+    slots: threading.BoundedSemaphore | None = None  # send slots towards base_url (None: no bound)
     ledger: Ledger = field(init=False)
     limiter: RateLimiter = field(init=False)
     stale: StaleGuard = field(init=False)
@@ -200,6 +228,7 @@ def build_context(rt: Runtime, connection: Connection, connection_id: str, direc
         transport=runtime_transport(rt, tuning),
         auth=auth,
         deadline=time.monotonic() + tuning.task_budget,
+        slots=runtime_slots(rt, tuning, base_url),
     )
 
 
@@ -252,10 +281,23 @@ class Step:
 
 def deliver_one(ctx: Context, item: dict[str, Any]) -> Step:
     request = OutboundRequest.from_dict(item["request"])
-    if ctx.out_of_time():
+    if ctx.slots is None:
+        if ctx.out_of_time():
+            _park_report(ctx, request, item, "deferred")
+            return Step.parked("deferred", time.time())
+        return _deliver(ctx, request, item)
+    # Waiting for a slot, never past the task's deadline (out of time: not even a try).
+    wait = ctx.deadline - time.monotonic()
+    if wait <= 0 or not ctx.slots.acquire(timeout=wait):
         _park_report(ctx, request, item, "deferred")
         return Step.parked("deferred", time.time())
+    try:
+        return _deliver(ctx, request, item)
+    finally:
+        ctx.slots.release()
 
+
+def _deliver(ctx: Context, request: OutboundRequest, item: dict[str, Any]) -> Step:
     token = new_token()
     claim = ctx.ledger.claim(request.idempotency_key, token, ctx.tuning.claim_ttl)
     if claim.state is ClaimState.DUPLICATE:
@@ -282,7 +324,7 @@ def deliver_one(ctx: Context, item: dict[str, Any]) -> Step:
     grant = ctx.limiter.acquire(ctx.budget, has_slot=bool(item.get("parked")))
     if not grant.granted:
         ctx.ledger.release(request.idempotency_key, token)
-        metrics.RATE_LIMIT_WAITS.labels(ctx.connection_id, ctx.target).inc()
+        _child(metrics.RATE_LIMIT_WAITS, ctx.connection_id, ctx.target).inc()
         _park_report(ctx, request, item, "throttled")
         return Step.parked("throttled", time.time() + grant.wait)
 
@@ -357,7 +399,7 @@ def _send(ctx: Context, request: OutboundRequest, item: dict[str, Any]) -> HTTPR
         )
     except TransportFailure as exc:
         result = exc
-    metrics.REQUEST_LATENCY.labels(ctx.target).observe(result.latency)
+    _child(metrics.REQUEST_LATENCY, ctx.target).observe(result.latency)
     _append_history(
         item,
         {
@@ -383,7 +425,7 @@ def _observe(ctx: Context, result: HTTPResult | TransportFailure) -> None:
         server_wait=server_wait(result),
     )
     if slowed:
-        metrics.RATE_LIMIT_SLOWDOWNS.labels(ctx.connection_id, ctx.target).inc()
+        _child(metrics.RATE_LIMIT_SLOWDOWNS, ctx.connection_id, ctx.target).inc()
 
 
 def _retry_or_dead(
@@ -431,12 +473,12 @@ def _retry_or_dead(
 def _finish_delivered(
     ctx: Context, request: OutboundRequest, item: dict[str, Any], result: HTTPResult
 ) -> Step:
-    metrics.DELIVERIES.labels(
-        ctx.connection_id, ctx.direction, ctx.region, "delivered", str(result.status)
+    _child(
+        metrics.DELIVERIES, ctx.connection_id, ctx.direction, ctx.region, "delivered", str(result.status)
     ).inc()
     received_at = item.get("received_at")
     if received_at:
-        metrics.DELIVERY_LATENCY.labels(ctx.direction).observe(max(0.0, time.time() - float(received_at)))
+        _child(metrics.DELIVERY_LATENCY, ctx.direction).observe(max(0.0, time.time() - float(received_at)))
     outcomes.report(
         connection=ctx.connection_id,
         direction=ctx.direction,
@@ -519,7 +561,7 @@ def finish_dead(
 
 
 def _park_report(ctx: Context, request: OutboundRequest, item: dict[str, Any], reason: str) -> None:
-    metrics.PARKED.labels(ctx.connection_id, ctx.direction, reason).inc()
+    _child(metrics.PARKED, ctx.connection_id, ctx.direction, reason).inc()
     outcomes.report(
         connection=ctx.connection_id,
         direction=ctx.direction,

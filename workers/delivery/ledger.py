@@ -19,23 +19,37 @@ from __future__ import annotations
 
 import enum
 import uuid
+import weakref
 from dataclasses import dataclass
 
 import redis
 
+from workers.delivery.batching import Coalescer
 from workers.delivery.keys import Keys
 from workers.delivery.lua import Lua
 
-_CLAIM = Lua(
+# Claims, many at once (the claims of concurrent greenlets, workers.delivery.batching).  Per key:
+# absent or ours -> claim it for ARGV TTL (ms) {1, 0}; done -> {2, 0}; another claim -> {3, PTTL}.
+# KEYS are ledger keys, ARGV token and TTL per key; two claims of one key behave as two calls.
+_CLAIM_MANY = Lua(
     """
-local v = redis.call('GET', KEYS[1])
-local mine = 'inflight:' .. ARGV[1]
-if not v or v == mine then
-  redis.call('SET', KEYS[1], mine, 'PX', ARGV[2])
-  return {1, 0}
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  local mine = 'inflight:' .. ARGV[2 * i - 1]
+  if not v or v == mine then
+    redis.call('SET', key, mine, 'PX', ARGV[2 * i])
+    out[#out + 1] = 1
+    out[#out + 1] = 0
+  elseif v == 'done' then
+    out[#out + 1] = 2
+    out[#out + 1] = 0
+  else
+    out[#out + 1] = 3
+    out[#out + 1] = redis.call('PTTL', key)
+  end
 end
-if v == 'done' then return {2, 0} end
-return {3, redis.call('PTTL', KEYS[1])}
+return out
 """
 )
 
@@ -65,22 +79,68 @@ def new_token() -> str:
     return uuid.uuid4().hex
 
 
+class _Batched:
+    """A process's claims and completions, merged across concurrent greenlets (one per client)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        ref = weakref.ref(client)
+
+        def claim_many(calls: list[tuple[str, str, int]]) -> list[tuple[int, int]]:
+            flat = _CLAIM_MANY(
+                _alive(ref),
+                [key for key, _, _ in calls],
+                [a for _, token, ttl in calls for a in (token, ttl)],
+            )
+            return [(int(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+        def complete_many(calls: list[tuple[str, int]]) -> list[None]:
+            pipe = _alive(ref).pipeline(transaction=False)
+            for key, keep in calls:
+                pipe.set(key, "done", ex=keep)
+            pipe.execute()
+            return [None] * len(calls)
+
+        self.claim: Coalescer[tuple[str, str, int], tuple[int, int]] = Coalescer(claim_many)
+        self.complete: Coalescer[tuple[str, int], None] = Coalescer(complete_many)
+
+
+def _alive(ref: weakref.ReferenceType[redis.Redis]) -> redis.Redis:
+    client = ref()
+    if client is None:  # pragma: no cover - a batch outliving its client
+        raise redis.ConnectionError("redis client gone")
+    return client
+
+
+_batched: weakref.WeakKeyDictionary[redis.Redis, _Batched] = weakref.WeakKeyDictionary()
+
+
+def _batched_for(client: redis.Redis) -> _Batched:
+    batched = _batched.get(client)
+    if batched is None:
+        batched = _batched[client] = _Batched(client)
+    return batched
+
+
 class Ledger:
+    """Claims and completions of concurrent greenlets share round trips
+    (:mod:`workers.delivery.batching`); each call still returns only once its own key is set."""
+
     def __init__(self, client: redis.Redis, keys: Keys, connection_id: str) -> None:
         self.client = client
         self.keys = keys
         self.connection_id = connection_id
+        self._batched = _batched_for(client)
 
     def _key(self, idempotency_key: str) -> str:
         return self.keys.ledger(self.connection_id, idempotency_key)
 
     def claim(self, idempotency_key: str, token: str, ttl: float) -> Claim:
-        state, pttl = _CLAIM(self.client, [self._key(idempotency_key)], [token, max(1, int(ttl * 1000))])
+        state, pttl = self._batched.claim((self._key(idempotency_key), token, max(1, int(ttl * 1000))))
         result = ClaimState(int(state))
         return Claim(result, max(0.0, int(pttl) / 1000.0) if result is ClaimState.BUSY else 0.0)
 
     def complete(self, idempotency_key: str, keep: float) -> None:
-        self.client.set(self._key(idempotency_key), "done", ex=max(1, int(keep)))
+        self._batched.complete((self._key(idempotency_key), max(1, int(keep))))
 
     def release(self, idempotency_key: str, token: str) -> None:
         _RELEASE(self.client, [self._key(idempotency_key)], [token])

@@ -22,6 +22,7 @@ because other clients of the same Voucherify project spend the same quota.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -107,6 +108,8 @@ class RateLimiter:
         self._keys = [base, f"{base}:hint", f"{base}:pause", f"{base}:slow"]
         self._pause_until = 0.0  # epoch seconds, as last read
         self._pause_read_at = -1.0  # monotonic
+        # The greenlets of a task starting together read the pause once, not each.
+        self._pause_lock = threading.Lock()
 
     def acquire(self, budget: Budget | None, *, has_slot: bool = False) -> Grant:
         """Take one request from the budget, or learn how long to park.
@@ -127,11 +130,13 @@ class RateLimiter:
         return Grant(False, max(0.0, (int(slot) - int(now)) / 1000.0), int(now))
 
     def _pause_only(self) -> Grant:
-        mono = time.monotonic()
-        if mono - self._pause_read_at >= PAUSE_RECHECK_SECONDS:
-            raw = self.client.get(self._keys[2])
-            self._pause_until = int(raw) / 1000.0 if raw is not None else 0.0
-            self._pause_read_at = mono
+        if time.monotonic() - self._pause_read_at >= PAUSE_RECHECK_SECONDS:
+            with self._pause_lock:
+                mono = time.monotonic()
+                if mono - self._pause_read_at >= PAUSE_RECHECK_SECONDS:
+                    raw = self.client.get(self._keys[2])
+                    self._pause_until = int(raw) / 1000.0 if raw is not None else 0.0
+                    self._pause_read_at = mono
         now = time.time()
         if self._pause_until > now:
             return Grant(False, self._pause_until - now, int(now * 1000))

@@ -13,6 +13,7 @@ across tasks, so that a test changing the environment sees the change at once.
 | ``CONNECTOR_LEDGER_EXTRA_SECONDS`` | 86400 | delivered keys live retry window + this |
 | ``CONNECTOR_CONNECT_TIMEOUT`` / ``CONNECTOR_READ_TIMEOUT`` | 3 / 10 | HTTP timeouts, seconds |
 | ``CONNECTOR_DELIVERY_CONCURRENCY`` | 32 | concurrent customers per task |
+| ``CONNECTOR_WORKER_INFLIGHT`` | 100 | calls a worker process has in flight per target origin (send slots, shared by its tasks; also its HTTP pool size) |
 | ``CONNECTOR_TASK_BUDGET_SECONDS`` | celery_app value | a task parks what is left after this |
 | ``CONNECTOR_STALE_TTL_SECONDS`` | 604800 | how long the newest upsert time per customer is kept |
 | ``CONNECTOR_LOW_REMAINING`` | 0.05 | X-Rate-Limit-Remaining at or below this share slows down |
@@ -57,6 +58,7 @@ class Tuning:
     connect_timeout: float = 3.0
     read_timeout: float = 10.0
     concurrency: int = 32
+    inflight: int = 100
     task_budget: float = float(TASK_TIME_BUDGET_SECONDS)
     stale_ttl: float = 7 * 86400.0
     low_remaining: float = 0.05
@@ -78,6 +80,7 @@ class Tuning:
             connect_timeout=_float("CONNECTOR_CONNECT_TIMEOUT", 3.0),
             read_timeout=_float("CONNECTOR_READ_TIMEOUT", 10.0),
             concurrency=max(1, _int("CONNECTOR_DELIVERY_CONCURRENCY", 32)),
+            inflight=max(1, _int("CONNECTOR_WORKER_INFLIGHT", 100)),
             task_budget=_float("CONNECTOR_TASK_BUDGET_SECONDS", float(TASK_TIME_BUDGET_SECONDS)),
             stale_ttl=_float("CONNECTOR_STALE_TTL_SECONDS", 7 * 86400.0),
             low_remaining=_float("CONNECTOR_LOW_REMAINING", 0.05),
