@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import functools
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,7 +19,7 @@ import orjson
 
 from app.body import MAX_BATCH_EVENTS, MAX_DEPTH, MAX_EVENT_BYTES, depth_exceeds
 from app.errors import bad_request
-from app.schemas import CALL_TYPES, parse_timestamp, validate_event
+from app.schemas import CALL_TYPES, parse_utc, validate_event
 
 # Short forms used by analytics.js, and the long ones.
 PATH_TYPES = {
@@ -65,16 +64,10 @@ class IngestResult:
 
 
 def iso(dt: datetime) -> str:
-    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@functools.lru_cache(maxsize=512)  # a batch's sentAt is parsed once, not once per event
-def _as_utc(value: str) -> datetime | None:
-    try:
-        dt = parse_timestamp(value)
-    except (TypeError, ValueError):
-        return None
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+    """``2024-05-01T12:00:00.000Z``: Segment's form, UTC with milliseconds."""
+    if dt.tzinfo is not UTC:
+        dt = dt.astimezone(UTC)
+    return dt.isoformat(timespec="milliseconds")[:-6] + "Z"  # drop "+00:00"
 
 
 def normalize(
@@ -100,9 +93,9 @@ def normalize(
     sent_at = event.get("sentAt") or batch_sent_at
     timestamp = event.get("timestamp")
     if isinstance(timestamp, str) and timestamp:
-        original = _as_utc(timestamp)
+        original = parse_utc(timestamp)
         event["originalTimestamp"] = timestamp
-        sent = _as_utc(sent_at) if isinstance(sent_at, str) and sent_at else None
+        sent = parse_utc(sent_at) if isinstance(sent_at, str) and sent_at else None
         if original is not None and sent is not None:
             event["timestamp"] = iso(received_at - (sent - original))
         elif original is not None:
