@@ -10,8 +10,8 @@ import pytest
 
 from connector.embedded import redis_answers, start_redis
 from tests.support import secrets
-from tests.support.private_redis import fresh_database
 from tests.support.processes import Stack, base_env
+from tests.support.redisdb import fresh_database
 
 MACHINE_REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 

@@ -13,6 +13,7 @@ from tests.test_delivery_helpers import (  # noqa: F401 - fixtures
     client,
     connection,
     keys,
+    redis_db_url,
     rt,
     transport,
 )

@@ -13,11 +13,11 @@ from click.testing import CliRunner
 
 from connector import cli
 from tests.test_delivery_helpers import (  # noqa: F401 - fixtures
-    REDIS_URL,
     FakeTransport,
     client,
     connection,
     keys,
+    redis_db_url,
     rt,
     sent_ids,
     simple_mapper,
@@ -141,8 +141,8 @@ def test_purge(client: redis.Redis, keys: Keys) -> None:
 
 
 @pytest.fixture
-def runner(keys: Keys, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    monkeypatch.setenv("REDIS_URL", REDIS_URL)
+def runner(keys: Keys, redis_db_url: str, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.setenv("REDIS_URL", redis_db_url)
     monkeypatch.setenv("CONNECTOR_KEY_PREFIX", keys.prefix)
     monkeypatch.delenv("CONNECTIONS_FILE", raising=False)
     return CliRunner()

@@ -5,7 +5,6 @@ Imported by the ``test_delivery_*`` modules; holds no tests itself.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -26,19 +25,20 @@ from workers.delivery.tuning import Tuning
 from workers.outbound import OutboundRequest
 from workers.runtime import Runtime
 
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379") + "/13"
+# The suite's Redis (the machine's, or one conftest started), database 13, keys under a prefix.
+DELIVERY_DB = 13
 VF_URL = "http://vf.test"
 SEG_URL = "http://seg.test"
 
 
 @pytest.fixture
-def client() -> redis.Redis:
-    try:
-        c = redis.Redis.from_url(REDIS_URL)
-        c.ping()
-    except redis.RedisError:
-        pytest.skip("no Redis at " + REDIS_URL)
-    return c
+def redis_db_url(redis_base: str) -> str:
+    return f"{redis_base}/{DELIVERY_DB}"
+
+
+@pytest.fixture
+def client(redis_db_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_db_url)
 
 
 @pytest.fixture
@@ -141,8 +141,10 @@ def connection() -> Connection:
 
 
 @pytest.fixture
-def rt(client: redis.Redis, keys: Keys, transport: FakeTransport, connection: Connection) -> Runtime:
-    settings = Settings(redis_url=REDIS_URL, connections=(connection,), _by_id={connection.id: connection})
+def rt(
+    client: redis.Redis, redis_db_url: str, keys: Keys, transport: FakeTransport, connection: Connection
+) -> Runtime:
+    settings = Settings(redis_url=redis_db_url, connections=(connection,), _by_id={connection.id: connection})
     return Runtime(
         settings=settings, redis=client, extras={"keys": keys, "transport": transport, "tuning": FAST}
     )

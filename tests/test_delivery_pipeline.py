@@ -18,6 +18,7 @@ from tests.test_delivery_helpers import (  # noqa: F401 - fixtures
     connection,
     keys,
     make_connection,
+    redis_db_url,
     rt,
     sent_ids,
     simple_mapper,

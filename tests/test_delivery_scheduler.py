@@ -10,11 +10,11 @@ from typing import Any
 import redis
 
 from tests.test_delivery_helpers import (  # noqa: F401 - fixtures
-    REDIS_URL,
     FakeTransport,
     client,
     connection,
     keys,
+    redis_db_url,
     rt,
     sent_ids,
     simple_mapper,
@@ -69,12 +69,14 @@ def test_publish_failure_keeps_the_entry_for_after_the_lease(client: redis.Redis
     assert store.size() == 0
 
 
-def test_concurrent_schedulers_publish_each_entry_once(client: redis.Redis, keys: Keys) -> None:
+def test_concurrent_schedulers_publish_each_entry_once(
+    client: redis.Redis, keys: Keys, redis_db_url: str
+) -> None:
     DelayedStore(client, keys).add([_entry(i, time.time() - 1) for i in range(300)])
     publish = Recorder()
 
     def run_one() -> None:
-        own = redis.Redis.from_url(REDIS_URL)
+        own = redis.Redis.from_url(redis_db_url)
         scheduler = Scheduler(own, keys, publish, SchedulerConfig(batch=10, lease=60))
         while scheduler.tick().published:
             pass

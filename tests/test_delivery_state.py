@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from tests.test_delivery_helpers import REDIS_URL, client, keys  # noqa: F401 - fixtures
+from tests.test_delivery_helpers import client, keys, redis_db_url  # noqa: F401 - fixtures
 from workers.delivery import backlog
 from workers.delivery.keys import Keys
 from workers.delivery.ledger import ClaimState, Ledger
@@ -101,7 +101,7 @@ def test_store_lease_makes_unacked_entries_due_again(client: redis.Redis, keys: 
     assert client.hlen(keys.delayed_data) == 0
 
 
-def test_store_claim_is_atomic_under_concurrency(client: redis.Redis, keys: Keys) -> None:
+def test_store_claim_is_atomic_under_concurrency(client: redis.Redis, keys: Keys, redis_db_url: str) -> None:
     store = DelayedStore(client, keys)
     now = time.time()
     store.add([_entry(i, now - 1) for i in range(500)])
@@ -109,7 +109,7 @@ def test_store_claim_is_atomic_under_concurrency(client: redis.Redis, keys: Keys
     lock = threading.Lock()
 
     def worker() -> None:
-        mine = DelayedStore(redis.Redis.from_url(REDIS_URL), keys)
+        mine = DelayedStore(redis.Redis.from_url(redis_db_url), keys)
         while True:
             got = mine.claim_due(now=now, limit=7, lease=300)
             if not got:

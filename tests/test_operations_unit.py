@@ -15,7 +15,7 @@ from app import create_app
 from app.status import sandbox_fakes
 from connector import depths
 from connector.config import load_settings
-from tests.test_delivery_helpers import client, keys  # noqa: F401 - fixtures
+from tests.test_delivery_helpers import client, keys, redis_db_url  # noqa: F401 - fixtures
 from workers.delivery import DESTINATION
 from workers.delivery.deadletters import DeadLetter, DeadLetters
 from workers.delivery.keys import Keys
@@ -42,14 +42,12 @@ def _value(text: str, name: str, **labels: str) -> float:
 
 
 def test_metrics_fall_back_to_the_process_registry_and_count_ingest(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, redis_db_url: str
 ) -> None:
-    from tests.test_delivery_helpers import REDIS_URL
-
     path = tmp_path / "c.toml"
     path.write_text(TOML)
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    env = {"CONNECTIONS_FILE": str(path), "REDIS_URL": REDIS_URL}
+    env = {"CONNECTIONS_FILE": str(path), "REDIS_URL": redis_db_url}
     with caplog.at_level(logging.WARNING, logger="connector.web"):
         app = create_app(load_settings(env))
     assert "PROMETHEUS_MULTIPROC_DIR is not set" in caplog.text
@@ -84,7 +82,7 @@ def test_metrics_fall_back_to_the_process_registry_and_count_ingest(
     assert page.status_code == 200 and 'data-connection="unit"' in page.text
     assert "unit-secret-key-1" not in page.text and "wk_unit_operations" not in page.text
     assert web.get("/status.json").json["connections"][0]["voucherify"]["region"] == "us1"
-    redis.Redis.from_url(REDIS_URL).delete("voucherify.us1", "connector:backlog:unit")
+    redis.Redis.from_url(redis_db_url).delete("voucherify.us1", "connector:backlog:unit")
 
 
 def test_dead_letter_counts_per_connection(client: redis.Redis, keys: Keys) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 
 import pytest
-import redis
 
 from connector.embedded import start_redis
+from tests.support.redisdb import fresh_database
 
 
 @pytest.fixture(scope="session")
@@ -25,22 +24,6 @@ def private_redis_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
     finally:
         proc.terminate()
         proc.wait(10)
-
-
-@contextlib.contextmanager
-def fresh_database(base: str, pool: list[int]) -> Iterator[str]:
-    """The next database of ``pool`` on the server ``base``, empty before and after use."""
-    db = pool.pop(0)
-    pool.append(db)
-    url = f"{base}/{db}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    try:
-        yield url
-    finally:
-        with contextlib.suppress(redis.RedisError):  # a test may have stopped that server
-            client.flushdb()
-        client.close()
 
 
 _PRIVATE_DBS = list(range(16))
