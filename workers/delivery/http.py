@@ -24,6 +24,7 @@ import enum
 import http.client
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from http.cookiejar import DefaultCookiePolicy
@@ -253,20 +254,11 @@ class RequestsTransport:
             response.release_conn()
         except (ValueError, urllib3_exceptions.DecodeError, requests.exceptions.InvalidURL) as exc:
             # An invalid URL or header, a body that does not decode: our fault, not a blip.
-            raise TransportFailure(
-                _describe(exc), retryable=False, latency=time.monotonic() - started
-            ) from None
+            raise _failure(exc, retryable=False, started=started) from None
         except (urllib3_exceptions.HTTPError, OSError, http.client.HTTPException) as exc:
             # Refused, reset, timed out, TLS, a broken body: no answer, worth retrying.
-            raise TransportFailure(
-                _describe(exc), retryable=True, latency=time.monotonic() - started
-            ) from None
-        return HTTPResult(
-            status=response.status,
-            headers={k.lower(): v for k, v in response.headers.items()},
-            body=excerpt,
-            latency=time.monotonic() - started,
-        )
+            raise _failure(exc, retryable=True, started=started) from None
+        return _answer(response.status, response.headers.items(), excerpt, started)
 
     def _send_session(
         self,
@@ -289,19 +281,10 @@ class RequestsTransport:
             finally:
                 response.close()
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-            raise TransportFailure(
-                _describe(exc), retryable=True, latency=time.monotonic() - started
-            ) from None
+            raise _failure(exc, retryable=True, started=started) from None
         except requests.RequestException as exc:  # invalid URL, schema, headers: our fault, not a blip
-            raise TransportFailure(
-                _describe(exc), retryable=False, latency=time.monotonic() - started
-            ) from None
-        return HTTPResult(
-            status=response.status_code,
-            headers={k.lower(): v for k, v in response.headers.items()},
-            body=excerpt,
-            latency=time.monotonic() - started,
-        )
+            raise _failure(exc, retryable=False, started=started) from None
+        return _answer(response.status_code, response.headers.items(), excerpt, started)
 
     def close(self) -> None:
         with self._lock:
@@ -345,3 +328,16 @@ def _describe(exc: Exception) -> str:
     name = type(exc).__name__
     text = str(exc)
     return f"{name}: {text[:300]}" if text else name
+
+
+def _answer(status: int, headers: Iterable[tuple[str, str]], excerpt: str, started: float) -> HTTPResult:
+    return HTTPResult(
+        status=status,
+        headers={k.lower(): v for k, v in headers},
+        body=excerpt,
+        latency=time.monotonic() - started,
+    )
+
+
+def _failure(exc: Exception, *, retryable: bool, started: float) -> TransportFailure:
+    return TransportFailure(_describe(exc), retryable=retryable, latency=time.monotonic() - started)

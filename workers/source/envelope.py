@@ -82,9 +82,9 @@ def parse_webhook(body: Mapping[str, Any]) -> VoucherifyEvent:
     if isinstance(envelope_event, Mapping):
         return _parse_2024(body, envelope_event)
     if body.get("object") == "event" or "webhook_id" in body:
-        return _parse_2018(body)
+        return _parse_flat(body, ENVELOPE_2018, "v2018-08-01 webhook", body.get("webhook_id"))
     if "type" in body and "data" in body and "id" in body:
-        return _parse_activity(body)
+        return _parse_flat(body, ENVELOPE_ACTIVITY, "customer activity", None)
     raise MappingError(_SHAPES_HELP)
 
 
@@ -138,32 +138,16 @@ def _parse_2024(body: Mapping[str, Any], event: Mapping[str, Any]) -> Voucherify
     )
 
 
-def _parse_2018(body: Mapping[str, Any]) -> VoucherifyEvent:
-    where = "v2018-08-01 webhook"
+def _parse_flat(body: Mapping[str, Any], version: str, where: str, sendout_id: Any) -> VoucherifyEvent:
+    """The 2018-08-01 envelope and customer activity objects: the event's fields at the top."""
     return _event(
         event_id=_identifier(body.get("id"), where, "id"),
         raw_type=_first_str(body.get("type")),
         created_at=_first_str(body.get("created_at")),
         data=body.get("data"),
-        version=ENVELOPE_2018,
+        version=version,
         project_id=body.get("project_id"),
-        sendout_id=body.get("webhook_id"),
-        where=where,
-        type_field="type",
-        created_field="created_at",
-    )
-
-
-def _parse_activity(body: Mapping[str, Any]) -> VoucherifyEvent:
-    where = "customer activity"
-    return _event(
-        event_id=_identifier(body.get("id"), where, "id"),
-        raw_type=_first_str(body.get("type")),
-        created_at=_first_str(body.get("created_at")),
-        data=body.get("data"),
-        version=ENVELOPE_ACTIVITY,
-        project_id=body.get("project_id"),
-        sendout_id=None,
+        sendout_id=sendout_id,
         where=where,
         type_field="type",
         created_field="created_at",
