@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench clean chromium
+.PHONY: run test lint typecheck unit bench clean chromium reference-cases reference-cases-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -53,6 +53,14 @@ bench: $(STAMP)
 	  else echo "bench: $(BENCH_DEBS) missing and not root: apt-get install -y $(BENCH_DEBS)"; fi; \
 	fi
 	$(BIN)/python -m bench.run
+
+# Golden destination cases from Segment's published Voucherify destination (tools/reference/README.md).
+# Needs Node 20 and the npm registry; not part of `make test` (the generated files are committed).
+reference-cases:
+	cd tools/reference && npm ci --ignore-scripts --no-audit --no-fund && node generate.js
+
+reference-cases-check:
+	cd tools/reference && npm ci --ignore-scripts --no-audit --no-fund && node generate.js --check
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

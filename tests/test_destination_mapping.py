@@ -13,9 +13,19 @@ A data file holds one case::
       "expected_auth_headers"?: {...}, "expected_base_url"?: "..."
     }
 
-``actions-*.json`` are the request pairs produced by Segment's own Voucherify (Actions) destination,
-copied verbatim: their bodies must come out byte for byte (same keys, same order).  Header values
-``$USER_AGENT`` and ``$CHANNEL`` stand for the connector's own (they change with the version).
+Every case says where its expected side comes from (``provenance``):
+
+* ``"source": "reference"`` cases (all in ``segmentio`` mode) have their expected side written by
+  ``tools/reference/generate.js``, which runs Segment's published Voucherify (Actions) destination
+  on the case's event and settings (``make reference-cases``; not run by CI).  Their bodies must
+  come out byte for byte (same keys, same order).  ``actions-*.json`` are Segment's own example
+  inputs, regenerated that way.
+* every other case is written by hand from the SPEC and Voucherify's OpenAPI (``rest`` mode, the
+  classic settings, the reference's accidents that are not reproduced); its provenance names
+  the rule it checks (``"hand: SPEC 3.3 ..."``).
+
+Header values ``$USER_AGENT`` and ``$CHANNEL`` stand for the connector's own (they change with
+the version).
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ from connector.config import Connection, DestinationSettings, VoucherifySettings
 from connector.secrets import Secret
 from workers.destination import map_event
 from workers.destination.requests import auth_headers
-from workers.destination.subscriptions import validate_subscription
+from workers.destination.subscriptions import PRESET_NAMES, describe, validate_subscription
 from workers.errors import MappingError, SkipEvent
 from workers.outbound import OutboundRequest
 
@@ -104,6 +114,8 @@ def test_destination_case(path: Path) -> None:
     before = copy.deepcopy(event)
     outcomes = [k for k in ("expected", "expected_error", "expected_skip") if k in case]
     assert len(outcomes) == 1, "a case has exactly one of expected / expected_error / expected_skip"
+    if case.get("source") == "reference":
+        _check_reference_settings(case, connection)
 
     if "expected_auth_headers" in case:
         assert auth_headers(connection.voucherify) == case["expected_auth_headers"]
@@ -145,6 +157,31 @@ def test_destination_case(path: Path) -> None:
         assert len(set(keys)) == len(keys), "two requests of one event share an idempotency key"
 
     assert event == before, "map_event must not modify the event"
+
+
+def _check_reference_settings(case: dict[str, Any], connection: Connection) -> None:
+    """The reference ran the subscriptions this connection has for the event's type."""
+    assert case["provenance"].startswith("reference @segment/actions-core "), case["provenance"]
+    assert connection.voucherify.mode == "segmentio"
+    event_type = case["event"].get("type")
+    routes = describe(connection).get(event_type, [])
+    ran = {s["name"] for s in case["reference"]["subscriptions"]}
+    for name in routes:
+        assert name in ran, f"our subscription {name!r} did not run on the reference"
+    if event_type in PRESET_NAMES:
+        # The preset of this type is on in the reference exactly when it is ours too.
+        assert (PRESET_NAMES[event_type] in ran) == (routes == [PRESET_NAMES[event_type]])
+
+
+def test_every_case_says_where_its_expected_side_comes_from() -> None:
+    for path in CASE_FILES:
+        case = load_case(path)
+        provenance = case.get("provenance", "")
+        if case.get("source") == "reference":
+            assert provenance.startswith("reference @segment/actions-core "), path.name
+            assert "reference" in case, path.name
+        else:
+            assert provenance.startswith("hand: SPEC "), f"{path.name}: {provenance!r}"  # names its rule
 
 
 def test_every_reference_pair_is_a_case() -> None:

@@ -220,12 +220,13 @@ def test_trigger_semantics(trigger: str, event: dict[str, Any], result: bool) ->
         (
             {"@template": "{{n}}|{{l}}|{{o}}|{{b}}|{{z}}"},
             {"n": 2.0, "l": ["a", None, 1], "o": {"k": 1}, "b": False},
-            "2|a,,1|[object Object]|false|",
+            # Objects and arrays render as "" (the reference's "[object Object]" / "a,,1": README).
+            "2|||false|",
         ),
         (
             {"@template": "<{{{h}}}> <{{ h }}>"},
             {"h": "<a href='x'>"},
-            "<<a href='x'>> <&lt;a href&#x3D;&#39;x&#39;&gt;>",
+            "<<a href='x'>> <<a href='x'>>",  # no HTML escaping (actions-core 3.170.0)
         ),
         ({"@template": "no placeholders"}, {}, "no placeholders"),
         ({"@literal": {"@path": "$.a"}}, {"a": 1}, 1),

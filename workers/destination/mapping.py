@@ -55,18 +55,6 @@ Resolver = Callable[[Any], Any]
 DIRECTIVES: Final = ("@path", "@if", "@template", "@literal")
 _PATH_SEGMENT_RE: Final = re.compile(r"[^\[.\]]+")
 _TEMPLATE_RE: Final = re.compile(r"\{\{\{([^}]+)\}\}\}|\{\{([^}]+)\}\}")
-_HTML_ESCAPES: Final = str.maketrans(
-    {
-        "&": "&amp;",
-        "<": "&lt;",
-        ">": "&gt;",
-        '"': "&quot;",
-        "'": "&#39;",
-        "/": "&#x2F;",
-        "`": "&#x60;",
-        "=": "&#x3D;",
-    }
-)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,20 +191,28 @@ def _constant(value: Any) -> Resolver:
 
 
 def _compile_template(template: str) -> Resolver:
-    # Parts are literal strings or (getter, escape) pairs, found once here rather than per event.
-    parts: list[str | tuple[Resolver, bool]] = []
+    """``{{a.b}}`` and ``{{{a.b}}}`` replaced by the value at that path, without any escaping.
+
+    As actions-core 3.170.0's render(): no HTML escaping (older versions escaped ``{{x}}``; that
+    code is gone), a missing or null value renders as "", numbers and booleans as JavaScript's
+    ``String()`` does.  Two of its accidents are not reproduced (README): an object or an array
+    renders as "" (not ``[object Object]`` / ``a,b``), and the template is rendered in one pass
+    (the reference renders ``{{{x}}}`` first and then re-scans the result for ``{{y}}``, so event
+    data containing braces could pull in other fields).
+    """
+    # Parts are literal strings or getters, found once here rather than per event.
+    parts: list[str | Resolver] = []
     pos = 0
     for m in _TEMPLATE_RE.finditer(template):
         if m.start() > pos:
             parts.append(template[pos : m.start()])
-        raw, escaped = m.group(1), m.group(2)
-        expr = (raw if raw is not None else escaped).strip()
+        expr = (m.group(1) if m.group(1) is not None else m.group(2)).strip()
         # Template placeholders are plain dot paths relative to the event (no ``$.``), as in
         # mapping-kit's render(); ``{{$.name}}`` therefore renders as "".
         getter = (
             path_getter(tuple(_PATH_SEGMENT_RE.findall(expr))) if expr not in ("", ".") else (lambda d: d)
         )
-        parts.append((getter, raw is None))
+        parts.append(getter)
         pos = m.end()
     if pos < len(template):
         parts.append(template[pos:])
@@ -230,13 +226,11 @@ def _compile_template(template: str) -> Resolver:
             if isinstance(part, str):
                 out.append(part)
                 continue
-            getter, escape = part
-            value = getter(data)
-            if value is MISSING or value is None:
-                continue  # a missing placeholder renders as "" (mapping-kit: `value ?? ''`)
-            text = value if isinstance(value, str) else js_string(value)
-            # The reference HTML-escapes {{x}} (not {{{x}}}): kept so both modes send its bytes.
-            out.append(text.translate(_HTML_ESCAPES) if escape and isinstance(value, str) else text)
+            value = part(data)
+            if type(value) is str:
+                out.append(value)
+            elif value is not MISSING and value is not None and not isinstance(value, Mapping | list):
+                out.append(js_string(value))
         return "".join(out)
 
     return render
