@@ -184,6 +184,19 @@ def test_every_case_says_where_its_expected_side_comes_from() -> None:
             assert provenance.startswith("hand: SPEC "), f"{path.name}: {provenance!r}"  # names its rule
 
 
+def test_each_accident_not_reproduced_differs_from_the_reference() -> None:
+    """Hand cases marked ``deviation`` carry what the reference does (written by the generator):
+    the connector's expected side must really differ from it, or the case claims nothing."""
+    deviations = [load_case(p) for p in CASE_FILES if "deviation" in load_case(p)]
+    assert len(deviations) >= 9
+    for case in deviations:
+        reference = case["reference"]
+        theirs = reference.get("bodies", reference.get("error"))
+        assert theirs is not None, case["description"]
+        ours = [r["body"] for r in case["expected"]] if "expected" in case else case.get("expected_error")
+        assert ours != theirs, case["description"]
+
+
 def test_every_reference_pair_is_a_case() -> None:
     """The 11 pairs of Segment's reference are all present (actions-*.json)."""
     ids = {load_case(p).get("reference_id") for p in CASE_FILES if p.stem.startswith("actions-")}

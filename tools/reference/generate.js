@@ -215,21 +215,27 @@ async function destinationCases(definition, v, check) {
   const destination = new core.Destination(definition)
   const stale = []
   let count = 0
+  let deviations = 0
   for (const name of fs.readdirSync(DEST_CASES).sort()) {
     if (!name.endsWith('.json')) continue
     const file = path.join(DEST_CASES, name)
     const text = fs.readFileSync(file, 'utf8')
     const input = JSON.parse(text)
+    if (input.deviation !== undefined) {
+      // A hand case for one of the reference's accidents the connector does not reproduce: its
+      // expected side stays the connector's; what the reference does is recorded beside it.
+      const rendered = JSON.stringify(await deviation(definition, destination, input, name, v), null, 2) + '\n'
+      if (rendered !== text) {
+        stale.push(name)
+        if (!check) fs.writeFileSync(file, rendered)
+      }
+      deviations += 1
+      continue
+    }
     if (input.source !== 'reference') continue
     count += 1
     if ((input.connection.mode || 'rest') !== 'segmentio') throw new Error(`${name}: the reference is segmentio mode`)
-    const stem = name.replace(/\.json$/, '')
-    const event = {
-      ...input.event,
-      messageId: input.event.messageId ?? `msg-${stem}`,
-      timestamp: input.event.timestamp ?? DEFAULT_TIMESTAMP,
-      receivedAt: input.event.receivedAt ?? DEFAULT_TIMESTAMP
-    }
+    const event = eventFor(input, name)
     const subscriptions = subscriptionsFor(definition, input, name)
     const results = await runEvent(destination, event, subscriptions)
     const got = expectedFrom(results, name)
@@ -265,7 +271,28 @@ async function destinationCases(definition, v, check) {
       if (!check) fs.writeFileSync(file, rendered)
     }
   }
-  return { count, stale }
+  return { count, deviations, stale }
+}
+
+function eventFor(input, name) {
+  const stem = name.replace(/\.json$/, '')
+  return {
+    ...input.event,
+    messageId: input.event.messageId ?? `msg-${stem}`,
+    timestamp: input.event.timestamp ?? DEFAULT_TIMESTAMP,
+    receivedAt: input.event.receivedAt ?? DEFAULT_TIMESTAMP
+  }
+}
+
+async function deviation(definition, destination, input, name, v) {
+  if ((input.connection.mode || 'rest') !== 'segmentio') throw new Error(`${name}: the reference is segmentio mode`)
+  const subscriptions = subscriptionsFor(definition, input, name)
+  const results = await runEvent(destination, eventFor(input, name), subscriptions)
+  const got = expectedFrom(results, name)
+  const reference = { versions: v, outcomes: results.map((r) => ({ name: r.name, outcome: r.outcome })) }
+  if (got.expected_error !== undefined) reference.error = got.expected_error
+  else if (got.expected) reference.bodies = got.expected.map((r) => r.body)
+  return { ...input, reference }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -309,7 +336,8 @@ async function main() {
   const trig = triggerCases(v, check)
   const stale = [...dest.stale, ...trig.stale]
   console.log(
-    `reference ${JSON.stringify(v)}: ${dest.count} destination cases, ${trig.count} trigger rows; ` +
+    `reference ${JSON.stringify(v)}: ${dest.count} destination cases, ${dest.deviations} recorded deviations, ` +
+      `${trig.count} trigger rows; ` +
       `${stale.length} file(s) ${check ? 'out of date' : 'rewritten'}${stale.length ? ': ' + stale.join(', ') : ''}`
   )
   if (check && stale.length) process.exit(1)

@@ -103,6 +103,19 @@ def js_type_phrase(value: Any) -> str:
     return "an object"
 
 
+def js_loosely_empty(value: Any) -> bool:
+    """``value == ''`` in JavaScript (loose equality), for JSON values: "", 0, false, [] and [""]."""
+    if isinstance(value, str):
+        return value == ""
+    if isinstance(value, bool):
+        return value is False
+    if isinstance(value, int | float):
+        return value == 0
+    if isinstance(value, list):
+        return js_string(value) == ""
+    return False
+
+
 def is_js_falsy(value: Any) -> bool:
     """JavaScript truthiness of a *raw* mapping value (directives are objects, always truthy)."""
     return value is None or value is False or value == "" or (isinstance(value, int | float) and value == 0)
@@ -325,7 +338,8 @@ def _compile_if(arg: Any, where: str, errors: list[str]) -> Resolver:
 
     def resolve_if(data: Any) -> Any:
         value = condition(data)
-        ok = value is not MISSING and value is not None and not (blank and value == "")
+        # mapping-kit: `value != ''` is JavaScript's loose comparison, so 0 and false are blank too.
+        ok = value is not MISSING and value is not None and not (blank and js_loosely_empty(value))
         if ok:
             return then(data) if then is not None else MISSING
         return otherwise(data) if otherwise is not None else MISSING
@@ -482,7 +496,9 @@ def _declared_object(cf: _CompiledField, value: Mapping[str, Any]) -> tuple[dict
             continue
         type_problems = type_problems if type_problems is not None else []
         type_problems.append(_type_problem(nested, item))
-    missing = [name for name in cf.nested_required if name not in obj]
+    # A required property that is "" is missing (the reference keeps a nested "" and would send
+    # `source_id: ""` for `userId: ""`, an accident not reproduced: README).
+    missing = [name for name in cf.nested_required if obj.get(name, "") == ""]
     if missing:
         # Within the object too, ajv reports `required` before the properties' types.
         label = cf.spec.label
