@@ -41,6 +41,18 @@ class IsoTimestamp(fields.Field):
         return value
 
 
+class Scalar(fields.Field):
+    """A string, a number or a boolean (``event``, page/screen ``name``, ``category``).
+
+    Segment's Tracking API takes any of them and the destination maps each one (``404`` ->
+    ``"404"``, ``0`` -> ``"Viewed 0 Page"``); only objects and arrays can never become a name."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, (str, int, float)):
+            raise ValidationError("must be a string or a number")
+        return value
+
+
 class Object(fields.Field):
     """A JSON object (or null); its contents are free-form."""
 
@@ -87,13 +99,15 @@ class IdentifyEvent(BaseEvent):
 
 
 class TrackEvent(BaseEvent):
-    event = Text(required=True)
+    # Not required: Segment accepts a track without `event` (or with `event: null`) and the
+    # destination then names the custom event from `name` (SPEC 3.4c).
+    event = Scalar(allow_none=True)
     properties = Object(allow_none=True)
 
 
 class PageEvent(BaseEvent):
-    name = Text(allow_none=True)
-    category = Text(allow_none=True)
+    name = Scalar(allow_none=True)
+    category = Scalar(allow_none=True)
     properties = Object(allow_none=True)
 
 
@@ -168,6 +182,10 @@ def _ok_object(value: Any) -> bool:
     return isinstance(value, dict)
 
 
+def _ok_scalar(value: Any) -> bool:
+    return isinstance(value, (str, int, float))
+
+
 def _compile(schema: Schema) -> tuple[tuple[str, Any, bool, bool], ...] | None:
     checks = []
     for name, field in schema.fields.items():
@@ -178,6 +196,8 @@ def _compile(schema: Schema) -> tuple[tuple[str, Any, bool, bool], ...] | None:
             check = _ok_timestamp
         elif isinstance(field, Object):
             check = _ok_object
+        elif isinstance(field, Scalar):
+            check = _ok_scalar
         elif isinstance(field, Text):
             limit = field.max_length
 

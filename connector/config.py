@@ -79,6 +79,13 @@ class DestinationSettings:
     track_events_filter: tuple[str, ...] = ()
     group_metadata_prefix: str = "segment_group_"
     mappings: tuple[Mapping[str, Any], ...] = ()
+    # "actions" (the Actions presets) or "classic" (the classic destination's default mappings).
+    defaults: str = "actions"
+    # The classic "Identify Mapping" / "Track Mapping" settings: ("src.path", "dest.path") pairs.
+    identify_mapping: tuple[tuple[str, str], ...] = ()
+    track_mapping: tuple[tuple[str, str], ...] = ()
+    # "all", or "defined": only the customer metadata keys the project's metadata schema defines.
+    metadata_schema: str = "all"
 
 
 @dataclass(frozen=True)
@@ -333,6 +340,10 @@ def _destination(r: _Reader, validator: SubscriptionValidator | None) -> Destina
             "track_events_filter",
             "group_metadata_prefix",
             "mapping",
+            "defaults",
+            "identify_mapping",
+            "track_mapping",
+            "metadata_schema",
         }
     )
     raw_mappings = r.table.get("mapping", [])
@@ -344,10 +355,36 @@ def _destination(r: _Reader, validator: SubscriptionValidator | None) -> Destina
             r.problem("mapping", f"at most {MAX_SUBSCRIPTIONS} subscriptions, got {len(raw_mappings)}")
         for index, raw in enumerate(raw_mappings):
             errors = validator(raw) if validator else []
+            name = raw.get("name")
+            label = (
+                f"mapping[{index}] ({name!r})"
+                if isinstance(name, str) and name.strip()
+                else f"mapping[{index}]"
+            )
             for error in errors:
-                r.problem(f"mapping[{index}]", error)
+                r.problem(label, error)
             mappings.append(raw)
+    # The classic tables' vocabulary lives with the (pure) mapping code, as the trigger language.
+    from workers.destination.classic import DEFAULTS_CHOICES, flatten_table, validate_table
+
+    defaults = r.text("defaults", default="actions") or "actions"
+    if defaults not in DEFAULTS_CHOICES:
+        r.problem("defaults", f"must be one of {', '.join(DEFAULTS_CHOICES)}, not {defaults!r}")
+    tables: dict[str, tuple[tuple[str, str], ...]] = {}
+    for key in ("identify_mapping", "track_mapping"):
+        raw_table = r.table.get(key, {})
+        errors = validate_table(raw_table, track=key == "track_mapping")
+        for error in errors:
+            r.problem(key, error)
+        tables[key] = () if errors else tuple(flatten_table(raw_table).items())
+    metadata_schema = r.text("metadata_schema", default="all") or "all"
+    if metadata_schema not in ("all", "defined"):
+        r.problem("metadata_schema", f'must be "all" or "defined", not {metadata_schema!r}')
     return DestinationSettings(
+        defaults=defaults,
+        identify_mapping=tables["identify_mapping"],
+        track_mapping=tables["track_mapping"],
+        metadata_schema=metadata_schema,
         identify_disabled=r.flag("identify_disabled"),
         track_disabled=r.flag("track_disabled"),
         page_disabled=r.flag("page_disabled"),

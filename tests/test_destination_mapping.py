@@ -43,7 +43,8 @@ from connector.config import Connection, DestinationSettings, VoucherifySettings
 from connector.secrets import Secret
 from workers.destination import map_event
 from workers.destination.requests import auth_headers
-from workers.destination.subscriptions import PRESET_NAMES, describe, validate_subscription
+from workers.destination.routing import describe
+from workers.destination.subscriptions import PRESET_NAMES, validate_subscription
 from workers.errors import MappingError, SkipEvent
 from workers.outbound import OutboundRequest
 
@@ -79,6 +80,9 @@ def build_connection(spec: dict[str, Any]) -> Connection:
         assert validate_subscription(raw) == [], f"invalid subscription in the case: {raw}"
     if "track_events_filter" in dest_spec:
         dest_spec["track_events_filter"] = tuple(dest_spec["track_events_filter"])
+    for table in ("identify_mapping", "track_mapping"):
+        if table in dest_spec:  # written as a JSON object, in order
+            dest_spec[table] = tuple(dest_spec[table].items())
     unknown = set(dest_spec) - _DESTINATION_FIELDS
     assert not unknown, f"unknown destination settings {sorted(unknown)}"
     dest = DestinationSettings(**dest_spec, mappings=mappings)

@@ -9,7 +9,11 @@ No I/O, no clock, no Celery here: the delivery machinery sends what this returns
 
 * :mod:`.mapping` — the Actions framework (directives, field declarations, framework rules);
 * :mod:`.actions` — the three actions, their fields and default mappings (presets);
-* :mod:`.subscriptions` — triggers, custom subscriptions, the per-connection compiled form;
+* :mod:`.triggers` — the trigger language (Segment's subscription syntax);
+* :mod:`.subscriptions` — custom subscriptions: validation, parsing, the presets' names;
+* :mod:`.classic` — the classic destination's default mappings and mapping tables;
+* :mod:`.routing` — a connection's subscriptions compiled, events routed through them;
+* :mod:`.metadata` — customer metadata kept to the project's metadata schema (rest mode);
 * :mod:`.requests` — bodies for the ``rest`` and ``segmentio`` modes, headers, credentials.
 """
 
@@ -18,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from workers.destination.subscriptions import MappingResult, compiled_for
+from workers.destination.routing import MappingResult, compiled_for
 from workers.outbound import OutboundRequest
 
 if TYPE_CHECKING:

@@ -52,7 +52,7 @@ MISSING: Final = _Missing()
 Resolver = Callable[[Any], Any]
 """A compiled mapping: event -> value, or ``MISSING``."""
 
-DIRECTIVES: Final = ("@path", "@if", "@template", "@literal")
+DIRECTIVES: Final = ("@path", "@if", "@template", "@literal", "@merge")
 _PATH_SEGMENT_RE: Final = re.compile(r"[^\[.\]]+")
 _TEMPLATE_RE: Final = re.compile(r"\{\{\{([^}]+)\}\}\}|\{\{([^}]+)\}\}")
 
@@ -283,6 +283,8 @@ def compile_mapping(value: Any, where: str, errors: list[str]) -> Resolver:
             return [r for r in (e(data) for e in elements) if r is not MISSING]
 
         return build_list
+    if value is MISSING:  # "no mapping at all" (a field the classic tables leave out)
+        return _constant(MISSING)
     if value is None or isinstance(value, str | int | float | bool):
         return _constant(value)
     errors.append(f"{where}: unsupported value of type {type(value).__name__}")
@@ -308,8 +310,42 @@ def _compile_directive(name: str, arg: Any, where: str, errors: list[str]) -> Re
         return compile_mapping(arg, f"{where}.@literal", errors)
     if name == "@if":
         return _compile_if(arg, where, errors)
+    if name == "@merge":
+        return _compile_merge(arg, where, errors)
     errors.append(f"{where}: unknown directive {name} (known: {', '.join(DIRECTIVES)})")
     return _constant(MISSING)
+
+
+def _compile_merge(arg: Any, where: str, errors: list[str]) -> Resolver:
+    """``{"@merge": {"objects": [m1, m2...], "direction": "right" | "left"}}``: one object.
+
+    As mapping-kit: ``Object.assign({}, ...objects)``, later objects winning (``left``: earlier
+    ones win).  Values that are not objects add nothing (JavaScript would copy a string's
+    characters in as "0", "1"...: not reproduced).
+    """
+    if not isinstance(arg, Mapping) or "objects" not in arg or "direction" not in arg:
+        errors.append(f'{where}: @merge requires "objects" (a list) and "direction" ("left" or "right")')
+        return _constant(MISSING)
+    objects, direction = arg["objects"], arg["direction"]
+    if not isinstance(objects, list):
+        errors.append(f"{where}: @merge objects must be a list")
+        return _constant(MISSING)
+    if direction not in ("left", "right"):
+        errors.append(f'{where}: @merge direction must be "left" or "right"')
+        return _constant(MISSING)
+    parts = [compile_mapping(o, f"{where}.@merge[{i}]", errors) for i, o in enumerate(objects)]
+    if direction == "left":
+        parts.reverse()
+
+    def merge(data: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for part in parts:
+            value = part(data)
+            if isinstance(value, Mapping):
+                out.update(value)
+        return out
+
+    return merge
 
 
 def _compile_if(arg: Any, where: str, errors: list[str]) -> Resolver:

@@ -86,8 +86,15 @@ class RequestBuilder:
         self._headers = static_headers(mode)
 
     def build(
-        self, payload: dict[str, Any], event: Mapping[str, Any], extras: Mapping[str, Any]
+        self,
+        payload: dict[str, Any],
+        event: Mapping[str, Any],
+        extras: Mapping[str, Any],
+        *,
+        attributes: Mapping[str, Any] | None = None,
     ) -> OutboundRequest:
+        """The request for a mapped payload.  ``attributes``: an Upsert Customer payload whose
+        attributes a rest custom event carries in its ``customer`` (classic track tables)."""
         message_id = event.get("messageId")
         if not message_id:
             message_id = fallback_message_id(event)
@@ -104,7 +111,7 @@ class RequestBuilder:
             if kind == UPSERT_CUSTOMER:
                 body = rest_customer_body(payload, extras)
             elif kind == ADD_CUSTOM_EVENT:
-                body = rest_event_body(payload, event)
+                body = rest_event_body(payload, event, attributes)
             else:
                 body = rest_group_body(payload, self._prefix)
             headers = {**self._headers, "Idempotency-Key": key}
@@ -202,13 +209,25 @@ def _rest_address(src: Mapping[str, Any], extras: Mapping[str, Any]) -> dict[str
     return address
 
 
-def rest_event_body(payload: Mapping[str, Any], event: Mapping[str, Any]) -> dict[str, Any]:
-    """Add Custom Event payload -> ``EventsCreateRequestBody``."""
+def rest_event_body(
+    payload: Mapping[str, Any], event: Mapping[str, Any], attributes: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Add Custom Event payload -> ``EventsCreateRequestBody``.
+
+    ``attributes`` (an Upsert Customer payload) fill the ``customer`` object beside its
+    ``source_id`` and ``email``: Voucherify's events take the customer's attributes
+    (``Customer`` = ``CustomerBase`` + ids), and apply them as an upsert would.
+    """
     name = payload.get("event")
     if not name:
         # Classic fallback: the call type names the event (Voucherify requires a name).
         name = payload.get("type") or str(event.get("type") or "")
-    body: dict[str, Any] = {"event": name, "customer": payload["customer"]}
+    customer = payload["customer"]
+    if attributes is not None:
+        customer = dict(customer)
+        for key, value in rest_customer_body(attributes, {}).items():
+            customer.setdefault(key, value)
+    body: dict[str, Any] = {"event": name, "customer": customer}
     # Voucherify requires `code` in both objects: without one they say nothing and are left out.
     referral = payload.get("referral")
     if referral and referral.get("code"):
