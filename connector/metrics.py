@@ -61,6 +61,13 @@ PARKED = Counter(
     "Deliveries parked in the delayed store, by reason",
     ["connection", "direction", "reason"],
 )
+METADATA_DROPPED = Counter(
+    "connector_metadata_keys_dropped_total",
+    "Customer metadata keys left out because the project's metadata schema does not define them "
+    '(or not with that type): metadata_schema = "defined".  key: the name, at most 100 per '
+    "connection and process, then _other",
+    ["connection", "key", "reason"],
+)
 DROPPED = Counter(
     "connector_dropped_total",
     "Work dropped because its connection is no longer configured",

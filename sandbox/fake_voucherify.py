@@ -4,13 +4,23 @@
 
 REST (``X-App-Id`` / ``X-App-Token``; bodies validated against Voucherify's request schemas):
 ``POST /v1/customers`` (upsert by ``id`` or ``source_id``), ``GET /v1/customers[?limit=]``,
-``GET /v1/customers/{id or source_id}``, ``POST /v1/events``, ``POST /v1/customers/bulk/async``.
+``GET /v1/customers/{id or source_id}``, ``POST /v1/events``, ``POST /v1/customers/bulk/async``,
+``GET /v1/metadata-schemas``.
 
 segmentio (``authorization: Basic base64(app_id)``, ``secret-key: base64(secret_key)``):
 ``POST /segmentio/customer-processing``, ``/segmentio/event-processing``,
 ``/segmentio/group-processing``, ``GET /segmentio/test-authentication``.
 
-Extra control endpoints: ``GET /__fake/customers`` (the customer store), plus ``sandbox.core``'s.
+Extra control endpoints: ``GET /__fake/customers`` (the customer store), plus ``sandbox.core``'s,
+and the project's metadata schemas:
+
+- ``GET /__fake/metadata-schemas`` -> ``{"schemas": [...], "enforce": bool}``
+- ``POST /__fake/metadata-schemas`` with ``{"schemas": [...], "enforce": bool}``: what
+  ``GET /v1/metadata-schemas`` lists (Voucherify's ``MetadataSchemaDeprecated`` objects), and
+  whether customer upserts, bulk upserts and events' customers are refused (400
+  ``invalid_metadata``, as a project whose customer schema has ``allow_defined_only``) when their
+  metadata holds a key the ``related_object: "customer"`` schema does not define.  Default: no
+  schemas, not enforced (``POST /__fake/reset`` restores it).
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ ERROR_MESSAGES = {
     "not_found": "Resource not found",
     "invalid_query_params": "Invalid query params",
     "method_not_allowed": "Method not allowed",
+    "invalid_metadata": "Invalid metadata",
 }
 
 
@@ -169,11 +180,14 @@ class FakeVoucherify(FakeApp):
         self.segmentio_secret = _b64(secret_key)
         self.customers = CustomerStore()
         self.delivered_keys: set[str] = set()
+        self.metadata_schemas: list[Any] = []
+        self.enforce_metadata = False
         self.routes: dict[tuple[str, str], tuple[str, Handler]] = {
             ("POST", "/v1/customers"): ("rest", self.create_customer),
             ("GET", "/v1/customers"): ("rest", self.list_customers),
             ("POST", "/v1/events"): ("rest", self.create_event),
             ("POST", "/v1/customers/bulk/async"): ("rest", self.bulk_async),
+            ("GET", "/v1/metadata-schemas"): ("rest", self.list_metadata_schemas),
             ("POST", "/segmentio/customer-processing"): ("segmentio", self.segmentio_customer),
             ("POST", "/segmentio/event-processing"): ("segmentio", self.segmentio_event),
             ("POST", "/segmentio/group-processing"): ("segmentio", self.segmentio_group),
@@ -204,12 +218,61 @@ class FakeVoucherify(FakeApp):
         with self.lock:
             self.customers.clear()
             self.delivered_keys.clear()
+            self.metadata_schemas = []
+            self.enforce_metadata = False
 
     def control(self, req: FakeRequest) -> FakeResponse | None:
-        if (req.method, req.path.rstrip("/")) == ("GET", "/__fake/customers"):
+        route = (req.method, req.path.rstrip("/"))
+        if route == ("GET", "/__fake/customers"):
             with self.lock:
                 return FakeResponse(200, list(self.customers.by_id.values()))
+        if route == ("GET", "/__fake/metadata-schemas"):
+            with self.lock:
+                return FakeResponse(200, {"schemas": self.metadata_schemas, "enforce": self.enforce_metadata})
+        if route == ("POST", "/__fake/metadata-schemas"):
+            body = req.body if isinstance(req.body, dict) else {}
+            schemas = body.get("schemas", [])
+            if not isinstance(schemas, list):
+                return FakeResponse(400, {"error": "schemas must be a list"})
+            with self.lock:
+                self.metadata_schemas = schemas
+                self.enforce_metadata = bool(body.get("enforce", False))
+                return FakeResponse(200, {"schemas": schemas, "enforce": self.enforce_metadata})
         return None
+
+    def _defined_customer_metadata(self) -> set[str]:
+        defined: set[str] = set()
+        for schema in self.metadata_schemas:
+            if isinstance(schema, dict) and schema.get("related_object") == "customer":
+                props = schema.get("properties")
+                if isinstance(props, dict):
+                    defined |= {k for k, v in props.items() if not (isinstance(v, dict) and v.get("deleted"))}
+        return defined
+
+    def metadata_refusal(self, customers: list[Any]) -> FakeResponse | None:
+        """400 when a customer's metadata holds a key the customer schema does not define."""
+        with self.lock:
+            if not self.enforce_metadata:
+                return None
+            defined = self._defined_customer_metadata()
+        for customer in customers:
+            metadata = customer.get("metadata") if isinstance(customer, dict) else None
+            for key in metadata or {}:
+                if key not in defined:
+                    return self.error(
+                        400,
+                        f"customer metadata property '{key}' is not defined in the metadata schema",
+                        "invalid_metadata",
+                        schema_valid=True,
+                    )
+        return None
+
+    def list_metadata_schemas(self, req: FakeRequest) -> FakeResponse:
+        with self.lock:
+            schemas = list(self.metadata_schemas)
+        return FakeResponse(
+            200, {"object": "list", "data_ref": "schemas", "schemas": schemas, "total": len(schemas)}
+        )
 
     # -- routing and auth --------------------------------------------------------------------
 
@@ -276,7 +339,7 @@ class FakeVoucherify(FakeApp):
     # -- REST --------------------------------------------------------------------------------
 
     def create_customer(self, req: FakeRequest) -> FakeResponse:
-        invalid = self.validate("CustomersCreateRequestBody", req)
+        invalid = self.validate("CustomersCreateRequestBody", req) or self.metadata_refusal([req.body])
         if invalid is not None:
             return invalid
         try:
@@ -315,7 +378,9 @@ class FakeVoucherify(FakeApp):
         return FakeResponse(200, customer)
 
     def create_event(self, req: FakeRequest) -> FakeResponse:
-        invalid = self.validate("EventsCreateRequestBody", req)
+        invalid = self.validate("EventsCreateRequestBody", req) or self.metadata_refusal(
+            [req.body["customer"]]
+        )
         if invalid is not None:
             return invalid
         body = req.body
@@ -346,7 +411,7 @@ class FakeVoucherify(FakeApp):
         return FakeResponse(200, answer, schema_valid=True)
 
     def bulk_async(self, req: FakeRequest) -> FakeResponse:
-        invalid = self.validate("CustomersBulkAsyncRequestBody", req)
+        invalid = self.validate("CustomersBulkAsyncRequestBody", req) or self.metadata_refusal(req.body)
         if invalid is not None:
             return invalid
         with self.lock:

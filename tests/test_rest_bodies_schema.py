@@ -55,7 +55,13 @@ def test_rest_body_validates(path: Path) -> None:
             for key in ("address", "metadata"):
                 assert body.get(key, None) != {}, f"empty {key} must be left out"
         else:
-            assert set(body["customer"]) <= {"source_id", "email"}
+            # The event's customer is Voucherify's `Customer` (ids + CustomerBase): the classic
+            # track tables send the customer's attributes with the event.
+            customer = body["customer"]
+            assert set(customer) <= DOCUMENTED_KEYS["CustomersCreateRequestBody"], sorted(customer)
+            assert set(customer.get("address") or {}) <= ADDRESS_KEYS
+            for key in ("address", "metadata"):
+                assert customer.get(key, None) != {}, f"empty customer {key} must be left out"
             for key in ("referral", "loyalty", "metadata"):
                 assert body.get(key, None) != {}, f"empty {key} must be left out"
 

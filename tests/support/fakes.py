@@ -346,6 +346,10 @@ class FakeVoucherify(FakeProcess):
         result: list[dict[str, Any]] = self._control("GET", "customers")
         return result
 
+    def set_metadata_schemas(self, schemas: list[dict[str, Any]], *, enforce: bool) -> None:
+        """What ``GET /v1/metadata-schemas`` lists; ``enforce``: refuse undefined customer metadata."""
+        self._control("POST", "metadata-schemas", json={"schemas": schemas, "enforce": enforce})
+
 
 class FakeSegment(FakeProcess):
     module = "sandbox.fake_segment"

@@ -40,7 +40,7 @@ from typing import Any
 import orjson
 import redis
 
-from connector import USER_AGENT, metrics
+from connector import CHANNEL, USER_AGENT, metrics
 from connector.config import Connection
 from workers.delivery import DESTINATION, SOURCE, backlog, outcomes
 from workers.delivery.deadletters import (
@@ -61,10 +61,18 @@ from workers.delivery.http import (
 )
 from workers.delivery.keys import Keys
 from workers.delivery.ledger import ClaimState, Ledger, new_token
+from workers.delivery.metadata_schema import (
+    MAX_LISTING_BYTES,
+    MetadataSchemas,
+    SchemaUnavailable,
+    fetch,
+    is_metadata_refusal,
+)
 from workers.delivery.ratelimit import SEGMENT, VOUCHERIFY, Budget, RateLimiter
 from workers.delivery.retries import decide
 from workers.delivery.stale import StaleGuard, event_time_ms
 from workers.delivery.tuning import Tuning
+from workers.destination.metadata import carries_customer_metadata, filter_request
 from workers.outbound import OutboundRequest
 from workers.runtime import Runtime
 
@@ -120,6 +128,15 @@ def runtime_transport(rt: Runtime, tuning: Tuning) -> Transport:
     return transport
 
 
+def runtime_schema_transport(rt: Runtime) -> Transport:
+    """A small pool for reading metadata schemas: their answers are read whole, not excerpted."""
+    transport = rt.extras.get("schema_transport")
+    if transport is None:
+        transport = RequestsTransport(pool_size=2, excerpt_bytes=MAX_LISTING_BYTES)
+        rt.extras["schema_transport"] = transport
+    return transport
+
+
 def runtime_slots(rt: Runtime, tuning: Tuning, base_url: str) -> threading.BoundedSemaphore:
     """The process's send slots towards one origin (greenlet-aware under gevent's patching)."""
     slots: dict[str, threading.BoundedSemaphore] = rt.extras.setdefault("send_slots", {})
@@ -172,10 +189,13 @@ class Context:
     auth: dict[str, str] = field(repr=False)
     deadline: float = 0.0  # time.monotonic() after which work is parked, not started
     slots: threading.BoundedSemaphore | None = None  # send slots towards base_url (None: no bound)
+    schema_transport: Transport | None = None  # for GET /v1/metadata-schemas (default: transport)
     ledger: Ledger = field(init=False)
     limiter: RateLimiter = field(init=False)
     stale: StaleGuard = field(init=False)
     dead_letters: DeadLetters = field(init=False)
+    # metadata_schema = "defined" (rest mode): the connection's cached customer metadata schema.
+    metadata_schemas: MetadataSchemas | None = field(init=False, default=None)
     _units: int = field(init=False, default=0)
     _units_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
@@ -184,6 +204,8 @@ class Context:
         self.limiter = RateLimiter(self.client, self.keys, self.connection_id, self.target)
         self.stale = StaleGuard(self.client, self.keys, self.connection_id)
         self.dead_letters = DeadLetters(self.client, self.keys)
+        if keeps_metadata_to_schema(self.connection, self.direction):
+            self.metadata_schemas = MetadataSchemas(self.client, self.keys, self.connection_id)
 
     @property
     def window(self) -> float:
@@ -229,6 +251,17 @@ def build_context(rt: Runtime, connection: Connection, connection_id: str, direc
         auth=auth,
         deadline=time.monotonic() + tuning.task_budget,
         slots=runtime_slots(rt, tuning, base_url),
+        schema_transport=runtime_schema_transport(rt)
+        if keeps_metadata_to_schema(connection, direction)
+        else None,
+    )
+
+
+def keeps_metadata_to_schema(connection: Connection, direction: str) -> bool:
+    return (
+        direction == DESTINATION
+        and connection.voucherify.mode == "rest"
+        and connection.destination.metadata_schema == "defined"
     )
 
 
@@ -321,6 +354,13 @@ def _deliver(ctx: Context, request: OutboundRequest, item: dict[str, Any]) -> St
         ctx.ledger.complete(request.idempotency_key, ctx.ledger_keep)
         return finish_skipped(ctx, request, item, "stale")
 
+    if ctx.metadata_schemas is not None and carries_customer_metadata(request):
+        kept = _keep_metadata_to_schema(ctx, ctx.metadata_schemas, request, item)
+        if isinstance(kept, Step):
+            ctx.ledger.release(request.idempotency_key, token)
+            return kept
+        request = kept
+
     grant = ctx.limiter.acquire(ctx.budget, has_slot=bool(item.get("parked")))
     if not grant.granted:
         ctx.ledger.release(request.idempotency_key, token)
@@ -343,9 +383,84 @@ def _deliver(ctx: Context, request: OutboundRequest, item: dict[str, Any]) -> St
     ctx.ledger.release(request.idempotency_key, token)
     _observe(ctx, result)
     status = result.status if isinstance(result, HTTPResult) else None
+    if (
+        verdict is Verdict.PERMANENT
+        and ctx.metadata_schemas is not None
+        and is_metadata_refusal(result)
+        and not item.get("metadata_refreshed")
+    ):
+        # The schema changed since it was read: refresh it, and try once more with it.
+        ctx.metadata_schemas.mark_stale()
+        item["metadata_refreshed"] = True
+        _park_report(ctx, request, item, "metadata_schema")
+        return Step.parked("metadata_schema", time.time() + 1.0)
     if verdict is Verdict.PERMANENT:
         return finish_dead(ctx, item, REJECTED, _error_text(result), status=status, excerpt=_excerpt(result))
     return _retry_or_dead(ctx, request, item, result)
+
+
+def _keep_metadata_to_schema(
+    ctx: Context, schemas: MetadataSchemas, request: OutboundRequest, item: dict[str, Any]
+) -> OutboundRequest | Step:
+    """``request`` with only the customer metadata the project's schema defines, or a parked
+    step while no schema has ever been read (never sent unfiltered)."""
+    cached = schemas.cached()
+    schema = cached.schema
+    if cached.due and schemas.try_lock():
+        try:
+            # The GET spends the shop's quota like any call: it takes a grant first.
+            grant = ctx.limiter.acquire(ctx.budget, has_slot=bool(item.get("parked")))
+            if grant.granted:
+                headers = {"User-Agent": USER_AGENT, "X-Voucherify-Channel": CHANNEL, **ctx.auth}
+                transport = ctx.schema_transport or ctx.transport
+                timeouts = (ctx.tuning.connect_timeout, ctx.tuning.read_timeout)
+                try:
+                    schema = fetch(transport, ctx.base_url, headers, timeouts)
+                except SchemaUnavailable as exc:
+                    outcomes.report(
+                        connection=ctx.connection_id,
+                        direction=ctx.direction,
+                        outcome="metadata_schema_unavailable",
+                        message_id=request.message_id,
+                        action=request.action,
+                        error=str(exc),
+                    )
+                else:
+                    schemas.store(schema)
+            elif schema is None:
+                _child(metrics.RATE_LIMIT_WAITS, ctx.connection_id, ctx.target).inc()
+                _park_report(ctx, request, item, "throttled")
+                return Step.parked("throttled", time.time() + grant.wait)
+        finally:
+            schemas.unlock()
+    if schema is None:
+        # Another worker is reading it, or the read failed: wait for it, in the delayed store.
+        _park_report(ctx, request, item, "metadata_schema")
+        return Step.parked("metadata_schema", time.time() + (1.0 if cached.due else 5.0))
+    kept, dropped = filter_request(request, schema)
+    if dropped and not item.get("metadata_counted"):
+        item["metadata_counted"] = True
+        for key, reason in dropped:
+            metrics.METADATA_DROPPED.labels(
+                ctx.connection_id, metadata_key_label(ctx.connection_id, key), reason
+            ).inc()
+    return kept
+
+
+_metadata_keys: dict[str, set[str]] = {}
+MAX_METADATA_KEY_LABELS = 100
+
+
+def metadata_key_label(connection_id: str, key: str) -> str:
+    """The dropped key as a metric label: its name, for at most 100 names per connection and
+    process (event data chooses the names: the label set stays bounded), then ``_other``."""
+    seen = _metadata_keys.setdefault(connection_id, set())
+    if key in seen:
+        return key
+    if len(seen) >= MAX_METADATA_KEY_LABELS or len(key) > 100:
+        return "_other"
+    seen.add(key)
+    return key
 
 
 def _live_parts(ctx: Context, request: OutboundRequest) -> tuple[OutboundRequest | None, str]:
