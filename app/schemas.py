@@ -132,7 +132,6 @@ SCHEMAS: dict[str, Schema] = {
 
 # Stable rejection codes for a required field that is missing, by call type's field.
 MISSING_CODES = {
-    "event": "missing_event",
     "groupId": "missing_group_id",
     "previousId": "missing_previous_id",
     "userId": "missing_user_id",
