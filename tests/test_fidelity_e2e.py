@@ -82,8 +82,8 @@ def test_accepted_shapes_reach_voucherify_in_both_modes(
     stack.web()
     stack.worker(concurrency=10)
 
+    errors: list[Exception] = []
     for key in ("wk_rest", "wk_seg"):
-        errors: list[Exception] = []
         client = Client(key, host=stack.web_url, sync_mode=True, on_error=lambda e, _b: errors.append(e))
         client.page("c-user", None, 0)  # the client sends a falsy name as it is
         client.screen("c-user", None, 0)

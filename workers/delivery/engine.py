@@ -72,7 +72,7 @@ from workers.delivery.ratelimit import SEGMENT, VOUCHERIFY, Budget, RateLimiter
 from workers.delivery.retries import decide
 from workers.delivery.stale import StaleGuard, event_time_ms
 from workers.delivery.tuning import Tuning
-from workers.destination.metadata import carries_customer_metadata, filter_request
+from workers.destination.metadata import CustomerMetadataSchema, carries_customer_metadata, filter_request
 from workers.outbound import OutboundRequest
 from workers.runtime import Runtime
 
@@ -408,31 +408,12 @@ def _keep_metadata_to_schema(
     schema = cached.schema
     if cached.due and schemas.try_lock():
         try:
-            # The GET spends the shop's quota like any call: it takes a grant first.
-            grant = ctx.limiter.acquire(ctx.budget, has_slot=bool(item.get("parked")))
-            if grant.granted:
-                headers = {"User-Agent": USER_AGENT, "X-Voucherify-Channel": CHANNEL, **ctx.auth}
-                transport = ctx.schema_transport or ctx.transport
-                timeouts = (ctx.tuning.connect_timeout, ctx.tuning.read_timeout)
-                try:
-                    schema = fetch(transport, ctx.base_url, headers, timeouts)
-                except SchemaUnavailable as exc:
-                    outcomes.report(
-                        connection=ctx.connection_id,
-                        direction=ctx.direction,
-                        outcome="metadata_schema_unavailable",
-                        message_id=request.message_id,
-                        action=request.action,
-                        error=str(exc),
-                    )
-                else:
-                    schemas.store(schema)
-            elif schema is None:
-                _child(metrics.RATE_LIMIT_WAITS, ctx.connection_id, ctx.target).inc()
-                _park_report(ctx, request, item, "throttled")
-                return Step.parked("throttled", time.time() + grant.wait)
+            refreshed = _refresh_schema(ctx, schemas, request, item, have_one=schema is not None)
         finally:
             schemas.unlock()
+        if isinstance(refreshed, Step):
+            return refreshed
+        schema = refreshed or schema
     if schema is None:
         # Another worker is reading it, or the read failed: wait for it, in the delayed store.
         _park_report(ctx, request, item, "metadata_schema")
@@ -441,10 +422,39 @@ def _keep_metadata_to_schema(
     if dropped and not item.get("metadata_counted"):
         item["metadata_counted"] = True
         for key, reason in dropped:
-            metrics.METADATA_DROPPED.labels(
-                ctx.connection_id, metadata_key_label(ctx.connection_id, key), reason
-            ).inc()
+            label = metadata_key_label(ctx.connection_id, key)
+            metrics.METADATA_DROPPED.labels(ctx.connection_id, label, reason).inc()
     return kept
+
+
+def _refresh_schema(
+    ctx: Context, schemas: MetadataSchemas, request: OutboundRequest, item: dict[str, Any], *, have_one: bool
+) -> CustomerMetadataSchema | Step | None:
+    """One ``GET /v1/metadata-schemas``, stored for every worker; None when it gave nothing."""
+    # It spends the shop's quota like any call: a grant first.
+    grant = ctx.limiter.acquire(ctx.budget, has_slot=bool(item.get("parked")))
+    if not grant.granted:
+        if have_one:
+            return None  # keep using the old one; a later item refreshes
+        _child(metrics.RATE_LIMIT_WAITS, ctx.connection_id, ctx.target).inc()
+        _park_report(ctx, request, item, "throttled")
+        return Step.parked("throttled", time.time() + grant.wait)
+    headers = {"User-Agent": USER_AGENT, "X-Voucherify-Channel": CHANNEL, **ctx.auth}
+    timeouts = (ctx.tuning.connect_timeout, ctx.tuning.read_timeout)
+    try:
+        schema = fetch(ctx.schema_transport or ctx.transport, ctx.base_url, headers, timeouts)
+    except SchemaUnavailable as exc:
+        outcomes.report(
+            connection=ctx.connection_id,
+            direction=ctx.direction,
+            outcome="metadata_schema_unavailable",
+            message_id=request.message_id,
+            action=request.action,
+            error=str(exc),
+        )
+        return None
+    schemas.store(schema)
+    return schema
 
 
 _metadata_keys: dict[str, set[str]] = {}
