@@ -11,8 +11,12 @@
     connector check       [--json] [--offline] [--strict]   configuration, Redis, credentials
     connector send-test   [-c C] [--no-wait] [--timeout S]  one sample event through a connection
     connector stats       [--json]               queues, retry backlog, dead letters, rate limits
+    connector map         [-c C] --event FILE [--send] [--json]   dry run of one event's mapping
 
-``check``, ``send-test`` and ``stats`` read the configuration as the processes do.  For ``dlq``
+``check``, ``send-test``, ``stats`` and ``map`` read the configuration as the processes do.
+With none of REDIS_URL, CONNECTIONS_FILE, INGEST_WRITE_KEYS, VOUCHERIFY_APP_ID set, every
+command uses the ``make run`` running from this checkout (``.run/cli.env``, see
+:mod:`connector.runfile`) and says so on stderr.  For ``dlq``
 only ``REDIS_URL`` (and ``CONNECTOR_KEY_PREFIX``) are needed: dead letters carry their queue, so
 ``dlq`` works even when the configuration does not load; when it does, replay uses each
 connection's *current* queue (its region may have changed since).
@@ -86,7 +90,19 @@ def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str, int]]) -> N
 
 @click.group()
 def main() -> None:
-    """Segment <-> Voucherify connector: operations."""
+    """Segment <-> Voucherify connector: operations.
+
+    With no REDIS_URL and no connection configured in the shell, commands use the `make run`
+    running from this checkout (it writes .run/cli.env) and say so on stderr.
+    """
+    from connector import runfile
+
+    try:
+        note = runfile.apply(os.environ)
+    except runfile.RunFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    if note:
+        click.echo(f"connector: {note}", err=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -514,6 +530,49 @@ def stats(as_json: bool) -> None:
     )
     for connection_id, count in snap.dead_letters_unconfigured.items():
         click.echo(f"(dead letters of a connection no longer configured: {connection_id}: {count})")
+
+
+# ---------------------------------------------------------------------------------------------
+# map (connector/mapcmd.py does the work)
+
+
+@main.command("map")
+@click.option("--connection", "-c", "connection_id", help="connection id (default: the only one)")
+@click.option(
+    "--event",
+    "event_file",
+    required=True,
+    type=click.File("rb"),
+    help="a Segment event (or batch) or a Voucherify webhook body, as JSON; - reads stdin",
+)
+@click.option("--send", is_flag=True, help="perform the requests and show the answers")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def map_command(connection_id: str | None, event_file: Any, send: bool, as_json: bool) -> None:
+    """What an event would do on a connection: subscriptions and the exact requests.
+
+    \b
+    Auto-detects a Segment event (one call, {"batch": [...]} or an array) or a Voucherify
+    webhook body (any envelope version).  Shows the ingest's verdict, every subscription
+    (matched, not matched and why, replaced, failed), and each request in the connection's
+    mode with credentials redacted.  Nothing is sent unless --send: then each request goes
+    through the workers' transport, within the connection's rate-limit budget (no queue,
+    no retries, no idempotency ledger), and the answer is shown.
+    """
+    from connector import mapcmd, ops
+
+    settings = ops.settings_or_exit()
+    connection = ops.pick_connection(settings, connection_id)
+    try:
+        report = mapcmd.dry_run(connection, mapcmd.load(event_file.read()))
+    except mapcmd.MapInputError as exc:
+        raise click.ClickException(f"{event_file.name}: {exc}") from None
+    if send:
+        mapcmd.send(report, settings, connection)
+    if as_json:
+        _print_json(report.as_dict())
+    else:
+        for line in mapcmd.render(report):
+            click.echo(line)
 
 
 if __name__ == "__main__":  # pragma: no cover
