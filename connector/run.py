@@ -51,6 +51,16 @@ SANDBOX = {
 }
 DEFAULT_PORTS = {"web": 8000, "redis": 6390, "fake_voucherify": 8100, "fake_segment": 8200}
 REDIS_STOP_SECONDS = 15
+# honcho SIGKILLs whatever still runs 5 s after its SIGTERM; a Celery worker's cold shutdown
+# takes about that long (measured 5-8 s on 2 busy cores), so it would be killed mid-way now and
+# then.  Heroku's grace is 30 s: honcho gets the same here.
+STOP_GRACE_SECONDS = 30
+HONCHO = [
+    sys.executable,
+    "-c",
+    f"import sys, honcho.manager, honcho.command; honcho.manager.KILL_WAIT = {STOP_GRACE_SECONDS}; "
+    "sys.exit(honcho.command.main())",
+]
 
 
 class RunError(Exception):
@@ -308,10 +318,9 @@ def main() -> int:
     cli_env = runfile.path()
     runfile.write(cli_env, plan.cli_values, os.getpid())
     print(banner(plan), flush=True)
-    honcho = shutil.which("honcho", path=env["PATH"]) or "honcho"
     # The shell's and .env's variables are already merged into env: honcho must not read .env
     # again (its values would override what this launcher decided, e.g. REDIS_URL).
-    args = [honcho, "start", "-f", str(procfile), "-d", str(ROOT), "-e", os.devnull, "-p", env["PORT"]]
+    args = [*HONCHO, "start", "-f", str(procfile), "-d", str(ROOT), "-e", os.devnull, "-p", env["PORT"]]
     child = subprocess.Popen(args, env=env, cwd=ROOT)
 
     def forward(signum: int, frame: FrameType | None) -> None:

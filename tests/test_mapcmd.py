@@ -86,7 +86,13 @@ def env(tmp_path: Path, redis_url: str, fakes: tuple[FakeVoucherify, FakeSegment
 
 def cli(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [str(BIN / "connector"), *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+        [str(BIN / "connector"), *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     out = result.stdout + result.stderr
     for secret in (SECRET, SEGMENT_KEY, WEBHOOK_SECRET, APP_ID):
