@@ -34,7 +34,8 @@ import click
 import orjson
 import redis
 
-from connector.config import DEFAULT_REDIS_URL, redact_url
+from connector import redisconn
+from connector.config import DEFAULT_REDIS_URL, ConfigError, redact_url, redis_tls_verify
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -52,7 +53,14 @@ def parse_duration(value: str | None) -> float | None:
 
 def _redis() -> redis.Redis:
     url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
-    return redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
+    return redisconn.client(url, _tls_verify(), socket_connect_timeout=3, socket_timeout=10)
+
+
+def _tls_verify() -> str:
+    try:
+        return redis_tls_verify()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _dead_letters() -> Any:
@@ -382,7 +390,9 @@ def scheduler(interval: float | None) -> None:
     config = SchedulerConfig.from_env()
     if interval is not None:
         config.interval = interval
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=10)
+    client = redisconn.client(
+        url, _tls_verify(), socket_connect_timeout=2, socket_timeout=10, health_check_interval=10
+    )
     click.echo(f"scheduler: redis {redact_url(url)}, prefix {Keys.from_env().prefix!r}", err=True)
     runner = Scheduler(client, Keys.from_env(), celery_publish, config)
     runner.install_signal_handlers()

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import redis
 
+from connector import redisconn
+
 
 def redis_binary() -> str:
     found = shutil.which("redis-server")
@@ -52,9 +54,10 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
-def redis_answers(url: str, timeout: float = 1.0) -> bool:
+def redis_answers(url: str, timeout: float = 1.0, tls_verify: str = "required") -> bool:
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout).ping())
+        client = redisconn.client(url, tls_verify, socket_connect_timeout=timeout, socket_timeout=timeout)
+        return bool(client.ping())
     except (redis.RedisError, OSError, ValueError):
         return False
 

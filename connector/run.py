@@ -36,6 +36,7 @@ from pathlib import Path
 from types import FrameType
 
 from connector import runfile
+from connector.config import ConfigError, redis_tls_verify
 from connector.embedded import free_port, port_free, redis_answers, start_redis
 
 ROOT = runfile.ROOT
@@ -170,7 +171,11 @@ def plan_run(env: dict[str, str]) -> Plan:
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
 
     redis_url = env.get("REDIS_URL") or "redis://localhost:6379/0"
-    if redis_answers(redis_url):
+    try:
+        tls_verify = redis_tls_verify(env)
+    except ConfigError as exc:
+        raise RunError(exc.problems[0]) from None
+    if redis_answers(redis_url, tls_verify=tls_verify):
         if runfile.has_password(redis_url):
             plan.cli_values[runfile.HIDDEN_URL_KEY] = "1"
         else:
