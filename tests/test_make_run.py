@@ -57,6 +57,31 @@ def another_shell(run_dir: Path) -> dict[str, str]:
     return env
 
 
+def readme_blocks() -> list[str]:
+    """The README's shell blocks marked as tested (``<!-- tested: tests/test_make_run.py ...``)."""
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"<!-- tested: tests/test_make_run.py[^>]*-->\n```sh\n(.*?)```", text, re.DOTALL)
+    assert len(blocks) == 2, "the README's signed-webhook and fault-injection examples"
+    return blocks
+
+
+def run_readme_block(block: str, ports: dict[str, int], tmp: Path) -> str:
+    """Run a README block as a user pastes it, on this test's ports (the README says 8000/8100/8200)."""
+    for readme_port, name in ((8000, "web"), (8100, "fake_voucherify"), (8200, "fake_segment")):
+        block = block.replace(f"127.0.0.1:{readme_port}", f"127.0.0.1:{ports[name]}")
+    block = block.replace("/tmp/voucherify-webhook.json", str(tmp / "voucherify-webhook.json"))
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
 def connector(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [str(BIN / "connector"), *args],
@@ -149,6 +174,25 @@ def test_cli_from_another_shell_ctrl_c_and_a_quick_restart(tmp_path: Path) -> No
         mapped = connector(shell, "map", "-c", "sandbox", "--event", "examples/segment-track.json")
         assert mapped.returncode == 0, mapped.stderr
         assert f"POST {vf_url}/v1/events" in mapped.stdout
+
+        # The README's signed webhook, pasted: accepted, and the fake Segment gets the track call.
+        webhook_block, faults_block = readme_blocks()
+        output = run_readme_block(webhook_block, ports, tmp_path)
+        assert '"accepted":true' in output.replace(" ", ""), output
+        seg_url = f"http://127.0.0.1:{ports['fake_segment']}"
+        wait_until(
+            lambda: [
+                e
+                for e in requests.get(seg_url + "/__fake/events", timeout=2).json()
+                if e["event"]["event"] == "Customer Redemption Succeeded"
+            ],
+            timeout=30,
+            what="the fake Segment got the webhook's track call",
+        )
+        # The README's fault injection, pasted: the scripts it sets are shown, then cleared.
+        output = run_readme_block(faults_block, ports, tmp_path)
+        assert '"remaining":[503,503]' in output.replace(" ", ""), output
+        assert requests.get(vf_url + "/__fake/faults", timeout=2).json()["scripts"] == []
     finally:
         rc = ctrl_c(first) if first.alive() else None
     log = first.log()
