@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -100,6 +101,15 @@ def read_dotenv(path: Path) -> dict[str, str]:
         return dict(parse(path.read_text()))
     except FileNotFoundError:
         return {}
+
+
+def environment(dotenv: Path, shell: Mapping[str, str]) -> dict[str, str]:
+    """The processes' environment: ``.env`` under the shell's variables.
+
+    The shell wins: an explicit ``PORT=8001 make run`` must not be undone by a file.  (honcho
+    alone would let ``.env`` win, and would read it after this launcher decided REDIS_URL.)
+    """
+    return {**read_dotenv(dotenv), **shell}
 
 
 def preferred(env: dict[str, str], name: str, variable: str) -> int:
@@ -300,8 +310,7 @@ def _stop_stale_redis(pid_file: Path) -> None:
 
 def main() -> int:
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    # Shell wins over .env: an explicit `PORT=8001 make run` must not be undone by a file.
-    env = {**read_dotenv(ROOT / ".env"), **os.environ}
+    env = environment(ROOT / ".env", os.environ)
     _stop_stale_redis(RUN_DIR / "redis.pid")
     try:
         plan = plan_run(env)

@@ -296,3 +296,12 @@ def test_taken_fake_ports_move_and_the_banner_says_so(
     text = make_run.banner(plan)
     assert text.index("WARNING") < text.index("curl")
     assert f"http://127.0.0.1:{moved}/__fake/requests" in text
+
+
+def test_dotenv_is_read_as_honcho_reads_it_and_the_shell_wins(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("# comment\nPORT=9000\nINGEST_WRITE_KEYS='wk_a,wk_b'\nLOG_LEVEL=DEBUG\n")
+    env = make_run.environment(dotenv, {"PORT": "8001", "PATH": "/bin"})
+    assert env["PORT"] == "8001"  # the shell's
+    assert env["INGEST_WRITE_KEYS"] == "wk_a,wk_b" and env["LOG_LEVEL"] == "DEBUG"
+    assert make_run.environment(tmp_path / "missing.env", {"A": "1"}) == {"A": "1"}
