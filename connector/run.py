@@ -337,9 +337,13 @@ def main() -> int:
     args = [*HONCHO, "start", "-f", str(procfile), "-d", str(ROOT), "-e", os.devnull, "-p", env["PORT"]]
     child = subprocess.Popen(args, env=env, cwd=ROOT)
 
+    stop_requested = False
+
     def forward(signum: int, frame: FrameType | None) -> None:
         # Ctrl-C reaches honcho directly (same process group); SIGTERM/SIGHUP sent to this
         # launcher alone are passed on.  Either way, honcho stops the processes and we wait.
+        nonlocal stop_requested
+        stop_requested = True
         if signum != signal.SIGINT and child.poll() is None:
             child.send_signal(signal.SIGTERM)
 
@@ -358,7 +362,9 @@ def main() -> int:
             with contextlib.suppress(FileNotFoundError):
                 (RUN_DIR / "redis.pid").unlink()
         runfile.remove(cli_env, os.getpid())
-    return rc
+    # Stopped on request (honcho answers 130/143 for SIGINT/SIGTERM): a normal end, not an error
+    # for make to report.  A process that died by itself keeps its exit code.
+    return 0 if stop_requested and rc in (130, 143) else rc
 
 
 if __name__ == "__main__":

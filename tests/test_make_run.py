@@ -196,7 +196,7 @@ def test_cli_from_another_shell_ctrl_c_and_a_quick_restart(tmp_path: Path) -> No
     finally:
         rc = ctrl_c(first) if first.alive() else None
     log = first.log()
-    assert rc in (0, 130), log[-4000:]
+    assert rc == 0, log[-4000:]  # a requested stop is a normal end (make reports no error)
     assert "Traceback" not in log, log[-6000:]
     assert "SIGKILL" not in log, log[-4000:]
     # The broker stopped last, once every process that uses it had stopped.
@@ -227,7 +227,7 @@ def test_cli_from_another_shell_ctrl_c_and_a_quick_restart(tmp_path: Path) -> No
         assert "WARNING" not in second.log().split("system")[0]  # no port moved
     finally:
         rc = ctrl_c(second) if second.alive() else None
-    assert rc in (0, 130) and "Traceback" not in second.log(), second.log()[-4000:]
+    assert rc == 0 and "Traceback" not in second.log(), second.log()[-4000:]
 
 
 def test_port_probe_ignores_time_wait_but_not_a_listener() -> None:
