@@ -11,12 +11,15 @@ from pathlib import Path
 import pytest
 
 from connector import runfile
+from tests.support.processes import wait_until
 
 
 @pytest.fixture
 def fake_run() -> Iterator[int]:
     """A live process whose command line names connector.run (as `make run`'s launcher)."""
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "connector.run"])
+    if Path("/proc").is_dir():  # until it has exec'd, the child's command line is still pytest's
+        wait_until(lambda: b"connector.run" in Path(f"/proc/{proc.pid}/cmdline").read_bytes(), timeout=10)
     try:
         yield proc.pid
     finally:
