@@ -28,6 +28,7 @@ from connector import run as make_run
 from connector import runfile
 from connector.embedded import free_port, port_free, redis_answers
 from tests.support import secrets
+from tests.support.faultkit import connector_cli
 from tests.support.processes import BIN, ROOT, Proc, base_env, wait_until
 
 SANDBOX_SECRETS = [value for key, value in make_run.SANDBOX.items() if key != "write_key"]
@@ -83,15 +84,7 @@ def run_readme_block(block: str, ports: dict[str, int], tmp: Path) -> str:
 
 
 def connector(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [str(BIN / "connector"), *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = connector_cli(env, *args)
     for secret in SANDBOX_SECRETS:
         assert secret not in result.stdout + result.stderr
     return result

@@ -18,7 +18,8 @@ import pytest
 
 from tests.support import webhooks
 from tests.support.fakes import FakeSegment, FakeVoucherify
-from tests.support.processes import BIN, ROOT, base_env
+from tests.support.faultkit import connector_cli
+from tests.support.processes import ROOT, base_env
 
 pytestmark = pytest.mark.integration
 
@@ -85,15 +86,7 @@ def env(tmp_path: Path, redis_url: str, fakes: tuple[FakeVoucherify, FakeSegment
 
 
 def cli(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [str(BIN / "connector"), *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = connector_cli(env, *args)
     out = result.stdout + result.stderr
     for secret in (SECRET, SEGMENT_KEY, WEBHOOK_SECRET, APP_ID):
         assert secret not in out, f"credential in the output of connector {' '.join(args)}"

@@ -24,7 +24,8 @@ from connector import redisconn
 from connector.embedded import free_port, redis_binary
 from tests.conftest import make_stack
 from tests.support.fakes import FakeVoucherify
-from tests.support.processes import BIN, ROOT, wait_until
+from tests.support.faultkit import connector_cli
+from tests.support.processes import wait_until
 from workers.celery_app import celery_config
 
 APP_ID = "tls-app-id"
@@ -93,18 +94,6 @@ def tls_redis(tmp_path: Path) -> Iterator[str]:
         proc.wait(10)
 
 
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "connector"), *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 @pytest.mark.integration
 def test_every_client_honours_redis_tls_verify(tmp_path: Path, tls_redis: str, stack_factory: list) -> None:
     with FakeVoucherify(app_id=APP_ID, secret_key=SECRET, log_dir=tmp_path) as fake:
@@ -139,10 +128,10 @@ api_url = "{fake.url}"
             timeout=30,
             what="the retry delivered through the scheduler",
         )
-        stats = cli(stack.env, "stats", "--json")
+        stats = connector_cli(stack.env, "stats", "--json")
         assert stats.returncode == 0, stats.stderr
         assert json.loads(stats.stdout)["queues"] == {"voucherify.eu": 0}
-        check = cli(stack.env, "check", "--offline", "--json")
+        check = connector_cli(stack.env, "check", "--offline", "--json")
         redis_findings = [f for f in json.loads(check.stdout) if f["subject"].startswith("redis")]
         assert redis_findings[0]["level"] == "ok", redis_findings
         assert "TLS, certificate verification none" in redis_findings[0]["subject"]
@@ -152,14 +141,14 @@ api_url = "{fake.url}"
 
         # Verification required (the default): the self-signed chain is refused, and said so.
         strict = {k: v for k, v in stack.env.items() if k != "REDIS_TLS_VERIFY"}
-        stats = cli(strict, "stats")
+        stats = connector_cli(strict, "stats")
         assert stats.returncode == 1 and "certificate verify failed" in stats.stderr, stats.stderr
-        check = cli(strict, "check", "--offline")
+        check = connector_cli(strict, "check", "--offline")
         assert (
             "FAIL  redis rediss://127.0.0.1" in check.stdout and "certificate verify failed" in check.stdout
         )
         stack.web(extra_env={"REDIS_TLS_VERIFY": "required"})
         assert requests.get(stack.web_url + "/readyz", timeout=5).status_code == 503
 
-        bad = cli({**stack.env, "REDIS_TLS_VERIFY": "maybe"}, "check", "--offline")
+        bad = connector_cli({**stack.env, "REDIS_TLS_VERIFY": "maybe"}, "check", "--offline")
         assert "REDIS_TLS_VERIFY: must be one of required, none, not 'maybe'" in bad.stdout
