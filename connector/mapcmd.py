@@ -194,7 +194,7 @@ def _segment_events(body: Any) -> tuple[list[dict[str, Any]], list[tuple[int, st
 
 
 def _summary(event: Mapping[str, Any]) -> str:
-    parts = [str(event.get("type"))]
+    parts = [str(event.get("type") or "(no type)")]
     for key in ("event", "name", "userId", "anonymousId", "groupId"):
         if event.get(key) not in (None, ""):
             parts.append(f"{key}={event[key]!r}")
@@ -253,8 +253,11 @@ def _map_segment(
     vf = connection.voucherify
     accepted, rejected = _segment_events(body)
     reports: list[EventReport] = []
+    raw_events = _raw_events(body)
     for index, code, message in rejected:
-        reports.append(EventReport(index, f"event #{index}", rejected={"code": code, "message": message}))
+        raw = raw_events[index] if index < len(raw_events) else None
+        summary = _summary(raw) if isinstance(raw, dict) else f"not an event object ({type(raw).__name__})"
+        reports.append(EventReport(index, summary, rejected={"code": code, "message": message}))
     rejected_at = {index for index, _, _ in rejected}
     positions = [i for i in range(len(accepted) + len(rejected)) if i not in rejected_at]
     for index, event in zip(positions, accepted, strict=True):
@@ -294,7 +297,8 @@ def _map_segment(
             "events of one batch are mapped one by one here; a worker may merge upserts of one "
             "customer (coalescing) into fewer calls with the same effect"
         )
-    if any(not e.get("messageId") for e in _raw_events(body)):
+    reports.sort(key=lambda report: report.index)
+    if any(isinstance(e, dict) and not e.get("messageId") for e in raw_events):
         notes.append(
             "an event without messageId gets a random one at ingest: its idempotency key changes per run"
         )

@@ -230,5 +230,13 @@ def test_bad_input_is_said_plainly(env: dict[str, str], tmp_path: Path) -> None:
         result = cli(env, "map", "-c", "shop", "--event", str(path), ok=False)
         assert result.returncode == 1 and message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
+    # A batch (an array, as the Webhooks destination sends): each item in its place, refusals named.
+    batch = tmp_path / "batch.json"
+    batch.write_text('[{"type": "identify", "userId": "u1"}, {"type": "track", "event": "X"}, 5]')
+    events = mapped(env, "-c", "shop", "--event", str(batch))["events"]
+    assert [e["index"] for e in events] == [0, 1, 2]
+    assert events[0]["rejected"] is None and len(events[0]["requests"]) == 1
+    assert events[1]["rejected"]["code"] == "missing_identity" and "event='X'" in events[1]["summary"]
+    assert events[2]["rejected"]["code"] == "not_an_object"
     result = cli(env, "map", "-c", "nope", "--event", str(EXAMPLES / "segment-track.json"), ok=False)
     assert result.returncode == 1 and "no connection 'nope'" in result.stderr
