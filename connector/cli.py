@@ -11,8 +11,12 @@
     connector check       [--json] [--offline] [--strict]   configuration, Redis, credentials
     connector send-test   [-c C] [--no-wait] [--timeout S]  one sample event through a connection
     connector stats       [--json]               queues, retry backlog, dead letters, rate limits
+    connector map         [-c C] --event FILE [--send] [--json]   dry run of one event's mapping
 
-``check``, ``send-test`` and ``stats`` read the configuration as the processes do.  For ``dlq``
+``check``, ``send-test``, ``stats`` and ``map`` read the configuration as the processes do.
+With none of REDIS_URL, CONNECTIONS_FILE, INGEST_WRITE_KEYS, VOUCHERIFY_APP_ID set, every
+command uses the ``make run`` running from this checkout (``.run/cli.env``, see
+:mod:`connector.runfile`) and says so on stderr.  For ``dlq``
 only ``REDIS_URL`` (and ``CONNECTOR_KEY_PREFIX``) are needed: dead letters carry their queue, so
 ``dlq`` works even when the configuration does not load; when it does, replay uses each
 connection's *current* queue (its region may have changed since).
@@ -30,7 +34,8 @@ import click
 import orjson
 import redis
 
-from connector.config import DEFAULT_REDIS_URL, redact_url
+from connector import redisconn
+from connector.config import DEFAULT_REDIS_URL, ConfigError, redact_url, redis_tls_verify
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -48,7 +53,14 @@ def parse_duration(value: str | None) -> float | None:
 
 def _redis() -> redis.Redis:
     url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
-    return redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
+    return redisconn.client(url, _tls_verify(), socket_connect_timeout=3, socket_timeout=10)
+
+
+def _tls_verify() -> str:
+    try:
+        return redis_tls_verify()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _dead_letters() -> Any:
@@ -86,7 +98,19 @@ def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str, int]]) -> N
 
 @click.group()
 def main() -> None:
-    """Segment <-> Voucherify connector: operations."""
+    """Segment <-> Voucherify connector: operations.
+
+    With no REDIS_URL and no connection configured in the shell, commands use the `make run`
+    running from this checkout (it writes .run/cli.env) and say so on stderr.
+    """
+    from connector import runfile
+
+    try:
+        note = runfile.apply(os.environ)
+    except runfile.RunFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    if note:
+        click.echo(f"connector: {note}", err=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,7 +390,9 @@ def scheduler(interval: float | None) -> None:
     config = SchedulerConfig.from_env()
     if interval is not None:
         config.interval = interval
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=10)
+    client = redisconn.client(
+        url, _tls_verify(), socket_connect_timeout=2, socket_timeout=10, health_check_interval=10
+    )
     click.echo(f"scheduler: redis {redact_url(url)}, prefix {Keys.from_env().prefix!r}", err=True)
     runner = Scheduler(client, Keys.from_env(), celery_publish, config)
     runner.install_signal_handlers()
@@ -514,6 +540,49 @@ def stats(as_json: bool) -> None:
     )
     for connection_id, count in snap.dead_letters_unconfigured.items():
         click.echo(f"(dead letters of a connection no longer configured: {connection_id}: {count})")
+
+
+# ---------------------------------------------------------------------------------------------
+# map (connector/mapcmd.py does the work)
+
+
+@main.command("map")
+@click.option("--connection", "-c", "connection_id", help="connection id (default: the only one)")
+@click.option(
+    "--event",
+    "event_file",
+    required=True,
+    type=click.File("rb"),
+    help="a Segment event (or batch) or a Voucherify webhook body, as JSON; - reads stdin",
+)
+@click.option("--send", is_flag=True, help="perform the requests and show the answers")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def map_command(connection_id: str | None, event_file: Any, send: bool, as_json: bool) -> None:
+    """What an event would do on a connection: subscriptions and the exact requests.
+
+    \b
+    Auto-detects a Segment event (one call, {"batch": [...]} or an array) or a Voucherify
+    webhook body (any envelope version).  Shows the ingest's verdict, every subscription
+    (matched, not matched and why, replaced, failed), and each request in the connection's
+    mode with credentials redacted.  Nothing is sent unless --send: then each request goes
+    through the workers' transport, within the connection's rate-limit budget (no queue,
+    no retries, no idempotency ledger), and the answer is shown.
+    """
+    from connector import mapcmd, ops
+
+    settings = ops.settings_or_exit()
+    connection = ops.pick_connection(settings, connection_id)
+    try:
+        report = mapcmd.dry_run(connection, mapcmd.load(event_file.read()))
+    except mapcmd.MapInputError as exc:
+        raise click.ClickException(f"{event_file.name}: {exc}") from None
+    if send:
+        mapcmd.send(report, settings, connection)
+    if as_json:
+        _print_json(report.as_dict())
+    else:
+        for line in mapcmd.render(report):
+            click.echo(line)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,6 +23,9 @@ DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 CONNECTION_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MODES = ("rest", "segmentio")
+# REDIS_TLS_VERIFY, for rediss:// URLs: "required" (default) verifies the server's certificate
+# against the system's CAs; "none" accepts any (Heroku Redis serves a self-signed chain).
+TLS_VERIFY_MODES = ("required", "none")
 MAX_SUBSCRIPTIONS = 50
 
 
@@ -106,6 +109,7 @@ class Settings:
     redis_url: str
     connections: tuple[Connection, ...]
     port: int = 8000
+    redis_tls_verify: str = "required"  # REDIS_TLS_VERIFY: applied to every Redis client
     _by_key: Mapping[str, Connection] = field(default_factory=dict, repr=False)
     _by_id: Mapping[str, Connection] = field(default_factory=dict, repr=False)
 
@@ -540,6 +544,7 @@ def load_settings(
     redis_url = env.get("REDIS_URL") or DEFAULT_REDIS_URL
     if not re.match(r"^(redis|rediss|unix)://", redis_url):
         problems.append("REDIS_URL: must be a redis://, rediss:// or unix:// URL")
+    tls_verify = redis_tls_verify(env, problems)
     port_raw = env.get("PORT", "8000")
     try:
         port = int(port_raw)
@@ -549,8 +554,27 @@ def load_settings(
     if problems:
         raise ConfigError(problems)
     return Settings(
-        redis_url=redis_url, connections=tuple(connections), port=port, _by_key=by_key, _by_id=by_id
+        redis_url=redis_url,
+        connections=tuple(connections),
+        port=port,
+        redis_tls_verify=tls_verify,
+        _by_key=by_key,
+        _by_id=by_id,
     )
+
+
+def redis_tls_verify(env: Mapping[str, str] | None = None, problems: list[str] | None = None) -> str:
+    """``REDIS_TLS_VERIFY`` (``required`` | ``none``), for the processes and commands that read
+    only the Redis settings.  An unknown value is a problem (listed, or raised as ConfigError)."""
+    env = os.environ if env is None else env
+    value = (env.get("REDIS_TLS_VERIFY") or "required").strip().lower()
+    if value in TLS_VERIFY_MODES:
+        return value
+    problem = f"REDIS_TLS_VERIFY: must be one of {', '.join(TLS_VERIFY_MODES)}, not {value!r}"
+    if problems is None:
+        raise ConfigError([problem])
+    problems.append(problem)
+    return "required"
 
 
 def redact_url(url: str) -> str:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import redis
 
+from connector import redisconn
+
 
 def redis_binary() -> str:
     found = shutil.which("redis-server")
@@ -35,17 +37,44 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def redis_answers(url: str, timeout: float = 1.0) -> bool:
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on ``host:port`` now.
+
+    SO_REUSEADDR as the servers themselves set it (gunicorn, redis-server, the fakes): without
+    it, the TIME_WAIT connections a server leaves for a minute after it stops make its port look
+    taken, and a quick restart moved everything to other ports.  With it, only a listening
+    socket makes the port taken.
+    """
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def redis_answers(url: str, timeout: float = 1.0, tls_verify: str = "required") -> bool:
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout).ping())
+        client = redisconn.client(url, tls_verify, socket_connect_timeout=timeout, socket_timeout=timeout)
+        return bool(client.ping())
     except (redis.RedisError, OSError, ValueError):
         return False
 
 
 def start_redis(
-    directory: Path, port: int | None = None, *, appendonly: bool = True, log_name: str = "redis.log"
+    directory: Path,
+    port: int | None = None,
+    *,
+    appendonly: bool = True,
+    log_name: str = "redis.log",
+    new_session: bool = False,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start redis-server on 127.0.0.1; return the process and its URL once it answers."""
+    """Start redis-server on 127.0.0.1; return the process and its URL once it answers.
+
+    ``new_session``: out of the terminal's process group, so that Ctrl-C does not reach it and
+    its owner stops it when it chooses (after the processes that use it).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     args = [
@@ -67,7 +96,13 @@ def start_redis(
         "--logfile",
         str(directory / log_name),
     ]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ),
+        start_new_session=new_session,
+    )
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:

@@ -18,7 +18,16 @@ import click
 import redis
 import requests
 
-from connector.config import DEFAULT_REDIS_URL, ConfigError, Connection, Settings, load_settings, redact_url
+from connector import redisconn
+from connector.config import (
+    DEFAULT_REDIS_URL,
+    ConfigError,
+    Connection,
+    Settings,
+    load_settings,
+    redact_url,
+    redis_tls_verify,
+)
 
 USER_AGENT = "segment-voucherify-connector-check/1"
 
@@ -105,9 +114,13 @@ def _config_get(client: redis.Redis, name: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def check_redis(url: str) -> list[Finding]:
+def check_redis(url: str, tls_verify: str = "required") -> list[Finding]:
     subject = f"redis {redact_url(url)}"
-    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5, decode_responses=True)
+    if redisconn.is_tls(url):
+        subject += f" (TLS, certificate verification {tls_verify})"
+    client = redisconn.client(
+        url, tls_verify, socket_connect_timeout=3, socket_timeout=5, decode_responses=True
+    )
     try:
         client.ping()
         persistence = client.info("persistence")
@@ -252,7 +265,11 @@ def check_segment(connection: Connection, timeout: float, session: requests.Sess
 def run_checks(*, offline: bool = False, timeout: float = 10.0) -> list[Finding]:
     settings, findings = check_configuration()
     url = settings.redis_url if settings else (os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL)
-    findings += check_redis(url)
+    try:
+        verify = settings.redis_tls_verify if settings else redis_tls_verify()
+    except ConfigError:
+        verify = "required"  # already listed among the configuration's problems
+    findings += check_redis(url, verify)
     if settings is None or offline:
         return findings
     with requests.Session() as session:
@@ -312,9 +329,13 @@ def enqueue_sample(settings: Settings, connection: Connection, *, user_id: str, 
         outbound = []
     except MappingError as exc:
         raise click.ClickException(f"the sample event does not map: {exc}") from None
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
+    client = redisconn.client(
+        settings.redis_url, settings.redis_tls_verify, socket_connect_timeout=3, socket_timeout=10
+    )
     try:
-        Enqueuer(create_celery(settings.redis_url), client).segment_events(connection, [event])
+        Enqueuer(create_celery(settings.redis_url, settings.redis_tls_verify), client).segment_events(
+            connection, [event]
+        )
     except ApiError as exc:
         raise click.ClickException(f"could not enqueue: {exc.code}: {exc.message}") from None
     return Sent(
@@ -332,7 +353,9 @@ def wait_for_delivery(
     from workers.delivery.keys import Keys
     from workers.delivery.ledger import Ledger
 
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
+    client = redisconn.client(
+        settings.redis_url, settings.redis_tls_verify, socket_connect_timeout=3, socket_timeout=10
+    )
     keys = Keys.from_env()
     ledger = Ledger(client, keys, connection.id)
     dead = DeadLetters(client, keys)

@@ -1,29 +1,47 @@
 """`make run`: the whole pipeline in the foreground, under honcho, as Heroku would run it.
 
-- No Redis answering at ``REDIS_URL``: an embedded ``redis-server`` joins the process list
-  (announced in the log).
+- ``.env`` in the project root is read as honcho would read it (values set in the shell win), so
+  that this launcher and the processes agree on the configuration.
+- No Redis answering at ``REDIS_URL``: an embedded ``redis-server`` is started (announced in the
+  banner).  It runs outside honcho, in its own session: Ctrl-C stops the processes first and the
+  broker last, so that no worker loses its broker while it shuts down.
 - No connection configured: the sandbox.  Fake Voucherify and fake Segment servers start on
   loopback with a sandbox connection wired to them, and a copy-paste ``curl`` is printed.  The
-  web's status page (``/``) learns where the fakes listen from ``CONNECTOR_SANDBOX_FAKES`` and
-  shows what they received.
+  web's status page (``/``) learns where the fakes listen from ``CONNECTOR_SANDBOX_FAKES``.
+- Ports: the web's ``PORT`` (8000) taken is an error said plainly, before anything starts; the
+  fakes' (8100, 8200) and the embedded Redis's (6390) move to a free port when taken, and the
+  banner says so.  Ports are probed with ``SO_REUSEADDR`` (as the servers bind), so a restart
+  within a minute keeps them.
+- ``.run/cli.env`` tells ``connector`` commands in other shells where this run's Redis and
+  connections are (:mod:`connector.runfile`); removed when the run stops.
 - Metrics of every process are merged through a fresh ``PROMETHEUS_MULTIPROC_DIR`` under the
   run directory (unless one is given), so ``/metrics`` shows the whole pipeline.
 
-``CONNECTOR_RUN_DIR`` moves the run directory (default ``.run/``), e.g. for tests.
+``CONNECTOR_RUN_DIR`` moves the run directory (default ``.run/``); ``EMBEDDED_REDIS_PORT``,
+``FAKE_VOUCHERIFY_PORT`` and ``FAKE_SEGMENT_PORT`` change the preferred ports (tests use them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
+import signal
+import subprocess
 import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
-from connector.embedded import free_port, redis_answers, redis_binary
+from connector import runfile
+from connector.config import ConfigError, redis_tls_verify
+from connector.embedded import free_port, port_free, redis_answers, start_redis
 
-ROOT = Path(__file__).resolve().parent.parent
-RUN_DIR = Path(os.environ.get("CONNECTOR_RUN_DIR") or ROOT / ".run")
+ROOT = runfile.ROOT
+RUN_DIR = runfile.run_dir()
 
 SANDBOX = {
     "write_key": "sandbox-write-key",
@@ -33,17 +51,22 @@ SANDBOX = {
     "segment_write_key": "sandbox-segment-write-key",
     "segment_webhook_secret": "sandbox-segment-webhook-secret",
 }
+DEFAULT_PORTS = {"web": 8000, "redis": 6390, "fake_voucherify": 8100, "fake_segment": 8200}
+REDIS_STOP_SECONDS = 15
+# honcho SIGKILLs whatever still runs 5 s after its SIGTERM; a Celery worker's cold shutdown
+# takes about that long (measured 5-8 s on 2 busy cores), so it would be killed mid-way now and
+# then.  Heroku's grace is 30 s: honcho gets the same here.
+STOP_GRACE_SECONDS = 30
+HONCHO = [
+    sys.executable,
+    "-c",
+    f"import sys, honcho.manager, honcho.command; honcho.manager.KILL_WAIT = {STOP_GRACE_SECONDS}; "
+    "sys.exit(honcho.command.main())",
+]
 
 
-def _port(preferred: int) -> int:
-    import socket
-
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", preferred))
-            return preferred
-        except OSError:
-            return free_port()
+class RunError(Exception):
+    """A reason not to start, said plainly (no traceback)."""
 
 
 def sandbox_connections(voucherify_url: str, segment_url: str) -> str:
@@ -70,16 +93,86 @@ api_url = "{segment_url}"
 """
 
 
-def main() -> None:
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
+def read_dotenv(path: Path) -> dict[str, str]:
+    """A ``.env`` file parsed exactly as honcho parses it."""
+    from honcho.environ import parse
+
+    try:
+        return dict(parse(path.read_text()))
+    except FileNotFoundError:
+        return {}
+
+
+def environment(dotenv: Path, shell: Mapping[str, str]) -> dict[str, str]:
+    """The processes' environment: ``.env`` under the shell's variables.
+
+    The shell wins: an explicit ``PORT=8001 make run`` must not be undone by a file.  (honcho
+    alone would let ``.env`` win, and would read it after this launcher decided REDIS_URL.)
+    """
+    return {**read_dotenv(dotenv), **shell}
+
+
+def preferred(env: dict[str, str], name: str, variable: str) -> int:
+    raw = env.get(variable)
+    if not raw:
+        return DEFAULT_PORTS[name]
+    try:
+        return int(raw)
+    except ValueError:
+        raise RunError(f"{variable}={raw!r} is not a port number") from None
+
+
+@dataclass
+class Plan:
+    env: dict[str, str]
+    procfile: list[str]
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    redis_port: int | None = None  # embedded broker's port, when one is needed
+    cli_values: dict[str, str] = field(default_factory=dict)
+
+
+def _move_if_taken(plan: Plan, what: str, port: int, host: str = "127.0.0.1") -> int:
+    if port_free(port, host):
+        return port
+    moved = free_port()
+    plan.warnings.append(
+        f"port {port} is in use by another program: the {what} listens on {moved} instead "
+        f"(the README's URLs with {port} do not apply to this run)"
+    )
+    return moved
+
+
+def _check_web_port(port: int) -> None:
+    if port_free(port, "0.0.0.0"):
+        return
+    other = runfile.running()
+    who = (
+        f"another `make run` (pid {other.pid}) is running from this checkout: stop it (Ctrl-C in its "
+        "terminal) or"
+        if other is not None
+        else "another program listens there:"
+    )
+    raise RunError(
+        f"port {port} (PORT) is already in use; nothing was started.\n"
+        f"  {who} start this one on another port, e.g. PORT={port + 1} make run"
+    )
+
+
+def plan_run(env: dict[str, str]) -> Plan:
+    """Everything decided before a process starts: ports, broker, sandbox, banner, Procfile."""
     python = shlex.quote(sys.executable)
     bindir = Path(sys.executable).parent
     env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("PORT", "8000")
+    env.setdefault("PORT", str(DEFAULT_PORTS["web"]))
     env.setdefault("LOG_FORMAT", "human")
+    try:
+        web_port = int(env["PORT"])
+    except ValueError:
+        raise RunError(f"PORT={env['PORT']!r} is not a port number") from None
+    _check_web_port(web_port)
     lines = [line for line in (ROOT / "Procfile").read_text().splitlines() if line.strip()]
-    notes: list[str] = []
+    plan = Plan(env, lines)
 
     if not env.get("PROMETHEUS_MULTIPROC_DIR"):
         metrics_dir = RUN_DIR / "metrics"
@@ -88,59 +181,191 @@ def main() -> None:
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
 
     redis_url = env.get("REDIS_URL") or "redis://localhost:6379/0"
-    if not redis_answers(redis_url):
-        port = _port(6390)
-        data = RUN_DIR / "redis"
-        data.mkdir(exist_ok=True)
-        binary = shlex.quote(redis_binary())
-        # Appended, not prepended: honcho gives the n-th process PORT + 100 n, and web is first.
-        lines.append(
-            f"redis: {binary} --bind 127.0.0.1 --port {port} --dir {shlex.quote(str(data))} --save '' "
-            "--appendonly yes --appendfsync everysec --maxmemory-policy noeviction",
-        )
-        env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
-        notes.append(
+    try:
+        tls_verify = redis_tls_verify(env)
+    except ConfigError as exc:
+        raise RunError(exc.problems[0]) from None
+    if redis_answers(redis_url, tls_verify=tls_verify):
+        if runfile.has_password(redis_url):
+            plan.cli_values[runfile.HIDDEN_URL_KEY] = "1"
+        else:
+            plan.cli_values["REDIS_URL"] = redis_url
+    else:
+        port = _move_if_taken(plan, "embedded Redis", preferred(env, "redis", "EMBEDDED_REDIS_PORT"))
+        plan.redis_port = port
+        env["REDIS_URL"] = plan.cli_values["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+        plan.notes.append(
             f"No Redis answered at {redis_url}: using an EMBEDDED broker (redis-server on 127.0.0.1:{port}, "
-            f"AOF in {data})."
+            f"AOF and log in {RUN_DIR / 'redis'})."
         )
+    for key in ("CONNECTOR_KEY_PREFIX", "REDIS_TLS_VERIFY"):
+        if env.get(key):
+            plan.cli_values[key] = env[key]
 
-    sandbox = not env.get("CONNECTIONS_FILE") and not env.get("INGEST_WRITE_KEYS")
-    web = f"http://127.0.0.1:{env['PORT']}"
+    web = f"http://127.0.0.1:{web_port}"
+    if not env.get("CONNECTIONS_FILE") and not env.get("INGEST_WRITE_KEYS"):
+        _sandbox(plan, python, web)
+    elif env.get("CONNECTIONS_FILE"):
+        plan.cli_values["CONNECTIONS_FILE"] = str(Path(env["CONNECTIONS_FILE"]).resolve())
+        plan.notes.append(f"Connections from {env['CONNECTIONS_FILE']}; web on {web}/")
+    else:
+        plan.notes.append(f"Connection 'default' from INGEST_WRITE_KEYS and VOUCHERIFY_*; web on {web}/")
+    if (ROOT / ".env").exists():
+        plan.cli_values[runfile.ENV_FILE_KEY] = str(ROOT / ".env")
+    plan.notes += ["", *cli_hint(plan.env)]
+    return plan
+
+
+def _sandbox(plan: Plan, python: str, web: str) -> None:
+    env = plan.env
+    vf_port = _move_if_taken(
+        plan, "fake Voucherify", preferred(env, "fake_voucherify", "FAKE_VOUCHERIFY_PORT")
+    )
+    seg_port = _move_if_taken(plan, "fake Segment", preferred(env, "fake_segment", "FAKE_SEGMENT_PORT"))
+    vf_url, seg_url = f"http://127.0.0.1:{vf_port}", f"http://127.0.0.1:{seg_port}"
+    path = RUN_DIR / "sandbox-connections.toml"
+    path.write_text(sandbox_connections(vf_url, seg_url))
+    env["CONNECTIONS_FILE"] = plan.cli_values["CONNECTIONS_FILE"] = str(path)
+    s = SANDBOX
+    # Credentials through the environment: they stay out of the Procfile, `ps` and the log.
+    env["FAKE_VOUCHERIFY_APP_ID"] = s["app_id"]
+    env["FAKE_VOUCHERIFY_SECRET_KEY"] = s["secret_key"]
+    env["FAKE_SEGMENT_WRITE_KEYS"] = s["segment_write_key"]
+    env["CONNECTOR_SANDBOX_FAKES"] = f"voucherify={vf_url},segment={seg_url}"
+    plan.procfile.append(
+        f"fake_voucherify: {python} -m sandbox.fake_voucherify --port {vf_port} --name sandbox"
+    )
+    plan.procfile.append(f"fake_segment: {python} -m sandbox.fake_segment --port {seg_port}")
+    plan.notes += [
+        "No connection configured: running the SANDBOX (fake Voucherify and fake Segment on loopback).",
+        "",
+        "Send an event, as Segment's libraries do:",
+        f"  curl -u {s['write_key']}: -H 'Content-Type: application/json' \\",
+        '    -d \'{"userId":"user-1","event":"Order Completed","properties":{"total":42}}\' \\',
+        f"    {web}/v1/track",
+        "",
+        f"Status page:                       {web}/      (metrics: {web}/metrics)",
+        f"Requests the fake Voucherify got:  {vf_url}/__fake/requests",
+        f"Events the fake Segment got:       {seg_url}/__fake/events",
+        f"Sandbox connection file:           {path}",
+        "A signed Voucherify webhook, fault injection: README, 'Trying it'.",
+    ]
+
+
+def cli_hint(env: dict[str, str]) -> list[str]:
+    """How to call the CLI from another shell (it is not on PATH: it lives in the virtualenv)."""
+    cli = Path(sys.executable).parent / "connector"
+    with contextlib.suppress(ValueError):
+        cli = cli.relative_to(Path.cwd())
+    sandbox = "CONNECTOR_SANDBOX_FAKES" in env
+    lines = [
+        f"Operate it from another shell in {ROOT} (the CLI finds this run through {RUN_DIR / runfile.FILE_NAME}):",
+        f"  {cli} stats",
+        f"  {cli} dlq list",
+    ]
     if sandbox:
-        vf_port, seg_port = _port(8100), _port(8200)
-        vf_url, seg_url = f"http://127.0.0.1:{vf_port}", f"http://127.0.0.1:{seg_port}"
-        path = RUN_DIR / "sandbox-connections.toml"
-        path.write_text(sandbox_connections(vf_url, seg_url))
-        env["CONNECTIONS_FILE"] = str(path)
-        s = SANDBOX
-        # Credentials through the environment: they stay out of the Procfile, `ps` and the log.
-        env["FAKE_VOUCHERIFY_APP_ID"] = s["app_id"]
-        env["FAKE_VOUCHERIFY_SECRET_KEY"] = s["secret_key"]
-        env["FAKE_SEGMENT_WRITE_KEYS"] = s["segment_write_key"]
-        env["CONNECTOR_SANDBOX_FAKES"] = f"voucherify={vf_url},segment={seg_url}"
-        lines.append(f"fake_voucherify: {python} -m sandbox.fake_voucherify --port {vf_port} --name sandbox")
-        lines.append(f"fake_segment: {python} -m sandbox.fake_segment --port {seg_port}")
-        notes += [
-            "No connection configured: running the SANDBOX (fake Voucherify and fake Segment on loopback).",
-            "",
-            "Send an event, as Segment's libraries do:",
-            f"  curl -u {s['write_key']}: -H 'Content-Type: application/json' \\",
-            '    -d \'{"userId":"user-1","event":"Order Completed","properties":{"total":42}}\' \\',
-            f"    {web}/v1/track",
-            "",
-            f"Status page:                       {web}/      (metrics: {web}/metrics)",
-            f"Requests the fake Voucherify got:  {vf_url}/__fake/requests",
-            f"Events the fake Segment got:       {seg_url}/__fake/events",
-            f"Sandbox connection file:           {path}",
-        ]
+        lines.append(f"  {cli} map --connection sandbox --event examples/segment-track.json")
+    return lines
+
+
+def banner(plan: Plan) -> str:
+    warnings = [f"WARNING: {w}" for w in plan.warnings]
+    return "\n".join(["", "=" * 78, *warnings, *([""] if warnings else []), *plan.notes, "=" * 78, ""])
+
+
+def _say(text: str) -> None:
+    # As honcho's own lines, so the end of a run reads in one column.
+    print(f"{time.strftime('%H:%M:%S')} system | {text}", flush=True)
+
+
+def _stop_redis(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    _say(f"stopping the embedded Redis (pid {proc.pid}) now that its clients are gone")
+    proc.terminate()  # redis-server: fsync the AOF, then exit
+    try:
+        proc.wait(REDIS_STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+    _say(f"embedded Redis stopped (rc={proc.returncode})")
+
+
+def _stop_stale_redis(pid_file: Path) -> None:
+    """An embedded Redis left by a run that was killed (SIGKILL): it would hold the port."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    with contextlib.suppress(OSError):
+        if b"redis-server" in cmdline.read_bytes() and str(RUN_DIR).encode() in cmdline.read_bytes():
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + REDIS_STOP_SECONDS
+            while cmdline.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+    with contextlib.suppress(FileNotFoundError):
+        pid_file.unlink()
+
+
+def main() -> int:
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    env = environment(ROOT / ".env", os.environ)
+    _stop_stale_redis(RUN_DIR / "redis.pid")
+    try:
+        plan = plan_run(env)
+    except RunError as exc:
+        print(f"\nmake run: {exc}\n", file=sys.stderr, flush=True)
+        return 1
     procfile = RUN_DIR / "Procfile"
-    procfile.write_text("\n".join(lines) + "\n")
-    banner = "\n".join(["", "=" * 78, *notes, "=" * 78, ""])
-    print(banner, flush=True)
-    honcho = shutil.which("honcho", path=env["PATH"]) or "honcho"
-    os.chdir(ROOT)
-    os.execvpe(honcho, [honcho, "start", "-f", str(procfile), "-d", str(ROOT), "-p", env["PORT"]], env)
+    procfile.write_text("\n".join(plan.procfile) + "\n")
+
+    redis_proc: subprocess.Popen[bytes] | None = None
+    if plan.redis_port is not None:
+        try:
+            redis_proc, _ = start_redis(RUN_DIR / "redis", plan.redis_port, new_session=True)
+        except RuntimeError as exc:
+            print(f"\nmake run: the embedded Redis did not start: {exc}\n", file=sys.stderr, flush=True)
+            return 1
+        (RUN_DIR / "redis.pid").write_text(str(redis_proc.pid))
+
+    cli_env = runfile.path()
+    runfile.write(cli_env, plan.cli_values, os.getpid())
+    print(banner(plan), flush=True)
+    # The shell's and .env's variables are already merged into env: honcho must not read .env
+    # again (its values would override what this launcher decided, e.g. REDIS_URL).
+    args = [*HONCHO, "start", "-f", str(procfile), "-d", str(ROOT), "-e", os.devnull, "-p", env["PORT"]]
+    child = subprocess.Popen(args, env=env, cwd=ROOT)
+
+    stop_requested = False
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        # Ctrl-C reaches honcho directly (same process group); SIGTERM/SIGHUP sent to this
+        # launcher alone are passed on.  Either way, honcho stops the processes and we wait.
+        nonlocal stop_requested
+        stop_requested = True
+        if signum != signal.SIGINT and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, forward)
+    try:
+        while True:
+            try:
+                rc = child.wait()
+                break
+            except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for clarity
+                continue
+    finally:
+        if redis_proc is not None:
+            _stop_redis(redis_proc)
+            with contextlib.suppress(FileNotFoundError):
+                (RUN_DIR / "redis.pid").unlink()
+        runfile.remove(cli_env, os.getpid())
+    # Stopped on request (honcho answers 130/143 for SIGINT/SIGTERM): a normal end, not an error
+    # for make to report.  A process that died by itself keeps its exit code.
+    return 0 if stop_requested and rc in (130, 143) else rc
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -604,6 +604,10 @@ class FakeApp:
 
 
 class _NoDelayWSGIServer(WSGIServer):
+    # gevent's POSIX default, stated because `make run` relies on it: a fake restarted within a
+    # minute binds its port again despite the TIME_WAIT connections of the previous run.
+    reuse_addr = 1
+
     def handle(self, sock: Any, address: Any) -> None:
         # pywsgi sends the headers and the body with two send() calls; with Nagle on, the body
         # waits for the client's delayed ACK (~40 ms per request on Linux).

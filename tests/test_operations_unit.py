@@ -4,6 +4,7 @@ per-connection dead-letter counts, the queue snapshot, the status page's sandbox
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -129,3 +130,37 @@ def test_sandbox_fakes_accepts_loopback_urls_only() -> None:
     }
     assert sandbox_fakes(env) == {"voucherify": "http://127.0.0.1:8100"}
     assert sandbox_fakes({}) == {}
+
+
+def test_outcome_lines_leave_out_what_does_not_apply(caplog: pytest.LogCaptureFixture) -> None:
+    """A skip has no action, status or attempt: the line says nothing about them (no ``=None``)."""
+    from connector.logs import HumanFormatter, JsonFormatter
+    from workers.delivery import outcomes
+
+    with caplog.at_level(logging.INFO, logger="connector.outcome"):
+        outcomes.skipped("acme", "segment_to_voucherify", "track_filtered", message_id="m-1")
+        outcomes.report(
+            connection="acme",
+            direction="segment_to_voucherify",
+            outcome="delivered",
+            message_id="m-2",
+            action="add_custom_event",
+            status=200,
+            attempt=1,
+            latency_ms=12,
+        )
+    skip, delivered = caplog.records
+    human = HumanFormatter().format(skip)
+    assert "None" not in human
+    assert "reason=track_filtered" in human and "message_id=m-1" in human
+    data = json.loads(JsonFormatter("worker").format(skip))
+    assert {"action", "status", "attempt", "latency_ms"}.isdisjoint(data)
+    assert data["reason"] == "track_filtered" and data["outcome"] == "skipped"
+    full = json.loads(JsonFormatter("worker").format(delivered))
+    assert (full["action"], full["status"], full["attempt"], full["latency_ms"]) == (
+        "add_custom_event",
+        200,
+        1,
+        12,
+    )
+    assert "reason" not in full

@@ -26,7 +26,8 @@ from kombu import Queue
 from kombu.serialization import register as register_serializer
 from kombu.utils import json as kombu_json
 
-from connector.config import DEFAULT_REDIS_URL
+from connector import redisconn
+from connector.config import DEFAULT_REDIS_URL, redis_tls_verify
 
 # Task names are the contract between the web process and the workers.
 TASK_SEGMENT_EVENTS = "connector.segment_events"
@@ -40,9 +41,11 @@ TASK_TIME_BUDGET_SECONDS = 20
 VISIBILITY_TIMEOUT_SECONDS = int(os.environ.get("CONNECTOR_VISIBILITY_TIMEOUT", "120"))
 
 
-def celery_config(redis_url: str) -> dict[str, Any]:
+def celery_config(redis_url: str, tls_verify: str = "required") -> dict[str, Any]:
     return {
         "broker_url": redis_url,
+        # rediss://: REDIS_TLS_VERIFY as for every other Redis client (connector.redisconn).
+        "broker_use_ssl": redisconn.broker_ssl(redis_url, tls_verify),
         # kombu's Redis transport minus two measured publish costs (see workers.broker).
         "broker_transport": "workers.broker:Transport",
         "result_backend": None,
@@ -111,10 +114,12 @@ def register_fast_json() -> None:
 register_fast_json()
 
 
-def create_celery(redis_url: str | None = None) -> Celery:
+def create_celery(redis_url: str | None = None, tls_verify: str | None = None) -> Celery:
+    """A Celery app on ``redis_url``; without arguments, on ``REDIS_URL`` / ``REDIS_TLS_VERIFY``
+    (the module-level app, used to publish by processes that do not load the settings)."""
     url = redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
     app = Celery("connector")
-    app.conf.update(celery_config(url))
+    app.conf.update(celery_config(url, tls_verify or redis_tls_verify()))
     return app
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 
+from connector import redisconn
 from connector.config import Settings, load_settings
 
 
@@ -31,8 +32,12 @@ _pid: int | None = None
 
 def build_runtime(settings: Settings | None = None) -> Runtime:
     settings = settings or load_settings()
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=10
+    client = redisconn.client(
+        settings.redis_url,
+        settings.redis_tls_verify,
+        socket_connect_timeout=2,
+        socket_timeout=10,
+        health_check_interval=10,
     )
     return Runtime(settings=settings, redis=client)
 

@@ -23,6 +23,7 @@ from celery.signals import (  # noqa: E402
     worker_ready,
 )
 
+from connector import redisconn  # noqa: E402
 from connector.config import load_settings  # noqa: E402
 from connector.logs import configure_logging  # noqa: E402
 from workers import tasks  # noqa: E402, F401  (registers the tasks)
@@ -34,7 +35,10 @@ settings = load_settings()
 _all_queues = settings.voucherify_queues + settings.segment_queues
 _selected = [q.strip() for q in os.environ.get("WORKER_QUEUES", "").split(",") if q.strip()] or _all_queues
 celery.conf.task_queues = queues_for(_selected)
-celery.conf.update(broker_url=settings.redis_url)
+celery.conf.update(
+    broker_url=settings.redis_url,
+    broker_use_ssl=redisconn.broker_ssl(settings.redis_url, settings.redis_tls_verify),
+)
 app = celery
 
 

@@ -2,7 +2,8 @@
 
 Log lines go to the stdlib logger ``connector.outcome`` with the fields as ``extra`` (the JSON
 formatter of :mod:`connector.logs` turns them into keys): connection, direction, message_id,
-action, status, attempt, latency_ms, outcome, reason.  Never a payload, never a header.
+action, status, attempt, latency_ms, outcome, reason -- those that apply (absent ones are left
+out).  Never a payload, never a header.
 
 Outcomes: ``delivered``, ``skipped`` (reason: duplicate, stale, a mapping skip...), ``retry``
 (parked after a failed attempt), ``throttled`` / ``busy`` / ``deferred`` (parked without an
@@ -45,6 +46,9 @@ def report(
         "outcome": outcome,
         "reason": reason,
     }
+    # A field that does not apply (no attempt for a skip, no status without an answer) is left
+    # out, not written as null/None: lines stay short and a missing key means "not applicable".
+    fields = {key: value for key, value in fields.items() if value is not None}
     if error:
         fields["error"] = error[:300]
     level = logging.DEBUG if outcome in _QUIET else logging.INFO

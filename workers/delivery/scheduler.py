@@ -156,8 +156,12 @@ class Scheduler:
 
 
 def run_forever(redis_url: str, keys: Keys | None = None, publish: Publish | None = None) -> None:
-    client = redis.Redis.from_url(
+    from connector import redisconn
+    from connector.config import redis_tls_verify
+
+    client = redisconn.client(
         redis_url,
+        redis_tls_verify(),
         socket_connect_timeout=2,
         socket_timeout=10,
         health_check_interval=10,
