@@ -304,7 +304,7 @@ def enqueue_sample(settings: Settings, connection: Connection, *, user_id: str, 
     result = ingest_body(sample_event(user_id, event_name), "track")
     if result.rejected:
         raise click.ClickException(f"the sample event is invalid: {result.rejected[0].message}")
-    event = result.accepted[0]
+    event = result.expanded()[0]  # as the worker will see it
     try:
         outbound = map_event(event, connection)
     except SkipEvent as exc:
@@ -314,7 +314,9 @@ def enqueue_sample(settings: Settings, connection: Connection, *, user_id: str, 
         raise click.ClickException(f"the sample event does not map: {exc}") from None
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
     try:
-        Enqueuer(create_celery(settings.redis_url), client).segment_events(connection, [event])
+        Enqueuer(create_celery(settings.redis_url), client).segment_events(
+            connection, result.encoded, result.shared, result.stored_bytes
+        )
     except ApiError as exc:
         raise click.ClickException(f"could not enqueue: {exc.code}: {exc.message}") from None
     return Sent(

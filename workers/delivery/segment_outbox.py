@@ -32,7 +32,7 @@ import orjson
 from connector import metrics
 from workers.delivery import outcomes
 from workers.delivery.deadletters import REJECTED, RETRY_WINDOW_EXCEEDED, TOO_LARGE
-from workers.delivery.engine import Context, finish_dead
+from workers.delivery.engine import Context, backlog_of, finish_dead
 from workers.delivery.http import HTTPResult, TransportFailure, Verdict, classify, server_wait
 from workers.delivery.ledger import new_token
 from workers.delivery.outbox import Outbox, sweep, unmark_swept
@@ -283,7 +283,7 @@ def _expire_head(
 
 def _delivered(ctx: Context, items: list[dict[str, Any]], answer: HTTPResult) -> None:
     now = time.time()
-    units = 0
+    units = stored = 0
     for item in items:
         request = item["request"]
         metrics.DELIVERIES.labels(
@@ -301,8 +301,10 @@ def _delivered(ctx: Context, items: list[dict[str, Any]], answer: HTTPResult) ->
             attempt=1,
             latency_ms=int(answer.latency * 1000),
         )
-        units += int(item.get("backlog") or 0)
-    ctx.release_backlog(units)
+        item_units, item_bytes = backlog_of(item)
+        units += item_units
+        stored += item_bytes
+    ctx.release_backlog(units, stored)
 
 
 def _dead(
