@@ -241,6 +241,17 @@ def test_stale_guard_keeps_the_newest(client: redis.Redis, keys: Keys) -> None:
     assert not guard.is_stale("u2", 1)
 
 
+def test_stale_guard_never_records_a_future_time(client: redis.Redis, keys: Keys) -> None:
+    guard = StaleGuard(client, keys, "acme")
+    year_2999 = event_time_ms("2999-01-01T00:00:00Z")
+    assert year_2999 is not None
+    guard.applied("u1", year_2999, 60)
+    # The next identify, stamped by a correct clock a minute and a half later, is not "stale".
+    now_ms = int(time.time() * 1000)
+    assert guard.is_stale("u1", now_ms - 60_000)  # older than the clamped record: still stale
+    assert not guard.is_stale("u1", now_ms + 90_000)
+
+
 # --- backlog ------------------------------------------------------------------------------------
 
 
