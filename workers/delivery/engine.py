@@ -550,25 +550,46 @@ def finish_dead(
     excerpt: str = "",
     history: list[dict[str, Any]] | None = None,
 ) -> Step:
+    ctx.dead_letters.add(
+        dead_letter_for(ctx, item, reason, error, status=status, excerpt=excerpt, history=history)
+    )
+    return report_dead(ctx, item, reason, error, status=status)
+
+
+def dead_letter_for(
+    ctx: Context,
+    item: dict[str, Any],
+    reason: str,
+    error: str,
+    *,
+    status: int | None = None,
+    excerpt: str = "",
+    history: list[dict[str, Any]] | None = None,
+) -> DeadLetter:
+    """The dead-letter record of ``item`` (not written: see :func:`finish_dead`)."""
+    return DeadLetter(
+        connection_id=ctx.connection_id,
+        direction=ctx.direction,
+        reason=reason,
+        error=error,
+        queue=ctx.queue,
+        payload=item.get("payload"),
+        request=item.get("request"),
+        status=status,
+        response_excerpt=excerpt,
+        history=history if history is not None else list(item.get("history") or []),
+        attempts=int(item.get("attempts") or 0),
+        first_attempt_at=item.get("first_attempt_at"),
+        received_at=item.get("received_at"),
+    )
+
+
+def report_dead(
+    ctx: Context, item: dict[str, Any], reason: str, error: str, *, status: int | None = None
+) -> Step:
+    """The rest of a dead letter once its record is written: metrics, the log line, the backlog."""
     request = item.get("request")
     message_id = (request or {}).get("message_id") or _payload_id(item.get("payload"))
-    ctx.dead_letters.add(
-        DeadLetter(
-            connection_id=ctx.connection_id,
-            direction=ctx.direction,
-            reason=reason,
-            error=error,
-            queue=ctx.queue,
-            payload=item.get("payload"),
-            request=request,
-            status=status,
-            response_excerpt=excerpt,
-            history=history if history is not None else list(item.get("history") or []),
-            attempts=int(item.get("attempts") or 0),
-            first_attempt_at=item.get("first_attempt_at"),
-            received_at=item.get("received_at"),
-        )
-    )
     metrics.DEAD_LETTERS.labels(ctx.connection_id, ctx.direction, reason).inc()
     metrics.DELIVERIES.labels(
         ctx.connection_id, ctx.direction, ctx.region, "dead_letter", outcomes.status_label(status)
@@ -625,8 +646,10 @@ __all__ = [
     "StepKind",
     "backlog_of",
     "build_context",
+    "dead_letter_for",
     "deliver_one",
     "finish_dead",
     "finish_skipped",
     "new_item",
+    "report_dead",
 ]
