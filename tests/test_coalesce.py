@@ -144,7 +144,9 @@ def test_merge_follows_event_time_not_arrival_order() -> None:
     plan = coalesce(
         [
             upsert("new", "a", "2024-05-01T10:05:00.000Z", email="new@x", metadata={"tier": "gold"}),
-            upsert("old", "a", "2024-05-01T10:00:00.000Z", email="old@x", name="A", metadata={"tier": "none"}),
+            upsert(
+                "old", "a", "2024-05-01T10:00:00.000Z", email="old@x", name="A", metadata={"tier": "none"}
+            ),
             upsert("mid", "a", "2024-05-01T10:02:00.000Z", phone=None, metadata={"seen": 1}),
         ]
     )

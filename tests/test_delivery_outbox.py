@@ -239,11 +239,15 @@ def test_dead_letter_and_trim_are_one_step(
     # Lost lock: nothing written, nothing trimmed.
     outbox.append_many([{"request": {"body": {"messageId": "m9"}}}], "segment.us")
     store = DeadLetters(client, keys)
-    assert not store.add_then_trim([dataclasses.replace(dead, id="")], outbox.list_key, outbox.lock_key, "x", 1)
+    assert not store.add_then_trim(
+        [dataclasses.replace(dead, id="")], outbox.list_key, outbox.lock_key, "x", 1
+    )
     assert outbox.length() == 1 and store.count() == 1
 
 
-def test_dedupe_memory_outlives_the_accepted_webhook_age(rt: Runtime, transport: FakeTransport, keys: Keys) -> None:
+def test_dedupe_memory_outlives_the_accepted_webhook_age(
+    rt: Runtime, transport: FakeTransport, keys: Keys
+) -> None:
     """A replay at 30 h of an event the web still accepts (48 h) must be found a duplicate."""
     conn = rt.settings.connections[0]
     webhook(rt, "evt_1")
