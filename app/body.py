@@ -24,6 +24,7 @@ import orjson
 from flask import Request
 
 from app.errors import ApiError, bad_request
+from connector.jsonvalues import any_value
 
 MAX_BATCH_BYTES = 500 * 1024
 MAX_EVENT_BYTES = 32 * 1024
@@ -206,16 +207,7 @@ def parse_json(raw: bytes) -> Any:
 
 def holds_out_of_range(value: Any) -> bool:
     """True when ``value`` (a parsed body or part of it) holds an out-of-range integer."""
-    stack = [value]
-    while stack:
-        node = stack.pop()
-        if node is OUT_OF_RANGE:
-            return True
-        if isinstance(node, dict):
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return False
+    return any_value(value, lambda node: node is OUT_OF_RANGE)
 
 
 def depth_exceeds(value: Any, limit: int = MAX_DEPTH) -> bool:

@@ -23,6 +23,7 @@ from app.ingest import STORED_FACTOR, STORED_SLACK, ingest_body
 from connector.config import ConfigError, load_settings
 from connector.segment_message import backlog_shares, expand
 from tests.support.webhooks import iso, load_example, signed_request, wrap
+from tests.test_ingest_unit import RecordingEnqueuer
 from workers.delivery.http import HTTPResult, parse_rate_limit_retry, parse_retry_after, server_wait
 from workers.delivery.retries import MAX_SERVER_WAIT_SECONDS, decide, next_delay
 
@@ -62,24 +63,12 @@ region = "as1"
 """
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, list[Any], dict[str, Any], int]] = []
-        self.webhooks: list[tuple[str, Any, int]] = []
-
-    def segment_events(self, connection: Any, events: list[Any], shared: dict[str, Any], stored: int) -> None:
-        self.events.append((connection.id, events, shared, stored))
-
-    def voucherify_webhook(self, connection: Any, payload: Any, received_at: float, stored: int) -> None:
-        self.webhooks.append((connection.id, payload, stored))
-
-
-def make_client(tmp_path: Path, **env: str) -> tuple[FlaskClient, Recorder]:
+def make_client(tmp_path: Path, **env: str) -> tuple[FlaskClient, RecordingEnqueuer]:
     path = tmp_path / "c.toml"
     path.write_text(TOML)
     settings = load_settings({"CONNECTIONS_FILE": str(path), "REDIS_URL": "redis://127.0.0.1:1/0", **env})
     app = create_app(settings)
-    recorder = Recorder()
+    recorder = RecordingEnqueuer()
     app.extensions["connector.enqueuer"] = recorder
     return app.test_client(), recorder
 

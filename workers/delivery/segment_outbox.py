@@ -153,7 +153,8 @@ def _flush_locked(ctx: Context, outbox: Outbox, token: str, result: FlushResult)
         if verdict is Verdict.PERMANENT:
             status = answer.status if isinstance(answer, HTTPResult) else None
             dead = [
-                _Dead(item, REJECTED, _error(answer), status, _excerpt(answer), history) for item in batch.items
+                _Dead(item, REJECTED, _error(answer), status, _excerpt(answer), history)
+                for item in batch.items
             ]
             if not _dead_then_trim(ctx, outbox, token, dead):
                 result.state = "lost_lock"
