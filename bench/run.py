@@ -561,7 +561,7 @@ class Bench:
         self.results["machine"] = machine()
         self.results["fake"] = self.fake_note
         self.results["load_generators"] = (
-            "wrk 4.1 (Debian), 2 threads, keep-alive (gunicorn sync closes per request); "
+            "wrk 4.1 (Debian), 2 threads, keep-alive (gunicorn gevent workers keep connections open); "
             "gevent requests loop; paced 16-thread requests sender"
         )
         OUT_JSON.write_text(orjson.dumps(self.results, option=orjson.OPT_INDENT_2).decode())
