@@ -52,9 +52,16 @@ class Enqueuer:
         self.celery = celery
         self.redis = client
 
-    def _reserve(self, connection: Connection, count: int) -> None:
+    def _reserve(self, connection: Connection, count: int, stored_bytes: int) -> None:
         try:
-            ok = backlog.reserve(self.redis, connection.id, count, connection.backlog_limit)
+            ok = backlog.reserve(
+                self.redis,
+                connection.id,
+                count,
+                connection.backlog_limit,
+                stored_bytes=stored_bytes,
+                bytes_limit=connection.backlog_bytes_limit,
+            )
         except _BROKER_ERRORS:
             log.warning("redis unavailable while reserving backlog", extra={"connection": connection.id})
             raise unavailable() from None
@@ -66,8 +73,10 @@ class Enqueuer:
                 headers={"Retry-After": RETRY_AFTER_BACKLOG},
             )
 
-    def _publish(self, connection: Connection, count: int, name: str, args: list[Any], queue: str) -> None:
-        self._reserve(connection, count)
+    def _publish(
+        self, connection: Connection, count: int, stored_bytes: int, name: str, args: list[Any], queue: str
+    ) -> None:
+        self._reserve(connection, count, stored_bytes)
         try:
             # argsrepr: Celery would otherwise saferepr() the whole payload into a header on every
             # publish (measurable on a 100-event batch), and copy event data into Flower/logs.
@@ -82,22 +91,33 @@ class Enqueuer:
             )
         except _BROKER_ERRORS:
             log.warning("broker unavailable while publishing", extra={"connection": connection.id})
-            with contextlib.suppress(*_BROKER_ERRORS):  # the counter's TTL reconciles it
-                backlog.release(self.redis, connection.id, count)
+            with contextlib.suppress(*_BROKER_ERRORS):  # else the scheduler's reconcile heals it
+                backlog.release(self.redis, connection.id, count, stored_bytes)
             raise unavailable() from None
 
-    def segment_events(self, connection: Connection, events: Sequence[Any]) -> None:
-        """``events``: dicts, or their JSON as ``orjson.Fragment`` (embedded as they are)."""
+    def segment_events(
+        self, connection: Connection, events: Sequence[Any], shared: dict[str, Any], stored_bytes: int
+    ) -> None:
+        """``events``: dicts, or their JSON as ``orjson.Fragment`` (embedded as they are);
+        ``shared``: the fields they have in common, stored once (connector.segment_message)."""
         self._publish(
-            connection, len(events), TASK_SEGMENT_EVENTS, [connection.id, events], connection.voucherify.queue
+            connection,
+            len(events),
+            stored_bytes,
+            TASK_SEGMENT_EVENTS,
+            [connection.id, events, shared, stored_bytes],
+            connection.voucherify.queue,
         )
 
-    def voucherify_webhook(self, connection: Connection, payload: Any, received_at: float) -> None:
+    def voucherify_webhook(
+        self, connection: Connection, payload: Any, received_at: float, stored_bytes: int
+    ) -> None:
         assert connection.segment is not None
         self._publish(
             connection,
             1,
+            stored_bytes,
             TASK_VOUCHERIFY_WEBHOOK,
-            [connection.id, payload, received_at],
+            [connection.id, payload, received_at, stored_bytes],
             connection.segment.queue,
         )

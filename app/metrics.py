@@ -15,12 +15,13 @@ import logging
 from collections.abc import Iterable, Iterator
 
 import redis
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response, current_app, request
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from app.auth import require_token
 from connector import depths, metrics, multiprocess
 from connector.config import Connection, Settings
 from workers.delivery import SOURCE
@@ -149,4 +150,9 @@ def _registry() -> CollectorRegistry:
 
 @metrics_bp.get("/metrics")
 def scrape() -> Response:
+    # Open by default (Prometheus' convention, and nothing secret in it); METRICS_TOKEN closes it
+    # (Bearer, or the Basic password: Prometheus' `authorization` or `basic_auth` settings).
+    settings: Settings = current_app.extensions["connector.settings"]
+    if settings.metrics_token is not None:
+        require_token(request, settings.metrics_token, "connector metrics")
     return Response(generate_latest(_registry()), content_type=CONTENT_TYPE_LATEST)

@@ -17,6 +17,10 @@ from marshmallow import INCLUDE, Schema, ValidationError, fields, validates_sche
 CALL_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 MAX_MESSAGE_ID = 100
 MISSING = "Missing data for required field."
+TIMESTAMP_MESSAGE = "must be an ISO 8601 date-time string representable in UTC"
+# Every date-time field of an event: each one that is not a usable date-time rejects the event
+# (invalid_timestamp) -- that event only, never its batch.
+TIMESTAMP_FIELDS = frozenset({"timestamp", "sentAt", "originalTimestamp"})
 
 
 class Identity(fields.Field):
@@ -31,13 +35,12 @@ class Identity(fields.Field):
 
 
 class IsoTimestamp(fields.Field):
+    """An ISO 8601 date-time that is representable in UTC (year 1 with a positive offset, or
+    9999 with a negative one, is not: it overflows the moment it is converted)."""
+
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
-        if not isinstance(value, str):
-            raise ValidationError("must be an ISO 8601 date-time string")
-        try:
-            parse_timestamp(value)
-        except ValueError:
-            raise ValidationError("must be an ISO 8601 date-time string") from None
+        if not isinstance(value, str) or parse_utc(value) is None:
+            raise ValidationError(TIMESTAMP_MESSAGE)
         return value
 
 
@@ -85,6 +88,7 @@ class BaseEvent(Schema):
     messageId = Text(max_length=MAX_MESSAGE_ID, allow_none=True)
     timestamp = IsoTimestamp(allow_none=True)
     sentAt = IsoTimestamp(allow_none=True)
+    originalTimestamp = IsoTimestamp(allow_none=True)
     context = Object(allow_none=True)
     integrations = Object(allow_none=True)
 
@@ -148,15 +152,16 @@ def parse_timestamp(value: str) -> datetime:
 
 @functools.lru_cache(maxsize=4096)
 def parse_utc(value: str) -> datetime | None:
-    """``value`` as an aware datetime (naive means UTC), or None when it is not ISO 8601.
+    """``value`` as a UTC datetime (naive means UTC), or None when it is not ISO 8601 or cannot
+    be represented in UTC.
 
     Cached: the fast path validates an event's timestamp and normalization then uses it, and a
     batch's ``sentAt`` is the same string for every event."""
     try:
         dt = parse_timestamp(value)
-    except (TypeError, ValueError):
+        return dt.astimezone(UTC) if dt.tzinfo else dt.replace(tzinfo=UTC)
+    except (TypeError, ValueError, OverflowError):
         return None
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,6 +253,8 @@ def validate_event(event: dict[str, Any], call_type: str) -> tuple[str, str] | N
         return MISSING_CODES.get(field, "missing_field"), f"{call_type} requires {field}"
     if text.startswith("either userId"):
         return "missing_identity", "every event needs a userId or an anonymousId"
+    if field in TIMESTAMP_FIELDS:
+        return "invalid_timestamp", f"{field} {text}"
     if field == "messageId" and "longer" in text:
         return "message_id_too_long", f"messageId is {text}"
     return "invalid_field", f"{field} {text}" if not text.startswith(field) else text

@@ -8,8 +8,13 @@ the fakes listen through ``CONNECTOR_SANDBOX_FAKES`` (``name=url,name=url``, loo
 Only method, path, status and time of a recorded request are displayed, never its headers or
 body (they carry the sandbox's credentials and the events).
 
-``GET /status.json`` is the same data for scripts and the page's refresh.  ``STATUS_PAGE=off``
-turns both off (``/metrics`` and ``/readyz`` stay).
+``GET /status.json`` is the same data for scripts and the page's refresh.
+
+Both need ``STATUS_TOKEN`` (``Authorization: Bearer <token>``, or the password of Basic auth,
+which is what a browser's login prompt sends) and answer 404 when no token is configured: the
+page lists every connection id, the door of each connection's webhooks.  The sandbox (``make
+run``, marked by ``CONNECTOR_SANDBOX_FAKES``) shows it without a token unless one is set.
+``STATUS_PAGE=off`` turns both off whatever else is set (``/metrics`` and ``/readyz`` stay).
 """
 
 from __future__ import annotations
@@ -19,14 +24,14 @@ import re
 from typing import Any
 
 import redis
-from flask import Blueprint, Response, abort, current_app, jsonify, render_template
+from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
 
+from app.auth import require_token
 from connector import depths
-from connector.config import Settings
+from connector.config import SANDBOX_ENV, Settings
 
 status_bp = Blueprint("status", __name__, template_folder="templates")
 
-SANDBOX_ENV = "CONNECTOR_SANDBOX_FAKES"
 _LOOPBACK_URL = re.compile(r"^http://(127\.0\.0\.1|localhost|\[::1\]):\d{1,5}$")
 
 
@@ -42,8 +47,17 @@ def sandbox_fakes(env: dict[str, str] | None = None) -> dict[str, str]:
     return fakes
 
 
-def _enabled() -> bool:
-    return os.environ.get("STATUS_PAGE", "on").lower() not in ("off", "0", "false", "no")
+def _guard() -> None:
+    """404 when the page is off (STATUS_PAGE=off, or no STATUS_TOKEN outside the sandbox), 401
+    without the token."""
+    settings: Settings = current_app.extensions["connector.settings"]
+    if not settings.status_page:
+        abort(404)
+    if settings.status_token is None:
+        if not settings.sandbox:
+            abort(404)
+        return
+    require_token(request, settings.status_token, "connector status")
 
 
 def status_data() -> dict[str, Any]:
@@ -91,13 +105,11 @@ def status_data() -> dict[str, Any]:
 
 @status_bp.get("/")
 def page() -> str:
-    if not _enabled():
-        abort(404)
+    _guard()
     return render_template("status.html", data=status_data())
 
 
 @status_bp.get("/status.json")
 def as_json() -> Response:
-    if not _enabled():
-        abort(404)
+    _guard()
     return jsonify(status_data())

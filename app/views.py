@@ -60,7 +60,7 @@ def _accept(connection: Connection, result: IngestResult) -> Response:
             rejected=[r.as_dict() for r in result.rejected],
         )
     g.ingest_events = len(result.accepted)  # a 429/503 from the enqueue refuses them all
-    _enqueuer().segment_events(connection, result.encoded)
+    _enqueuer().segment_events(connection, result.encoded, result.shared, result.stored_bytes)
     count_received(connection, DESTINATION, g.get("ingest_source", "tracking_api"), len(result.accepted))
     payload: dict[str, Any] = {"success": True}
     if result.rejected:
@@ -79,13 +79,15 @@ def track_api(kind: str) -> Response:
     connection = connection_for_key(settings, key) if key else None
     if connection is not None:
         g.ingest_connection = connection.id
+    # Only now is the body read (the key in the header was checked first), within a deadline.
     raw = bodies.read_raw(request, bodies.MAX_BATCH_BYTES if path_type == "batch" else bodies.MAX_EVENT_BYTES)
     body = bodies.parse_json(raw)
     if connection is None:
-        connection = connection_for_key(settings, body.get("writeKey") if isinstance(body, dict) else None)
+        key_in_body = body.get("writeKey") if isinstance(body, dict) else None
+        connection = connection_for_key(settings, key_in_body if isinstance(key_in_body, str) else None)
     if path_type != "batch" and isinstance(body, dict) and bodies.depth_exceeds(body):
         raise bad_request("nesting_too_deep", f"JSON nesting deeper than {bodies.MAX_DEPTH} levels")
-    result = ingest_body(body, path_type)
+    result = ingest_body(body, path_type, raw_size=len(raw))
     if path_type != "batch" and result.rejected:
         rejection = result.rejected[0]
         raise _reject_one(connection, rejection.code, rejection.message)
@@ -104,20 +106,28 @@ def segment_webhook(connection_id: str) -> Response:
     _ingesting(DESTINATION, "segment_webhook")
     connection = _connection_or_404(connection_id)
     g.ingest_connection = connection.id
-    raw = bodies.read_raw(request)
     secret = connection.segment_webhook_secret
-    if secret is not None and not segment_signature_valid(
-        raw, request.headers.get("X-Signature"), secret.reveal()
-    ):
+    signature = request.headers.get("X-Signature")
+    # Refused before the body is read: no secret (unless explicitly unsigned), or no signature.
+    if secret is None and not connection.segment_webhook_unsigned:
+        raise unauthorized(
+            "signature_required",
+            f"connection {connection_id!r} has no segment_webhook_secret; set one (or "
+            "segment_webhook_unsigned = true to accept unsigned requests)",
+        )
+    if secret is not None and not signature:
+        raise unauthorized("invalid_signature", "X-Signature is missing or does not match the body")
+    raw = bodies.read_raw(request)
+    if secret is not None and not segment_signature_valid(raw, signature, secret.reveal()):
         raise unauthorized("invalid_signature", "X-Signature is missing or does not match the body")
     body = bodies.parse_json(raw)
     if isinstance(body, list):
         # The Actions webhook sends a JSON array of events: treat it as a batch.
         if len(body) > bodies.MAX_BATCH_EVENTS:
             raise bad_request("too_many_events", f"at most {bodies.MAX_BATCH_EVENTS} events per request")
-        result = ingest_body({"batch": body}, "batch")
+        result = ingest_body({"batch": body}, "batch", raw_size=len(raw))
     elif isinstance(body, dict):
-        result = ingest_body({"batch": [body]}, "batch")
+        result = ingest_body({"batch": [body]}, "batch", raw_size=len(raw))
         if result.rejected:
             raise _reject_one(connection, result.rejected[0].code, result.rejected[0].message)
     else:
@@ -128,7 +138,7 @@ def segment_webhook(connection_id: str) -> Response:
 @webhooks.post("/webhooks/voucherify/<connection_id>")
 def voucherify_webhook(connection_id: str) -> tuple[Response, int]:
     from workers.errors import MappingError
-    from workers.source.envelope import event_age_seconds, parse_webhook
+    from workers.source.envelope import parse_webhook
 
     _ingesting(SOURCE, "voucherify_webhook")
     connection = _connection_or_404(connection_id)
@@ -138,11 +148,14 @@ def voucherify_webhook(connection_id: str) -> tuple[Response, int]:
         raise unauthorized(
             "webhooks_not_configured", f"connection {connection_id!r} has no Voucherify webhook_secret"
         )
+    signature = request.headers.get("x-voucherify-signature")
+    if not signature:  # refused before the body is read
+        raise unauthorized(
+            "invalid_signature", "x-voucherify-signature is missing or does not match the body"
+        )
     raw = bodies.read_raw(request)
     body = bodies.parse_json(raw)
-    if not voucherify_signature_valid(
-        raw, request.headers.get("x-voucherify-signature"), secret.reveal(), body
-    ):
+    if not voucherify_signature_valid(raw, signature, secret.reveal(), body):
         raise unauthorized(
             "invalid_signature", "x-voucherify-signature is missing or does not match the body"
         )
@@ -150,24 +163,43 @@ def voucherify_webhook(connection_id: str) -> tuple[Response, int]:
         raise bad_request("not_an_object", "the body must be a JSON object")
     if bodies.depth_exceeds(body):
         raise bad_request("nesting_too_deep", f"JSON nesting deeper than {bodies.MAX_DEPTH} levels")
+    if bodies.holds_out_of_range(body):
+        raise bad_request(
+            "number_out_of_range", "an integer is outside the 64-bit range; it would not stay exact"
+        )
     try:
         event = parse_webhook(body)
     except MappingError as exc:
         raise bad_request("invalid_webhook", exc.message) from None
     now = time.time()
-    age = event_age_seconds(event, now)
-    if age is not None and age > connection.voucherify.max_event_age_seconds:
-        raise bad_request(
-            "event_too_old",
-            f"the event is older than {connection.voucherify.max_event_age_seconds // 3600} h; refused",
-        )
+    _check_webhook_age(connection, event, now)
     if connection.segment is None:
         raise ApiError(
             409, "segment_not_configured", f"connection {connection_id!r} has no [connection.segment]"
         )
-    _enqueuer().voucherify_webhook(connection, body, now)
+    _enqueuer().voucherify_webhook(connection, body, now, len(raw))
     count_received(connection, SOURCE, "voucherify_webhook", 1)
     return jsonify({"accepted": True, "event_id": event.event_id}), 202
+
+
+def _check_webhook_age(connection: Connection, event: Any, now: float) -> None:
+    """Replay protection (SPEC 4.1, 6): only events whose age is KNOWN to be within the accepted
+    window pass.  An unreadable or future ``created_at`` would otherwise skip the check -- and
+    outlive the dedupe memory, which is sized from that window."""
+    from workers.source.envelope import FUTURE_SKEW_SECONDS, event_age_seconds
+
+    age = event_age_seconds(event, now)
+    if age is None:
+        raise bad_request(
+            "invalid_created_at", "created_at is not a representable ISO 8601 date-time; refused"
+        )
+    if age < -FUTURE_SKEW_SECONDS:
+        raise bad_request("invalid_created_at", "created_at is in the future; refused")
+    if age > connection.voucherify.max_event_age_seconds:
+        raise bad_request(
+            "event_too_old",
+            f"the event is older than {connection.voucherify.max_event_age_seconds // 3600} h; refused",
+        )
 
 
 @ops.get("/healthz")

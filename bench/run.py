@@ -382,7 +382,7 @@ class Bench:
         celery = create_celery(self.redis_url)
         queue = f"voucherify.{CONNS[conn][1]}"
         for start in range(0, len(events), per_task):
-            accepted = ingest_body(batch_body(events[start : start + per_task]), "batch").accepted
+            accepted = ingest_body(batch_body(events[start : start + per_task]), "batch").expanded()
             backlog.reserve(self.r, f"bench-{conn}", len(accepted), 10**9)
             celery.send_task(
                 TASK_SEGMENT_EVENTS, args=[f"bench-{conn}", accepted], queue=queue, routing_key=queue
@@ -561,7 +561,7 @@ class Bench:
         self.results["machine"] = machine()
         self.results["fake"] = self.fake_note
         self.results["load_generators"] = (
-            "wrk 4.1 (Debian), 2 threads, keep-alive (gunicorn sync closes per request); "
+            "wrk 4.1 (Debian), 2 threads, keep-alive (gunicorn gevent workers keep connections open); "
             "gevent requests loop; paced 16-thread requests sender"
         )
         OUT_JSON.write_text(orjson.dumps(self.results, option=orjson.OPT_INDENT_2).decode())

@@ -380,13 +380,20 @@ def scheduler(interval: float | None) -> None:
     # Before connector.metrics is imported (by the scheduler module): shared metrics directory.
     multiprocess.setup("scheduler")
 
+    from connector.config import ConfigError, exit_on_config_error, load_settings
     from connector.logs import configure_logging
     from workers.delivery.keys import Keys
     from workers.delivery.publish import celery_publish
-    from workers.delivery.scheduler import Scheduler, SchedulerConfig
+    from workers.delivery.scheduler import Scheduler, SchedulerConfig, connection_queues
 
     configure_logging("scheduler")
-    url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    # The scheduler publishes work to the connections' queues: with a configuration the web and
+    # the workers would refuse, it must not start either (and never say "started").
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        exit_on_config_error(exc, "scheduler")
+    url = settings.redis_url
     config = SchedulerConfig.from_env()
     if interval is not None:
         config.interval = interval
@@ -394,7 +401,9 @@ def scheduler(interval: float | None) -> None:
         url, _tls_verify(), socket_connect_timeout=2, socket_timeout=10, health_check_interval=10
     )
     click.echo(f"scheduler: redis {redact_url(url)}, prefix {Keys.from_env().prefix!r}", err=True)
-    runner = Scheduler(client, Keys.from_env(), celery_publish, config)
+    runner = Scheduler(
+        client, Keys.from_env(), celery_publish, config, connections=connection_queues(settings)
+    )
     runner.install_signal_handlers()
     runner.run()
 

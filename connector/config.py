@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from connector import regions
 from connector.secrets import Secret
@@ -27,14 +28,47 @@ MODES = ("rest", "segmentio")
 # against the system's CAs; "none" accepts any (Heroku Redis serves a self-signed chain).
 TLS_VERIFY_MODES = ("required", "none")
 MAX_SUBSCRIPTIONS = 50
+DEFAULT_BACKLOG_BYTES = 128 * 1024 * 1024
+MIN_BACKLOG_BYTES = 1024 * 1024  # below one full request (500 KB) plus room, nothing could pass
+# `make run` tells the web process where the sandbox's fakes listen; its presence is also what
+# marks a process as serving the sandbox (status page open without STATUS_TOKEN).
+SANDBOX_ENV = "CONNECTOR_SANDBOX_FAKES"
 
 
 class ConfigError(Exception):
-    """All configuration problems found, one per line."""
+    """All configuration problems found, one per line (each once, in the order found)."""
 
     def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+        self.problems = list(dict.fromkeys(problems))
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+    def report(self, process: str) -> str:
+        """The short text a process prints before exiting: the list, no traceback."""
+        count = len(self.problems)
+        head = f"connector {process}: invalid configuration ({count} problem{'s' if count != 1 else ''}):"
+        return "\n".join([head, *(f"  - {p}" for p in self.problems), "Fix these and start again."])
+
+
+def exit_on_config_error(exc: ConfigError, process: str) -> NoReturn:
+    """Print the problems (once, readable, to stderr) and stop the process with status 2.
+
+    A ``SystemExit`` raised while gunicorn preloads the app, or while Celery imports the worker
+    module, ends those programs with this status and without their own traceback."""
+    print(exc.report(process), file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+# Secrets must be usable as they are in a header or an HMAC.  Whitespace at either end (a
+# trailing newline from `echo` or a copied file) or a control character would either fail every
+# call or, worse, end up inside an exception text that quotes the header value.
+_BAD_SECRET_RE = re.compile(r"^\s|\s$|[\x00-\x1f\x7f]")
+
+
+def secret_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a secret, in words that never quote it; None when it can."""
+    if _BAD_SECRET_RE.search(value):
+        return "must not have leading or trailing whitespace or control characters (the value is not shown)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -99,9 +133,14 @@ class Connection:
     segment: SegmentSettings | None = None
     destination: DestinationSettings = field(default_factory=DestinationSettings)
     segment_webhook_secret: Secret | None = None
+    # Without a secret, the Segment webhooks receiver refuses every request (401
+    # signature_required) unless the operator opts out of signatures explicitly.
+    segment_webhook_unsigned: bool = False
     retry_window_seconds: int = 4 * 3600
-    # Bound on queued work (events) before ingest answers 429 (SPEC 5, backpressure).
+    # Bounds on queued work before ingest answers 429 (SPEC 5, backpressure): events, and the
+    # bytes they occupy in Redis (fat events would otherwise fill Redis under the event bound).
     backlog_limit: int = 100_000
+    backlog_bytes_limit: int = DEFAULT_BACKLOG_BYTES
 
 
 @dataclass(frozen=True)
@@ -110,6 +149,12 @@ class Settings:
     connections: tuple[Connection, ...]
     port: int = 8000
     redis_tls_verify: str = "required"  # REDIS_TLS_VERIFY: applied to every Redis client
+    # The status page and /status.json: off (404) when False, or when no STATUS_TOKEN is set
+    # outside the sandbox.  /metrics asks for METRICS_TOKEN when it is set.
+    status_page: bool = True
+    status_token: Secret | None = None
+    metrics_token: Secret | None = None
+    sandbox: bool = False
     _by_key: Mapping[str, Connection] = field(default_factory=dict, repr=False)
     _by_id: Mapping[str, Connection] = field(default_factory=dict, repr=False)
 
@@ -138,7 +183,12 @@ def _key_digest(key: str) -> str:
 
 
 class _Reader:
-    """Typed access to one table, recording problems instead of raising on the first."""
+    """Typed access to one table, recording problems instead of raising on the first.
+
+    ``expand``: replace ``${NAME}`` from the environment -- for connections.toml only.  The
+    environment shorthand's values are taken literally (a value that happens to contain
+    ``${...}`` is not a reference to yet another variable).
+    """
 
     def __init__(
         self,
@@ -147,27 +197,48 @@ class _Reader:
         env: Mapping[str, str],
         problems: list[str],
         prefix: str = "",
+        *,
+        expand: bool = True,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         self.table = table
         self.where = where
         self.env = env
         self.problems = problems
         self.prefix = f"{prefix}." if prefix else ""
+        self.expand = expand
+        self.labels = labels or {}
+        # Keys whose ${VAR} could not be expanded: already reported, never reported again as
+        # "is required" / "is empty" (one problem, said once).
+        self._unexpanded: set[str] = set()
 
     def child(self, key: str) -> _Reader:
-        return _Reader(self.table_at(key), self.where, self.env, self.problems, self.prefix + key)
+        return _Reader(
+            self.table_at(key),
+            self.where,
+            self.env,
+            self.problems,
+            self.prefix + key,
+            expand=self.expand,
+            labels=self.labels,
+        )
 
     def problem(self, key: str, message: str) -> None:
-        self.problems.append(f"{self.where}: {self.prefix}{key}: {message}")
+        path = f"{self.prefix}{key}"
+        variable = self.labels.get(path.split("[", 1)[0])
+        name = f"{variable} ({path})" if variable else path
+        self.problems.append(f"{self.where}: {name}: {message}")
 
     def _expand(self, key: str, value: Any) -> Any:
-        if not isinstance(value, str):
+        if not self.expand or not isinstance(value, str):
             return value
 
         def sub(m: re.Match[str]) -> str:
             name = m.group(1)
             if name not in self.env:
-                self.problem(key, f"environment variable {name} is not set")
+                if key not in self._unexpanded:
+                    self.problem(key, f"environment variable {name} is not set")
+                self._unexpanded.add(key)
                 return ""
             return self.env[name]
 
@@ -182,14 +253,30 @@ class _Reader:
         if not isinstance(value, str):
             self.problem(key, f"must be a string, not {type(value).__name__}")
             return default
-        if value == "" and required:
+        if value == "" and required and key not in self._unexpanded:
             self.problem(key, "is empty")
             return default
         return value or default
 
     def secret(self, key: str, *, required: bool = False) -> Secret | None:
         value = self.text(key, required=required)
+        if value and (why := secret_problem(value)) is not None:
+            self.problem(key, why)
+            return None
         return Secret(value) if value else None
+
+    def secret_list(self, key: str) -> tuple[Secret, ...]:
+        values = self.str_list(key) or ()
+        out: list[Secret] = []
+        for index, value in enumerate(values):
+            if not value:
+                continue
+            why = secret_problem(value)
+            if why is not None:
+                self.problem(f"{key}[{index}]", why)
+                continue
+            out.append(Secret(value))
+        return tuple(out)
 
     def flag(self, key: str, default: bool = False) -> bool:
         value = self._expand(key, self.table.get(key, default))
@@ -220,10 +307,12 @@ class _Reader:
         value = self.table[key]
         if isinstance(value, str):
             value = [v.strip() for v in self._expand(key, value).split(",") if v.strip()]
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            value = [self._expand(key, v) for v in value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             self.problem(key, "must be a list of strings")
             return None
-        return tuple(self._expand(key, v) for v in value)
+        return tuple(value)
 
     def table_at(self, key: str) -> Mapping[str, Any]:
         value = self.table.get(key, {})
@@ -262,11 +351,16 @@ def _voucherify(r: _Reader) -> VoucherifySettings | None:
             "max_event_age_hours",
         }
     )
+    # Every key is read (and its problems recorded) before anything can stop this section: a
+    # bad region must not hide a missing ${VAR} further down.
     app_id = r.secret("app_id", required=True)
     secret_key = r.secret("secret_key", required=True)
     region = r.text("region")
     api_url = r.text("api_url")
     mode = r.text("mode", default="rest") or "rest"
+    webhook_secret = r.secret("webhook_secret")
+    rate = r.integer("rate_limit_per_minute", None, minimum=1)
+    age_hours = r.integer("max_event_age_hours", 48, minimum=1) or 48
     if mode not in MODES:
         r.problem("mode", f"must be one of {', '.join(MODES)}, not {mode!r}")
         mode = "rest"
@@ -283,8 +377,6 @@ def _voucherify(r: _Reader) -> VoucherifySettings | None:
     except regions.UnknownRegion as exc:
         r.problem("region", str(exc))
         return None
-    rate = r.integer("rate_limit_per_minute", None, minimum=1)
-    age_hours = r.integer("max_event_age_hours", 48, minimum=1) or 48
     if app_id is None or secret_key is None:
         return None
     return VoucherifySettings(
@@ -295,7 +387,7 @@ def _voucherify(r: _Reader) -> VoucherifySettings | None:
         mode=mode,
         base_url=base_url,
         queue=queue,
-        webhook_secret=r.secret("webhook_secret"),
+        webhook_secret=webhook_secret,
         rate_limit_per_minute=rate,
         max_event_age_seconds=age_hours * 3600,
     )
@@ -308,6 +400,8 @@ def _segment(r: _Reader) -> SegmentSettings | None:
     write_key = r.secret("write_key", required=True)
     region = r.text("region", default=None)
     api_url = r.text("api_url")
+    rps = r.integer("requests_per_second", 1000, minimum=1) or 1000
+    extra_events = r.str_list("events")
     if not region and not api_url:
         region = "us"  # Voucherify's own integration defaults to US (Oregon).
     try:
@@ -316,7 +410,6 @@ def _segment(r: _Reader) -> SegmentSettings | None:
     except regions.UnknownRegion as exc:
         r.problem("region", str(exc))
         return None
-    rps = r.integer("requests_per_second", 1000, minimum=1) or 1000
     if write_key is None:
         return None
     return SegmentSettings(
@@ -325,7 +418,7 @@ def _segment(r: _Reader) -> SegmentSettings | None:
         api_url=api_url,
         base_url=base_url,
         queue=queue,
-        extra_events=r.str_list("events"),
+        extra_events=extra_events,
         requests_per_second=rps,
     )
 
@@ -409,26 +502,31 @@ def _connection(
     env: Mapping[str, str],
     problems: list[str],
     validator: SubscriptionValidator | None,
+    *,
+    expand: bool = True,
+    labels: Mapping[str, str] | None = None,
 ) -> Connection | None:
     cid_raw = raw.get("id")
     cid = cid_raw if isinstance(cid_raw, str) else f"#{index}"
     where = f"connection {cid!r}"
-    r = _Reader(raw, where, env, problems)
+    r = _Reader(raw, where, env, problems, expand=expand, labels=labels)
     r.unknown_keys(
         {
             "id",
             "write_keys",
             "segment_webhook_secret",
+            "segment_webhook_unsigned",
             "voucherify",
             "segment",
             "destination",
             "retry_window_hours",
             "backlog_limit",
+            "backlog_bytes_limit",
         }
     )
     if not isinstance(cid_raw, str) or not CONNECTION_ID_RE.match(cid_raw):
         r.problem("id", "is required and must match [a-z0-9-]+")
-    write_keys = r.str_list("write_keys") or ()
+    write_keys = r.secret_list("write_keys")
     if "voucherify" not in raw:
         r.problem("voucherify", "section [connection.voucherify] is required")
     vf = _voucherify(r.child("voucherify"))
@@ -436,18 +534,49 @@ def _connection(
     dest = _destination(r.child("destination"), validator)
     window = r.integer("retry_window_hours", 4, minimum=1) or 4
     backlog = r.integer("backlog_limit", 100_000, minimum=1) or 100_000
+    backlog_bytes = (
+        r.integer("backlog_bytes_limit", DEFAULT_BACKLOG_BYTES, minimum=MIN_BACKLOG_BYTES)
+        or DEFAULT_BACKLOG_BYTES
+    )
+    webhook_secret = r.secret("segment_webhook_secret")
+    unsigned = r.flag("segment_webhook_unsigned")
+    if unsigned and webhook_secret is not None:
+        r.problem(
+            "segment_webhook_unsigned",
+            "is true but segment_webhook_secret is set: keep one (signed, or explicitly unsigned)",
+        )
     if vf is None:
         return None
     return Connection(
         id=cid,
-        write_keys=tuple(Secret(k) for k in write_keys if k),
+        write_keys=write_keys,
         voucherify=vf,
         segment=seg,
         destination=dest,
-        segment_webhook_secret=r.secret("segment_webhook_secret"),
+        segment_webhook_secret=webhook_secret,
+        segment_webhook_unsigned=unsigned,
         retry_window_seconds=window * 3600,
         backlog_limit=backlog,
+        backlog_bytes_limit=backlog_bytes,
     )
+
+
+# Where each key of the shorthand's connection comes from, so that a problem names the variable.
+_SHORTHAND_LABELS = {
+    "write_keys": "INGEST_WRITE_KEYS",
+    "segment_webhook_secret": "SEGMENT_WEBHOOK_SECRET",
+    "segment_webhook_unsigned": "SEGMENT_WEBHOOK_UNSIGNED",
+    "voucherify.app_id": "VOUCHERIFY_APP_ID",
+    "voucherify.secret_key": "VOUCHERIFY_SECRET_KEY",
+    "voucherify.region": "VOUCHERIFY_REGION",
+    "voucherify.api_url": "VOUCHERIFY_API_URL",
+    "voucherify.mode": "VOUCHERIFY_MODE",
+    "voucherify.webhook_secret": "VOUCHERIFY_WEBHOOK_SECRET",
+    "voucherify.rate_limit_per_minute": "VOUCHERIFY_RATE_LIMIT_PER_MINUTE",
+    "segment.write_key": "SEGMENT_WRITE_KEY",
+    "segment.region": "SEGMENT_REGION",
+    "segment.api_url": "SEGMENT_API_URL",
+}
 
 
 def _from_env_shorthand(env: Mapping[str, str]) -> dict[str, Any] | None:
@@ -476,6 +605,8 @@ def _from_env_shorthand(env: Mapping[str, str]) -> dict[str, Any] | None:
     }
     if env.get("SEGMENT_WEBHOOK_SECRET"):
         conn["segment_webhook_secret"] = env["SEGMENT_WEBHOOK_SECRET"]
+    if env.get("SEGMENT_WEBHOOK_UNSIGNED"):
+        conn["segment_webhook_unsigned"] = env["SEGMENT_WEBHOOK_UNSIGNED"]
     if env.get("SEGMENT_WRITE_KEY"):
         seg: dict[str, Any] = {"write_key": env["SEGMENT_WRITE_KEY"]}
         if env.get("SEGMENT_REGION"):
@@ -497,15 +628,22 @@ def load_settings(
     problems: list[str] = []
     validator = validator or _default_subscription_validator()
     path = env.get("CONNECTIONS_FILE")
-    document: Mapping[str, Any] | None
+    document: Mapping[str, Any] | None = None
+    file_failed = False
     if path:
         try:
             with open(path, "rb") as fh:
                 document = tomllib.load(fh)
         except FileNotFoundError:
-            raise ConfigError([f"CONNECTIONS_FILE: {path} does not exist"]) from None
+            problems.append(f"CONNECTIONS_FILE: {path} does not exist")
+            file_failed = True
+        except OSError as exc:
+            problems.append(f"CONNECTIONS_FILE: {path} cannot be read ({exc.strerror or 'error'})")
+            file_failed = True
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError([f"CONNECTIONS_FILE: {path} is not valid TOML: {exc}"]) from None
+            # tomllib's messages give a line and column, never the text of the line.
+            problems.append(f"CONNECTIONS_FILE: {path} is not valid TOML: {exc}")
+            file_failed = True
     else:
         document = _from_env_shorthand(env)
 
@@ -518,10 +656,18 @@ def load_settings(
         if not isinstance(raw, Mapping):
             problems.append(f"connection #{index}: must be a table")
             continue
-        conn = _connection(raw, index, env, problems, validator)
+        conn = _connection(
+            raw,
+            index,
+            env,
+            problems,
+            validator,
+            expand=bool(path),  # ${VAR} belongs to connections.toml, never to the shorthand
+            labels=None if path else _SHORTHAND_LABELS,
+        )
         if conn is not None:
             connections.append(conn)
-    if require_connections and not raw_connections:
+    if require_connections and not raw_connections and not file_failed:
         problems.append(
             "no connection configured: set CONNECTIONS_FILE, or INGEST_WRITE_KEYS and VOUCHERIFY_* "
             "(or use `make run` for the sandbox)"
@@ -551,6 +697,13 @@ def load_settings(
     except ValueError:
         problems.append(f"PORT: must be an integer, not {port_raw!r}")
         port = 8000
+    status_token, metrics_token = (
+        _token(env, "STATUS_TOKEN", problems),
+        _token(env, "METRICS_TOKEN", problems),
+    )
+    status_page = (env.get("STATUS_PAGE") or "on").strip().lower()
+    if status_page not in ("on", "off", "1", "0", "true", "false", "yes", "no"):
+        problems.append(f"STATUS_PAGE: must be on or off, not {status_page!r}")
     if problems:
         raise ConfigError(problems)
     return Settings(
@@ -558,6 +711,10 @@ def load_settings(
         connections=tuple(connections),
         port=port,
         redis_tls_verify=tls_verify,
+        status_page=status_page not in ("off", "0", "false", "no"),
+        status_token=status_token,
+        metrics_token=metrics_token,
+        sandbox=bool(env.get(SANDBOX_ENV)),
         _by_key=by_key,
         _by_id=by_id,
     )
@@ -575,6 +732,20 @@ def redis_tls_verify(env: Mapping[str, str] | None = None, problems: list[str] |
         raise ConfigError([problem])
     problems.append(problem)
     return "required"
+
+
+def _token(env: Mapping[str, str], name: str, problems: list[str]) -> Secret | None:
+    value = env.get(name)
+    if not value:
+        return None
+    why = secret_problem(value)
+    if why is not None:
+        problems.append(f"{name}: {why}")
+        return None
+    if len(value) < 16:
+        problems.append(f"{name}: must be at least 16 characters (it guards the whole status page)")
+        return None
+    return Secret(value)
 
 
 def redact_url(url: str) -> str:

@@ -321,7 +321,7 @@ def enqueue_sample(settings: Settings, connection: Connection, *, user_id: str, 
     result = ingest_body(sample_event(user_id, event_name), "track")
     if result.rejected:
         raise click.ClickException(f"the sample event is invalid: {result.rejected[0].message}")
-    event = result.accepted[0]
+    event = result.expanded()[0]  # as the worker will see it
     try:
         outbound = map_event(event, connection)
     except SkipEvent as exc:
@@ -334,7 +334,7 @@ def enqueue_sample(settings: Settings, connection: Connection, *, user_id: str, 
     )
     try:
         Enqueuer(create_celery(settings.redis_url, settings.redis_tls_verify), client).segment_events(
-            connection, [event]
+            connection, result.encoded, result.shared, result.stored_bytes
         )
     except ApiError as exc:
         raise click.ClickException(f"could not enqueue: {exc.code}: {exc.message}") from None

@@ -22,6 +22,7 @@ import math
 from decimal import Decimal
 from typing import Any, Final
 
+from connector.jsonvalues import any_value
 from connector.secrets import Secret
 
 VOUCHERIFY_SIGNATURE_HEADER: Final = "x-voucherify-signature"
@@ -136,16 +137,7 @@ def _compact_forms(raw_body: bytes, parsed_body: Any) -> list[bytes]:
 
 
 def _contains_float(value: Any) -> bool:
-    stack = [value]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, float):
-            return True
-        if isinstance(node, dict):
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return False
+    return any_value(value, lambda node: isinstance(node, float))
 
 
 def _js_stringify(value: Any) -> str:

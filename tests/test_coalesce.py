@@ -138,6 +138,33 @@ def test_consecutive_upserts_of_one_customer_merge_keeping_every_key() -> None:
     )
 
 
+def test_merge_follows_event_time_not_arrival_order() -> None:
+    # The newer identify arrived first (a mobile client flushing late, two batches crossing):
+    # the merged body must still hold the newest values, as sending them in event time would.
+    plan = coalesce(
+        [
+            upsert("new", "a", "2024-05-01T10:05:00.000Z", email="new@x", metadata={"tier": "gold"}),
+            upsert(
+                "old", "a", "2024-05-01T10:00:00.000Z", email="old@x", name="A", metadata={"tier": "none"}
+            ),
+            upsert("mid", "a", "2024-05-01T10:02:00.000Z", phone=None, metadata={"seen": 1}),
+        ]
+    )
+    [merged] = plan
+    assert merged.sources == [0, 1, 2]
+    assert merged.request.body == {
+        "source_id": "a",
+        "email": "new@x",
+        "name": "A",
+        "phone": None,
+        "metadata": {"tier": "gold", "seen": 1},
+    }
+    assert merged.request.event_time == "2024-05-01T10:05:00.000Z"
+    # Equal times keep their list order (the later in the list wins).
+    [tie] = coalesce([upsert("t1", "b", email="first@x"), upsert("t2", "b", email="second@x")])
+    assert tie.request.body["email"] == "second@x"
+
+
 def test_a_request_in_between_keeps_order_and_separates_runs() -> None:
     plan = coalesce(
         [upsert("m1", "a", name="A"), event("m2", "a"), upsert("m3", "a", name="B"), upsert("m4", "a")]

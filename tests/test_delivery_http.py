@@ -183,3 +183,24 @@ def test_requests_transport_timeouts_and_refusals_are_retryable(server: str) -> 
     with pytest.raises(TransportFailure) as bad:
         transport.send("POST", "http://[not-a-host/x", {}, b"{}", (1, 1))
     assert not bad.value.retryable
+
+
+@pytest.mark.parametrize(
+    "value", ["tok-Zq9-secret\n", "tok-Zq9-secret\r\nX-Injected: 1", "tok-Zq9\nsecret", "tok-Zq9-secret\r"]
+)
+def test_a_header_value_never_reaches_a_failure_text(server: str, value: str) -> None:
+    """http.client refuses such a header with "Invalid header value b'...'" -- the value, a
+    credential, quoted whole.  That text used to land in logs and dead letters."""
+    transport = RequestsTransport()
+    with pytest.raises(TransportFailure) as failure:
+        transport.send("POST", server + "/echo", {"X-App-Token": value}, b"{}", (1, 1))
+    assert not failure.value.retryable  # our own request is wrong: no retry storm
+    assert "Zq9" not in failure.value.message and "secret" not in failure.value.message
+    assert failure.value.message  # still says what kind of failure it was
+    # A network failure keeps its useful text (host, port), with the call's header values masked.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(TransportFailure) as refused:
+        transport.send("POST", f"http://127.0.0.1:{port}/x", {"X-App-Token": "fine-token"}, b"{}", (1, 1))
+    assert "127.0.0.1" in refused.value.message and "fine-token" not in refused.value.message

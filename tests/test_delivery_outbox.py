@@ -213,3 +213,44 @@ def test_removed_connection_drops_its_outbox(rt: Runtime, keys: Keys, client: re
     assert pipeline.flush_segment_outbox(rt, None, "gone") is None
     assert Outbox(client, keys, "gone").length() == 0
     assert sweep(client, keys) == []
+
+
+# --- hardening: no loss between a dead letter and the trim; dedupe outlives the accepted age ---
+
+
+def test_dead_letter_and_trim_are_one_step(
+    rt: Runtime, transport: FakeTransport, keys: Keys, client: redis.Redis
+) -> None:
+    """A Redis error while dead-lettering leaves the item in the outbox (it was trimmed first
+    before, and lost); a lost lock leaves both the outbox and the dead letters untouched."""
+    outbox = Outbox(client, keys, "acme")
+    transport.reply((400, {}, "bad"), (400, {}, "bad"))
+    client.set(keys.dlq, "not a sorted set")  # every dead-letter write now fails inside Redis
+    with pytest.raises(Exception, match="redis error"):  # the task is requeued (Celery Reject)
+        webhook(rt, "evt_1")
+    assert outbox.length() == 1, "the event was trimmed although its dead letter failed"
+    client.delete(keys.dlq)
+    outbox.set_state(next_at=0)  # the failed attempt left its backoff
+    result = pipeline.flush_segment_outbox(rt, rt.settings.connections[0], "acme")
+    assert result is not None and result.dead == 1
+    assert outbox.length() == 0
+    [dead] = DeadLetters(client, keys).select()
+    assert dead.reason == "rejected" and dead.request["message_id"] == "vf-evt_1"
+    # Lost lock: nothing written, nothing trimmed.
+    outbox.append_many([{"request": {"body": {"messageId": "m9"}}}], "segment.us")
+    store = DeadLetters(client, keys)
+    assert not store.add_then_trim(
+        [dataclasses.replace(dead, id="")], outbox.list_key, outbox.lock_key, "x", 1
+    )
+    assert outbox.length() == 1 and store.count() == 1
+
+
+def test_dedupe_memory_outlives_the_accepted_webhook_age(
+    rt: Runtime, transport: FakeTransport, keys: Keys
+) -> None:
+    """A replay at 30 h of an event the web still accepts (48 h) must be found a duplicate."""
+    conn = rt.settings.connections[0]
+    webhook(rt, "evt_1")
+    ttl = rt.redis.ttl(keys.ledger("acme", "vf-evt_1"))
+    window = conn.retry_window_seconds
+    assert ttl > conn.voucherify.max_event_age_seconds + window, ttl

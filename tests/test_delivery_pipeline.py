@@ -240,3 +240,39 @@ def test_many_customers_are_delivered_concurrently(rt: Runtime, transport: FakeT
     run(rt, [ev(f"m{i}", f"u{i}") for i in range(16)])
     assert len(transport.calls) == 16
     assert time.monotonic() - started < 1.0  # 16 x 100 ms sequentially would be 1.6 s
+
+
+REAL_MAPPER = pipeline._map_event
+
+
+def test_a_failing_subscription_among_several_is_dead_lettered(
+    rt: Runtime, transport: FakeTransport, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two subscriptions match; one maps, one cannot: the one that maps is delivered, the one
+    that fails is dead-lettered (it used to vanish), and the backlog is released once."""
+    from connector.config import DestinationSettings
+
+    monkeypatch.setattr(pipeline, "_map_event", REAL_MAPPER)
+    orders = {
+        "name": "Orders",
+        "trigger": 'type = "track" and event = "Order Completed"',
+        "action": "add_custom_event",
+        "fields": {"event": "order_completed"},
+    }
+    broken = {
+        "name": "Order owner",
+        "trigger": 'type = "track" and event = "Order Completed"',
+        "action": "upsert_customer",
+        "fields": {"source_id": {"@path": "$.properties.owner_id"}},  # absent in the event
+    }
+    conn = dataclasses.replace(
+        rt.settings.connections[0], destination=DestinationSettings(mappings=(orders, broken))
+    )
+    assert backlog.reserve(rt.redis, conn.id, 1, 100, keys=keys)
+    event = ev("m-partial", event="Order Completed", timestamp="2024-05-01T12:00:00.000Z")
+    pipeline.process_segment_events(rt, conn, conn.id, [event])
+    assert [c.url for c in transport.calls] == [VF_URL + "/v1/events"]
+    [dead] = DeadLetters(rt.redis, keys).select()
+    assert dead.reason == "mapping_error" and "Order owner" in dead.error
+    assert dead.payload["messageId"] == "m-partial" and dead.request is None
+    assert backlog.current(rt.redis, conn.id, keys=keys) == 0

@@ -241,6 +241,17 @@ def test_stale_guard_keeps_the_newest(client: redis.Redis, keys: Keys) -> None:
     assert not guard.is_stale("u2", 1)
 
 
+def test_stale_guard_never_records_a_future_time(client: redis.Redis, keys: Keys) -> None:
+    guard = StaleGuard(client, keys, "acme")
+    year_2999 = event_time_ms("2999-01-01T00:00:00Z")
+    assert year_2999 is not None
+    guard.applied("u1", year_2999, 60)
+    # The next identify, stamped by a correct clock a minute and a half later, is not "stale".
+    now_ms = int(time.time() * 1000)
+    assert guard.is_stale("u1", now_ms - 60_000)  # older than the clamped record: still stale
+    assert not guard.is_stale("u1", now_ms + 90_000)
+
+
 # --- backlog ------------------------------------------------------------------------------------
 
 
@@ -254,7 +265,70 @@ def test_backlog_reserve_release(client: redis.Redis, keys: Keys) -> None:
     backlog.release(client, "acme", 50, keys=keys)  # drift never goes negative
     assert backlog.current(client, "acme", keys=keys) == 0
     assert backlog.reserve(client, "acme", 25, 10, keys=keys)  # an empty backlog admits a big batch
-    assert 0 < client.ttl(keys.backlog("acme")) <= 900
+    # The counter never expires: a long outage (nothing in, nothing out) must not reopen the gate.
+    assert client.ttl(keys.backlog("acme")) == -1
+
+
+def test_backlog_counter_from_an_older_version_loses_its_ttl(client: redis.Redis, keys: Keys) -> None:
+    client.set(keys.backlog("acme"), 5, ex=900)  # as the TTL'd counter of earlier versions left it
+    assert backlog.reserve(client, "acme", 1, 10, keys=keys)
+    assert client.ttl(keys.backlog("acme")) == -1 and backlog.current(client, "acme", keys=keys) == 6
+
+
+def test_backlog_bounds_bytes_as_well_as_events(client: redis.Redis, keys: Keys) -> None:
+    mb = 1024 * 1024
+    assert backlog.reserve(client, "acme", 1, 1000, stored_bytes=6 * mb, bytes_limit=10 * mb, keys=keys)
+    # Few events, but fat ones: the byte bound refuses where the event bound would admit.
+    assert not backlog.reserve(client, "acme", 1, 1000, stored_bytes=5 * mb, bytes_limit=10 * mb, keys=keys)
+    assert backlog.current(client, "acme", keys=keys) == 1
+    assert backlog.current_bytes(client, "acme", keys=keys) == 6 * mb
+    assert backlog.reserve(client, "acme", 1, 1000, stored_bytes=4 * mb, bytes_limit=10 * mb, keys=keys)
+    backlog.release(client, "acme", 1, 7 * mb, keys=keys)
+    assert backlog.current(client, "acme", keys=keys) == 1
+    assert backlog.current_bytes(client, "acme", keys=keys) == 3 * mb
+    backlog.release(client, "acme", 0, 50 * mb, keys=keys)  # never negative
+    assert backlog.current_bytes(client, "acme", keys=keys) == 0
+    assert backlog.current(client, "acme", keys=keys) == 1
+    # An empty byte counter admits one request larger than the bound (else it never could pass).
+    assert backlog.reserve(client, "beta", 1, 10, stored_bytes=20 * mb, bytes_limit=10 * mb, keys=keys)
+
+
+def test_backlog_reconcile_resets_drift_only_when_idle_and_unchanged(client: redis.Redis, keys: Keys) -> None:
+    queue = f"{keys.prefix}voucherify.eu"
+    connections = [("acme", [queue]), ("busy", [queue])]
+    # "acme" drifted up (a web process died between reserve and publish): nothing holds its work.
+    assert backlog.reserve(client, "acme", 3, 100, stored_bytes=300, keys=keys)
+    assert backlog.reconcile(client, connections, interval=0.2, keys=keys) == []  # first look
+    time.sleep(0.15)
+    assert backlog.reconcile(client, connections, interval=0.2, keys=keys) == ["acme"]
+    assert backlog.current(client, "acme", keys=keys) == 0
+    assert backlog.current_bytes(client, "acme", keys=keys) == 0
+    # Work waiting in its queue: never reset, however long it waits.
+    assert backlog.reserve(client, "acme", 2, 100, keys=keys)
+    client.lpush(queue, b"message")
+    for _ in range(3):
+        assert backlog.reconcile(client, connections, interval=0.2, keys=keys) == []
+        time.sleep(0.15)
+    client.delete(queue)
+    # Idle again, but the counter moved between the two looks (an ingest in progress): not reset.
+    assert backlog.reconcile(client, connections, interval=0.2, keys=keys) == []
+    assert backlog.reserve(client, "acme", 1, 100, keys=keys)
+    time.sleep(0.15)
+    assert backlog.reconcile(client, connections, interval=0.2, keys=keys) == []
+    assert backlog.current(client, "acme", keys=keys) == 3
+    # Parked work anywhere (delayed store) or an outbox of the connection: not idle either.
+    client.zadd(keys.delayed, {"entry": 1})
+    time.sleep(0.15)
+    assert backlog.reconcile(client, connections, interval=0.2, keys=keys) == []
+    time.sleep(0.15)
+    assert backlog.reconcile(client, connections, interval=0.2, keys=keys) == []
+    client.delete(keys.delayed)
+    client.rpush(keys.outbox("acme"), b"item")
+    time.sleep(0.15)
+    assert backlog.reconcile(client, connections, interval=0.2, keys=keys) == []
+    time.sleep(0.15)
+    assert backlog.reconcile(client, connections, interval=0.2, keys=keys) == []
+    assert backlog.current(client, "acme", keys=keys) == 3
 
 
 def test_backlog_reserve_is_atomic(client: redis.Redis, keys: Keys) -> None:

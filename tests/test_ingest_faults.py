@@ -9,6 +9,7 @@ import hmac
 import json
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,15 @@ api_url = "http://127.0.0.1:9"
 webhook_secret = "vf-secret"
 [connection.segment]
 write_key = "seg-out"
+api_url = "http://127.0.0.1:9"
+
+[[connection]]
+id = "nosig"
+write_keys = ["wk_nosig"]
+[connection.voucherify]
+app_id = "app"
+secret_key = "secret"
+region = "eu"
 api_url = "http://127.0.0.1:9"
 """
 
@@ -197,7 +207,7 @@ def battery() -> list[tuple[str, str, dict[str, str], bytes, int, str]]:
             auth(),
             j({"userId": "u", "event": "E", "timestamp": "yesterday"}),
             400,
-            "invalid_field",
+            "invalid_timestamp",
         ),
         # A track without `event` is accepted (SPEC 3.4c); an object can never be an event name.
         (
@@ -337,12 +347,164 @@ def battery() -> list[tuple[str, str, dict[str, str], bytes, int, str]]:
         (
             "voucherify webhook gzip bomb",
             "/webhooks/voucherify/acme",
-            {"Content-Encoding": "gzip"},
+            {"Content-Encoding": "gzip", "x-voucherify-signature": "ab" * 32},
             gzip_bomb(),
             400,
             "request_too_large",
         ),
+        (
+            "voucherify webhook gzip bomb without a signature: refused unread",
+            "/webhooks/voucherify/acme",
+            {"Content-Encoding": "gzip"},
+            gzip_bomb(),
+            401,
+            "invalid_signature",
+        ),
     ]
+    cases += hardening_cases()
+    return cases
+
+
+def multi_member_bomb() -> bytes:
+    # Each gzip member stays under the bound; together they inflate past it.
+    return gzip.compress(b'{"batch": [') + gzip.compress(b" " * 300_000) * 3
+
+
+def hardening_cases() -> list[tuple[str, str, dict[str, str], bytes, int, str]]:
+    """Issue 10: the classes of the adversarial review, in other shapes and on other doors."""
+    j = lambda obj: json.dumps(obj).encode()  # noqa: E731
+    now = time.time()
+
+    def vf(created_at: str | None, event_id: str = "evt_h") -> tuple[dict[str, str], bytes]:
+        body: dict[str, Any] = {
+            "id": event_id,
+            "object": "event",
+            "webhook_id": "wh_1",
+            "type": "customer.rewarded",
+            "data": {"customer": {"source_id": "c1"}},
+        }
+        if created_at is not None:
+            body["created_at"] = created_at
+        raw = j(body)
+        return {"x-voucherify-signature": sign_sha256(raw, "vf-secret")}, raw
+
+    cases: list[tuple[str, str, dict[str, str], bytes, int, str]] = []
+    for field, value in (
+        ("timestamp", "0001-01-01T00:00:00+01:00"),
+        ("sentAt", "9999-12-31T23:59:59-05:00"),
+        ("originalTimestamp", "2024-02-30T00:00:00Z"),
+        ("timestamp", 1714564800000),
+    ):
+        for path in ("/v1/identify", "/v1/p"):
+            cases.append(
+                (
+                    f"{path} unusable {field}",
+                    path,
+                    auth(),
+                    j({"userId": "u", "name": "P", field: value}),
+                    400,
+                    "invalid_timestamp",
+                )
+            )
+        cases.append(
+            (
+                f"batch: every item with an unusable {field}",
+                "/v1/batch",
+                auth(),
+                j({"batch": [event(**{field: value}), {"type": "identify", "userId": "u", field: value}]}),
+                400,
+                "no_valid_events",
+            )
+        )
+    cases += [
+        (
+            "batch: skew arithmetic out of range",
+            "/v1/batch",
+            auth(),
+            j({"batch": [event(timestamp="0001-01-02T00:00:00Z", sentAt="9999-12-30T00:00:00Z")]}),
+            400,
+            "invalid_timestamp",
+        ),
+        ("2000-deep array", "/v1/batch", auth(), b"[" * 2000 + b"]" * 2000, 400, "nesting_too_deep"),
+        (
+            "2000-deep object on a webhook",
+            "/webhooks/segment/acme",
+            {"X-Signature": sign_sha1(b'{"a":' * 2000 + b"1" + b"}" * 2000, "seg-secret")},
+            b'{"a":' * 2000 + b"1" + b"}" * 2000,
+            400,
+            "nesting_too_deep",
+        ),
+        (
+            "integer above 2^64 (single event)",
+            "/v1/track",
+            auth(),
+            b'{"userId": "u", "event": "E", "properties": {"total": 99999999999999999999999}}',
+            400,
+            "number_out_of_range",
+        ),
+        (
+            "integer below -2^63 as an identity",
+            "/v1/identify",
+            auth(),
+            b'{"userId": -9223372036854775809}',
+            400,
+            "number_out_of_range",
+        ),
+        (
+            "multi-member gzip past the bound",
+            "/v1/batch",
+            {**auth(), "Content-Encoding": "gzip"},
+            multi_member_bomb(),
+            400,
+            "request_too_large",
+        ),
+        (
+            "batch-level context over 32 KB merged into the item",
+            "/v1/batch",
+            auth(),
+            j({"batch": [event()], "context": {"blob": "c" * (33 * 1024)}}),
+            400,
+            "event_too_large",
+        ),
+        (
+            "segment webhook, connection without a secret",
+            "/webhooks/segment/nosig",
+            {},
+            j(event()),
+            401,
+            "signature_required",
+        ),
+        (
+            "segment webhook, no secret, array with a made-up signature",
+            "/webhooks/segment/nosig",
+            {"X-Signature": sign_sha1(j([event()]), "")},
+            j([event()]),
+            401,
+            "signature_required",
+        ),
+    ]
+    for name, created in (
+        ("missing created_at", None),
+        ("unreadable created_at", "the day before yesterday"),
+        ("created_at year 1 with an offset", "0001-01-01T00:00:00+02:00"),
+        ("created_at an hour ahead", datetime.fromtimestamp(now + 3600, UTC).isoformat()),
+        ("created_at in 2999", "2999-01-01T00:00:00Z"),
+    ):
+        headers, raw = vf(created)
+        code = "invalid_webhook" if created is None else "invalid_created_at"
+        cases.append((f"voucherify webhook {name}", "/webhooks/voucherify/acme", headers, raw, 400, code))
+    headers, raw = vf(datetime.fromtimestamp(now, UTC).isoformat())
+    raw = raw.replace(b'"c1"}', b'"c1", "points": 123456789012345678901234}')
+    cases.append(
+        (
+            "voucherify webhook with an integer above 2^64",
+            "/webhooks/voucherify/acme",
+            {"x-voucherify-signature": sign_sha256(raw, "vf-secret")},
+            raw,
+            400,
+            "number_out_of_range",
+        )
+    )
     return cases
 
 

@@ -21,10 +21,14 @@ class RecordingEnqueuer:
         self.events: list[tuple[str, list[dict[str, Any]]]] = []
         self.webhooks: list[tuple[str, Any]] = []
 
-    def segment_events(self, connection: Any, events: list[dict[str, Any]]) -> None:
+    def segment_events(
+        self, connection: Any, events: list[dict[str, Any]], shared: dict[str, Any], stored_bytes: int
+    ) -> None:
         self.events.append((connection.id, events))
 
-    def voucherify_webhook(self, connection: Any, payload: Any, received_at: float) -> None:
+    def voucherify_webhook(
+        self, connection: Any, payload: Any, received_at: float, stored_bytes: int
+    ) -> None:
         self.webhooks.append((connection.id, payload))
 
 
@@ -90,7 +94,7 @@ def test_batch_context_merge_item_wins_and_sent_at_fallback() -> None:
         "sentAt": "2024-05-01T12:01:00Z",
     }
     result = ingest_body(body, "batch", now=RECEIVED)
-    first, second = result.accepted
+    first, second = result.expanded()
     assert first["context"] == {"ip": "item", "locale": "pl"}
     assert first["integrations"] == {"All": False}
     # the batch's sentAt is two minutes after the event: timestamp = receivedAt - 2 min
@@ -112,7 +116,7 @@ def test_message_id_kept_or_assigned_and_received_at() -> None:
         "batch",
         now=RECEIVED,
     )
-    kept, assigned = result.accepted
+    kept, assigned = result.expanded()
     assert kept["messageId"] == "keep-me"
     assert assigned["messageId"].startswith("api-") and len(assigned["messageId"]) <= 100
     assert kept["receivedAt"] == kept["timestamp"] == "2024-05-01T12:00:00.000Z"
@@ -124,7 +128,7 @@ def test_path_gives_type_when_body_has_none() -> None:
 
 
 def test_normalize_does_not_forward_write_key() -> None:
-    event = normalize({"type": "track", "writeKey": "secret", "userId": "u"}, RECEIVED, "x")
+    event = normalize({"type": "track", "writeKey": "secret", "userId": "u"}, RECEIVED)
     assert "writeKey" not in event
 
 

@@ -48,7 +48,7 @@ def test_metrics_fall_back_to_the_process_registry_and_count_ingest(
     path = tmp_path / "c.toml"
     path.write_text(TOML)
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    env = {"CONNECTIONS_FILE": str(path), "REDIS_URL": redis_db_url}
+    env = {"CONNECTIONS_FILE": str(path), "REDIS_URL": redis_db_url, "STATUS_TOKEN": "unit-status-token-0123"}
     with caplog.at_level(logging.WARNING, logger="connector.web"):
         app = create_app(load_settings(env))
     assert "PROMETHEUS_MULTIPROC_DIR is not set" in caplog.text
@@ -79,11 +79,15 @@ def test_metrics_fall_back_to_the_process_registry_and_count_ingest(
     assert _value(after.text, rejected, connection="unknown", reason="unknown_connection") >= 1
     assert _value(after.text, "connector_queue_depth", queue="voucherify.us1") >= 1
     assert "unit-secret-key-1" not in after.text and "wk_unit_operations" not in after.text
-    page = web.get("/")
+    token = {"Authorization": "Bearer unit-status-token-0123"}
+    assert web.get("/").status_code == 401
+    page = web.get("/", headers=token)
     assert page.status_code == 200 and 'data-connection="unit"' in page.text
     assert "unit-secret-key-1" not in page.text and "wk_unit_operations" not in page.text
-    assert web.get("/status.json").json["connections"][0]["voucherify"]["region"] == "us1"
-    redis.Redis.from_url(redis_db_url).delete("voucherify.us1", "connector:backlog:unit")
+    assert web.get("/status.json", headers=token).json["connections"][0]["voucherify"]["region"] == "us1"
+    redis.Redis.from_url(redis_db_url).delete(
+        "voucherify.us1", "connector:backlog:unit", "connector:backlog_bytes:unit"
+    )
 
 
 def test_dead_letter_counts_per_connection(client: redis.Redis, keys: Keys) -> None:

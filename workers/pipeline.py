@@ -37,6 +37,7 @@ import redis
 from celery.exceptions import Reject
 
 from connector.config import Connection
+from connector.segment_message import backlog_shares, expand
 from workers.delivery import DESTINATION, SOURCE, backlog, outcomes
 from workers.delivery.coalesce import coalesce
 from workers.delivery.concurrency import run_all
@@ -45,6 +46,7 @@ from workers.delivery.engine import (
     Context,
     Step,
     StepKind,
+    backlog_of,
     build_context,
     deliver_one,
     finish_dead,
@@ -69,10 +71,12 @@ REQUEUE_PAUSE_SECONDS = 1.0
 # Mapping entry points, looked up lazily (and replaceable in tests).
 
 
-def _map_event(event: dict[str, Any], connection: Connection) -> list[OutboundRequest]:
-    from workers.destination import map_event
+def _map_event(event: dict[str, Any], connection: Connection) -> Any:
+    """The event's requests and the failures of matching subscriptions (a MappingResult); a
+    plain list of requests (the mappers of unit tests) means no failure."""
+    from workers.destination import map_event_detailed
 
-    return list(map_event(event, connection))
+    return map_event_detailed(event, connection)
 
 
 def _map_webhook(payload: dict[str, Any], connection: Connection) -> OutboundRequest:
@@ -87,15 +91,23 @@ def _map_webhook(payload: dict[str, Any], connection: Connection) -> OutboundReq
 
 
 def process_segment_events(
-    rt: Runtime, connection: Connection | None, connection_id: str, events: list[dict[str, Any]]
+    rt: Runtime,
+    connection: Connection | None,
+    connection_id: str,
+    events: list[dict[str, Any]],
+    shared: dict[str, Any] | None = None,
+    stored_bytes: int = 0,
 ) -> None:
+    """``shared`` and ``stored_bytes``: see :mod:`connector.segment_message` (absent in
+    messages of older web processes and in dead-letter replays)."""
     if connection is None:
-        _drop(rt, connection_id, "segment_events", len(events), len(events))
+        _drop(rt, connection_id, "segment_events", len(events), len(events), stored_bytes)
         return
+    shares = backlog_shares(stored_bytes, len(events))
     with _task(rt, connection, connection_id, DESTINATION) as ctx:
         items: list[dict[str, Any]] = []
-        for event in events:
-            items.extend(_map_segment_event(ctx, event))
+        for event, share in zip(events, shares or [0] * len(events), strict=True):
+            items.extend(_map_segment_event(ctx, expand(event, shared), share))
         if connection.voucherify.mode == "rest":
             items = coalesce_items(items)
         _run(ctx, items)
@@ -108,13 +120,14 @@ def process_deliveries(
     direction: str,
     items: list[dict[str, Any]],
 ) -> None:
-    units = sum(int(i.get("backlog") or 0) for i in items if isinstance(i, dict))
+    held = [backlog_of(i) for i in items if isinstance(i, dict)]
+    units, stored = sum(u for u, _ in held), sum(b for _, b in held)
     if connection is None or (direction == SOURCE and connection.segment is None):
-        _drop(rt, connection_id, "deliveries", len(items), units)
+        _drop(rt, connection_id, "deliveries", len(items), units, stored)
         return
     if direction not in (DESTINATION, SOURCE):
         log.error("unknown delivery direction %r: dropping %d items", direction, len(items))
-        _drop(rt, connection_id, "deliveries", len(items), units)
+        _drop(rt, connection_id, "deliveries", len(items), units, stored)
         return
     with _task(rt, connection, connection_id, direction) as ctx:
         if direction == SOURCE:
@@ -133,16 +146,17 @@ def process_voucherify_webhook(
     connection_id: str,
     payload: dict[str, Any],
     received_at: float,
+    stored_bytes: int = 0,
 ) -> None:
     if connection is None:
-        _drop(rt, connection_id, "voucherify_webhook", 1, 1)
+        _drop(rt, connection_id, "voucherify_webhook", 1, 1, stored_bytes)
         return
     if connection.segment is None:
         outcomes.skipped(connection_id, SOURCE, "segment_not_configured")
-        backlog.release(rt.redis, connection_id, 1, keys=runtime_keys(rt))
+        backlog.release(rt.redis, connection_id, 1, stored_bytes, keys=runtime_keys(rt))
         return
     with _task(rt, connection, connection_id, SOURCE) as ctx:
-        bare = {"payload": payload, "received_at": received_at, "backlog": 1}
+        bare = {"payload": payload, "received_at": received_at, "backlog": 1, "backlog_bytes": stored_bytes}
         try:
             request = _map_webhook(payload, connection)
         except SkipEvent as exc:
@@ -157,10 +171,10 @@ def process_voucherify_webhook(
             log.exception("mapping a Voucherify webhook failed", extra={"connection": connection_id})
             finish_dead(ctx, bare, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
             return
-        item = new_item(request, payload, received_at, 1)
+        item = new_item(request, payload, received_at, 1, stored_bytes)
         item["enqueued_at"] = time.time()
         outbox = Outbox(ctx.client, ctx.keys, connection_id)
-        if not outbox.append(item, ctx.queue, dedupe_key=request.idempotency_key, keep=ctx.ledger_keep):
+        if not outbox.append(item, ctx.queue, dedupe_key=request.idempotency_key, keep=ctx.dedupe_keep):
             finish_skipped(ctx, request, item, "duplicate")
             return
         flush(ctx)
@@ -181,12 +195,16 @@ def flush_segment_outbox(
 # Mapping one Segment event
 
 
-def _map_segment_event(ctx: Context, event: dict[str, Any]) -> list[dict[str, Any]]:
+def _map_segment_event(ctx: Context, event: dict[str, Any], stored_bytes: int = 0) -> list[dict[str, Any]]:
     message_id = str(event.get("messageId")) if isinstance(event, dict) and event.get("messageId") else None
     received_at = _received_at(event)
-    bare = {"payload": event, "received_at": received_at, "backlog": 1}
+    bare = {"payload": event, "received_at": received_at, "backlog": 1, "backlog_bytes": stored_bytes}
     try:
-        requests = _map_event(event, ctx.connection)
+        mapped = _map_event(event, ctx.connection)
+        requests, failures = (mapped, []) if isinstance(mapped, list) else (mapped.requests, mapped.failures)
+        if not requests and failures:
+            # Every matching subscription failed: the event is dead-lettered once, with each reason.
+            raise failures[0][1] if len(failures) == 1 else MappingError(_failure_text(failures))
     except SkipEvent as exc:
         finish_skipped(ctx, None, bare, exc.reason, message_id=message_id)
         return []
@@ -199,12 +217,31 @@ def _map_segment_event(ctx: Context, event: dict[str, Any]) -> list[dict[str, An
         log.exception("mapping a Segment event failed", extra={"connection": ctx.connection_id})
         finish_dead(ctx, bare, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
         return []
+    for name, failure in failures:
+        # Several subscriptions matched and this one failed while others produced requests: the
+        # failure must not vanish.  Its dead letter holds the event (no backlog: that rides on
+        # the requests); a replay with --remap maps it again, and the ledger skips what the
+        # other subscriptions already delivered.
+        finish_dead(
+            ctx,
+            {"payload": event, "received_at": received_at, "backlog": 0},
+            MAPPING_ERROR,
+            f"subscription {name!r}: {failure.message}",
+        )
     if not requests:
         finish_skipped(ctx, None, bare, "no_request", message_id=message_id)
         return []
-    # The event's backlog unit rides on its last request: released when the event is finished.
+    # The event's backlog (one event, its bytes) rides on its last request: released when the
+    # event is finished.
     last = len(requests) - 1
-    return [new_item(r, event, received_at, 1 if i == last else 0) for i, r in enumerate(requests)]
+    return [
+        new_item(r, event, received_at, 1 if i == last else 0, stored_bytes if i == last else 0)
+        for i, r in enumerate(requests)
+    ]
+
+
+def _failure_text(failures: list[tuple[str, MappingError]]) -> str:
+    return " ".join(f"[{name}] {exc.message}" for name, exc in failures)
 
 
 def coalesce_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -223,12 +260,14 @@ def coalesce_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         sources = [items[i] for i in merged.sources]
         times = [float(s["received_at"]) for s in sources if s.get("received_at") is not None]
+        held = [backlog_of(s) for s in sources]
         out.append(
             new_item(
                 merged.request,
                 [s.get("payload") for s in sources],
                 min(times) if times else None,
-                sum(int(s.get("backlog") or 0) for s in sources),
+                sum(u for u, _ in held),
+                sum(b for _, b in held),
             )
         )
     return out
@@ -353,10 +392,10 @@ def _requeue_on_redis_error(connection_id: str) -> Iterator[None]:
         raise Reject(f"redis error: {type(exc).__name__}", requeue=True) from exc
 
 
-def _drop(rt: Runtime, connection_id: str, kind: str, count: int, units: int) -> None:
+def _drop(rt: Runtime, connection_id: str, kind: str, count: int, units: int, stored_bytes: int = 0) -> None:
     outcomes.dropped(connection_id, kind, count)
     with contextlib.suppress(redis.RedisError):
-        backlog.release(rt.redis, connection_id, units, keys=runtime_keys(rt))
+        backlog.release(rt.redis, connection_id, units, stored_bytes, keys=runtime_keys(rt))
 
 
 def _drop_outbox(rt: Runtime, connection_id: str) -> None:

@@ -20,18 +20,28 @@ from workers.runtime import runtime
 
 
 @celery.task(name=TASK_SEGMENT_EVENTS)
-def segment_events(connection_id: str, events: list[dict[str, Any]]) -> None:
-    """Segment events accepted by the ingest -> Voucherify calls."""
+def segment_events(
+    connection_id: str,
+    events: list[dict[str, Any]],
+    shared: dict[str, Any] | None = None,
+    stored_bytes: int = 0,
+) -> None:
+    """Segment events accepted by the ingest -> Voucherify calls (message format:
+    connector.segment_message; the last two arguments are absent in older messages)."""
     rt = runtime()
-    pipeline.process_segment_events(rt, rt.settings.connection(connection_id), connection_id, events)
+    pipeline.process_segment_events(
+        rt, rt.settings.connection(connection_id), connection_id, events, shared, stored_bytes
+    )
 
 
 @celery.task(name=TASK_VOUCHERIFY_WEBHOOK)
-def voucherify_webhook(connection_id: str, payload: dict[str, Any], received_at: float) -> None:
+def voucherify_webhook(
+    connection_id: str, payload: dict[str, Any], received_at: float, stored_bytes: int = 0
+) -> None:
     """A verified Voucherify webhook -> a Segment track call (batched towards Segment)."""
     rt = runtime()
     pipeline.process_voucherify_webhook(
-        rt, rt.settings.connection(connection_id), connection_id, payload, received_at
+        rt, rt.settings.connection(connection_id), connection_id, payload, received_at, stored_bytes
     )
 
 

@@ -24,14 +24,18 @@ from celery.signals import (  # noqa: E402
 )
 
 from connector import redisconn  # noqa: E402
-from connector.config import load_settings  # noqa: E402
+from connector.config import ConfigError, exit_on_config_error, load_settings  # noqa: E402
 from connector.logs import configure_logging  # noqa: E402
 from workers import tasks  # noqa: E402, F401  (registers the tasks)
 from workers.celery_app import celery, queues_for  # noqa: E402
 from workers.restore import start_sweeper  # noqa: E402
 from workers.runtime import build_runtime, set_runtime  # noqa: E402
 
-settings = load_settings()
+try:
+    settings = load_settings()
+except ConfigError as exc:
+    # Before Celery connects or takes any message: the list, exit status 2, no traceback.
+    exit_on_config_error(exc, "worker")
 _all_queues = settings.voucherify_queues + settings.segment_queues
 _selected = [q.strip() for q in os.environ.get("WORKER_QUEUES", "").split(",") if q.strip()] or _all_queues
 celery.conf.task_queues = queues_for(_selected)

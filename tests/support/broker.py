@@ -8,6 +8,8 @@ from typing import Any
 
 import redis
 
+from connector.segment_message import expand
+
 
 def queued_tasks(redis_url: str, queue: str) -> list[dict[str, Any]]:
     """Each message of ``queue`` as ``{"task", "args", "kwargs"}``, oldest first."""
@@ -24,9 +26,11 @@ def queued_tasks(redis_url: str, queue: str) -> list[dict[str, Any]]:
 
 
 def queued_events(redis_url: str, queue: str) -> list[dict[str, Any]]:
-    """The Segment events of every ``connector.segment_events`` message in ``queue``."""
+    """The Segment events of every ``connector.segment_events`` message in ``queue``, as the
+    worker sees them (the fields stored once per message merged into each event)."""
     events: list[dict[str, Any]] = []
     for task in queued_tasks(redis_url, queue):
         if task["task"] == "connector.segment_events":
-            events.extend(task["args"][1])
+            shared = task["args"][2] if len(task["args"]) > 2 else None
+            events.extend(expand(event, shared) for event in task["args"][1])
     return events

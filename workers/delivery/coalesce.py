@@ -5,10 +5,11 @@ the ``rest`` mode, where an upsert is ``POST /v1/customers`` (identify *and* gro
 
 1. **Merge.**  Within one customer's requests, in order, a run of consecutive upserts (no other
    request of that customer between them) becomes one upsert whose body has the effect of
-   sending them one after the other: later fields win, ``null`` still clears, ``address`` and
-   ``metadata`` merge key by key as Voucherify applies them (a ``null`` metadata key removes
-   that key).  A ``null`` object followed by an object ("clear, then set some keys") cannot be
-   said in one body: such a pair is not merged.
+   sending them one after the other IN EVENT-TIME ORDER (ties keep their list order): the
+   newest fields win whatever order the events arrived in, ``null`` still clears, ``address``
+   and ``metadata`` merge key by key as Voucherify applies them (a ``null`` metadata key
+   removes that key).  A ``null`` object followed by an object ("clear, then set some keys")
+   cannot be said in one body: such a pair is not merged.
 2. **Bulk.**  Customers whose only request in the task is one (possibly merged) upsert are sent
    together in ``POST /v1/customers/bulk/async`` (a JSON array of customers, up to
    ``MAX_BULK``).  Bulk is asynchronous at Voucherify, so a customer with any other request in
@@ -102,7 +103,21 @@ def _newest(parts: Sequence[dict[str, Any]]) -> str | None:
     return best[1] if best else None
 
 
+def in_event_time_order(parts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``parts`` oldest first by event time; a stable sort, so equal times keep their order (and
+    a part without a usable time counts as the oldest)."""
+    from workers.delivery.stale import event_time_ms
+
+    def when(part: dict[str, Any]) -> float:
+        ms = event_time_ms(part.get("event_time"))
+        return float(ms) if ms is not None else float("-inf")
+
+    return sorted(parts, key=when)
+
+
 def _merged_customer_body(parts: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    # Merged as Voucherify would apply them one by one in event time: the newest value wins.
+    parts = in_event_time_order(parts)
     body: dict[str, Any] | None = dict(parts[0]["body"])
     for part in parts[1:]:
         assert body is not None

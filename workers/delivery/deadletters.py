@@ -72,6 +72,25 @@ return removed
 """
 )
 
+# KEYS: dlq, dlq:data, dlq:counts, a list, its lock.  ARGV: lock token, items to trim from the
+# list's head, then (id, score, record JSON, connection id) per record.  All or nothing: the
+# records are written and the list trimmed only while the lock is ours (else -1, nothing done),
+# so a dead-lettered item is never both lost (trimmed first, then a Redis error) and left behind
+# for another flusher to send (dead-lettered, then the lock lost).
+_ADD_THEN_TRIM = Lua(
+    """
+if redis.call('GET', KEYS[5]) ~= ARGV[1] then return -1 end
+for i = 3, #ARGV, 4 do
+  if redis.call('ZADD', KEYS[1], ARGV[i + 1], ARGV[i]) == 1 then
+    redis.call('HINCRBY', KEYS[3], ARGV[i + 3], 1)
+  end
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
+end
+redis.call('LTRIM', KEYS[4], tonumber(ARGV[2]), -1)
+return redis.call('LLEN', KEYS[4])
+"""
+)
+
 MAPPING_ERROR = "mapping_error"
 REJECTED = "rejected"
 RETRY_WINDOW_EXCEEDED = "retry_window_exceeded"
@@ -163,24 +182,38 @@ class DeadLetters:
         self.keys = keys
 
     # --- writing ------------------------------------------------------------------------------
-    def add(self, record: DeadLetter) -> str:
+    @staticmethod
+    def _prepared(record: DeadLetter) -> list[Any]:
+        """(id, score, JSON, connection id) of ``record``, its id, time and bounds filled in."""
         record.id = record.id or f"{int(time.time())}-{uuid.uuid4().hex[:12]}"
         record.dead_lettered_at = record.dead_lettered_at or time.time()
         record.payload = _bounded_payload(record.payload)
         record.response_excerpt = (record.response_excerpt or "")[:MAX_EXCERPT_CHARS]
         record.error = (record.error or "")[:MAX_ERROR_CHARS]
         record.history = list(record.history or [])[-MAX_HISTORY:]
-        _ADD(
-            self.client,
-            [self.keys.dlq, self.keys.dlq_data, self.keys.dlq_counts],
-            [
-                record.id,
-                int(record.dead_lettered_at * 1000),
-                orjson.dumps(record.to_dict(), default=str),
-                record.connection_id,
-            ],
-        )
+        return [
+            record.id,
+            int(record.dead_lettered_at * 1000),
+            orjson.dumps(record.to_dict(), default=str),
+            record.connection_id,
+        ]
+
+    def add(self, record: DeadLetter) -> str:
+        _ADD(self.client, [self.keys.dlq, self.keys.dlq_data, self.keys.dlq_counts], self._prepared(record))
         return record.id
+
+    def add_then_trim(
+        self, records: list[DeadLetter], list_key: str, lock_key: str, token: str, count: int
+    ) -> bool:
+        """Write ``records`` and drop the first ``count`` items of ``list_key`` in one atomic
+        step, only while ``lock_key`` holds ``token``; False (nothing written) otherwise."""
+        args: list[Any] = [token, count]
+        for record in records:
+            args.extend(self._prepared(record))
+        done = _ADD_THEN_TRIM(
+            self.client, [self.keys.dlq, self.keys.dlq_data, self.keys.dlq_counts, list_key, lock_key], args
+        )
+        return int(done) >= 0
 
     def remove(self, ids: list[str]) -> int:
         if not ids:

@@ -26,7 +26,7 @@ the delayed store::
     {"request": OutboundRequest.to_dict(), "payload": <original event or webhook>,
      "received_at": epoch|None, "first_attempt_at": epoch|None, "attempts": int,
      "history": [{"t", "status", "error", "latency_ms"}], "last_delay": float|None,
-     "backlog": units to release when finished, "parked": bool}
+     "backlog": events to release when finished, "backlog_bytes": their bytes, "parked": bool}
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ from workers.outbound import OutboundRequest
 from workers.runtime import Runtime
 
 UPSERT_CUSTOMER = "upsert_customer"
+DEDUPE_MARGIN_SECONDS = 3600.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,9 +85,13 @@ UPSERT_CUSTOMER = "upsert_customer"
 
 
 def new_item(
-    request: OutboundRequest, payload: Any, received_at: float | None, backlog_units: int
+    request: OutboundRequest,
+    payload: Any,
+    received_at: float | None,
+    backlog_units: int,
+    backlog_bytes: int = 0,
 ) -> dict[str, Any]:
-    return {
+    item = {
         "request": request.to_dict(),
         "payload": payload,
         "received_at": received_at,
@@ -97,6 +102,14 @@ def new_item(
         "backlog": backlog_units,
         "parked": False,
     }
+    if backlog_bytes:
+        item["backlog_bytes"] = backlog_bytes
+    return item
+
+
+def backlog_of(item: dict[str, Any]) -> tuple[int, int]:
+    """(events, bytes) of the backlog an item holds, released when it is finished."""
+    return int(item.get("backlog") or 0), int(item.get("backlog_bytes") or 0)
 
 
 def _append_history(item: dict[str, Any], entry: dict[str, Any]) -> None:
@@ -197,6 +210,7 @@ class Context:
     # metadata_schema = "defined" (rest mode): the connection's cached customer metadata schema.
     metadata_schemas: MetadataSchemas | None = field(init=False, default=None)
     _units: int = field(init=False, default=0)
+    _bytes: int = field(init=False, default=0)
     _units_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -215,21 +229,35 @@ class Context:
     def ledger_keep(self) -> float:
         return self.window + self.tuning.ledger_extra
 
+    @property
+    def dedupe_keep(self) -> float:
+        """How long a Voucherify event is remembered (its Segment messageId, at the outbox):
+        longer than the oldest webhook the web accepts (``max_event_age_hours``, measured from a
+        ``created_at`` that may run a little ahead of our clock) plus the retry window.  A
+        shorter memory let a replay of an event still young enough to be accepted in twice."""
+        from workers.source.envelope import FUTURE_SKEW_SECONDS
+
+        accepted = self.connection.voucherify.max_event_age_seconds + FUTURE_SKEW_SECONDS
+        return max(self.ledger_keep, accepted + self.window + DEDUPE_MARGIN_SECONDS)
+
     def out_of_time(self) -> bool:
         return time.monotonic() >= self.deadline
 
-    def release_backlog(self, units: int) -> None:
+    def release_backlog(self, units: int, stored_bytes: int = 0) -> None:
         # Collected and released once per task (flush_backlog): a round trip per task, not per
-        # event.  A task that dies before flushing leaves them reserved; the counter's TTL heals it.
-        if units:
+        # event.  A task that dies before flushing leaves them reserved: its redelivery finds
+        # the events done (ledger) and releases them then.
+        if units or stored_bytes:
             with self._units_lock:
                 self._units += units
+                self._bytes += stored_bytes
 
     def flush_backlog(self) -> None:
         with self._units_lock:
             units, self._units = self._units, 0
-        if units:
-            backlog.release(self.client, self.connection_id, units, keys=self.keys)
+            stored, self._bytes = self._bytes, 0
+        if units or stored:
+            backlog.release(self.client, self.connection_id, units, stored, keys=self.keys)
 
 
 def build_context(rt: Runtime, connection: Connection, connection_id: str, direction: str) -> Context:
@@ -614,7 +642,7 @@ def _finish_delivered(
         attempt=item.get("attempts"),
         latency_ms=int(result.latency * 1000),
     )
-    ctx.release_backlog(int(item.get("backlog") or 0))
+    ctx.release_backlog(*backlog_of(item))
     return Step.done("delivered")
 
 
@@ -633,7 +661,7 @@ def finish_skipped(
         message_id=request.message_id if request else message_id,
         action=request.action if request else None,
     )
-    ctx.release_backlog(int(item.get("backlog") or 0))
+    ctx.release_backlog(*backlog_of(item))
     return Step.done(reason)
 
 
@@ -647,25 +675,46 @@ def finish_dead(
     excerpt: str = "",
     history: list[dict[str, Any]] | None = None,
 ) -> Step:
+    ctx.dead_letters.add(
+        dead_letter_for(ctx, item, reason, error, status=status, excerpt=excerpt, history=history)
+    )
+    return report_dead(ctx, item, reason, error, status=status)
+
+
+def dead_letter_for(
+    ctx: Context,
+    item: dict[str, Any],
+    reason: str,
+    error: str,
+    *,
+    status: int | None = None,
+    excerpt: str = "",
+    history: list[dict[str, Any]] | None = None,
+) -> DeadLetter:
+    """The dead-letter record of ``item`` (not written: see :func:`finish_dead`)."""
+    return DeadLetter(
+        connection_id=ctx.connection_id,
+        direction=ctx.direction,
+        reason=reason,
+        error=error,
+        queue=ctx.queue,
+        payload=item.get("payload"),
+        request=item.get("request"),
+        status=status,
+        response_excerpt=excerpt,
+        history=history if history is not None else list(item.get("history") or []),
+        attempts=int(item.get("attempts") or 0),
+        first_attempt_at=item.get("first_attempt_at"),
+        received_at=item.get("received_at"),
+    )
+
+
+def report_dead(
+    ctx: Context, item: dict[str, Any], reason: str, error: str, *, status: int | None = None
+) -> Step:
+    """The rest of a dead letter once its record is written: metrics, the log line, the backlog."""
     request = item.get("request")
     message_id = (request or {}).get("message_id") or _payload_id(item.get("payload"))
-    ctx.dead_letters.add(
-        DeadLetter(
-            connection_id=ctx.connection_id,
-            direction=ctx.direction,
-            reason=reason,
-            error=error,
-            queue=ctx.queue,
-            payload=item.get("payload"),
-            request=request,
-            status=status,
-            response_excerpt=excerpt,
-            history=history if history is not None else list(item.get("history") or []),
-            attempts=int(item.get("attempts") or 0),
-            first_attempt_at=item.get("first_attempt_at"),
-            received_at=item.get("received_at"),
-        )
-    )
     metrics.DEAD_LETTERS.labels(ctx.connection_id, ctx.direction, reason).inc()
     metrics.DELIVERIES.labels(
         ctx.connection_id, ctx.direction, ctx.region, "dead_letter", outcomes.status_label(status)
@@ -681,7 +730,7 @@ def finish_dead(
         attempt=item.get("attempts"),
         error=error,
     )
-    ctx.release_backlog(int(item.get("backlog") or 0))
+    ctx.release_backlog(*backlog_of(item))
     return Step.done(reason)
 
 
@@ -720,9 +769,12 @@ __all__ = [
     "Context",
     "Step",
     "StepKind",
+    "backlog_of",
     "build_context",
+    "dead_letter_for",
     "deliver_one",
     "finish_dead",
     "finish_skipped",
     "new_item",
+    "report_dead",
 ]

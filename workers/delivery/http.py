@@ -36,6 +36,8 @@ from requests.utils import get_environ_proxies, requote_uri, select_proxy
 from urllib3 import BaseHTTPResponse, HTTPConnectionPool, Timeout
 from urllib3 import exceptions as urllib3_exceptions
 
+from workers.delivery.retries import MAX_SERVER_WAIT_SECONDS, header_number
+
 EXCERPT_BYTES = 2048
 
 
@@ -95,26 +97,31 @@ def classify(outcome: HTTPResult | TransportFailure) -> Verdict:
 
 
 # ---------------------------------------------------------------------------------------------
-# What the server asked us to wait.
+# What the server asked us to wait.  Header values come from outside: a huge, negative, NaN or
+# infinite one is clamped (or ignored), never an OverflowError further down.
+
+
+def _wait(seconds: float) -> float:
+    return min(MAX_SERVER_WAIT_SECONDS, max(0.0, seconds))
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """``Retry-After``: delta-seconds or an HTTP date.  Returns seconds from now (>= 0)."""
+    """``Retry-After``: delta-seconds or an HTTP date.  Returns seconds from now, in
+    ``[0, MAX_SERVER_WAIT_SECONDS]``."""
     if not value:
         return None
-    value = value.strip()
+    value = value.strip()[:128]
     now = time.time() if now is None else now
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    number = header_number(value)
+    if number is not None:
+        return _wait(number)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if when is None:
+            return None
+        return _wait(when.timestamp() - now)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
 def parse_rate_limit_retry(value: str | None, now: float | None = None) -> float | None:
@@ -123,18 +130,15 @@ def parse_rate_limit_retry(value: str | None, now: float | None = None) -> float
     Defensive about units: values that look like epoch milliseconds are scaled, and small values
     (which cannot be a recent epoch) are taken as a number of seconds to wait.
     """
-    if not value:
-        return None
-    try:
-        number = float(value.strip())
-    except ValueError:
+    number = header_number(value)
+    if number is None:
         return None
     now = time.time() if now is None else now
     if number > 1e12:
         number /= 1000.0
     if number < 1e9:
-        return max(0.0, number)
-    return max(0.0, number - now)
+        return _wait(number)
+    return _wait(number - now)
 
 
 def server_wait(result: HTTPResult | TransportFailure, now: float | None = None) -> float | None:
@@ -254,10 +258,10 @@ class RequestsTransport:
             response.release_conn()
         except (ValueError, urllib3_exceptions.DecodeError, requests.exceptions.InvalidURL) as exc:
             # An invalid URL or header, a body that does not decode: our fault, not a blip.
-            raise _failure(exc, retryable=False, started=started) from None
+            raise _failure(exc, retryable=False, started=started, headers=headers) from None
         except (urllib3_exceptions.HTTPError, OSError, http.client.HTTPException) as exc:
             # Refused, reset, timed out, TLS, a broken body: no answer, worth retrying.
-            raise _failure(exc, retryable=True, started=started) from None
+            raise _failure(exc, retryable=True, started=started, headers=headers) from None
         return _answer(response.status, response.headers.items(), excerpt, started)
 
     def _send_session(
@@ -281,9 +285,9 @@ class RequestsTransport:
             finally:
                 response.close()
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-            raise _failure(exc, retryable=True, started=started) from None
-        except requests.RequestException as exc:  # invalid URL, schema, headers: our fault, not a blip
-            raise _failure(exc, retryable=False, started=started) from None
+            raise _failure(exc, retryable=True, started=started, headers=headers) from None
+        except (requests.RequestException, ValueError) as exc:  # invalid URL, schema, headers: ours
+            raise _failure(exc, retryable=False, started=started, headers=headers) from None
         return _answer(response.status_code, response.headers.items(), excerpt, started)
 
     def close(self) -> None:
@@ -323,11 +327,38 @@ def _read_excerpt(response: requests.Response, limit: int, deadline: float) -> s
     return kept.decode("utf-8", errors="replace")
 
 
-def _describe(exc: Exception) -> str:
-    # Exception texts from urllib3 name the host and port, never headers: safe to keep.
+# Exception texts worth keeping: urllib3/requests network errors name the host, the port and
+# the failure.  Anything raised while PREPARING a request (http.client's "Invalid header value
+# b'...'", a ValueError, a LocationParseError, ...) may quote a header value -- a credential --
+# and is described by its type alone.
+_TEXT_SAFE: tuple[type[BaseException], ...] = (
+    urllib3_exceptions.TimeoutError,
+    urllib3_exceptions.ProtocolError,
+    urllib3_exceptions.NewConnectionError,
+    urllib3_exceptions.NameResolutionError,
+    urllib3_exceptions.MaxRetryError,
+    urllib3_exceptions.SSLError,
+    urllib3_exceptions.ProxyError,
+    requests.ConnectionError,
+    requests.Timeout,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def _describe(exc: Exception, secrets: Iterable[str] = ()) -> str:
+    """A failure's text for history, logs and dead letters: never a header value.
+
+    Kept only for network errors (see ``_TEXT_SAFE``), and even then any header value of the
+    call found in it is masked (a second line of defence)."""
     name = type(exc).__name__
-    text = str(exc)
-    return f"{name}: {text[:300]}" if text else name
+    if not isinstance(exc, _TEXT_SAFE) or isinstance(exc, requests.exceptions.InvalidHeader):
+        return name
+    text = str(exc)[:300]
+    for value in secrets:
+        if value and len(value) >= 4:
+            text = text.replace(value, "****")
+    return f"{name}: {text}" if text else name
 
 
 def _answer(status: int, headers: Iterable[tuple[str, str]], excerpt: str, started: float) -> HTTPResult:
@@ -339,5 +370,9 @@ def _answer(status: int, headers: Iterable[tuple[str, str]], excerpt: str, start
     )
 
 
-def _failure(exc: Exception, *, retryable: bool, started: float) -> TransportFailure:
-    return TransportFailure(_describe(exc), retryable=retryable, latency=time.monotonic() - started)
+def _failure(
+    exc: Exception, *, retryable: bool, started: float, headers: dict[str, str] | None = None
+) -> TransportFailure:
+    return TransportFailure(
+        _describe(exc, (headers or {}).values()), retryable=retryable, latency=time.monotonic() - started
+    )

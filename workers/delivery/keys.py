@@ -21,7 +21,9 @@ Layout (``{p}`` is the prefix, ``{c}`` a connection id)::
     {p}outbox:{c}:lock                  string  token of the one flusher of this connection
     {p}outbox:{c}:swept                 string  short marker: a flush task was just published
     {p}outboxes                         set     connection ids whose outbox may be non-empty
-    {p}backlog:{c}                      string  units of accepted, unfinished work (TTL'd counter)
+    {p}backlog:{c}                      string  events accepted and not finished (never expires)
+    {p}backlog_bytes:{c}                string  bytes those events occupy in Redis (never expires)
+    {p}backlog_idle:{c}                 string  the scheduler's first look at idle counters (TTL)
 
 Keys of one connection are not hash-tagged: the connector targets a single Redis (the broker),
 and the Lua scripts touch only keys they are passed.
@@ -94,3 +96,9 @@ class Keys:
 
     def backlog(self, connection_id: str) -> str:
         return f"{self.prefix}backlog:{connection_id}"
+
+    def backlog_bytes(self, connection_id: str) -> str:
+        return f"{self.prefix}backlog_bytes:{connection_id}"
+
+    def backlog_idle(self, connection_id: str) -> str:
+        return f"{self.prefix}backlog_idle:{connection_id}"

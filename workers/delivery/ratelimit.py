@@ -22,6 +22,7 @@ because other clients of the same Voucherify project spend the same quota.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
@@ -31,6 +32,7 @@ import redis
 
 from workers.delivery.keys import Keys
 from workers.delivery.lua import Lua
+from workers.delivery.retries import MAX_SERVER_WAIT_SECONDS, header_number
 
 VOUCHERIFY = "voucherify"
 SEGMENT = "segment"
@@ -143,6 +145,7 @@ class RateLimiter:
         return Grant(True, 0.0, int(now * 1000))
 
     def pause(self, seconds: float) -> None:
+        seconds = min(MAX_SERVER_WAIT_SECONDS, seconds) if math.isfinite(seconds) else MAX_SERVER_WAIT_SECONDS
         until = _PAUSE(self.client, [self._keys[2]], [max(1, int(seconds * 1000))])
         self._pause_until = max(self._pause_until, int(until) / 1000.0)
 
@@ -164,12 +167,11 @@ class RateLimiter:
             self.pause(server_wait if server_wait is not None else 5.0)
             self.slow_down(0.5, slowdown_seconds)
             return True
-        if remaining is None:
+        # From a response header: a NaN, infinite or absurd value is ignored, never a crash.
+        number = header_number(remaining)
+        if number is None:
             return False
-        try:
-            left = int(float(remaining))
-        except ValueError:
-            return False
+        left = int(max(-1.0, min(number, 1e12)))
         threshold = max(1, int((limit or 100) * tuning_low))
         if left <= threshold:
             self.slow_down(0.5, slowdown_seconds)

@@ -11,8 +11,25 @@ The window is measured from the first attempt (Segment's rule): once the next tr
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
+
+# The longest wait a server can impose on us through a header (a day: Voucherify's daily
+# webhook budgets).  Longer asks are taken as this; the retry window decides what then dies.
+MAX_SERVER_WAIT_SECONDS = 86400.0
+
+
+def header_number(value: str | None) -> float | None:
+    """A response header's value as a finite number, or None (absent, unreadable, NaN,
+    infinite): values from outside never reach arithmetic that could overflow."""
+    if not value:
+        return None
+    try:
+        number = float(value.strip()[:64])
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 @dataclass(frozen=True)
@@ -32,8 +49,8 @@ def next_delay(
     draw = (rng or random).uniform
     prev = previous if previous and previous > 0 else base
     delay = min(cap, draw(base, max(base, prev * 3)))
-    if server_wait is not None:
-        delay = max(delay, server_wait)
+    if server_wait is not None and math.isfinite(server_wait):
+        delay = max(delay, min(server_wait, MAX_SERVER_WAIT_SECONDS))
     return delay
 
 

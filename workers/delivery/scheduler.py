@@ -6,6 +6,8 @@ Each tick::
                                          to the entry's queue ──> ack (ZREM + HDEL)
     sweep Segment outboxes ──────────> publish connector.segment_flush(connection) for each
                                          non-empty, unlocked, due outbox
+    every reconcile_interval ────────> backlog.reconcile: reset counters left high by a process
+                                         that died between reserving and publishing
 
 Publish happens before the ack: a crash in between re-publishes the entry when its lease ends
 (the ledger absorbs the duplicate); an entry that cannot be published (broker away) is simply
@@ -21,6 +23,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -28,8 +31,9 @@ import redis
 from kombu.exceptions import KombuError
 
 from connector import metrics
+from connector.config import Settings
 from workers.celery_app import TASK_DELIVER, TASK_SEGMENT_FLUSH
-from workers.delivery import outbox
+from workers.delivery import backlog, outbox
 from workers.delivery.keys import Keys
 from workers.delivery.publish import Publish, celery_publish
 from workers.delivery.store import DelayedStore
@@ -52,6 +56,7 @@ class SchedulerConfig:
     batch: int = 200  # entries claimed per round trip
     lease: float = 30.0  # an unacked claimed entry is due again after this
     max_backoff: float = 5.0
+    reconcile_interval: float = 30.0  # seconds between two looks at idle backlog counters
 
     @classmethod
     def from_env(cls) -> SchedulerConfig:
@@ -59,6 +64,7 @@ class SchedulerConfig:
             interval=_env_float("CONNECTOR_SCHEDULER_INTERVAL", 0.5),
             batch=int(_env_float("CONNECTOR_SCHEDULER_BATCH", 200)),
             lease=_env_float("CONNECTOR_SCHEDULER_LEASE_SECONDS", 30.0),
+            reconcile_interval=_env_float("CONNECTOR_BACKLOG_RECONCILE_SECONDS", 30.0),
         )
 
 
@@ -77,6 +83,9 @@ class Scheduler:
     publish: Publish = celery_publish
     config: SchedulerConfig = field(default_factory=SchedulerConfig.from_env)
     stop_event: threading.Event = field(default_factory=threading.Event)
+    # (connection id, its broker queues), from the configuration: for backlog.reconcile.
+    connections: list[tuple[str, list[str]]] = field(default_factory=list)
+    _next_reconcile: float = 0.0
 
     def tick(self, now: float | None = None) -> TickResult:
         result = TickResult()
@@ -100,7 +109,23 @@ class Scheduler:
             result.published += 1
         store.ack(done)
         result.flushes = self.sweep_outboxes(now)
+        self.reconcile_backlogs()
         return result
+
+    def reconcile_backlogs(self) -> list[str]:
+        mono = time.monotonic()
+        if not self.connections or mono < self._next_reconcile:
+            return []
+        self._next_reconcile = mono + self.config.reconcile_interval
+        reset = backlog.reconcile(
+            self.client, self.connections, interval=self.config.reconcile_interval, keys=self.keys
+        )
+        for connection_id in reset:
+            log.warning(
+                "backlog counters reset: nothing holds this connection's work any more",
+                extra={"connection": connection_id},
+            )
+        return reset
 
     def sweep_outboxes(self, now: float | None = None) -> int:
         published = 0
@@ -153,6 +178,14 @@ class Scheduler:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+
+
+def connection_queues(settings: Settings) -> list[tuple[str, list[str]]]:
+    """(connection id, the broker queues its work travels on), for :func:`backlog.reconcile`."""
+    return [
+        (c.id, [c.voucherify.queue, *([c.segment.queue] if c.segment is not None else [])])
+        for c in settings.connections
+    ]
 
 
 def run_forever(redis_url: str, keys: Keys | None = None, publish: Publish | None = None) -> None:

@@ -12,12 +12,14 @@
         send ── 2xx ──────> LTRIM the prefix (only if the lock is still ours), report delivered
              ── RETRY ────> keep everything; next_at = backoff (>= Retry-After); items older than
                             the retry window are dead-lettered from the head; stop
-             ── PERMANENT ─> dead-letter the prefix's items, LTRIM them
+             ── PERMANENT ─> dead-letter the prefix's items and LTRIM them, one atomic step
 
 Items leave the list only after a 2xx or a dead letter, so a crash re-sends at worst the last
 batch; Segment deduplicates on ``messageId`` (derived from the Voucherify event id).  The lock
 is checked by the trimming script itself, so a flusher whose lock expired during a slow request
-never trims what a newer flusher already handled.
+never trims what a newer flusher already handled.  A dead letter and its trim are ONE script
+(:meth:`DeadLetters.add_then_trim`): trimmed first, a Redis error in between lost the event;
+dead-lettered first, a lost lock would leave it to be sent as well.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import orjson
 from connector import metrics
 from workers.delivery import outcomes
 from workers.delivery.deadletters import REJECTED, RETRY_WINDOW_EXCEEDED, TOO_LARGE
-from workers.delivery.engine import Context, finish_dead
+from workers.delivery.engine import Context, backlog_of, dead_letter_for, report_dead
 from workers.delivery.http import HTTPResult, TransportFailure, Verdict, classify, server_wait
 from workers.delivery.ledger import new_token
 from workers.delivery.outbox import Outbox, sweep, unmark_swept
@@ -123,10 +125,10 @@ def _flush_locked(ctx: Context, outbox: Outbox, token: str, result: FlushResult)
             max_event_bytes=tuning.segment_max_event_bytes,
         )
         if batch.oversized_head is not None:
-            if not outbox.trim(token, 1):
+            dead = [_Dead(batch.oversized_head, TOO_LARGE, "track call over the 32 KB Segment limit")]
+            if not _dead_then_trim(ctx, outbox, token, dead):
                 result.state = "lost_lock"
                 return
-            _dead(ctx, outbox, batch.oversized_head, TOO_LARGE, "track call over the 32 KB Segment limit")
             result.dead += 1
             continue
         grant = ctx.limiter.acquire(ctx.budget, has_slot=True)
@@ -149,21 +151,14 @@ def _flush_locked(ctx: Context, outbox: Outbox, token: str, result: FlushResult)
             continue
         history = _record_failure(ctx, outbox, state, answer)
         if verdict is Verdict.PERMANENT:
-            if not outbox.trim(token, len(batch.items)):
+            status = answer.status if isinstance(answer, HTTPResult) else None
+            dead = [
+                _Dead(item, REJECTED, _error(answer), status, _excerpt(answer), history)
+                for item in batch.items
+            ]
+            if not _dead_then_trim(ctx, outbox, token, dead):
                 result.state = "lost_lock"
                 return
-            status = answer.status if isinstance(answer, HTTPResult) else None
-            for item in batch.items:
-                _dead(
-                    ctx,
-                    outbox,
-                    item,
-                    REJECTED,
-                    _error(answer),
-                    status=status,
-                    excerpt=_excerpt(answer),
-                    history=history,
-                )
             result.dead += len(batch.items)
             outbox.clear_retry_state()
             continue
@@ -264,26 +259,19 @@ def _expire_head(
         if first_attempt + ctx.window > now:
             break  # FIFO: everything behind is younger
         expired.append(item)
-    if not expired or not outbox.trim(token, len(expired)):
+    if not expired:
         return 0
     status = answer.status if isinstance(answer, HTTPResult) else None
-    for item in expired:
-        _dead(
-            ctx,
-            outbox,
-            item,
-            RETRY_WINDOW_EXCEEDED,
-            _error(answer),
-            status=status,
-            excerpt=_excerpt(answer),
-            history=history,
-        )
-    return len(expired)
+    dead = [
+        _Dead(item, RETRY_WINDOW_EXCEEDED, _error(answer), status, _excerpt(answer), history)
+        for item in expired
+    ]
+    return len(expired) if _dead_then_trim(ctx, outbox, token, dead) else 0
 
 
 def _delivered(ctx: Context, items: list[dict[str, Any]], answer: HTTPResult) -> None:
     now = time.time()
-    units = 0
+    units = stored = 0
     for item in items:
         request = item["request"]
         metrics.DELIVERIES.labels(
@@ -301,29 +289,50 @@ def _delivered(ctx: Context, items: list[dict[str, Any]], answer: HTTPResult) ->
             attempt=1,
             latency_ms=int(answer.latency * 1000),
         )
-        units += int(item.get("backlog") or 0)
-    ctx.release_backlog(units)
+        item_units, item_bytes = backlog_of(item)
+        units += item_units
+        stored += item_bytes
+    ctx.release_backlog(units, stored)
 
 
-def _dead(
-    ctx: Context,
-    outbox: Outbox,
-    item: dict[str, Any],
-    reason: str,
-    error: str,
-    *,
-    status: int | None = None,
-    excerpt: str = "",
-    history: list[dict[str, Any]] | None = None,
-) -> None:
-    if history:
-        item["attempts"] = len(history)
-        item["first_attempt_at"] = history[0].get("t")
-    finish_dead(ctx, item, reason, error, status=status, excerpt=excerpt, history=history or [])
-    # Not delivered: let a Voucherify redelivery or a re-mapping replay in again.
-    key = (item.get("request") or {}).get("idempotency_key")
-    if key:
-        outbox.forget_ledger(key)
+@dataclass
+class _Dead:
+    item: dict[str, Any]
+    reason: str
+    error: str
+    status: int | None = None
+    excerpt: str = ""
+    history: list[dict[str, Any]] | None = None
+
+
+def _dead_then_trim(ctx: Context, outbox: Outbox, token: str, dead: list[_Dead]) -> bool:
+    """Dead-letter ``dead`` (the head of the outbox, in order) and trim them off the list in one
+    atomic step; False when the lock is no longer ours (then nothing happened)."""
+    records = []
+    for entry in dead:
+        if entry.history:
+            entry.item["attempts"] = len(entry.history)
+            entry.item["first_attempt_at"] = entry.history[0].get("t")
+        records.append(
+            dead_letter_for(
+                ctx,
+                entry.item,
+                entry.reason,
+                entry.error,
+                status=entry.status,
+                excerpt=entry.excerpt,
+                history=entry.history or [],
+            )
+        )
+    if not ctx.dead_letters.add_then_trim(records, outbox.list_key, outbox.lock_key, token, len(dead)):
+        return False
+    for entry in dead:
+        report_dead(ctx, entry.item, entry.reason, entry.error, status=entry.status)
+        # Not delivered: let a Voucherify redelivery or a re-mapping replay in again.
+        key = (entry.item.get("request") or {}).get("idempotency_key")
+        if key:
+            outbox.forget_ledger(key)
+    return True
 
 
 def _error(answer: HTTPResult | TransportFailure) -> str:

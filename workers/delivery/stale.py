@@ -9,10 +9,15 @@ Within a batch, per-customer order is kept by the pipeline; across tasks two ups
 customer may be in flight together for the length of one HTTP call -- the window this cannot
 close without a per-customer lock, and the one the record repairs at the next identify.
 An upsert without a usable time is never called stale (nothing to compare).
+
+A recorded time is never later than the moment it is recorded (plus ``FUTURE_SKEW_SECONDS``):
+the ingest clamps future event times already, and this holds for work accepted before that, or
+replayed: one device with its clock in the year 2999 must not freeze a customer's updates.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import redis
@@ -39,11 +44,14 @@ def event_time_ms(value: str | None) -> int | None:
         return None
     try:
         parsed = datetime.fromisoformat(value.strip().replace("z", "Z"))
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return int(parsed.timestamp() * 1000)
+    except (ValueError, OverflowError):
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
+
+
+FUTURE_SKEW_SECONDS = 60.0
 
 
 class StaleGuard:
@@ -74,4 +82,9 @@ class StaleGuard:
         return out
 
     def applied(self, customer: str, event_ms: int, ttl: float) -> None:
-        _RAISE(self.client, [self.keys.stale(self.connection_id, customer)], [event_ms, max(1, int(ttl))])
+        latest = int((time.time() + FUTURE_SKEW_SECONDS) * 1000)
+        _RAISE(
+            self.client,
+            [self.keys.stale(self.connection_id, customer)],
+            [min(event_ms, latest), max(1, int(ttl))],
+        )

@@ -19,11 +19,12 @@ across tasks, so that a test changing the environment sees the change at once.
 | ``CONNECTOR_LOW_REMAINING`` | 0.05 | X-Rate-Limit-Remaining at or below this share slows down |
 | ``CONNECTOR_SLOWDOWN_SECONDS`` | 60 | how long a slow-down lasts |
 | ``CONNECTOR_SEGMENT_MAX_EVENTS`` / ``_MAX_BYTES`` | 2500 / 500000 | one /v1/batch request |
-| ``CONNECTOR_BACKLOG_TTL_SECONDS`` | 900 | idle time after which a backlog counter resets |
 
 Elsewhere: ``CONNECTOR_KEY_PREFIX`` (``connector:``, :mod:`workers.delivery.keys`);
 ``CONNECTOR_SCHEDULER_INTERVAL`` / ``_BATCH`` / ``_LEASE_SECONDS`` (0.5 / 200 / 30,
-:mod:`workers.delivery.scheduler`).
+:mod:`workers.delivery.scheduler`); ``CONNECTOR_BACKLOG_RECONCILE_SECONDS`` (30, how often the
+scheduler looks for backlog counters left high by a dead process, :mod:`workers.delivery.backlog`);
+``CONNECTOR_BODY_TIMEOUT_SECONDS`` (10, the web's deadline for a request body, :mod:`app.body`).
 """
 
 from __future__ import annotations
@@ -66,7 +67,6 @@ class Tuning:
     segment_max_events: int = 2500
     segment_max_bytes: int = 500_000
     segment_max_event_bytes: int = 32_000
-    backlog_ttl: float = 900.0
 
     @classmethod
     def from_env(cls) -> Tuning:
@@ -88,7 +88,6 @@ class Tuning:
             segment_max_events=_int("CONNECTOR_SEGMENT_MAX_EVENTS", 2500),
             segment_max_bytes=_int("CONNECTOR_SEGMENT_MAX_BYTES", 500_000),
             segment_max_event_bytes=_int("CONNECTOR_SEGMENT_MAX_EVENT_BYTES", 32_000),
-            backlog_ttl=_float("CONNECTOR_BACKLOG_TTL_SECONDS", 900.0),
         )
 
     def retry_window(self, configured_seconds: float) -> float:

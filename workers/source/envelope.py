@@ -31,6 +31,10 @@ ENVELOPE_2024: Final = "2024-01-01"
 ENVELOPE_2018: Final = "2018-08-01"
 ENVELOPE_ACTIVITY: Final = "activity"
 
+# A webhook's created_at may run this far ahead of our clock (clocks differ a little); further
+# ahead it is refused, as its age could not be trusted.
+FUTURE_SKEW_SECONDS: Final = 300.0
+
 # Bounds on what we accept as identifiers: they end up in Redis keys, log lines and metrics.
 MAX_ID_LENGTH: Final = 200
 MAX_TYPE_LENGTH: Final = 200
@@ -99,14 +103,15 @@ def event_age_seconds(event: VoucherifyEvent, now_epoch: float) -> float | None:
 
 
 def parse_timestamp(value: str) -> float | None:
-    """Epoch seconds of an ISO 8601 date-time; naive values are taken as UTC.  None if unreadable."""
+    """Epoch seconds of an ISO 8601 date-time; naive values are taken as UTC.  None if unreadable
+    or not representable (year 1 with a positive offset, 9999 with a negative one)."""
     try:
         parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC).timestamp()
+    except (ValueError, OverflowError):
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
 
 
 # --------------------------------------------------------------------------------------------
