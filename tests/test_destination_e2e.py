@@ -23,9 +23,14 @@ from tests.support.processes import wait_until
 pytestmark = pytest.mark.integration
 
 REGIONS = {
-    "eu": {"mode": "rest", "app_id": "eu-app", "secret": "eu-secret-key", "write_key": "wk_eu"},
-    "us1": {"mode": "rest", "app_id": "us1-app", "secret": "us1-secret-key", "write_key": "wk_us1"},
-    "as1": {"mode": "segmentio", "app_id": "as1-app", "secret": "as1-secret-key", "write_key": "wk_as1"},
+    "eu": {"mode": "rest", "app_id": "eu-app-id", "secret": "eu-secret-key", "write_key": "wk_eu_live"},
+    "us1": {"mode": "rest", "app_id": "us1-app-id", "secret": "us1-secret-key", "write_key": "wk_us1_live"},
+    "as1": {
+        "mode": "segmentio",
+        "app_id": "as1-app-id",
+        "secret": "as1-secret-key",
+        "write_key": "wk_as1_live",
+    },
 }
 
 FAST_RETRIES = {

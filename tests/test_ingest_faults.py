@@ -27,21 +27,21 @@ pytestmark = pytest.mark.integration
 CONNECTIONS = """
 [[connection]]
 id = "acme"
-write_keys = ["wk_acme"]
+write_keys = ["wk_acme_live"]
 segment_webhook_secret = "seg-secret"
 [connection.voucherify]
-app_id = "app"
-secret_key = "secret"
+app_id = "app-id-acme"
+secret_key = "secret-key-acme"
 region = "eu"
 api_url = "http://127.0.0.1:9"
 webhook_secret = "vf-secret"
 [connection.segment]
-write_key = "seg-out"
+write_key = "segment-out-key"
 api_url = "http://127.0.0.1:9"
 """
 
 
-def auth(key: str = "wk_acme") -> dict[str, str]:
+def auth(key: str = "wk_acme_live") -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
 
 
@@ -416,13 +416,13 @@ def test_auth_styles(tmp_path: Path, redis_url: str, stack_factory: list) -> Non
     path.write_text(CONNECTIONS)
     stack = make_stack(stack_factory, tmp_path, redis_url, path)
     stack.web()
-    no_colon = {"Authorization": "Basic " + base64.b64encode(b"wk_acme").decode()}
+    no_colon = {"Authorization": "Basic " + base64.b64encode(b"wk_acme_live").decode()}
     for headers, body in (
         (auth(), event(messageId="a-1")),
         (no_colon, event(messageId="a-2")),
-        ({}, event(messageId="a-3", writeKey="wk_acme")),
+        ({}, event(messageId="a-3", writeKey="wk_acme_live")),
         # analytics.js posts text/plain
-        ({"Content-Type": "text/plain"}, event(messageId="a-4", writeKey="wk_acme")),
+        ({"Content-Type": "text/plain"}, event(messageId="a-4", writeKey="wk_acme_live")),
     ):
         answer = requests.post(stack.web_url + "/v1/t", data=json.dumps(body), headers=headers, timeout=10)
         assert answer.status_code == 200, answer.text
@@ -454,7 +454,9 @@ def test_redis_down_gives_503_and_the_client_retry_succeeds(tmp_path: Path, stac
 
         # Segment's client gets the 503 with Retry-After, waits, and retries the same batch.
         errors: list[Exception] = []
-        client = Client("wk_acme", host=stack.web_url, on_error=lambda e, _b: errors.append(e), max_retries=5)
+        client = Client(
+            "wk_acme_live", host=stack.web_url, on_error=lambda e, _b: errors.append(e), max_retries=5
+        )
         client.track("retry-user", "Retried Event", {"n": 1})
 
         def restart() -> None:

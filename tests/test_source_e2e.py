@@ -50,8 +50,8 @@ def connections(fakes: dict[str, FakeSegment]) -> str:
 id = "{cid}"
 write_keys = ["wk-{cid}"]
 [connection.voucherify]
-app_id = "app"
-secret_key = "secret"
+app_id = "app-id-acme"
+secret_key = "secret-key-acme"
 region = "eu"
 api_url = "http://127.0.0.1:9"
 webhook_secret = "{SECRETS[cid]}"

@@ -33,7 +33,7 @@ from workers.delivery.deadletters import DeadLetters
 from workers.delivery.keys import Keys
 
 CONNECTION_ID = "acme"
-WRITE_KEY = "wk_acme"
+WRITE_KEY = "wk_acme_live"
 VOUCHERIFY_QUEUE = "voucherify.eu"
 
 # Small backoff and timeouts so that faults play out in seconds.  A message waits in a worker at
