@@ -200,13 +200,20 @@ def parked_items(redis_url: str) -> list[dict[str, Any]]:
 
 
 def double_deliveries(
-    fake: FakeVoucherify, faults: list[tuple[float, float]], margin: float = 2.0
+    fake: FakeVoucherify,
+    faults: list[tuple[float, float]],
+    *,
+    before: float = 1.0,
+    after: float = 0.25,
 ) -> tuple[list[str], list[str]]:
     """(explained, unexplained) keys with more than one 2xx.
 
-    Explained: the first 2xx was in flight during a fault window ``(start, end)`` (it arrived
-    before the window ended and finished no earlier than ``margin`` seconds before it began):
-    its sender died or lost Redis before recording it.
+    Explained: exactly two 2xx, the first of which was on the wire during a fault window
+    ``(start, end)``: it arrived at the fake at most ``after`` seconds past the window's end (the
+    two clocks are one machine's), and its answer went out at most ``before`` seconds before the
+    window began -- the time a live worker may take to record an answer it has received (one
+    batched Redis round trip, under load).  Anything delivered earlier was recorded, or should
+    have been: re-sending it is a bug (a whole task re-sent after a fault, say).
     """
     explained: list[str] = []
     unexplained: list[str] = []
@@ -215,7 +222,7 @@ def double_deliveries(
             continue
         first = records[0]
         start, end = first["time"], first["time"] + first["duration_ms"] / 1000.0
-        in_flight = any(start <= f_end + margin and end >= f_start - margin for f_start, f_end in faults)
+        in_flight = any(start <= f_end + after and end >= f_start - before for f_start, f_end in faults)
         (explained if in_flight and len(records) == 2 else unexplained).append(key)
     return explained, unexplained
 
