@@ -27,7 +27,7 @@ from typing import Any
 import redis
 import requests
 
-from tests.support.fakes import FakeVoucherify
+from tests.support.fakes import FakeProcess, FakeVoucherify
 from tests.support.processes import BIN, ROOT
 from workers.delivery.deadletters import DeadLetters
 from workers.delivery.keys import Keys
@@ -174,6 +174,21 @@ def delivered_ids(fake: FakeVoucherify, path: str | None = None) -> set[str]:
     return {message_id_of(k) for k in by_key(successes(fake, path)) if k}
 
 
+def outcome_lines(log_text: str, outcome: str | None = None) -> list[dict[str, Any]]:
+    """The per-event outcome lines (JSON) of a worker's log, optionally of one ``outcome``."""
+    found = []
+    for line in log_text.splitlines():
+        if not line.startswith("{") or '"outcome"' not in line:
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if outcome is None or record.get("outcome") == outcome:
+            found.append(record)
+    return found
+
+
 def dead_letters(redis_url: str) -> list[Any]:
     client = redis.Redis.from_url(redis_url)
     try:
@@ -255,7 +270,7 @@ def connector_cli(env: dict[str, str], *args: str, timeout: float = 60.0) -> sub
     )
 
 
-def wait_quiet(fake: FakeVoucherify, seconds: float, timeout: float = 120.0) -> None:
+def wait_quiet(fake: FakeProcess, seconds: float, timeout: float = 120.0) -> None:
     """Wait until the fake has seen no new call for ``seconds`` (so late duplicates would show)."""
     deadline = time.monotonic() + timeout
     last = -1
