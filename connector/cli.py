@@ -362,6 +362,15 @@ def scheduler(interval: float | None) -> None:
     from workers.delivery.scheduler import Scheduler, SchedulerConfig
 
     configure_logging("scheduler")
+    # Like the web and the workers: a configuration that does not load stops the process at
+    # start-up, before it moves any work (it would otherwise feed queues no worker can serve).
+    from connector.config import ConfigError, load_settings
+
+    try:
+        load_settings()
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
     url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
     config = SchedulerConfig.from_env()
     if interval is not None:
