@@ -93,7 +93,8 @@ def test_older_identify_arriving_later_does_not_overwrite_the_newer(
     wait_until(lambda: upserts_of(voucherify, "u-stale"), timeout=30, what="the newer identify")
     assert sender.one(older, "identify").status_code == 200
     # A marker for another customer, sent after: once it is delivered, the older one was handled.
-    assert sender.one(identify("id-marker", "u-marker", "2030-01-01T09:00:00Z", "m@example.com"), "identify")
+    marker = identify("id-marker", "u-marker", "2030-01-01T09:00:00Z", "m@example.com")
+    assert sender.one(marker, "identify").status_code == 200
     wait_until(lambda: upserts_of(voucherify, "u-marker"), timeout=30, what="the marker")
     wait_quiet(voucherify, seconds=2)
 
