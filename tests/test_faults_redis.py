@@ -33,10 +33,12 @@ from tests.support.faultkit import (
     dead_letters,
     delivered_ids,
     double_deliveries,
+    successes,
     track,
     wait_quiet,
     write_connections,
 )
+from tests.support.identify_traffic import account, check_identify_traffic, identify_heavy
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.integration
@@ -138,5 +140,37 @@ def test_redis_restart_with_aof_mid_stream(
         assert unexplained == [], f"delivered twice, not explained by the outage: {unexplained[:10]}"
         assert len(explained) <= INFLIGHT, explained
         print(f"{len(sender.accepted)} accepted, {len(sender.refused)} refused, re-sent: {explained}")
+    finally:
+        server.stop()
+
+
+def test_redis_restart_during_identify_heavy_traffic_applies_every_upsert_once(
+    tmp_path: Path, stack_factory: list, voucherify: FakeVoucherify
+) -> None:
+    """Merged and bulk upserts cut by the outage: every customer's upserts applied exactly once
+    (bar calls on the wire when Redis went), counted per customer from what the fake received
+    (``tests.support.identify_traffic``), and every final state right."""
+    voucherify.set_faults(latency_ms=150)
+    server = AofRedis(tmp_path / "redis")
+    server.start()
+    try:
+        config = write_connections(tmp_path, voucherify)
+        stack = make_stack(stack_factory, tmp_path, server.url, config, **ENV)
+        stack.web(workers=1)
+        stack.worker("worker", concurrency=8)
+        stack.scheduler()
+        traffic = identify_heavy("aof", customers=80)
+        sender = Sender(stack.web_url)
+        for batch in traffic.batches:
+            assert sender.batch(batch) == 200
+
+        wait_until(lambda: len(successes(voucherify)) >= 15, timeout=60, what="the upserts under way")
+        down_at = time.time()
+        assert account(voucherify, traffic).problems, "the outage came too late to test anything"
+        server.shutdown()
+        time.sleep(OUTAGE_SECONDS)
+        server.start()
+        up_at = time.time()
+        check_identify_traffic(voucherify, server.url, sender, traffic, [(down_at, up_at)], INFLIGHT)
     finally:
         server.stop()
