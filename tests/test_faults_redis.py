@@ -33,13 +33,12 @@ from tests.support.faultkit import (
     dead_letters,
     delivered_ids,
     double_deliveries,
-    successes,
     track,
     wait_quiet,
     write_connections,
 )
-from tests.support.identify_traffic import account, check_identify_traffic, identify_heavy
-from tests.support.processes import wait_until
+from tests.support.identify_traffic import account, check_identify_traffic, send_identify_traffic
+from tests.support.processes import Stack, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -87,17 +86,24 @@ class AofRedis:
             self.proc.wait(15)
 
 
+def aof_stack(
+    tmp_path: Path, stack_factory: list, voucherify: FakeVoucherify, server: AofRedis, web_workers: int
+) -> Stack:
+    """web, one worker (8 tasks, ``INFLIGHT`` send slots) and the scheduler on ``server``."""
+    stack = make_stack(stack_factory, tmp_path, server.url, write_connections(tmp_path, voucherify), **ENV)
+    stack.web(workers=web_workers)
+    stack.worker("worker", concurrency=8)
+    stack.scheduler()
+    return stack
+
+
 def test_redis_restart_with_aof_mid_stream(
     tmp_path: Path, stack_factory: list, voucherify: FakeVoucherify
 ) -> None:
     server = AofRedis(tmp_path / "redis")
     server.start()
     try:
-        config = write_connections(tmp_path, voucherify)
-        stack = make_stack(stack_factory, tmp_path, server.url, config, **ENV)
-        stack.web(workers=2)
-        stack.worker("worker", concurrency=8)
-        stack.scheduler()
+        stack = aof_stack(tmp_path, stack_factory, voucherify, server, web_workers=2)
         sender = Sender(stack.web_url)
 
         def stream() -> None:
@@ -154,17 +160,8 @@ def test_redis_restart_during_identify_heavy_traffic_applies_every_upsert_once(
     server = AofRedis(tmp_path / "redis")
     server.start()
     try:
-        config = write_connections(tmp_path, voucherify)
-        stack = make_stack(stack_factory, tmp_path, server.url, config, **ENV)
-        stack.web(workers=1)
-        stack.worker("worker", concurrency=8)
-        stack.scheduler()
-        traffic = identify_heavy("aof", customers=80)
-        sender = Sender(stack.web_url)
-        for batch in traffic.batches:
-            assert sender.batch(batch) == 200
-
-        wait_until(lambda: len(successes(voucherify)) >= 15, timeout=60, what="the upserts under way")
+        stack = aof_stack(tmp_path, stack_factory, voucherify, server, web_workers=1)
+        traffic, sender = send_identify_traffic(stack.web_url, voucherify, "aof")
         down_at = time.time()
         assert account(voucherify, traffic).problems, "the outage came too late to test anything"
         server.shutdown()

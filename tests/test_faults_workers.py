@@ -41,7 +41,7 @@ from tests.support.faultkit import (
     wait_quiet,
     write_connections,
 )
-from tests.support.identify_traffic import account, check_identify_traffic, identify_heavy
+from tests.support.identify_traffic import account, check_identify_traffic, send_identify_traffic
 from tests.support.processes import Proc, Stack, wait_until
 
 pytestmark = pytest.mark.integration
@@ -176,12 +176,7 @@ def test_kill_9_during_identify_heavy_traffic_applies_every_upsert_once(
     voucherify.set_faults(latency_ms=IDENTIFY_LATENCY_MS)
     stack = start(stack_factory, tmp_path, private_redis, voucherify)
     doomed = stack.worker("doomed", concurrency=WORKER_CONCURRENCY)
-    traffic = identify_heavy("kill", customers=80)
-    sender = Sender(stack.web_url)
-    for batch in traffic.batches:
-        assert sender.batch(batch) == 200
-
-    wait_until(lambda: len(successes(voucherify)) >= 15, timeout=60, what="the upserts under way")
+    traffic, sender = send_identify_traffic(stack.web_url, voucherify, "kill")
     killed_at = time.time()
     doomed.kill()
     assert account(voucherify, traffic).problems, "the kill came too late to test anything"

@@ -19,7 +19,7 @@ import redis
 import requests
 
 from connector.embedded import free_port
-from tests.support.processes import BIN, Proc, base_env
+from tests.support.processes import BIN, Proc, base_env, celery_worker_args
 from workers.celery_app import TASK_SEGMENT_EVENTS, create_celery
 from workers.delivery.keys import Keys
 from workers.delivery.store import DelayedStore, Parked
@@ -101,20 +101,7 @@ def test_worker_exits_and_leaves_queued_work_alone(tmp_path: Path, redis_url: st
         tmp_path,
         redis_url,
         "worker",
-        [
-            str(BIN / "celery"),
-            "-A",
-            "workers.worker",
-            "worker",
-            "--pool",
-            "gevent",
-            "--concurrency",
-            "4",
-            "--without-gossip",
-            "--without-mingle",
-            "-Q",
-            "voucherify.eu",
-        ],
+        [*celery_worker_args("broken@%h", concurrency=4), "-Q", "voucherify.eu"],
         REMAP_SIGTERM="SIGQUIT",
     )
     try:

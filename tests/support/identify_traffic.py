@@ -149,6 +149,19 @@ def identify_heavy(
     return traffic
 
 
+def send_identify_traffic(
+    web_url: str, fake: FakeVoucherify, prefix: str, customers: int = 80
+) -> tuple[Traffic, Sender]:
+    """Identify-heavy traffic, every request accepted, and back once upserts are being applied
+    (the moment a fault test strikes)."""
+    traffic = identify_heavy(prefix, customers=customers)
+    sender = Sender(web_url)
+    for batch in traffic.batches:
+        assert sender.batch(batch) == 200
+    wait_until(lambda: len(successes(fake)) >= 15, timeout=60, what="the upserts under way")
+    return traffic, sender
+
+
 # ---------------------------------------------------------------------------------------------
 # Accounting
 

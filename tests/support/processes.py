@@ -63,6 +63,27 @@ def wait_until(
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: last={last!r}")
 
 
+def celery_worker_args(node: str, pool: str = "gevent", concurrency: int = 20) -> list[str]:
+    """A Celery worker as the Procfile starts one (pool, concurrency), quiet about its peers."""
+    return [
+        str(BIN / "celery"),
+        "-A",
+        "workers.worker",
+        "worker",
+        "--pool",
+        pool,
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "-n",
+        node,
+    ]
+
+
 class Proc:
     def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
         self.name = name
@@ -167,23 +188,7 @@ class Stack:
         pool: str = "gevent",
         **extra: str,
     ) -> Proc:
-        args = [
-            str(BIN / "celery"),
-            "-A",
-            "workers.worker",
-            "worker",
-            "--pool",
-            pool,
-            "--concurrency",
-            str(concurrency),
-            "--loglevel",
-            "INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "-n",
-            f"{name}-{os.getpid()}-{len(self.procs)}@%h",
-        ]
+        args = celery_worker_args(f"{name}-{os.getpid()}-{len(self.procs)}@%h", pool, concurrency)
         env = {**self.env, **extra}
         if queues:
             env["WORKER_QUEUES"] = ",".join(queues)
