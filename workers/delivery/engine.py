@@ -6,6 +6,7 @@
       no send slot before the deadline ────────────────────────────> PARKED deferred (due now)
       ledger.claim ── DUPLICATE ───────────────────────────────────> DONE   skipped/duplicate
                    ── BUSY (another attempt in flight) ────────────> PARKED busy (claim's TTL)
+      merged call: each part's key claimed too ── a part BUSY ─────> PARKED busy (nothing sent)
       upsert older than the newest applied? ───────────────────────> DONE   skipped/stale
       ratelimit.acquire ── denied (no attempt counted) ────────────> PARKED throttled (slot)
       send ── classify ── SUCCESS ─ ledger done, stale raised ─────> DONE   delivered
