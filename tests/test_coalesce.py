@@ -332,3 +332,34 @@ def test_failed_coalesced_call_is_retried_whole(rt: Runtime, transport: FakeTran
         True,
         True,
     ]
+
+
+def test_a_part_in_flight_elsewhere_parks_the_merged_call_and_is_never_sent_twice(
+    rt: Runtime, transport: FakeTransport, keys: Keys
+) -> None:
+    # The same event (m2) in two differently merged calls: the merged keys differ, the event's
+    # key does not.  While another attempt holds m2's claim, the second merged call sends nothing.
+    conn = rt.settings.connections[0]
+    from workers.delivery.engine import build_context, new_item
+    from workers.delivery.ledger import new_token
+
+    ledger = Ledger(rt.redis, keys, "acme")
+    other = new_token()
+    [held] = ledger.claim_many(["acme:v:m2:upsert_customer"], other, 30)
+    assert held.state.name == "CLAIMED"
+    [merged] = coalesce(
+        [upsert("m2", "a", name="A"), upsert("m3", "a", "2024-05-01T10:00:01.000Z", email="e")]
+    )
+    ctx = build_context(rt, conn, conn.id, "destination")
+    item = new_item(merged.request, [], None, 2)
+    step = deliver_one(ctx, item)
+    assert (step.kind.name, step.reason) == ("PARKED", "busy") and transport.calls == []
+    # Nothing of ours stays claimed: m3 (and the merged key) can go elsewhere meanwhile.
+    assert rt.redis.get(keys.ledger("acme", "acme:v:m3:upsert_customer")) is None
+    assert rt.redis.get(keys.ledger("acme", merged.request.idempotency_key)) is None
+
+    # The other attempt delivered m2: the parked call sends m3 alone.
+    ledger.complete("acme:v:m2:upsert_customer", 3600)
+    assert deliver_one(ctx, item).reason == "delivered"
+    assert [c.body for c in transport.calls] == [{"source_id": "a", "email": "e"}]
+    assert ledger.done_many(["acme:v:m2:upsert_customer", "acme:v:m3:upsert_customer"]) == [True, True]

@@ -230,8 +230,10 @@ def test_redis_failure_requeues_the_task(rt: Runtime, monkeypatch: pytest.Monkey
 
     rt.redis = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
     monkeypatch.setattr(pipeline, "REQUEUE_PAUSE_SECONDS", 0.0)
-    with pytest.raises(Reject):
+    with pytest.raises(Reject) as rejected:
         run(rt, [ev("m1")])
+    # Requeued, not dropped: Reject(requeue=False) would discard the message and lose the batch.
+    assert rejected.value.requeue is True
 
 
 def test_many_customers_are_delivered_concurrently(rt: Runtime, transport: FakeTransport) -> None:

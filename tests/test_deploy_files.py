@@ -23,6 +23,7 @@ from packaging.version import Version
 
 from connector.config import load_settings
 from connector.embedded import free_port
+from tests.support import secrets
 from tests.support.processes import BIN, ROOT, base_env, wait_until
 
 
@@ -244,16 +245,17 @@ def test_procfile_starts_under_honcho(tmp_path: Path, redis_url: str) -> None:
         """
 [[connection]]
 id = "honcho"
-write_keys = ["wk_h"]
+write_keys = ["wk_honcho_key"]
 [connection.voucherify]
-app_id = "a"
-secret_key = "s"
+app_id = "app-id-honcho"
+secret_key = "secret-key-honcho"
 region = "eu"
 api_url = "http://127.0.0.1:9"
 """
     )
     port = free_port()
     env = base_env(redis_url, conn, PORT=str(port), WEB_CONCURRENCY="1", WORKER_CONCURRENCY="5")
+    secrets.register_env(env)  # honcho's log is scanned at the end of the session
     log_path = tmp_path / "honcho.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(

@@ -3,7 +3,9 @@
 - the same ``messageId`` ingested twice (a client retrying a request whose answer it lost):
   Voucherify gets one call;
 - two identifies of one customer processed out of order (the older, by event ``timestamp``,
-  arrives after the newer): the newer traits stay, the older is skipped as stale.
+  arrives after the newer): the newer traits stay, the older is skipped as stale;
+- identify-heavy traffic (merged and bulk upserts) sent again at once, grouped differently:
+  every customer's upserts applied exactly once (``tests.support.identify_traffic``).
 
 (A replayed Voucherify webhook giving one Segment event is ``tests/test_source_e2e.py``.)
 """
@@ -29,6 +31,7 @@ from tests.support.faultkit import (
     wait_quiet,
     write_connections,
 )
+from tests.support.identify_traffic import BULK_PATH, account, identify_heavy
 from tests.support.processes import Stack, wait_until
 
 pytestmark = pytest.mark.integration
@@ -94,7 +97,8 @@ def test_older_identify_arriving_later_does_not_overwrite_the_newer(
     wait_until(lambda: upserts_of(voucherify, "u-stale"), timeout=30, what="the newer identify")
     assert sender.one(older, "identify").status_code == 200
     # A marker for another customer, sent after: once it is delivered, the older one was handled.
-    assert sender.one(identify("id-marker", "u-marker", "2024-01-01T09:00:00Z", "m@example.com"), "identify")
+    marker = identify("id-marker", "u-marker", "2024-01-01T09:00:00Z", "m@example.com")
+    assert sender.one(marker, "identify").status_code == 200
     wait_until(lambda: upserts_of(voucherify, "u-marker"), timeout=30, what="the marker")
     wait_quiet(voucherify, seconds=2)
 
@@ -104,5 +108,37 @@ def test_older_identify_arriving_later_does_not_overwrite_the_newer(
     (worker,) = [p for p in stack.procs if p.name == "worker"]
     assert '"message_id":"id-old","action":"upsert_customer"' in worker.log()
     assert any('"id-old"' in line and '"reason":"stale"' in line for line in worker.log().splitlines())
+    sender.assert_no_server_errors()
+    assert dead_letters(private_redis) == []
+
+
+def test_identify_heavy_traffic_sent_again_regrouped_applies_every_upsert_once(
+    stack: Stack, voucherify: FakeVoucherify, private_redis: str
+) -> None:
+    """Merged and bulk upserts carry keys of their own; a duplicate grouped differently gets
+    other merged keys, so only per-event idempotency keeps it from being applied twice."""
+    voucherify.set_faults(latency_ms=30)
+    traffic = identify_heavy("dup", customers=40)
+    sender = Sender(stack.web_url)
+    # Every event twice, the copies cut into other requests (a client that lost its answers and
+    # re-batched, a proxy replaying), each copy sent right after the original covering the same
+    # events -- so that both are in the workers at the same time; then every third original again.
+    events = traffic.events
+    originals = [(i, events[i : i + 20]) for i in range(0, len(events), 20)]
+    copies = [(i, events[i : i + 7]) for i in range(0, len(events), 7)]
+    for _start, batch in sorted(originals + copies, key=lambda pair: pair[0]):
+        assert sender.batch(batch) == 200
+    for _start, batch in originals[::3]:
+        assert sender.batch(batch) == 200
+
+    def settled() -> bool:
+        return not any("never applied" in p for p in account(voucherify, traffic).problems)
+
+    wait_until(settled, timeout=60, interval=0.5, what="every upsert applied")
+    wait_quiet(voucherify, seconds=3)
+    result = account(voucherify, traffic)  # no fault: nothing may be applied twice
+    assert result.problems == [], result.problems[:20]
+    assert result.doubles == []
+    assert result.calls[BULK_PATH] > 0, result.summary()
     sender.assert_no_server_errors()
     assert dead_letters(private_redis) == []

@@ -27,6 +27,7 @@ from tests.support.faultkit import (
     calls,
     dead_letters,
     delivered_ids,
+    outcome_lines,
     parked_items,
     track,
     write_connections,
@@ -65,8 +66,7 @@ def test_budget_across_three_workers_never_exceeded_and_nothing_lost(
     config = write_connections(tmp_path, voucherify, rate_limit=LIMIT)
     stack = make_stack(stack_factory, tmp_path, private_redis, config, **FAST_ENV)
     stack.web()
-    for name in ("w1", "w2", "w3"):
-        stack.worker(name, concurrency=8)
+    workers = [stack.worker(name, concurrency=8) for name in ("w1", "w2", "w3")]
     stack.scheduler()
 
     sender = Sender(stack.web_url)
@@ -95,3 +95,12 @@ def test_budget_across_three_workers_never_exceeded_and_nothing_lost(
 
     wait_until(accounted, timeout=10, what="every event delivered or parked")
     assert dead_letters(private_redis) == []
+
+    # The budget was shared, not merely respected by one busy worker: several worker processes
+    # delivered, and what each says it delivered is what the fake received, once.
+    per_worker = {w.name: [r["message_id"] for r in outcome_lines(w.log(), "delivered")] for w in workers}
+    busy = [name for name, ids in per_worker.items() if ids]
+    assert len(busy) >= 2, {name: len(ids) for name, ids in per_worker.items()}
+    everyone = [m for ids in per_worker.values() for m in ids]
+    assert len(everyone) == len(set(everyone)) == len(delivered_ids(voucherify))
+    assert set(everyone) == delivered_ids(voucherify)

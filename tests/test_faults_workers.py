@@ -6,6 +6,9 @@ Redis and the fake Voucherify (SPEC 5 and 9).
   kombu's unacked sweep, in-flight ledger claims expire, and everything is delivered.
 - SIGTERM as Heroku sends it (``REMAP_SIGTERM=SIGQUIT``, then SIGKILL after a grace period)
   while a second worker keeps running: nothing lost.
+- ``kill -9`` during identify-heavy traffic (merged and bulk upserts): every customer's upserts
+  applied exactly once, counted per customer from what the fake received
+  (``tests.support.identify_traffic``), and every final state right.
 
 Each asserts: every accepted event delivered (none dead-lettered), none delivered twice except a
 call that was on the wire when the worker died (see ``tests.support.faultkit``), no 500s.
@@ -38,6 +41,7 @@ from tests.support.faultkit import (
     wait_quiet,
     write_connections,
 )
+from tests.support.identify_traffic import account, check_identify_traffic, send_identify_traffic
 from tests.support.processes import Proc, Stack, wait_until
 
 pytestmark = pytest.mark.integration
@@ -157,3 +161,27 @@ def test_sigterm_as_heroku_sends_it_loses_nothing(
     assert not leaving.alive()
     assert len(delivered_ids(voucherify)) < EVENTS, "the SIGTERM came too late to test anything"
     check(voucherify, redis_url, sender, (termed_at, gone_at))
+
+
+# ---------------------------------------------------------------------------------------------
+# Identify-heavy traffic: merged and bulk upserts, where idempotency is hardest
+
+
+IDENTIFY_LATENCY_MS = 150  # slow enough that the kill lands with merged and bulk calls in flight
+
+
+def test_kill_9_during_identify_heavy_traffic_applies_every_upsert_once(
+    tmp_path: Path, private_redis: str, stack_factory: list, voucherify: FakeVoucherify
+) -> None:
+    voucherify.set_faults(latency_ms=IDENTIFY_LATENCY_MS)
+    stack = start(stack_factory, tmp_path, private_redis, voucherify)
+    doomed = stack.worker("doomed", concurrency=WORKER_CONCURRENCY)
+    traffic, sender = send_identify_traffic(stack.web_url, voucherify, "kill")
+    killed_at = time.time()
+    doomed.kill()
+    assert account(voucherify, traffic).problems, "the kill came too late to test anything"
+
+    stack.worker("fresh", concurrency=WORKER_CONCURRENCY)
+    check_identify_traffic(
+        voucherify, private_redis, sender, traffic, [(killed_at, killed_at)], IN_FLIGHT_BOUND
+    )

@@ -21,10 +21,10 @@ pytestmark = pytest.mark.integration
 CONNECTIONS = """
 [[connection]]
 id = "acme"
-write_keys = ["wk_acme"]
+write_keys = ["wk_acme_live"]
 [connection.voucherify]
-app_id = "app"
-secret_key = "secret"
+app_id = "app-id-acme"
+secret_key = "secret-key-acme"
 region = "eu"
 api_url = "http://127.0.0.1:9"
 
@@ -32,8 +32,8 @@ api_url = "http://127.0.0.1:9"
 id = "other"
 write_keys = ["wk_other"]
 [connection.voucherify]
-app_id = "app2"
-secret_key = "secret2"
+app_id = "app-id-other"
+secret_key = "secret-key-other"
 region = "us1"
 api_url = "http://127.0.0.1:9"
 """
@@ -63,7 +63,7 @@ def test_official_client_all_six_calls_reach_the_broker(
     stack.web()
     errors: list[Exception] = []
     client = Client(
-        "wk_acme",
+        "wk_acme_live",
         host=stack.web_url,
         gzip=gzip,
         sync_mode=True,
@@ -120,7 +120,7 @@ def test_clock_skew_is_corrected(tmp_path: Path, redis_url: str, stack_factory: 
         "batch": [{"type": "track", "userId": "u", "event": "E", "timestamp": iso(ahead - 60)}],
         "sentAt": iso(ahead),
         "context": {"ip": "1.2.3.4", "library": {"name": "x"}},
-        "writeKey": "wk_acme",
+        "writeKey": "wk_acme_live",
     }
     answer = requests.post(stack.web_url + "/v1/batch", json=body, timeout=5)
     assert answer.status_code == 200, answer.text

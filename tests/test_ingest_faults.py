@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 import requests
+from segment.analytics import request as segment_request
 from segment.analytics.client import Client
 
 from connector.embedded import free_port, start_redis
@@ -28,30 +29,30 @@ pytestmark = pytest.mark.integration
 CONNECTIONS = """
 [[connection]]
 id = "acme"
-write_keys = ["wk_acme"]
+write_keys = ["wk_acme_live"]
 segment_webhook_secret = "seg-secret"
 [connection.voucherify]
-app_id = "app"
-secret_key = "secret"
+app_id = "app-id-acme"
+secret_key = "secret-key-acme"
 region = "eu"
 api_url = "http://127.0.0.1:9"
 webhook_secret = "vf-secret"
 [connection.segment]
-write_key = "seg-out"
+write_key = "segment-out-key"
 api_url = "http://127.0.0.1:9"
 
 [[connection]]
 id = "nosig"
 write_keys = ["wk_nosig"]
 [connection.voucherify]
-app_id = "app"
-secret_key = "secret"
+app_id = "nosig-app-id"
+secret_key = "nosig-secret-key"
 region = "eu"
 api_url = "http://127.0.0.1:9"
 """
 
 
-def auth(key: str = "wk_acme") -> dict[str, str]:
+def auth(key: str = "wk_acme_live") -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
 
 
@@ -587,13 +588,13 @@ def test_auth_styles(tmp_path: Path, redis_url: str, stack_factory: list) -> Non
     path.write_text(CONNECTIONS)
     stack = make_stack(stack_factory, tmp_path, redis_url, path)
     stack.web()
-    no_colon = {"Authorization": "Basic " + base64.b64encode(b"wk_acme").decode()}
+    no_colon = {"Authorization": "Basic " + base64.b64encode(b"wk_acme_live").decode()}
     for headers, body in (
         (auth(), event(messageId="a-1")),
         (no_colon, event(messageId="a-2")),
-        ({}, event(messageId="a-3", writeKey="wk_acme")),
+        ({}, event(messageId="a-3", writeKey="wk_acme_live")),
         # analytics.js posts text/plain
-        ({"Content-Type": "text/plain"}, event(messageId="a-4", writeKey="wk_acme")),
+        ({"Content-Type": "text/plain"}, event(messageId="a-4", writeKey="wk_acme_live")),
     ):
         answer = requests.post(stack.web_url + "/v1/t", data=json.dumps(body), headers=headers, timeout=10)
         assert answer.status_code == 200, answer.text
@@ -623,27 +624,42 @@ def test_redis_down_gives_503_and_the_client_retry_succeeds(tmp_path: Path, stac
         assert answer.json()["code"] == "broker_unavailable"
         assert requests.get(stack.web_url + "/readyz", timeout=5).status_code == 503
 
-        # Segment's client gets the 503 with Retry-After, waits, and retries the same batch.
-        errors: list[Exception] = []
-        client = Client("wk_acme", host=stack.web_url, on_error=lambda e, _b: errors.append(e), max_retries=5)
-        client.track("retry-user", "Retried Event", {"n": 1})
+        # Segment's client gets the 503 with Retry-After, waits, and retries the same batch.  What
+        # the client received is recorded through its own HTTP session (a response hook), so the
+        # test shows the 503 reached it -- and Redis comes back only after it did.
+        seen: list[tuple[int, list[str]]] = []  # (status, messageIds of the batch sent)
 
-        def restart() -> None:
-            time.sleep(2)
-            nonlocal redis_proc
+        def record(response: requests.Response, *_args: Any, **_kwargs: Any) -> None:
+            if response.url.startswith(stack.web_url):
+                raw = response.request.body or b"{}"
+                sent = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+                seen.append((response.status_code, [e["messageId"] for e in sent.get("batch", [])]))
+
+        hooks = segment_request._session.hooks["response"]
+        hooks.append(record)
+        try:
+            errors: list[Exception] = []
+            client = Client(
+                "wk_acme_live", host=stack.web_url, on_error=lambda e, _b: errors.append(e), max_retries=10
+            )
+            client.track("retry-user", "Retried Event", {"n": 1})
+            wait_until(lambda: seen and seen[0][0] == 503, timeout=20, what="the client's first answer: 503")
             redis_proc, _ = start_redis(tmp_path / "redis", port, appendonly=True)
-
-        thread = threading.Thread(target=restart)
-        thread.start()
-        thread.join()
-        wait_until(
-            lambda: [e for e in queued_events(url, "voucherify.eu") if e.get("event") == "Retried Event"],
-            timeout=40,
-            what="the retried event in the broker",
-        )
-        client.flush()
-        client.join()
+            wait_until(
+                lambda: [e for e in queued_events(url, "voucherify.eu") if e.get("event") == "Retried Event"],
+                timeout=40,
+                what="the retried event in the broker",
+            )
+            client.flush()
+            client.join()
+        finally:
+            hooks.remove(record)
         assert errors == []
+        # 503s (one or more, while Redis was down), then the same batch retried and accepted once.
+        statuses = [status for status, _ids in seen]
+        assert statuses[0] == 503 and statuses[-1] == 200 and set(statuses) == {503, 200}, seen
+        assert statuses.count(200) == 1, seen
+        assert len({tuple(ids) for _status, ids in seen}) == 1 and len(seen[0][1]) == 1, seen  # one batch
         assert len([e for e in queued_events(url, "voucherify.eu") if e.get("event") == "Retried Event"]) == 1
     finally:
         redis_proc.terminate()

@@ -1,14 +1,16 @@
 """Voucherify -> Segment end to end, with real processes only.
 
 Signed webhooks (every fixture, in each envelope version) -> gunicorn -> Redis -> Celery worker
--> the fake Segment Tracking API (`/v1/batch`).  Checks names, userId, messageId, timestamp and
-properties against the mapping data files, deduplication of redelivered webhooks, and routing of
+-> the fake Segment Tracking API (`/v1/batch`).  Checks that each event arrives exactly once, by
+identity (messageIds from the documented formula), with the name, userId, timestamp and every
+property of the hand-written mapping cases; deduplication of redelivered webhooks; and routing of
 an `eu` and a `us` connection to their own Segment fakes.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,16 @@ import requests
 
 from tests.conftest import make_stack
 from tests.support.fakes import FakeSegment
+from tests.support.faultkit import wait_quiet
 from tests.support.processes import wait_until
-from tests.support.webhooks import VERSIONS, iso_now, load_example, signed_request, wrap
-from workers.source.mapping import message_id_for
+from tests.support.webhooks import (
+    VERSIONS,
+    documented_message_id,
+    iso_now,
+    load_example,
+    signed_request,
+    wrap,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -50,8 +59,8 @@ def connections(fakes: dict[str, FakeSegment]) -> str:
 id = "{cid}"
 write_keys = ["wk-{cid}"]
 [connection.voucherify]
-app_id = "app"
-secret_key = "secret"
+app_id = "app-id-acme"
+secret_key = "secret-key-acme"
 region = "eu"
 api_url = "http://127.0.0.1:9"
 webhook_secret = "{SECRETS[cid]}"
@@ -102,13 +111,24 @@ def test_every_fixture_in_every_envelope_becomes_one_track_call(stack, segment_f
                 skipped += 1
                 continue
             want = json.loads(json.dumps(case["expected"]))
-            if "voucherify_event_id" in want.get("properties", {}):
-                want["properties"]["voucherify_event_id"] = event_id
-            expected[message_id_for("acme-eu", event_id)] = {**want, "case": case_path.name}
+            want["properties"]["voucherify_event_id"] = event_id  # this envelope's own event id
+            expected[documented_message_id("acme-eu", event_id)] = {**want, "case": case_path.name}
     fake = segment_fakes["acme-eu"]
-    wait_until(lambda: len(segment_events(fake)) >= len(expected), timeout=60, what="all track calls")
+
+    def missing() -> set[str]:
+        return set(expected) - {e["messageId"] for e in segment_events(fake)}
+
+    try:
+        wait_until(lambda: not missing(), timeout=60, what="every expected track call")
+    except AssertionError:
+        lost = missing()
+        raise AssertionError(f"{len(lost)} expected track calls never arrived: {sorted(lost)[:5]}") from None
+    wait_quiet(fake, seconds=3)  # late duplicates or strays would arrive by now
     events = segment_events(fake)
-    assert len(events) == len(expected)
+    # Identities, not counts: each expected messageId exactly once, nothing else.
+    received = Counter(e["messageId"] for e in events)
+    assert set(received) == set(expected), sorted(set(received) ^ set(expected))[:10]
+    assert [m for m, n in received.items() if n != 1] == []
     assert skipped > 0
     for event in events:
         want = expected[event["messageId"]]
@@ -117,9 +137,9 @@ def test_every_fixture_in_every_envelope_becomes_one_track_call(stack, segment_f
         assert event["userId"] == want["userId"], want["case"]
         assert "anonymousId" not in event
         assert event["timestamp"] == want["timestamp"], want["case"]
-        for key, value in want.get("properties", {}).items():
-            assert event["properties"][key] == value, (want["case"], key)
+        assert event["properties"] == want["properties"], want["case"]
         assert event["context"]["integration"] == {"name": "voucherify"}
+        assert event["context"]["library"]["name"] == "segment-voucherify-connector"
         assert len(json.dumps(event)) < 32 * 1024
     # Batched: far fewer /v1/batch requests than events, each authenticated with the write key.
     batches = fake.requests(path="/v1/batch")
@@ -145,11 +165,12 @@ def test_redelivered_webhook_is_one_segment_event(stack, segment_fakes) -> None:
     other = wrap(example, "customer.redemption.succeeded", "2024-01-01", "evcus_marker", iso_now())
     assert post(stack.web_url, "acme-eu", other).status_code == 202
     wait_until(lambda: len(segment_events(fake)) >= 2, timeout=30, what="the marker event")
+    wait_quiet(fake, seconds=3)  # a late duplicate would arrive by now
     names = [(e["messageId"], e["event"]) for e in segment_events(fake)]
     assert sorted(names) == sorted(
         [
-            (message_id_for("acme-eu", "evcus_dup"), "Customer Redemption Succeeded"),
-            (message_id_for("acme-eu", "evcus_marker"), "Customer Redemption Succeeded"),
+            (documented_message_id("acme-eu", "evcus_dup"), "Customer Redemption Succeeded"),
+            (documented_message_id("acme-eu", "evcus_marker"), "Customer Redemption Succeeded"),
         ]
     )
 
@@ -163,7 +184,7 @@ def test_eu_and_us_connections_route_to_their_own_segment(stack, segment_fakes) 
         wait_until(lambda f=fake: segment_events(f), timeout=30, what=f"{cid} event")
     for cid, fake in segment_fakes.items():
         (event,) = segment_events(fake)
-        assert event["messageId"] == message_id_for(cid, f"ev-{cid}")
+        assert event["messageId"] == documented_message_id(cid, f"ev-{cid}")
         (request,) = fake.requests(path="/v1/batch")
         assert request["write_key"] == WRITE_KEYS[cid]
 

@@ -1,16 +1,17 @@
 """Voucherify -> Segment: envelopes, event names, the track call, skips, allow-list, size bound.
 
 The data-driven part runs every file of ``tests/mapping_cases/source/``: one fixture of
-``tests/fixtures/voucherify_webhooks/`` wrapped in each envelope version it lists, and the Segment
-call (or skip reason) it must give.  The twelve catalog events (and their non-customer aliases)
-have their full expected properties; other ``customer.*`` events the name, ids, timestamp,
-customer and the set of property keys.
+``tests/fixtures/voucherify_webhooks/`` (Voucherify's own OpenAPI examples) wrapped in each
+envelope version it lists, and the Segment call (or skip reason) it must give -- written by hand
+from the fixture by the rules of ``tests/mapping_cases/source/README.md``, every property compared.
+The ``messageId`` is computed here from the documented formula, not by the product's function.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,16 @@ import pytest
 from connector import __version__
 from connector.config import Connection, SegmentSettings, VoucherifySettings
 from connector.secrets import Secret
-from tests.support.webhooks import ACTIVITY, V2018, V2024, VERSIONS, fixture_names, load_example, wrap
+from tests.support.webhooks import (
+    ACTIVITY,
+    V2018,
+    V2024,
+    VERSIONS,
+    documented_message_id,
+    fixture_names,
+    load_example,
+    wrap,
+)
 from workers.errors import MappingError, SkipEvent
 from workers.source import envelope as env
 from workers.source.flatten import (
@@ -110,6 +120,13 @@ def _cases() -> Iterator[Any]:
             yield pytest.param(case, envelope, id=f"{path.stem}-{envelope['version']}")
 
 
+RULES_README = CASES_DIR / "README.md"
+CONTEXT = {
+    "integration": {"name": "voucherify"},
+    "library": {"name": "segment-voucherify-connector", "version": __version__},
+}
+
+
 @pytest.mark.parametrize(("case", "envelope"), list(_cases()))
 def test_mapping_case(case: dict[str, Any], envelope: dict[str, str]) -> None:
     body = wrap(
@@ -132,27 +149,34 @@ def test_mapping_case(case: dict[str, Any], envelope: dict[str, str]) -> None:
 
     track = map_webhook(event, connection)
     expected = case["expected"]
+    assert list(track) == ["type", "event", "userId", "messageId", "timestamp", "properties", "context"]
     assert track["type"] == "track"
-    assert "anonymousId" not in track
-    for field in ("event", "userId", "messageId", "timestamp"):
+    for field in ("event", "userId", "timestamp"):
         assert track[field] == expected[field], field
-    if "expected_property_keys" in case:
-        assert sorted(track["properties"]) == case["expected_property_keys"]
-        for key, value in expected["properties"].items():
-            assert track["properties"][key] == value, key
-    else:
-        assert track["properties"] == expected["properties"]
-        assert track["context"] == expected["context"]
+    # R-messageId: the documented formula, computed by the test.
+    assert track["messageId"] == documented_message_id(case["connection_id"], case["event_id"])
+    assert track["properties"] == expected["properties"]
+    assert track["context"] == CONTEXT
     assert serialized_size(track) <= TRACK_BYTES_BUDGET
 
 
-def test_every_fixture_has_a_case_and_every_catalog_event_full_expectations() -> None:
+def documented_rules() -> set[str]:
+    return set(re.findall(r"^\| (R-[A-Za-z-]+) \|", RULES_README.read_text(encoding="utf-8"), flags=re.M))
+
+
+def test_every_fixture_has_a_case_and_every_case_names_documented_rules() -> None:
     cases = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in CASES_DIR.glob("*.json")}
     assert set(cases) == set(fixture_names())
+    rules = documented_rules()
+    assert {"R-messageId", "R-timestamp", "R-context", "R-user", "R-name", "R-fold", "R-copy"} <= rules
     for vf_type in SPEC_CATALOG.values():
         assert vf_type in cases, f"no fixture for catalog event {vf_type}"
-        assert "properties" in cases[vf_type]["expected"] and "expected_property_keys" not in cases[vf_type]
     for name, case in cases.items():
+        assert ("expected" in case) != ("expected_skip" in case), name
+        if "expected" in case:
+            assert set(case["expected"]) == {"event", "userId", "timestamp", "properties"}, name
+        named = {re.match(r"R-[A-Za-z-]+", check).group(0) for check in case["checks"]}  # type: ignore[union-attr]
+        assert named and named <= rules, (name, named - rules)
         versions = [e["version"] for e in case["envelopes"]]
         assert versions[:2] == [V2024, V2018], name
         if name.startswith("customer."):
@@ -419,7 +443,8 @@ def test_same_event_in_every_envelope_gives_the_same_call() -> None:
 
 def test_message_id_is_stable_and_distinct_per_event_and_connection() -> None:
     base = message_id_for("acme-eu", "evcus_1")
-    assert base == "vf-586b6f4d-2df2-5f52-b3f4-f09bd2591c9e"  # pinned: changing it re-sends redeliveries
+    # The README's formula, computed by the test (changing it would re-send redeliveries).
+    assert base == documented_message_id("acme-eu", "evcus_1") == "vf-586b6f4d-2df2-5f52-b3f4-f09bd2591c9e"
     assert message_id_for("acme-eu", "evcus_1") == base
     assert message_id_for("acme-us", "evcus_1") != base
     assert message_id_for("acme-eu", "evcus_2") != base

@@ -143,6 +143,7 @@ class FakeProcess:
             *self._extra_args,
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self._cli_env(), **self._extra_env}
+        secrets.process_started()
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=PROJECT_ROOT, env=env
@@ -321,7 +322,7 @@ class FakeVoucherify(FakeProcess):
         super().__init__(name=name, **kw)
         self.app_id = app_id
         self.secret_key = secret_key
-        secrets.register(secret_key)
+        secrets.register(app_id, secret_key)
         self.strict_nulls = strict_nulls
 
     def _cli_args(self) -> list[str]:

@@ -19,6 +19,7 @@ import copy
 import hashlib
 import hmac
 import json
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +35,18 @@ VERSIONS = (V2024, V2018, ACTIVITY)
 SIGNATURE_HEADER = "x-voucherify-signature"
 TEST_PROJECT_ID = "proj_T3stPr0j3ct"
 TEST_WEBHOOK_ID = "wh_T3stW3bh00kC0nn3ct0r"
+
+
+# The Segment messageId of a Voucherify event, as the README documents it (a contract: changing
+# it makes Segment take every redelivered event for a new one).  Written here from the README,
+# not imported from the product, so that tests check the code against the documented formula.
+SOURCE_MESSAGE_ID_NAMESPACE = uuid.UUID("7d0b6f3e-2c1a-5e9b-9f4d-3a8e6c1b2d40")
+
+
+def documented_message_id(connection_id: str, event_id: str) -> str:
+    """``"vf-" + UUIDv5(namespace, "<connection id>\\nvoucherify_to_segment\\n<event id>\\nsegment_track")``."""
+    name = f"{connection_id}\nvoucherify_to_segment\n{event_id}\nsegment_track"
+    return f"vf-{uuid.uuid5(SOURCE_MESSAGE_ID_NAMESPACE, name)}"
 
 
 def fixture_names() -> list[str]:

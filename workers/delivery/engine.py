@@ -6,6 +6,7 @@
       no send slot before the deadline ────────────────────────────> PARKED deferred (due now)
       ledger.claim ── DUPLICATE ───────────────────────────────────> DONE   skipped/duplicate
                    ── BUSY (another attempt in flight) ────────────> PARKED busy (claim's TTL)
+      merged call: each part's key claimed too ── a part BUSY ─────> PARKED busy (nothing sent)
       upsert older than the newest applied? ───────────────────────> DONE   skipped/stale
       ratelimit.acquire ── denied (no attempt counted) ────────────> PARKED throttled (slot)
       send ── classify ── SUCCESS ─ ledger done, stale raised ─────> DONE   delivered
@@ -367,9 +368,17 @@ def _deliver(ctx: Context, request: OutboundRequest, item: dict[str, Any]) -> St
         _park_report(ctx, request, item, "busy")
         return Step.parked("busy", time.time() + claim.wait + 0.05)
 
+    held: list[str] = []  # the parts' keys this attempt claimed (a coalesced request)
     if request.parts:
-        # A coalesced request: send only the parts not yet delivered and not stale.
-        live, why = _live_parts(ctx, request)
+        # A coalesced request: its key is its own, so each part (one event) is claimed too -- a
+        # duplicate of the event grouped differently elsewhere has another merged key, and only
+        # the part's claim keeps the two from both sending it.  A part in flight elsewhere parks
+        # the whole request until that claim ends (done then, or free again if its owner died).
+        live, why, held, busy = _live_parts(ctx, request, token)
+        if busy is not None:
+            ctx.ledger.release(request.idempotency_key, token, *held)
+            _park_report(ctx, request, item, "busy")
+            return Step.parked("busy", time.time() + busy + 0.05)
         if live is None:
             ctx.ledger.complete(request.idempotency_key, ctx.ledger_keep)
             ctx.ledger.complete_many([p["idempotency_key"] for p in request.parts], ctx.ledger_keep)
@@ -391,7 +400,7 @@ def _deliver(ctx: Context, request: OutboundRequest, item: dict[str, Any]) -> St
 
     grant = ctx.limiter.acquire(ctx.budget, has_slot=bool(item.get("parked")))
     if not grant.granted:
-        ctx.ledger.release(request.idempotency_key, token)
+        ctx.ledger.release(request.idempotency_key, token, *held)
         _child(metrics.RATE_LIMIT_WAITS, ctx.connection_id, ctx.target).inc()
         _park_report(ctx, request, item, "throttled")
         return Step.parked("throttled", time.time() + grant.wait)
@@ -408,7 +417,7 @@ def _deliver(ctx: Context, request: OutboundRequest, item: dict[str, Any]) -> St
         _observe(ctx, result)
         return _finish_delivered(ctx, request, item, result)
 
-    ctx.ledger.release(request.idempotency_key, token)
+    ctx.ledger.release(request.idempotency_key, token, *held)
     _observe(ctx, result)
     status = result.status if isinstance(result, HTTPResult) else None
     if (
@@ -501,17 +510,25 @@ def metadata_key_label(connection_id: str, key: str) -> str:
     return key
 
 
-def _live_parts(ctx: Context, request: OutboundRequest) -> tuple[OutboundRequest | None, str]:
-    """The coalesced request without its parts already delivered or stale (None: nothing left)."""
+def _live_parts(
+    ctx: Context, request: OutboundRequest, token: str
+) -> tuple[OutboundRequest | None, str, list[str], float | None]:
+    """The coalesced request without its parts already delivered or stale (None: nothing left),
+    the reason when nothing is left, the part keys now claimed with ``token``, and -- when a part
+    is being sent by another attempt -- how long that claim still lives (then nothing is sent)."""
     from workers.delivery.coalesce import rebuild
 
     parts = list(request.parts or ())
-    done = ctx.ledger.done_many([p["idempotency_key"] for p in parts])
+    claims = ctx.ledger.claim_many([p["idempotency_key"] for p in parts], token, ctx.tuning.claim_ttl)
+    held = [p["idempotency_key"] for p, c in zip(parts, claims, strict=True) if c.state is ClaimState.CLAIMED]
+    busy = [c.wait for c in claims if c.state is ClaimState.BUSY]
+    if busy:
+        return None, "busy", held, max(busy)
     newest = ctx.stale.newest_many([str(p.get("customer")) for p in parts])
     live: list[dict[str, Any]] = []
     stale = False
-    for part, delivered, newest_ms in zip(parts, done, newest, strict=True):
-        if delivered:
+    for part, claim, newest_ms in zip(parts, claims, newest, strict=True):
+        if claim.state is ClaimState.DUPLICATE:
             continue
         if part.get("action") == UPSERT_CUSTOMER and newest_ms is not None:
             ms = event_time_ms(part.get("event_time"))
@@ -519,7 +536,7 @@ def _live_parts(ctx: Context, request: OutboundRequest) -> tuple[OutboundRequest
                 stale = True
                 continue
         live.append(part)
-    return rebuild(request, live), "stale" if stale else "duplicate"
+    return rebuild(request, live), "stale" if stale else "duplicate", held, None
 
 
 def _parts_delivered(ctx: Context, request: OutboundRequest) -> None:

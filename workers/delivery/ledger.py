@@ -139,11 +139,32 @@ class Ledger:
         result = ClaimState(int(state))
         return Claim(result, max(0.0, int(pttl) / 1000.0) if result is ClaimState.BUSY else 0.0)
 
+    def claim_many(self, idempotency_keys: list[str], token: str, ttl: float) -> list[Claim]:
+        """Claims for several keys with one token (the parts of a coalesced request), one round
+        trip.  A key listed twice is claimed once (the second answer is ours too)."""
+        if not idempotency_keys:
+            return []
+        ms = max(1, int(ttl * 1000))
+        flat = _CLAIM_MANY(
+            self.client,
+            [self._key(k) for k in idempotency_keys],
+            [a for _ in idempotency_keys for a in (token, ms)],
+        )
+        claims = []
+        for i in range(0, len(flat), 2):
+            state = ClaimState(int(flat[i]))
+            claims.append(
+                Claim(state, max(0.0, int(flat[i + 1]) / 1000.0) if state is ClaimState.BUSY else 0.0)
+            )
+        return claims
+
     def complete(self, idempotency_key: str, keep: float) -> None:
         self._batched.complete((self._key(idempotency_key), max(1, int(keep))))
 
-    def release(self, idempotency_key: str, token: str) -> None:
-        _RELEASE(self.client, [self._key(idempotency_key)], [token])
+    def release(self, idempotency_key: str, token: str, *more: str) -> None:
+        """Give back our claims (``more``: further keys claimed with the same token)."""
+        for key in (idempotency_key, *more):
+            _RELEASE(self.client, [self._key(key)], [token])
 
     def complete_many(self, idempotency_keys: list[str], keep: float) -> None:
         """Several keys delivered by one call (a coalesced request): one round trip."""
