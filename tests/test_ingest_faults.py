@@ -7,7 +7,6 @@ import gzip
 import hashlib
 import hmac
 import json
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
