@@ -36,8 +36,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sandbox.core import FakeApp, FakeRequest, FakeResponse, add_common_arguments, error_key, run, status_line
+from sandbox.core import FakeApp
 from sandbox.schemas import NAMES, request_validator, validation_errors
+from sandbox.server import add_common_arguments, run
+from sandbox.wire import FakeRequest, FakeResponse, error_key, status_line
 
 DEFAULT_PORT = 9101
 CUSTOMER_FIELDS = ("name", "description", "email", "phone", "birthdate", "birthday")
