@@ -76,7 +76,6 @@ class FakeApp:
         self.quiet = False
         self.faults = FaultBook()
         self.rate_limiter: RateLimiter | None = None
-        self._reset_faults()
 
     # -- to override -------------------------------------------------------------------------
 
