@@ -62,6 +62,9 @@ BASE_PERIODS = {"minute": 60.0, "hour": 3600.0, "day": 86400.0}
 SCALED_CYCLE_DAYS = 30  # a cycle's length under a period_scale other than 1
 PERIOD_NAMES = (*BASE_PERIODS, "cycle")
 SHOP_KEYS = ("calls_per_minute", "bulk_calls_per_hour")
+SHOP_PERIODS = {"calls_per_minute": "minute", "bulk_calls_per_hour": "hour"}
+MIN_PERIOD_S = 0.01  # shorter windows would only measure the fake's own latency
+MAX_SHOP_CALLS_PER_S = 2_000  # the simulated shop is replayed call by call
 CONFIG_KEYS = (
     "plan",
     *LIMIT_KEYS,
@@ -182,7 +185,21 @@ class QuotaConfig:
             changes["origin"] = now  # "now" again restarts every window at this moment
         if "shop" in spec:
             changes["shop"] = self._shop(spec["shop"])
-        return dataclasses.replace(self, **changes)
+        config = dataclasses.replace(self, **changes)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        for name in PERIOD_NAMES:
+            length = self.length(name)
+            if length is not None and length < MIN_PERIOD_S:
+                raise ValueError(f"a {name} would last {length:g} s; the shortest period is {MIN_PERIOD_S} s")
+        for key, period in SHOP_PERIODS.items():
+            per_second = self.shop.get(key, 0.0) / (self.length(period) or 60.0)
+            if per_second > MAX_SHOP_CALLS_PER_S:
+                raise ValueError(
+                    f"shop.{key} is {per_second:g} calls a second; at most {MAX_SHOP_CALLS_PER_S}"
+                )
 
     def _periods(self, raw: Any) -> dict[str, float]:
         if not isinstance(raw, dict):

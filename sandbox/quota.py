@@ -35,16 +35,18 @@ from __future__ import annotations
 
 import calendar
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sandbox.plans import SHOP_KEYS, QuotaConfig
+from sandbox.plans import SHOP_KEYS, SHOP_PERIODS, QuotaConfig
 
 KINDS = ("rest", "bulk", "webhook")
 WHO = ("connector", "shop")
 TYPES = ("api_calls", "api_calls_cycle", "bulk_api_calls", "webhook_calls")
-MAX_CATCH_UP = 200_000  # shop calls replayed at once; beyond that the backlog is skipped
+MAX_CATCH_UP = 50_000  # shop calls replayed at once; beyond that the backlog is skipped
+HISTORY = 1_000  # past windows kept per bucket
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +70,7 @@ HEADER_BUCKETS = {
     "bulk": ("bulk_calls_per_hour", "api_calls_per_minute", "api_calls_per_hour"),
     "webhook": ("webhook_calls_per_day",),
 }
-SHOP_KINDS = {"calls_per_minute": ("rest", "minute"), "bulk_calls_per_hour": ("bulk", "hour")}
+SHOP_KINDS = {"calls_per_minute": "rest", "bulk_calls_per_hour": "bulk"}
 
 
 def kind_of(path: str) -> str:
@@ -104,12 +106,24 @@ class Bucket:
     end: float = 0.0  # 0: no window yet
     used: int = 0
     by: dict[str, int] = field(default_factory=lambda: dict.fromkeys(WHO, 0))
+    refused_by: dict[str, int] = field(default_factory=lambda: dict.fromkeys(WHO, 0))
+    history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY))
 
     def full(self) -> bool:
         return self.limit is not None and self.used >= self.limit
 
     def remaining(self) -> int | None:
         return None if self.limit is None else max(0, self.limit - self.used)
+
+    def window(self) -> dict[str, Any]:
+        return {
+            "window_start": self.start,
+            "reset": self.end,
+            "limit": self.limit,
+            "used": self.used,
+            "used_by": dict(self.by),
+            "refused_by": dict(self.refused_by),
+        }
 
 
 class Quota:
@@ -142,7 +156,7 @@ class Quota:
                 or old.length(period) != config.length(period)
                 or (period == "cycle" and old.cycle_start_day != config.cycle_start_day)
             ):
-                bucket.end = 0.0  # rolled (emptied) on next use
+                self._close(bucket)
         for key in SHOP_KEYS:
             rate = config.shop.get(key, 0.0)
             if not rate:
@@ -153,6 +167,8 @@ class Quota:
             self.calls = {who: dict.fromkeys(KINDS, 0) for who in WHO}
             self.refusals = {who: dict.fromkeys(TYPES, 0) for who in WHO}
             self.shop_skipped = 0
+            for bucket in self.buckets.values():
+                bucket.history.clear()
 
     def set_used(self, used: dict[str, Any], now: float) -> None:
         """Pretend this window already holds ``n`` calls (the shop's, made before the fake ran)."""
@@ -177,11 +193,19 @@ class Quota:
         start = origin + math.floor((now - origin) / length) * length
         return start, start + length
 
+    @staticmethod
+    def _close(bucket: Bucket) -> None:
+        if bucket.end and (bucket.used or any(bucket.refused_by.values())):
+            bucket.history.append(bucket.window())  # windows nobody called are not kept
+        bucket.end = 0.0  # rolled (emptied) on next use
+
     def _roll(self, bucket: Bucket, now: float) -> Bucket:
         if now >= bucket.end:
+            self._close(bucket)
             bucket.start, bucket.end = self._window(bucket.spec.period, now)
             bucket.used = 0
             bucket.by = dict.fromkeys(WHO, 0)
+            bucket.refused_by = dict.fromkeys(WHO, 0)
         return bucket
 
     # -- calls ---------------------------------------------------------------------------------
@@ -198,6 +222,7 @@ class Quota:
         if full:
             worst = max(full, key=lambda b: (b.end, b.spec.type))
             self.refusals[who][worst.spec.type] += 1
+            worst.refused_by[who] += 1
             return False, self._refusal_headers(worst, now)
         for bucket in self.buckets.values():
             if kind in bucket.spec.counts:
@@ -237,12 +262,12 @@ class Quota:
 
     def catch_up(self, now: float) -> None:
         """Replay the shop's calls due by ``now``, each at its own time (evenly spread)."""
-        for key, (kind, period) in SHOP_KINDS.items():
+        for key, kind in SHOP_KINDS.items():
             due = self.shop_next[key]
             rate = self.config.shop.get(key, 0.0)
             if due is None or not rate:
                 continue
-            length = self.config.length(period) or 60.0
+            length = self.config.length(SHOP_PERIODS[key]) or 60.0
             interval = length / rate
             replayed = 0
             while due <= now and replayed < MAX_CATCH_UP:
@@ -263,7 +288,8 @@ class Quota:
 
     # -- the view ------------------------------------------------------------------------------
 
-    def view(self, now: float) -> dict[str, Any]:
+    def view(self, now: float, *, history: bool = False) -> dict[str, Any]:
+        """The state; ``history``: each bucket's past windows too (those with calls or refusals)."""
         self.catch_up(now)
         buckets = {}
         for key, bucket in self.buckets.items():
@@ -271,13 +297,11 @@ class Quota:
             buckets[key] = {
                 "type": bucket.spec.type,
                 "period": bucket.spec.period,
-                "limit": bucket.limit,
-                "used": bucket.used,
                 "remaining": bucket.remaining(),
-                "window_start": bucket.start,
-                "reset": bucket.end,
-                "used_by": dict(bucket.by),
+                **bucket.window(),
             }
+            if history:
+                buckets[key]["history"] = list(bucket.history)
         refusals = {who: {**counts, "total": sum(counts.values())} for who, counts in self.refusals.items()}
         return {
             **self.config.describe(),

@@ -3,7 +3,10 @@
 - ``GET /__fake/customers`` -> the customer store.
 - ``GET|POST /__fake/metadata-schemas`` -> ``{"schemas": [...], "enforce": bool}`` (see
   ``sandbox.fake_voucherify``).
-- ``GET /__fake/quota`` -> the quota's configuration, buckets and counters (``sandbox.quota``).
+- ``GET /__fake/quota[?history=1]`` -> the quota's configuration, buckets and counters
+  (``sandbox.quota``); with ``history``, each bucket's past windows (``window_start``, ``reset``,
+  ``limit``, ``used``, ``used_by`` and ``refused_by`` per ``connector``/``shop``; the last 1,000
+  windows that had a call or a refusal).
 - ``POST /__fake/quota`` -> change it; any of ``plan``, the limit keys (``api_calls_per_minute``,
   ``api_calls_per_hour``, ``api_calls_per_cycle``, ``bulk_calls_per_hour``,
   ``webhook_calls_per_day``: an integer, or null for the plan's value), ``cycle_start_day``,
@@ -38,7 +41,7 @@ if TYPE_CHECKING:
     from sandbox.fake_voucherify import FakeVoucherify
 
 AUTH_STATES = {"ok": None, "revoked": 401, "forbidden": 403}
-MAX_BURST = 1_000_000
+MAX_BURST = 100_000
 
 
 class AccessSwitch:
@@ -133,7 +136,7 @@ def control(app: FakeVoucherify, req: FakeRequest) -> FakeResponse | None:
             return FakeResponse(200, {"schemas": app.metadata.schemas, "enforce": app.metadata.enforce})
     if route == ("GET", "/__fake/quota"):
         with app.lock:
-            return FakeResponse(200, app.quota.view(now))
+            return FakeResponse(200, app.quota.view(now, history=req.query.get("history") in ("1", "true")))
     if route == ("POST", "/__fake/quota"):
         return FakeResponse(200, update_quota(app, req.body, now))
     if route == ("DELETE", "/__fake/quota"):

@@ -8,6 +8,8 @@ billing cycle is checked in-process (no one waits a month).
 from __future__ import annotations
 
 import math
+import re
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -246,7 +248,16 @@ def test_the_shops_load_shares_the_buckets_and_its_refusals_are_counted(vf: Fake
     # A burst (checkout rush) on a fresh window: the bucket's bound holds for the shop too.
     vf.set_quota(shop={"calls_per_minute": 0}, align="now")
     assert vf.shop_burst(25) == {"accepted": 20, "refused": 5}
-    assert vf.quota()["shop_refused"] == quota["shop_refused"] + 5
+    after = vf.quota(history=True)
+    assert after["shop_refused"] == quota["shop_refused"] + 5
+    # Each past window keeps who spent it and who was refused in it (here: the window the
+    # connector emptied, ended early by the re-alignment).
+    history = after["buckets"]["api_calls_per_minute"]["history"]
+    spent = [w for w in history if w["refused_by"]["shop"] and w["used_by"]["connector"]]
+    assert spent and spent[-1]["used"] == 20 and spent[-1]["refused_by"]["connector"] == 1
+    assert spent[-1]["used_by"]["shop"] + spent[-1]["used_by"]["connector"] == 20
+    assert all(w["reset"] > w["window_start"] for w in history)
+    assert "history" not in vf.quota()["buckets"]["api_calls_per_minute"]
 
 
 @integration
@@ -399,6 +410,8 @@ def test_control_api_refuses_bad_orders_and_resets(vf: FakeVoucherify) -> None:
         ("quota", {"api_calls_per_hour": 1.5}),
         ("quota", {"periods": {"week": 1}}),
         ("quota", {"period_scale": 0}),
+        ("quota", {"period_scale": 1e-6}),
+        ("quota", {"shop": {"calls_per_minute": 1e9}}),
         ("quota", {"align": "soon"}),
         ("quota", {"cycle_start_day": 32}),
         ("quota", {"shop": {"calls_per_second": 1}}),
@@ -407,6 +420,7 @@ def test_control_api_refuses_bad_orders_and_resets(vf: FakeVoucherify) -> None:
         ("quota", [1]),
         ("quota/shop", {"calls": 5, "kind": "webhook"}),
         ("quota/shop", {"calls": -1}),
+        ("quota/shop", {"calls": 10**7}),
         ("auth", {"state": "maybe"}),
         ("auth", {"state": "revoked", "for_s": 0}),
         ("async-actions", {"delay_s": -1}),
@@ -452,3 +466,19 @@ def test_start_up_configuration_from_flags_and_environment(tmp_path: Path) -> No
         assert fake.quota()["limits"]["bulk_calls_per_hour"] == 3
     with pytest.raises(FakeStartError, match="plan"):
         FakeVoucherify(log_dir=tmp_path, args=["--quota", '{"plan": "gold"}'], startup_timeout=5).start()
+
+
+@integration
+def test_the_readme_quota_block_runs_as_pasted(vf: FakeVoucherify, tmp_path: Path) -> None:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"<!-- tested: tests/test_fake_quota.py[^>]*-->\n```sh\n(.*?)```", text, re.DOTALL)
+    assert len(blocks) == 1
+    block = blocks[0].replace("127.0.0.1:8100", f"127.0.0.1:{vf.port}")
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    output = result.stdout.replace(" ", "")
+    assert '"plan":"business"' in output and '"accepted":80,"refused":0' in output
+    assert vf.auth()["state"] == "revoked" and vf.async_actions()["delay_s"] == 2
+    assert vf.quota()["enabled"] is False  # the last line put the start-up quota back

@@ -364,9 +364,11 @@ class FakeVoucherify(FakeProcess):
 
     # -- quota, credentials, bulk async actions (sandbox.voucherify_admin) -----------------------
 
-    def quota(self) -> dict[str, Any]:
-        """GET /__fake/quota: configuration, buckets (used/limit/remaining/reset), calls, refusals."""
-        result: dict[str, Any] = self._control("GET", "quota")
+    def quota(self, *, history: bool = False) -> dict[str, Any]:
+        """GET /__fake/quota: configuration, buckets (used/limit/remaining/reset), calls, refusals;
+        ``history``: each bucket's past windows (``used_by``/``refused_by`` connector and shop)."""
+        params = {"history": "1"} if history else None
+        result: dict[str, Any] = self._control("GET", "quota", params=params)
         return result
 
     def set_quota(self, **spec: Any) -> dict[str, Any]:
