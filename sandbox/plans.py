@@ -8,6 +8,7 @@ limit is given explicitly (``enterprise`` is all custom: explicit limits only).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +95,27 @@ def _rate(value: Any, name: str) -> float:
     return float(value)
 
 
+def _merged(
+    current: dict[str, float],
+    raw: Any,
+    label: str,
+    names: tuple[str, ...],
+    parse: Callable[[Any, str], float],
+) -> dict[str, float]:
+    """``current`` with the numbers of ``raw`` (an object of ``names``; null removes one)."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{label} must be an object with any of {', '.join(names)}")
+    merged = dict(current)
+    for name, value in raw.items():
+        if name not in names:
+            raise ValueError(f"unknown {label} key {name!r}; known: {', '.join(names)}")
+        if value is None:
+            merged.pop(name, None)
+        else:
+            merged[name] = parse(value, f"{label}.{name}")
+    return merged
+
+
 @dataclass(frozen=True, slots=True)
 class QuotaConfig:
     plan: str | None = None
@@ -177,14 +199,14 @@ class QuotaConfig:
         if "period_scale" in spec:
             changes["period_scale"] = _positive(spec["period_scale"], "period_scale")
         if "periods" in spec:
-            changes["periods"] = self._periods(spec["periods"])
+            changes["periods"] = _merged(self.periods, spec["periods"], "periods", PERIOD_NAMES, _positive)
         if "align" in spec:
             if spec["align"] not in ("clock", "now"):
                 raise ValueError('align must be "clock" or "now"')
             changes["align"] = spec["align"]
             changes["origin"] = now  # "now" again restarts every window at this moment
         if "shop" in spec:
-            changes["shop"] = self._shop(spec["shop"])
+            changes["shop"] = _merged(self.shop, spec["shop"], "shop", SHOP_KEYS, _rate)
         config = dataclasses.replace(self, **changes)
         config.check()
         return config
@@ -200,26 +222,3 @@ class QuotaConfig:
                 raise ValueError(
                     f"shop.{key} is {per_second:g} calls a second; at most {MAX_SHOP_CALLS_PER_S}"
                 )
-
-    def _periods(self, raw: Any) -> dict[str, float]:
-        if not isinstance(raw, dict):
-            raise ValueError(f"periods must be an object with any of {', '.join(PERIOD_NAMES)}")
-        periods = dict(self.periods)
-        for name, value in raw.items():
-            if name not in PERIOD_NAMES:
-                raise ValueError(f"unknown period {name!r}; known: {', '.join(PERIOD_NAMES)}")
-            if value is None:
-                periods.pop(name, None)
-            else:
-                periods[name] = _positive(value, f"periods.{name}")
-        return periods
-
-    def _shop(self, raw: Any) -> dict[str, float]:
-        if not isinstance(raw, dict):
-            raise ValueError(f"shop must be an object with any of {', '.join(SHOP_KEYS)}")
-        shop = dict(self.shop)
-        for key, value in raw.items():
-            if key not in SHOP_KEYS:
-                raise ValueError(f"unknown shop key {key!r}; known: {', '.join(SHOP_KEYS)}")
-            shop[key] = _rate(value, f"shop.{key}")
-        return shop

@@ -12,6 +12,7 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -258,6 +259,17 @@ def test_the_shops_load_shares_the_buckets_and_its_refusals_are_counted(vf: Fake
     assert spent[-1]["used_by"]["shop"] + spent[-1]["used_by"]["connector"] == 20
     assert all(w["reset"] > w["window_start"] for w in history)
     assert "history" not in vf.quota()["buckets"]["api_calls_per_minute"]
+
+
+@integration
+def test_concurrent_calls_never_overshoot_a_bucket(vf: FakeVoucherify) -> None:
+    vf.set_quota(api_calls_per_minute=15, periods={"minute": 30}, align="now")
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        answers = list(pool.map(lambda _: get(vf), range(40)))
+    assert sorted(a.status_code for a in answers) == [200] * 15 + [429] * 25
+    remaining = sorted(int(a.headers["X-Rate-Limit-Remaining"]) for a in answers if a.status_code == 200)
+    assert remaining == list(range(15))  # each accepted call saw its own count
+    assert bucket(vf, "api_calls_per_minute")["used"] == 15
 
 
 @integration
