@@ -1,5 +1,5 @@
 """Shared core of the sandbox fakes: a WSGI base app with recording, fault scripts, latency,
-rate limiting and the ``/__fake/`` control API, plus the gevent server runner.
+rate limiting and the ``/__fake/`` control API (served by ``sandbox.server``).
 
 Control API (every fake):
 
@@ -21,6 +21,9 @@ Control API (every fake):
   drops the connection without an answer.
 - ``POST /__fake/faults`` without ``statuses`` -> global settings: ``latency_ms``,
   ``body_delay_ms``, ``rate_limit_per_minute`` (null: off), ``rate_limit_window_s`` (default 60).
+  The fake Segment applies the rate limit as a sliding window over every path; the fake
+  Voucherify folds it into its quota model (``sandbox.quota``: ``api_calls_per_minute`` and the
+  length of its "minute").
 - ``DELETE /__fake/faults`` -> no scripts, default settings, rate-limit window emptied.
 - ``POST /__fake/reset`` -> all of the above plus the fake's own state (customers, events).
 
@@ -29,194 +32,33 @@ Requests under ``/__fake/`` are neither recorded, logged, delayed nor faulted.
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import http
-import json
 import os
-import socket
-import sys
 import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qs
 
 import gevent
-import orjson
-from gevent.pywsgi import WSGIServer
 
-StartResponse = Callable[..., Any]
-Environ = dict[str, Any]
+from sandbox.faults import LEGACY_RATE_KEYS, FaultBook, RateLimiter, Step, parse_rate_limit
+from sandbox.wire import (
+    DropConnection,
+    Environ,
+    FakeRequest,
+    FakeResponse,
+    StartResponse,
+    dumps,
+    is_success,
+    loads,
+    status_line,
+)
 
 CONTROL_PREFIX = "/__fake/"
 DEFAULT_MAX_RECORDS = 100_000
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024  # Voucherify's bulk limit; well above Segment's
-
-
-def dumps(obj: Any) -> bytes:
-    try:
-        return orjson.dumps(obj)
-    except TypeError:
-        # orjson refuses integers beyond 64 bits; the stdlib does not.
-        return json.dumps(obj, default=str).encode()
-
-
-def loads(raw: bytes) -> Any:
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        if "64-bit" in str(exc) or "Integer" in str(exc):
-            return json.loads(raw)
-        raise
-
-
-def status_line(status: int) -> str:
-    try:
-        return f"{status} {http.HTTPStatus(status).phrase}"
-    except ValueError:
-        return f"{status} Unknown"
-
-
-def error_key(status: int) -> str:
-    try:
-        return http.HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
-    except ValueError:
-        return "error"
-
-
-class DropConnection(ConnectionResetError):
-    """Raised from the app to make gevent's pywsgi close the socket without answering.
-
-    pywsgi treats ECONNRESET from the application as a client disconnect: it closes the
-    connection silently, so the client sees "connection reset / remote end closed".
-    """
-
-    def __init__(self) -> None:
-        super().__init__(errno.ECONNRESET, "fake: connection dropped on purpose")
-
-
-@dataclass(slots=True)
-class FakeRequest:
-    time: float
-    method: str
-    path: str
-    query: dict[str, str | list[str]]
-    headers: dict[str, str]
-    raw: bytes
-    body: Any = None  # parsed JSON (None also when absent/invalid: see json_error)
-    json_error: str | None = None
-
-    def header(self, name: str, default: str = "") -> str:
-        return self.headers.get(name.title(), default)
-
-
-@dataclass(slots=True)
-class FakeResponse:
-    status: int
-    body: Any = None  # JSON-serialisable; bytes are sent as they are
-    headers: dict[str, str] = field(default_factory=dict)
-    schema_valid: bool | None = None
-    validation_errors: list[str] = field(default_factory=list)
-    extra: dict[str, Any] | None = None  # fields merged into the request's record
-    body_delay_ms: float = 0.0
-    # Called with the finished record (its seq assigned), e.g. to index what it carried.
-    after_record: Callable[[dict[str, Any]], None] | None = None
-
-
-@dataclass(slots=True)
-class Step:
-    status: int
-    headers: dict[str, str]
-    latency_ms: float
-    body_delay_ms: float
-
-
-@dataclass(slots=True)
-class Script:
-    id: int
-    path: str | None
-    method: str | None
-    steps: deque[Step]
-    sticky: Step | None  # answered forever once ``steps`` is empty ("then": <non-2xx>)
-
-    def matches(self, method: str, path: str) -> bool:
-        if self.method is not None and self.method != method:
-            return False
-        if self.path is None:
-            return True
-        if self.path.endswith("*"):
-            return path.startswith(self.path[:-1])
-        return path == self.path
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "path": self.path,
-            "method": self.method,
-            "remaining": [s.status for s in self.steps],
-            "then": self.sticky.status if self.sticky else None,
-        }
-
-
-def _number(value: Any, name: str, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
-        raise ValueError(f"{name} must be a number >= {minimum:g}")
-    return float(value)
-
-
-def _headers(value: Any, name: str) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ValueError(f"{name} must be an object of header names to values")
-    return {str(k): str(v) for k, v in value.items()}
-
-
-def _status(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not (value == 0 or 100 <= value <= 599):
-        raise ValueError(f"{name} must be an HTTP status (100-599) or 0 (drop the connection)")
-    return value
-
-
-def is_success(status: int) -> bool:
-    return 200 <= status < 300
-
-
-class RateLimiter:
-    """Sliding-window limit over accepted requests (rejected ones do not extend the lock-out)."""
-
-    def __init__(self, limit: int, window_s: float = 60.0) -> None:
-        self.limit = limit
-        self.window_s = window_s
-        self.hits: deque[float] = deque()
-
-    def check(self, now: float) -> tuple[bool, dict[str, str]]:
-        cutoff = now - self.window_s
-        while self.hits and self.hits[0] <= cutoff:
-            self.hits.popleft()
-        if len(self.hits) >= self.limit:
-            retry_at = self.hits[0] + self.window_s
-            wait = max(1, int(retry_at - now + 0.999))
-            return False, {
-                "Retry-After": str(wait),
-                "X-Rate-Limit-Limit": str(self.limit),
-                "X-Rate-Limit-Remaining": "0",
-                "X-Rate-Limit-Retry": str(int(retry_at + 0.999)),
-            }
-        self.hits.append(now)
-        return True, self.peek()
-
-    def peek(self) -> dict[str, str]:
-        """The budget headers without spending a request (for answers the limit did not see)."""
-        return {
-            "X-Rate-Limit-Limit": str(self.limit),
-            "X-Rate-Limit-Remaining": str(max(0, self.limit - len(self.hits))),
-        }
 
 
 class FakeApp:
@@ -232,7 +74,8 @@ class FakeApp:
         self.seq = 0
         self.max_body_bytes = DEFAULT_MAX_BODY_BYTES
         self.quiet = False
-        self._reset_faults()
+        self.faults = FaultBook()
+        self.rate_limiter: RateLimiter | None = None
 
     # -- to override -------------------------------------------------------------------------
 
@@ -256,22 +99,45 @@ class FakeApp:
     # -- faults ------------------------------------------------------------------------------
 
     def _reset_faults(self) -> None:
-        self.scripts: list[Script] = []
-        self.script_ids = 0
-        self.latency_ms = 0.0
-        self.body_delay_ms = 0.0
-        self.rate_limiter: RateLimiter | None = None
+        with self.faults.lock:
+            self.faults.reset()
+        self.set_rate_limit(None, 60.0)
+
+    def set_rate_limit(self, limit: int | None, window_s: float) -> None:
+        """The legacy ``rate_limit_per_minute`` setting: a sliding window over every request."""
+        with self.lock:
+            self.rate_limiter = RateLimiter(limit, window_s) if limit is not None else None
+
+    def rate_limit_settings(self) -> tuple[int | None, float]:
+        limiter = self.rate_limiter
+        return (limiter.limit, limiter.window_s) if limiter else (None, 60.0)
+
+    def budget_check(self, req: FakeRequest) -> tuple[FakeResponse | None, dict[str, str]]:
+        """Before ``handle``: a refusal (429) or the budget headers of the answer."""
+        limiter = self.rate_limiter
+        if limiter is None:
+            return None, {}
+        with self.lock:
+            allowed, headers = limiter.check(time.time())
+        if allowed:
+            return None, headers
+        body = self.error_body(429, "Too Many Requests", "Too many requests hit the API too quickly.")
+        return FakeResponse(429, body, headers, extra={"fault": "rate_limit"}), headers
+
+    def budget_peek(self, req: FakeRequest) -> dict[str, str]:
+        """The budget headers of an answer the budget did not see (a scripted fault)."""
+        limiter = self.rate_limiter
+        return limiter.peek() if limiter else {}
 
     def faults_state(self) -> dict[str, Any]:
-        limiter = self.rate_limiter
+        limit, window = self.rate_limit_settings()
         return {
             "settings": {
-                "latency_ms": self.latency_ms,
-                "body_delay_ms": self.body_delay_ms,
-                "rate_limit_per_minute": limiter.limit if limiter else None,
-                "rate_limit_window_s": limiter.window_s if limiter else 60.0,
+                **self.faults.settings(),
+                "rate_limit_per_minute": limit,
+                "rate_limit_window_s": window,
             },
-            "scripts": [s.describe() for s in self.scripts],
+            "scripts": self.faults.describe_scripts(),
         }
 
     def add_faults(self, spec: Any) -> dict[str, Any]:
@@ -279,82 +145,18 @@ class FakeApp:
         if not isinstance(spec, dict):
             raise ValueError("body must be a JSON object")
         if "statuses" in spec:
-            return self._add_script(spec)
-        allowed = {"latency_ms", "body_delay_ms", "rate_limit_per_minute", "rate_limit_window_s"}
-        unknown = set(spec) - allowed
-        if unknown:
-            raise ValueError(f"unknown keys {sorted(unknown)}; a script needs 'statuses'")
-        with self.lock:
-            if "latency_ms" in spec:
-                self.latency_ms = _number(spec["latency_ms"], "latency_ms")
-            if "body_delay_ms" in spec:
-                self.body_delay_ms = _number(spec["body_delay_ms"], "body_delay_ms")
-            if "rate_limit_per_minute" in spec or "rate_limit_window_s" in spec:
-                current = self.rate_limiter
-                limit = spec.get("rate_limit_per_minute", current.limit if current else None)
-                window = _number(
-                    spec.get("rate_limit_window_s", current.window_s if current else 60.0),
-                    "rate_limit_window_s",
-                    minimum=0.001,
-                )
-                if limit is None:
-                    self.rate_limiter = None
-                else:
-                    limit = int(_number(limit, "rate_limit_per_minute", minimum=1))
-                    self.rate_limiter = RateLimiter(limit, window)
+            script_id = self.faults.add_script(spec)
+            return {"script_id": script_id, **self.faults_state()}
+        rate = None
+        if any(key in spec for key in LEGACY_RATE_KEYS):
+            rate = parse_rate_limit(spec, *self.rate_limit_settings())
+        self.faults.apply_settings(spec)  # validates every key before anything changes below
+        if rate is not None:
+            self.set_rate_limit(*rate)
         return self.faults_state()
 
-    def _add_script(self, spec: dict[str, Any]) -> dict[str, Any]:
-        allowed = {"path", "method", "statuses", "headers", "latency_ms", "body_delay_ms", "then"}
-        unknown = set(spec) - allowed
-        if unknown:
-            raise ValueError(f"unknown keys in a fault script: {sorted(unknown)}")
-        statuses = spec["statuses"]
-        if not isinstance(statuses, list):
-            raise ValueError("statuses must be a list of HTTP statuses")
-        statuses = [_status(s, "statuses[]") for s in statuses]
-        raw_headers = spec.get("headers")
-        if isinstance(raw_headers, list):
-            if len(raw_headers) != len(statuses):
-                raise ValueError("a headers list needs one entry (object or null) per status")
-            per_step = [_headers(h, "headers[]") for h in raw_headers]
-        else:
-            per_step = [_headers(raw_headers, "headers")] * len(statuses)
-        latency = _number(spec.get("latency_ms", 0), "latency_ms")
-        body_delay = _number(spec.get("body_delay_ms", 0), "body_delay_ms")
-        path = spec.get("path")
-        if path is not None and (not isinstance(path, str) or not path.startswith("/")):
-            raise ValueError("path must start with '/'")
-        method = spec.get("method")
-        if method is not None and not isinstance(method, str):
-            raise ValueError("method must be a string")
-        then = spec.get("then")
-        sticky = None
-        if then is not None and not (isinstance(then, str) and then == "normal"):
-            then = _status(then, "then")
-            if not is_success(then):
-                sticky_headers = per_step[-1] if per_step else _headers(raw_headers, "headers")
-                sticky = Step(then, sticky_headers, latency, body_delay)
-        steps = deque(Step(s, h, latency, body_delay) for s, h in zip(statuses, per_step, strict=True))
-        with self.lock:
-            self.script_ids += 1
-            script = Script(self.script_ids, path, method.upper() if method else None, steps, sticky)
-            self.scripts.append(script)
-        return {"script_id": script.id, **self.faults_state()}
-
-    def _next_step(self, method: str, path: str) -> Step | None:
-        with self.lock:
-            for script in self.scripts:
-                if not script.matches(method, path):
-                    continue
-                if script.steps:
-                    step = script.steps.popleft()
-                    if not script.steps and script.sticky is None:
-                        self.scripts.remove(script)
-                    return step
-                if script.sticky is not None:
-                    return script.sticky
-            return None
+    def start_background(self) -> None:
+        """Called by the server once listening: greenlets of a subclass (none here)."""
 
     # -- WSGI --------------------------------------------------------------------------------
 
@@ -420,46 +222,39 @@ class FakeApp:
         return req, None
 
     def _process(self, req: FakeRequest) -> tuple[FakeResponse, bool]:
-        if self.latency_ms:
-            gevent.sleep(self.latency_ms / 1000)
-        step = self._next_step(req.method, req.path)
+        latency_ms = self.faults.latency_ms
+        if latency_ms:
+            gevent.sleep(latency_ms / 1000)
+        step = self.faults.next_step(req.method, req.path)
         if step is not None and step.latency_ms:
             gevent.sleep(step.latency_ms / 1000)
-        body_delay = self.body_delay_ms + (step.body_delay_ms if step else 0.0)
+        body_delay = self.faults.body_delay_ms + (step.body_delay_ms if step else 0.0)
         if step is not None and step.status == 0:
             return FakeResponse(0, extra={"fault": "drop"}), True
         if step is not None and not is_success(step.status):
-            phrase = status_line(step.status).split(" ", 1)[1]
-            headers = self.rate_limiter.peek() if self.rate_limiter else {}
-            headers.update(step.headers)  # a script may fake its own rate-limit headers
-            resp = FakeResponse(
-                step.status,
-                self.error_body(step.status, phrase, "injected by the fake's fault script"),
-                headers,
-                extra={"fault": "script"},
-                body_delay_ms=body_delay,
-            )
-            return resp, False
-        limit_headers: dict[str, str] = {}
-        limiter = self.rate_limiter
-        if limiter is not None:
-            with self.lock:
-                allowed, limit_headers = limiter.check(time.time())
-            if not allowed:
-                resp = FakeResponse(
-                    429,
-                    self.error_body(429, "Too Many Requests", "Too many requests hit the API too quickly."),
-                    limit_headers,
-                    extra={"fault": "rate_limit"},
-                    body_delay_ms=body_delay,
-                )
-                return resp, False
+            return self._scripted(req, step, body_delay), False
+        refusal, limit_headers = self.budget_check(req)
+        if refusal is not None:
+            refusal.body_delay_ms = body_delay
+            return refusal, False
         resp = self.handle(req)
         resp.headers.update(limit_headers)
         if step is not None:
             resp.headers.update(step.headers)
         resp.body_delay_ms += body_delay
         return resp, False
+
+    def _scripted(self, req: FakeRequest, step: Step, body_delay: float) -> FakeResponse:
+        phrase = status_line(step.status).split(" ", 1)[1]
+        headers = self.budget_peek(req)
+        headers.update(step.headers)  # a script may fake its own rate-limit headers
+        return FakeResponse(
+            step.status,
+            self.error_body(step.status, phrase, "injected by the fake's fault script"),
+            headers,
+            extra={"fault": "script"},
+            body_delay_ms=body_delay,
+        )
 
     def _record(self, req: FakeRequest, resp: FakeResponse, started: float) -> dict[str, Any]:
         raw_text = None
@@ -573,13 +368,11 @@ class FakeApp:
         if route == ("POST", "/__fake/faults"):
             return FakeResponse(200, self.add_faults(req.body))
         if route == ("DELETE", "/__fake/faults"):
-            with self.lock:
-                self._reset_faults()
+            self._reset_faults()
             return FakeResponse(200, self.faults_state())
         if route == ("POST", "/__fake/reset"):
             self.clear_records()
-            with self.lock:
-                self._reset_faults()
+            self._reset_faults()
             self.clear_state()
             return FakeResponse(200, {"reset": True})
         extra = self.control(req)
@@ -603,90 +396,8 @@ class FakeApp:
         ]
 
 
-class _NoDelayWSGIServer(WSGIServer):
-    # gevent's POSIX default, stated because `make run` relies on it: a fake restarted within a
-    # minute binds its port again despite the TIME_WAIT connections of the previous run.
-    reuse_addr = 1
-
-    def handle(self, sock: Any, address: Any) -> None:
-        # pywsgi sends the headers and the body with two send() calls; with Nagle on, the body
-        # waits for the client's delayed ACK (~40 ms per request on Linux).
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().handle(sock, address)
-
-
 def _stalled_body(payload: bytes, delay_s: float) -> Iterator[bytes]:
     # Headers (and the first byte) go out at once; the rest of the body waits.
     yield payload[:1]
     gevent.sleep(delay_s)
     yield payload[1:]
-
-
-def _watch_parent(parent_pid: int) -> None:
-    # Re-parenting (the test runner died, even by SIGKILL) changes getppid(): exit with it.
-    while True:
-        gevent.sleep(0.5)
-        if os.getppid() != parent_pid:
-            os._exit(0)
-
-
-def serve(
-    app: FakeApp,
-    host: str,
-    port: int,
-    *,
-    port_file: Path | None = None,
-    exit_with_parent: bool = False,
-) -> None:
-    """Serve ``app`` with gevent's WSGI server until killed. ``port`` 0 picks a free port."""
-    # spawn="default": one greenlet per connection, unbounded, so hundreds of slow requests wait
-    # concurrently; our own log line replaces pywsgi's access log.
-    server = _NoDelayWSGIServer((host, port), app, log=None, backlog=1024)
-    server.init_socket()
-    bound_port = server.server_port
-    if port_file is not None:
-        tmp = port_file.with_name(port_file.name + ".tmp")
-        tmp.write_text(str(bound_port))
-        tmp.replace(port_file)  # atomic: readers never see a half-written number
-    print(f"{app.kind}[{app.name}] listening on http://{host}:{bound_port} (pid {os.getpid()})", flush=True)
-    if exit_with_parent:
-        gevent.spawn(_watch_parent, os.getppid())
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        print(f"{app.kind}[{app.name}] stopped", flush=True)
-
-
-def add_common_arguments(parser: Any, default_port: int) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    parser.add_argument("--port", type=int, default=default_port, help="0 picks a free port")
-    parser.add_argument("--port-file", type=Path, help="write the bound port here once listening")
-    parser.add_argument("--max-records", type=int, default=DEFAULT_MAX_RECORDS)
-    parser.add_argument("--latency-ms", type=float, default=0.0, help="initial global latency")
-    parser.add_argument("--rate-limit-per-minute", type=int, help="initial rate limit")
-    parser.add_argument("--quiet", action="store_true", help="no per-request log lines")
-    parser.add_argument(
-        "--exit-with-parent", action="store_true", help="exit when the parent process goes away"
-    )
-
-
-def apply_common_arguments(app: FakeApp, args: Any) -> None:
-    app.quiet = args.quiet
-    settings: dict[str, Any] = {}
-    if args.latency_ms:
-        settings["latency_ms"] = args.latency_ms
-    if args.rate_limit_per_minute:
-        settings["rate_limit_per_minute"] = args.rate_limit_per_minute
-    if settings:
-        app.add_faults(settings)
-
-
-def run(app: FakeApp, args: Any) -> int:
-    apply_common_arguments(app, args)
-    try:
-        serve(app, args.host, args.port, port_file=args.port_file, exit_with_parent=args.exit_with_parent)
-    except OSError as exc:
-        print(f"{app.kind}[{app.name}] cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 1
-    return 0

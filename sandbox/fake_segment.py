@@ -25,7 +25,9 @@ import sys
 from collections import deque
 from typing import Any
 
-from sandbox.core import FakeApp, FakeRequest, FakeResponse, add_common_arguments, dumps, run
+from sandbox.core import FakeApp
+from sandbox.server import add_common_arguments, run
+from sandbox.wire import FakeRequest, FakeResponse, dumps
 
 DEFAULT_PORT = 9100
 MAX_REQUEST_BYTES = 500 * 1024

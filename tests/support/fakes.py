@@ -28,6 +28,7 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -317,16 +318,27 @@ class FakeVoucherify(FakeProcess):
         secret_key: str = "test-vf-secret-key",
         name: str = "voucherify",
         strict_nulls: bool = False,
+        quota: Mapping[str, Any] | None = None,
+        bulk_delay_s: float = 0.0,
         **kw: Any,
     ) -> None:
+        """``quota``: the start-up quota (a ``POST /__fake/quota`` body, see sandbox.quota);
+        ``bulk_delay_s``: how long a bulk async action takes to be DONE."""
         super().__init__(name=name, **kw)
         self.app_id = app_id
         self.secret_key = secret_key
         secrets.register(app_id, secret_key)
         self.strict_nulls = strict_nulls
+        self.quota_spec = dict(quota or {})
+        self.bulk_delay_s = bulk_delay_s
 
     def _cli_args(self) -> list[str]:
-        return ["--strict-nulls"] if self.strict_nulls else []
+        args = ["--strict-nulls"] if self.strict_nulls else []
+        if self.quota_spec:
+            args += ["--quota", json.dumps(self.quota_spec)]
+        if self.bulk_delay_s:
+            args += ["--bulk-delay-s", str(self.bulk_delay_s)]
+        return args
 
     def _cli_env(self) -> dict[str, str]:
         return {"FAKE_VOUCHERIFY_APP_ID": self.app_id, "FAKE_VOUCHERIFY_SECRET_KEY": self.secret_key}
@@ -350,6 +362,48 @@ class FakeVoucherify(FakeProcess):
     def set_metadata_schemas(self, schemas: list[dict[str, Any]], *, enforce: bool) -> None:
         """What ``GET /v1/metadata-schemas`` lists; ``enforce``: refuse undefined customer metadata."""
         self._control("POST", "metadata-schemas", json={"schemas": schemas, "enforce": enforce})
+
+    # -- quota, credentials, bulk async actions (sandbox.voucherify_admin) -----------------------
+
+    def quota(self, *, history: bool = False) -> dict[str, Any]:
+        """GET /__fake/quota: configuration, buckets (used/limit/remaining/reset), calls, refusals;
+        ``history``: each bucket's past windows (``used_by``/``refused_by`` connector and shop)."""
+        params = {"history": "1"} if history else None
+        result: dict[str, Any] = self._control("GET", "quota", params=params)
+        return result
+
+    def set_quota(self, **spec: Any) -> dict[str, Any]:
+        """POST /__fake/quota, e.g. ``set_quota(plan="business", period_scale=0.1, align="now")``."""
+        result: dict[str, Any] = self._control("POST", "quota", json=spec)
+        return result
+
+    def reset_quota(self) -> dict[str, Any]:
+        """DELETE /__fake/quota: the start-up quota, every counter emptied."""
+        result: dict[str, Any] = self._control("DELETE", "quota")
+        return result
+
+    def shop_burst(self, calls: int, kind: str = "rest") -> dict[str, int]:
+        """The shop makes ``calls`` calls now: ``{"accepted", "refused"}``."""
+        result: dict[str, int] = self._control("POST", "quota/shop", json={"calls": calls, "kind": kind})
+        return result
+
+    def set_auth(self, state: str, for_s: float | None = None) -> dict[str, Any]:
+        """``"revoked"`` (401), ``"forbidden"`` (403) or ``"ok"``; ``for_s``: restored after that."""
+        result: dict[str, Any] = self._control("POST", "auth", json={"state": state, "for_s": for_s})
+        return result
+
+    def auth(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._control("GET", "auth")
+        return result
+
+    def set_async_actions(self, **spec: Any) -> dict[str, Any]:
+        """POST /__fake/async-actions: ``delay_s``, ``fail_next``, ``failures`` (sandbox.async_actions)."""
+        result: dict[str, Any] = self._control("POST", "async-actions", json=spec)
+        return result
+
+    def async_actions(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._control("GET", "async-actions")
+        return result
 
 
 class FakeSegment(FakeProcess):
