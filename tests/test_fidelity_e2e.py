@@ -25,7 +25,7 @@ from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.integration
 
-APP_ID = "fid-app"
+APP_ID = "fid-app-id-1"
 SECRET = "fid-secret-key-123"
 SPECIAL = 'Tom & Jerry\'s <Cafe> "x" = / `'
 FAST = {
@@ -46,7 +46,7 @@ def fake(tmp_path: Path) -> Iterator[FakeVoucherify]:
 
 def connections(fake: FakeVoucherify, extra: str = "") -> str:
     out = []
-    for mode, key in (("rest", "wk_rest"), ("segmentio", "wk_seg")):
+    for mode, key in (("rest", "wk_rest_fidelity"), ("segmentio", "wk_seg_fidelity")):
         out.append(
             f"""
 [[connection]]
@@ -83,7 +83,7 @@ def test_accepted_shapes_reach_voucherify_in_both_modes(
     stack.worker(concurrency=10)
 
     errors: list[Exception] = []
-    for key in ("wk_rest", "wk_seg"):
+    for key in ("wk_rest_fidelity", "wk_seg_fidelity"):
         client = Client(key, host=stack.web_url, sync_mode=True, on_error=lambda e, _b: errors.append(e))
         client.page("c-user", None, 0)  # the client sends a falsy name as it is
         client.screen("c-user", None, 0)
@@ -156,7 +156,7 @@ def test_metadata_schema_filters_and_refreshes_after_a_metadata_400(
     stack.scheduler()
 
     def identify(user: str, metadata: dict[str, Any]) -> None:
-        post(stack.web_url, "wk_rest", "/v1/identify", {"userId": user, "traits": {"metadata": metadata}})
+        post(stack.web_url, "wk_rest_fidelity", "/v1/identify", {"userId": user, "traits": {"metadata": metadata}})
 
     identify("m-user-1", {"plan": "pro", "ltv": 10, "nickname": "Al"})
     wait_until(lambda: delivered(fake, "/v1/customers"), timeout=30, what="the first upsert")

@@ -32,11 +32,11 @@ pytestmark = pytest.mark.integration
 CONNECTIONS = """
 [[connection]]
 id = "acme"
-write_keys = ["wk_acme"]
+write_keys = ["wk_acme_hardening"]
 segment_webhook_secret = "seg-secret"
 [connection.voucherify]
-app_id = "app"
-secret_key = "secret"
+app_id = "hardening-app-id"
+secret_key = "hardening-secret-key"
 region = "eu"
 api_url = "http://127.0.0.1:9"
 webhook_secret = "vf-secret"
@@ -49,14 +49,14 @@ id = "tight"
 write_keys = ["wk_tight"]
 backlog_bytes_limit = 1048576
 [connection.voucherify]
-app_id = "app"
-secret_key = "secret"
+app_id = "hardening-app-id"
+secret_key = "hardening-secret-key"
 region = "us1"
 api_url = "http://127.0.0.1:9"
 """
 
 
-def auth(key: str = "wk_acme") -> dict[str, str]:
+def auth(key: str = "wk_acme_hardening") -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
 
 
