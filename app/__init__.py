@@ -16,8 +16,8 @@ from app.metrics import announce_mode, count_refused_request, metrics_bp
 from app.status import status_bp
 from app.views import ops, tracking, webhooks
 from connector import redisconn
+from connector.celery_app import create_celery
 from connector.config import Settings, load_settings
-from workers.celery_app import create_celery
 
 log = logging.getLogger("connector.web")
 

@@ -18,9 +18,9 @@ from celery import Celery
 from kombu.exceptions import KombuError, OperationalError
 
 from app.errors import ApiError
+from connector import backlog
 from connector.config import Connection
-from workers.celery_app import TASK_SEGMENT_EVENTS, TASK_VOUCHERIFY_WEBHOOK
-from workers.delivery import backlog
+from connector.contract import TASK_SEGMENT_EVENTS, TASK_VOUCHERIFY_WEBHOOK
 
 log = logging.getLogger("connector.ingest")
 
@@ -99,7 +99,7 @@ class Enqueuer:
         self, connection: Connection, events: Sequence[Any], shared: dict[str, Any], stored_bytes: int
     ) -> None:
         """``events``: dicts, or their JSON as ``orjson.Fragment`` (embedded as they are);
-        ``shared``: the fields they have in common, stored once (connector.segment_message)."""
+        ``shared``: the fields they have in common, stored once (connector.contract)."""
         self._publish(
             connection,
             len(events),

@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from app.auth import require_token
 from connector import depths, metrics, multiprocess
 from connector.config import Connection, Settings
-from workers.delivery import SOURCE
+from connector.contract import SOURCE
 
 log = logging.getLogger("connector.web")
 

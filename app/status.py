@@ -3,7 +3,7 @@
 It shows the configured connections (ids, regions, modes, queues -- never a credential), the
 queue depths read from Redis, and, in the sandbox, the last requests the fake Voucherify and
 fake Segment received.  Those come from the fakes' ``/__fake/requests`` fetched *by the
-browser* (the web process never imports an HTTP client); ``connector.run`` tells the page where
+browser* (the web process never imports an HTTP client); ``ops.run`` tells the page where
 the fakes listen through ``CONNECTOR_SANDBOX_FAKES`` (``name=url,name=url``, loopback only).
 Only method, path, status and time of a recorded request are displayed, never its headers or
 body (they carry the sandbox's credentials and the events).

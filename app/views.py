@@ -17,8 +17,8 @@ from app.errors import ApiError, bad_request, unauthorized
 from app.ingest import PATH_TYPES, IngestResult, ingest_body
 from app.metrics import count_received, count_rejected
 from connector.config import Connection, Settings
+from connector.contract import DESTINATION, SOURCE
 from connector.signatures import segment_signature_valid, voucherify_signature_valid
-from workers.delivery import DESTINATION, SOURCE
 
 tracking = Blueprint("tracking", __name__)
 webhooks = Blueprint("webhooks", __name__)
@@ -137,8 +137,8 @@ def segment_webhook(connection_id: str) -> Response:
 
 @webhooks.post("/webhooks/voucherify/<connection_id>")
 def voucherify_webhook(connection_id: str) -> tuple[Response, int]:
-    from workers.errors import MappingError
-    from workers.source.envelope import parse_webhook
+    from connector.envelope import parse_webhook
+    from connector.errors import MappingError
 
     _ingesting(SOURCE, "voucherify_webhook")
     connection = _connection_or_404(connection_id)
@@ -186,7 +186,7 @@ def _check_webhook_age(connection: Connection, event: Any, now: float) -> None:
     """Replay protection (SPEC 4.1, 6): only events whose age is KNOWN to be within the accepted
     window pass.  An unreadable or future ``created_at`` would otherwise skip the check -- and
     outlive the dedupe memory, which is sized from that window."""
-    from workers.source.envelope import FUTURE_SKEW_SECONDS, event_age_seconds
+    from connector.envelope import FUTURE_SKEW_SECONDS, event_age_seconds
 
     age = event_age_seconds(event, now)
     if age is None:

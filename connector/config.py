@@ -333,7 +333,7 @@ SubscriptionValidator = Callable[[Mapping[str, Any]], list[str]]
 def _default_subscription_validator() -> SubscriptionValidator:
     # The mapping language lives with the (pure) mapping code in workers/; importing it here
     # lets both processes reject a bad subscription at start-up.
-    from workers.destination.subscriptions import validate_subscription
+    from workers.mapping.destination.subscriptions import validate_subscription
 
     return validate_subscription
 
@@ -462,7 +462,7 @@ def _destination(r: _Reader, validator: SubscriptionValidator | None) -> Destina
                 r.problem(label, error)
             mappings.append(raw)
     # The classic tables' vocabulary lives with the (pure) mapping code, as the trigger language.
-    from workers.destination.classic import DEFAULTS_CHOICES, flatten_table, validate_table
+    from workers.mapping.destination.classic import DEFAULTS_CHOICES, flatten_table, validate_table
 
     defaults = r.text("defaults", default="actions") or "actions"
     if defaults not in DEFAULTS_CHOICES:

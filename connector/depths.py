@@ -15,7 +15,7 @@ from typing import Any
 import redis
 
 from connector.config import Settings
-from workers.delivery.keys import Keys
+from connector.keys import Keys
 
 # kombu's Redis transport keeps messages handed to a worker but not yet acknowledged here.
 UNACKED_KEY = "unacked"

@@ -36,9 +36,11 @@ from typing import Any
 import redis
 from celery.exceptions import Reject
 
+from connector import backlog
 from connector.config import Connection
-from connector.segment_message import backlog_shares, expand
-from workers.delivery import DESTINATION, SOURCE, backlog, outcomes
+from connector.contract import DESTINATION, SOURCE, backlog_shares, expand
+from connector.errors import MappingError, SkipEvent
+from workers.delivery import outcomes
 from workers.delivery.coalesce import coalesce
 from workers.delivery.concurrency import run_all
 from workers.delivery.deadletters import INTERNAL_ERROR, MAPPING_ERROR
@@ -57,7 +59,6 @@ from workers.delivery.engine import (
 from workers.delivery.outbox import Outbox
 from workers.delivery.segment_outbox import FlushResult, flush
 from workers.delivery.store import DelayedStore, Parked
-from workers.errors import MappingError, SkipEvent
 from workers.outbound import OutboundRequest
 from workers.runtime import Runtime
 
@@ -74,14 +75,14 @@ REQUEUE_PAUSE_SECONDS = 1.0
 def _map_event(event: dict[str, Any], connection: Connection) -> Any:
     """The event's requests and the failures of matching subscriptions (a MappingResult); a
     plain list of requests (the mappers of unit tests) means no failure."""
-    from workers.destination import map_event_detailed
+    from workers.mapping.destination import map_event_detailed
 
     return map_event_detailed(event, connection)
 
 
 def _map_webhook(payload: dict[str, Any], connection: Connection) -> OutboundRequest:
-    from workers.source.envelope import parse_webhook
-    from workers.source.mapping import map_webhook, to_outbound
+    from connector.envelope import parse_webhook
+    from workers.mapping.source.mapping import map_webhook, to_outbound
 
     return to_outbound(map_webhook(parse_webhook(payload), connection), connection)
 
@@ -98,7 +99,7 @@ def process_segment_events(
     shared: dict[str, Any] | None = None,
     stored_bytes: int = 0,
 ) -> None:
-    """``shared`` and ``stored_bytes``: see :mod:`connector.segment_message` (absent in
+    """``shared`` and ``stored_bytes``: see :mod:`connector.contract` (absent in
     messages of older web processes and in dead-letter replays)."""
     if connection is None:
         _drop(rt, connection_id, "segment_events", len(events), len(events), stored_bytes)

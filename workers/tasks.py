@@ -8,14 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from connector.celery_app import celery
+from connector.contract import TASK_DELIVER, TASK_SEGMENT_EVENTS, TASK_SEGMENT_FLUSH, TASK_VOUCHERIFY_WEBHOOK
 from workers import pipeline
-from workers.celery_app import (
-    TASK_DELIVER,
-    TASK_SEGMENT_EVENTS,
-    TASK_SEGMENT_FLUSH,
-    TASK_VOUCHERIFY_WEBHOOK,
-    celery,
-)
 from workers.runtime import runtime
 
 
@@ -27,7 +22,7 @@ def segment_events(
     stored_bytes: int = 0,
 ) -> None:
     """Segment events accepted by the ingest -> Voucherify calls (message format:
-    connector.segment_message; the last two arguments are absent in older messages)."""
+    connector.contract; the last two arguments are absent in older messages)."""
     rt = runtime()
     pipeline.process_segment_events(
         rt, rt.settings.connection(connection_id), connection_id, events, shared, stored_bytes

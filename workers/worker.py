@@ -24,10 +24,10 @@ from celery.signals import (  # noqa: E402
 )
 
 from connector import redisconn  # noqa: E402
+from connector.celery_app import celery, queues_for  # noqa: E402
 from connector.config import ConfigError, exit_on_config_error, load_settings  # noqa: E402
 from connector.logs import configure_logging  # noqa: E402
 from workers import tasks  # noqa: E402, F401  (registers the tasks)
-from workers.celery_app import celery, queues_for  # noqa: E402
 from workers.restore import start_sweeper  # noqa: E402
 from workers.runtime import build_runtime, set_runtime  # noqa: E402
 

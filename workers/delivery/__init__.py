@@ -22,8 +22,3 @@
 
 This package's ``__init__`` stays import-light: the web process imports ``backlog`` from it.
 """
-
-# Direction labels (logs, metrics, dead letters, parked entries, the ``connector.deliver`` task).
-DESTINATION = "segment_to_voucherify"
-SOURCE = "voucherify_to_segment"
-DIRECTIONS = (DESTINATION, SOURCE)

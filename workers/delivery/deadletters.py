@@ -33,11 +33,11 @@ from typing import Any
 import orjson
 import redis
 
-from workers.celery_app import TASK_DELIVER, TASK_SEGMENT_EVENTS, TASK_VOUCHERIFY_WEBHOOK
-from workers.delivery import SOURCE, backlog
-from workers.delivery.keys import Keys
-from workers.delivery.lua import Lua
-from workers.delivery.publish import Publish
+from connector import backlog
+from connector.contract import SOURCE, TASK_DELIVER, TASK_SEGMENT_EVENTS, TASK_VOUCHERIFY_WEBHOOK
+from connector.keys import Keys
+from connector.lua import Lua
+from connector.publish import Publish
 
 # KEYS: dlq, dlq:data, dlq:counts.  ARGV: id, score, record JSON, connection id.
 _ADD = Lua(

@@ -41,9 +41,11 @@ from typing import Any
 import orjson
 import redis
 
-from connector import CHANNEL, USER_AGENT, metrics
+from connector import CHANNEL, USER_AGENT, backlog, metrics
 from connector.config import Connection
-from workers.delivery import DESTINATION, SOURCE, backlog, outcomes
+from connector.contract import DESTINATION, SOURCE
+from connector.keys import Keys
+from workers.delivery import outcomes
 from workers.delivery.deadletters import (
     MAX_HISTORY,
     REJECTED,
@@ -60,7 +62,6 @@ from workers.delivery.http import (
     classify,
     server_wait,
 )
-from workers.delivery.keys import Keys
 from workers.delivery.ledger import ClaimState, Ledger, new_token
 from workers.delivery.metadata_schema import (
     MAX_LISTING_BYTES,
@@ -73,7 +74,11 @@ from workers.delivery.ratelimit import SEGMENT, VOUCHERIFY, Budget, RateLimiter
 from workers.delivery.retries import decide
 from workers.delivery.stale import StaleGuard, event_time_ms
 from workers.delivery.tuning import Tuning
-from workers.destination.metadata import CustomerMetadataSchema, carries_customer_metadata, filter_request
+from workers.mapping.destination.metadata import (
+    CustomerMetadataSchema,
+    carries_customer_metadata,
+    filter_request,
+)
 from workers.outbound import OutboundRequest
 from workers.runtime import Runtime
 
@@ -173,7 +178,7 @@ def _child(metric: Any, *labels: str) -> Any:
 
 
 def _voucherify_auth(connection: Connection) -> dict[str, str]:
-    from workers.destination.requests import auth_headers
+    from workers.mapping.destination.requests import auth_headers
 
     return auth_headers(connection.voucherify)
 
@@ -236,7 +241,7 @@ class Context:
         longer than the oldest webhook the web accepts (``max_event_age_hours``, measured from a
         ``created_at`` that may run a little ahead of our clock) plus the retry window.  A
         shorter memory let a replay of an event still young enough to be accepted in twice."""
-        from workers.source.envelope import FUTURE_SKEW_SECONDS
+        from connector.envelope import FUTURE_SKEW_SECONDS
 
         accepted = self.connection.voucherify.max_event_age_seconds + FUTURE_SKEW_SECONDS
         return max(self.ledger_keep, accepted + self.window + DEDUPE_MARGIN_SECONDS)

@@ -25,9 +25,9 @@ from typing import Any, Final
 import orjson
 import redis
 
+from connector.keys import Keys
 from workers.delivery.http import HTTPResult, Transport, TransportFailure
-from workers.delivery.keys import Keys
-from workers.destination.metadata import CustomerMetadataSchema
+from workers.mapping.destination.metadata import CustomerMetadataSchema
 
 PATH: Final = "/v1/metadata-schemas"
 LOCK_SECONDS: Final = 30

@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 import redis
 
-from workers.delivery.keys import Keys
-from workers.delivery.lua import Lua
+from connector.keys import Keys
+from connector.lua import Lua
 
 LOCK_TTL = 60.0  # > one request (connect + read + slow body); refreshed between batches
 SWEEP_MARK_TTL = 2.0

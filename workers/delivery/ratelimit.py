@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import redis
 
-from workers.delivery.keys import Keys
-from workers.delivery.lua import Lua
+from connector.keys import Keys
+from connector.lua import Lua
 from workers.delivery.retries import MAX_SERVER_WAIT_SECONDS, header_number
 
 VOUCHERIFY = "voucherify"

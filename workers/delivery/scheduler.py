@@ -30,12 +30,12 @@ from types import FrameType
 import redis
 from kombu.exceptions import KombuError
 
-from connector import metrics
+from connector import backlog, metrics
 from connector.config import Settings
-from workers.celery_app import TASK_DELIVER, TASK_SEGMENT_FLUSH
-from workers.delivery import backlog, outbox
-from workers.delivery.keys import Keys
-from workers.delivery.publish import Publish, celery_publish
+from connector.contract import TASK_DELIVER, TASK_SEGMENT_FLUSH
+from connector.keys import Keys
+from connector.publish import Publish, celery_publish
+from workers.delivery import outbox
 from workers.delivery.store import DelayedStore
 
 log = logging.getLogger("connector.scheduler")

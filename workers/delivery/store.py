@@ -27,8 +27,8 @@ from typing import Any
 import orjson
 import redis
 
-from workers.delivery.keys import Keys
-from workers.delivery.lua import Lua
+from connector.keys import Keys
+from connector.lua import Lua
 
 _CLAIM_DUE = Lua(
     """

@@ -20,10 +20,10 @@ across tasks, so that a test changing the environment sees the change at once.
 | ``CONNECTOR_SLOWDOWN_SECONDS`` | 60 | how long a slow-down lasts |
 | ``CONNECTOR_SEGMENT_MAX_EVENTS`` / ``_MAX_BYTES`` | 2500 / 500000 | one /v1/batch request |
 
-Elsewhere: ``CONNECTOR_KEY_PREFIX`` (``connector:``, :mod:`workers.delivery.keys`);
+Elsewhere: ``CONNECTOR_KEY_PREFIX`` (``connector:``, :mod:`connector.keys`);
 ``CONNECTOR_SCHEDULER_INTERVAL`` / ``_BATCH`` / ``_LEASE_SECONDS`` (0.5 / 200 / 30,
 :mod:`workers.delivery.scheduler`); ``CONNECTOR_BACKLOG_RECONCILE_SECONDS`` (30, how often the
-scheduler looks for backlog counters left high by a dead process, :mod:`workers.delivery.backlog`);
+scheduler looks for backlog counters left high by a dead process, :mod:`connector.backlog`);
 ``CONNECTOR_BODY_TIMEOUT_SECONDS`` (10, the web's deadline for a request body, :mod:`app.body`).
 """
 
@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from workers.celery_app import TASK_TIME_BUDGET_SECONDS
+from connector.contract import TASK_TIME_BUDGET_SECONDS
 
 
 def _float(name: str, default: float) -> float:

@@ -1,0 +1,16 @@
+"""gunicorn entry point: ``gunicorn ops.wsgi:app``.
+
+A configuration that does not load stops gunicorn here (the app is preloaded, see
+gunicorn.conf.py) with the list of every problem and exit status 2 -- not a traceback.
+"""
+
+from app import create_app
+from connector.config import ConfigError, exit_on_config_error, load_settings
+from connector.logs import configure_logging
+
+configure_logging("web")
+try:
+    _settings = load_settings()
+except ConfigError as exc:
+    exit_on_config_error(exc, "web")
+app = create_app(_settings)
