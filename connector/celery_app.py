@@ -17,7 +17,7 @@ Settings that keep accepted work safe (SPEC 5):
 
 from __future__ import annotations
 
-import os
+import threading
 from typing import Any
 
 import orjson
@@ -27,12 +27,13 @@ from kombu.serialization import register as register_serializer
 from kombu.utils import json as kombu_json
 
 from connector import redisconn
-from connector.config import DEFAULT_REDIS_URL, redis_tls_verify
-
-VISIBILITY_TIMEOUT_SECONDS = int(os.environ.get("CONNECTOR_VISIBILITY_TIMEOUT", "120"))
+from connector.tuning import BrokerOptions
 
 
-def celery_config(redis_url: str, tls_verify: str = "required") -> dict[str, Any]:
+def celery_config(
+    redis_url: str, tls_verify: str = "required", options: BrokerOptions | None = None
+) -> dict[str, Any]:
+    options = options or BrokerOptions()
     return {
         "broker_url": redis_url,
         # rediss://: REDIS_TLS_VERIFY as for every other Redis client (connector.redisconn).
@@ -50,14 +51,14 @@ def celery_config(redis_url: str, tls_verify: str = "required") -> dict[str, Any
         # Messages reserved per pool slot.  A gevent worker has many slots (the Procfile's
         # --concurrency 100), so one each already keeps it busy; more would only hold messages
         # unacknowledged for longer (a reserved message counts against the visibility timeout).
-        "worker_prefetch_multiplier": int(os.environ.get("CONNECTOR_PREFETCH", "1")),
+        "worker_prefetch_multiplier": options.prefetch,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "broker_connection_retry_on_startup": True,
         "broker_connection_retry": True,
         "broker_connection_max_retries": None,
         "broker_pool_limit": 10,
         "broker_transport_options": {
-            "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
+            "visibility_timeout": options.visibility_timeout,
             "unacked_restore_interval": 5,
             "unacked_restore_throttle": 1,
             # kombu's sweep mutex; a worker killed while holding it must not block sweeps for
@@ -66,7 +67,7 @@ def celery_config(redis_url: str, tls_verify: str = "required") -> dict[str, Any
             # kombu's Redis pool for a worker's acks and restores holds 10 connections by
             # default; a gevent worker acks from up to `--concurrency` greenlets at once, and an
             # exhausted pool turns acks and requeues into errors.
-            "max_connections": int(os.environ.get("CONNECTOR_BROKER_MAX_CONNECTIONS", "500")),
+            "max_connections": options.max_connections,
             "socket_connect_timeout": 2,
             "socket_timeout": 5,
             "retry_on_timeout": True,
@@ -105,12 +106,12 @@ def register_fast_json() -> None:
 register_fast_json()
 
 
-def create_celery(redis_url: str | None = None, tls_verify: str | None = None) -> Celery:
-    """A Celery app on ``redis_url``; without arguments, on ``REDIS_URL`` / ``REDIS_TLS_VERIFY``
-    (the module-level app, used to publish by processes that do not load the settings)."""
-    url = redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+def create_celery(
+    redis_url: str, tls_verify: str = "required", options: BrokerOptions | None = None
+) -> Celery:
+    """A Celery app on ``redis_url`` (the web's publisher, a command's, a test's)."""
     app = Celery("connector")
-    app.conf.update(celery_config(url, tls_verify or redis_tls_verify()))
+    app.conf.update(celery_config(redis_url, tls_verify, options))
     return app
 
 
@@ -118,4 +119,20 @@ def queues_for(names: list[str]) -> list[Queue]:
     return [Queue(name, routing_key=name) for name in names]
 
 
-celery = create_celery()
+# The app the workers' tasks register on; workers.worker configures it from the settings.
+celery = Celery("connector")
+
+_default: Celery | None = None
+_default_lock = threading.Lock()
+
+
+def default_app() -> Celery:
+    """A process's publishing app for commands that load no settings (``connector dlq replay``,
+    the scheduler's default publisher): ``REDIS_URL`` and ``REDIS_TLS_VERIFY``, read once."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            from connector import config
+
+            _default = create_celery(config.redis_url(), config.redis_tls_verify())
+        return _default

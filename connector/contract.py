@@ -28,7 +28,7 @@ Older messages (``[connection_id, events]``, events already merged) stay readabl
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, TypedDict
 
 # --- task names ----------------------------------------------------------------------------
 TASK_SEGMENT_EVENTS: Final = "connector.segment_events"
@@ -40,6 +40,10 @@ TASK_SEGMENT_FLUSH: Final = "connector.segment_flush"
 # visibility timeout must stay well above it so that a running task is never handed to a second
 # worker.
 TASK_TIME_BUDGET_SECONDS: Final = 20
+
+# Segment's Tracking API refuses an event over 32 KB: the ingest refuses it first, the source
+# mapping shrinks a track call under it, the Segment outbox dead-letters one over it.
+SEGMENT_MAX_EVENT_BYTES: Final = 32 * 1024
 
 # --- directions ----------------------------------------------------------------------------
 DESTINATION: Final = "segment_to_voucherify"
@@ -82,3 +86,30 @@ def backlog_shares(stored_bytes: int, count: int) -> list[int]:
         return []
     base, extra = divmod(max(0, int(stored_bytes)), count)
     return [base + (1 if i < extra else 0) for i in range(count)]
+
+
+# --- the delivery item -----------------------------------------------------------------------
+
+
+class DeliveryItem(TypedDict, total=False):
+    """One outbound call on its way: what parked entries, ``connector.deliver`` tasks, Segment
+    outboxes and dead-letter replays carry (JSON; keys only ever added)."""
+
+    request: dict[str, Any]  # workers.outbound.OutboundRequest.to_dict(): no credentials
+    payload: Any  # the original event or webhook (a list for a coalesced call)
+    received_at: float | None  # when the ingest accepted it (epoch seconds)
+    first_attempt_at: float | None  # the retry window runs from here
+    attempts: int
+    history: list[dict[str, Any]]  # [{"t", "status", "error", "latency_ms"}], bounded
+    last_delay: float | None  # the previous backoff (decorrelated jitter starts from it)
+    backlog: int  # events to release from the connection's backlog when finished
+    backlog_bytes: int  # their bytes
+    parked: bool  # came back from the delayed store (holds a budget parking slot)
+    enqueued_at: float  # appended to a Segment outbox (its retry window starts here)
+    metadata_refreshed: bool  # a refused upsert already waited for a fresh metadata schema
+    metadata_counted: bool  # its dropped metadata keys were counted once
+
+
+def backlog_of(item: Mapping[str, Any]) -> tuple[int, int]:
+    """(events, bytes) of the backlog an item holds, released when it is finished."""
+    return int(item.get("backlog") or 0), int(item.get("backlog_bytes") or 0)

@@ -1,15 +1,24 @@
-"""What went wrong, grouped by what the caller should do about it.
+"""What the connector raises on purpose, grouped by what the caller should do about it.
 
-::
+The whole tree, each class with the module that raises it; nothing else derives from
+:class:`ConnectorError`, and every class below is raised somewhere::
 
-    ConnectorError
-    ├── RetryableError          try again later (connection errors, timeouts, 408/423/429/5xx)
-    │   └── RetryableHTTPError  carries the status and the wait the server asked for
-    ├── PermanentError          dead-letter at once, never retry (other 4xx, bad events)
-    │   ├── MappingError        the event cannot become a request (message in the reference's words)
-    │   └── PermanentHTTPError  carries the status and a bounded excerpt of the response
-    ├── SkipEvent               nothing to do, by design (disabled action, filter, no customer)
-    └── ConfigurationError      the deployment is wrong; surfaces at start-up
+    ConnectorError                 root: an error the connector raises on purpose
+    ├── ConfigError                the deployment is wrong: every problem listed at once, the
+    │   │                          process stops with status 2 (connector.config, routing)
+    │   └── UnknownRegion          a region no table knows (connector.regions)
+    ├── MappingError               this event cannot become a request: dead letter
+    │                              ``mapping_error``, never retried (the mappings, the envelope)
+    ├── SkipEvent                  nothing to do, by design: acknowledged, counted by ``reason``
+    │                              (the mappings)
+    └── TransportFailure           no HTTP answer at all (refused, reset, timed out, a bad URL);
+                                   ``retryable`` says which (workers.delivery.transport)
+
+An HTTP *answer*, even a 500, is not an exception: the classification table
+(:mod:`workers.delivery.classify`) turns it into a verdict.  Errors that never leave the module
+that raises them (the web's ``ApiError`` answer, the trigger parser's ``TriggerError``, the
+metadata schema's ``SchemaUnavailable``, ``connector map``'s ``MapInputError``, ``make run``'s
+``RunError`` and ``RunFileError``) are declared there and caught there.
 """
 
 from __future__ import annotations
@@ -19,38 +28,38 @@ class ConnectorError(Exception):
     """Root of every error the connector raises on purpose."""
 
 
-class RetryableError(ConnectorError):
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        # Seconds the remote side asked us to wait (Retry-After / X-Rate-Limit-Retry), if any.
-        self.retry_after = retry_after
+class ConfigError(ConnectorError):
+    """All configuration problems found, one per line (each once, in the order found)."""
+
+    def __init__(self, problems: list[str] | str) -> None:
+        listed = [problems] if isinstance(problems, str) else problems
+        self.problems = list(dict.fromkeys(listed))
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+    def report(self, process: str) -> str:
+        """The short text a process prints before exiting: the list, no traceback."""
+        count = len(self.problems)
+        head = f"connector {process}: invalid configuration ({count} problem{'s' if count != 1 else ''}):"
+        return "\n".join([head, *(f"  - {p}" for p in self.problems), "Fix these and start again."])
 
 
-class RetryableHTTPError(RetryableError):
-    def __init__(
-        self, status: int, message: str, *, retry_after: float | None = None, body: str = ""
-    ) -> None:
-        super().__init__(message, retry_after=retry_after)
-        self.status = status
-        self.body = body
+class UnknownRegion(ConfigError):
+    """A region that no table of :mod:`connector.regions` knows (never a silent default)."""
 
-
-class PermanentError(ConnectorError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
+    def __str__(self) -> str:
+        return self.message
 
-class MappingError(PermanentError):
+
+class MappingError(ConnectorError):
     """The event cannot be mapped, e.g. ``The root value is missing the required field 'source_id'.``"""
 
-
-class PermanentHTTPError(PermanentError):
-    def __init__(self, status: int, message: str, *, body: str = "") -> None:
+    def __init__(self, message: str) -> None:
         super().__init__(message)
-        self.status = status
-        self.body = body
+        self.message = message
 
 
 class SkipEvent(ConnectorError):
@@ -59,5 +68,11 @@ class SkipEvent(ConnectorError):
         self.reason = reason
 
 
-class ConfigurationError(ConnectorError):
-    pass
+class TransportFailure(ConnectorError):
+    """No HTTP answer: connection refused/reset, DNS, timeout, broken body, bad URL."""
+
+    def __init__(self, message: str, *, retryable: bool, latency: float = 0.0) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+        self.latency = latency

@@ -31,14 +31,9 @@ and the Lua scripts touch only keys they are passed.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 DEFAULT_PREFIX = "connector:"
-
-
-def default_prefix() -> str:
-    return os.environ.get("CONNECTOR_KEY_PREFIX") or DEFAULT_PREFIX
 
 
 @dataclass(frozen=True)
@@ -47,7 +42,11 @@ class Keys:
 
     @classmethod
     def from_env(cls) -> Keys:
-        return cls(default_prefix())
+        """``CONNECTOR_KEY_PREFIX`` as :mod:`connector.config` reads it (processes take it from
+        their settings; this is for code that has none, e.g. a test reading a deployment)."""
+        from connector.config import key_prefix
+
+        return cls(key_prefix())
 
     def ledger(self, connection_id: str, idempotency_key: str) -> str:
         return f"{self.prefix}ledger:{connection_id}:{idempotency_key}"

@@ -24,7 +24,7 @@ import re
 import socket
 import sys
 
-ENV = "PROMETHEUS_MULTIPROC_DIR"
+from connector.config import metrics_directory
 
 log = logging.getLogger("connector.metrics")
 
@@ -32,7 +32,7 @@ _configured = False
 
 
 def directory() -> str | None:
-    return os.environ.get(ENV) or None
+    return metrics_directory()
 
 
 def _host_tag() -> str:

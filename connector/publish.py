@@ -9,10 +9,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from celery import Celery
+
 Publish = Callable[[str, list[Any], str], None]
 
 
 def celery_publish(task_name: str, args: list[Any], queue: str) -> None:
-    from connector.celery_app import celery
+    """On the process's default app (``REDIS_URL``): commands that load no settings."""
+    from connector.celery_app import default_app
 
-    celery.send_task(task_name, args=args, queue=queue, routing_key=queue, retry=False)
+    publisher(default_app())(task_name, args, queue)
+
+
+def publisher(app: Celery) -> Publish:
+    """A publisher on ``app`` (a process that loaded its settings builds its own app)."""
+
+    def publish(task_name: str, args: list[Any], queue: str) -> None:
+        app.send_task(task_name, args=args, queue=queue, routing_key=queue, retry=False)
+
+    return publish

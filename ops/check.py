@@ -1,4 +1,5 @@
-"""The work behind ``connector check`` and ``connector send-test`` (the CLI only prints).
+"""``connector check``: the configuration, Redis (persistence, eviction) and every connection's
+credentials against its Voucherify and Segment.
 
 ``check`` findings are ``ok``, ``warning`` or ``error``; messages name the connection and what
 was tried, never a credential or a response body beyond the target's short error message.
@@ -6,28 +7,19 @@ was tried, never a credential or a response body beyond the target's short error
 
 from __future__ import annotations
 
-import base64
-import os
-import time
-import uuid
+import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass
 
 import click
 import redis
 import requests
 
-from connector import redisconn
-from connector.config import (
-    DEFAULT_REDIS_URL,
-    ConfigError,
-    Connection,
-    Settings,
-    load_settings,
-    redact_url,
-    redis_tls_verify,
-)
+from connector import config, redisconn
+from connector.config import ConfigError, Connection, Settings, redact_url
+from ops.common import print_json
+from workers.settings import load_settings
+from workers.targets import segment, voucherify
 
 USER_AGENT = "segment-voucherify-connector-check/1"
 
@@ -55,25 +47,6 @@ def error(subject: str, message: str) -> Finding:
 
 
 # --- configuration ---------------------------------------------------------------------------
-
-
-def settings_or_exit() -> Settings:
-    try:
-        return load_settings()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def pick_connection(settings: Settings, connection_id: str | None) -> Connection:
-    if connection_id:
-        connection = settings.connection(connection_id)
-        if connection is None:
-            known = ", ".join(c.id for c in settings.connections)
-            raise click.ClickException(f"no connection {connection_id!r} (configured: {known})")
-        return connection
-    if len(settings.connections) != 1:
-        raise click.ClickException("several connections are configured: choose one with --connection")
-    return settings.connections[0]
 
 
 def check_configuration() -> tuple[Settings | None, list[Finding]]:
@@ -223,11 +196,9 @@ def _call(
 
 
 def check_voucherify(connection: Connection, timeout: float, session: requests.Session) -> Finding:
-    from workers.mapping.destination.requests import auth_headers
-
     vf = connection.voucherify
     subject = f"connection {connection.id!r} voucherify ({vf.region or vf.base_url}, {vf.mode})"
-    headers = {**auth_headers(vf), "User-Agent": USER_AGENT, "Accept": "application/json"}
+    headers = {**voucherify.auth_headers(vf), "User-Agent": USER_AGENT, "Accept": "application/json"}
     if vf.mode == "segmentio":
         url = f"{vf.base_url}/segmentio/test-authentication"
         what = "GET /segmentio/test-authentication"
@@ -246,8 +217,7 @@ def check_segment(connection: Connection, timeout: float, session: requests.Sess
     assert connection.segment is not None
     seg = connection.segment
     subject = f"connection {connection.id!r} segment ({seg.region or seg.base_url})"
-    token = base64.b64encode(f"{seg.write_key.reveal()}:".encode()).decode("ascii")
-    headers = {"Authorization": f"Basic {token}", "User-Agent": USER_AGENT}
+    headers = {**segment.auth_headers(seg), "User-Agent": USER_AGENT}
     url = f"{seg.base_url}/v1/batch"
     real = seg.api_url is None
     return _call(
@@ -264,9 +234,9 @@ def check_segment(connection: Connection, timeout: float, session: requests.Sess
 
 def run_checks(*, offline: bool = False, timeout: float = 10.0) -> list[Finding]:
     settings, findings = check_configuration()
-    url = settings.redis_url if settings else (os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL)
+    url = settings.redis_url if settings else config.redis_url()
     try:
-        verify = settings.redis_tls_verify if settings else redis_tls_verify()
+        verify = settings.redis_tls_verify if settings else config.redis_tls_verify()
     except ConfigError:
         verify = "required"  # already listed among the configuration's problems
     findings += check_redis(url, verify)
@@ -280,92 +250,38 @@ def run_checks(*, offline: bool = False, timeout: float = 10.0) -> list[Finding]
     return findings
 
 
-# --- send-test -------------------------------------------------------------------------------
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option(
+    "--offline", is_flag=True, help="do not call Voucherify or Segment (configuration and Redis only)"
+)
+@click.option("--strict", is_flag=True, help="exit non-zero on warnings too")
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="seconds per HTTP call")
+def check(as_json: bool, offline: bool, strict: bool, timeout: float) -> None:
+    """Check the configuration, Redis (persistence, eviction) and every connection's credentials.
 
-
-@dataclass
-class Sent:
-    message_id: str
-    keys: list[str]
-    actions: list[str]
-    started: float = field(default_factory=time.monotonic)
-
-
-@dataclass
-class Outcome:
-    delivered: bool
-    seconds: float
-    dead_letter: Any = None
-
-
-def sample_event(user_id: str, event_name: str) -> dict[str, Any]:
-    return {
-        "type": "track",
-        "userId": user_id,
-        "event": event_name,
-        "messageId": f"send-test-{uuid.uuid4()}",
-        "properties": {"sent_by": "connector send-test"},
-        "context": {"library": {"name": "connector-send-test", "version": "1"}},
-    }
-
-
-def enqueue_sample(settings: Settings, connection: Connection, *, user_id: str, event_name: str) -> Sent:
-    """Validate, map (to know the idempotency keys) and enqueue exactly as the ingest does."""
-    from app.enqueue import Enqueuer
-    from app.errors import ApiError
-    from app.ingest import ingest_body
-    from connector.celery_app import create_celery
-    from connector.errors import MappingError, SkipEvent
-    from workers.mapping.destination import map_event
-
-    result = ingest_body(sample_event(user_id, event_name), "track")
-    if result.rejected:
-        raise click.ClickException(f"the sample event is invalid: {result.rejected[0].message}")
-    event = result.expanded()[0]  # as the worker will see it
-    try:
-        outbound = map_event(event, connection)
-    except SkipEvent as exc:
-        click.echo(f"note: connection {connection.id!r} skips this event ({exc}); enqueuing anyway", err=True)
-        outbound = []
-    except MappingError as exc:
-        raise click.ClickException(f"the sample event does not map: {exc}") from None
-    client = redisconn.client(
-        settings.redis_url, settings.redis_tls_verify, socket_connect_timeout=3, socket_timeout=10
-    )
-    try:
-        Enqueuer(create_celery(settings.redis_url, settings.redis_tls_verify), client).segment_events(
-            connection, result.encoded, result.shared, result.stored_bytes
-        )
-    except ApiError as exc:
-        raise click.ClickException(f"could not enqueue: {exc.code}: {exc.message}") from None
-    return Sent(
-        message_id=str(event["messageId"]),
-        keys=[r.idempotency_key for r in outbound],
-        actions=[r.action for r in outbound],
-    )
-
-
-def wait_for_delivery(
-    settings: Settings, connection: Connection, sent: Sent, *, timeout: float, interval: float = 0.2
-) -> Outcome:
-    """Until the ledger records every call as done (the target acknowledged), or a dead letter."""
-    from connector.keys import Keys
-    from workers.delivery.deadletters import DeadLetters
-    from workers.delivery.ledger import Ledger
-
-    client = redisconn.client(
-        settings.redis_url, settings.redis_tls_verify, socket_connect_timeout=3, socket_timeout=10
-    )
-    keys = Keys.from_env()
-    ledger = Ledger(client, keys, connection.id)
-    dead = DeadLetters(client, keys)
-    deadline = time.monotonic() + timeout
-    while True:
-        if all(ledger.done_many(sent.keys)):
-            return Outcome(True, time.monotonic() - sent.started)
-        for record in dead.iter(connection=connection.id, newer_than=timeout + 60, limit=50):
-            if record.message_id == sent.message_id or record.idempotency_key in sent.keys:
-                return Outcome(False, time.monotonic() - sent.started, record)
-        if time.monotonic() > deadline:
-            return Outcome(False, time.monotonic() - sent.started)
-        time.sleep(interval)
+    \b
+    Voucherify: GET /v1/customers?limit=1 (rest) or GET /segmentio/test-authentication
+    (segmentio) with the connection's keys.  Segment: POST /v1/batch {"batch": []} with the
+    write key; Segment's public API answers 200 even for an unknown write key, so against the
+    real Segment this proves reachability, not the key (the fake Segment does check it).
+    Exits 1 when anything is an error (2 with --strict and only warnings).
+    """
+    findings = run_checks(offline=offline, timeout=timeout)
+    if as_json:
+        print_json([f.as_dict() for f in findings])
+    else:
+        marks = {"ok": "ok  ", "warning": "WARN", "error": "FAIL"}
+        for finding in findings:
+            colour = {"ok": "green", "warning": "yellow", "error": "red"}[finding.level]
+            mark = (
+                click.style(marks[finding.level], fg=colour) if sys.stdout.isatty() else marks[finding.level]
+            )
+            click.echo(f"{mark}  {finding.subject}: {finding.message}")
+        errors = sum(f.level == "error" for f in findings)
+        warnings = sum(f.level == "warning" for f in findings)
+        click.echo(f"\n{errors} error(s), {warnings} warning(s)")
+    if any(f.level == "error" for f in findings):
+        sys.exit(1)
+    if strict and any(f.level == "warning" for f in findings):
+        sys.exit(2)

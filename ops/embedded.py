@@ -7,7 +7,6 @@ Celery at about 10 tasks/s and is no broker).
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -100,7 +99,6 @@ def start_redis(
         args,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=dict(os.environ),
         start_new_session=new_session,
     )
     url = f"redis://127.0.0.1:{port}/0"

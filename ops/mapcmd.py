@@ -26,105 +26,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import click
 import orjson
 
 from connector import USER_AGENT
 from connector.config import Connection, Settings
-
-if TYPE_CHECKING:
-    from workers.delivery.engine import Context
+from connector.tuning import Tuning
+from ops.common import pick_connection, print_json, settings_or_exit
+from ops.mapreport import SEGMENT_KIND, WEBHOOK_KIND, EventReport, MapReport, Request, render
+from workers.targets import segment, voucherify
 
 SEGMENT_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 REDACTED = "<redacted>"
-SEGMENT_KIND = "segment"
-WEBHOOK_KIND = "voucherify_webhook"
 
 
 class MapInputError(Exception):
     """The file is not something the connector ingests; the message says what was expected."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Report
-
-
-@dataclass
-class Request:
-    method: str
-    url: str
-    headers: dict[str, str]  # credentials redacted
-    body: Any
-    action: str
-    idempotency_key: str
-    answer: dict[str, Any] | None = None  # with --send: status, verdict, latency_ms, headers, body
-    # The mapping's own (non-secret) headers, e.g. Idempotency-Key: what --send adds to the
-    # credentials; kept out of the report.
-    request_headers: dict[str, str] = field(default_factory=dict, repr=False)
-
-    def as_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "method": self.method,
-            "url": self.url,
-            "headers": self.headers,
-            "body": self.body,
-            "action": self.action,
-            "idempotency_key": self.idempotency_key,
-        }
-        if self.answer is not None:
-            data["answer"] = self.answer
-        return data
-
-
-@dataclass
-class EventReport:
-    index: int
-    summary: str  # one line: type, ids, name
-    message_id: str | None = None
-    rejected: dict[str, str] | None = None  # {"code", "message"}: the ingest would refuse it
-    skipped: dict[str, str] | None = None  # {"reason", "message"}: the worker would skip it
-    warnings: list[str] = field(default_factory=list)
-    subscriptions: list[dict[str, Any]] = field(default_factory=list)
-    requests: list[Request] = field(default_factory=list)
-    # Voucherify events, for the chosen Segment name: how it was named.
-    naming: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "summary": self.summary,
-            "message_id": self.message_id,
-            "rejected": self.rejected,
-            "skipped": self.skipped,
-            "warnings": self.warnings,
-            "subscriptions": self.subscriptions,
-            "naming": self.naming,
-            "requests": [r.as_dict() for r in self.requests],
-        }
-
-
-@dataclass
-class MapReport:
-    connection: str
-    mode: str
-    kind: str  # segment | voucherify_webhook
-    target: str  # base URL requests go to
-    events: list[EventReport]
-    sent: bool = False
-    notes: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "connection": self.connection,
-            "mode": self.mode,
-            "kind": self.kind,
-            "target": self.target,
-            "sent": self.sent,
-            "notes": self.notes,
-            "events": [e.as_dict() for e in self.events],
-        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,12 +237,10 @@ def _raw_events(body: Any) -> list[Any]:
 
 
 def _map_webhook(
-    connection: Connection, body: dict[str, Any], auth: Mapping[str, str], now: float
+    connection: Connection, body: dict[str, Any], auth: Mapping[str, str], now: float, tuning: Tuning
 ) -> list[EventReport]:
     from connector.errors import MappingError, SkipEvent
-    from workers.delivery.engine import new_item
-    from workers.delivery.segment_outbox import build_batch
-    from workers.delivery.tuning import Tuning
+    from workers.delivery.attempts import new_item
     from workers.mapping.source import (
         event_age_seconds,
         event_allowed,
@@ -376,9 +293,8 @@ def _map_webhook(
         return [report]
     assert connection.segment is not None
     request = to_outbound(track, connection)
-    tuning = Tuning.from_env()
     item = new_item(request, body, now, 1)
-    batch = build_batch(
+    batch = segment.build_batch(
         [orjson.dumps(item)],
         max_events=tuning.segment_max_events,
         max_bytes=tuning.segment_max_bytes,
@@ -407,17 +323,16 @@ def _map_webhook(
 # Entry point
 
 
-def dry_run(connection: Connection, body: Any, *, now: float | None = None) -> MapReport:
+def dry_run(
+    connection: Connection, body: Any, *, now: float | None = None, tuning: Tuning | None = None
+) -> MapReport:
     """The report for ``body`` on ``connection``; nothing is sent, Redis is not read."""
-    from workers.delivery.engine import segment_auth
-    from workers.mapping.destination.requests import auth_headers
-
     kind = detect(body)
     now = time.time() if now is None else now
     notes: list[str] = []
     if kind == SEGMENT_KIND:
         target = connection.voucherify.base_url
-        events = _map_segment(connection, body, auth_headers(connection.voucherify), notes)
+        events = _map_segment(connection, body, voucherify.auth_headers(connection.voucherify), notes)
     else:
         if connection.segment is None:
             report = EventReport(0, "Voucherify webhook")
@@ -427,18 +342,19 @@ def dry_run(connection: Connection, body: Any, *, now: float | None = None) -> M
             }
             return MapReport(connection.id, connection.voucherify.mode, kind, "", [report])
         target = connection.segment.base_url
-        events = _map_webhook(connection, body, segment_auth(connection), now)
+        events = _map_webhook(
+            connection, body, segment.auth_headers(connection.segment), now, tuning or Tuning()
+        )
     return MapReport(connection.id, connection.voucherify.mode, kind, target, events, notes=notes)
 
 
-def send(report: MapReport, settings: Settings, connection: Connection) -> None:
+def send_requests(report: MapReport, settings: Settings, connection: Connection) -> None:
     """Perform the report's requests with the workers' transport; each answer goes in its request."""
     from connector.contract import DESTINATION, SOURCE
-    from workers.delivery.engine import build_context
-    from workers.runtime import build_runtime
+    from workers.runtime import build_runtime, context_for
 
     direction = DESTINATION if report.kind == SEGMENT_KIND else SOURCE
-    ctx = build_context(build_runtime(settings), connection, connection.id, direction)
+    ctx = context_for(build_runtime(settings), connection, direction)
     for event in report.events:
         for shown in event.requests:
             if event.rejected:
@@ -452,25 +368,26 @@ def send(report: MapReport, settings: Settings, connection: Connection) -> None:
     report.sent = True
 
 
-def _send_one(ctx: Context, shown: Request) -> dict[str, Any]:
+def _send_one(ctx: Any, shown: Request) -> dict[str, Any]:
     import redis
 
-    from workers.delivery.http import TransportFailure, classify
+    from connector.errors import TransportFailure
+    from workers.delivery.classify import classify
 
     try:
-        grant = ctx.limiter.acquire(ctx.budget, has_slot=True)
+        grant = ctx.budgets.acquire(ctx.target.budgets_for(None), has_slot=True)
     except redis.RedisError as exc:
         return {"sent": False, "error": f"Redis (rate-limit budget): {type(exc).__name__}: {exc}"}
     if not grant.granted:
         return {
             "sent": False,
-            "error": f"the connection's {ctx.target} budget is spent: next call in {grant.wait:.1f}s",
+            "error": f"the connection's {ctx.target.name} budget is spent: next call in {grant.wait:.1f}s",
         }
     try:
         result = ctx.transport.send(
             shown.method,
             shown.url,
-            _headers(shown.request_headers, ctx.auth),
+            _headers(shown.request_headers, ctx.target.auth_headers()),
             orjson.dumps(shown.body),
             (ctx.tuning.connect_timeout, ctx.tuning.read_timeout),
         )
@@ -499,65 +416,38 @@ def _maybe_json(text: str) -> Any:
         return text
 
 
-# ---------------------------------------------------------------------------------------------
-# Human output
+@click.command("map")
+@click.option("--connection", "-c", "connection_id", help="connection id (default: the only one)")
+@click.option(
+    "--event",
+    "event_file",
+    required=True,
+    type=click.File("rb"),
+    help="a Segment event (or batch) or a Voucherify webhook body, as JSON; - reads stdin",
+)
+@click.option("--send", is_flag=True, help="perform the requests and show the answers")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def map_command(connection_id: str | None, event_file: Any, send: bool, as_json: bool) -> None:
+    """What an event would do on a connection: subscriptions and the exact requests.
 
-
-_MARKS = {
-    "matched": "MATCHED",
-    "no_match": "no match",
-    "replaced": "replaced",
-    "mapping_failed": "FAILED",
-}
-
-
-def _pretty(value: Any) -> list[str]:
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode().splitlines()
-
-
-def render(report: MapReport) -> list[str]:
-    direction = "Segment -> Voucherify" if report.kind == SEGMENT_KIND else "Voucherify -> Segment"
-    lines = [f"connection {report.connection!r} ({direction}, mode {report.mode}) -> {report.target or '-'}"]
-    for event in report.events:
-        lines += ["", f"event #{event.index}: {event.summary}"]
-        if event.rejected:
-            lines.append(f"  the ingest REFUSES it: {event.rejected['code']}: {event.rejected['message']}")
-        if event.naming:
-            lines.append(f"  name: {event.naming}")
-        for sub in event.subscriptions:
-            label = f"{sub['name']} [{sub['kind']}, {sub['action']}]"
-            trigger = f" trigger `{sub['trigger']}`" if sub.get("trigger") else ""
-            lines.append(f"  {_MARKS.get(sub['status'], sub['status']):<9} {label}:{trigger} {sub['why']}")
-        if event.skipped:
-            lines.append(f"  skipped ({event.skipped['reason']}): {event.skipped['message']}")
-        for warning in event.warnings:
-            lines.append(f"  note: {warning}")
-        for number, request in enumerate(event.requests, 1):
-            lines += [
-                "",
-                f"  request {number} of {len(event.requests)}: {request.action} "
-                f"(idempotency key {request.idempotency_key})",
-                f"    {request.method} {request.url}",
-                *(f"    {name}: {value}" for name, value in request.headers.items()),
-                *(f"    {line}" for line in _pretty(request.body)),
-            ]
-            answer = request.answer
-            if answer is None:
-                continue
-            if not answer.get("sent"):
-                lines.append(f"  NOT SENT: {answer['error']}")
-            elif answer.get("status") is None:
-                lines.append(
-                    f"  answer: no HTTP answer after {answer['latency_ms']} ms ({answer['verdict']}): {answer['error']}"
-                )
-            else:
-                lines.append(
-                    f"  answer: HTTP {answer['status']} in {answer['latency_ms']} ms ({answer['verdict']})"
-                )
-                lines += [f"    {line}" for line in _pretty(answer.get("body"))]
-    lines.append("")
-    lines += [f"note: {note}" for note in report.notes]
-    if not report.sent:
-        total = sum(len(e.requests) for e in report.events)
-        lines.append(f"dry run: nothing was sent ({total} request(s) above); --send performs them")
-    return lines
+    \b
+    Auto-detects a Segment event (one call, {"batch": [...]} or an array) or a Voucherify
+    webhook body (any envelope version).  Shows the ingest's verdict, every subscription
+    (matched, not matched and why, replaced, failed), and each request in the connection's
+    mode with credentials redacted.  Nothing is sent unless --send: then each request goes
+    through the workers' transport, within the connection's rate-limit budget (no queue,
+    no retries, no idempotency ledger), and the answer is shown.
+    """
+    settings = settings_or_exit()
+    connection = pick_connection(settings, connection_id)
+    try:
+        report = dry_run(connection, load(event_file.read()), tuning=settings.tuning)
+    except MapInputError as exc:
+        raise click.ClickException(f"{event_file.name}: {exc}") from None
+    if send:
+        send_requests(report, settings, connection)
+    if as_json:
+        print_json(report.as_dict())
+    else:
+        for line in render(report):
+            click.echo(line)

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from connector import config
 from connector.config import ConfigError, redis_tls_verify
 from ops import runfile
 from ops.embedded import free_port, port_free, redis_answers, start_redis
@@ -310,7 +311,7 @@ def _stop_stale_redis(pid_file: Path) -> None:
 
 def main() -> int:
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    env = environment(ROOT / ".env", os.environ)
+    env = environment(ROOT / ".env", config.environment())
     _stop_stale_redis(RUN_DIR / "redis.pid")
     try:
         plan = plan_run(env)

@@ -18,6 +18,8 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from connector import config
+
 ROOT = Path(__file__).resolve().parent.parent
 FILE_NAME = "cli.env"
 PID_KEY = "CONNECTOR_RUN_PID"
@@ -31,7 +33,7 @@ CARRIED = ("REDIS_URL", "CONNECTIONS_FILE", "CONNECTOR_KEY_PREFIX", "REDIS_TLS_V
 
 
 def run_dir(env: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if env is None else env
+    env = config.environment() if env is None else env
     return Path(env.get("CONNECTOR_RUN_DIR") or ROOT / ".run")
 
 

@@ -22,10 +22,12 @@ from app.errors import ApiError
 from app.ingest import STORED_FACTOR, STORED_SLACK, ingest_body
 from connector.config import ConfigError, load_settings
 from connector.contract import backlog_shares, expand
-from tests.support.webhooks import iso, load_example, signed_request, wrap
 from tests.app.test_ingest_unit import RecordingEnqueuer
-from workers.delivery.http import HTTPResult, parse_rate_limit_retry, parse_retry_after, server_wait
+from tests.support.webhooks import iso, load_example, signed_request, wrap
+from workers.delivery.classify import parse_retry_after
 from workers.delivery.retries import MAX_SERVER_WAIT_SECONDS, decide, next_delay
+from workers.delivery.transport import HTTPResult
+from workers.targets.voucherify import parse_rate_limit_retry, server_wait
 
 RECEIVED = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 STATUS_TOKEN = "status-token-for-tests-0123"
@@ -527,17 +529,10 @@ def test_retry_after_and_rate_limit_headers_are_clamped(value: str) -> None:
 
 
 def test_rate_limiter_observe_survives_hostile_remaining() -> None:
-    from workers.delivery.ratelimit import RateLimiter
+    from workers.targets.voucherify import remaining_reading
 
-    class NoRedis:
-        def set(self, *a: Any, **k: Any) -> None: ...
-
-    limiter = RateLimiter.__new__(RateLimiter)
-    limiter.client = NoRedis()  # type: ignore[assignment]
-    limiter._keys = ["k", "k:hint", "k:pause", "k:slow"]
-    limiter.pause = lambda seconds: None  # type: ignore[method-assign]
     for remaining in ("inf", "nan", "-inf", "1e400", "-3", "abc", ""):
-        limiter.observe(200, remaining, 100, tuning_low=0.05, slowdown_seconds=1, server_wait=None)
+        remaining_reading(remaining, 100, 0.05, None)
 
 
 def test_stored_message_round_trip_in_json() -> None:

@@ -13,13 +13,13 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import create_app
-from app.status import sandbox_fakes
 from connector import depths
-from connector.config import load_settings
+from connector.config import load_settings, sandbox_fakes
 from connector.contract import DESTINATION
 from connector.keys import Keys
 from tests.support.delivery import client, keys, redis_db_url  # noqa: F401 - fixtures
 from workers.delivery.deadletters import DeadLetter, DeadLetters
+from workers.targets import budgets_of
 
 TOML = """
 [[connection]]
@@ -121,7 +121,7 @@ def test_snapshot_reads_queues_parked_work_and_dead_letters(
         DeadLetter(connection_id="gone", direction=DESTINATION, reason="rejected", error="x")
     )
     client.zadd(keys.delayed, {"e1": 0, "e2": 10**15})
-    snap = depths.snapshot(client, settings, keys, rate_limits=True)
+    snap = depths.snapshot(client, settings, keys, budgets=budgets_of)
     assert snap.delayed == 2 and snap.delayed_due == 1
     assert snap.dead_letters == 2
     assert snap.connections[0].dead_letters == 1 and snap.dead_letters_unconfigured == {"gone": 1}

@@ -20,8 +20,8 @@ import redis
 from connector.config import Connection, SegmentSettings, Settings, VoucherifySettings
 from connector.keys import Keys
 from connector.secrets import Secret
-from workers.delivery.http import HTTPResult, TransportFailure
-from workers.delivery.tuning import Tuning
+from connector.tuning import Tuning
+from workers.delivery.transport import HTTPResult, TransportFailure
 from workers.outbound import OutboundRequest
 from workers.runtime import Runtime
 
@@ -145,9 +145,7 @@ def rt(
     client: redis.Redis, redis_db_url: str, keys: Keys, transport: FakeTransport, connection: Connection
 ) -> Runtime:
     settings = Settings(redis_url=redis_db_url, connections=(connection,), _by_id={connection.id: connection})
-    return Runtime(
-        settings=settings, redis=client, extras={"keys": keys, "transport": transport, "tuning": FAST}
-    )
+    return Runtime(settings=settings, redis=client, keys=keys, transport=transport, tuning=FAST)
 
 
 def request(

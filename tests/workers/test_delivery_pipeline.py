@@ -29,8 +29,8 @@ from tests.support.delivery import (  # noqa: F401 - fixtures
 )
 from workers import pipeline
 from workers.delivery.deadletters import DeadLetters
-from workers.delivery.http import TransportFailure
 from workers.delivery.store import DelayedStore, Parked
+from workers.delivery.transport import TransportFailure
 from workers.runtime import Runtime
 
 
@@ -44,7 +44,7 @@ def ev(mid: str, user: str = "u1", **extra: Any) -> dict[str, Any]:
 
 
 def parked(rt: Runtime) -> list[Parked]:
-    store = DelayedStore(rt.redis, rt.extras["keys"])
+    store = DelayedStore(rt.redis, rt.keys)
     return store.claim_due(now=time.time() + 10**7, limit=1000, lease=1)
 
 
@@ -124,7 +124,7 @@ def test_permanent_failure_dead_letters_at_once(rt: Runtime, transport: FakeTran
 
 
 def test_retry_window_exhausted_dead_letters(rt: Runtime, transport: FakeTransport, keys: Keys) -> None:
-    rt.extras["tuning"] = dataclasses.replace(FAST, retry_window_override=1.0)
+    rt.tuning = dataclasses.replace(FAST, retry_window_override=1.0)
     transport.reply(TransportFailure("ConnectTimeout", retryable=True))
     run(rt, [ev("m1")])
     [dead] = DeadLetters(rt.redis, keys).select()
@@ -145,7 +145,7 @@ class FailOnce(FakeTransport):
 
 
 def test_per_customer_order_is_kept_when_one_fails(rt: Runtime) -> None:
-    transport = rt.extras["transport"] = FailOnce("a2")
+    transport = rt.transport = FailOnce("a2")
     run(rt, [ev("a1", "A"), ev("a2", "A"), ev("b1", "B"), ev("a3", "A")])
     # a2 failed: a3 must not overtake it.  B is independent.
     assert sorted(sent_ids(transport)) == ["a1", "a2", "b1"]
@@ -181,7 +181,7 @@ def test_rate_limit_parks_without_counting_an_attempt(
 
 
 def test_time_budget_parks_the_rest_for_another_task(rt: Runtime, transport: FakeTransport) -> None:
-    rt.extras["tuning"] = dataclasses.replace(FAST, task_budget=0.0)
+    rt.tuning = dataclasses.replace(FAST, task_budget=0.0)
     run(rt, [ev("m1"), ev("m2", "u2")])
     assert transport.calls == []
     items = [i for e in parked(rt) for i in e.items]

@@ -12,18 +12,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from workers.delivery.http import (
-    HTTPResult,
-    RequestsTransport,
-    TransportFailure,
-    Verdict,
-    classify,
-    classify_status,
-    parse_rate_limit_retry,
-    parse_retry_after,
-    server_wait,
-)
+from workers.delivery.classify import Verdict, classify, classify_status, parse_retry_after
 from workers.delivery.retries import decide, next_delay
+from workers.delivery.transport import HTTPResult, RequestsTransport, TransportFailure
+from workers.targets.voucherify import parse_rate_limit_retry, server_wait
 
 # --- classification: one table for every status family -----------------------------------------
 

@@ -29,9 +29,10 @@ from tests.support.delivery import (  # noqa: F401 - fixtures
 )
 from workers import pipeline
 from workers.delivery.deadletters import DeadLetters
-from workers.delivery.segment_outbox import Outbox, build_batch, sweep
+from workers.delivery.outbox import Outbox, sweep
 from workers.outbound import OutboundRequest
 from workers.runtime import Runtime
+from workers.targets.segment import build_batch
 
 
 def fake_map_webhook(payload: dict[str, Any], connection: Any) -> OutboundRequest:
@@ -114,7 +115,7 @@ def test_webhook_is_sent_in_a_batch_with_basic_auth(rt: Runtime, transport: Fake
     assert call.url == SEG_URL + "/v1/batch"
     assert call.headers["Authorization"] == "Basic " + base64.b64encode(b"seg-write-key:").decode()
     assert [m["messageId"] for m in call.body["batch"]] == ["vf-evt_1"]
-    assert Outbox(rt.redis, rt.extras["keys"], "acme").length() == 0
+    assert Outbox(rt.redis, rt.keys, "acme").length() == 0
 
 
 def test_duplicate_webhook_is_sent_once(rt: Runtime, transport: FakeTransport) -> None:
@@ -166,7 +167,7 @@ def test_permanent_failure_dead_letters_the_batch(rt: Runtime, transport: FakeTr
 
 
 def test_retry_window_dead_letters_old_items(rt: Runtime, transport: FakeTransport, keys: Keys) -> None:
-    rt.extras["tuning"] = dataclasses.replace(FAST, retry_window_override=0.0)
+    rt.tuning = dataclasses.replace(FAST, retry_window_override=0.0)
     transport.reply(500)
     webhook(rt, "evt_1")
     [dead] = DeadLetters(rt.redis, keys).select()
@@ -188,7 +189,7 @@ def test_one_flusher_at_a_time(rt: Runtime, transport: FakeTransport, keys: Keys
 def test_segment_egress_budget(
     rt: Runtime, transport: FakeTransport, keys: Keys, client: redis.Redis
 ) -> None:
-    rt.extras["tuning"] = dataclasses.replace(FAST, segment_max_events=1)
+    rt.tuning = dataclasses.replace(FAST, segment_max_events=1)
     conn = dataclasses.replace(
         rt.settings.connections[0],
         segment=dataclasses.replace(rt.settings.connections[0].segment, requests_per_second=2),  # type: ignore[arg-type]

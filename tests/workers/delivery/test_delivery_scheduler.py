@@ -23,8 +23,8 @@ from tests.support.delivery import (  # noqa: F401 - fixtures
     transport,
 )
 from workers import pipeline
+from workers.delivery.outbox import Outbox
 from workers.delivery.scheduler import Scheduler, SchedulerConfig
-from workers.delivery.segment_outbox import Outbox
 from workers.delivery.store import DelayedStore, Parked
 from workers.runtime import Runtime
 

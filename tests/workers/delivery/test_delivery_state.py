@@ -13,11 +13,14 @@ import redis
 
 from connector import backlog
 from connector.keys import Keys
-from tests.support.delivery import client, keys, redis_db_url  # noqa: F401 - fixtures
+from connector.tuning import Tuning
+from tests.support.delivery import client, keys, make_connection, redis_db_url  # noqa: F401 - fixtures
+from workers.delivery.budgets import Budget, Budgets, RateLimiter
 from workers.delivery.ledger import ClaimState, Ledger
-from workers.delivery.ratelimit import Budget, RateLimiter
 from workers.delivery.stale import StaleGuard, event_time_ms
 from workers.delivery.store import DelayedStore, Parked
+from workers.delivery.transport import HTTPResult
+from workers.targets.voucherify import VoucherifyTarget
 
 # --- ledger -------------------------------------------------------------------------------------
 
@@ -209,12 +212,23 @@ def test_rate_limiter_pause_and_slow_down(client: redis.Redis, keys: Keys) -> No
 
 
 def test_rate_limiter_observe_429_and_low_remaining(client: redis.Redis, keys: Keys) -> None:
-    limiter = RateLimiter(client, keys, "acme", "voucherify")
-    kwargs = {"tuning_low": 0.05, "slowdown_seconds": 10.0}
-    assert not limiter.observe(200, "80", 100, server_wait=None, **kwargs)
-    assert limiter.observe(200, "3", 100, server_wait=None, **kwargs)
+    # What Voucherify's answers say about its budget, applied to the connection's budgets.
+    target = VoucherifyTarget(
+        make_connection(rate=100), client=client, keys=keys, tuning=Tuning(), budgets=Budgets(client, keys, "acme")
+    )
+    budgets = target.budgets_for(None)
+    limiter = target.budgets.limiter("voucherify")
+
+    def observe(status: int, remaining: str | None, retry_after: str | None = None) -> bool:
+        headers = {"x-rate-limit-remaining": remaining} if remaining is not None else {}
+        headers |= {"retry-after": retry_after} if retry_after is not None else {}
+        reading = target.interpret(HTTPResult(status, headers, "", 0.01))
+        return target.budgets.apply(budgets, reading, slowdown_seconds=10.0)
+
+    assert not observe(200, "80")
+    assert observe(200, "3")
     assert client.get(keys.ratelimit("acme", "voucherify") + ":slow") == b"0.500"
-    assert limiter.observe(429, None, 100, server_wait=2.0, **kwargs)
+    assert observe(429, None, "2")
     grant = limiter.acquire(None, has_slot=True)
     assert not grant.granted and 1.5 < grant.wait <= 2.0
 

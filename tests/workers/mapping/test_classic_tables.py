@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from connector.config import ConfigError, load_settings
+from connector.config import ConfigError
 from workers.mapping.destination import map_event
 from workers.mapping.destination.classic import CLASSIC_IDENTIFY, merged_table
+from workers.settings import load_settings
 
 BASE = '[[connection]]\nid = "acme"\nwrite_keys = ["wk"]\n[connection.voucherify]\napp_id = "a"\nsecret_key = "s"\nregion = "eu"\n'
 

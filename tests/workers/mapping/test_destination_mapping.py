@@ -45,10 +45,10 @@ from connector.secrets import Secret
 from tests.support import TESTS_DIR
 from workers.mapping.destination import map_event
 from workers.mapping.destination.metadata import CustomerMetadataSchema, filter_request
-from workers.mapping.destination.requests import auth_headers
 from workers.mapping.destination.routing import describe
 from workers.mapping.destination.subscriptions import PRESET_NAMES, validate_subscription
 from workers.outbound import OutboundRequest
+from workers.targets.voucherify import auth_headers
 
 CASES_DIR = TESTS_DIR / "mapping_cases" / "destination"
 CASE_FILES = sorted(CASES_DIR.glob("*.json"))

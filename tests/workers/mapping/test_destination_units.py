@@ -11,15 +11,16 @@ from typing import Any
 
 import pytest
 
-from connector.config import ConfigError, load_settings
+from connector.config import ConfigError
 from connector.errors import MappingError
 from tests.workers.mapping.test_destination_mapping import build_connection
 from workers.mapping.destination import map_event, map_event_detailed
 from workers.mapping.destination.mapping import MISSING, compile_mapping, get_path, js_string
-from workers.mapping.destination.requests import auth_headers
 from workers.mapping.destination.routing import compiled_for
 from workers.mapping.destination.subscriptions import validate_subscription
 from workers.mapping.destination.triggers import covered_types, parse_trigger
+from workers.settings import load_settings
+from workers.targets.voucherify import auth_headers
 
 BRIEF_EXAMPLE = """
 [[connection.destination.mapping]]

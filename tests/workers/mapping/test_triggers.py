@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
-from connector.config import ConfigError, load_settings
+from connector.config import ConfigError
 from tests.support import TESTS_DIR
 from workers.mapping.destination.subscriptions import validate_subscription
 from workers.mapping.destination.triggers import covered_types, parse_trigger
+from workers.settings import load_settings
 
 TABLES = sorted((TESTS_DIR / "mapping_cases" / "triggers").glob("*.json"))
 ROWS = [row for path in TABLES for row in json.loads(path.read_text(encoding="utf-8"))["rows"]]

@@ -20,12 +20,12 @@ from tests.support.delivery import (  # noqa: F401 - fixtures
     transport,
 )
 from workers import pipeline
-from workers.delivery.coalesce import BULK_PATH, coalesce, merge_bodies
 from workers.delivery.engine import deliver_one
 from workers.delivery.ledger import Ledger
 from workers.delivery.stale import StaleGuard, event_time_ms
 from workers.outbound import OutboundRequest
 from workers.runtime import Runtime
+from workers.targets.voucherify_coalesce import BULK_PATH, coalesce, merge_bodies
 
 
 def upsert(mid: str, customer: str, t: str = "2024-05-01T10:00:00.000Z", **fields: Any) -> OutboundRequest:
@@ -317,13 +317,14 @@ def test_failed_coalesced_call_is_retried_whole(rt: Runtime, transport: FakeTran
     conn = rt.settings.connections[0]
     run(rt, [ident("m1", "a", name="A"), ident("m2", "a", email="e")])
     assert not Ledger(rt.redis, keys, "acme").done_many(["acme:v:m1:upsert_customer"])[0]
-    from workers.delivery.engine import build_context
+    from connector.contract import DESTINATION
     from workers.delivery.store import DelayedStore
+    from workers.runtime import context_for
 
     [entry] = DelayedStore(rt.redis, keys).claim_due(now=time.time() + 10**7, limit=10, lease=1)
     [item] = entry.items
     assert item["backlog"] == 2 and isinstance(item["payload"], list) and len(item["payload"]) == 2
-    ctx = build_context(rt, conn, conn.id, "destination")
+    ctx = context_for(rt, conn, DESTINATION)
     assert deliver_one(ctx, item).reason == "delivered"
     assert transport.calls[-1].body == {"source_id": "a", "name": "A", "email": "e"}
     assert Ledger(rt.redis, keys, "acme").done_many(
@@ -340,8 +341,10 @@ def test_a_part_in_flight_elsewhere_parks_the_merged_call_and_is_never_sent_twic
     # The same event (m2) in two differently merged calls: the merged keys differ, the event's
     # key does not.  While another attempt holds m2's claim, the second merged call sends nothing.
     conn = rt.settings.connections[0]
-    from workers.delivery.engine import build_context, new_item
+    from connector.contract import DESTINATION
+    from workers.delivery.attempts import new_item
     from workers.delivery.ledger import new_token
+    from workers.runtime import context_for
 
     ledger = Ledger(rt.redis, keys, "acme")
     other = new_token()
@@ -350,7 +353,7 @@ def test_a_part_in_flight_elsewhere_parks_the_merged_call_and_is_never_sent_twic
     [merged] = coalesce(
         [upsert("m2", "a", name="A"), upsert("m3", "a", "2024-05-01T10:00:01.000Z", email="e")]
     )
-    ctx = build_context(rt, conn, conn.id, "destination")
+    ctx = context_for(rt, conn, DESTINATION)
     item = new_item(merged.request, [], None, 2)
     step = deliver_one(ctx, item)
     assert (step.kind.name, step.reason) == ("PARKED", "busy") and transport.calls == []

@@ -32,10 +32,10 @@ from tests.support.delivery import (  # noqa: F401 - fixtures
 )
 from workers import pipeline
 from workers.delivery.deadletters import DeadLetters
-from workers.delivery.metadata_schema import MetadataSchemas
 from workers.delivery.store import DelayedStore, Parked
 from workers.mapping.destination.metadata import CustomerMetadataSchema
 from workers.runtime import Runtime
+from workers.targets.voucherify_schema import MetadataSchemas
 
 LISTING = {
     "object": "list",
@@ -71,14 +71,15 @@ def rt(
     client: redis.Redis, redis_db_url: str, keys: Keys, transport: FakeTransport, connection: Connection
 ) -> Runtime:
     settings = Settings(redis_url=redis_db_url, connections=(connection,), _by_id={connection.id: connection})
-    extras = {"keys": keys, "transport": transport, "schema_transport": transport, "tuning": FAST}
-    return Runtime(settings=settings, redis=client, extras=extras)
+    return Runtime(
+        settings=settings, redis=client, keys=keys, transport=transport, schema_transport=transport, tuning=FAST
+    )
 
 
 @pytest.fixture(autouse=True)
 def _no_memo(monkeypatch: pytest.MonkeyPatch) -> None:
     # Each test reads Redis afresh (the process memo would carry a schema across tests).
-    monkeypatch.setattr("workers.delivery.metadata_schema.MEMO_SECONDS", 0.0)
+    monkeypatch.setattr("workers.targets.voucherify_schema.MEMO_SECONDS", 0.0)
 
 
 def identify(mid: str, metadata: dict[str, Any], user: str = "u1") -> dict[str, Any]:
@@ -97,7 +98,7 @@ def run(rt: Runtime, events: list[dict[str, Any]]) -> None:
 
 
 def parked(rt: Runtime) -> list[Parked]:
-    return DelayedStore(rt.redis, rt.extras["keys"]).claim_due(now=time.time() + 10**7, limit=1000, lease=1)
+    return DelayedStore(rt.redis, rt.keys).claim_due(now=time.time() + 10**7, limit=1000, lease=1)
 
 
 def replay(rt: Runtime, entries: list[Parked]) -> None:
@@ -163,7 +164,10 @@ def test_the_get_spends_the_connections_budget(
     rt = Runtime(
         settings=settings,
         redis=client,
-        extras={"keys": keys, "transport": transport, "schema_transport": transport, "tuning": FAST},
+        keys=keys,
+        transport=transport,
+        schema_transport=transport,
+        tuning=FAST,
     )
     transport.by_url[SCHEMA_URL] = deque([listing_reply()])
     run(rt, [identify("m1", {"plan": "pro"})])
@@ -244,7 +248,7 @@ def test_segmentio_and_all_never_read_the_schema(
     conn = make_connection(rate=100)  # metadata_schema = "all"
     settings = Settings(redis_url=redis_db_url, connections=(conn,), _by_id={conn.id: conn})
     rt = Runtime(
-        settings=settings, redis=client, extras={"keys": keys, "transport": transport, "tuning": FAST}
+        settings=settings, redis=client, keys=keys, transport=transport, tuning=FAST
     )
     run(rt, [identify("m1", {"nickname": "Al"})])
     assert gets(transport) == 0 and posts(transport) == [{"source_id": "u1", "metadata": {"nickname": "Al"}}]

@@ -37,6 +37,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from connector.connections import flatten_table
 from workers.mapping.destination.actions import (
     ADD_CUSTOM_EVENT,
     UPSERT,
@@ -47,7 +48,6 @@ from workers.mapping.destination.actions import (
 )
 from workers.mapping.destination.mapping import MISSING
 
-DEFAULTS_CHOICES: Final = ("actions", "classic")
 Table = tuple[tuple[str, str], ...]
 
 _CLASSIC_CUSTOMER: Final = (
@@ -110,20 +110,6 @@ _META_KEY_RE: Final = re.compile(r"^[^.\s]+$")
 EVENT_NAME_CLASSIC: Final[Mapping[str, Any]] = {
     "@if": {"exists": {"@path": "$.event"}, "then": {"@path": "$.event"}, "else": {"@path": "$.type"}}
 }
-
-
-def flatten_table(value: Any, prefix: str = "") -> dict[str, Any]:
-    """A TOML table of ``"src.path" = "dest.path"``; unquoted dotted keys nest, so nested tables
-    are joined back with dots."""
-    out: dict[str, Any] = {}
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            name = f"{prefix}.{key}" if prefix else str(key)
-            if isinstance(item, Mapping):
-                out.update(flatten_table(item, name))
-            else:
-                out[name] = item
-    return out
 
 
 def _destination_problem(dest: str, track: bool) -> str | None:
@@ -305,10 +291,8 @@ def carries_attributes(payload: Mapping[str, Any]) -> bool:
 __all__ = [
     "CLASSIC_IDENTIFY",
     "CLASSIC_TRACK",
-    "DEFAULTS_CHOICES",
     "TrackPlan",
     "carries_attributes",
-    "flatten_table",
     "identify_mappings",
     "merged_table",
     "targeted_fields",

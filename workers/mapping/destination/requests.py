@@ -9,12 +9,11 @@
   from first and last names, ``street -> line_1``, ``postalCode``, event name from the type).
 
 Credentials never enter an :class:`OutboundRequest` (they are stored in retry and dead-letter
-records): the sender adds :func:`auth_headers` at the last moment.
+records): the target adds its credentials at the last moment (:mod:`workers.targets.voucherify`).
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import re
@@ -23,7 +22,6 @@ from datetime import date
 from typing import Any, Final
 
 from connector import CHANNEL, USER_AGENT
-from connector.config import VoucherifySettings
 from workers.mapping.destination.actions import ADD_CUSTOM_EVENT, UPSERT_CUSTOMER, Action
 from workers.mapping.destination.mapping import MISSING, coerce_string
 from workers.outbound import OutboundRequest
@@ -31,20 +29,6 @@ from workers.outbound import OutboundRequest
 JSON_CONTENT_TYPE: Final = "application/json"
 _DATE_PREFIX_RE: Final = re.compile(r"^(\d{4}-\d{2}-\d{2})(?:$|[T ])")
 _SCALARS: Final = (str, int, float, bool)
-
-
-def auth_headers(vf: VoucherifySettings) -> dict[str, str]:
-    """The credential headers for a connection's mode. Never stored, never logged."""
-    app_id = vf.app_id.reveal()
-    secret = vf.secret_key.reveal()
-    if vf.mode == "segmentio":
-        # As the Actions destination: Basic base64(app id) without a colon or password, and the
-        # secret key base64-encoded in its own header.
-        return {
-            "authorization": "Basic " + base64.b64encode(app_id.encode()).decode("ascii"),
-            "secret-key": base64.b64encode(secret.encode()).decode("ascii"),
-        }
-    return {"X-App-Id": app_id, "X-App-Token": secret}
 
 
 def static_headers(mode: str) -> dict[str, str]:

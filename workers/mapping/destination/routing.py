@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from connector.errors import ConfigurationError, MappingError, SkipEvent
+from connector.errors import ConfigError, MappingError, SkipEvent
 from workers.mapping.destination.actions import CLASSIC_EXTRAS, MAPPED_TYPES, UPSERT, default_mappings
 from workers.mapping.destination.classic import (
     carries_attributes,
@@ -106,10 +106,10 @@ class CompiledDestination:
         for index, raw in enumerate(dest.mappings):
             try:
                 customs.append(parse_subscription(raw, index))
-            except ConfigurationError as exc:
-                problems.append(str(exc))
+            except ConfigError as exc:
+                problems.extend(exc.problems)
         if problems:
-            raise ConfigurationError(f"connection {connection.id!r}: " + " | ".join(problems))
+            raise ConfigError(f"connection {connection.id!r}: " + " | ".join(problems))
         # Idempotency-key suffixes: the name's slug when unique (readable in dead letters and stable
         # when subscriptions are reordered), else the position.
         slugs = [_slug(s.name) if s.name else "" for s in customs]

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from connector.errors import ConfigurationError
+from connector.errors import ConfigError
 from workers.mapping.destination.actions import ACTION_ALIASES, ACTIONS, MAPPED_TYPES, PRESETS, Action
 from workers.mapping.destination.mapping import check_field_mapping
 from workers.mapping.destination.triggers import Node, TriggerError, covered_types, parse_trigger
@@ -112,7 +112,7 @@ def validate_subscription(raw: Mapping[str, Any]) -> list[str]:
 def parse_subscription(raw: Mapping[str, Any], index: int) -> Subscription:
     errors = validate_subscription(raw)
     if errors:
-        raise ConfigurationError(f"{subscription_label(raw, index)}: " + "; ".join(errors))
+        raise ConfigError(f"{subscription_label(raw, index)}: " + "; ".join(errors))
     node = parse_trigger(raw["trigger"])
     action = ACTIONS[ACTION_ALIASES[raw["action"]]]
     return Subscription(

@@ -1,4 +1,4 @@
-"""Fewer Voucherify calls for the same effects: coalescing the customer upserts of one task (SPEC 8).
+"""Voucherify's coalescing rule: fewer calls for the same effects, the customer upserts of one task merged (SPEC 8).
 
 Pure: OutboundRequests in, a shorter list of OutboundRequests out; no I/O, no clock.  Only for
 the ``rest`` mode, where an upsert is ``POST /v1/customers`` (identify *and* group calls).
@@ -26,10 +26,13 @@ however it is grouped the second time, sends nothing twice.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from connector.contract import DeliveryItem, backlog_of
+from workers.delivery.attempts import new_item
+from workers.delivery.stale import event_time_ms
 from workers.outbound import OutboundRequest
 
 CUSTOMERS_PATH = "/v1/customers"
@@ -83,7 +86,7 @@ def part_of(request: OutboundRequest) -> dict[str, Any]:
     }
 
 
-def _key(parts: Sequence[dict[str, Any]]) -> str:
+def _key(parts: Sequence[Mapping[str, Any]]) -> str:
     digest = hashlib.sha1(
         "\n".join(p["idempotency_key"] for p in parts).encode(), usedforsecurity=False
     ).hexdigest()
@@ -92,9 +95,7 @@ def _key(parts: Sequence[dict[str, Any]]) -> str:
     return f"{prefix}:v:coalesced-{digest[:32]}"
 
 
-def _newest(parts: Sequence[dict[str, Any]]) -> str | None:
-    from workers.delivery.stale import event_time_ms
-
+def _newest(parts: Sequence[Mapping[str, Any]]) -> str | None:
     best: tuple[int, str] | None = None
     for part in parts:
         ms = event_time_ms(part.get("event_time"))
@@ -103,19 +104,18 @@ def _newest(parts: Sequence[dict[str, Any]]) -> str | None:
     return best[1] if best else None
 
 
-def in_event_time_order(parts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def in_event_time_order(parts: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """``parts`` oldest first by event time; a stable sort, so equal times keep their order (and
     a part without a usable time counts as the oldest)."""
-    from workers.delivery.stale import event_time_ms
 
-    def when(part: dict[str, Any]) -> float:
+    def when(part: Mapping[str, Any]) -> float:
         ms = event_time_ms(part.get("event_time"))
         return float(ms) if ms is not None else float("-inf")
 
     return sorted(parts, key=when)
 
 
-def _merged_customer_body(parts: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+def _merged_customer_body(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     # Merged as Voucherify would apply them one by one in event time: the newest value wins.
     parts = in_event_time_order(parts)
     body: dict[str, Any] | None = dict(parts[0]["body"])
@@ -127,14 +127,14 @@ def _merged_customer_body(parts: Sequence[dict[str, Any]]) -> dict[str, Any] | N
     return body
 
 
-def _customers_in_order(parts: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    by_customer: dict[str, list[dict[str, Any]]] = {}
+def _customers_in_order(parts: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
+    by_customer: dict[str, list[Mapping[str, Any]]] = {}
     for part in parts:
         by_customer.setdefault(part["customer"], []).append(part)
     return list(by_customer.values())
 
 
-def build(template: OutboundRequest, parts: Sequence[dict[str, Any]]) -> OutboundRequest | None:
+def build(template: OutboundRequest, parts: Sequence[Mapping[str, Any]]) -> OutboundRequest | None:
     """The request for ``parts`` (same shape as ``template``: one customer, or bulk)."""
     if not parts:
         return None
@@ -177,7 +177,7 @@ def build(template: OutboundRequest, parts: Sequence[dict[str, Any]]) -> Outboun
     )
 
 
-def rebuild(request: OutboundRequest, live: Sequence[dict[str, Any]]) -> OutboundRequest | None:
+def rebuild(request: OutboundRequest, live: Sequence[Mapping[str, Any]]) -> OutboundRequest | None:
     """``request`` restricted to the parts still to send (its key stays the coalesced one)."""
     if len(live) == len(request.parts or ()):
         return request
@@ -283,4 +283,32 @@ def coalesce(requests: Sequence[OutboundRequest], *, max_bulk: int = MAX_BULK) -
             built = build(request, parts)
             assert built is not None
             out.append(Coalesced(built, sources))
+    return out
+
+
+def coalesce_items(items: list[DeliveryItem]) -> list[DeliveryItem]:
+    """A task's items with their requests coalesced: a coalesced item carries the payloads of
+    all its events (for dead letters and replays) and all their backlog units."""
+    if len(items) < 2:
+        return items
+    plan = coalesce([OutboundRequest.from_dict(i["request"]) for i in items])
+    if len(plan) == len(items):
+        return items
+    out: list[DeliveryItem] = []
+    for merged in plan:
+        if len(merged.sources) == 1:
+            out.append(items[merged.sources[0]])
+            continue
+        sources = [items[i] for i in merged.sources]
+        times = [float(t) for s in sources if (t := s.get("received_at")) is not None]
+        held = [backlog_of(s) for s in sources]
+        out.append(
+            new_item(
+                merged.request,
+                [s.get("payload") for s in sources],
+                min(times) if times else None,
+                sum(u for u, _ in held),
+                sum(b for _, b in held),
+            )
+        )
     return out

@@ -5,7 +5,8 @@ own quota (SPEC 10).  So it is rare:
 
 * cached in Redis, shared by every worker on every machine (``{p}mschema:{c}``: JSON
   ``{"fetched_at", "schema", "stale"}``, no TTL: an old schema beats none);
-* refreshed when older than ``CONNECTOR_METADATA_SCHEMA_REFRESH_SECONDS`` (default 3600), or
+* refreshed when older than ``CONNECTOR_METADATA_SCHEMA_REFRESH_SECONDS`` (default 3600, the
+  tuning's ``metadata_schema_refresh``), or
   after Voucherify refused an upsert's metadata (400), by one worker at a time (``:lock``);
 * the GET takes a grant from the connection's rate limiter like any other call; when none is
   granted, or the GET fails, the last schema stays in use and the refresh is tried again later;
@@ -15,7 +16,6 @@ own quota (SPEC 10).  So it is rare:
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -25,8 +25,9 @@ from typing import Any, Final
 import orjson
 import redis
 
+from connector.errors import TransportFailure
 from connector.keys import Keys
-from workers.delivery.http import HTTPResult, Transport, TransportFailure
+from workers.delivery.transport import HTTPResult, Transport
 from workers.mapping.destination.metadata import CustomerMetadataSchema
 
 PATH: Final = "/v1/metadata-schemas"
@@ -34,13 +35,6 @@ LOCK_SECONDS: Final = 30
 MEMO_SECONDS: Final = 5.0
 # A listing of every schema of a project: generous, but bounded (the transport reads no more).
 MAX_LISTING_BYTES: Final = 1 << 20
-
-
-def refresh_seconds() -> float:
-    try:
-        return max(1.0, float(os.environ.get("CONNECTOR_METADATA_SCHEMA_REFRESH_SECONDS", "3600")))
-    except ValueError:
-        return 3600.0
 
 
 class SchemaUnavailable(Exception):
@@ -60,8 +54,11 @@ _memo_lock = threading.Lock()
 class MetadataSchemas:
     """One connection's cached schema (Redis), and its refresh."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, connection_id: str) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, connection_id: str, refresh_seconds: float = 3600.0
+    ) -> None:
         self.client = client
+        self.refresh_seconds = refresh_seconds
         self.key = f"{keys.prefix}mschema:{connection_id}"
         self.lock_key = self.key + ":lock"
         self._token = uuid.uuid4().hex
@@ -79,7 +76,7 @@ class MetadataSchemas:
             return Cached(None, True)
         schema = CustomerMetadataSchema.from_json(entry["schema"])
         age = time.time() - float(entry.get("fetched_at") or 0)
-        cached = Cached(schema, bool(entry.get("stale")) or age >= refresh_seconds())
+        cached = Cached(schema, bool(entry.get("stale")) or age >= self.refresh_seconds)
         with _memo_lock:
             _memo[memo_key] = (now, cached)
         return cached
@@ -138,5 +135,4 @@ __all__ = [
     "SchemaUnavailable",
     "fetch",
     "is_metadata_refusal",
-    "refresh_seconds",
 ]

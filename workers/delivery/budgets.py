@@ -1,7 +1,10 @@
 """Request budgets shared by every worker on every machine, enforced in Redis.
 
-A budget is ``limit`` requests per ``window`` for one connection and one target
-(``voucherify``: ``rate_limit_per_minute`` per 60 s; ``segment``: ``requests_per_second`` per 1 s).
+A :class:`Budget` is ``limit`` requests per ``window`` for one connection, under a *name*; which
+budgets a call spends, and what an answer says about them, is the target's to say
+(``Target.budgets_for`` / ``Target.interpret``): Voucherify's ``rate_limit_per_minute`` per 60 s
+is the budget ``voucherify``, Segment's ``requests_per_second`` per 1 s the budget ``segment``.
+This module knows no system and no header.
 
 One Lua script decides atomically, on Redis's clock (workers' clocks do not matter):
 
@@ -15,9 +18,9 @@ One Lua script decides atomically, on Redis's clock (workers' clocks do not matt
    competes only on the log; fresh work waits behind the queue while the hint lies in the future,
    which keeps throttled work from being starved by newer events.
 
-Adaptive slow-down: a 429 sets ``pause`` (for Retry-After / X-Rate-Limit-Retry, or a few seconds)
-and halves the budget for a while; a low ``X-Rate-Limit-Remaining`` halves it too (``slow`` key),
-because other clients of the same Voucherify project spend the same quota.
+Adaptive slow-down: an :class:`Observation` may pause the budgets of a call (for the server's
+wait, or a few seconds) and halve them for a while (``slow`` key), because other clients of the
+same project spend the same quota.
 """
 
 from __future__ import annotations
@@ -32,10 +35,7 @@ import redis
 
 from connector.keys import Keys
 from connector.lua import Lua
-from workers.delivery.retries import MAX_SERVER_WAIT_SECONDS, header_number
-
-VOUCHERIFY = "voucherify"
-SEGMENT = "segment"
+from workers.delivery.retries import MAX_SERVER_WAIT_SECONDS
 
 _ACQUIRE = Lua(
     """
@@ -94,19 +94,31 @@ class Grant:
 
 @dataclass(frozen=True)
 class Budget:
-    limit: int
-    window: float  # seconds
+    limit: int | None  # requests per window; None: unbounded (only a pause can deny)
+    window: float = 60.0  # seconds
+    name: str = ""  # {p}rl:{connection}:{name} (the target's name: "voucherify", "segment")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one answer says about the budgets the call spent (``Target.interpret``)."""
+
+    wait: float | None = None  # the server's requested wait: a floor for the next try
+    pause: float | None = None  # stop spending these budgets for this long (seconds)
+    slow: bool = False  # halve these budgets for a while (a 429, little quota left)
+    # Only this named budget (a quota type the answer names); None: every budget of the call.
+    budget: str | None = None
 
 
 PAUSE_RECHECK_SECONDS = 0.25
 
 
 class RateLimiter:
-    """One connection's budget towards one target.  Instances live for one task."""
+    """One connection's named budget.  Instances live for one task."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, connection_id: str, target: str) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, connection_id: str, name: str) -> None:
         self.client = client
-        base = keys.ratelimit(connection_id, target)
+        base = keys.ratelimit(connection_id, name)
         self._keys = [base, f"{base}:hint", f"{base}:pause", f"{base}:slow"]
         self._pause_until = 0.0  # epoch seconds, as last read
         self._pause_read_at = -1.0  # monotonic
@@ -152,30 +164,45 @@ class RateLimiter:
     def slow_down(self, factor: float, seconds: float) -> None:
         self.client.set(self._keys[3], f"{max(0.01, min(1.0, factor)):.3f}", px=max(1, int(seconds * 1000)))
 
-    def observe(
-        self,
-        status: int | None,
-        remaining: str | None,
-        limit: int | None,
-        *,
-        tuning_low: float,
-        slowdown_seconds: float,
-        server_wait: float | None,
+
+class Budgets:
+    """One connection's budgets for one task: a limiter per budget name."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, connection_id: str) -> None:
+        self.client = client
+        self.keys = keys
+        self.connection_id = connection_id
+        self._limiters: dict[str, RateLimiter] = {}
+        self._lock = threading.Lock()
+
+    def limiter(self, name: str) -> RateLimiter:
+        limiter = self._limiters.get(name)
+        if limiter is None:
+            with self._lock:
+                limiter = self._limiters.setdefault(
+                    name, RateLimiter(self.client, self.keys, self.connection_id, name)
+                )
+        return limiter
+
+    def acquire(self, budgets: tuple[Budget, ...], *, has_slot: bool = False) -> Grant:
+        """One request from each budget of a call, in order; the first denial is the answer."""
+        grant = Grant(True, 0.0)
+        for budget in budgets:
+            grant = self.limiter(budget.name).acquire(budget if budget.limit else None, has_slot=has_slot)
+            if not grant.granted:
+                return grant
+        return grant
+
+    def apply(
+        self, budgets: tuple[Budget, ...], observation: Observation, *, slowdown_seconds: float
     ) -> bool:
-        """Adapt to what the target said; returns True when it slowed the connection down."""
-        if status == 429:
-            self.pause(server_wait if server_wait is not None else 5.0)
-            self.slow_down(0.5, slowdown_seconds)
-            return True
-        # From a response header: a NaN, infinite or absurd value is ignored, never a crash.
-        number = header_number(remaining)
-        if number is None:
-            return False
-        left = int(max(-1.0, min(number, 1e12)))
-        threshold = max(1, int((limit or 100) * tuning_low))
-        if left <= threshold:
-            self.slow_down(0.5, slowdown_seconds)
-            if left <= 0 and server_wait is not None:
-                self.pause(server_wait)
-            return True
-        return False
+        """Pause and slow the budgets an answer speaks of; True when it slowed them down."""
+        for budget in budgets:
+            if observation.budget is not None and budget.name != observation.budget:
+                continue
+            limiter = self.limiter(budget.name)
+            if observation.pause is not None:
+                limiter.pause(observation.pause)
+            if observation.slow:
+                limiter.slow_down(0.5, slowdown_seconds)
+        return observation.slow

@@ -1,32 +1,19 @@
-"""Sending one request, and the ONE table that says what its answer means.
-
-::
-
-    OutboundRequest ──(+ auth headers)──> Transport.send ──> HTTPResult | TransportFailure
-                                                                 │
-                                                             classify()
-                                              ┌──────────────────┼───────────────────┐
-                                           SUCCESS             RETRY             PERMANENT
-                                           2xx          conn. errors, timeouts,   other 4xx, 501, 505,
-                                                        408, 423, 429,            1xx/3xx (misrouted),
-                                                        5xx but 501/505           malformed URL
+"""Sending one request: ``Transport.send`` -> :class:`HTTPResult`, or :class:`TransportFailure`.
 
 A transport is anything with ``send(...)``: :class:`RequestsTransport` in production (one pooled
 ``requests.Session`` per target base URL, its urllib3 pool used directly, redirects off, TLS
-verified), fake objects in unit
-tests.  A transport never raises for HTTP statuses; it raises :class:`TransportFailure` only when
-no HTTP answer came back, carrying whether that is worth retrying.
+verified), fake objects in unit tests.  A transport never raises for HTTP statuses; it raises
+:class:`~connector.errors.TransportFailure` only when no HTTP answer came back, carrying whether
+that is worth retrying.  What an answer *means* is :mod:`workers.delivery.classify`'s business.
 """
 
 from __future__ import annotations
 
-import enum
 import http.client
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from http.cookiejar import DefaultCookiePolicy
 from typing import Protocol
 
@@ -36,15 +23,9 @@ from requests.utils import get_environ_proxies, requote_uri, select_proxy
 from urllib3 import BaseHTTPResponse, HTTPConnectionPool, Timeout
 from urllib3 import exceptions as urllib3_exceptions
 
-from workers.delivery.retries import MAX_SERVER_WAIT_SECONDS, header_number
+from connector.errors import TransportFailure
 
 EXCERPT_BYTES = 2048
-
-
-class Verdict(enum.Enum):
-    SUCCESS = "success"
-    RETRY = "retry"
-    PERMANENT = "permanent"
 
 
 @dataclass(frozen=True)
@@ -55,105 +36,10 @@ class HTTPResult:
     latency: float  # seconds
 
 
-class TransportFailure(Exception):
-    """No HTTP answer: connection refused/reset, DNS, timeout, broken body, bad URL."""
-
-    def __init__(self, message: str, *, retryable: bool, latency: float = 0.0) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retryable = retryable
-        self.latency = latency
-
-
 class Transport(Protocol):
     def send(
         self, method: str, url: str, headers: dict[str, str], body: bytes | None, timeout: tuple[float, float]
     ) -> HTTPResult: ...
-
-
-# ---------------------------------------------------------------------------------------------
-# The classification table.  Keep it the only place that knows what a status means.
-
-RETRYABLE_STATUSES = frozenset({408, 423, 429})
-NON_RETRYABLE_5XX = frozenset({501, 505})
-
-
-def classify_status(status: int) -> Verdict:
-    if 200 <= status < 300:
-        return Verdict.SUCCESS
-    if status in RETRYABLE_STATUSES:
-        return Verdict.RETRY
-    if 500 <= status < 600:
-        return Verdict.PERMANENT if status in NON_RETRYABLE_5XX else Verdict.RETRY
-    # Other 4xx: the request itself is wrong.  1xx/3xx: redirects are off on purpose (a POST must
-    # not silently become a GET); an unexpected one means a misconfigured URL, not a blip.
-    return Verdict.PERMANENT
-
-
-def classify(outcome: HTTPResult | TransportFailure) -> Verdict:
-    if isinstance(outcome, TransportFailure):
-        return Verdict.RETRY if outcome.retryable else Verdict.PERMANENT
-    return classify_status(outcome.status)
-
-
-# ---------------------------------------------------------------------------------------------
-# What the server asked us to wait.  Header values come from outside: a huge, negative, NaN or
-# infinite one is clamped (or ignored), never an OverflowError further down.
-
-
-def _wait(seconds: float) -> float:
-    return min(MAX_SERVER_WAIT_SECONDS, max(0.0, seconds))
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """``Retry-After``: delta-seconds or an HTTP date.  Returns seconds from now, in
-    ``[0, MAX_SERVER_WAIT_SECONDS]``."""
-    if not value:
-        return None
-    value = value.strip()[:128]
-    now = time.time() if now is None else now
-    number = header_number(value)
-    if number is not None:
-        return _wait(number)
-    try:
-        when = parsedate_to_datetime(value)
-        if when is None:
-            return None
-        return _wait(when.timestamp() - now)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-
-def parse_rate_limit_retry(value: str | None, now: float | None = None) -> float | None:
-    """Voucherify's ``X-Rate-Limit-Retry``: the epoch second when requests are accepted again.
-
-    Defensive about units: values that look like epoch milliseconds are scaled, and small values
-    (which cannot be a recent epoch) are taken as a number of seconds to wait.
-    """
-    number = header_number(value)
-    if number is None:
-        return None
-    now = time.time() if now is None else now
-    if number > 1e12:
-        number /= 1000.0
-    if number < 1e9:
-        return _wait(number)
-    return _wait(number - now)
-
-
-def server_wait(result: HTTPResult | TransportFailure, now: float | None = None) -> float | None:
-    """The longest wait the answer asks for, from either header, or None."""
-    if isinstance(result, TransportFailure):
-        return None
-    waits = [
-        w
-        for w in (
-            parse_retry_after(result.headers.get("retry-after"), now),
-            parse_rate_limit_retry(result.headers.get("x-rate-limit-retry"), now),
-        )
-        if w is not None
-    ]
-    return max(waits) if waits else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,9 +79,6 @@ class RequestsTransport:
     _sessions: dict[str, requests.Session] = field(default_factory=dict)
     _routes: dict[str, _Route] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def session_for(self, url: str) -> requests.Session:
-        return self._route(_origin(url)).session
 
     def _route(self, base: str) -> _Route:
         route = self._routes.get(base)
@@ -376,3 +259,6 @@ def _failure(
     return TransportFailure(
         _describe(exc, (headers or {}).values()), retryable=retryable, latency=time.monotonic() - started
     )
+
+
+__all__ = ["EXCERPT_BYTES", "HTTPResult", "RequestsTransport", "Transport", "TransportFailure"]
