@@ -30,12 +30,31 @@ from typing import Any
 
 import click
 import orjson
+import redis
 
+from app.errors import ApiError
+from app.ingest import ingest_body
 from connector import USER_AGENT
 from connector.config import Connection, Settings
+from connector.contract import DESTINATION, SOURCE
+from connector.errors import MappingError, SkipEvent, TransportFailure
 from connector.tuning import Tuning
 from ops.common import pick_connection, print_json, settings_or_exit
 from ops.mapreport import SEGMENT_KIND, WEBHOOK_KIND, EventReport, MapReport, Request, render
+from workers.delivery.attempts import new_item
+from workers.delivery.classify import classify
+from workers.mapping.destination import map_event_detailed
+from workers.mapping.destination.subscriptions import parse_subscription, preset_subscriptions
+from workers.mapping.source import (
+    event_age_seconds,
+    event_allowed,
+    is_catalog_type,
+    map_webhook,
+    parse_webhook,
+    segment_event_name,
+    to_outbound,
+)
+from workers.runtime import build_runtime, context_for
 from workers.targets import segment, voucherify
 
 SEGMENT_TYPES = ("identify", "track", "page", "screen", "group", "alias")
@@ -98,9 +117,6 @@ def _redacted(headers: Mapping[str, str], auth: Mapping[str, str]) -> dict[str, 
 
 def _segment_events(body: Any) -> tuple[list[dict[str, Any]], list[tuple[int, str, str]]]:
     """Accepted (normalized) events and rejections ``(index, code, message)``, as the ingest does."""
-    from app.errors import ApiError
-    from app.ingest import ingest_body
-
     if isinstance(body, list):
         body = {"batch": body}
     path_type = "batch" if "batch" in body else str(body.get("type"))
@@ -122,8 +138,6 @@ def _summary(event: Mapping[str, Any]) -> str:
 
 def _subscriptions(event: Mapping[str, Any], connection: Connection) -> list[dict[str, Any]]:
     """Every subscription of the connection and what it makes of ``event``."""
-    from workers.mapping.destination.subscriptions import parse_subscription, preset_subscriptions
-
     event_type = event.get("type")
     customs = [
         (parse_subscription(raw, index), str(raw.get("trigger")))
@@ -166,9 +180,6 @@ def _subscriptions(event: Mapping[str, Any], connection: Connection) -> list[dic
 def _map_segment(
     connection: Connection, body: Any, auth: Mapping[str, str], notes: list[str]
 ) -> list[EventReport]:
-    from connector.errors import MappingError, SkipEvent
-    from workers.mapping.destination import map_event_detailed
-
     vf = connection.voucherify
     accepted, rejected = _segment_events(body)
     reports: list[EventReport] = []
@@ -239,18 +250,6 @@ def _raw_events(body: Any) -> list[Any]:
 def _map_webhook(
     connection: Connection, body: dict[str, Any], auth: Mapping[str, str], now: float, tuning: Tuning
 ) -> list[EventReport]:
-    from connector.errors import MappingError, SkipEvent
-    from workers.delivery.attempts import new_item
-    from workers.mapping.source import (
-        event_age_seconds,
-        event_allowed,
-        is_catalog_type,
-        map_webhook,
-        parse_webhook,
-        segment_event_name,
-        to_outbound,
-    )
-
     try:
         event = parse_webhook(body)
     except MappingError as exc:
@@ -350,9 +349,6 @@ def dry_run(
 
 def send_requests(report: MapReport, settings: Settings, connection: Connection) -> None:
     """Perform the report's requests with the workers' transport; each answer goes in its request."""
-    from connector.contract import DESTINATION, SOURCE
-    from workers.runtime import build_runtime, context_for
-
     direction = DESTINATION if report.kind == SEGMENT_KIND else SOURCE
     ctx = context_for(build_runtime(settings), connection, direction)
     for event in report.events:
@@ -369,10 +365,6 @@ def send_requests(report: MapReport, settings: Settings, connection: Connection)
 
 
 def _send_one(ctx: Any, shown: Request) -> dict[str, Any]:
-    import redis
-
-    from connector.errors import TransportFailure
-    from workers.delivery.classify import classify
 
     try:
         grant = ctx.budgets.acquire(ctx.target.budgets_for(None), has_slot=True)

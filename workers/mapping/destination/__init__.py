@@ -7,14 +7,15 @@ causes, as :class:`~workers.outbound.OutboundRequest` descriptions, or raises
 
 No I/O, no clock, no Celery here: the delivery machinery sends what this returns.
 
-* :mod:`.mapping` — the Actions framework (directives, field declarations, framework rules);
-* :mod:`.actions` — the three actions, their fields and default mappings (presets);
+* :mod:`.mapping` — the Actions framework: directives, paths, JavaScript's rules;
+* :mod:`.fields` — field declarations, and payloads validated against them;
+* :mod:`.actions` — the three actions, their fields, and the presets (ONE table);
 * :mod:`.triggers` — the trigger language (Segment's subscription syntax);
-* :mod:`.subscriptions` — custom subscriptions: validation, parsing, the presets' names;
+* :mod:`.subscriptions` — custom subscriptions: validation and parsing;
 * :mod:`.classic` — the classic destination's default mappings and mapping tables;
 * :mod:`.routing` — a connection's subscriptions compiled, events routed through them;
 * :mod:`.metadata` — customer metadata kept to the project's metadata schema (rest mode);
-* :mod:`.requests` — bodies for the ``rest`` and ``segmentio`` modes, headers, credentials.
+* :mod:`.requests` — bodies for the ``rest`` and ``segmentio`` modes, their (non-secret) headers.
 """
 
 from __future__ import annotations

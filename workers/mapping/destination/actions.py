@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from workers.mapping.destination.mapping import Field
+from workers.mapping.destination.fields import Field
 
 UPSERT_CUSTOMER: Final = "upsert_customer"
 ADD_CUSTOM_EVENT: Final = "add_custom_event"
@@ -196,14 +196,31 @@ ACTION_ALIASES: Final[Mapping[str, str]] = {
     "assign_group": ASSIGN_GROUP,
 }
 
-# The default subscriptions (the reference's presets, SPEC 3.1): event type -> (action, overrides).
-PRESETS: Final[Mapping[str, tuple[str, Mapping[str, Any]]]] = {
-    "identify": (UPSERT_CUSTOMER, {}),
-    "track": (ADD_CUSTOM_EVENT, {}),
-    "page": (ADD_CUSTOM_EVENT, {"event": {"@template": "Viewed {{name}} Page"}}),
-    "screen": (ADD_CUSTOM_EVENT, {"event": {"@template": "Viewed {{name}} Screen"}}),
-    "group": (ASSIGN_GROUP, {}),
+
+@dataclass(frozen=True)
+class Preset:
+    """A default subscription of the reference (SPEC 3.1): its name, action and overrides."""
+
+    name: str  # as the reference names it (reports, `connector map`)
+    action: str
+    overrides: Mapping[str, Any]
+
+
+# The default subscriptions, the ONE table: event type -> preset.
+PRESETS: Final[Mapping[str, Preset]] = {
+    "identify": Preset("Create Or Update Customer", UPSERT_CUSTOMER, {}),
+    "track": Preset("Add Custom Event (Track Event)", ADD_CUSTOM_EVENT, {}),
+    "page": Preset(
+        "Add Custom Event (Page Event)", ADD_CUSTOM_EVENT, {"event": {"@template": "Viewed {{name}} Page"}}
+    ),
+    "screen": Preset(
+        "Add Custom Event (Screen Event)",
+        ADD_CUSTOM_EVENT,
+        {"event": {"@template": "Viewed {{name}} Screen"}},
+    ),
+    "group": Preset("Assign Customer To Group", ASSIGN_GROUP, {}),
 }
+PRESET_NAMES: Final[Mapping[str, str]] = {t: p.name for t, p in PRESETS.items()}
 MAPPED_TYPES: Final = tuple(PRESETS)
 
 # Classic-destination spellings read for REST bodies when the field keeps its default mapping:

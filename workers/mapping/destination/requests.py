@@ -23,7 +23,8 @@ from typing import Any, Final
 
 from connector import CHANNEL, USER_AGENT
 from workers.mapping.destination.actions import ADD_CUSTOM_EVENT, UPSERT_CUSTOMER, Action
-from workers.mapping.destination.mapping import MISSING, coerce_string
+from workers.mapping.destination.fields import coerce_string
+from workers.mapping.destination.mapping import MISSING
 from workers.outbound import OutboundRequest
 
 JSON_CONTENT_TYPE: Final = "application/json"

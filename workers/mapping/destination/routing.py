@@ -23,9 +23,9 @@ from workers.mapping.destination.classic import (
     targeted_fields,
     track_plan,
 )
+from workers.mapping.destination.fields import CompiledFields
 from workers.mapping.destination.mapping import (
     MISSING,
-    CompiledFields,
     Resolver,
     js_string,
     parse_path,

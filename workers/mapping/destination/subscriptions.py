@@ -21,18 +21,18 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from connector.errors import ConfigError
-from workers.mapping.destination.actions import ACTION_ALIASES, ACTIONS, MAPPED_TYPES, PRESETS, Action
-from workers.mapping.destination.mapping import check_field_mapping
+from workers.mapping.destination.actions import (
+    ACTION_ALIASES,
+    ACTIONS,
+    MAPPED_TYPES,
+    PRESET_NAMES,
+    PRESETS,
+    Action,
+)
+from workers.mapping.destination.fields import check_field_mapping
 from workers.mapping.destination.triggers import Node, TriggerError, covered_types, parse_trigger
 
 SUBSCRIPTION_KEYS: Final = ("name", "trigger", "action", "fields")
-PRESET_NAMES: Final[Mapping[str, str]] = {
-    "identify": "Create Or Update Customer",
-    "track": "Add Custom Event (Track Event)",
-    "page": "Add Custom Event (Page Event)",
-    "screen": "Add Custom Event (Screen Event)",
-    "group": "Assign Customer To Group",
-}
 
 
 def subscription_label(raw: Any, index: int) -> str:
@@ -122,8 +122,8 @@ def parse_subscription(raw: Mapping[str, Any], index: int) -> Subscription:
 
 def preset_subscriptions() -> list[Subscription]:
     return [
-        Subscription(None, PRESET_NAMES[t], ACTIONS[action], None, overrides, (t,))
-        for t, (action, overrides) in PRESETS.items()
+        Subscription(None, preset.name, ACTIONS[preset.action], None, preset.overrides, (t,))
+        for t, preset in PRESETS.items()
     ]
 
 

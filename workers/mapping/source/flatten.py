@@ -39,9 +39,9 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
+from connector.contract import SEGMENT_MAX_EVENT_BYTES
 from connector.errors import MappingError
 
-SEGMENT_MAX_EVENT_BYTES: Final = 32 * 1024
 TRACK_BYTES_BUDGET: Final = SEGMENT_MAX_EVENT_BYTES - 1024
 SHORT_STRING: Final = 256
 SHORT_LIST: Final = 50
