@@ -20,7 +20,12 @@ from connector import envelope
 from connector.config import Connection, Settings
 from connector.contract import DESTINATION, SOURCE
 from connector.errors import MappingError
-from connector.signatures import segment_signature_valid, voucherify_signature_valid
+from connector.signatures import (
+    SEGMENT_SIGNATURE_HEADER,
+    VOUCHERIFY_SIGNATURE_HEADER,
+    segment_signature_valid,
+    voucherify_signature_valid,
+)
 
 tracking = Blueprint("tracking", __name__)
 webhooks = Blueprint("webhooks", __name__)
@@ -110,7 +115,7 @@ def segment_webhook(connection_id: str) -> Response:
     connection = _connection_or_404(connection_id)
     g.ingest_connection = connection.id
     secret = connection.segment_webhook_secret
-    signature = request.headers.get("X-Signature")
+    signature = request.headers.get(SEGMENT_SIGNATURE_HEADER)
     # Refused before the body is read: no secret (unless explicitly unsigned), or no signature.
     if secret is None and not connection.segment_webhook_unsigned:
         raise unauthorized(
@@ -148,7 +153,7 @@ def voucherify_webhook(connection_id: str) -> tuple[Response, int]:
         raise unauthorized(
             "webhooks_not_configured", f"connection {connection_id!r} has no Voucherify webhook_secret"
         )
-    signature = request.headers.get("x-voucherify-signature")
+    signature = request.headers.get(VOUCHERIFY_SIGNATURE_HEADER)
     if not signature:  # refused before the body is read
         raise unauthorized(
             "invalid_signature", "x-voucherify-signature is missing or does not match the body"

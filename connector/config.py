@@ -36,7 +36,7 @@ from connector.connections import (
 from connector.errors import ConfigError
 from connector.reader import secret_problem
 from connector.secrets import Secret
-from connector.tuning import BrokerOptions, SchedulerConfig, Tuning
+from connector.tuning import BrokerOptions, SchedulerConfig, Tuning, from_env
 
 __all__ = [
     "DEFAULTS_CHOICES",
@@ -226,9 +226,9 @@ def load_settings(
         sandbox=bool(env.get(SANDBOX_ENV)),
         sandbox_fakes=sandbox_fakes(env),
         key_prefix=key_prefix(env),
-        tuning=Tuning.from_env(env),
-        scheduler=SchedulerConfig.from_env(env),
-        broker=BrokerOptions.from_env(env),
+        tuning=from_env(Tuning, env),
+        scheduler=from_env(SchedulerConfig, env),
+        broker=from_env(BrokerOptions, env),
         body_timeout=_body_timeout(env),
         worker_queues=tuple(q.strip() for q in env.get("WORKER_QUEUES", "").split(",") if q.strip()),
         metrics_dir=metrics_directory(env),

@@ -48,7 +48,6 @@ SEGMENT_MAX_EVENT_BYTES: Final = 32 * 1024
 # --- directions ----------------------------------------------------------------------------
 DESTINATION: Final = "segment_to_voucherify"
 SOURCE: Final = "voucherify_to_segment"
-DIRECTIONS: Final = (DESTINATION, SOURCE)
 
 # --- the web -> worker message of Segment events --------------------------------------------
 

@@ -38,13 +38,19 @@ Elsewhere in :mod:`connector.config`: ``CONNECTOR_KEY_PREFIX``, ``CONNECTOR_BODY
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Final
+from dataclasses import dataclass, field, fields
+from typing import Any, Final, TypeVar
 
 from connector.contract import SEGMENT_MAX_EVENT_BYTES, TASK_TIME_BUDGET_SECONDS
 
 SEGMENT_MAX_EVENTS: Final = 2500
 SEGMENT_MAX_BATCH_BYTES: Final = 500_000
+T = TypeVar("T")
+
+
+def knob(default: Any, env: str, *, minimum: float | None = None) -> Any:
+    """A dataclass field read from the environment variable ``env`` by :func:`from_env`."""
+    return field(default=default, metadata={"env": env, "minimum": minimum})
 
 
 def env_float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -57,56 +63,45 @@ def env_float(env: Mapping[str, str], name: str, default: float) -> float:
         return default
 
 
-def env_int(env: Mapping[str, str], name: str, default: int) -> int:
-    return int(env_float(env, name, float(default)))
+def from_env(cls: type[T], env: Mapping[str, str]) -> T:
+    """``cls`` with each :func:`knob` field read from the environment (an unreadable value keeps
+    its default; a field whose default is None stays None unless its variable is set)."""
+    values: dict[str, Any] = {}
+    for spec in fields(cls):  # type: ignore[arg-type]
+        name = spec.metadata.get("env")
+        if name is None:
+            continue
+        default: Any = spec.default
+        if default is None:
+            values[spec.name] = env_float(env, name, 0.0) if env.get(name) else None
+            continue
+        number = env_float(env, name, float(default))
+        minimum = spec.metadata.get("minimum")
+        if minimum is not None:
+            number = max(minimum, number)
+        values[spec.name] = int(number) if isinstance(default, int) else number
+    return cls(**values)
 
 
 @dataclass(frozen=True)
 class Tuning:
-    retry_base: float = 2.0
-    retry_cap: float = 300.0
-    retry_window_override: float | None = None
-    claim_ttl: float = 60.0
-    ledger_extra: float = 86400.0
-    connect_timeout: float = 3.0
-    read_timeout: float = 10.0
-    concurrency: int = 32
-    inflight: int = 100
-    task_budget: float = float(TASK_TIME_BUDGET_SECONDS)
-    stale_ttl: float = 7 * 86400.0
-    low_remaining: float = 0.05
-    slowdown_seconds: float = 60.0
-    segment_max_events: int = SEGMENT_MAX_EVENTS
-    segment_max_bytes: int = SEGMENT_MAX_BATCH_BYTES
-    segment_max_event_bytes: int = SEGMENT_MAX_EVENT_BYTES
-    metadata_schema_refresh: float = 3600.0
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Tuning:
-        window = env.get("CONNECTOR_RETRY_WINDOW_SECONDS")
-        return cls(
-            retry_base=env_float(env, "CONNECTOR_RETRY_BASE_SECONDS", 2.0),
-            retry_cap=env_float(env, "CONNECTOR_RETRY_CAP_SECONDS", 300.0),
-            retry_window_override=env_float(env, "CONNECTOR_RETRY_WINDOW_SECONDS", 0.0) if window else None,
-            claim_ttl=env_float(env, "CONNECTOR_CLAIM_TTL_SECONDS", 60.0),
-            ledger_extra=env_float(env, "CONNECTOR_LEDGER_EXTRA_SECONDS", 86400.0),
-            connect_timeout=env_float(env, "CONNECTOR_CONNECT_TIMEOUT", 3.0),
-            read_timeout=env_float(env, "CONNECTOR_READ_TIMEOUT", 10.0),
-            concurrency=max(1, env_int(env, "CONNECTOR_DELIVERY_CONCURRENCY", 32)),
-            inflight=max(1, env_int(env, "CONNECTOR_WORKER_INFLIGHT", 100)),
-            task_budget=env_float(env, "CONNECTOR_TASK_BUDGET_SECONDS", float(TASK_TIME_BUDGET_SECONDS)),
-            stale_ttl=env_float(env, "CONNECTOR_STALE_TTL_SECONDS", 7 * 86400.0),
-            low_remaining=env_float(env, "CONNECTOR_LOW_REMAINING", 0.05),
-            slowdown_seconds=env_float(env, "CONNECTOR_SLOWDOWN_SECONDS", 60.0),
-            segment_max_events=env_int(env, "CONNECTOR_SEGMENT_MAX_EVENTS", SEGMENT_MAX_EVENTS),
-            segment_max_bytes=env_int(env, "CONNECTOR_SEGMENT_MAX_BYTES", SEGMENT_MAX_BATCH_BYTES),
-            segment_max_event_bytes=env_int(
-                env, "CONNECTOR_SEGMENT_MAX_EVENT_BYTES", SEGMENT_MAX_EVENT_BYTES
-            ),
-            metadata_schema_refresh=max(
-                1.0, env_float(env, "CONNECTOR_METADATA_SCHEMA_REFRESH_SECONDS", 3600.0)
-            ),
-        )
+    retry_base: float = knob(2.0, "CONNECTOR_RETRY_BASE_SECONDS")
+    retry_cap: float = knob(300.0, "CONNECTOR_RETRY_CAP_SECONDS")
+    retry_window_override: float | None = knob(None, "CONNECTOR_RETRY_WINDOW_SECONDS")
+    claim_ttl: float = knob(60.0, "CONNECTOR_CLAIM_TTL_SECONDS")
+    ledger_extra: float = knob(86400.0, "CONNECTOR_LEDGER_EXTRA_SECONDS")
+    connect_timeout: float = knob(3.0, "CONNECTOR_CONNECT_TIMEOUT")
+    read_timeout: float = knob(10.0, "CONNECTOR_READ_TIMEOUT")
+    concurrency: int = knob(32, "CONNECTOR_DELIVERY_CONCURRENCY", minimum=1)
+    inflight: int = knob(100, "CONNECTOR_WORKER_INFLIGHT", minimum=1)
+    task_budget: float = knob(float(TASK_TIME_BUDGET_SECONDS), "CONNECTOR_TASK_BUDGET_SECONDS")
+    stale_ttl: float = knob(7 * 86400.0, "CONNECTOR_STALE_TTL_SECONDS")
+    low_remaining: float = knob(0.05, "CONNECTOR_LOW_REMAINING")
+    slowdown_seconds: float = knob(60.0, "CONNECTOR_SLOWDOWN_SECONDS")
+    segment_max_events: int = knob(SEGMENT_MAX_EVENTS, "CONNECTOR_SEGMENT_MAX_EVENTS")
+    segment_max_bytes: int = knob(SEGMENT_MAX_BATCH_BYTES, "CONNECTOR_SEGMENT_MAX_BYTES")
+    segment_max_event_bytes: int = knob(SEGMENT_MAX_EVENT_BYTES, "CONNECTOR_SEGMENT_MAX_EVENT_BYTES")
+    metadata_schema_refresh: float = knob(3600.0, "CONNECTOR_METADATA_SCHEMA_REFRESH_SECONDS", minimum=1.0)
 
     def retry_window(self, configured_seconds: float) -> float:
         return self.retry_window_override if self.retry_window_override is not None else configured_seconds
@@ -114,37 +109,21 @@ class Tuning:
 
 @dataclass
 class SchedulerConfig:
-    interval: float = 0.5  # seconds between ticks when idle
-    batch: int = 200  # entries claimed per round trip
-    lease: float = 30.0  # an unacked claimed entry is due again after this
+    interval: float = knob(0.5, "CONNECTOR_SCHEDULER_INTERVAL")  # seconds between ticks when idle
+    batch: int = knob(200, "CONNECTOR_SCHEDULER_BATCH")  # entries claimed per round trip
+    lease: float = knob(30.0, "CONNECTOR_SCHEDULER_LEASE_SECONDS")  # a claimed entry is due again after this
     max_backoff: float = 5.0
-    reconcile_interval: float = 30.0  # seconds between two looks at idle backlog counters
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> SchedulerConfig:
-        return cls(
-            interval=env_float(env, "CONNECTOR_SCHEDULER_INTERVAL", 0.5),
-            batch=env_int(env, "CONNECTOR_SCHEDULER_BATCH", 200),
-            lease=env_float(env, "CONNECTOR_SCHEDULER_LEASE_SECONDS", 30.0),
-            reconcile_interval=env_float(env, "CONNECTOR_BACKLOG_RECONCILE_SECONDS", 30.0),
-        )
+    # Seconds between two looks at idle backlog counters.
+    reconcile_interval: float = knob(30.0, "CONNECTOR_BACKLOG_RECONCILE_SECONDS")
 
 
 @dataclass(frozen=True)
 class BrokerOptions:
     # A message not acknowledged this long after delivery goes back to its queue (kombu's Redis
     # transport); must stay well above TASK_TIME_BUDGET_SECONDS.
-    visibility_timeout: int = 120
+    visibility_timeout: int = knob(120, "CONNECTOR_VISIBILITY_TIMEOUT")
     # Messages reserved per pool slot (one keeps a gevent worker's many slots busy).
-    prefetch: int = 1
+    prefetch: int = knob(1, "CONNECTOR_PREFETCH")
     # kombu's Redis pool for a worker's acks and restores (a gevent worker acks from up to
     # --concurrency greenlets at once).
-    max_connections: int = 500
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> BrokerOptions:
-        return cls(
-            visibility_timeout=env_int(env, "CONNECTOR_VISIBILITY_TIMEOUT", 120),
-            prefetch=env_int(env, "CONNECTOR_PREFETCH", 1),
-            max_connections=env_int(env, "CONNECTOR_BROKER_MAX_CONNECTIONS", 500),
-        )
+    max_connections: int = knob(500, "CONNECTOR_BROKER_MAX_CONNECTIONS")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import click
@@ -42,15 +43,9 @@ def _filters(f: Any) -> Any:
 
 
 def _select(
-    store: Any,
-    ids: tuple[str, ...],
-    connection: str | None,
-    direction: str | None,
-    reason: str | None,
-    older_than: str | None,
-    newer_than: str | None,
-    limit: int | None = None,
+    store: Any, ids: tuple[str, ...], filters: Mapping[str, str | None], limit: int | None = None
 ) -> list[Any]:
+    """The dead letters named by ``ids``, else those the filters (``_filters``' options) match."""
     if ids:
         records = []
         for entry_id in ids:
@@ -61,11 +56,11 @@ def _select(
         return records
     return list(
         store.iter(
-            connection=connection,
-            direction=direction,
-            reason=reason,
-            older_than=parse_duration(older_than),
-            newer_than=parse_duration(newer_than),
+            connection=filters.get("connection"),
+            direction=filters.get("direction"),
+            reason=filters.get("reason"),
+            older_than=parse_duration(filters.get("older_than")),
+            newer_than=parse_duration(filters.get("newer_than")),
             limit=limit,
         )
     )
@@ -77,18 +72,10 @@ def _select(
     "--limit", "-n", type=int, default=100, show_default=True, help="at most this many (newest first)"
 )
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def dlq_list(
-    connection: str | None,
-    direction: str | None,
-    reason: str | None,
-    older_than: str | None,
-    newer_than: str | None,
-    limit: int,
-    as_json: bool,
-) -> None:
+def dlq_list(limit: int, as_json: bool, **filters: str | None) -> None:
     """List dead letters, newest first."""
     store = _dead_letters()
-    records = _select(store, (), connection, direction, reason, older_than, newer_than, limit)
+    records = _select(store, (), filters, limit)
     if as_json:
         print_json([r.summary() for r in records])
         return
@@ -188,21 +175,17 @@ def _require_selection(ids: tuple[str, ...], everything: bool, *filters: str | N
 )
 def dlq_replay(
     ids: tuple[str, ...],
-    connection: str | None,
-    direction: str | None,
-    reason: str | None,
-    older_than: str | None,
-    newer_than: str | None,
     everything: bool,
     remap: bool,
     dry_run: bool,
     as_json: bool,
     progress: bool | None,
+    **filters: str | None,
 ) -> None:
     """Put dead letters back on their queue, with the same idempotency keys."""
-    _require_selection(ids, everything, connection, direction, reason, older_than, newer_than)
+    _require_selection(ids, everything, *filters.values())
     store = _dead_letters()
-    records = _select(store, ids, connection, direction, reason, older_than, newer_than)
+    records = _select(store, ids, filters)
     if dry_run:
         replayed = [r.id for r in records]
     else:
@@ -236,21 +219,12 @@ def dlq_replay(
 @click.option("--dry-run", is_flag=True, help="only say what would be purged")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def dlq_purge(
-    ids: tuple[str, ...],
-    connection: str | None,
-    direction: str | None,
-    reason: str | None,
-    older_than: str | None,
-    newer_than: str | None,
-    everything: bool,
-    yes: bool,
-    dry_run: bool,
-    as_json: bool,
+    ids: tuple[str, ...], everything: bool, yes: bool, dry_run: bool, as_json: bool, **filters: str | None
 ) -> None:
     """Delete dead letters for good."""
-    _require_selection(ids, everything, connection, direction, reason, older_than, newer_than)
+    _require_selection(ids, everything, *filters.values())
     store = _dead_letters()
-    records = _select(store, ids, connection, direction, reason, older_than, newer_than)
+    records = _select(store, ids, filters)
     if not dry_run and records and not yes:
         click.confirm(f"purge {len(records)} dead letter(s)?", abort=True)
     purged = len(records) if dry_run else store.purge(records)

@@ -260,78 +260,75 @@ def finish_skipped(
     return Step.done(reason)
 
 
-def finish_dead(
-    ctx: Context,
-    item: Mapping[str, Any],
-    reason: str,
-    error: str,
-    *,
-    status: int | None = None,
-    excerpt: str = "",
-    history: list[dict[str, Any]] | None = None,
-) -> Step:
-    ctx.dead_letters.add(
-        dead_letter_for(ctx, item, reason, error, status=status, excerpt=excerpt, history=history)
-    )
-    return report_dead(ctx, item, reason, error, status=status)
+@dataclass
+class Failure:
+    """Why an item is dead-lettered: a reason of the closed set, the error, and what the target
+    answered (status, a bounded excerpt) and the attempts' history when there was an answer."""
+
+    reason: str
+    error: str
+    status: int | None = None
+    excerpt: str = ""
+    history: list[dict[str, Any]] | None = None  # default: the item's own
+
+    @classmethod
+    def of(cls, reason: str, answer: Answer, history: list[dict[str, Any]] | None = None) -> Failure:
+        return cls(reason, error_text(answer), status_of(answer), excerpt(answer), history)
 
 
-def dead_letter_for(
-    ctx: Context,
-    item: Mapping[str, Any],
-    reason: str,
-    error: str,
-    *,
-    status: int | None = None,
-    excerpt: str = "",
-    history: list[dict[str, Any]] | None = None,
-) -> DeadLetter:
+def finish_dead(ctx: Context, item: Mapping[str, Any], failure: Failure | str, error: str = "") -> Step:
+    """Dead-letter ``item`` (``failure``: a :class:`Failure`, or a reason with ``error``)."""
+    if isinstance(failure, str):
+        failure = Failure(failure, error)
+    ctx.dead_letters.add(dead_letter_for(ctx, item, failure))
+    return report_dead(ctx, item, failure)
+
+
+def dead_letter_for(ctx: Context, item: Mapping[str, Any], failure: Failure) -> DeadLetter:
     """The dead-letter record of ``item`` (not written: see :func:`finish_dead`)."""
     return DeadLetter(
         connection_id=ctx.connection_id,
         direction=ctx.direction,
-        reason=reason,
-        error=error,
+        reason=failure.reason,
+        error=failure.error,
         queue=ctx.queue,
         payload=item.get("payload"),
         request=item.get("request"),
-        status=status,
-        response_excerpt=excerpt,
-        history=history if history is not None else list(item.get("history") or []),
+        status=failure.status,
+        response_excerpt=failure.excerpt,
+        history=failure.history if failure.history is not None else list(item.get("history") or []),
         attempts=int(item.get("attempts") or 0),
         first_attempt_at=item.get("first_attempt_at"),
         received_at=item.get("received_at"),
     )
 
 
-def report_dead(
-    ctx: Context, item: Mapping[str, Any], reason: str, error: str, *, status: int | None = None
-) -> Step:
+def report_dead(ctx: Context, item: Mapping[str, Any], failure: Failure) -> Step:
     """The rest of a dead letter once its record is written: metrics, the log line, the backlog."""
     request = item.get("request")
     message_id = (request or {}).get("message_id") or _payload_id(item.get("payload"))
-    metrics.child(metrics.DEAD_LETTERS, ctx.connection_id, ctx.direction, reason).inc()
+    metrics.child(metrics.DEAD_LETTERS, ctx.connection_id, ctx.direction, failure.reason).inc()
     metrics.child(
         metrics.DELIVERIES,
         ctx.connection_id,
         ctx.direction,
         ctx.region,
         "dead_letter",
-        outcomes.status_label(status),
+        outcomes.status_label(failure.status),
     ).inc()
     outcomes.report(
         connection=ctx.connection_id,
         direction=ctx.direction,
         outcome="dead_letter",
-        reason=reason,
+        reason=failure.reason,
         message_id=message_id,
         action=(request or {}).get("action"),
-        status=status,
+        status=failure.status,
         attempt=item.get("attempts"),
-        error=error,
+        error=failure.error,
     )
     ctx.release_backlog(*backlog_of(item))
-    return Step.done(reason)
+    return Step.done(failure.reason)
 
 
 def _payload_id(payload: Any) -> str | None:

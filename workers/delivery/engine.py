@@ -40,7 +40,7 @@ from typing import Any
 
 from connector.contract import DeliveryItem
 from workers.delivery import attempts
-from workers.delivery.attempts import Step, finish_dead, finish_skipped
+from workers.delivery.attempts import Failure, Step, finish_dead, finish_skipped
 from workers.delivery.classify import Verdict, classify
 from workers.delivery.context import Context
 from workers.delivery.deadletters import REJECTED, RETRY_WINDOW_EXCEEDED
@@ -140,14 +140,7 @@ def _deliver(ctx: Context, request: OutboundRequest, item: DeliveryItem) -> Step
 
 
 def _dead(ctx: Context, item: DeliveryItem, reason: str, answer: Answer) -> Step:
-    return finish_dead(
-        ctx,
-        item,
-        reason,
-        attempts.error_text(answer),
-        status=attempts.status_of(answer),
-        excerpt=attempts.excerpt(answer),
-    )
+    return finish_dead(ctx, item, Failure.of(reason, answer))
 
 
 def _live_parts(

@@ -35,7 +35,7 @@ import orjson
 from connector import metrics
 from connector.contract import DeliveryItem
 from workers.delivery import attempts
-from workers.delivery.attempts import dead_letter_for, report_dead
+from workers.delivery.attempts import Failure, dead_letter_for, report_dead
 from workers.delivery.classify import Verdict, classify
 from workers.delivery.context import Context
 from workers.delivery.deadletters import REJECTED, RETRY_WINDOW_EXCEEDED, TOO_LARGE
@@ -97,7 +97,7 @@ def _flush_locked(ctx: Context, target: BatchTarget, outbox: Outbox, token: str,
             return
         batch = target.pack(raws)
         if batch.oversized_head is not None:
-            dead = [_Dead(batch.oversized_head, TOO_LARGE, target.oversize_error)]
+            dead = [(batch.oversized_head, Failure(TOO_LARGE, target.oversize_error, history=[]))]
             if not _dead_then_trim(ctx, outbox, token, dead):
                 result.state = "lost_lock"
                 return
@@ -125,17 +125,8 @@ def _flush_locked(ctx: Context, target: BatchTarget, outbox: Outbox, token: str,
             continue
         history = _record_failure(ctx, outbox, state, answer, observation.wait)
         if verdict is Verdict.PERMANENT:
-            dead = [
-                _Dead(
-                    item,
-                    REJECTED,
-                    attempts.error_text(answer),
-                    attempts.status_of(answer),
-                    attempts.excerpt(answer),
-                    history,
-                )
-                for item in batch.items
-            ]
+            failure = Failure.of(REJECTED, answer, history)
+            dead = [(item, failure) for item in batch.items]
             if not _dead_then_trim(ctx, outbox, token, dead):
                 result.state = "lost_lock"
                 return
@@ -189,46 +180,28 @@ def _expire_head(
         expired.append(item)
     if not expired:
         return 0
-    error, status, excerpt = attempts.error_text(answer), attempts.status_of(answer), attempts.excerpt(answer)
-    dead = [_Dead(item, RETRY_WINDOW_EXCEEDED, error, status, excerpt, history) for item in expired]
+    failure = Failure.of(RETRY_WINDOW_EXCEEDED, answer, history)
+    dead = [(item, failure) for item in expired]
     return len(expired) if _dead_then_trim(ctx, outbox, token, dead) else 0
 
 
-@dataclass
-class _Dead:
-    item: DeliveryItem
-    reason: str
-    error: str
-    status: int | None = None
-    excerpt: str = ""
-    history: list[dict[str, Any]] | None = None
-
-
-def _dead_then_trim(ctx: Context, outbox: Outbox, token: str, dead: list[_Dead]) -> bool:
+def _dead_then_trim(
+    ctx: Context, outbox: Outbox, token: str, dead: list[tuple[DeliveryItem, Failure]]
+) -> bool:
     """Dead-letter ``dead`` (the head of the outbox, in order) and trim them off the list in one
     atomic step; False when the lock is no longer ours (then nothing happened)."""
     records = []
-    for entry in dead:
-        if entry.history:
-            entry.item["attempts"] = len(entry.history)
-            entry.item["first_attempt_at"] = entry.history[0].get("t")
-        records.append(
-            dead_letter_for(
-                ctx,
-                entry.item,
-                entry.reason,
-                entry.error,
-                status=entry.status,
-                excerpt=entry.excerpt,
-                history=entry.history or [],
-            )
-        )
+    for item, failure in dead:
+        if failure.history:
+            item["attempts"] = len(failure.history)
+            item["first_attempt_at"] = failure.history[0].get("t")
+        records.append(dead_letter_for(ctx, item, failure))
     if not ctx.dead_letters.add_then_trim(records, outbox.list_key, outbox.lock_key, token, len(dead)):
         return False
-    for entry in dead:
-        report_dead(ctx, entry.item, entry.reason, entry.error, status=entry.status)
+    for item, failure in dead:
+        report_dead(ctx, item, failure)
         # Not delivered: let a redelivery or a re-mapping replay in again.
-        key = (entry.item.get("request") or {}).get("idempotency_key")
+        key = (item.get("request") or {}).get("idempotency_key")
         if key:
             outbox.forget_ledger(key)
     return True

@@ -11,11 +11,8 @@ from typing import Any
 
 from connector.config import Connection
 from connector.contract import DESTINATION, SOURCE
-from connector.keys import Keys
-from connector.tuning import Tuning
-from workers.delivery.budgets import Budget, Budgets
+from workers.delivery.budgets import Budget
 from workers.delivery.target import Target
-from workers.delivery.transport import Transport
 from workers.targets.segment import SegmentTarget
 from workers.targets.voucherify import VoucherifyTarget
 
@@ -31,28 +28,13 @@ def configured(connection: Connection, direction: str) -> bool:
     return target is not None and target.configured(connection)
 
 
-def bind(
-    direction: str,
-    connection: Connection,
-    *,
-    client: Any,
-    keys: Keys,
-    tuning: Tuning,
-    budgets: Budgets,
-    schema_transport: Transport | None = None,
-) -> Target:
-    """The target of ``direction``, bound to ``connection`` for one task."""
+def bind(direction: str, connection: Connection, **resources: Any) -> Target:
+    """The target of ``direction``, bound to ``connection`` for one task; ``resources``: the
+    task's Redis ``client``, ``keys``, ``tuning``, ``budgets`` and ``schema_transport``."""
     target = TARGETS.get(direction)
     if target is None:
         raise ValueError(f"unknown delivery direction {direction!r}")
-    return target(
-        connection,
-        client=client,
-        keys=keys,
-        tuning=tuning,
-        budgets=budgets,
-        schema_transport=schema_transport,
-    )
+    return target(connection, **resources)
 
 
 def budgets_of(connection: Connection) -> list[Budget]:

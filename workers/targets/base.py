@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from connector.config import Connection
 from connector.contract import DeliveryItem
 from connector.errors import TransportFailure
 from workers.delivery.budgets import Budget, Observation
@@ -33,10 +34,25 @@ class HttpTarget:
     region: str
     base_url: str
 
-    def __init__(self, *, queue: str, region: str | None, base_url: str) -> None:
+    def __init__(self, connection: Connection, *, queue: str, region: str | None, base_url: str) -> None:
+        self.connection = connection
         self.queue = queue
         self.region = region or "dedicated"
         self.base_url = base_url
+        self._budgets = self.budgets_of(connection)
+
+    @staticmethod
+    def configured(connection: Connection) -> bool:
+        """Whether ``connection`` has this system's settings."""
+        raise NotImplementedError
+
+    @staticmethod
+    def budgets_of(connection: Connection) -> tuple[Budget, ...]:
+        """The budgets every call of ``connection`` to this system spends."""
+        raise NotImplementedError
+
+    def budgets_for(self, request: OutboundRequest | None) -> tuple[Budget, ...]:
+        return self._budgets
 
     def server_wait(self, answer: Answer) -> float | None:
         """The longest wait the answer asks for (here: ``Retry-After``)."""

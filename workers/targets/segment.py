@@ -24,7 +24,6 @@ from connector.envelope import FUTURE_SKEW_SECONDS
 from connector.tuning import Tuning
 from workers.delivery.budgets import Budget
 from workers.delivery.target import Batch
-from workers.outbound import OutboundRequest
 from workers.targets.base import HttpTarget
 
 NAME = "segment"
@@ -81,25 +80,18 @@ class SegmentTarget(HttpTarget):
         segment = connection.segment
         if segment is None:
             raise ValueError(f"connection {connection.id!r} has no Segment settings")
-        super().__init__(queue=segment.queue, region=segment.region, base_url=segment.base_url)
-        self.connection = connection
+        super().__init__(connection, queue=segment.queue, region=segment.region, base_url=segment.base_url)
         self.settings = segment
         self.tuning = tuning
-        self._budgets = budgets_of(connection)
+
+    budgets_of = staticmethod(budgets_of)
 
     @staticmethod
     def configured(connection: Connection) -> bool:
         return connection.segment is not None
 
-    @staticmethod
-    def budgets_of(connection: Connection) -> tuple[Budget, ...]:
-        return budgets_of(connection)
-
     def auth_headers(self) -> dict[str, str]:
         return auth_headers(self.settings)
-
-    def budgets_for(self, request: OutboundRequest | None) -> tuple[Budget, ...]:
-        return self._budgets
 
     def pack(self, raws: list[bytes]) -> Batch:
         return build_batch(

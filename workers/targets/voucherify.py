@@ -134,31 +134,24 @@ class VoucherifyTarget(HttpTarget):
         schema_transport: Transport | None = None,
     ) -> None:
         vf = connection.voucherify
-        super().__init__(queue=vf.queue, region=vf.region, base_url=vf.base_url)
-        self.connection = connection
+        super().__init__(connection, queue=vf.queue, region=vf.region, base_url=vf.base_url)
         self.settings = vf
         self.tuning = tuning
         self.budgets = budgets
         self.schema_transport = schema_transport
-        self._budgets = budgets_of(connection)
         # metadata_schema = "defined" (rest mode): the connection's cached customer metadata schema.
         self.schemas: MetadataSchemas | None = None
         if keeps_metadata_to_schema(connection):
             self.schemas = MetadataSchemas(client, keys, connection.id, tuning.metadata_schema_refresh)
 
+    budgets_of = staticmethod(budgets_of)
+
     @staticmethod
     def configured(connection: Connection) -> bool:
         return True  # every connection has a [connection.voucherify] section
 
-    @staticmethod
-    def budgets_of(connection: Connection) -> tuple[Budget, ...]:
-        return budgets_of(connection)
-
     def auth_headers(self) -> dict[str, str]:
         return auth_headers(self.settings)
-
-    def budgets_for(self, request: OutboundRequest | None) -> tuple[Budget, ...]:
-        return self._budgets
 
     def server_wait(self, answer: Answer) -> float | None:
         return server_wait(answer)

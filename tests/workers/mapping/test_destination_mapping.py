@@ -45,7 +45,7 @@ from connector.secrets import Secret
 from tests.support import TESTS_DIR
 from workers.mapping.destination import map_event
 from workers.mapping.destination.metadata import CustomerMetadataSchema, filter_request
-from workers.mapping.destination.routing import describe
+from workers.mapping.destination.routing import compiled_for
 from workers.mapping.destination.subscriptions import PRESET_NAMES, validate_subscription
 from workers.outbound import OutboundRequest
 from workers.targets.voucherify import auth_headers
@@ -190,7 +190,7 @@ def _check_reference_settings(case: dict[str, Any], connection: Connection) -> N
     assert case["provenance"].startswith("reference @segment/actions-core "), case["provenance"]
     assert connection.voucherify.mode == "segmentio"
     event_type = case["event"].get("type")
-    routes = describe(connection).get(event_type, [])
+    routes = [r.name for r in compiled_for(connection).routes.get(event_type, ())]
     ran = {s["name"] for s in case["reference"]["subscriptions"]}
     for name in routes:
         assert name in ran, f"our subscription {name!r} did not run on the reference"

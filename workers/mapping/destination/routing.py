@@ -253,20 +253,8 @@ def compiled_for(connection: Connection) -> CompiledDestination:
         return compiled
 
 
-def clear_cache() -> None:
-    with _CACHE_LOCK:
-        _CACHE.clear()
-
-
-def describe(connection: Connection) -> dict[str, list[str]]:
-    """Event type -> names of the subscriptions that may fire (for `connector check`, docs)."""
-    return {t: [r.name for r in routes] for t, routes in compiled_for(connection).routes.items()}
-
-
 __all__: Sequence[str] = [
     "CompiledDestination",
     "MappingResult",
-    "clear_cache",
     "compiled_for",
-    "describe",
 ]
