@@ -23,7 +23,7 @@ from kombu.transport import redis as kombu_redis
 _RedisChannel: Any = kombu_redis.Channel
 
 
-class Channel(_RedisChannel):
+class Channel(_RedisChannel):  # type: ignore[misc]  # kombu is untyped here (see above)
     _shared_client: redis.Redis | None = None
 
     def _create_client(self, asynchronous: bool = False) -> Any:

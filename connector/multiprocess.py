@@ -66,7 +66,8 @@ def setup(role: str) -> str | None:
         return path
     from prometheus_client import values
 
-    values.ValueClass = values.MultiProcessValue(process_identifier=identifier)
+    # prometheus_client ships no annotations for these two.
+    values.ValueClass = values.MultiProcessValue(process_identifier=identifier)  # type: ignore[no-untyped-call]
     _configured = True
     return path
 
@@ -78,4 +79,4 @@ def mark_dead(pid: int) -> None:
         return
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(identifier(pid), path)
+    multiprocess.mark_process_dead(identifier(pid), path)  # type: ignore[no-untyped-call]
