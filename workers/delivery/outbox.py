@@ -2,7 +2,7 @@
 retry state, and the scheduler's sweep.
 
 Pure Redis (no HTTP client): the scheduler process imports it without the delivery engine.
-The flushing logic lives in :mod:`workers.delivery.segment_outbox`.
+The flushing logic lives in :mod:`workers.delivery.flusher`.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ does that by itself; in ``rest`` mode the connector does it, with the schema Vou
 to ``GET /v1/metadata-schemas`` (its ``related_object: "customer"`` entry).
 
 Pure: the schema is data passed in (:class:`CustomerMetadataSchema`); reading it, caching it and
-refreshing it is the delivery side's job (:mod:`workers.delivery.metadata_schema`).  A key is
+refreshing it is the delivery side's job (:mod:`workers.targets.voucherify_schema`).  A key is
 kept when the schema defines it (and does not mark it ``deleted``) and the value has the defined
 type (``array: true``: a list of such values) and, when the schema lists allowed values (``eq``),
 is one of them.  ``null`` is kept for a defined key: it removes the key, as a user clearing an
