@@ -24,21 +24,41 @@ Wiring only: each command lives in its own module (``ops.dlq``, ``ops.scheduler`
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
 from connector import config
 from ops import runfile
-from ops.check import check
-from ops.dlq import dlq
-from ops.mapcmd import map_command
-from ops.scheduler import scheduler
-from ops.send_test import send_test
-from ops.stats import stats
+
+# name -> "module:command".  Loaded when used: `connector scheduler` must set up multiprocess
+# metrics before anything imports connector.metrics, and `connector dlq ...` needs no more
+# than its own module.
+COMMANDS = {
+    "check": "ops.check:check",
+    "dlq": "ops.dlq:dlq",
+    "map": "ops.mapcmd:map_command",
+    "scheduler": "ops.scheduler:scheduler",
+    "send-test": "ops.send_test:send_test",
+    "stats": "ops.stats:stats",
+}
 
 
-@click.group()
+class _Commands(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, _, name = target.partition(":")
+        command: click.Command = getattr(importlib.import_module(module), name)
+        return command
+
+
+@click.group(cls=_Commands)
 def main() -> None:
     """Segment <-> Voucherify connector: operations.
 
@@ -51,10 +71,6 @@ def main() -> None:
         raise click.ClickException(str(exc)) from None
     if note:
         click.echo(f"connector: {note}", err=True)
-
-
-for command in (dlq, scheduler, check, send_test, stats, map_command):
-    main.add_command(command)
 
 
 if __name__ == "__main__":  # pragma: no cover
