@@ -100,6 +100,11 @@ class Connection:
     backlog_limit: int = 100_000
     backlog_bytes_limit: int = DEFAULT_BACKLOG_BYTES
 
+    @property
+    def queues(self) -> list[str]:
+        """The broker queues this connection's work travels on."""
+        return [self.voucherify.queue, *([self.segment.queue] if self.segment is not None else [])]
+
 
 @dataclass(frozen=True)
 class MappingChecks:

@@ -49,6 +49,17 @@ SEGMENT_MAX_EVENT_BYTES: Final = 32 * 1024
 DESTINATION: Final = "segment_to_voucherify"
 SOURCE: Final = "voucherify_to_segment"
 
+
+def ingest_call(
+    direction: str, connection_id: str, payload: Any, received_at: float
+) -> tuple[str, list[Any]]:
+    """The task and arguments that take an original event of ``direction`` in again, as the web
+    publishes it (a dead letter replayed with ``--remap`` goes through today's mapping)."""
+    if direction == SOURCE:
+        return TASK_VOUCHERIFY_WEBHOOK, [connection_id, payload, received_at]
+    return TASK_SEGMENT_EVENTS, [connection_id, [payload]]
+
+
 # --- the web -> worker message of Segment events --------------------------------------------
 
 # Batch-level objects merged into every event (the event's own keys win), as Segment does.

@@ -34,7 +34,7 @@ import orjson
 import redis
 
 from connector import backlog
-from connector.contract import SOURCE, TASK_DELIVER, TASK_SEGMENT_EVENTS, TASK_VOUCHERIFY_WEBHOOK
+from connector.contract import TASK_DELIVER, ingest_call
 from connector.keys import Keys
 from connector.lua import Lua
 from connector.publish import Publish
@@ -333,13 +333,9 @@ class DeadLetters:
             raise ValueError(
                 f"dead letter {record.id} has neither a request nor a complete payload to replay"
             )
-        if record.direction == SOURCE:
-            return TASK_VOUCHERIFY_WEBHOOK, [
-                record.connection_id,
-                record.payload,
-                record.received_at or time.time(),
-            ]
-        return TASK_SEGMENT_EVENTS, [record.connection_id, [record.payload]]
+        return ingest_call(
+            record.direction, record.connection_id, record.payload, record.received_at or time.time()
+        )
 
     def purge(self, records: list[DeadLetter]) -> int:
         return self.remove([r.id for r in records])

@@ -91,7 +91,7 @@ def _flush_locked(ctx: Context, target: BatchTarget, outbox: Outbox, token: str,
         if float(state.get("next_at") or 0) > now:
             result.state = "waiting"
             return
-        raws = outbox.peek(ctx.tuning.segment_max_events)
+        raws = outbox.peek(target.max_batch)
         if not raws:
             result.state = "empty"
             return
@@ -133,7 +133,7 @@ def _flush_locked(ctx: Context, target: BatchTarget, outbox: Outbox, token: str,
             result.dead += len(batch.items)
             outbox.clear_retry_state()
             continue
-        result.dead += _expire_head(ctx, outbox, token, state, answer, history)
+        result.dead += _expire_head(ctx, target, outbox, token, state, answer, history)
         result.state = "retry"
         return
 
@@ -162,6 +162,7 @@ def _record_failure(
 
 def _expire_head(
     ctx: Context,
+    target: BatchTarget,
     outbox: Outbox,
     token: str,
     state: dict[str, str],
@@ -172,7 +173,7 @@ def _expire_head(
     now = time.time()
     first_failure = float(state.get("first_failure_at") or now)
     expired: list[DeliveryItem] = []
-    for raw in outbox.peek(ctx.tuning.segment_max_events):
+    for raw in outbox.peek(target.max_batch):
         item = orjson.loads(raw)
         first_attempt = max(float(item.get("enqueued_at") or now), first_failure)
         if first_attempt + ctx.window > now:

@@ -157,7 +157,4 @@ class Scheduler:
 
 def connection_queues(settings: Settings) -> list[tuple[str, list[str]]]:
     """(connection id, the broker queues its work travels on), for :func:`backlog.reconcile`."""
-    return [
-        (c.id, [c.voucherify.queue, *([c.segment.queue] if c.segment is not None else [])])
-        for c in settings.connections
-    ]
+    return [(c.id, c.queues) for c in settings.connections]

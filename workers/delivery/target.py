@@ -91,6 +91,7 @@ class BatchTarget(Target, Protocol):
 
     batch_path: str
     oversize_error: str  # the dead letter's error for an item over the size limit
+    max_batch: int  # items one batch request may hold at the most (read from the outbox's head)
 
     def pack(self, raws: list[bytes]) -> Batch:
         """The longest prefix of ``raws`` that fits one batch request."""

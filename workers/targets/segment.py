@@ -83,6 +83,7 @@ class SegmentTarget(HttpTarget):
         super().__init__(connection, queue=segment.queue, region=segment.region, base_url=segment.base_url)
         self.settings = segment
         self.tuning = tuning
+        self.max_batch = tuning.segment_max_events
 
     budgets_of = staticmethod(budgets_of)
 
