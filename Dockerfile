@@ -17,10 +17,11 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 COPY workers ./workers
 COPY connector ./connector
+COPY ops ./ops
 COPY sandbox ./sandbox
 COPY gunicorn.conf.py Procfile ./
 RUN pip install --no-deps .
 
 USER 10001:10001
 EXPOSE 8000
-CMD ["gunicorn", "app.wsgi:app", "--config", "gunicorn.conf.py"]
+CMD ["gunicorn", "ops.wsgi:app", "--config", "gunicorn.conf.py"]

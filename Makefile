@@ -28,11 +28,11 @@ install: $(STAMP)
 install-run: $(RUN_STAMP)
 
 run: $(RUN_STAMP)
-	$(BIN)/python -m connector.run
+	$(BIN)/python -m ops.run
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check app workers connector sandbox
+	$(BIN)/ruff format --check app workers connector ops sandbox
 	$(BIN)/mypy
 
 test: $(STAMP) lint chromium

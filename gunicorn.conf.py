@@ -40,7 +40,7 @@ limit_request_field_size = 8190
 # Access logs would carry nothing secret (paths only), but per-event outcome lines are ours.
 accesslog = None
 errorlog = "-"
-# Fail at start-up, not at the first request, when the configuration is wrong (app.wsgi prints
+# Fail at start-up, not at the first request, when the configuration is wrong (ops.wsgi prints
 # the list of problems and exits with status 2).
 preload_app = True
 

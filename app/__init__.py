@@ -16,32 +16,32 @@ from app.metrics import announce_mode, count_refused_request, metrics_bp
 from app.status import status_bp
 from app.views import ops, tracking, webhooks
 from connector import redisconn
-from connector.config import Settings, load_settings
-from workers.celery_app import create_celery
+from connector.celery_app import create_celery
+from connector.config import Settings
+from connector.keys import Keys
 
 log = logging.getLogger("connector.web")
 
 
-def create_app(settings: Settings | None = None) -> Flask:
-    """Application factory; configuration errors surface here, at start-up, all at once."""
-    settings = settings or load_settings()
+def create_app(settings: Settings) -> Flask:
+    """Application factory, on the settings the process loaded at start-up (``ops.wsgi``)."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = None  # bounded by app.body, which also bounds gzip
     client = redisconn.client(
         settings.redis_url, settings.redis_tls_verify, socket_connect_timeout=1, socket_timeout=2
     )
-    celery = create_celery(settings.redis_url, settings.redis_tls_verify)
+    celery = create_celery(settings.redis_url, settings.redis_tls_verify, settings.broker)
     app.extensions["connector.settings"] = settings
     app.extensions["connector.redis"] = client
     app.extensions["connector.celery"] = celery
-    app.extensions["connector.enqueuer"] = Enqueuer(celery, client)
+    app.extensions["connector.enqueuer"] = Enqueuer(celery, client, Keys(settings.key_prefix))
     app.register_blueprint(tracking)
     app.register_blueprint(webhooks)
     app.register_blueprint(ops)
     app.register_blueprint(metrics_bp)
     app.register_blueprint(status_bp)
     _register_errors(app)
-    announce_mode()
+    announce_mode(settings.metrics_dir)
     return app
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import sys
 import time
@@ -23,10 +22,11 @@ import orjson
 from flask import Request
 
 from app.errors import ApiError, bad_request
+from connector.contract import SEGMENT_MAX_EVENT_BYTES
 from connector.jsonvalues import any_value
 
 MAX_BATCH_BYTES = 500 * 1024
-MAX_EVENT_BYTES = 32 * 1024
+MAX_EVENT_BYTES = SEGMENT_MAX_EVENT_BYTES
 MAX_BATCH_EVENTS = 2500
 MAX_DEPTH = 64  # Segment documents no bound; this is deep enough for any real event.
 _READ_CHUNK = 64 * 1024
@@ -45,13 +45,6 @@ _LONG_DIGITS = b"9" * 19
 
 def _long_digit_run(raw: bytes) -> bool:
     return _LONG_DIGITS in raw.translate(_DIGIT_MAP)
-
-
-def body_timeout() -> float:
-    try:
-        return max(0.5, float(os.environ.get("CONNECTOR_BODY_TIMEOUT_SECONDS") or 10))
-    except ValueError:
-        return 10.0
 
 
 class OutOfRange:
@@ -113,9 +106,9 @@ def _deadline(request: Request, seconds: float) -> Iterator[None]:
                 sock.settimeout(previous)
 
 
-def read_raw(request: Request, limit: int = MAX_BATCH_BYTES) -> bytes:
+def read_raw(request: Request, limit: int = MAX_BATCH_BYTES, *, timeout: float = 10.0) -> bytes:
     """The body as sent (before decoding), refusing to read more than ``limit`` bytes or to
-    wait longer than :func:`body_timeout` for it."""
+    wait longer than ``timeout`` seconds (``CONNECTOR_BODY_TIMEOUT_SECONDS``) for it."""
     length = request.content_length
     encoding = (request.headers.get("Content-Encoding") or "").strip().lower()
     if encoding not in ("", "identity", "gzip", "x-gzip", "deflate"):
@@ -129,7 +122,7 @@ def read_raw(request: Request, limit: int = MAX_BATCH_BYTES) -> bytes:
     stream = request.stream
     chunks: list[bytes] = []
     total = 0
-    seconds = body_timeout()
+    seconds = timeout
     started = time.monotonic()
     with _deadline(request, seconds):
         while True:

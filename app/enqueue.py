@@ -18,9 +18,10 @@ from celery import Celery
 from kombu.exceptions import KombuError, OperationalError
 
 from app.errors import ApiError
+from connector import backlog
 from connector.config import Connection
-from workers.celery_app import TASK_SEGMENT_EVENTS, TASK_VOUCHERIFY_WEBHOOK
-from workers.delivery import backlog
+from connector.contract import TASK_SEGMENT_EVENTS, TASK_VOUCHERIFY_WEBHOOK
+from connector.keys import Keys
 
 log = logging.getLogger("connector.ingest")
 
@@ -48,9 +49,10 @@ def unavailable() -> ApiError:
 
 
 class Enqueuer:
-    def __init__(self, celery: Celery, client: redis.Redis) -> None:
+    def __init__(self, celery: Celery, client: redis.Redis, keys: Keys) -> None:
         self.celery = celery
         self.redis = client
+        self.keys = keys
 
     def _reserve(self, connection: Connection, count: int, stored_bytes: int) -> None:
         try:
@@ -61,6 +63,7 @@ class Enqueuer:
                 connection.backlog_limit,
                 stored_bytes=stored_bytes,
                 bytes_limit=connection.backlog_bytes_limit,
+                keys=self.keys,
             )
         except _BROKER_ERRORS:
             log.warning("redis unavailable while reserving backlog", extra={"connection": connection.id})
@@ -92,14 +95,14 @@ class Enqueuer:
         except _BROKER_ERRORS:
             log.warning("broker unavailable while publishing", extra={"connection": connection.id})
             with contextlib.suppress(*_BROKER_ERRORS):  # else the scheduler's reconcile heals it
-                backlog.release(self.redis, connection.id, count, stored_bytes)
+                backlog.release(self.redis, connection.id, count, stored_bytes, keys=self.keys)
             raise unavailable() from None
 
     def segment_events(
         self, connection: Connection, events: Sequence[Any], shared: dict[str, Any], stored_bytes: int
     ) -> None:
         """``events``: dicts, or their JSON as ``orjson.Fragment`` (embedded as they are);
-        ``shared``: the fields they have in common, stored once (connector.segment_message)."""
+        ``shared``: the fields they have in common, stored once (connector.contract)."""
         self._publish(
             connection,
             len(events),

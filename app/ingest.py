@@ -1,7 +1,7 @@
 """From a parsed Tracking API body to accepted events, as Segment's own API does it.
 
 - batch-level ``context`` and ``integrations`` merge into each item (the item's values win) --
-  stored once per broker message and merged by the worker (:mod:`connector.segment_message`),
+  stored once per broker message and merged by the worker (:mod:`connector.contract`),
   but counted against every item's 32 KB here;
 - ``sentAt`` from the item or else the batch;
 - ``timestamp`` corrected for client clock skew: ``receivedAt - (sentAt - originalTimestamp)``;
@@ -28,7 +28,7 @@ import orjson
 from app.body import MAX_BATCH_EVENTS, MAX_DEPTH, MAX_EVENT_BYTES, depth_exceeds, holds_out_of_range
 from app.errors import bad_request
 from app.schemas import CALL_TYPES, parse_utc, validate_event
-from connector.segment_message import MERGED, expand
+from connector.contract import MERGED, expand
 
 # Event times up to this far past the receipt are taken as they are (clocks differ a little);
 # later ones are clamped to the receipt time.
@@ -83,7 +83,7 @@ class IngestResult:
     # The accepted events serialized once (as orjson fragments): the size and depth checks read
     # these bytes, and the broker message embeds them without encoding the events again.
     encoded: list[orjson.Fragment] = field(default_factory=list)
-    # Fields common to every event, stored once per message (connector.segment_message).
+    # Fields common to every event, stored once per message (connector.contract).
     shared: dict[str, Any] = field(default_factory=dict)
     # Bytes the message will hold: the encoded events and the shared fields.
     stored_bytes: int = 0

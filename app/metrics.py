@@ -22,9 +22,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from app.auth import require_token
-from connector import depths, metrics, multiprocess
+from connector import depths, metrics
 from connector.config import Connection, Settings
-from workers.delivery import SOURCE
+from connector.contract import SOURCE
 
 log = logging.getLogger("connector.web")
 
@@ -121,13 +121,9 @@ class _Default(Collector):
         yield from REGISTRY.collect()
 
 
-def multiprocess_mode() -> bool:
-    return multiprocess.directory() is not None
-
-
-def announce_mode() -> None:
-    if multiprocess_mode():
-        log.info("metrics: multiprocess mode", extra={"directory": multiprocess.directory()})
+def announce_mode(directory: str | None) -> None:
+    if directory is not None:
+        log.info("metrics: multiprocess mode", extra={"directory": directory})
     else:
         log.warning(
             "metrics: PROMETHEUS_MULTIPROC_DIR is not set; /metrics shows only the gunicorn worker "
@@ -138,12 +134,12 @@ def announce_mode() -> None:
 def _registry() -> CollectorRegistry:
     from prometheus_client import multiprocess as prom_multiprocess
 
+    settings: Settings = current_app.extensions["connector.settings"]
     registry = CollectorRegistry(auto_describe=False)
-    if multiprocess_mode():
-        prom_multiprocess.MultiProcessCollector(registry)
+    if settings.metrics_dir is not None:
+        prom_multiprocess.MultiProcessCollector(registry, path=settings.metrics_dir)
     else:
         registry.register(_Default())
-    settings: Settings = current_app.extensions["connector.settings"]
     registry.register(DepthCollector(current_app.extensions["connector.redis"], settings))
     return registry
 

@@ -3,7 +3,7 @@
 It shows the configured connections (ids, regions, modes, queues -- never a credential), the
 queue depths read from Redis, and, in the sandbox, the last requests the fake Voucherify and
 fake Segment received.  Those come from the fakes' ``/__fake/requests`` fetched *by the
-browser* (the web process never imports an HTTP client); ``connector.run`` tells the page where
+browser* (the web process never imports an HTTP client); ``ops.run`` tells the page where
 the fakes listen through ``CONNECTOR_SANDBOX_FAKES`` (``name=url,name=url``, loopback only).
 Only method, path, status and time of a recorded request are displayed, never its headers or
 body (they carry the sandbox's credentials and the events).
@@ -19,8 +19,6 @@ run``, marked by ``CONNECTOR_SANDBOX_FAKES``) shows it without a token unless on
 
 from __future__ import annotations
 
-import os
-import re
 from typing import Any
 
 import redis
@@ -28,23 +26,9 @@ from flask import Blueprint, Response, abort, current_app, jsonify, render_templ
 
 from app.auth import require_token
 from connector import depths
-from connector.config import SANDBOX_ENV, Settings
+from connector.config import Settings
 
 status_bp = Blueprint("status", __name__, template_folder="templates")
-
-_LOOPBACK_URL = re.compile(r"^http://(127\.0\.0\.1|localhost|\[::1\]):\d{1,5}$")
-
-
-def sandbox_fakes(env: dict[str, str] | None = None) -> dict[str, str]:
-    """``{"voucherify": "http://127.0.0.1:8100", ...}`` from ``CONNECTOR_SANDBOX_FAKES``."""
-    raw = (env if env is not None else os.environ).get(SANDBOX_ENV, "")
-    fakes: dict[str, str] = {}
-    for part in raw.split(","):
-        name, _, url = part.strip().partition("=")
-        url = url.strip().rstrip("/")
-        if re.fullmatch(r"[a-z0-9_-]{1,32}", name.strip()) and _LOOPBACK_URL.match(url):
-            fakes[name.strip()] = url
-    return fakes
 
 
 def _guard() -> None:
@@ -82,7 +66,11 @@ def status_data() -> dict[str, Any]:
                 "write_keys": len(c.write_keys),
             }
         )
-    data: dict[str, Any] = {"connections": connections, "redis": True, "sandbox": sandbox_fakes()}
+    data: dict[str, Any] = {
+        "connections": connections,
+        "redis": True,
+        "sandbox": dict(settings.sandbox_fakes),
+    }
     try:
         snap = depths.snapshot(client, settings)
     except redis.RedisError:

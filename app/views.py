@@ -16,9 +16,16 @@ from app.auth import basic_user, connection_for_key
 from app.errors import ApiError, bad_request, unauthorized
 from app.ingest import PATH_TYPES, IngestResult, ingest_body
 from app.metrics import count_received, count_rejected
+from connector import envelope
 from connector.config import Connection, Settings
-from connector.signatures import segment_signature_valid, voucherify_signature_valid
-from workers.delivery import DESTINATION, SOURCE
+from connector.contract import DESTINATION, SOURCE
+from connector.errors import MappingError
+from connector.signatures import (
+    SEGMENT_SIGNATURE_HEADER,
+    VOUCHERIFY_SIGNATURE_HEADER,
+    segment_signature_valid,
+    voucherify_signature_valid,
+)
 
 tracking = Blueprint("tracking", __name__)
 webhooks = Blueprint("webhooks", __name__)
@@ -80,7 +87,8 @@ def track_api(kind: str) -> Response:
     if connection is not None:
         g.ingest_connection = connection.id
     # Only now is the body read (the key in the header was checked first), within a deadline.
-    raw = bodies.read_raw(request, bodies.MAX_BATCH_BYTES if path_type == "batch" else bodies.MAX_EVENT_BYTES)
+    limit = bodies.MAX_BATCH_BYTES if path_type == "batch" else bodies.MAX_EVENT_BYTES
+    raw = bodies.read_raw(request, limit, timeout=settings.body_timeout)
     body = bodies.parse_json(raw)
     if connection is None:
         key_in_body = body.get("writeKey") if isinstance(body, dict) else None
@@ -107,7 +115,7 @@ def segment_webhook(connection_id: str) -> Response:
     connection = _connection_or_404(connection_id)
     g.ingest_connection = connection.id
     secret = connection.segment_webhook_secret
-    signature = request.headers.get("X-Signature")
+    signature = request.headers.get(SEGMENT_SIGNATURE_HEADER)
     # Refused before the body is read: no secret (unless explicitly unsigned), or no signature.
     if secret is None and not connection.segment_webhook_unsigned:
         raise unauthorized(
@@ -117,7 +125,7 @@ def segment_webhook(connection_id: str) -> Response:
         )
     if secret is not None and not signature:
         raise unauthorized("invalid_signature", "X-Signature is missing or does not match the body")
-    raw = bodies.read_raw(request)
+    raw = bodies.read_raw(request, timeout=_settings().body_timeout)
     if secret is not None and not segment_signature_valid(raw, signature, secret.reveal()):
         raise unauthorized("invalid_signature", "X-Signature is missing or does not match the body")
     body = bodies.parse_json(raw)
@@ -137,9 +145,6 @@ def segment_webhook(connection_id: str) -> Response:
 
 @webhooks.post("/webhooks/voucherify/<connection_id>")
 def voucherify_webhook(connection_id: str) -> tuple[Response, int]:
-    from workers.errors import MappingError
-    from workers.source.envelope import parse_webhook
-
     _ingesting(SOURCE, "voucherify_webhook")
     connection = _connection_or_404(connection_id)
     g.ingest_connection = connection.id
@@ -148,12 +153,12 @@ def voucherify_webhook(connection_id: str) -> tuple[Response, int]:
         raise unauthorized(
             "webhooks_not_configured", f"connection {connection_id!r} has no Voucherify webhook_secret"
         )
-    signature = request.headers.get("x-voucherify-signature")
+    signature = request.headers.get(VOUCHERIFY_SIGNATURE_HEADER)
     if not signature:  # refused before the body is read
         raise unauthorized(
             "invalid_signature", "x-voucherify-signature is missing or does not match the body"
         )
-    raw = bodies.read_raw(request)
+    raw = bodies.read_raw(request, timeout=_settings().body_timeout)
     body = bodies.parse_json(raw)
     if not voucherify_signature_valid(raw, signature, secret.reveal(), body):
         raise unauthorized(
@@ -168,7 +173,7 @@ def voucherify_webhook(connection_id: str) -> tuple[Response, int]:
             "number_out_of_range", "an integer is outside the 64-bit range; it would not stay exact"
         )
     try:
-        event = parse_webhook(body)
+        event = envelope.parse_webhook(body)
     except MappingError as exc:
         raise bad_request("invalid_webhook", exc.message) from None
     now = time.time()
@@ -186,14 +191,12 @@ def _check_webhook_age(connection: Connection, event: Any, now: float) -> None:
     """Replay protection (SPEC 4.1, 6): only events whose age is KNOWN to be within the accepted
     window pass.  An unreadable or future ``created_at`` would otherwise skip the check -- and
     outlive the dedupe memory, which is sized from that window."""
-    from workers.source.envelope import FUTURE_SKEW_SECONDS, event_age_seconds
-
-    age = event_age_seconds(event, now)
+    age = envelope.event_age_seconds(event, now)
     if age is None:
         raise bad_request(
             "invalid_created_at", "created_at is not a representable ISO 8601 date-time; refused"
         )
-    if age < -FUTURE_SKEW_SECONDS:
+    if age < -envelope.FUTURE_SKEW_SECONDS:
         raise bad_request("invalid_created_at", "created_at is in the future; refused")
     if age > connection.voucherify.max_event_age_seconds:
         raise bad_request(

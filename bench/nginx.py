@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from connector.embedded import free_port
+from ops.embedded import free_port
 
 MODULE_PATHS = (
     "/usr/lib/nginx/modules/ngx_http_echo_module.so",

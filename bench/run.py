@@ -30,7 +30,7 @@ import requests
 
 from bench import nginx as nginx_mod
 from bench.payloads import batch_body, mixed_stream, track
-from connector.embedded import free_port, start_redis
+from ops.embedded import free_port, start_redis
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -342,7 +342,7 @@ class Bench:
         default_workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
         results: dict[tuple[str, int, str], float] = {}
         for workers in (1, default_workers):
-            for app in ("app.wsgi:app", "bench.baseline_app:app"):
+            for app in ("ops.wsgi:app", "bench.baseline_app:app"):
                 proc, url = self.web(app, workers)
                 for kind, body, per in (("batch", batch, 100), ("track", single, 1)):
                     self.r.flushdb()
@@ -356,9 +356,9 @@ class Bench:
                 self.stop(proc, label)
         self.r.flushdb()
         for workers in (1, default_workers):
-            b = results[("app.wsgi:app", workers, "batch")]
+            b = results[("ops.wsgi:app", workers, "batch")]
             bb = results[("bench.baseline_app:app", workers, "batch")]
-            t = results[("app.wsgi:app", workers, "track")]
+            t = results[("ops.wsgi:app", workers, "track")]
             tb = results[("bench.baseline_app:app", workers, "track")]
             per_worker = b / workers
             self.row(
@@ -376,8 +376,9 @@ class Bench:
 
     def preload(self, conn: str, events: list[dict[str, Any]], per_task: int = 100) -> None:
         from app.ingest import ingest_body
-        from workers.celery_app import TASK_SEGMENT_EVENTS, create_celery
-        from workers.delivery import backlog
+        from connector import backlog
+        from connector.celery_app import create_celery
+        from connector.contract import TASK_SEGMENT_EVENTS
 
         celery = create_celery(self.redis_url)
         queue = f"voucherify.{CONNS[conn][1]}"
@@ -389,7 +390,7 @@ class Bench:
             )
 
     def backlog_of(self, conn: str) -> int:
-        from workers.delivery import backlog
+        from connector import backlog
 
         return backlog.current(self.r, f"bench-{conn}")
 
@@ -452,7 +453,7 @@ class Bench:
 
     def end_to_end(self) -> None:
         self.r.flushdb()
-        web, url = self.web("app.wsgi:app", int(os.environ.get("WEB_CONCURRENCY", "2")))
+        web, url = self.web("ops.wsgi:app", int(os.environ.get("WEB_CONCURRENCY", "2")))
         worker = self.worker("e2e", "voucherify.us1")
         sched = self.add("scheduler", [str(BIN / "connector"), "scheduler"])
         self.warm_up(url, "wk_bench_slow", "slow")
@@ -505,7 +506,7 @@ class Bench:
 
     def mixed(self) -> None:
         self.r.flushdb()
-        web, url = self.web("app.wsgi:app", 1)
+        web, url = self.web("ops.wsgi:app", 1)
         worker = self.worker("mixed", "voucherify.as1")
         sched = self.add("scheduler-mixed", [str(BIN / "connector"), "scheduler"])
         events = mixed_stream(customers=max(50, MIXED_EVENTS // 10), events=MIXED_EVENTS)

@@ -9,16 +9,28 @@ Pure Redis (no HTTP client): the web process imports it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
-from connector.config import Settings
-from workers.delivery.keys import Keys
+from connector.config import Connection, Settings
+from connector.keys import Keys
 
 # kombu's Redis transport keeps messages handed to a worker but not yet acknowledged here.
 UNACKED_KEY = "unacked"
+
+
+class BudgetLike(Protocol):
+    """A named budget (``workers.delivery.budgets.Budget``): read here, defined by the targets."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def limit(self) -> int | None: ...
+    @property
+    def window(self) -> float: ...
 
 
 @dataclass
@@ -71,10 +83,15 @@ def queue_names(settings: Settings) -> list[str]:
 
 
 def snapshot(
-    client: redis.Redis, settings: Settings, keys: Keys | None = None, *, rate_limits: bool = False
+    client: redis.Redis,
+    settings: Settings,
+    keys: Keys | None = None,
+    *,
+    budgets: Callable[[Connection], Sequence[BudgetLike]] | None = None,
 ) -> Snapshot:
-    """Everything in one round trip (two with ``rate_limits``)."""
-    keys = keys or Keys.from_env()
+    """Everything in one round trip (two with ``budgets``: each connection's budgets, whose
+    state is read too)."""
+    keys = keys or Keys(settings.key_prefix)
     now = time.time()
     queues = queue_names(settings)
     pipe = client.pipeline(transaction=False)
@@ -102,8 +119,8 @@ def snapshot(
         )
         for c, b in zip(settings.connections, backlogs, strict=True)
     ]
-    if rate_limits:
-        _add_rate_limits(client, settings, keys, states)
+    if budgets is not None:
+        _add_rate_limits(client, settings, keys, states, budgets)
     return Snapshot(
         queues=depth,
         unacked=_int(unacked),
@@ -117,15 +134,17 @@ def snapshot(
 
 
 def _add_rate_limits(
-    client: redis.Redis, settings: Settings, keys: Keys, states: list[ConnectionState]
+    client: redis.Redis,
+    settings: Settings,
+    keys: Keys,
+    states: list[ConnectionState],
+    budgets: Callable[[Connection], Sequence[BudgetLike]],
 ) -> None:
-    from workers.delivery.ratelimit import SEGMENT, VOUCHERIFY
-
-    targets: list[tuple[ConnectionState, str, int | None, float]] = []
-    for connection, state in zip(settings.connections, states, strict=True):
-        targets.append((state, VOUCHERIFY, connection.voucherify.rate_limit_per_minute, 60.0))
-        if connection.segment is not None:
-            targets.append((state, SEGMENT, connection.segment.requests_per_second, 1.0))
+    targets: list[tuple[ConnectionState, str, int | None, float]] = [
+        (state, budget.name, budget.limit, budget.window)
+        for connection, state in zip(settings.connections, states, strict=True)
+        for budget in budgets(connection)
+    ]
     now_ms = int(time.time() * 1000)
     pipe = client.pipeline(transaction=False)
     for state, target, _, window in targets:

@@ -9,13 +9,14 @@ everywhere else, so this is a second line of defence, not the first.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 import time
 from typing import Any
 
 import orjson
+
+from connector.config import LogOptions, log_options
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
 
@@ -80,14 +81,16 @@ class HumanFormatter(logging.Formatter):
         return redact(line)
 
 
-def configure_logging(process_type: str, level: str | None = None) -> None:
-    """JSON lines unless stderr is a terminal (or ``LOG_FORMAT=human``)."""
-    fmt = os.environ.get("LOG_FORMAT") or ("human" if sys.stderr.isatty() else "json")
+def configure_logging(process_type: str, options: LogOptions | None = None) -> None:
+    """JSON lines unless stderr is a terminal (or ``LOG_FORMAT=human``); ``options`` default to
+    the environment's (:func:`connector.config.log_options`): logging starts before the settings."""
+    options = options or log_options()
+    fmt = options.format or ("human" if sys.stderr.isatty() else "json")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(HumanFormatter() if fmt == "human" else JsonFormatter(process_type))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel((level or os.environ.get("LOG_LEVEL") or "INFO").upper())
+    root.setLevel(options.level.upper())
     # Libraries that log request URLs or headers at DEBUG stay quiet unless asked for.
     for noisy in ("urllib3", "requests", "kombu", "amqp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -24,7 +24,7 @@ import re
 import socket
 import sys
 
-ENV = "PROMETHEUS_MULTIPROC_DIR"
+from connector.config import metrics_directory
 
 log = logging.getLogger("connector.metrics")
 
@@ -32,7 +32,7 @@ _configured = False
 
 
 def directory() -> str | None:
-    return os.environ.get(ENV) or None
+    return metrics_directory()
 
 
 def _host_tag() -> str:
@@ -66,7 +66,8 @@ def setup(role: str) -> str | None:
         return path
     from prometheus_client import values
 
-    values.ValueClass = values.MultiProcessValue(process_identifier=identifier)
+    # prometheus_client ships no annotations for these two.
+    values.ValueClass = values.MultiProcessValue(process_identifier=identifier)  # type: ignore[no-untyped-call]
     _configured = True
     return path
 
@@ -78,4 +79,4 @@ def mark_dead(pid: int) -> None:
         return
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(identifier(pid), path)
+    multiprocess.mark_process_dead(identifier(pid), path)  # type: ignore[no-untyped-call]

@@ -8,8 +8,11 @@ outages stay away from the shared regions' traffic (SPEC 5).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from connector.errors import UnknownRegion
 
 
 @dataclass(frozen=True)
@@ -33,10 +36,6 @@ VOUCHERIFY_QUEUE_PREFIX = "voucherify."
 SEGMENT_QUEUE_PREFIX = "segment."
 
 
-class UnknownRegion(ValueError):
-    pass
-
-
 def _slug(url: str) -> str:
     parts = urlsplit(url)
     host = parts.hostname or "custom"
@@ -45,39 +44,43 @@ def _slug(url: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", host.lower()).strip("-") or "custom"
 
 
+def _queue(
+    system: str, prefix: str, known: Mapping[str, object], region: str | None, api_url: str | None
+) -> str:
+    """The queue of a system's work: by region, else one per dedicated cluster (its host)."""
+    if region:
+        if region not in known:
+            raise UnknownRegion(f"unknown {system} region {region!r}")
+        return prefix + region
+    if api_url:
+        return prefix + "dedicated-" + _slug(api_url)
+    raise UnknownRegion(f"a {system} region or api_url is required")
+
+
+def _known(system: str, known: Mapping[str, object], region: str | None) -> None:
+    if region not in known:
+        raise UnknownRegion(f"unknown {system} region {region!r} (known: {', '.join(known)})")
+
+
 def voucherify_base_url(region: str | None, mode: str, api_url: str | None) -> str:
     if api_url:
         return api_url.rstrip("/")
-    if region not in VOUCHERIFY_REGIONS:
-        raise UnknownRegion(f"unknown Voucherify region {region!r} (known: {', '.join(VOUCHERIFY_REGIONS)})")
-    entry = VOUCHERIFY_REGIONS[region]
+    _known("Voucherify", VOUCHERIFY_REGIONS, region)
+    entry = VOUCHERIFY_REGIONS[str(region)]
     return entry.segmentio_url if mode == "segmentio" else entry.rest_url
 
 
 def voucherify_queue(region: str | None, api_url: str | None) -> str:
     """Queue for a connection's Voucherify work: by region, else one per dedicated cluster."""
-    if region:
-        if region not in VOUCHERIFY_REGIONS:
-            raise UnknownRegion(f"unknown Voucherify region {region!r}")
-        return VOUCHERIFY_QUEUE_PREFIX + region
-    if api_url:
-        return VOUCHERIFY_QUEUE_PREFIX + "dedicated-" + _slug(api_url)
-    raise UnknownRegion("a Voucherify region or api_url is required")
+    return _queue("Voucherify", VOUCHERIFY_QUEUE_PREFIX, VOUCHERIFY_REGIONS, region, api_url)
 
 
 def segment_base_url(region: str | None, api_url: str | None) -> str:
     if api_url:
         return api_url.rstrip("/")
-    if region not in SEGMENT_REGIONS:
-        raise UnknownRegion(f"unknown Segment region {region!r} (known: {', '.join(SEGMENT_REGIONS)})")
-    return SEGMENT_REGIONS[region]
+    _known("Segment", SEGMENT_REGIONS, region)
+    return SEGMENT_REGIONS[str(region)]
 
 
 def segment_queue(region: str | None, api_url: str | None) -> str:
-    if region:
-        if region not in SEGMENT_REGIONS:
-            raise UnknownRegion(f"unknown Segment region {region!r}")
-        return SEGMENT_QUEUE_PREFIX + region
-    if api_url:
-        return SEGMENT_QUEUE_PREFIX + "dedicated-" + _slug(api_url)
-    raise UnknownRegion("a Segment region or api_url is required")
+    return _queue("Segment", SEGMENT_QUEUE_PREFIX, SEGMENT_REGIONS, region, api_url)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from connector.embedded import redis_answers, start_redis
+from ops.embedded import redis_answers, start_redis
 from tests.support import secrets
 from tests.support.processes import Stack, base_env
 from tests.support.redisdb import fresh_database

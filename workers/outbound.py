@@ -24,7 +24,7 @@ class OutboundRequest:
     # Event time (ISO 8601) used by stale-update protection of customer upserts.
     event_time: str | None = None
     message_id: str | None = None
-    # A coalesced request (workers.delivery.coalesce): the original requests it stands for, each
+    # A coalesced request (workers.targets.voucherify_coalesce): the original requests it stands for, each
     # {idempotency_key, action, customer, event_time, message_id, body}.  None for a plain one.
     parts: tuple[dict[str, Any], ...] | None = None
 

@@ -36,30 +36,22 @@ from typing import Any
 import redis
 from celery.exceptions import Reject
 
+from connector import backlog
 from connector.config import Connection
-from connector.segment_message import backlog_shares, expand
-from workers.delivery import DESTINATION, SOURCE, backlog, outcomes
-from workers.delivery.coalesce import coalesce
+from connector.contract import DESTINATION, SOURCE, DeliveryItem, backlog_of, backlog_shares, expand
+from connector.errors import MappingError, SkipEvent
+from workers import targets
+from workers.delivery import outcomes
+from workers.delivery.attempts import Step, StepKind, finish_dead, finish_skipped, new_item
 from workers.delivery.concurrency import run_all
+from workers.delivery.context import Context
 from workers.delivery.deadletters import INTERNAL_ERROR, MAPPING_ERROR
-from workers.delivery.engine import (
-    Context,
-    Step,
-    StepKind,
-    backlog_of,
-    build_context,
-    deliver_one,
-    finish_dead,
-    finish_skipped,
-    new_item,
-    runtime_keys,
-)
+from workers.delivery.engine import deliver_one
+from workers.delivery.flusher import FlushResult, flush
 from workers.delivery.outbox import Outbox
-from workers.delivery.segment_outbox import FlushResult, flush
 from workers.delivery.store import DelayedStore, Parked
-from workers.errors import MappingError, SkipEvent
 from workers.outbound import OutboundRequest
-from workers.runtime import Runtime
+from workers.runtime import Runtime, context_for
 
 log = logging.getLogger("connector.pipeline")
 
@@ -74,14 +66,14 @@ REQUEUE_PAUSE_SECONDS = 1.0
 def _map_event(event: dict[str, Any], connection: Connection) -> Any:
     """The event's requests and the failures of matching subscriptions (a MappingResult); a
     plain list of requests (the mappers of unit tests) means no failure."""
-    from workers.destination import map_event_detailed
+    from workers.mapping.destination import map_event_detailed
 
     return map_event_detailed(event, connection)
 
 
 def _map_webhook(payload: dict[str, Any], connection: Connection) -> OutboundRequest:
-    from workers.source.envelope import parse_webhook
-    from workers.source.mapping import map_webhook, to_outbound
+    from connector.envelope import parse_webhook
+    from workers.mapping.source.mapping import map_webhook, to_outbound
 
     return to_outbound(map_webhook(parse_webhook(payload), connection), connection)
 
@@ -98,19 +90,17 @@ def process_segment_events(
     shared: dict[str, Any] | None = None,
     stored_bytes: int = 0,
 ) -> None:
-    """``shared`` and ``stored_bytes``: see :mod:`connector.segment_message` (absent in
+    """``shared`` and ``stored_bytes``: see :mod:`connector.contract` (absent in
     messages of older web processes and in dead-letter replays)."""
     if connection is None:
         _drop(rt, connection_id, "segment_events", len(events), len(events), stored_bytes)
         return
     shares = backlog_shares(stored_bytes, len(events))
     with _task(rt, connection, connection_id, DESTINATION) as ctx:
-        items: list[dict[str, Any]] = []
+        items: list[DeliveryItem] = []
         for event, share in zip(events, shares or [0] * len(events), strict=True):
             items.extend(_map_segment_event(ctx, expand(event, shared), share))
-        if connection.voucherify.mode == "rest":
-            items = coalesce_items(items)
-        _run(ctx, items)
+        _run(ctx, ctx.target.coalesce(items))
 
 
 def process_deliveries(
@@ -118,19 +108,19 @@ def process_deliveries(
     connection: Connection | None,
     connection_id: str,
     direction: str,
-    items: list[dict[str, Any]],
+    items: list[DeliveryItem],
 ) -> None:
     held = [backlog_of(i) for i in items if isinstance(i, dict)]
     units, stored = sum(u for u, _ in held), sum(b for _, b in held)
-    if connection is None or (direction == SOURCE and connection.segment is None):
-        _drop(rt, connection_id, "deliveries", len(items), units, stored)
-        return
-    if direction not in (DESTINATION, SOURCE):
+    if direction not in targets.TARGETS:
         log.error("unknown delivery direction %r: dropping %d items", direction, len(items))
         _drop(rt, connection_id, "deliveries", len(items), units, stored)
         return
+    if connection is None or not targets.configured(connection, direction):
+        _drop(rt, connection_id, "deliveries", len(items), units, stored)
+        return
     with _task(rt, connection, connection_id, direction) as ctx:
-        if direction == SOURCE:
+        if hasattr(ctx.target, "pack"):  # a batch target: its work waits in the outbox
             now = time.time()
             for item in items:
                 item.setdefault("enqueued_at", now)
@@ -153,7 +143,7 @@ def process_voucherify_webhook(
         return
     if connection.segment is None:
         outcomes.skipped(connection_id, SOURCE, "segment_not_configured")
-        backlog.release(rt.redis, connection_id, 1, stored_bytes, keys=runtime_keys(rt))
+        backlog.release(rt.redis, connection_id, 1, stored_bytes, keys=rt.keys)
         return
     with _task(rt, connection, connection_id, SOURCE) as ctx:
         bare = {"payload": payload, "received_at": received_at, "backlog": 1, "backlog_bytes": stored_bytes}
@@ -174,7 +164,8 @@ def process_voucherify_webhook(
         item = new_item(request, payload, received_at, 1, stored_bytes)
         item["enqueued_at"] = time.time()
         outbox = Outbox(ctx.client, ctx.keys, connection_id)
-        if not outbox.append(item, ctx.queue, dedupe_key=request.idempotency_key, keep=ctx.dedupe_keep):
+        keep = ctx.target.dedupe_keep(ctx.window, ctx.ledger_keep)  # type: ignore[attr-defined]
+        if not outbox.append(item, ctx.queue, dedupe_key=request.idempotency_key, keep=keep):
             finish_skipped(ctx, request, item, "duplicate")
             return
         flush(ctx)
@@ -195,7 +186,7 @@ def flush_segment_outbox(
 # Mapping one Segment event
 
 
-def _map_segment_event(ctx: Context, event: dict[str, Any], stored_bytes: int = 0) -> list[dict[str, Any]]:
+def _map_segment_event(ctx: Context, event: dict[str, Any], stored_bytes: int = 0) -> list[DeliveryItem]:
     message_id = str(event.get("messageId")) if isinstance(event, dict) and event.get("messageId") else None
     received_at = _received_at(event)
     bare = {"payload": event, "received_at": received_at, "backlog": 1, "backlog_bytes": stored_bytes}
@@ -244,35 +235,6 @@ def _failure_text(failures: list[tuple[str, MappingError]]) -> str:
     return " ".join(f"[{name}] {exc.message}" for name, exc in failures)
 
 
-def coalesce_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Fewer Voucherify calls for the same effects (:mod:`workers.delivery.coalesce`): merged
-    upserts of one customer, bulk upserts of independent customers.  A coalesced item carries the
-    payloads of all its events (for dead letters and replays) and all their backlog units."""
-    if len(items) < 2:
-        return items
-    plan = coalesce([OutboundRequest.from_dict(i["request"]) for i in items])
-    if len(plan) == len(items):
-        return items
-    out: list[dict[str, Any]] = []
-    for merged in plan:
-        if len(merged.sources) == 1:
-            out.append(items[merged.sources[0]])
-            continue
-        sources = [items[i] for i in merged.sources]
-        times = [float(s["received_at"]) for s in sources if s.get("received_at") is not None]
-        held = [backlog_of(s) for s in sources]
-        out.append(
-            new_item(
-                merged.request,
-                [s.get("payload") for s in sources],
-                min(times) if times else None,
-                sum(u for u, _ in held),
-                sum(b for _, b in held),
-            )
-        )
-    return out
-
-
 def _received_at(event: Any) -> float | None:
     value = event.get("receivedAt") if isinstance(event, dict) else None
     if isinstance(value, int | float):
@@ -293,10 +255,10 @@ def _webhook_id(payload: Any) -> str | None:
 # Running items: chains per customer, concurrently; park what cannot go now.
 
 
-def chains(items: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+def chains(items: list[DeliveryItem]) -> list[list[DeliveryItem]]:
     """Items grouped by customer, first-seen order; items without a customer stand alone."""
-    by_customer: dict[str, list[dict[str, Any]]] = {}
-    groups: list[list[dict[str, Any]]] = []
+    by_customer: dict[str, list[DeliveryItem]] = {}
+    groups: list[list[DeliveryItem]] = []
     for item in items:
         customer = (item.get("request") or {}).get("customer")
         if customer is None:
@@ -310,11 +272,11 @@ def chains(items: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return groups
 
 
-def _run(ctx: Context, items: list[dict[str, Any]]) -> None:
+def _run(ctx: Context, items: list[DeliveryItem]) -> None:
     if not items:
         return
 
-    def run_chain(chain: list[dict[str, Any]]) -> tuple[Step, list[dict[str, Any]]] | None:
+    def run_chain(chain: list[DeliveryItem]) -> tuple[Step, list[DeliveryItem]] | None:
         for index, item in enumerate(chain):
             try:
                 step = deliver_one(ctx, item)
@@ -332,7 +294,7 @@ def _run(ctx: Context, items: list[dict[str, Any]]) -> None:
     park(ctx, parked)
 
 
-def park(ctx: Context, parked: list[tuple[Step, list[dict[str, Any]]]]) -> None:
+def park(ctx: Context, parked: list[tuple[Step, list[DeliveryItem]]]) -> None:
     """Write parked chains to the delayed store, merged per due second (fewer tasks later).
 
     A merged entry is due at the LATEST due time of its chains: nothing comes back before the
@@ -340,14 +302,14 @@ def park(ctx: Context, parked: list[tuple[Step, list[dict[str, Any]]]]) -> None:
     """
     if not parked:
         return
-    buckets: dict[int, list[tuple[Step, list[dict[str, Any]]]]] = {}
+    buckets: dict[int, list[tuple[Step, list[DeliveryItem]]]] = {}
     for step, chain in parked:
         for item in chain:
             item["parked"] = True
         buckets.setdefault(int(step.due), []).append((step, chain))
     entries: list[Parked] = []
     for group in buckets.values():
-        current: list[dict[str, Any]] = []
+        current: list[DeliveryItem] = []
         due = 0.0
         reason = group[0][0].reason
         for step, chain in group:
@@ -373,7 +335,7 @@ def _task(rt: Runtime, connection: Connection, connection_id: str, direction: st
     duplicates, release their units then.
     """
     with _requeue_on_redis_error(connection_id):
-        ctx = build_context(rt, connection, connection_id, direction)
+        ctx = context_for(rt, connection, direction)
         yield ctx
         ctx.flush_backlog()
 
@@ -395,11 +357,11 @@ def _requeue_on_redis_error(connection_id: str) -> Iterator[None]:
 def _drop(rt: Runtime, connection_id: str, kind: str, count: int, units: int, stored_bytes: int = 0) -> None:
     outcomes.dropped(connection_id, kind, count)
     with contextlib.suppress(redis.RedisError):
-        backlog.release(rt.redis, connection_id, units, stored_bytes, keys=runtime_keys(rt))
+        backlog.release(rt.redis, connection_id, units, stored_bytes, keys=rt.keys)
 
 
 def _drop_outbox(rt: Runtime, connection_id: str) -> None:
-    keys = runtime_keys(rt)
+    keys = rt.keys
     with contextlib.suppress(redis.RedisError):
         outbox_key = keys.outbox(connection_id)
         count = int(rt.redis.llen(outbox_key))

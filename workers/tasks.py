@@ -6,16 +6,17 @@ functions run in tests without a broker and in the CLI (``connector dlq replay``
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from workers import pipeline
-from workers.celery_app import (
+from connector.celery_app import celery
+from connector.contract import (
     TASK_DELIVER,
     TASK_SEGMENT_EVENTS,
     TASK_SEGMENT_FLUSH,
     TASK_VOUCHERIFY_WEBHOOK,
-    celery,
+    DeliveryItem,
 )
+from workers import pipeline
 from workers.runtime import runtime
 
 
@@ -27,7 +28,7 @@ def segment_events(
     stored_bytes: int = 0,
 ) -> None:
     """Segment events accepted by the ingest -> Voucherify calls (message format:
-    connector.segment_message; the last two arguments are absent in older messages)."""
+    connector.contract; the last two arguments are absent in older messages)."""
     rt = runtime()
     pipeline.process_segment_events(
         rt, rt.settings.connection(connection_id), connection_id, events, shared, stored_bytes
@@ -49,7 +50,11 @@ def voucherify_webhook(
 def deliver(connection_id: str, direction: str, items: list[dict[str, Any]]) -> None:
     """Deliveries coming back from the retry/throttle store or a dead-letter replay."""
     rt = runtime()
-    pipeline.process_deliveries(rt, rt.settings.connection(connection_id), connection_id, direction, items)
+    # JSON from the broker: delivery items (connector.contract.DeliveryItem).
+    deliveries = cast(list[DeliveryItem], items)
+    pipeline.process_deliveries(
+        rt, rt.settings.connection(connection_id), connection_id, direction, deliveries
+    )
 
 
 @celery.task(name=TASK_SEGMENT_FLUSH)

@@ -23,13 +23,13 @@ from celery.signals import (  # noqa: E402
     worker_ready,
 )
 
-from connector import redisconn  # noqa: E402
-from connector.config import ConfigError, exit_on_config_error, load_settings  # noqa: E402
+from connector.celery_app import celery, celery_config, queues_for  # noqa: E402
+from connector.config import ConfigError, exit_on_config_error  # noqa: E402
 from connector.logs import configure_logging  # noqa: E402
 from workers import tasks  # noqa: E402, F401  (registers the tasks)
-from workers.celery_app import celery, queues_for  # noqa: E402
 from workers.restore import start_sweeper  # noqa: E402
 from workers.runtime import build_runtime, set_runtime  # noqa: E402
+from workers.settings import load_settings  # noqa: E402
 
 try:
     settings = load_settings()
@@ -37,18 +37,14 @@ except ConfigError as exc:
     # Before Celery connects or takes any message: the list, exit status 2, no traceback.
     exit_on_config_error(exc, "worker")
 _all_queues = settings.voucherify_queues + settings.segment_queues
-_selected = [q.strip() for q in os.environ.get("WORKER_QUEUES", "").split(",") if q.strip()] or _all_queues
-celery.conf.task_queues = queues_for(_selected)
-celery.conf.update(
-    broker_url=settings.redis_url,
-    broker_use_ssl=redisconn.broker_ssl(settings.redis_url, settings.redis_tls_verify),
-)
+celery.conf.update(celery_config(settings.redis_url, settings.redis_tls_verify, settings.broker))
+celery.conf.task_queues = queues_for(list(settings.worker_queues) or _all_queues)
 app = celery
 
 
 @setup_logging.connect
 def _logging(**_: object) -> None:
-    configure_logging("worker")
+    configure_logging("worker", settings.logs)
 
 
 @worker_process_init.connect

@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 
-from connector.segment_message import expand
+from connector.contract import expand
 
 
 def queued_tasks(redis_url: str, queue: str) -> list[dict[str, Any]]:

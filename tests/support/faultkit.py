@@ -27,10 +27,10 @@ from typing import Any
 import redis
 import requests
 
+from connector.keys import Keys
 from tests.support.fakes import FakeProcess, FakeVoucherify
 from tests.support.processes import BIN, ROOT
 from workers.delivery.deadletters import DeadLetters
-from workers.delivery.keys import Keys
 
 CONNECTION_ID = "acme"
 WRITE_KEY = "wk_acme_live"

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from connector.embedded import start_redis
+from ops.embedded import start_redis
 from tests.support.redisdb import fresh_database
 
 

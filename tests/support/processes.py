@@ -19,7 +19,7 @@ from typing import Any
 
 import requests
 
-from connector.embedded import free_port
+from ops.embedded import free_port
 from tests.support import secrets
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -171,7 +171,7 @@ class Stack:
     def web(self, workers: int = 1, extra_env: dict[str, str] | None = None) -> Proc:
         port = free_port()
         env = {**self.env, "PORT": str(port), "WEB_CONCURRENCY": str(workers), **(extra_env or {})}
-        proc = self.add("web", [str(BIN / "gunicorn"), "app.wsgi:app", "--config", "gunicorn.conf.py"], env)
+        proc = self.add("web", [str(BIN / "gunicorn"), "ops.wsgi:app", "--config", "gunicorn.conf.py"], env)
         self.web_url = f"http://127.0.0.1:{port}"
         wait_until(
             lambda: requests.get(self.web_url + "/healthz", timeout=1).status_code == 200 or not proc.alive(),

@@ -1,29 +1,31 @@
-"""Delivery machinery: nothing lost, nothing twice, never over quota (SPEC 5).
+"""Delivery machinery: nothing lost, nothing twice, never over quota (SPEC 5).  It knows no
+system by name: everything system-specific is asked of the task's target
+(:mod:`.target`, implemented in ``workers/targets``).
 
 ::
 
-    workers.pipeline ── per task: map, group by customer, run chains concurrently, park the rest
-          │
+    workers.pipeline ── per task: map, let the target coalesce, group by customer, run chains
+          │             concurrently, park the rest
           ├── engine.deliver_one ── one OutboundRequest, one state machine:
+          │       no send slot before the task's deadline ──────────────> parked (deferred, due now)
           │       ledger.claim ─ duplicate ─────────────────────────────> skipped (duplicate)
           │            │ busy ──────────────────────────────────────────> parked (busy)
-          │       stale.is_stale (upserts) ─ stale ──────────────────────> skipped (stale)
-          │       ratelimit.acquire ─ denied ───────────────────────────> parked (throttled, no attempt)
-          │       http.Transport.send + http.classify
+          │       a merged call's parts: claimed, delivered/stale ones dropped
+          │       target.stale_time ─ older than the newest applied ────> skipped (stale)
+          │       target.prepare ─ a wait (no metadata schema yet) ─────> parked (its reason)
+          │       budgets.acquire(target.budgets_for) ─ denied ─────────> parked (throttled, no attempt)
+          │       attempts.attempt (transport) + classify + target.interpret -> budgets
           │            SUCCESS ─> ledger done, stale raised ────────────> delivered
           │            RETRY ──> retries.decide ─ in window ────────────> parked (retry)
           │                                     └ window spent ─────────> dead letter
-          │            PERMANENT ───────────────────────────────────────> dead letter
-          ├── store ──────── parked work (zset by due time + payload hash), never Celery ETAs
-          ├── scheduler ──── moves due work back to Celery queues; sweeps Segment outboxes
-          ├── segment_outbox ─ Voucherify -> Segment: dedupe, append, batch flush to /v1/batch
-          ├── deadletters ── list / show / replay (same idempotency keys) / purge
-          └── backlog ────── per-connection bound on queued work (imported by the web process)
+          │            PERMANENT ─ target.after_refusal: one more try ──> parked
+          │                      └──────────────────────────────────────> dead letter
+          ├── flusher ─────── an outbox sent in batch requests (Segment's /v1/batch): the target packs
+          ├── attempts ────── one send-and-record and the outcomes every path ends in
+          ├── store ───────── parked work (zset by due time + payload hash), never Celery ETAs
+          ├── scheduler ───── moves due work back to Celery queues; sweeps outboxes
+          └── deadletters ─── list / show / replay (same idempotency keys) / purge
 
-This package's ``__init__`` stays import-light: the web process imports ``backlog`` from it.
+The backlog bound, the Redis key layout and the task names are the base package's
+(:mod:`connector.backlog`, :mod:`connector.keys`, :mod:`connector.contract`): the web uses them.
 """
-
-# Direction labels (logs, metrics, dead letters, parked entries, the ``connector.deliver`` task).
-DESTINATION = "segment_to_voucherify"
-SOURCE = "voucherify_to_segment"
-DIRECTIONS = (DESTINATION, SOURCE)

@@ -33,11 +33,11 @@ from typing import Any
 import orjson
 import redis
 
-from workers.celery_app import TASK_DELIVER, TASK_SEGMENT_EVENTS, TASK_VOUCHERIFY_WEBHOOK
-from workers.delivery import SOURCE, backlog
-from workers.delivery.keys import Keys
-from workers.delivery.lua import Lua
-from workers.delivery.publish import Publish
+from connector import backlog
+from connector.contract import TASK_DELIVER, ingest_call
+from connector.keys import Keys
+from connector.lua import Lua
+from connector.publish import Publish
 
 # KEYS: dlq, dlq:data, dlq:counts.  ARGV: id, score, record JSON, connection id.
 _ADD = Lua(
@@ -96,7 +96,6 @@ REJECTED = "rejected"
 RETRY_WINDOW_EXCEEDED = "retry_window_exceeded"
 TOO_LARGE = "too_large"
 INTERNAL_ERROR = "internal_error"
-REASONS = (MAPPING_ERROR, REJECTED, RETRY_WINDOW_EXCEEDED, TOO_LARGE, INTERNAL_ERROR)
 
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_EXCERPT_CHARS = 2048
@@ -334,13 +333,9 @@ class DeadLetters:
             raise ValueError(
                 f"dead letter {record.id} has neither a request nor a complete payload to replay"
             )
-        if record.direction == SOURCE:
-            return TASK_VOUCHERIFY_WEBHOOK, [
-                record.connection_id,
-                record.payload,
-                record.received_at or time.time(),
-            ]
-        return TASK_SEGMENT_EVENTS, [record.connection_id, [record.payload]]
+        return ingest_call(
+            record.direction, record.connection_id, record.payload, record.received_at or time.time()
+        )
 
     def purge(self, records: list[DeadLetter]) -> int:
         return self.remove([r.id for r in records])

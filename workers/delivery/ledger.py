@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import redis
 
+from connector.keys import Keys
+from connector.lua import Lua
 from workers.delivery.batching import Coalescer
-from workers.delivery.keys import Keys
-from workers.delivery.lua import Lua
 
 # Claims, many at once (the claims of concurrent greenlets, workers.delivery.batching).  Per key:
 # absent or ours -> claim it for ARGV TTL (ms) {1, 0}; done -> {2, 0}; another claim -> {3, PTTL}.

@@ -2,19 +2,20 @@
 retry state, and the scheduler's sweep.
 
 Pure Redis (no HTTP client): the scheduler process imports it without the delivery engine.
-The flushing logic lives in :mod:`workers.delivery.segment_outbox`.
+The flushing logic lives in :mod:`workers.delivery.flusher`.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
 import redis
 
-from workers.delivery.keys import Keys
-from workers.delivery.lua import Lua
+from connector.keys import Keys
+from connector.lua import Lua
 
 LOCK_TTL = 60.0  # > one request (connect + read + slow body); refreshed between batches
 SWEEP_MARK_TTL = 2.0
@@ -93,7 +94,7 @@ class Outbox:
         self.state_key = keys.outbox_state(connection_id)
         self.lock_key = keys.outbox_lock(connection_id)
 
-    def append(self, item: dict[str, Any], queue: str, *, dedupe_key: str | None, keep: float) -> bool:
+    def append(self, item: Mapping[str, Any], queue: str, *, dedupe_key: str | None, keep: float) -> bool:
         """Append one item; with ``dedupe_key`` only the first append of that key counts."""
         ledger = self.keys.ledger(self.connection_id, dedupe_key) if dedupe_key else self.list_key
         appended = _APPEND(
@@ -103,7 +104,7 @@ class Outbox:
         )
         return int(appended) == 1
 
-    def append_many(self, items: list[dict[str, Any]], queue: str) -> int:
+    def append_many(self, items: Sequence[Mapping[str, Any]], queue: str) -> int:
         if not items:
             return 0
         return int(

@@ -20,7 +20,6 @@ and reconnects are survived.  SIGTERM/SIGINT stop it after the current tick.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -30,42 +29,18 @@ from types import FrameType
 import redis
 from kombu.exceptions import KombuError
 
-from connector import metrics
+from connector import backlog, metrics
 from connector.config import Settings
-from workers.celery_app import TASK_DELIVER, TASK_SEGMENT_FLUSH
-from workers.delivery import backlog, outbox
-from workers.delivery.keys import Keys
-from workers.delivery.publish import Publish, celery_publish
+from connector.contract import TASK_DELIVER, TASK_SEGMENT_FLUSH
+from connector.keys import Keys
+from connector.publish import Publish, celery_publish
+from connector.tuning import SchedulerConfig
+from workers.delivery import outbox
 from workers.delivery.store import DelayedStore
 
 log = logging.getLogger("connector.scheduler")
 
 _PUBLISH_ERRORS: tuple[type[BaseException], ...] = (KombuError, redis.RedisError, OSError, ConnectionError)
-
-
-def _env_float(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name) or default)
-    except ValueError:
-        return default
-
-
-@dataclass
-class SchedulerConfig:
-    interval: float = 0.5  # seconds between ticks when idle
-    batch: int = 200  # entries claimed per round trip
-    lease: float = 30.0  # an unacked claimed entry is due again after this
-    max_backoff: float = 5.0
-    reconcile_interval: float = 30.0  # seconds between two looks at idle backlog counters
-
-    @classmethod
-    def from_env(cls) -> SchedulerConfig:
-        return cls(
-            interval=_env_float("CONNECTOR_SCHEDULER_INTERVAL", 0.5),
-            batch=int(_env_float("CONNECTOR_SCHEDULER_BATCH", 200)),
-            lease=_env_float("CONNECTOR_SCHEDULER_LEASE_SECONDS", 30.0),
-            reconcile_interval=_env_float("CONNECTOR_BACKLOG_RECONCILE_SECONDS", 30.0),
-        )
 
 
 @dataclass
@@ -81,7 +56,7 @@ class Scheduler:
     client: redis.Redis
     keys: Keys
     publish: Publish = celery_publish
-    config: SchedulerConfig = field(default_factory=SchedulerConfig.from_env)
+    config: SchedulerConfig = field(default_factory=SchedulerConfig)
     stop_event: threading.Event = field(default_factory=threading.Event)
     # (connection id, its broker queues), from the configuration: for backlog.reconcile.
     connections: list[tuple[str, list[str]]] = field(default_factory=list)
@@ -182,24 +157,4 @@ class Scheduler:
 
 def connection_queues(settings: Settings) -> list[tuple[str, list[str]]]:
     """(connection id, the broker queues its work travels on), for :func:`backlog.reconcile`."""
-    return [
-        (c.id, [c.voucherify.queue, *([c.segment.queue] if c.segment is not None else [])])
-        for c in settings.connections
-    ]
-
-
-def run_forever(redis_url: str, keys: Keys | None = None, publish: Publish | None = None) -> None:
-    from connector import redisconn
-    from connector.config import redis_tls_verify
-
-    client = redisconn.client(
-        redis_url,
-        redis_tls_verify(),
-        socket_connect_timeout=2,
-        socket_timeout=10,
-        health_check_interval=10,
-        retry_on_timeout=True,
-    )
-    scheduler = Scheduler(client, keys or Keys.from_env(), publish or celery_publish)
-    scheduler.install_signal_handlers()
-    scheduler.run()
+    return [(c.id, c.queues) for c in settings.connections]

@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 
 import redis
 
-from workers.delivery.keys import Keys
-from workers.delivery.lua import Lua
+from connector.keys import Keys
+from connector.lua import Lua
 
 _RAISE = Lua(
     """

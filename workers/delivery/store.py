@@ -22,13 +22,13 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 import redis
 
-from workers.delivery.keys import Keys
-from workers.delivery.lua import Lua
+from connector.contract import DeliveryItem
+from connector.keys import Keys
+from connector.lua import Lua
 
 _CLAIM_DUE = Lua(
     """
@@ -54,7 +54,7 @@ class Parked:
     connection_id: str
     direction: str
     queue: str
-    items: list[dict[str, Any]]
+    items: list[DeliveryItem]
     due: float  # epoch seconds
     reason: str = "retry"
     id: str = ""

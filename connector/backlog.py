@@ -1,0 +1,227 @@
+"""Per-connection bound on accepted, unfinished work (SPEC 5, backpressure; SPEC 6).
+
+Pure Redis, no HTTP client: the web process imports this module.
+
+Two counters per connection: EVENTS (``{p}backlog:{c}``) and the BYTES they occupy in Redis
+(``{p}backlog_bytes:{c}``).  The ingest ``reserve``s one event and the bytes of its broker
+message before publishing (and ``release``s them if the publish fails); the workers ``release``
+an event and its share of bytes when the event is finished -- delivered, skipped, a duplicate,
+or dead-lettered.  Parked work (retries, throttling) keeps its reservation: it still occupies
+Redis.  Over either bound ingest answers 429.
+
+The counters never expire.  An expiring counter (the former 15-minute TTL refreshed by traffic)
+lapsed during a long outage -- nothing finishes, nothing new comes in -- and the next burst was
+admitted on top of everything still queued, many times the bound.
+
+Drift, and how it heals:
+- a worker killed after releasing but before acknowledging its task runs the task again and
+  releases again: the counters drift *down* (admit a little more), bounded by crashes x batch;
+  ``release`` clamps at zero;
+- a reservation for work that vanished without release (an ingest process killed between
+  reserve and publish, a Redis error between publish and release) drifts them *up*.
+  :func:`reconcile` (run by the scheduler) resets a connection's counters when nothing of the
+  deployment can hold its work -- its queues, the unacknowledged messages, the delayed store and
+  its Segment outbox all empty -- and the counters did not move between two looks some time
+  apart (so an ingest between its reserve and its publish is never mistaken for drift).
+The bound protects Redis memory; it is a fence, not an accounting ledger.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from connector.keys import Keys
+from connector.lua import Lua
+
+# KEYS: events, bytes.  ARGV: events, bytes, event limit, byte limit.
+_RESERVE = Lua(
+    """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+local cur_bytes = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+local n = tonumber(ARGV[1])
+local b = tonumber(ARGV[2])
+-- An empty backlog always admits one request, or a request larger than a bound never could.
+if cur > 0 and cur + n > tonumber(ARGV[3]) then return 0 end
+if cur_bytes > 0 and cur_bytes + b > tonumber(ARGV[4]) then return 0 end
+redis.call('INCRBY', KEYS[1], n)
+redis.call('PERSIST', KEYS[1])
+if b > 0 then
+  redis.call('INCRBY', KEYS[2], b)
+  redis.call('PERSIST', KEYS[2])
+end
+return 1
+"""
+)
+
+# KEYS: events, bytes.  ARGV: events, bytes.  Each counter is clamped at zero (and deleted).
+_RELEASE = Lua(
+    """
+local left = 0
+for i = 1, 2 do
+  local n = tonumber(ARGV[i])
+  if n > 0 then
+    local v = redis.call('DECRBY', KEYS[i], n)
+    if v <= 0 then redis.call('DEL', KEYS[i]) elseif i == 1 then left = v end
+  elseif i == 1 then
+    left = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+  end
+end
+return left
+"""
+)
+
+# KEYS: events, bytes.  ARGV: the events and bytes seen at the first look.  Resets both only if
+# neither moved since.
+_RESET_IF = Lua(
+    """
+local e = redis.call('GET', KEYS[1]) or '0'
+local b = redis.call('GET', KEYS[2]) or '0'
+if e ~= ARGV[1] or b ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+return 1
+"""
+)
+
+UNLIMITED = 2**62
+
+
+def reserve(
+    client: redis.Redis,
+    connection_id: str,
+    n: int,
+    limit: int,
+    *,
+    stored_bytes: int = 0,
+    bytes_limit: int = UNLIMITED,
+    keys: Keys | None = None,
+) -> bool:
+    """Atomically add ``n`` events and ``stored_bytes`` bytes unless that would pass a bound;
+    True when admitted."""
+    if n <= 0 and stored_bytes <= 0:
+        return True
+    k = keys or Keys.from_env()
+    admitted = _RESERVE(
+        client,
+        [k.backlog(connection_id), k.backlog_bytes(connection_id)],
+        [max(0, int(n)), max(0, int(stored_bytes)), int(limit), int(bytes_limit)],
+    )
+    return int(admitted) == 1
+
+
+def release(
+    client: redis.Redis, connection_id: str, n: int, stored_bytes: int = 0, *, keys: Keys | None = None
+) -> None:
+    if n <= 0 and stored_bytes <= 0:
+        return
+    k = keys or Keys.from_env()
+    _RELEASE(
+        client,
+        [k.backlog(connection_id), k.backlog_bytes(connection_id)],
+        [max(0, int(n)), max(0, int(stored_bytes))],
+    )
+
+
+def current(client: redis.Redis, connection_id: str, *, keys: Keys | None = None) -> int:
+    raw = client.get((keys or Keys.from_env()).backlog(connection_id))
+    return int(raw) if raw is not None else 0
+
+
+def current_bytes(client: redis.Redis, connection_id: str, *, keys: Keys | None = None) -> int:
+    raw = client.get((keys or Keys.from_env()).backlog_bytes(connection_id))
+    return int(raw) if raw is not None else 0
+
+
+def snapshot(client: redis.Redis, connection_id: str, *, keys: Keys | None = None) -> tuple[bytes, bytes]:
+    """The raw counter values, for :func:`reset_if_unchanged`."""
+    k = keys or Keys.from_env()
+    events, stored = client.mget([k.backlog(connection_id), k.backlog_bytes(connection_id)])
+    return (_raw(events), _raw(stored))
+
+
+def reset_if_unchanged(
+    client: redis.Redis, connection_id: str, seen: tuple[bytes, bytes], *, keys: Keys | None = None
+) -> bool:
+    k = keys or Keys.from_env()
+    return (
+        int(_RESET_IF(client, [k.backlog(connection_id), k.backlog_bytes(connection_id)], [seen[0], seen[1]]))
+        == 1
+    )
+
+
+# kombu's Redis transport keeps messages handed to a worker but not yet acknowledged here.
+UNACKED_KEY = "unacked"
+
+
+def reconcile(
+    client: redis.Redis,
+    connections: list[tuple[str, list[str]]],
+    *,
+    interval: float,
+    keys: Keys | None = None,
+) -> list[str]:
+    """Reset the counters of connections that have drifted up (see the module doc).
+
+    ``connections``: (connection id, the broker queues its work travels on).  Called every
+    ``interval`` seconds; a connection is reset at the second consecutive look that finds it
+    idle with unchanged counters.  Returns the ids reset now.
+    """
+    k = keys or Keys.from_env()
+    if not connections:
+        return []
+    now = time.time()
+    pipe = client.pipeline(transaction=False)
+    pipe.hlen(UNACKED_KEY)
+    pipe.zcard(k.delayed)
+    for connection_id, queues in connections:
+        pipe.mget([k.backlog(connection_id), k.backlog_bytes(connection_id), k.backlog_idle(connection_id)])
+        pipe.llen(k.outbox(connection_id))
+        for queue in queues:
+            pipe.llen(queue)
+    results = pipe.execute()
+    deployment_busy = bool(results[0]) or bool(results[1])
+    position = 2
+    reset: list[str] = []
+    for connection_id, queues in connections:
+        (events, stored, idle_mark), outbox_len = results[position], results[position + 1]
+        queue_lens = results[position + 2 : position + 2 + len(queues)]
+        position += 2 + len(queues)
+        seen = (_raw(events), _raw(stored))
+        if seen == (b"0", b"0"):
+            if idle_mark is not None:
+                client.delete(k.backlog_idle(connection_id))
+            continue
+        idle = not deployment_busy and not outbox_len and not any(queue_lens)
+        if not idle:
+            if idle_mark is not None:
+                client.delete(k.backlog_idle(connection_id))
+            continue
+        mark = seen[0] + b"/" + seen[1]
+        previous, _, marked_at = (_raw(idle_mark) if idle_mark else b"").partition(b"@")
+        # The first look must be at least half an interval old (several schedulers may run).
+        old_enough = previous == mark and now - _float(marked_at) >= interval / 2
+        if old_enough and reset_if_unchanged(client, connection_id, seen, keys=k):
+            client.delete(k.backlog_idle(connection_id))
+            reset.append(connection_id)
+            continue
+        if previous != mark:
+            client.set(
+                k.backlog_idle(connection_id),
+                mark + b"@" + f"{now:.3f}".encode(),
+                px=max(1000, int(interval * 3000)),
+            )
+    return reset
+
+
+def _raw(value: bytes | str | None) -> bytes:
+    if value is None:
+        return b"0"
+    return value.encode() if isinstance(value, str) else value
+
+
+def _float(raw: bytes) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        return float("inf")

@@ -1,0 +1,125 @@
+"""The contract between the web process, the workers and the operator commands.
+
+Everything here travels through Redis between processes of possibly different versions during
+a rolling upgrade, so names and shapes only ever grow:
+
+- task names (the web publishes by *name*, never importing the workers' code);
+- direction labels (``segment_to_voucherify`` | ``voucherify_to_segment``): metric labels, log
+  fields, dead letters and parked entries carry them;
+- the broker message of accepted Segment events (``connector.segment_events``), below;
+- the delivery *item*: what a parked entry, a ``connector.deliver`` task and a dead-letter
+  replay carry (:class:`DeliveryItem`).
+
+``connector.segment_events`` takes ``[connection_id, events, shared, stored_bytes]``:
+
+- ``events``: each accepted item with only its own fields (``messageId`` assigned when absent,
+  ``timestamp`` corrected for clock skew when it was sent, ``originalTimestamp`` as sent);
+- ``shared``: what every event of the request has in common, stored ONCE per message instead
+  of once per event -- ``receivedAt``, the batch-level ``sentAt``, ``context`` and
+  ``integrations``.  Copied into each of up to 2,500 items, a 30 KB batch ``context`` made a
+  request of a few hundred bytes of gzip occupy tens of megabytes in Redis;
+- ``stored_bytes``: the bytes the message holds, reserved on the connection's backlog by the web
+  and released by the workers as its events finish.
+
+Older messages (``[connection_id, events]``, events already merged) stay readable: with no
+``shared``, :func:`expand` leaves an event as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final, TypedDict
+
+# --- task names ----------------------------------------------------------------------------
+TASK_SEGMENT_EVENTS: Final = "connector.segment_events"
+TASK_VOUCHERIFY_WEBHOOK: Final = "connector.voucherify_webhook"
+TASK_DELIVER: Final = "connector.deliver"
+TASK_SEGMENT_FLUSH: Final = "connector.segment_flush"
+
+# Longest a single task may run before it parks its remaining work in Redis.  The broker's
+# visibility timeout must stay well above it so that a running task is never handed to a second
+# worker.
+TASK_TIME_BUDGET_SECONDS: Final = 20
+
+# Segment's Tracking API refuses an event over 32 KB: the ingest refuses it first, the source
+# mapping shrinks a track call under it, the Segment outbox dead-letters one over it.
+SEGMENT_MAX_EVENT_BYTES: Final = 32 * 1024
+
+# --- directions ----------------------------------------------------------------------------
+DESTINATION: Final = "segment_to_voucherify"
+SOURCE: Final = "voucherify_to_segment"
+
+
+def ingest_call(
+    direction: str, connection_id: str, payload: Any, received_at: float
+) -> tuple[str, list[Any]]:
+    """The task and arguments that take an original event of ``direction`` in again, as the web
+    publishes it (a dead letter replayed with ``--remap`` goes through today's mapping)."""
+    if direction == SOURCE:
+        return TASK_VOUCHERIFY_WEBHOOK, [connection_id, payload, received_at]
+    return TASK_SEGMENT_EVENTS, [connection_id, [payload]]
+
+
+# --- the web -> worker message of Segment events --------------------------------------------
+
+# Batch-level objects merged into every event (the event's own keys win), as Segment does.
+MERGED = ("context", "integrations")
+
+
+def expand(event: dict[str, Any], shared: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``event`` (changed in place and returned) as Segment's Tracking API would hand it on:
+    batch-level ``context``/``integrations`` merged under the event's own, ``receivedAt``,
+    ``sentAt`` from the batch when the event has none, ``timestamp`` = ``receivedAt`` when the
+    client sent none."""
+    if not shared or not isinstance(event, dict):
+        return event
+    for key in MERGED:
+        batch = shared.get(key)
+        if isinstance(batch, dict) and batch:
+            own = event.get(key)
+            event[key] = {**batch, **own} if isinstance(own, dict) else dict(batch)
+    received = shared.get("receivedAt")
+    if received is not None:
+        event["receivedAt"] = received
+        if not event.get("timestamp"):
+            event["timestamp"] = received
+    sent_at = shared.get("sentAt")
+    if sent_at and not event.get("sentAt"):
+        event["sentAt"] = sent_at
+    return event
+
+
+def backlog_shares(stored_bytes: int, count: int) -> list[int]:
+    """``stored_bytes`` split over ``count`` events (integers summing to exactly that total), so
+    that releasing every event's share releases what the web reserved, to the byte."""
+    if count <= 0:
+        return []
+    base, extra = divmod(max(0, int(stored_bytes)), count)
+    return [base + (1 if i < extra else 0) for i in range(count)]
+
+
+# --- the delivery item -----------------------------------------------------------------------
+
+
+class DeliveryItem(TypedDict, total=False):
+    """One outbound call on its way: what parked entries, ``connector.deliver`` tasks, Segment
+    outboxes and dead-letter replays carry (JSON; keys only ever added)."""
+
+    request: dict[str, Any]  # workers.outbound.OutboundRequest.to_dict(): no credentials
+    payload: Any  # the original event or webhook (a list for a coalesced call)
+    received_at: float | None  # when the ingest accepted it (epoch seconds)
+    first_attempt_at: float | None  # the retry window runs from here
+    attempts: int
+    history: list[dict[str, Any]]  # [{"t", "status", "error", "latency_ms"}], bounded
+    last_delay: float | None  # the previous backoff (decorrelated jitter starts from it)
+    backlog: int  # events to release from the connection's backlog when finished
+    backlog_bytes: int  # their bytes
+    parked: bool  # came back from the delayed store (holds a budget parking slot)
+    enqueued_at: float  # appended to a Segment outbox (its retry window starts here)
+    metadata_refreshed: bool  # a refused upsert already waited for a fresh metadata schema
+    metadata_counted: bool  # its dropped metadata keys were counted once
+
+
+def backlog_of(item: Mapping[str, Any]) -> tuple[int, int]:
+    """(events, bytes) of the backlog an item holds, released when it is finished."""
+    return int(item.get("backlog") or 0), int(item.get("backlog_bytes") or 0)

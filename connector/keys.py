@@ -1,0 +1,103 @@
+"""Every Redis key the delivery machinery uses, in one place.
+
+All keys start with a prefix (``CONNECTOR_KEY_PREFIX``, default ``connector:``) so that several
+deployments -- or several tests -- can share one Redis database without seeing each other.
+
+Layout (``{p}`` is the prefix, ``{c}`` a connection id)::
+
+    {p}ledger:{c}:{idempotency_key}     string  "inflight:<token>" (PX claim TTL) | "done" (EX window+24h)
+    {p}delayed                          zset    entry id -> due time (epoch ms); parked work
+    {p}delayed:data                     hash    entry id -> JSON {connection_id, direction, queue, items}
+    {p}rl:{c}:{target}                  zset    sliding-window log of granted requests (ms scores)
+    {p}rl:{c}:{target}:hint             string  next parking slot handed to throttled work (epoch ms)
+    {p}rl:{c}:{target}:pause            string  epoch ms until which the target asked us to stop
+    {p}rl:{c}:{target}:slow             string  factor (0..1] applied to the budget after low remaining
+    {p}stale:{c}:{customer}             string  epoch ms of the newest applied customer upsert
+    {p}dlq                              zset    dead-letter id -> dead-lettered time (epoch ms)
+    {p}dlq:data                         hash    dead-letter id -> JSON record
+    {p}dlq:counts                       hash    connection id -> number of its dead letters
+    {p}outbox:{c}                       list    Segment track calls waiting for /v1/batch (FIFO)
+    {p}outbox:{c}:state                 hash    queue, retry state (attempts, next_at, delay, history)
+    {p}outbox:{c}:lock                  string  token of the one flusher of this connection
+    {p}outbox:{c}:swept                 string  short marker: a flush task was just published
+    {p}outboxes                         set     connection ids whose outbox may be non-empty
+    {p}backlog:{c}                      string  events accepted and not finished (never expires)
+    {p}backlog_bytes:{c}                string  bytes those events occupy in Redis (never expires)
+    {p}backlog_idle:{c}                 string  the scheduler's first look at idle counters (TTL)
+
+Keys of one connection are not hash-tagged: the connector targets a single Redis (the broker),
+and the Lua scripts touch only keys they are passed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "connector:"
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = DEFAULT_PREFIX
+
+    @classmethod
+    def from_env(cls) -> Keys:
+        """``CONNECTOR_KEY_PREFIX`` as :mod:`connector.config` reads it (processes take it from
+        their settings; this is for code that has none, e.g. a test reading a deployment)."""
+        from connector.config import key_prefix
+
+        return cls(key_prefix())
+
+    def ledger(self, connection_id: str, idempotency_key: str) -> str:
+        return f"{self.prefix}ledger:{connection_id}:{idempotency_key}"
+
+    @property
+    def delayed(self) -> str:
+        return f"{self.prefix}delayed"
+
+    @property
+    def delayed_data(self) -> str:
+        return f"{self.prefix}delayed:data"
+
+    def ratelimit(self, connection_id: str, target: str) -> str:
+        return f"{self.prefix}rl:{connection_id}:{target}"
+
+    def stale(self, connection_id: str, customer: str) -> str:
+        return f"{self.prefix}stale:{connection_id}:{customer}"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.prefix}dlq"
+
+    @property
+    def dlq_data(self) -> str:
+        return f"{self.prefix}dlq:data"
+
+    @property
+    def dlq_counts(self) -> str:
+        return f"{self.prefix}dlq:counts"
+
+    def outbox(self, connection_id: str) -> str:
+        return f"{self.prefix}outbox:{connection_id}"
+
+    def outbox_state(self, connection_id: str) -> str:
+        return f"{self.prefix}outbox:{connection_id}:state"
+
+    def outbox_lock(self, connection_id: str) -> str:
+        return f"{self.prefix}outbox:{connection_id}:lock"
+
+    def outbox_swept(self, connection_id: str) -> str:
+        return f"{self.prefix}outbox:{connection_id}:swept"
+
+    @property
+    def outboxes(self) -> str:
+        return f"{self.prefix}outboxes"
+
+    def backlog(self, connection_id: str) -> str:
+        return f"{self.prefix}backlog:{connection_id}"
+
+    def backlog_bytes(self, connection_id: str) -> str:
+        return f"{self.prefix}backlog_bytes:{connection_id}"
+
+    def backlog_idle(self, connection_id: str) -> str:
+        return f"{self.prefix}backlog_idle:{connection_id}"

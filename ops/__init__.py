@@ -1,0 +1,1 @@
+"""The operator commands and process launching: on top of everything (imports app and workers)."""

@@ -1,0 +1,287 @@
+"""``connector check``: the configuration, Redis (persistence, eviction) and every connection's
+credentials against its Voucherify and Segment.
+
+``check`` findings are ``ok``, ``warning`` or ``error``; messages name the connection and what
+was tried, never a credential or a response body beyond the target's short error message.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import click
+import redis
+import requests
+
+from connector import config, redisconn
+from connector.config import ConfigError, Connection, Settings, redact_url
+from ops.common import print_json
+from workers.settings import load_settings
+from workers.targets import segment, voucherify
+
+USER_AGENT = "segment-voucherify-connector-check/1"
+
+
+@dataclass
+class Finding:
+    level: str  # ok | warning | error
+    subject: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def ok(subject: str, message: str) -> Finding:
+    return Finding("ok", subject, message)
+
+
+def warning(subject: str, message: str) -> Finding:
+    return Finding("warning", subject, message)
+
+
+def error(subject: str, message: str) -> Finding:
+    return Finding("error", subject, message)
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+def check_configuration() -> tuple[Settings | None, list[Finding]]:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        return None, [error("configuration", problem) for problem in exc.problems]
+    findings = [ok("configuration", f"{len(settings.connections)} connection(s) load without problems")]
+    for c in settings.connections:
+        subject = f"connection {c.id!r}"
+        if c.voucherify.rate_limit_per_minute is None:
+            findings.append(
+                warning(
+                    subject,
+                    "no voucherify.rate_limit_per_minute: only Voucherify's own 429s slow the connector "
+                    "down; set it below your plan's limit (going over blocks the project's API access)",
+                )
+            )
+        if c.segment is not None and c.voucherify.webhook_secret is None:
+            findings.append(
+                warning(
+                    subject,
+                    "[connection.segment] is set but voucherify.webhook_secret is not: "
+                    "Voucherify webhooks will be refused",
+                )
+            )
+    return settings, findings
+
+
+# --- Redis -----------------------------------------------------------------------------------
+
+
+def _config_get(client: redis.Redis, name: str) -> str | None:
+    try:
+        value = client.config_get(name).get(name)
+    except redis.RedisError:  # managed Redis often refuses CONFIG
+        return None
+    return value if isinstance(value, str) else None
+
+
+def check_redis(url: str, tls_verify: str = "required") -> list[Finding]:
+    subject = f"redis {redact_url(url)}"
+    if redisconn.is_tls(url):
+        subject += f" (TLS, certificate verification {tls_verify})"
+    client = redisconn.client(
+        url, tls_verify, socket_connect_timeout=3, socket_timeout=5, decode_responses=True
+    )
+    try:
+        client.ping()
+        persistence = client.info("persistence")
+        memory = client.info("memory")
+        server = client.info("server")
+    except redis.RedisError as exc:
+        return [error(subject, f"not reachable: {type(exc).__name__}: {exc}")]
+    findings = [ok(subject, f"answers (Redis {server.get('redis_version', '?')})")]
+    aof = str(persistence.get("aof_enabled", "0")) == "1"
+    save = _config_get(client, "save")
+    fsync = _config_get(client, "appendfsync")
+    lost = (
+        "accepted events waiting in the queues, parked retries, dead letters and the idempotency "
+        "ledger (so duplicates)"
+    )
+    if aof:
+        if fsync == "no":
+            findings.append(
+                warning(
+                    subject,
+                    "AOF is on but appendfsync is 'no': a crash loses what the OS had not "
+                    "flushed yet (tens of seconds); use appendfsync everysec",
+                )
+            )
+        else:
+            findings.append(ok(subject, f"AOF persistence on (appendfsync {fsync or 'unknown'})"))
+    elif save:
+        findings.append(
+            warning(
+                subject,
+                f"AOF persistence is off (RDB snapshots only: save {save!r}): a crash loses "
+                f"everything written since the last snapshot: {lost}. Use appendonly yes, "
+                "appendfsync everysec",
+            )
+        )
+    elif save == "":
+        findings.append(
+            warning(
+                subject,
+                f"no persistence (appendonly no, no RDB snapshots): a Redis restart loses "
+                f"{lost}. Use appendonly yes, appendfsync everysec",
+            )
+        )
+    else:
+        findings.append(
+            warning(
+                subject,
+                f"AOF persistence is off (RDB settings unreadable: CONFIG refused): a crash "
+                f"may lose {lost}. Use appendonly yes, appendfsync everysec",
+            )
+        )
+    policy = str(memory.get("maxmemory_policy") or _config_get(client, "maxmemory-policy") or "unknown")
+    if policy == "noeviction":
+        findings.append(ok(subject, "maxmemory-policy noeviction"))
+    else:
+        findings.append(
+            warning(
+                subject,
+                f"maxmemory-policy is {policy!r}, not 'noeviction': when memory runs out Redis "
+                f"silently deletes keys: {lost}. With noeviction the ingest answers 503 instead and "
+                "clients retry",
+            )
+        )
+    return findings
+
+
+# --- credentials -----------------------------------------------------------------------------
+
+
+def _short_error(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    if isinstance(body, dict):
+        text = body.get("message") or body.get("key") or body.get("error") or ""
+        return f": {str(text)[:160]}" if text else ""
+    return ""
+
+
+def _call(
+    subject: str,
+    what: str,
+    send: Callable[[], requests.Response],
+    *,
+    on_ok: str,
+) -> Finding:
+    try:
+        response = send()
+    except requests.RequestException as exc:
+        return error(subject, f"{what}: no answer ({type(exc).__name__})")
+    status = response.status_code
+    if 200 <= status < 300:
+        return ok(subject, f"{what}: HTTP {status}, {on_ok}")
+    if status in (401, 403):
+        return error(subject, f"{what}: HTTP {status}, the credentials are refused{_short_error(response)}")
+    if status == 429:
+        return warning(subject, f"{what}: HTTP 429, rate limited; credentials not verified")
+    return error(subject, f"{what}: HTTP {status}{_short_error(response)}")
+
+
+def check_voucherify(connection: Connection, timeout: float, session: requests.Session) -> Finding:
+    vf = connection.voucherify
+    subject = f"connection {connection.id!r} voucherify ({vf.region or vf.base_url}, {vf.mode})"
+    headers = {**voucherify.auth_headers(vf), "User-Agent": USER_AGENT, "Accept": "application/json"}
+    if vf.mode == "segmentio":
+        url = f"{vf.base_url}/segmentio/test-authentication"
+        what = "GET /segmentio/test-authentication"
+    else:
+        url = f"{vf.base_url}/v1/customers?limit=1"
+        what = "GET /v1/customers?limit=1"
+    return _call(
+        subject,
+        what,
+        lambda: session.get(url, headers=headers, timeout=timeout),
+        on_ok="credentials accepted",
+    )
+
+
+def check_segment(connection: Connection, timeout: float, session: requests.Session) -> Finding:
+    assert connection.segment is not None
+    seg = connection.segment
+    subject = f"connection {connection.id!r} segment ({seg.region or seg.base_url})"
+    headers = {**segment.auth_headers(seg), "User-Agent": USER_AGENT}
+    url = f"{seg.base_url}/v1/batch"
+    real = seg.api_url is None
+    return _call(
+        subject,
+        'POST /v1/batch {"batch": []}',
+        lambda: session.post(url, json={"batch": []}, headers=headers, timeout=timeout),
+        on_ok=(
+            "reachable (Segment's API answers 200 to unknown write keys too: this does not prove the key)"
+            if real
+            else "write key accepted"
+        ),
+    )
+
+
+def run_checks(*, offline: bool = False, timeout: float = 10.0) -> list[Finding]:
+    settings, findings = check_configuration()
+    url = settings.redis_url if settings else config.redis_url()
+    try:
+        verify = settings.redis_tls_verify if settings else config.redis_tls_verify()
+    except ConfigError:
+        verify = "required"  # already listed among the configuration's problems
+    findings += check_redis(url, verify)
+    if settings is None or offline:
+        return findings
+    with requests.Session() as session:
+        for connection in settings.connections:
+            findings.append(check_voucherify(connection, timeout, session))
+            if connection.segment is not None:
+                findings.append(check_segment(connection, timeout, session))
+    return findings
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option(
+    "--offline", is_flag=True, help="do not call Voucherify or Segment (configuration and Redis only)"
+)
+@click.option("--strict", is_flag=True, help="exit non-zero on warnings too")
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="seconds per HTTP call")
+def check(as_json: bool, offline: bool, strict: bool, timeout: float) -> None:
+    """Check the configuration, Redis (persistence, eviction) and every connection's credentials.
+
+    \b
+    Voucherify: GET /v1/customers?limit=1 (rest) or GET /segmentio/test-authentication
+    (segmentio) with the connection's keys.  Segment: POST /v1/batch {"batch": []} with the
+    write key; Segment's public API answers 200 even for an unknown write key, so against the
+    real Segment this proves reachability, not the key (the fake Segment does check it).
+    Exits 1 when anything is an error (2 with --strict and only warnings).
+    """
+    findings = run_checks(offline=offline, timeout=timeout)
+    if as_json:
+        print_json([f.as_dict() for f in findings])
+    else:
+        marks = {"ok": "ok  ", "warning": "WARN", "error": "FAIL"}
+        for finding in findings:
+            colour = {"ok": "green", "warning": "yellow", "error": "red"}[finding.level]
+            mark = (
+                click.style(marks[finding.level], fg=colour) if sys.stdout.isatty() else marks[finding.level]
+            )
+            click.echo(f"{mark}  {finding.subject}: {finding.message}")
+        errors = sum(f.level == "error" for f in findings)
+        warnings = sum(f.level == "warning" for f in findings)
+        click.echo(f"\n{errors} error(s), {warnings} warning(s)")
+    if any(f.level == "error" for f in findings):
+        sys.exit(1)
+    if strict and any(f.level == "warning" for f in findings):
+        sys.exit(2)

@@ -1,0 +1,67 @@
+"""``connector stats``: queue depths, parked work, dead letters, backlogs and the state of every
+budget (used in its window, paused, slowed) per connection."""
+
+from __future__ import annotations
+
+import click
+import redis
+
+from connector import depths
+from connector.keys import Keys
+from ops.common import print_json, redis_client, settings_or_exit, table
+from workers import targets
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def stats(as_json: bool) -> None:
+    """Queue depths, retry backlog, dead letters and rate-limit state per connection."""
+    settings = settings_or_exit()
+    try:
+        snap = depths.snapshot(
+            redis_client(), settings, Keys(settings.key_prefix), budgets=targets.budgets_of
+        )
+    except redis.RedisError as exc:
+        raise click.ClickException(f"Redis: {type(exc).__name__}: {exc}") from None
+    if as_json:
+        print_json(snap.as_dict())
+        return
+    click.echo("QUEUES")
+    table(
+        [{"queue": q, "waiting": n} for q, n in snap.queues.items()],
+        [("queue", "QUEUE", 50), ("waiting", "WAITING", 10)],
+    )
+    click.echo(
+        f"\nunacknowledged (taken by a worker): {snap.unacked}   parked (retries, throttled): {snap.delayed}"
+        f" ({snap.delayed_due} due now)   dead letters: {snap.dead_letters}\n"
+    )
+    click.echo("CONNECTIONS")
+    rows = []
+    for state in snap.connections:
+        limits = []
+        for rl in state.rate_limits:
+            text = f"{rl.target} {rl.used}/{rl.limit if rl.limit is not None else '-'} per {rl.window_seconds:g}s"
+            if rl.paused_for_seconds > 0:
+                text += f" PAUSED {rl.paused_for_seconds:.0f}s"
+            if rl.slow_factor < 1:
+                text += f" slowed x{rl.slow_factor:g}"
+            limits.append(text)
+        rows.append(
+            {
+                "id": state.id,
+                "backlog": f"{state.backlog}/{state.backlog_limit}",
+                "dead": state.dead_letters,
+                "limits": "; ".join(limits),
+            }
+        )
+    table(
+        rows,
+        [
+            ("id", "CONNECTION", 30),
+            ("backlog", "BACKLOG", 16),
+            ("dead", "DEAD LETTERS", 12),
+            ("limits", "RATE LIMITS", 90),
+        ],
+    )
+    for connection_id, count in snap.dead_letters_unconfigured.items():
+        click.echo(f"(dead letters of a connection no longer configured: {connection_id}: {count})")

@@ -1,0 +1,199 @@
+# ruff: noqa: F811 - pytest fixtures imported from tests.support.delivery
+"""Dead letters: list / show / replay / purge, in Python and through ``connector dlq``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from click.testing import CliRunner
+
+from connector.contract import DESTINATION, SOURCE, TASK_DELIVER, TASK_SEGMENT_EVENTS
+from connector.keys import Keys
+from ops import cli
+from tests.support.delivery import (  # noqa: F401 - fixtures
+    FakeTransport,
+    client,
+    connection,
+    keys,
+    redis_db_url,
+    rt,
+    sent_ids,
+    simple_mapper,
+    transport,
+)
+from workers import pipeline
+from workers.delivery.deadletters import DeadLetter, DeadLetters
+from workers.runtime import Runtime
+
+
+def _record(connection_id: str = "acme", reason: str = "rejected", age: float = 0.0, **kw: Any) -> DeadLetter:
+    return DeadLetter(
+        connection_id=connection_id,
+        direction=kw.pop("direction", DESTINATION),
+        reason=reason,
+        error="HTTP 400",
+        queue="voucherify.eu",
+        payload={"messageId": kw.pop("mid", "m1"), "type": "track", "userId": "u1"},
+        request=kw.pop("request", None),
+        status=400,
+        dead_lettered_at=time.time() - age,
+        **kw,
+    )
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[Any], str]] = []
+
+    def __call__(self, task: str, args: list[Any], queue: str) -> None:
+        self.calls.append((task, orjson.loads(orjson.dumps(args)), queue))
+
+
+def test_list_filters_and_show(client: redis.Redis, keys: Keys) -> None:
+    store = DeadLetters(client, keys)
+    a = store.add(_record("acme", "rejected", age=7200, mid="old"))
+    b = store.add(_record("acme", "mapping_error", age=60, mid="new"))
+    c = store.add(_record("other", "rejected", age=10, mid="other"))
+    assert [r.id for r in store.select()] == [c, b, a]  # newest first
+    assert [r.id for r in store.select(connection="acme")] == [b, a]
+    assert [r.id for r in store.select(reason="rejected")] == [c, a]
+    assert [r.id for r in store.select(older_than=3600)] == [a]
+    assert [r.id for r in store.select(newer_than=120)] == [c, b]
+    assert [r.id for r in store.select(limit=1)] == [c]
+    shown = store.get(b)
+    assert shown is not None and shown.payload["messageId"] == "new" and shown.reason == "mapping_error"
+    assert store.get("nope") is None
+
+
+def test_records_are_bounded(client: redis.Redis, keys: Keys) -> None:
+    store = DeadLetters(client, keys)
+    big = _record(response_excerpt="x" * 10_000, history=[{"t": i} for i in range(200)])
+    big.payload = {"blob": "y" * 400_000}
+    record = store.get(store.add(big))
+    assert record is not None
+    assert len(record.response_excerpt) <= 2048 and len(record.history) == 50
+    assert record.payload["_truncated"] is True
+
+
+def test_replay_reuses_the_idempotency_key_and_delivers_once(
+    rt: Runtime, transport: FakeTransport, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pipeline, "_map_event", simple_mapper)
+    conn = rt.settings.connections[0]
+    transport.reply(400)  # the target rejects it ... then it is fixed
+    pipeline.process_segment_events(rt, conn, conn.id, [{"type": "track", "messageId": "m1", "userId": "u1"}])
+    store = DeadLetters(rt.redis, keys)
+    [dead] = store.select()
+    publish = Recorder()
+    assert store.replay([dead], publish) == [dead.id]
+    assert store.select() == []
+    [(task, args, queue)] = publish.calls
+    assert task == TASK_DELIVER and queue == "voucherify.eu" and args[:2] == ["acme", DESTINATION]
+    item = args[2][0]
+    assert item["request"]["idempotency_key"] == "acme:v:m1:add_custom_event"
+    assert item["first_attempt_at"] is None and item["backlog"] == 0
+    # The worker runs it: delivered once, and a second replay of the same letter is a duplicate.
+    pipeline.process_deliveries(rt, conn, *args)
+    pipeline.process_deliveries(rt, conn, *args)
+    assert sent_ids(transport) == ["m1", "m1"]  # the rejected attempt, then exactly one delivery
+    assert transport.calls[-1].headers["Idempotency-Key"] == "acme:v:m1:add_custom_event"
+
+
+def test_replay_of_a_mapping_error_remaps_the_event(client: redis.Redis, keys: Keys) -> None:
+    store = DeadLetters(client, keys)
+    store.add(_record(reason="mapping_error"))
+    publish = Recorder()
+    store.replay(store.select(), publish, queue_for={"acme": {DESTINATION: "voucherify.us1"}})
+    [(task, args, queue)] = publish.calls
+    assert task == TASK_SEGMENT_EVENTS and args == [
+        "acme",
+        [{"messageId": "m1", "type": "track", "userId": "u1"}],
+    ]
+    assert queue == "voucherify.us1"  # the connection's current queue wins
+
+
+def test_replay_keeps_the_record_when_publishing_fails(client: redis.Redis, keys: Keys) -> None:
+    store = DeadLetters(client, keys)
+    store.add(_record(request={"idempotency_key": "k"}))
+
+    def broken(task: str, args: list[Any], queue: str) -> None:
+        raise ConnectionError("broker away")
+
+    with pytest.raises(ConnectionError):
+        store.replay(store.select(), broken)
+    assert len(store.select()) == 1
+
+
+def test_purge(client: redis.Redis, keys: Keys) -> None:
+    store = DeadLetters(client, keys)
+    store.add(_record("acme"))
+    store.add(_record("other"))
+    assert store.purge(store.select(connection="acme")) == 1
+    assert [r.connection_id for r in store.select()] == ["other"]
+
+
+# --- the CLI ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def runner(keys: Keys, redis_db_url: str, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.setenv("REDIS_URL", redis_db_url)
+    monkeypatch.setenv("CONNECTOR_KEY_PREFIX", keys.prefix)
+    monkeypatch.delenv("CONNECTIONS_FILE", raising=False)
+    return CliRunner()
+
+
+def test_cli_list_json_and_table(runner: CliRunner, client: redis.Redis, keys: Keys) -> None:
+    store = DeadLetters(client, keys)
+    first = store.add(_record("acme", "rejected", age=7200))
+    second = store.add(_record("other", "retry_window_exceeded", direction=SOURCE))
+    result = runner.invoke(cli.main, ["dlq", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = orjson.loads(result.output)
+    assert [r["id"] for r in rows] == [second, first]
+    assert rows[1]["connection"] == "acme" and rows[1]["reason"] == "rejected" and rows[1]["status"] == 400
+    filtered = orjson.loads(runner.invoke(cli.main, ["dlq", "list", "--older-than", "1h", "--json"]).output)
+    assert [r["id"] for r in filtered] == [first]
+    filtered = orjson.loads(runner.invoke(cli.main, ["dlq", "list", "-c", "other", "--json"]).output)
+    assert [r["id"] for r in filtered] == [second]
+    table = runner.invoke(cli.main, ["dlq", "list"])
+    assert table.exit_code == 0 and "CONNECTION" in table.output and first in table.output
+    bad = runner.invoke(cli.main, ["dlq", "list", "--older-than", "soon"])
+    assert bad.exit_code != 0
+
+
+def test_cli_show(runner: CliRunner, client: redis.Redis, keys: Keys) -> None:
+    entry = DeadLetters(client, keys).add(_record())
+    shown = runner.invoke(cli.main, ["dlq", "show", entry, "--json"])
+    assert shown.exit_code == 0, shown.output
+    data = orjson.loads(shown.output)
+    assert data["id"] == entry and data["payload"]["messageId"] == "m1" and data["error"] == "HTTP 400"
+    human = runner.invoke(cli.main, ["dlq", "show", entry])
+    assert human.exit_code == 0 and "reason" in human.output
+    assert runner.invoke(cli.main, ["dlq", "show", "missing"]).exit_code != 0
+
+
+def test_cli_replay_and_purge(
+    runner: CliRunner, client: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = DeadLetters(client, keys)
+    first = _record("acme", request={"idempotency_key": "k1", "message_id": "m1"})
+    first.dead_lettered_at = time.time() - 1  # list order (newest first) must not hang on a millisecond
+    a = store.add(first)
+    b = store.add(_record("other"))
+    publish = Recorder()
+    monkeypatch.setattr("connector.publish.celery_publish", publish)
+    assert runner.invoke(cli.main, ["dlq", "replay"]).exit_code != 0  # nothing selected: refuse
+    dry = runner.invoke(cli.main, ["dlq", "replay", "--all", "--dry-run", "--json"])
+    assert orjson.loads(dry.output) == {"replayed": [b, a], "dry_run": True} and publish.calls == []
+    done = runner.invoke(cli.main, ["dlq", "replay", a, "--json"])
+    assert done.exit_code == 0, done.output
+    assert orjson.loads(done.output)["replayed"] == [a]
+    assert publish.calls[0][0] == TASK_DELIVER
+    purged = runner.invoke(cli.main, ["dlq", "purge", "--all", "--yes", "--json"])
+    assert orjson.loads(purged.output)["count"] == 1
+    assert store.count() == 0

@@ -1,0 +1,338 @@
+"""One send-and-record for every path (one call of the engine, one batch of an outbox flush),
+and the outcomes every path ends in, reported once each way (SPEC 7).
+
+::
+
+    send ──────── credentials added at the last moment, the transport, the latency metric
+    attempt ───── send + the item's record: first attempt, attempt count, bounded history
+    observe ───── the target's reading of the answer applied to the call's budgets
+    delivered ─── metrics, log line, backlog released            (Step.done "delivered")
+    retrying ──── metrics, log line                              (the caller parks "retry")
+    parked ────── metric, log line (DEBUG: throttled, busy, deferred can be many)
+    finish_skipped / finish_dead ── terminal: reported, the backlog released
+
+A *step* is what one item came to: DONE (terminal, reported here) or PARKED until ``due``
+(written to the delayed store by the pipeline, which keeps each customer's order).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from connector import USER_AGENT, metrics
+from connector.contract import DeliveryItem, backlog_of
+from connector.errors import TransportFailure
+from workers.delivery import outcomes
+from workers.delivery.budgets import Budget, Observation
+from workers.delivery.context import Context
+from workers.delivery.deadletters import MAX_HISTORY, DeadLetter
+from workers.delivery.target import Answer
+from workers.delivery.transport import HTTPResult
+from workers.outbound import OutboundRequest
+
+
+class StepKind(enum.Enum):
+    DONE = "done"
+    PARKED = "parked"
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: StepKind
+    due: float = 0.0  # epoch seconds, for PARKED
+    reason: str = ""
+
+    @classmethod
+    def done(cls, reason: str = "") -> Step:
+        return cls(StepKind.DONE, reason=reason)
+
+    @classmethod
+    def parked(cls, reason: str, due: float) -> Step:
+        return cls(StepKind.PARKED, due=due, reason=reason)
+
+
+def new_item(
+    request: OutboundRequest,
+    payload: Any,
+    received_at: float | None,
+    backlog_units: int,
+    backlog_bytes: int = 0,
+) -> DeliveryItem:
+    item: DeliveryItem = {
+        "request": request.to_dict(),
+        "payload": payload,
+        "received_at": received_at,
+        "first_attempt_at": None,
+        "attempts": 0,
+        "history": [],
+        "last_delay": None,
+        "backlog": backlog_units,
+        "parked": False,
+    }
+    if backlog_bytes:
+        item["backlog_bytes"] = backlog_bytes
+    return item
+
+
+# ---------------------------------------------------------------------------------------------
+# Sending and recording
+
+
+def send(ctx: Context, method: str, path: str, body: bytes | None, headers: Mapping[str, str]) -> Answer:
+    """One HTTP call to the task's target: never raises for a missing answer."""
+    full = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        **headers,
+        **ctx.target.auth_headers(),
+    }
+    answer: Answer
+    try:
+        answer = ctx.transport.send(
+            method, ctx.base_url + path, full, body, (ctx.tuning.connect_timeout, ctx.tuning.read_timeout)
+        )
+    except TransportFailure as exc:
+        answer = exc
+    metrics.child(metrics.REQUEST_LATENCY, ctx.target.name).observe(answer.latency)
+    return answer
+
+
+def history_entry(answer: Answer, at: float) -> dict[str, Any]:
+    return {
+        "t": round(at, 3),
+        "status": answer.status if isinstance(answer, HTTPResult) else None,
+        "error": answer.message if isinstance(answer, TransportFailure) else None,
+        "latency_ms": int(answer.latency * 1000),
+    }
+
+
+def append_history(history: list[dict[str, Any]], entry: dict[str, Any], keep: int = MAX_HISTORY) -> None:
+    """Bounded: the first attempt (when the trouble started) and the most recent ones."""
+    history.append(entry)
+    if len(history) > keep:
+        del history[1 : len(history) - keep + 1]
+
+
+def attempt(ctx: Context, request: OutboundRequest, item: DeliveryItem) -> Answer:
+    """Send ``request`` for ``item`` and record the attempt on the item."""
+    body = orjson.dumps(request.body) if request.body is not None else None
+    now = time.time()
+    if not item.get("first_attempt_at"):
+        item["first_attempt_at"] = now
+    item["attempts"] = int(item.get("attempts") or 0) + 1
+    answer = send(ctx, request.method, request.path, body, request.headers)
+    append_history(item.setdefault("history", []), history_entry(answer, now))
+    return answer
+
+
+def observe(ctx: Context, budgets: tuple[Budget, ...], answer: Answer) -> Observation:
+    """The target's reading of ``answer``, applied to the budgets the call spent."""
+    observation = ctx.target.interpret(answer)
+    if ctx.budgets.apply(budgets, observation, slowdown_seconds=ctx.tuning.slowdown_seconds):
+        metrics.child(metrics.RATE_LIMIT_SLOWDOWNS, ctx.connection_id, ctx.target.name).inc()
+    return observation
+
+
+def status_of(answer: Answer) -> int | None:
+    return answer.status if isinstance(answer, HTTPResult) else None
+
+
+def error_text(answer: Answer) -> str:
+    return answer.message if isinstance(answer, TransportFailure) else f"HTTP {answer.status}"
+
+
+def excerpt(answer: Answer) -> str:
+    return answer.body if isinstance(answer, HTTPResult) else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Outcomes
+
+
+def delivered(
+    ctx: Context, items: Sequence[DeliveryItem], answer: HTTPResult, *, attempt: int | None = None
+) -> None:
+    """Each of ``items`` acknowledged by ``answer``: counted, logged, its backlog released."""
+    now = time.time()
+    units = stored = 0
+    for item in items:
+        request = item.get("request") or {}
+        metrics.child(
+            metrics.DELIVERIES, ctx.connection_id, ctx.direction, ctx.region, "delivered", str(answer.status)
+        ).inc()
+        received_at = item.get("received_at")
+        if received_at:
+            metrics.child(metrics.DELIVERY_LATENCY, ctx.direction).observe(max(0.0, now - float(received_at)))
+        outcomes.report(
+            connection=ctx.connection_id,
+            direction=ctx.direction,
+            outcome="delivered",
+            message_id=request.get("message_id"),
+            action=request.get("action"),
+            status=answer.status,
+            attempt=attempt if attempt is not None else item.get("attempts"),
+            latency_ms=int(answer.latency * 1000),
+        )
+        item_units, item_bytes = backlog_of(item)
+        units += item_units
+        stored += item_bytes
+    ctx.release_backlog(units, stored)
+
+
+def retrying(
+    ctx: Context,
+    answer: Answer,
+    *,
+    reason: str,
+    attempt: int | None,
+    message_id: str | None = None,
+    action: str | None = None,
+) -> None:
+    """A failed attempt that will be tried again (the caller parks it)."""
+    status = status_of(answer)
+    metrics.child(metrics.RETRIES_SCHEDULED, ctx.connection_id, ctx.direction).inc()
+    metrics.child(
+        metrics.DELIVERIES,
+        ctx.connection_id,
+        ctx.direction,
+        ctx.region,
+        "retry",
+        outcomes.status_label(status),
+    ).inc()
+    outcomes.report(
+        connection=ctx.connection_id,
+        direction=ctx.direction,
+        outcome="retry",
+        reason=reason,
+        message_id=message_id,
+        action=action,
+        status=status,
+        attempt=attempt,
+        latency_ms=int(answer.latency * 1000),
+        error=error_text(answer),
+    )
+
+
+def throttled(ctx: Context) -> None:
+    """A call that waits for its budget (no attempt counted)."""
+    metrics.child(metrics.RATE_LIMIT_WAITS, ctx.connection_id, ctx.target.name).inc()
+
+
+def parked(ctx: Context, request: OutboundRequest, item: DeliveryItem, reason: str) -> None:
+    metrics.child(metrics.PARKED, ctx.connection_id, ctx.direction, reason).inc()
+    outcomes.report(
+        connection=ctx.connection_id,
+        direction=ctx.direction,
+        outcome=reason,
+        message_id=request.message_id,
+        action=request.action,
+        attempt=item.get("attempts"),
+    )
+
+
+def finish_delivered(ctx: Context, item: DeliveryItem, answer: HTTPResult) -> Step:
+    delivered(ctx, [item], answer)
+    return Step.done("delivered")
+
+
+def finish_skipped(
+    ctx: Context,
+    request: OutboundRequest | None,
+    item: Mapping[str, Any],
+    reason: str,
+    *,
+    message_id: str | None = None,
+) -> Step:
+    outcomes.skipped(
+        ctx.connection_id,
+        ctx.direction,
+        reason,
+        message_id=request.message_id if request else message_id,
+        action=request.action if request else None,
+    )
+    ctx.release_backlog(*backlog_of(item))
+    return Step.done(reason)
+
+
+@dataclass
+class Failure:
+    """Why an item is dead-lettered: a reason of the closed set, the error, and what the target
+    answered (status, a bounded excerpt) and the attempts' history when there was an answer."""
+
+    reason: str
+    error: str
+    status: int | None = None
+    excerpt: str = ""
+    history: list[dict[str, Any]] | None = None  # default: the item's own
+
+    @classmethod
+    def of(cls, reason: str, answer: Answer, history: list[dict[str, Any]] | None = None) -> Failure:
+        return cls(reason, error_text(answer), status_of(answer), excerpt(answer), history)
+
+
+def finish_dead(ctx: Context, item: Mapping[str, Any], failure: Failure | str, error: str = "") -> Step:
+    """Dead-letter ``item`` (``failure``: a :class:`Failure`, or a reason with ``error``)."""
+    if isinstance(failure, str):
+        failure = Failure(failure, error)
+    ctx.dead_letters.add(dead_letter_for(ctx, item, failure))
+    return report_dead(ctx, item, failure)
+
+
+def dead_letter_for(ctx: Context, item: Mapping[str, Any], failure: Failure) -> DeadLetter:
+    """The dead-letter record of ``item`` (not written: see :func:`finish_dead`)."""
+    return DeadLetter(
+        connection_id=ctx.connection_id,
+        direction=ctx.direction,
+        reason=failure.reason,
+        error=failure.error,
+        queue=ctx.queue,
+        payload=item.get("payload"),
+        request=item.get("request"),
+        status=failure.status,
+        response_excerpt=failure.excerpt,
+        history=failure.history if failure.history is not None else list(item.get("history") or []),
+        attempts=int(item.get("attempts") or 0),
+        first_attempt_at=item.get("first_attempt_at"),
+        received_at=item.get("received_at"),
+    )
+
+
+def report_dead(ctx: Context, item: Mapping[str, Any], failure: Failure) -> Step:
+    """The rest of a dead letter once its record is written: metrics, the log line, the backlog."""
+    request = item.get("request")
+    message_id = (request or {}).get("message_id") or _payload_id(item.get("payload"))
+    metrics.child(metrics.DEAD_LETTERS, ctx.connection_id, ctx.direction, failure.reason).inc()
+    metrics.child(
+        metrics.DELIVERIES,
+        ctx.connection_id,
+        ctx.direction,
+        ctx.region,
+        "dead_letter",
+        outcomes.status_label(failure.status),
+    ).inc()
+    outcomes.report(
+        connection=ctx.connection_id,
+        direction=ctx.direction,
+        outcome="dead_letter",
+        reason=failure.reason,
+        message_id=message_id,
+        action=(request or {}).get("action"),
+        status=failure.status,
+        attempt=item.get("attempts"),
+        error=failure.error,
+    )
+    ctx.release_backlog(*backlog_of(item))
+    return Step.done(failure.reason)
+
+
+def _payload_id(payload: Any) -> str | None:
+    if isinstance(payload, dict):
+        value = payload.get("messageId") or payload.get("id")
+        return str(value)[:200] if value is not None else None
+    return None

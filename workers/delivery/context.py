@@ -1,0 +1,93 @@
+"""A task's context: everything about (connection, target) the delivery code needs, built once
+per task by :func:`workers.runtime.context_for` from the process's caches."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import redis
+
+from connector import backlog
+from connector.config import Connection
+from connector.keys import Keys
+from connector.tuning import Tuning
+from workers.delivery.budgets import Budgets
+from workers.delivery.deadletters import DeadLetters
+from workers.delivery.ledger import Ledger
+from workers.delivery.stale import StaleGuard
+from workers.delivery.target import Target
+from workers.delivery.transport import Transport
+
+
+@dataclass
+class Context:
+    client: redis.Redis
+    keys: Keys
+    tuning: Tuning
+    connection: Connection
+    target: Target
+    transport: Transport
+    budgets: Budgets
+    deadline: float = 0.0  # time.monotonic() after which work is parked, not started
+    slots: threading.BoundedSemaphore | None = None  # send slots towards the target (None: no bound)
+    ledger: Ledger = field(init=False)
+    stale: StaleGuard = field(init=False)
+    dead_letters: DeadLetters = field(init=False)
+    _units: int = field(init=False, default=0)
+    _bytes: int = field(init=False, default=0)
+    _units_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.ledger = Ledger(self.client, self.keys, self.connection_id)
+        self.stale = StaleGuard(self.client, self.keys, self.connection_id)
+        self.dead_letters = DeadLetters(self.client, self.keys)
+
+    # The target's data, as the delivery code reads it.
+    @property
+    def connection_id(self) -> str:
+        return self.connection.id
+
+    @property
+    def direction(self) -> str:
+        return self.target.direction
+
+    @property
+    def queue(self) -> str:
+        return self.target.queue
+
+    @property
+    def region(self) -> str:
+        return self.target.region
+
+    @property
+    def base_url(self) -> str:
+        return self.target.base_url
+
+    @property
+    def window(self) -> float:
+        return self.tuning.retry_window(float(self.connection.retry_window_seconds))
+
+    @property
+    def ledger_keep(self) -> float:
+        return self.window + self.tuning.ledger_extra
+
+    def out_of_time(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+    def release_backlog(self, units: int, stored_bytes: int = 0) -> None:
+        # Collected and released once per task (flush_backlog): a round trip per task, not per
+        # event.  A task that dies before flushing leaves them reserved: its redelivery finds
+        # the events done (ledger) and releases them then.
+        if units or stored_bytes:
+            with self._units_lock:
+                self._units += units
+                self._bytes += stored_bytes
+
+    def flush_backlog(self) -> None:
+        with self._units_lock:
+            units, self._units = self._units, 0
+            stored, self._bytes = self._bytes, 0
+        if units or stored:
+            backlog.release(self.client, self.connection_id, units, stored, keys=self.keys)

@@ -1,0 +1,273 @@
+"""Voucherify as a delivery target (Segment -> Voucherify, SPEC 3 and 5).
+
+- Base URL and queue by region (:mod:`connector.regions`, resolved when the settings load), or a
+  dedicated cluster's ``api_url``.
+- Credentials: ``X-App-Id``/``X-App-Token`` (rest), or the Actions destination's base64 pair
+  (segmentio).
+- Budgets: ``voucherify`` = ``rate_limit_per_minute`` per 60 s (unbounded without it: only a
+  pause can stop the calls).  SPEC 10's quotas (per hour, per cycle, bulk calls, webhook calls)
+  will be more named budgets here.
+- Answers: ``Retry-After`` and ``X-Rate-Limit-Retry`` (the epoch second of the next allowed
+  call) are waits; a 429 pauses and halves the budget; an ``X-Rate-Limit-Remaining`` at or under
+  ``CONNECTOR_LOW_REMAINING`` of the limit halves it (other clients of the project spend the same
+  quota), and at zero pauses it for the server's wait.
+- Coalescing (rest mode): a task's upserts merged and sent in bulk
+  (:mod:`workers.targets.voucherify_coalesce`).
+- Stale-update rule: a customer upsert older than the newest one applied is not sent.
+- ``metadata_schema = "defined"`` (rest): customer metadata kept to the project's metadata
+  schema (:mod:`workers.targets.voucherify_schema`), never sent unfiltered; a 400 about metadata
+  refreshes the schema and tries once more.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from connector import CHANNEL, USER_AGENT, metrics
+from connector.config import Connection, VoucherifySettings
+from connector.contract import DESTINATION, DeliveryItem
+from connector.keys import Keys
+from connector.tuning import Tuning
+from workers.delivery import outcomes
+from workers.delivery.budgets import Budget, Budgets, Observation
+from workers.delivery.classify import clamp_wait, retry_after
+from workers.delivery.retries import header_number
+from workers.delivery.stale import event_time_ms
+from workers.delivery.transport import HTTPResult, Transport
+from workers.mapping.destination.actions import UPSERT_CUSTOMER
+from workers.mapping.destination.metadata import (
+    CustomerMetadataSchema,
+    carries_customer_metadata,
+    filter_request,
+)
+from workers.outbound import OutboundRequest
+from workers.targets.base import Answer, HttpTarget, Wait
+from workers.targets.voucherify_coalesce import coalesce_items, rebuild
+from workers.targets.voucherify_schema import MetadataSchemas, SchemaUnavailable, fetch, is_metadata_refusal
+
+NAME = "voucherify"
+MAX_METADATA_KEY_LABELS = 100
+
+
+def auth_headers(vf: VoucherifySettings) -> dict[str, str]:
+    """The credential headers for a connection's mode.  Never stored, never logged."""
+    app_id = vf.app_id.reveal()
+    secret = vf.secret_key.reveal()
+    if vf.mode == "segmentio":
+        # As the Actions destination: Basic base64(app id) without a colon or password, and the
+        # secret key base64-encoded in its own header.
+        return {
+            "authorization": "Basic " + base64.b64encode(app_id.encode()).decode("ascii"),
+            "secret-key": base64.b64encode(secret.encode()).decode("ascii"),
+        }
+    return {"X-App-Id": app_id, "X-App-Token": secret}
+
+
+def budgets_of(connection: Connection) -> tuple[Budget, ...]:
+    """The budgets every call of ``connection`` to Voucherify spends."""
+    return (Budget(limit=connection.voucherify.rate_limit_per_minute, window=60.0, name=NAME),)
+
+
+def parse_rate_limit_retry(value: str | None, now: float | None = None) -> float | None:
+    """Voucherify's ``X-Rate-Limit-Retry``: the epoch second when requests are accepted again.
+
+    Defensive about units: values that look like epoch milliseconds are scaled, and small values
+    (which cannot be a recent epoch) are taken as a number of seconds to wait.
+    """
+    number = header_number(value)
+    if number is None:
+        return None
+    now = time.time() if now is None else now
+    if number > 1e12:
+        number /= 1000.0
+    if number < 1e9:
+        return clamp_wait(number)
+    return clamp_wait(number - now)
+
+
+def server_wait(answer: Answer, now: float | None = None) -> float | None:
+    """The longest wait the answer asks for, from either header, or None."""
+    if not isinstance(answer, HTTPResult):
+        return None
+    waits = [
+        w
+        for w in (
+            retry_after(answer, now),
+            parse_rate_limit_retry(answer.headers.get("x-rate-limit-retry"), now),
+        )
+        if w is not None
+    ]
+    return max(waits) if waits else None
+
+
+def remaining_reading(
+    remaining: str | None, limit: int | None, low_share: float, wait: float | None
+) -> Observation | None:
+    """Little quota left (``X-Rate-Limit-Remaining`` at or under ``low_share`` of the limit):
+    slow down, and at zero pause for the server's wait.  None: nothing to do.  A NaN, infinite
+    or absurd header value is ignored, never a crash."""
+    number = header_number(remaining)
+    if number is None:
+        return None
+    left = int(max(-1.0, min(number, 1e12)))
+    if left > max(1, int((limit or 100) * low_share)):
+        return None
+    return Observation(wait=wait, pause=wait if left <= 0 and wait is not None else None, slow=True)
+
+
+class VoucherifyTarget(HttpTarget):
+    name = NAME
+    direction = DESTINATION
+
+    def __init__(
+        self,
+        connection: Connection,
+        *,
+        client: Any,
+        keys: Keys,
+        tuning: Tuning,
+        budgets: Budgets,
+        schema_transport: Transport | None = None,
+    ) -> None:
+        vf = connection.voucherify
+        super().__init__(connection, queue=vf.queue, region=vf.region, base_url=vf.base_url)
+        self.settings = vf
+        self.tuning = tuning
+        self.budgets = budgets
+        self.schema_transport = schema_transport
+        # metadata_schema = "defined" (rest mode): the connection's cached customer metadata schema.
+        self.schemas: MetadataSchemas | None = None
+        if keeps_metadata_to_schema(connection):
+            self.schemas = MetadataSchemas(client, keys, connection.id, tuning.metadata_schema_refresh)
+
+    budgets_of = staticmethod(budgets_of)
+
+    @staticmethod
+    def configured(connection: Connection) -> bool:
+        return True  # every connection has a [connection.voucherify] section
+
+    def auth_headers(self) -> dict[str, str]:
+        return auth_headers(self.settings)
+
+    def server_wait(self, answer: Answer) -> float | None:
+        return server_wait(answer)
+
+    def interpret(self, answer: Answer) -> Observation:
+        observation = super().interpret(answer)
+        if observation.slow or not isinstance(answer, HTTPResult):
+            return observation
+        low = remaining_reading(
+            answer.headers.get("x-rate-limit-remaining"),
+            self._budgets[0].limit,
+            self.tuning.low_remaining,
+            observation.wait,
+        )
+        return low or observation
+
+    def stale_time(self, action: str | None, event_time: str | None) -> int | None:
+        return event_time_ms(event_time) if action == UPSERT_CUSTOMER else None
+
+    def rebuild(self, request: OutboundRequest, live: Sequence[Mapping[str, Any]]) -> OutboundRequest | None:
+        return rebuild(request, live)
+
+    def coalesce(self, items: list[DeliveryItem]) -> list[DeliveryItem]:
+        return coalesce_items(items) if self.settings.mode == "rest" else items
+
+    # --- the metadata schema ------------------------------------------------------------------
+
+    def prepare(self, request: OutboundRequest, item: DeliveryItem) -> OutboundRequest | Wait:
+        """``request`` with only the customer metadata the project's schema defines, or a wait
+        while no schema has ever been read (never sent unfiltered)."""
+        schemas = self.schemas
+        if schemas is None or not carries_customer_metadata(request):
+            return request
+        cached = schemas.cached()
+        schema = cached.schema
+        if cached.due and schemas.try_lock():
+            try:
+                refreshed = self._refresh_schema(schemas, request, item, have_one=schema is not None)
+            finally:
+                schemas.unlock()
+            if isinstance(refreshed, Wait):
+                return refreshed
+            schema = refreshed or schema
+        if schema is None:
+            # Another worker is reading it, or the read failed: wait for it, in the delayed store.
+            return Wait("metadata_schema", 1.0 if cached.due else 5.0)
+        kept, dropped = filter_request(request, schema)
+        if dropped and not item.get("metadata_counted"):
+            item["metadata_counted"] = True
+            for key, reason in dropped:
+                label = metadata_key_label(self.connection.id, key)
+                metrics.METADATA_DROPPED.labels(self.connection.id, label, reason).inc()
+        return kept
+
+    def _refresh_schema(
+        self, schemas: MetadataSchemas, request: OutboundRequest, item: DeliveryItem, *, have_one: bool
+    ) -> CustomerMetadataSchema | Wait | None:
+        """One ``GET /v1/metadata-schemas``, stored for every worker; None when it gave nothing."""
+        # It spends the shop's quota like any call: a grant first.
+        grant = self.budgets.acquire(self._budgets, has_slot=bool(item.get("parked")))
+        if not grant.granted:
+            return None if have_one else Wait("throttled", grant.wait)  # have one: keep using it
+        headers = {"User-Agent": USER_AGENT, "X-Voucherify-Channel": CHANNEL, **self.auth_headers()}
+        timeouts = (self.tuning.connect_timeout, self.tuning.read_timeout)
+        assert self.schema_transport is not None
+        try:
+            schema = fetch(self.schema_transport, self.base_url, headers, timeouts)
+        except SchemaUnavailable as exc:
+            outcomes.report(
+                connection=self.connection.id,
+                direction=self.direction,
+                outcome="metadata_schema_unavailable",
+                message_id=request.message_id,
+                action=request.action,
+                error=str(exc),
+            )
+            return None
+        schemas.store(schema)
+        return schema
+
+    def after_refusal(self, answer: Answer, item: DeliveryItem) -> Wait | None:
+        if self.schemas is None or not is_metadata_refusal(answer) or item.get("metadata_refreshed"):
+            return None
+        # The schema changed since it was read: refresh it, and try once more with it.
+        self.schemas.mark_stale()
+        item["metadata_refreshed"] = True
+        return Wait("metadata_schema", 1.0)
+
+
+def keeps_metadata_to_schema(connection: Connection) -> bool:
+    return connection.voucherify.mode == "rest" and connection.destination.metadata_schema == "defined"
+
+
+_metadata_keys: dict[str, set[str]] = {}
+_metadata_lock = threading.Lock()
+
+
+def metadata_key_label(connection_id: str, key: str) -> str:
+    """The dropped key as a metric label: its name, for at most 100 names per connection and
+    process (event data chooses the names: the label set stays bounded), then ``_other``."""
+    with _metadata_lock:
+        seen = _metadata_keys.setdefault(connection_id, set())
+        if key in seen:
+            return key
+        if len(seen) >= MAX_METADATA_KEY_LABELS or len(key) > 100:
+            return "_other"
+        seen.add(key)
+        return key
+
+
+__all__ = [
+    "NAME",
+    "VoucherifyTarget",
+    "auth_headers",
+    "budgets_of",
+    "parse_rate_limit_retry",
+    "remaining_reading",
+    "server_wait",
+]
