@@ -482,7 +482,7 @@ def test_start_up_configuration_from_flags_and_environment(tmp_path: Path) -> No
 
 @integration
 def test_the_readme_quota_block_runs_as_pasted(vf: FakeVoucherify, tmp_path: Path) -> None:
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     blocks = re.findall(r"<!-- tested: tests/test_fake_quota.py[^>]*-->\n```sh\n(.*?)```", text, re.DOTALL)
     assert len(blocks) == 1
     block = blocks[0].replace("127.0.0.1:8100", f"127.0.0.1:{vf.port}")
