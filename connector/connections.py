@@ -17,6 +17,7 @@ from typing import Any
 
 from connector import regions
 from connector.errors import UnknownRegion
+from connector.quotas import QUOTA_KEYS, QuotaSettings, read_quota
 from connector.reader import Reader
 from connector.secrets import Secret
 
@@ -40,6 +41,8 @@ class VoucherifySettings:
     queue: str
     webhook_secret: Secret | None = None
     rate_limit_per_minute: int | None = None
+    # The project's limits and the connector's share of them (SPEC 10).
+    quota: QuotaSettings = field(default_factory=lambda: QuotaSettings(assumed=True))
     # Age beyond which an incoming Voucherify webhook is refused (replay protection, SPEC 4.1).
     max_event_age_seconds: int = 48 * 3600
 
@@ -141,8 +144,8 @@ def _voucherify(r: Reader) -> VoucherifySettings | None:
             "api_url",
             "mode",
             "webhook_secret",
-            "rate_limit_per_minute",
             "max_event_age_hours",
+            *QUOTA_KEYS,
         }
     )
     # Every key is read (and its problems recorded) before anything can stop this section: a
@@ -154,6 +157,7 @@ def _voucherify(r: Reader) -> VoucherifySettings | None:
     mode = r.text("mode", default="rest") or "rest"
     webhook_secret = r.secret("webhook_secret")
     rate = r.integer("rate_limit_per_minute", None, minimum=1)
+    quota = read_quota(r, rate)
     age_hours = r.integer("max_event_age_hours", 48, minimum=1) or 48
     if mode not in MODES:
         r.problem("mode", f"must be one of {', '.join(MODES)}, not {mode!r}")
@@ -183,6 +187,7 @@ def _voucherify(r: Reader) -> VoucherifySettings | None:
         queue=queue,
         webhook_secret=webhook_secret,
         rate_limit_per_minute=rate,
+        quota=quota,
         max_event_age_seconds=age_hours * 3600,
     )
 
@@ -370,6 +375,8 @@ SHORTHAND_LABELS = {
     "voucherify.mode": "VOUCHERIFY_MODE",
     "voucherify.webhook_secret": "VOUCHERIFY_WEBHOOK_SECRET",
     "voucherify.rate_limit_per_minute": "VOUCHERIFY_RATE_LIMIT_PER_MINUTE",
+    "voucherify.plan": "VOUCHERIFY_PLAN",
+    "voucherify.share": "VOUCHERIFY_SHARE",
     "segment.write_key": "SEGMENT_WRITE_KEY",
     "segment.region": "SEGMENT_REGION",
     "segment.api_url": "SEGMENT_API_URL",
@@ -390,6 +397,8 @@ def from_env_shorthand(env: Mapping[str, str]) -> dict[str, Any] | None:
         ("api_url", "VOUCHERIFY_API_URL"),
         ("webhook_secret", "VOUCHERIFY_WEBHOOK_SECRET"),
         ("rate_limit_per_minute", "VOUCHERIFY_RATE_LIMIT_PER_MINUTE"),
+        ("plan", "VOUCHERIFY_PLAN"),
+        ("share", "VOUCHERIFY_SHARE"),
     ):
         if env.get(var):
             vf[key] = env[var]

@@ -6,6 +6,7 @@ which reads as the same tables.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -150,6 +151,23 @@ class Reader:
             self.problem(key, f"must be an integer >= {minimum}")
             return default
         return number
+
+    def number(self, key: str, default: float, *, low: float, high: float, low_open: bool = False) -> float:
+        """A real number in ``[low, high]`` (``(low, high]`` with ``low_open``); a bad value is a
+        problem naming the range, and ``default`` is used."""
+        raw = self._expand(key, self.table.get(key))
+        if raw is None or raw == "":
+            return default
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            value = math.nan
+        ok = not isinstance(raw, bool) and low <= value <= high and not (low_open and value == low)
+        if not ok:
+            opening = "(" if low_open else "["
+            self.problem(key, f"must be a number in {opening}{low:g}, {high:g}], not {raw!r}")
+            return default
+        return value
 
     def str_list(self, key: str) -> tuple[str, ...] | None:
         if key not in self.table:
