@@ -15,14 +15,14 @@ import logging
 from collections.abc import Iterable, Iterator
 
 import redis
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, has_app_context, request
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from app.auth import require_token
-from connector import depths, metrics
+from connector import depths, metrics, overview
 from connector.config import Connection, Settings
 from connector.contract import SOURCE
 
@@ -40,11 +40,22 @@ def region_of(connection: Connection, direction: str) -> str:
     return connection.voucherify.region or connection.voucherify.queue.split(".", 1)[-1]
 
 
+def _overview(connection_id: str, kind: str, reason: str | None, count: int) -> None:
+    """The delivery overview's ingest counts (:mod:`connector.overview`), buffered per process."""
+    if connection_id == "unknown" or count <= 0 or not has_app_context():
+        return
+    recorder = current_app.extensions.get("connector.trace")
+    if recorder is not None:
+        recorder.count(connection_id, kind, reason, n=count)
+        recorder.autoflush(current_app.extensions["connector.redis"])
+
+
 def count_received(connection: Connection, direction: str, source: str, count: int) -> None:
     if count > 0:
         metrics.EVENTS_RECEIVED.labels(
             connection.id, direction, region_of(connection, direction), source
         ).inc(count)
+        _overview(connection.id, overview.RECEIVED, None, count)
 
 
 def count_rejected(connection_id: str, direction: str, codes: Iterable[str]) -> None:
@@ -53,10 +64,12 @@ def count_rejected(connection_id: str, direction: str, codes: Iterable[str]) -> 
         by_code[code] = by_code.get(code, 0) + 1
     for code, count in by_code.items():
         metrics.EVENTS_REJECTED.labels(connection_id, direction, code).inc(count)
+        _overview(connection_id, overview.REJECTED, code, count)
 
 
 def count_refused_request(connection_id: str, direction: str, code: str, events: int = 1) -> None:
     metrics.EVENTS_REJECTED.labels(connection_id, direction, code).inc(max(1, events))
+    _overview(connection_id, overview.REJECTED, code, max(1, events))
 
 
 # --- scrape-time gauges ---------------------------------------------------------------------
