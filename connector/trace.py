@@ -339,7 +339,7 @@ def summary(event_id: str, records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _when(t: Any) -> str:
+def when(t: Any) -> str:
     try:
         return datetime.fromtimestamp(float(t), UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
     except (TypeError, ValueError, OverflowError, OSError):
@@ -354,7 +354,7 @@ def describe(record: dict[str, Any]) -> str:
             f"via {record.get('door')} on connection {record.get('connection')} ({record.get('direction')})"
         )
         if record.get("at"):
-            text += f", accepted at {_when(record['at'])}"
+            text += f", accepted at {when(record['at'])}"
         if record.get("rejected"):
             text += f"; REJECTED at ingest: {record['rejected']}"
         return text
@@ -383,7 +383,7 @@ def describe(record: dict[str, Any]) -> str:
             text += f"; answer: {record['answer']}"
         return text
     if kind == "wait":
-        return f"{record.get('reason')} until {_when(record.get('until'))}"
+        return f"{record.get('reason')} until {when(record.get('until'))}"
     if kind == "outcome":
         text = str(record.get("outcome"))
         for key in ("reason", "status", "error"):
@@ -399,5 +399,5 @@ def render(event_id: str, records: list[dict[str, Any]]) -> str:
     info = summary(event_id, records)
     lines = [f"trace {event_id}: {info['outcome']}" + (f" ({info['reason']})" if info["reason"] else "")]
     for record in records:
-        lines.append(f"  {_when(record.get('t'))}  {record.get('kind')!s:<9} {describe(record)}")
+        lines.append(f"  {when(record.get('t'))}  {record.get('kind')!s:<9} {describe(record)}")
     return "\n".join(lines) + "\n"
