@@ -22,9 +22,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from app.auth import require_token
-from connector import depths, metrics, overview
+from connector import depths, heartbeat, metrics, overview
 from connector.config import Connection, Settings
 from connector.contract import SOURCE
+from connector.keys import Keys
 
 log = logging.getLogger("connector.web")
 
@@ -118,13 +119,50 @@ class DepthCollector(Collector):
             "Accepted, unfinished work per connection (backpressure)",
             labels=["connection"],
         )
+        limit = GaugeMetricFamily(
+            "connector_backlog_limit",
+            "The backlog bound per connection (backlog_limit): over it the ingest answers 429",
+            labels=["connection"],
+        )
         for state in snap.connections:
             dead.add_metric([state.id], state.dead_letters)
             backlog.add_metric([state.id], state.backlog)
+            limit.add_metric([state.id], state.backlog_limit)
         for connection_id, count in snap.dead_letters_unconfigured.items():
             dead.add_metric([connection_id], count)
         yield dead
         yield backlog
+        yield limit
+        yield from self._workers_and_redis()
+
+    def _workers_and_redis(self) -> Iterator[Metric]:
+        """Workers alive per queue (heartbeats) and whether Redis keeps what it holds: the
+        "workers absent" and "Redis without persistence" alerts (monitoring/alerts.yml)."""
+        try:
+            alive = heartbeat.alive_per_queue(self.client, Keys(self.settings.key_prefix))
+            persistence = self.client.info("persistence")
+            memory = self.client.info("memory")
+        except redis.RedisError as exc:
+            log.warning("metrics: Redis unavailable for workers/persistence", extra={"error": str(exc)[:200]})
+            return
+        workers = GaugeMetricFamily(
+            "connector_workers_alive",
+            f"Celery workers consuming a queue that sent a heartbeat in the last {heartbeat.ALIVE_WITHIN_SECONDS:.0f} s",
+            labels=["queue"],
+        )
+        for queue in sorted(set(depths.queue_names(self.settings)) | set(alive)):
+            workers.add_metric([queue], alive.get(queue, 0))
+        yield workers
+        yield GaugeMetricFamily(
+            "connector_redis_aof_enabled",
+            "1 when Redis writes an append-only file (persistence SPEC 5 asks for); 0: a restart loses queued work",
+            int(str(persistence.get("aof_enabled", "0")) == "1"),
+        )
+        yield GaugeMetricFamily(
+            "connector_redis_noeviction",
+            "1 when Redis' maxmemory-policy is noeviction (never drops queued work or ledger keys)",
+            int(str(memory.get("maxmemory_policy", "")) == "noeviction"),
+        )
 
 
 class _Default(Collector):

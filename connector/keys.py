@@ -29,6 +29,8 @@ Layout (``{p}`` is the prefix, ``{c}`` a connection id)::
     {p}ov:{c}:m:{minute}                hash    overview counters of one minute (TTL ~2 h)
     {p}ov:{c}:h:{hour}                  hash    overview counters of one hour (TTL ~25 h)
     {p}ov:{c}:s:{field}                 list    a few sample event ids of one overview field (TTL)
+    {p}workers                          zset    worker name -> last heartbeat (epoch ms)
+    {p}workers:queues                   hash    worker name -> the queues it consumes (comma-separated)
 
 Keys of one connection are not hash-tagged: the connector targets a single Redis (the broker),
 and the Lua scripts touch only keys they are passed.
@@ -121,3 +123,11 @@ class Keys:
 
     def overview_samples(self, connection_id: str, field: str) -> str:
         return f"{self.prefix}ov:{connection_id}:s:{field}"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}workers"
+
+    @property
+    def workers_queues(self) -> str:
+        return f"{self.prefix}workers:queues"
