@@ -148,15 +148,15 @@ def process_voucherify_webhook(
         return
     with _task(rt, connection, connection_id, SOURCE) as ctx:
         bare = {"payload": payload, "received_at": received_at, "backlog": 1, "backlog_bytes": stored_bytes}
-        event_id = _webhook_id(payload)
+        event_id, event_type = _webhook_ident(payload)
         ctx.trace.received(
             event_id, connection=connection_id, direction=SOURCE, door="voucherify_webhook", at=received_at
         )
         try:
             request = _map_webhook(payload, connection)
         except SkipEvent as exc:
-            ctx.trace.mapping(event_id, type=_webhook_type(payload), skip=exc.reason)
-            finish_skipped(ctx, None, bare, exc.reason, message_id=_webhook_id(payload))
+            ctx.trace.mapping(event_id, type=event_type, skip=exc.reason)
+            finish_skipped(ctx, None, bare, exc.reason, message_id=event_id)
             return
         except MappingError as exc:
             finish_dead(ctx, bare, MAPPING_ERROR, exc.message)
@@ -169,7 +169,7 @@ def process_voucherify_webhook(
             return
         ctx.trace.mapping(
             event_id,
-            type=_webhook_type(payload),
+            type=event_type,
             requests=[f"{request.method} {request.path} {_segment_name(request)}".rstrip()],
         )
         item = new_item(request, payload, received_at, 1, stored_bytes)
@@ -276,11 +276,6 @@ def _segment_name(request: OutboundRequest) -> str:
     return repr(name) if isinstance(name, str) else ""
 
 
-def _webhook_type(payload: Any) -> str | None:
-    value = payload.get("type") if isinstance(payload, dict) else None
-    return str(value)[:100] if value is not None else None
-
-
 def _failure_text(failures: list[tuple[str, MappingError]]) -> str:
     return " ".join(f"[{name}] {exc.message}" for name, exc in failures)
 
@@ -295,10 +290,20 @@ def _received_at(event: Any) -> float | None:
     return None
 
 
-def _webhook_id(payload: Any) -> str | None:
+def _webhook_ident(payload: Any) -> tuple[str | None, str | None]:
+    """The Voucherify event id (``event.id`` in the 2024 envelope, ``id`` in the older ones) --
+    what the web answered the sender with and what ``connector trace`` is asked for -- and the
+    event's type."""
+    from connector.envelope import parse_webhook
+
+    try:
+        event = parse_webhook(payload)
+        return event.event_id[:200], event.type[:100]
+    except (MappingError, AttributeError, TypeError):
+        pass
     if isinstance(payload, dict) and payload.get("id") is not None:
-        return str(payload["id"])[:200]
-    return None
+        return str(payload["id"])[:200], None
+    return None, None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,8 +16,9 @@ import requests
 
 from tests.conftest import make_stack
 from tests.support import secrets
-from tests.support.fakes import FakeVoucherify
+from tests.support.fakes import FakeSegment, FakeVoucherify
 from tests.support.processes import BIN, ROOT, Stack, wait_until
+from tests.support.webhooks import V2024, iso_now, load_example, signed_request, wrap
 
 pytestmark = pytest.mark.integration
 
@@ -26,6 +27,8 @@ WRITE_KEY = "wk_trace_e2e_write_key_51"
 APP_ID = "trace-e2e-app-id"
 SECRET = "trace-e2e-vf-secret-key-9c2d"
 STATUS_TOKEN = "trace-e2e-status-token-0123"
+WEBHOOK_SECRET = "trace-e2e-webhook-secret-77"
+SEGMENT_KEY = "trace-e2e-segment-write-key-3"
 FAST = {
     "CONNECTOR_RETRY_BASE_SECONDS": "0.3",
     "CONNECTOR_RETRY_CAP_SECONDS": "1",
@@ -34,7 +37,7 @@ FAST = {
 }
 
 
-def connections(url: str) -> str:
+def connections(url: str, segment_url: str) -> str:
     return f"""
 [[connection]]
 id = "{CONNECTION}"
@@ -44,6 +47,11 @@ app_id = "{APP_ID}"
 secret_key = "{SECRET}"
 region = "eu"
 api_url = "{url}"
+webhook_secret = "{WEBHOOK_SECRET}"
+[connection.segment]
+write_key = "{SEGMENT_KEY}"
+region = "us"
+api_url = "{segment_url}"
 """
 
 
@@ -60,7 +68,7 @@ def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     # Kept with the processes' logs: the session-end secret scan reads trace output too.
     with open(stack.tmp / "cli.log", "a") as log:
         log.write(f"$ connector {' '.join(args)}\n{result.stdout}{result.stderr}\n")
-    for secret in (SECRET, WRITE_KEY, APP_ID, STATUS_TOKEN):
+    for secret in (SECRET, WRITE_KEY, APP_ID, STATUS_TOKEN, WEBHOOK_SECRET, SEGMENT_KEY):
         assert secret not in result.stdout + result.stderr
     return result
 
@@ -97,14 +105,15 @@ def track(message_id: str, user: str) -> dict[str, Any]:
 def test_trace_and_overview_follow_delivered_skipped_dead_and_refused_events(
     tmp_path: Path, redis_url: str, stack_factory: list
 ) -> None:
-    secrets.register(SECRET, WRITE_KEY, APP_ID, STATUS_TOKEN)
+    secrets.register(SECRET, WRITE_KEY, APP_ID, STATUS_TOKEN, WEBHOOK_SECRET, SEGMENT_KEY)
     fake = FakeVoucherify(app_id=APP_ID, secret_key=SECRET, name="vf-trace", log_dir=tmp_path).start()
+    segment = FakeSegment(write_keys=(SEGMENT_KEY,), name="segment-trace", log_dir=tmp_path).start()
     try:
         path = tmp_path / "connections.toml"
-        path.write_text(connections(fake.url))
+        path.write_text(connections(fake.url, segment.url))
         stack = make_stack(stack_factory, tmp_path, redis_url, path, **FAST)
         stack.web(workers=1)
-        stack.worker(concurrency=10)
+        worker = stack.worker(concurrency=10)
         stack.scheduler()
         auth = (WRITE_KEY, "")
         web = stack.web_url
@@ -193,5 +202,30 @@ def test_trace_and_overview_follow_delivered_skipped_dead_and_refused_events(
         )
         for secret in (SECRET, APP_ID, WRITE_KEY):
             assert secret not in page.text
+
+        # --- the other direction: a Voucherify webhook traced by its event id ---------------------
+        body = wrap(load_example("customer.created"), "customer.created", V2024, "evt_trace_1", iso_now())
+        raw, headers = signed_request(body, WEBHOOK_SECRET)
+        hook = requests.post(f"{web}/webhooks/voucherify/{CONNECTION}", data=raw, headers=headers, timeout=10)
+        assert hook.status_code == 202, hook.text
+        webhook = settled(stack, "evt_trace_1", "delivered")
+        assert webhook["records"][0]["door"] == "voucherify_webhook"
+        assert webhook["direction"] == "voucherify_to_segment"
+        assert [(a["path"], a["status"]) for a in webhook["records"] if a["kind"] == "attempt"] == [
+            ("/v1/batch", 200)
+        ]
+        assert "/v1/batch -> 200" in cli(stack, "trace", "evt_trace_1").stdout
+
+        # --- workers alive, from their heartbeats, in /metrics ---------------------------------
+        def alive(queue: str) -> float | None:
+            for line in requests.get(f"{web}/metrics", timeout=5).text.splitlines():
+                if line.startswith(f'connector_workers_alive{{queue="{queue}"}}'):
+                    return float(line.rsplit(" ", 1)[1])
+            return None
+
+        assert alive("voucherify.eu") == 1 and alive("segment.us") == 1
+        worker.stop(timeout=20)  # a worker stopping says goodbye: absent at once
+        wait_until(lambda: alive("voucherify.eu") == 0, timeout=10, what="the stopped worker is gone")
     finally:
         fake.stop()
+        segment.stop(kill=True)
