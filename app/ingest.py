@@ -71,6 +71,7 @@ class Rejection:
     index: int
     code: str
     message: str
+    message_id: str | None = None  # the item's own, when it has one (its trace, the overview)
 
     def as_dict(self) -> dict[str, Any]:
         return {"index": self.index, "code": self.code, "message": self.message}
@@ -275,6 +276,11 @@ def ingest_body(
         result.accepted.append(event)
         result.encoded.append(orjson.Fragment(encoded))
         result.stored_bytes += len(encoded)
+    for rejection in result.rejected:
+        item = items[rejection.index]
+        own = item.get("messageId") if isinstance(item, dict) else None
+        if isinstance(own, str) and own:
+            rejection.message_id = own[:100]
     if result.accepted:
         result.stored_bytes += len(orjson.dumps(result.shared))
     if raw_size is not None and result.stored_bytes > STORED_FACTOR * raw_size + STORED_SLACK:

@@ -15,16 +15,17 @@ import logging
 from collections.abc import Iterable, Iterator
 
 import redis
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, has_app_context, request
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from app.auth import require_token
-from connector import depths, metrics
+from connector import depths, heartbeat, metrics, overview
 from connector.config import Connection, Settings
 from connector.contract import SOURCE
+from connector.keys import Keys
 
 log = logging.getLogger("connector.web")
 
@@ -40,11 +41,22 @@ def region_of(connection: Connection, direction: str) -> str:
     return connection.voucherify.region or connection.voucherify.queue.split(".", 1)[-1]
 
 
+def _overview(connection_id: str, kind: str, reason: str | None, count: int) -> None:
+    """The delivery overview's ingest counts (:mod:`connector.overview`), buffered per process."""
+    if connection_id == "unknown" or count <= 0 or not has_app_context():
+        return
+    recorder = current_app.extensions.get("connector.trace")
+    if recorder is not None:
+        recorder.count(connection_id, kind, reason, n=count)
+        recorder.autoflush(current_app.extensions["connector.redis"])
+
+
 def count_received(connection: Connection, direction: str, source: str, count: int) -> None:
     if count > 0:
         metrics.EVENTS_RECEIVED.labels(
             connection.id, direction, region_of(connection, direction), source
         ).inc(count)
+        _overview(connection.id, overview.RECEIVED, None, count)
 
 
 def count_rejected(connection_id: str, direction: str, codes: Iterable[str]) -> None:
@@ -53,10 +65,12 @@ def count_rejected(connection_id: str, direction: str, codes: Iterable[str]) -> 
         by_code[code] = by_code.get(code, 0) + 1
     for code, count in by_code.items():
         metrics.EVENTS_REJECTED.labels(connection_id, direction, code).inc(count)
+        _overview(connection_id, overview.REJECTED, code, count)
 
 
 def count_refused_request(connection_id: str, direction: str, code: str, events: int = 1) -> None:
     metrics.EVENTS_REJECTED.labels(connection_id, direction, code).inc(max(1, events))
+    _overview(connection_id, overview.REJECTED, code, max(1, events))
 
 
 # --- scrape-time gauges ---------------------------------------------------------------------
@@ -105,13 +119,50 @@ class DepthCollector(Collector):
             "Accepted, unfinished work per connection (backpressure)",
             labels=["connection"],
         )
+        limit = GaugeMetricFamily(
+            "connector_backlog_limit",
+            "The backlog bound per connection (backlog_limit): over it the ingest answers 429",
+            labels=["connection"],
+        )
         for state in snap.connections:
             dead.add_metric([state.id], state.dead_letters)
             backlog.add_metric([state.id], state.backlog)
+            limit.add_metric([state.id], state.backlog_limit)
         for connection_id, count in snap.dead_letters_unconfigured.items():
             dead.add_metric([connection_id], count)
         yield dead
         yield backlog
+        yield limit
+        yield from self._workers_and_redis()
+
+    def _workers_and_redis(self) -> Iterator[Metric]:
+        """Workers alive per queue (heartbeats) and whether Redis keeps what it holds: the
+        "workers absent" and "Redis without persistence" alerts (monitoring/alerts.yml)."""
+        try:
+            alive = heartbeat.alive_per_queue(self.client, Keys(self.settings.key_prefix))
+            persistence = self.client.info("persistence")
+            memory = self.client.info("memory")
+        except redis.RedisError as exc:
+            log.warning("metrics: Redis unavailable for workers/persistence", extra={"error": str(exc)[:200]})
+            return
+        workers = GaugeMetricFamily(
+            "connector_workers_alive",
+            f"Celery workers consuming a queue that sent a heartbeat in the last {heartbeat.ALIVE_WITHIN_SECONDS:.0f} s",
+            labels=["queue"],
+        )
+        for queue in sorted(set(depths.queue_names(self.settings)) | set(alive)):
+            workers.add_metric([queue], alive.get(queue, 0))
+        yield workers
+        yield GaugeMetricFamily(
+            "connector_redis_aof_enabled",
+            "1 when Redis writes an append-only file (persistence SPEC 5 asks for); 0: a restart loses queued work",
+            int(str(persistence.get("aof_enabled", "0")) == "1"),
+        )
+        yield GaugeMetricFamily(
+            "connector_redis_noeviction",
+            "1 when Redis' maxmemory-policy is noeviction (never drops queued work or ledger keys)",
+            int(str(memory.get("maxmemory_policy", "")) == "noeviction"),
+        )
 
 
 class _Default(Collector):

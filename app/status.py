@@ -1,32 +1,43 @@
 """``GET /``: a small status page for people (``make run``'s sandbox first of all).
 
 It shows the configured connections (ids, regions, modes, queues -- never a credential), the
-queue depths read from Redis, and, in the sandbox, the last requests the fake Voucherify and
-fake Segment received.  Those come from the fakes' ``/__fake/requests`` fetched *by the
-browser* (the web process never imports an HTTP client); ``ops.run`` tells the page where
-the fakes listen through ``CONNECTOR_SANDBOX_FAKES`` (``name=url,name=url``, loopback only).
-Only method, path, status and time of a recorded request are displayed, never its headers or
-body (they carry the sandbox's credentials and the events).
+queue depths read from Redis, the delivery overview per connection (:mod:`connector.overview`:
+last hour and day by outcome and reason, sample ids that open their trace), a search box for
+one event's trace (``GET /trace?id=...``, :mod:`connector.trace`), and, in the sandbox, the last
+requests the fake Voucherify and fake Segment received with their bodies, as Segment's Event
+Tester shows them.
 
-``GET /status.json`` is the same data for scripts and the page's refresh.
+The fakes' records are fetched by the web process itself (so the page works through a port
+forward), from ``CONNECTOR_SANDBOX_FAKES``: loopback URLs only, set by ``ops.run`` and never in
+production.  That is the one outbound call of the web process, made with the standard library
+(``http.client``, a second or less) rather than an HTTP client package.  Bodies are shown,
+never headers (the sandbox's credentials travel there), and any configured credential that
+would appear in a body is replaced; Jinja escapes everything.
 
-Both need ``STATUS_TOKEN`` (``Authorization: Bearer <token>``, or the password of Basic auth,
-which is what a browser's login prompt sends) and answer 404 when no token is configured: the
-page lists every connection id, the door of each connection's webhooks.  The sandbox (``make
-run``, marked by ``CONNECTOR_SANDBOX_FAKES``) shows it without a token unless one is set.
-``STATUS_PAGE=off`` turns both off whatever else is set (``/metrics`` and ``/readyz`` stay).
+``GET /status.json`` is the same data for scripts.
+
+All of them need ``STATUS_TOKEN`` (``Authorization: Bearer <token>``, or the password of Basic
+auth, which is what a browser's login prompt sends) and answer 404 when no token is configured:
+the page lists every connection id, the door of each connection's webhooks.  The sandbox
+(``make run``, marked by ``CONNECTOR_SANDBOX_FAKES``) shows it without a token unless one is
+set.  ``STATUS_PAGE=off`` turns them off whatever else is set (``/metrics`` and ``/readyz``
+stay).
 """
 
 from __future__ import annotations
 
+import http.client
+import json
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
 
 from app.auth import require_token
-from connector import depths
+from connector import depths, overview, trace
 from connector.config import Settings
+from connector.keys import Keys
 
 status_bp = Blueprint("status", __name__, template_folder="templates")
 
@@ -86,15 +97,119 @@ def status_data() -> dict[str, Any]:
             "per_connection": {
                 s.id: {"backlog": s.backlog, "dead_letters": s.dead_letters} for s in snap.connections
             },
+            "overview": overview.read(
+                client, Keys(settings.key_prefix), [c.id for c in settings.connections]
+            ),
         }
     )
     return data
 
 
+MAX_SHOWN_REQUESTS = 30
+MAX_BODY_CHARS = 4000
+
+
+def _fetch_records(url: str) -> list[dict[str, Any]]:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=1.0)
+    try:
+        conn.request("GET", "/__fake/requests")
+        answer = conn.getresponse()
+        records = json.loads(answer.read()) if answer.status == 200 else []
+    finally:
+        conn.close()
+    return records if isinstance(records, list) else []
+
+
+def _credentials(settings: Settings) -> list[str]:
+    found: list[str] = []
+    for c in settings.connections:
+        for value in (
+            c.voucherify.app_id,
+            c.voucherify.secret_key,
+            c.voucherify.webhook_secret,
+            c.segment.write_key if c.segment else None,
+            c.segment_webhook_secret,
+            *c.write_keys,
+        ):
+            text = value.reveal() if value is not None else None
+            if isinstance(text, str) and len(text) >= 4:
+                found.append(text)
+    return found
+
+
+def _shown_body(record: dict[str, Any], hidden: list[str]) -> str:
+    body = record.get("body")
+    if body is None:
+        body = record.get("raw")
+    if body is None:
+        return ""
+    text = body if isinstance(body, str) else json.dumps(body, indent=2, ensure_ascii=False, default=str)
+    for value in hidden:
+        text = text.replace(value, "<redacted>")
+    return text if len(text) <= MAX_BODY_CHARS else text[:MAX_BODY_CHARS] + "\n…"
+
+
+def fake_requests(settings: Settings) -> list[dict[str, Any]]:
+    """The sandbox fakes' last requests (newest first) with their bodies; [] outside it."""
+    if not settings.sandbox_fakes:
+        return []
+    hidden = _credentials(settings)
+    rows: list[dict[str, Any]] = []
+    for name, url in settings.sandbox_fakes.items():
+        try:
+            records = _fetch_records(url)
+        except (OSError, ValueError, http.client.HTTPException):
+            rows.append(
+                {"fake": name, "time": 0, "method": "", "path": "(not reachable)", "status": "", "body": ""}
+            )
+            continue
+        for r in records[-MAX_SHOWN_REQUESTS:]:
+            if not isinstance(r, dict):
+                continue
+            rows.append(
+                {
+                    "fake": name,
+                    "time": float(r.get("time") or 0),
+                    "method": str(r.get("method") or ""),
+                    "path": str(r.get("path") or ""),
+                    "status": r.get("status"),
+                    "body": _shown_body(r, hidden),
+                }
+            )
+    rows.sort(key=lambda row: row["time"], reverse=True)
+    return rows[:MAX_SHOWN_REQUESTS]
+
+
 @status_bp.get("/")
 def page() -> str:
     _guard()
-    return render_template("status.html", data=status_data())
+    settings: Settings = current_app.extensions["connector.settings"]
+    return render_template("status.html", data=status_data(), deliveries=fake_requests(settings))
+
+
+@status_bp.get("/trace")
+def trace_view() -> tuple[str, int]:
+    """One event's journey, server-rendered (the search box of the status page)."""
+    _guard()
+    settings: Settings = current_app.extensions["connector.settings"]
+    event_id = (request.args.get("id") or "").strip()[: trace.MAX_ID_CHARS]
+    records: list[dict[str, Any]] = []
+    error = None
+    if event_id:
+        try:
+            records = trace.read(
+                current_app.extensions["connector.redis"], Keys(settings.key_prefix), event_id
+            )
+        except redis.RedisError:
+            error = "Redis does not answer."
+    rows = [
+        {"when": trace.when(r.get("t")), "kind": r.get("kind"), "text": trace.describe(r)} for r in records
+    ]
+    info = trace.summary(event_id, records)
+    return render_template("trace.html", event_id=event_id, info=info, rows=rows, error=error), (
+        200 if records or not event_id else 404
+    )
 
 
 @status_bp.get("/status.json")

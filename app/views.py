@@ -14,7 +14,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from app import body as bodies
 from app.auth import basic_user, connection_for_key
 from app.errors import ApiError, bad_request, unauthorized
-from app.ingest import PATH_TYPES, IngestResult, ingest_body
+from app.ingest import PATH_TYPES, IngestResult, Rejection, ingest_body
 from app.metrics import count_received, count_rejected
 from connector import envelope
 from connector.config import Connection, Settings
@@ -48,15 +48,31 @@ def _ingesting(direction: str, source: str) -> None:
     g.ingest_source = source
 
 
-def _reject_one(connection: Connection | None, code: str, message: str) -> ApiError:
+def _trace_rejections(connection: Connection | None, rejections: list[Rejection]) -> None:
+    """Refused events that carry a messageId get a trace (``connector trace ID`` says why) and
+    may be the overview's samples; the web writes them at most once a second."""
+    if connection is None:
+        return
+    recorder = current_app.extensions["connector.trace"]
+    door = g.get("ingest_source", "tracking_api")
+    for r in rejections:
+        if r.message_id:
+            recorder.rejected(
+                r.message_id, connection=connection.id, direction=DESTINATION, door=door, code=r.code
+            )
+
+
+def _reject_one(connection: Connection | None, rejection: Rejection) -> ApiError:
     """A single event refused: counted here under its own code, then answered 400."""
-    count_rejected(connection.id if connection else "unknown", DESTINATION, [code])
+    _trace_rejections(connection, [rejection])
+    count_rejected(connection.id if connection else "unknown", DESTINATION, [rejection.code])
     g.ingest_counted = True
-    return bad_request(code, message)
+    return bad_request(rejection.code, rejection.message)
 
 
 def _accept(connection: Connection, result: IngestResult) -> Response:
     g.ingest_connection = connection.id
+    _trace_rejections(connection, result.rejected)
     count_rejected(connection.id, DESTINATION, (r.code for r in result.rejected))
     if not result.accepted:
         g.ingest_counted = True
@@ -67,6 +83,10 @@ def _accept(connection: Connection, result: IngestResult) -> Response:
             rejected=[r.as_dict() for r in result.rejected],
         )
     g.ingest_events = len(result.accepted)  # a 429/503 from the enqueue refuses them all
+    # Which door took the events, for their traces: stored once per message, never merged.
+    door = g.get("ingest_source", "tracking_api")
+    result.shared["door"] = door
+    result.stored_bytes += len(door) + 10
     _enqueuer().segment_events(connection, result.encoded, result.shared, result.stored_bytes)
     count_received(connection, DESTINATION, g.get("ingest_source", "tracking_api"), len(result.accepted))
     payload: dict[str, Any] = {"success": True}
@@ -97,8 +117,7 @@ def track_api(kind: str) -> Response:
         raise bad_request("nesting_too_deep", f"JSON nesting deeper than {bodies.MAX_DEPTH} levels")
     result = ingest_body(body, path_type, raw_size=len(raw))
     if path_type != "batch" and result.rejected:
-        rejection = result.rejected[0]
-        raise _reject_one(connection, rejection.code, rejection.message)
+        raise _reject_one(connection, result.rejected[0])
     return _accept(connection, result)
 
 
@@ -137,7 +156,7 @@ def segment_webhook(connection_id: str) -> Response:
     elif isinstance(body, dict):
         result = ingest_body({"batch": [body]}, "batch", raw_size=len(raw))
         if result.rejected:
-            raise _reject_one(connection, result.rejected[0].code, result.rejected[0].message)
+            raise _reject_one(connection, result.rejected[0])
     else:
         raise bad_request("not_an_object", "the body must be a JSON object or an array of objects")
     return _accept(connection, result)

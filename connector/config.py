@@ -36,7 +36,7 @@ from connector.connections import (
 from connector.errors import ConfigError
 from connector.reader import secret_problem
 from connector.secrets import Secret
-from connector.tuning import BrokerOptions, SchedulerConfig, Tuning, from_env
+from connector.tuning import BrokerOptions, SchedulerConfig, TraceOptions, Tuning, from_env
 
 __all__ = [
     "DEFAULTS_CHOICES",
@@ -104,6 +104,7 @@ class Settings:
     worker_queues: tuple[str, ...] = ()  # WORKER_QUEUES: a worker limited to these queues
     metrics_dir: str | None = None  # PROMETHEUS_MULTIPROC_DIR
     logs: LogOptions = field(default_factory=LogOptions)
+    trace: TraceOptions = field(default_factory=TraceOptions)  # TRACE_RETENTION_HOURS, ...
     _by_key: Mapping[str, Connection] = field(default_factory=dict, repr=False)
     _by_id: Mapping[str, Connection] = field(default_factory=dict, repr=False)
 
@@ -213,6 +214,7 @@ def load_settings(
     status_page = (env.get("STATUS_PAGE") or "on").strip().lower()
     if status_page not in ("on", "off", "1", "0", "true", "false", "yes", "no"):
         problems.append(f"STATUS_PAGE: must be on or off, not {status_page!r}")
+    trace = trace_options(env, problems)
     if problems:
         raise ConfigError(problems)
     return Settings(
@@ -233,6 +235,7 @@ def load_settings(
         worker_queues=tuple(q.strip() for q in env.get("WORKER_QUEUES", "").split(",") if q.strip()),
         metrics_dir=metrics_directory(env),
         logs=log_options(env),
+        trace=trace,
         _by_key=by_key,
         _by_id=by_id,
     )
@@ -250,6 +253,37 @@ def redis_tls_verify(env: Mapping[str, str] | None = None, problems: list[str] |
         raise ConfigError([problem])
     problems.append(problem)
     return "required"
+
+
+def trace_options(env: Mapping[str, str] | None = None, problems: list[str] | None = None) -> TraceOptions:
+    """``TRACE_RETENTION_HOURS`` (0..720, default 24) and ``TRACE_SAMPLE_ABOVE_PER_MINUTE`` (an
+    integer >= 0, default 6000): how long event traces are kept, and above which rate of received
+    events a connection's delivered traces are sampled (see :mod:`connector.trace`)."""
+    env = environment() if env is None else env
+    found: list[str] = [] if problems is None else problems
+    default = TraceOptions()
+    hours, above = default.retention_hours, default.sample_above_per_minute
+    raw = (env.get("TRACE_RETENTION_HOURS") or "").strip()
+    if raw:
+        try:
+            hours = float(raw)
+            if not 0 <= hours <= 720:
+                raise ValueError
+        except ValueError:
+            found.append(f"TRACE_RETENTION_HOURS: must be a number of hours from 0 to 720, not {raw!r}")
+            hours = default.retention_hours
+    raw = (env.get("TRACE_SAMPLE_ABOVE_PER_MINUTE") or "").strip()
+    if raw:
+        try:
+            above = int(raw)
+            if above < 0:
+                raise ValueError
+        except ValueError:
+            found.append(f"TRACE_SAMPLE_ABOVE_PER_MINUTE: must be an integer >= 0, not {raw!r}")
+            above = default.sample_above_per_minute
+    if problems is None and found:
+        raise ConfigError(found)
+    return TraceOptions(retention_hours=hours, sample_above_per_minute=above)
 
 
 def _token(env: Mapping[str, str], name: str, problems: list[str]) -> Secret | None:

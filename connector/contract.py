@@ -16,7 +16,7 @@ a rolling upgrade, so names and shapes only ever grow:
   ``timestamp`` corrected for clock skew when it was sent, ``originalTimestamp`` as sent);
 - ``shared``: what every event of the request has in common, stored ONCE per message instead
   of once per event -- ``receivedAt``, the batch-level ``sentAt``, ``context`` and
-  ``integrations``.  Copied into each of up to 2,500 items, a 30 KB batch ``context`` made a
+  ``integrations``, and ``door`` (which endpoint took it, for the trace; never merged).  Copied into each of up to 2,500 items, a 30 KB batch ``context`` made a
   request of a few hundred bytes of gzip occupy tens of megabytes in Redis;
 - ``stored_bytes``: the bytes the message holds, reserved on the connection's backlog by the web
   and released by the workers as its events finish.
@@ -118,6 +118,7 @@ class DeliveryItem(TypedDict, total=False):
     enqueued_at: float  # appended to a Segment outbox (its retry window starts here)
     metadata_refreshed: bool  # a refused upsert already waited for a fresh metadata schema
     metadata_counted: bool  # its dropped metadata keys were counted once
+    trace_id: str  # the event id its trace records go under (a Voucherify event id)
 
 
 def backlog_of(item: Mapping[str, Any]) -> tuple[int, int]:

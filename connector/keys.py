@@ -24,6 +24,13 @@ Layout (``{p}`` is the prefix, ``{c}`` a connection id)::
     {p}backlog:{c}                      string  events accepted and not finished (never expires)
     {p}backlog_bytes:{c}                string  bytes those events occupy in Redis (never expires)
     {p}backlog_idle:{c}                 string  the scheduler's first look at idle counters (TTL)
+    {p}trace:h:{id}                     list    an event's received/mapping records (JSON, TTL, capped)
+    {p}trace:s:{id}                     list    its attempts, waits and outcomes (JSON, TTL, newest kept)
+    {p}ov:{c}:m:{minute}                hash    overview counters of one minute (TTL ~2 h)
+    {p}ov:{c}:h:{hour}                  hash    overview counters of one hour (TTL ~25 h)
+    {p}ov:{c}:s:{field}                 list    a few sample event ids of one overview field (TTL)
+    {p}workers                          zset    worker name -> last heartbeat (epoch ms)
+    {p}workers:queues                   hash    worker name -> the queues it consumes (comma-separated)
 
 Keys of one connection are not hash-tagged: the connector targets a single Redis (the broker),
 and the Lua scripts touch only keys they are passed.
@@ -101,3 +108,26 @@ class Keys:
 
     def backlog_idle(self, connection_id: str) -> str:
         return f"{self.prefix}backlog_idle:{connection_id}"
+
+    def trace_head(self, event_id: str) -> str:
+        return f"{self.prefix}trace:h:{event_id}"
+
+    def trace_steps(self, event_id: str) -> str:
+        return f"{self.prefix}trace:s:{event_id}"
+
+    def overview_minute(self, connection_id: str, minute: int) -> str:
+        return f"{self.prefix}ov:{connection_id}:m:{minute}"
+
+    def overview_hour(self, connection_id: str, hour: int) -> str:
+        return f"{self.prefix}ov:{connection_id}:h:{hour}"
+
+    def overview_samples(self, connection_id: str, field: str) -> str:
+        return f"{self.prefix}ov:{connection_id}:s:{field}"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}workers"
+
+    @property
+    def workers_queues(self) -> str:
+        return f"{self.prefix}workers:queues"

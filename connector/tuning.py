@@ -127,3 +127,18 @@ class BrokerOptions:
     # kombu's Redis pool for a worker's acks and restores (a gevent worker acks from up to
     # --concurrency greenlets at once).
     max_connections: int = knob(500, "CONNECTOR_BROKER_MAX_CONNECTIONS")
+
+
+@dataclass(frozen=True)
+class TraceOptions:
+    """Event traces (:mod:`connector.trace`), read by :mod:`connector.config` from
+    ``TRACE_RETENTION_HOURS`` (default 24; 0 turns traces off, the overview stays) and
+    ``TRACE_SAMPLE_ABOVE_PER_MINUTE`` (default 6000: above that many received events a minute on a
+    connection, only a share of the delivered events keep their trace; 0: never sample)."""
+
+    retention_hours: float = 24.0
+    sample_above_per_minute: int = 6000
+
+    @property
+    def retention_seconds(self) -> int:
+        return int(self.retention_hours * 3600)

@@ -12,6 +12,8 @@
     connector send-test   [-c C] [--no-wait] [--timeout S]  one sample event through a connection
     connector stats       [--json]               queues, retry backlog, dead letters, rate limits
     connector map         [-c C] --event FILE [--send] [--json]   dry run of one event's mapping
+    connector trace       ID [--json]            the journey of one event (received ... outcome)
+    connector overview    [--json]               per connection: last hour / day by outcome and reason
 
 ``check``, ``send-test``, ``stats`` and ``map`` read the configuration as the processes do.
 With none of REDIS_URL, CONNECTIONS_FILE, INGEST_WRITE_KEYS, VOUCHERIFY_APP_ID set, every
@@ -19,7 +21,8 @@ command uses the ``make run`` running from this checkout (``.run/cli.env``, see
 :mod:`ops.runfile`) and says so on stderr.
 
 Wiring only: each command lives in its own module (``ops.dlq``, ``ops.scheduler``,
-``ops.check``, ``ops.send_test``, ``ops.stats``, ``ops.mapcmd``).
+``ops.check``, ``ops.send_test``, ``ops.stats``, ``ops.mapcmd``, ``ops.tracecmd``,
+``ops.overviewcmd``).
 """
 
 from __future__ import annotations
@@ -39,9 +42,11 @@ COMMANDS = {
     "check": "ops.check:check",
     "dlq": "ops.dlq:dlq",
     "map": "ops.mapcmd:map_command",
+    "overview": "ops.overviewcmd:overview_command",
     "scheduler": "ops.scheduler:scheduler",
     "send-test": "ops.send_test:send_test",
     "stats": "ops.stats:stats",
+    "trace": "ops.tracecmd:trace_command",
 }
 
 

@@ -98,8 +98,9 @@ def process_segment_events(
     shares = backlog_shares(stored_bytes, len(events))
     with _task(rt, connection, connection_id, DESTINATION) as ctx:
         items: list[DeliveryItem] = []
+        door = str((shared or {}).get("door") or "segment")
         for event, share in zip(events, shares or [0] * len(events), strict=True):
-            items.extend(_map_segment_event(ctx, expand(event, shared), share))
+            items.extend(_map_segment_event(ctx, expand(event, shared), share, door))
         _run(ctx, ctx.target.coalesce(items))
 
 
@@ -147,10 +148,15 @@ def process_voucherify_webhook(
         return
     with _task(rt, connection, connection_id, SOURCE) as ctx:
         bare = {"payload": payload, "received_at": received_at, "backlog": 1, "backlog_bytes": stored_bytes}
+        event_id, event_type = _webhook_ident(payload)
+        ctx.trace.received(
+            event_id, connection=connection_id, direction=SOURCE, door="voucherify_webhook", at=received_at
+        )
         try:
             request = _map_webhook(payload, connection)
         except SkipEvent as exc:
-            finish_skipped(ctx, None, bare, exc.reason, message_id=_webhook_id(payload))
+            ctx.trace.mapping(event_id, type=event_type, skip=exc.reason)
+            finish_skipped(ctx, None, bare, exc.reason, message_id=event_id)
             return
         except MappingError as exc:
             finish_dead(ctx, bare, MAPPING_ERROR, exc.message)
@@ -161,8 +167,15 @@ def process_voucherify_webhook(
             log.exception("mapping a Voucherify webhook failed", extra={"connection": connection_id})
             finish_dead(ctx, bare, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
             return
+        ctx.trace.mapping(
+            event_id,
+            type=event_type,
+            requests=[f"{request.method} {request.path} {_segment_name(request)}".rstrip()],
+        )
         item = new_item(request, payload, received_at, 1, stored_bytes)
         item["enqueued_at"] = time.time()
+        if event_id:
+            item["trace_id"] = event_id
         outbox = Outbox(ctx.client, ctx.keys, connection_id)
         keep = ctx.target.dedupe_keep(ctx.window, ctx.ledger_keep)  # type: ignore[attr-defined]
         if not outbox.append(item, ctx.queue, dedupe_key=request.idempotency_key, keep=keep):
@@ -186,17 +199,24 @@ def flush_segment_outbox(
 # Mapping one Segment event
 
 
-def _map_segment_event(ctx: Context, event: dict[str, Any], stored_bytes: int = 0) -> list[DeliveryItem]:
+def _map_segment_event(
+    ctx: Context, event: dict[str, Any], stored_bytes: int = 0, door: str = "segment"
+) -> list[DeliveryItem]:
     message_id = str(event.get("messageId")) if isinstance(event, dict) and event.get("messageId") else None
     received_at = _received_at(event)
     bare = {"payload": event, "received_at": received_at, "backlog": 1, "backlog_bytes": stored_bytes}
+    ctx.trace.received(
+        message_id, connection=ctx.connection_id, direction=DESTINATION, door=door, at=received_at
+    )
     try:
         mapped = _map_event(event, ctx.connection)
         requests, failures = (mapped, []) if isinstance(mapped, list) else (mapped.requests, mapped.failures)
+        _trace_mapping(ctx, message_id, event, mapped, requests, failures)
         if not requests and failures:
             # Every matching subscription failed: the event is dead-lettered once, with each reason.
             raise failures[0][1] if len(failures) == 1 else MappingError(_failure_text(failures))
     except SkipEvent as exc:
+        ctx.trace.mapping(message_id, type=event.get("type"), skip=exc.reason)
         finish_skipped(ctx, None, bare, exc.reason, message_id=message_id)
         return []
     except MappingError as exc:
@@ -231,6 +251,31 @@ def _map_segment_event(ctx: Context, event: dict[str, Any], stored_bytes: int = 
     ]
 
 
+def _trace_mapping(
+    ctx: Context,
+    message_id: str | None,
+    event: dict[str, Any],
+    mapped: Any,
+    requests: list[OutboundRequest],
+    failures: list[tuple[str, MappingError]],
+) -> None:
+    """Which subscriptions matched, which did not (and why), which failed, and the calls."""
+    ctx.trace.mapping(
+        message_id,
+        type=event.get("type"),
+        matched=list(getattr(mapped, "matched", ())),
+        not_matched={name: "trigger did not match" for name in getattr(mapped, "not_matched", ())},
+        failed={name: exc.message for name, exc in failures},
+        requests=[f"{r.method} {r.path}" for r in requests],
+    )
+
+
+def _segment_name(request: OutboundRequest) -> str:
+    body = request.body
+    name = body.get("event") if isinstance(body, dict) else None
+    return repr(name) if isinstance(name, str) else ""
+
+
 def _failure_text(failures: list[tuple[str, MappingError]]) -> str:
     return " ".join(f"[{name}] {exc.message}" for name, exc in failures)
 
@@ -245,10 +290,20 @@ def _received_at(event: Any) -> float | None:
     return None
 
 
-def _webhook_id(payload: Any) -> str | None:
+def _webhook_ident(payload: Any) -> tuple[str | None, str | None]:
+    """The Voucherify event id (``event.id`` in the 2024 envelope, ``id`` in the older ones) --
+    what the web answered the sender with and what ``connector trace`` is asked for -- and the
+    event's type."""
+    from connector.envelope import parse_webhook
+
+    try:
+        event = parse_webhook(payload)
+        return event.event_id[:200], event.type[:100]
+    except (MappingError, AttributeError, TypeError):
+        pass
     if isinstance(payload, dict) and payload.get("id") is not None:
-        return str(payload["id"])[:200]
-    return None
+        return str(payload["id"])[:200], None
+    return None, None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -95,6 +95,7 @@ def context_for(rt: Runtime, connection: Connection, direction: str) -> Context:
         budgets=budgets,
         deadline=time.monotonic() + rt.tuning.task_budget,
         slots=rt.slots(target.base_url),
+        trace_options=rt.settings.trace,
     )
 
 

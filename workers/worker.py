@@ -8,7 +8,9 @@ regions, e.g. a Procfile line per region for workers placed near each region.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 
 from connector import multiprocess
 
@@ -16,15 +18,19 @@ from connector import multiprocess
 # metrics land in the shared directory that the web's /metrics merges.
 multiprocess.setup("worker")
 
+import redis  # noqa: E402
 from celery.signals import (  # noqa: E402
     setup_logging,
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
+    worker_shutdown,
 )
 
+from connector import heartbeat, redisconn  # noqa: E402
 from connector.celery_app import celery, celery_config, queues_for  # noqa: E402
 from connector.config import ConfigError, exit_on_config_error  # noqa: E402
+from connector.keys import Keys  # noqa: E402
 from connector.logs import configure_logging  # noqa: E402
 from workers import tasks  # noqa: E402, F401  (registers the tasks)
 from workers.restore import start_sweeper  # noqa: E402
@@ -64,6 +70,26 @@ def _sweep_unacked(**_: object) -> None:
     # Messages of a worker that died come back after the visibility timeout only if someone
     # sweeps; kombu does not under --pool gevent (see workers.restore).
     start_sweeper(celery)
+
+
+_beat: list[tuple[redis.Redis, Keys, str]] = []
+
+
+@worker_ready.connect
+def _heartbeat(**_: object) -> None:
+    # The "workers absent" alert (connector_workers_alive{queue}, read by the web's /metrics).
+    client = redisconn.client(settings.redis_url, settings.redis_tls_verify, socket_timeout=5)
+    name = f"{socket.gethostname()}:{os.getpid()}"
+    keys = Keys(settings.key_prefix)
+    _beat.append((client, keys, name))
+    heartbeat.start(client, keys, name, list(settings.worker_queues) or _all_queues)
+
+
+@worker_shutdown.connect
+def _heartbeat_gone(**_: object) -> None:
+    for client, keys, name in _beat:
+        with contextlib.suppress(redis.RedisError):  # stopping anyway: the entry ages out
+            heartbeat.gone(client, keys, name)
 
 
 @worker_ready.connect

@@ -182,6 +182,24 @@ def test_cli_from_another_shell_ctrl_c_and_a_quick_restart(tmp_path: Path) -> No
             timeout=30,
             what="the fake Segment got the webhook's track call",
         )
+        # ...and the README's "where is my event?": its trace by the event id the answer gave,
+        # and by the messageId of the README's curl, from the second shell.
+        event_id = json.loads(output.strip().splitlines()[0])["event_id"]
+        wait_until(
+            lambda: "delivered" in connector(shell, "trace", event_id).stdout.splitlines()[0],
+            timeout=30,
+            what="connector trace of the README's webhook",
+        )
+        assert "via voucherify_webhook on connection sandbox" in connector(shell, "trace", event_id).stdout
+        curl = {"userId": "user-1", "event": "Order Completed", "messageId": "my-first-event"}
+        assert requests.post(web + "/v1/track", auth=("sandbox-write-key", ""), json=curl, timeout=5).ok
+        wait_until(
+            lambda: "POST /v1/events -> 20" in connector(shell, "trace", "my-first-event").stdout,
+            timeout=30,
+            what="connector trace my-first-event",
+        )
+        overview = connector(shell, "overview")
+        assert overview.returncode == 0 and overview.stdout.startswith("sandbox"), overview.stderr
         # The README's fault injection, pasted: the scripts it sets are shown, then cleared.
         output = run_readme_block(faults_block, ports, tmp_path)
         assert '"remaining":[503,503]' in output.replace(" ", ""), output

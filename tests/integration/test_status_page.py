@@ -1,5 +1,7 @@
 """``make run``'s sandbox, as a newcomer sees it: the status page at ``/`` rendered by a real
-headless Chromium, with the deliveries the sandbox's fakes received on it.
+headless Chromium, with the deliveries the sandbox's fakes received on it (bodies included,
+fetched by the server: the page works through a port forward), the delivery overview with sample
+ids, and the trace view its search box opens.
 
 ``ops.run`` runs as ``make run`` does (honcho, web + worker + scheduler + the two fakes);
 only the run directory, the port and the Redis database are the test's own.  Chromium comes
@@ -100,6 +102,21 @@ def test_sandbox_status_page_shows_connections_queues_and_deliveries(tmp_path: P
             timeout=10,
         )
         assert answer.status_code == 200, answer.text
+        # One that the ingest refuses (its id is the overview's sample), one with markup in it.
+        refused = requests.post(
+            web + "/v1/batch",
+            auth=(SANDBOX["write_key"], ""),
+            json={"batch": [{"type": "track", "event": "x", "messageId": "page-bad-1"}]},
+            timeout=10,
+        )
+        assert refused.status_code == 400
+        marked = {
+            "userId": "user-2",
+            "event": "<b>Bold</b>",
+            "messageId": "page-ok-1",
+            "properties": {"note": "<i>x</i>"},
+        }
+        assert requests.post(web + "/v1/track", auth=(SANDBOX["write_key"], ""), json=marked, timeout=10).ok
         wait_until(
             lambda: any(
                 r["path"] == "/v1/events" for r in requests.get(vf_url + "/__fake/requests", timeout=2).json()
@@ -109,6 +126,24 @@ def test_sandbox_status_page_shows_connections_queues_and_deliveries(tmp_path: P
         )
         assert "sandbox-secret-key" not in requests.get(web + "/", timeout=5).text
 
+        wait_until(
+            lambda: (
+                sum(
+                    r["path"] == "/v1/events"
+                    for r in requests.get(vf_url + "/__fake/requests", timeout=2).json()
+                )
+                >= 2
+            ),
+            timeout=30,
+            what="the fake Voucherify received both events",
+        )
+
+        def overview_counted() -> bool:
+            hour = requests.get(web + "/status.json", timeout=5).json()["overview"]["sandbox"]["last_hour"]
+            return hour["delivered"] >= 2 and hour["rejected"].get("missing_identity") == 1
+
+        wait_until(overview_counted, timeout=20, what="the overview counts the events")
+
         dom = render(web + "/", tmp_path)
         (tmp_path / "status-dom.html").write_text(dom)
         assert 'data-connection="sandbox"' in dom
@@ -117,8 +152,24 @@ def test_sandbox_status_page_shows_connections_queues_and_deliveries(tmp_path: P
         assert 'class="delivery" data-fake="voucherify"' in dom
         assert "POST /v1/events" in dom
         assert '<td class="ok status">200</td>' in dom or '<td class="ok status">201</td>' in dom
+        # Bodies, as the Event Tester shows them: rendered server-side and escaped.
+        assert '<pre class="body">' in dom and "Order Completed" in dom
+        assert "&lt;b&gt;Bold&lt;/b&gt;" in dom and "<b>Bold</b>" not in dom
+        # The overview: counts per field, the refused event's id as a sample linking to its trace.
+        assert '<table class="overview" data-connection="sandbox">' in dom
+        assert '<tr data-field="rejected:missing_identity">' in dom
+        assert 'href="/trace?id=page-bad-1"' in dom
+        assert 'id="trace-search"' in dom
         for secret in (SANDBOX["secret_key"], SANDBOX["webhook_secret"], SANDBOX["segment_write_key"]):
             assert secret not in dom
+
+        # The search box's target: the delivered event's journey, server-rendered.
+        trace_dom = render(web + "/trace?id=page-ok-1", tmp_path)
+        (tmp_path / "trace-dom.html").write_text(trace_dom)
+        assert 'data-outcome="delivered"' in trace_dom
+        assert 'data-kind="attempt"' in trace_dom and "POST /v1/events -&gt; 20" in trace_dom
+        for secret in (SANDBOX["secret_key"], SANDBOX["webhook_secret"], SANDBOX["segment_write_key"]):
+            assert secret not in trace_dom
 
         # The whole pipeline's metrics, merged (make run sets PROMETHEUS_MULTIPROC_DIR).
         metrics = requests.get(web + "/metrics", timeout=5).text

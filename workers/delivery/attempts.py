@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from connector import USER_AGENT, metrics
+from connector import USER_AGENT, metrics, overview
 from connector.contract import DeliveryItem, backlog_of
 from connector.errors import TransportFailure
 from workers.delivery import outcomes
@@ -119,8 +119,36 @@ def append_history(history: list[dict[str, Any]], entry: dict[str, Any], keep: i
         del history[1 : len(history) - keep + 1]
 
 
+def trace_ids(item: Mapping[str, Any]) -> list[str]:
+    """The event ids an item's trace records go under: the id the pipeline gave it (a
+    Voucherify event id), else the request's message id and those of its coalesced parts, else
+    the payload's own id."""
+    if item.get("trace_id"):
+        return [str(item["trace_id"])]
+    request = item.get("request") or {}
+    ids = [request.get("message_id"), *((p or {}).get("message_id") for p in request.get("parts") or ())]
+    found = [str(i) for i in ids if i]
+    if not found:
+        own = _payload_id(item.get("payload"))
+        return [own] if own else []
+    return found
+
+
+def record_attempt(ctx: Context, ids: Sequence[str], method: str, path: str, answer: Answer) -> None:
+    """The attempt in the trace of each of ``ids``: never a header, the answer cut short."""
+    ctx.trace.attempt(
+        ids,
+        method=method,
+        path=path,
+        status=status_of(answer),
+        latency_ms=int(answer.latency * 1000),
+        answer=excerpt(answer) or None,
+        error=answer.message if isinstance(answer, TransportFailure) else None,
+    )
+
+
 def attempt(ctx: Context, request: OutboundRequest, item: DeliveryItem) -> Answer:
-    """Send ``request`` for ``item`` and record the attempt on the item."""
+    """Send ``request`` for ``item`` and record the attempt on the item (and its trace)."""
     body = orjson.dumps(request.body) if request.body is not None else None
     now = time.time()
     if not item.get("first_attempt_at"):
@@ -128,6 +156,7 @@ def attempt(ctx: Context, request: OutboundRequest, item: DeliveryItem) -> Answe
     item["attempts"] = int(item.get("attempts") or 0) + 1
     answer = send(ctx, request.method, request.path, body, request.headers)
     append_history(item.setdefault("history", []), history_entry(answer, now))
+    record_attempt(ctx, trace_ids(item), request.method, request.path, answer)
     return answer
 
 
@@ -179,6 +208,9 @@ def delivered(
             attempt=attempt if attempt is not None else item.get("attempts"),
             latency_ms=int(answer.latency * 1000),
         )
+        ctx.trace.outcome(
+            trace_ids(item), connection=ctx.connection_id, outcome=overview.DELIVERED, status=answer.status
+        )
         item_units, item_bytes = backlog_of(item)
         units += item_units
         stored += item_bytes
@@ -193,9 +225,16 @@ def retrying(
     attempt: int | None,
     message_id: str | None = None,
     action: str | None = None,
+    ids: Sequence[str] = (),
+    until: float | None = None,
 ) -> None:
-    """A failed attempt that will be tried again (the caller parks it)."""
+    """A failed attempt that will be tried again (the caller parks it until ``until``)."""
     status = status_of(answer)
+    ctx.trace.outcome(
+        ids, connection=ctx.connection_id, outcome=overview.FAILED, status=status, error=error_text(answer)
+    )
+    if until is not None:
+        ctx.trace.wait(ids, connection=ctx.connection_id, reason="retry", until=until)
     metrics.child(metrics.RETRIES_SCHEDULED, ctx.connection_id, ctx.direction).inc()
     metrics.child(
         metrics.DELIVERIES,
@@ -222,10 +261,12 @@ def retrying(
 def throttled(ctx: Context) -> None:
     """A call that waits for its budget (no attempt counted)."""
     metrics.child(metrics.RATE_LIMIT_WAITS, ctx.connection_id, ctx.target.name).inc()
+    ctx.trace.count(ctx.connection_id, overview.WAITING_QUOTA)
 
 
-def parked(ctx: Context, request: OutboundRequest, item: DeliveryItem, reason: str) -> None:
+def parked(ctx: Context, request: OutboundRequest, item: DeliveryItem, reason: str, due: float) -> None:
     metrics.child(metrics.PARKED, ctx.connection_id, ctx.direction, reason).inc()
+    ctx.trace.wait(trace_ids(item), connection=ctx.connection_id, reason=reason, until=due)
     outcomes.report(
         connection=ctx.connection_id,
         direction=ctx.direction,
@@ -256,6 +297,8 @@ def finish_skipped(
         message_id=request.message_id if request else message_id,
         action=request.action if request else None,
     )
+    ids = trace_ids(item) or ([message_id] if message_id else [])
+    ctx.trace.outcome(ids, connection=ctx.connection_id, outcome=overview.SKIPPED, reason=reason)
     ctx.release_backlog(*backlog_of(item))
     return Step.done(reason)
 
@@ -325,6 +368,14 @@ def report_dead(ctx: Context, item: Mapping[str, Any], failure: Failure) -> Step
         action=(request or {}).get("action"),
         status=failure.status,
         attempt=item.get("attempts"),
+        error=failure.error,
+    )
+    ctx.trace.outcome(
+        trace_ids(item) or ([message_id] if message_id else []),
+        connection=ctx.connection_id,
+        outcome=overview.DEAD_LETTER,
+        reason=failure.reason,
+        status=failure.status,
         error=failure.error,
     )
     ctx.release_backlog(*backlog_of(item))

@@ -12,7 +12,8 @@ import redis
 from connector import backlog
 from connector.config import Connection
 from connector.keys import Keys
-from connector.tuning import Tuning
+from connector.trace import Recorder
+from connector.tuning import TraceOptions, Tuning
 from workers.delivery.budgets import Budgets
 from workers.delivery.deadletters import DeadLetters
 from workers.delivery.ledger import Ledger
@@ -32,6 +33,9 @@ class Context:
     budgets: Budgets
     deadline: float = 0.0  # time.monotonic() after which work is parked, not started
     slots: threading.BoundedSemaphore | None = None  # send slots towards the target (None: no bound)
+    trace_options: TraceOptions = field(default_factory=TraceOptions)
+    # The task's trace records and overview counts, written once when the task ends (flush).
+    trace: Recorder = field(init=False)
     ledger: Ledger = field(init=False)
     stale: StaleGuard = field(init=False)
     dead_letters: DeadLetters = field(init=False)
@@ -43,6 +47,7 @@ class Context:
         self.ledger = Ledger(self.client, self.keys, self.connection_id)
         self.stale = StaleGuard(self.client, self.keys, self.connection_id)
         self.dead_letters = DeadLetters(self.client, self.keys)
+        self.trace = Recorder(self.keys, self.trace_options)
 
     # The target's data, as the delivery code reads it.
     @property
@@ -91,3 +96,4 @@ class Context:
             stored, self._bytes = self._bytes, 0
         if units or stored:
             backlog.release(self.client, self.connection_id, units, stored, keys=self.keys)
+        self.trace.flush(self.client)

@@ -68,7 +68,7 @@ def deliver_one(ctx: Context, item: DeliveryItem) -> Step:
 
 
 def _park(ctx: Context, request: OutboundRequest, item: DeliveryItem, reason: str, due: float) -> Step:
-    attempts.parked(ctx, request, item, reason)
+    attempts.parked(ctx, request, item, reason, due)
     return Step.parked(reason, due)
 
 
@@ -204,6 +204,8 @@ def _retry_or_dead(
         attempt=item.get("attempts"),
         message_id=request.message_id,
         action=request.action,
+        ids=attempts.trace_ids(item),
+        until=now + decision.delay,
     )
     return Step.parked("retry", now + decision.delay)
 

@@ -111,6 +111,8 @@ def _flush_locked(ctx: Context, target: BatchTarget, outbox: Outbox, token: str,
             return
         metrics.BATCH_SIZE.observe(len(batch.items))
         answer = attempts.send(ctx, "POST", target.batch_path, batch.body, {})
+        ids = [i for item in batch.items for i in attempts.trace_ids(item)]
+        attempts.record_attempt(ctx, ids, "POST", target.batch_path, answer)
         verdict = classify(answer)
         observation = attempts.observe(ctx, budgets, answer)
         if verdict is Verdict.SUCCESS:
@@ -123,7 +125,7 @@ def _flush_locked(ctx: Context, target: BatchTarget, outbox: Outbox, token: str,
             result.sent += len(batch.items)
             outbox.refresh(token)
             continue
-        history = _record_failure(ctx, outbox, state, answer, observation.wait)
+        history = _record_failure(ctx, outbox, state, answer, observation.wait, ids)
         if verdict is Verdict.PERMANENT:
             failure = Failure.of(REJECTED, answer, history)
             dead = [(item, failure) for item in batch.items]
@@ -139,7 +141,12 @@ def _flush_locked(ctx: Context, target: BatchTarget, outbox: Outbox, token: str,
 
 
 def _record_failure(
-    ctx: Context, outbox: Outbox, state: dict[str, str], answer: Answer, server_wait: float | None
+    ctx: Context,
+    outbox: Outbox,
+    state: dict[str, str],
+    answer: Answer,
+    server_wait: float | None,
+    ids: list[str],
 ) -> list[dict[str, Any]]:
     now = time.time()
     history: list[dict[str, Any]] = orjson.loads(state["history"]) if state.get("history") else []
@@ -156,7 +163,9 @@ def _record_failure(
         first_failure_at=state.get("first_failure_at") or now,
         history=orjson.dumps(history).decode(),
     )
-    attempts.retrying(ctx, answer, reason=f"batch retry in {delay:.1f}s", attempt=len(history))
+    attempts.retrying(
+        ctx, answer, reason=f"batch retry in {delay:.1f}s", attempt=len(history), ids=ids, until=now + delay
+    )
     return history
 
 

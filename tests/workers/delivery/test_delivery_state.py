@@ -214,7 +214,11 @@ def test_rate_limiter_pause_and_slow_down(client: redis.Redis, keys: Keys) -> No
 def test_rate_limiter_observe_429_and_low_remaining(client: redis.Redis, keys: Keys) -> None:
     # What Voucherify's answers say about its budget, applied to the connection's budgets.
     target = VoucherifyTarget(
-        make_connection(rate=100), client=client, keys=keys, tuning=Tuning(), budgets=Budgets(client, keys, "acme")
+        make_connection(rate=100),
+        client=client,
+        keys=keys,
+        tuning=Tuning(),
+        budgets=Budgets(client, keys, "acme"),
     )
     budgets = target.budgets_for(None)
     limiter = target.budgets.limiter("voucherify")

@@ -45,6 +45,10 @@ class MappingResult:
     requests: list[OutboundRequest]
     # Matching subscriptions whose mapping failed, with the error (the others still deliver).
     failures: list[tuple[str, MappingError]]
+    # Names of the subscriptions (of the event's call type) whose trigger matched, and of those
+    # whose trigger did not: what ``connector trace`` shows of the mapping.
+    matched: tuple[str, ...] = ()
+    not_matched: tuple[str, ...] = ()
 
 
 class Route:
@@ -192,16 +196,20 @@ class CompiledDestination:
             raise SkipEvent("track_filtered", "the event name is not in track_events_filter")
         requests: list[OutboundRequest] = []
         failures: list[tuple[str, MappingError]] = []
+        matched: list[str] = []
+        not_matched: list[str] = []
         for r in routes:
             if r.matches is not None and not r.matches(event):
+                not_matched.append(r.name)
                 continue
+            matched.append(r.name)
             try:
                 requests.extend(r.apply(event))
             except MappingError as exc:
                 failures.append((r.name, exc))
         if not requests and not failures:
             raise SkipEvent("no_subscription", "no subscription matches the event")
-        return MappingResult(requests, failures)
+        return MappingResult(requests, failures, tuple(matched), tuple(not_matched))
 
     def map(self, event: Mapping[str, Any]) -> list[OutboundRequest]:
         result = self.map_detailed(event)

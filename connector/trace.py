@@ -1,0 +1,403 @@
+"""Event traces (SPEC 12, ``connector trace ID``): the journey of one event, kept in Redis.
+
+An event's trace is two Redis lists of small JSON records, keyed by its id (a Segment
+``messageId`` or a Voucherify event id)::
+
+    trace:h:{id}   received, mapping              capped at MAX_HEAD (the first ones kept)
+    trace:s:{id}   attempt, wait, outcome          capped at MAX_STEPS (the newest kept)
+
+Both expire ``TRACE_RETENTION_HOURS`` (default 24) after the last write.  Memory is bounded:
+each record is a few hundred bytes at most (answer excerpts are cut, never a payload, never a
+header), each id holds at most MAX_HEAD + MAX_STEPS records, and when a connection receives more
+than ``TRACE_SAMPLE_ABOVE_PER_MINUTE`` events a minute only 1 in N delivered events keeps its
+trace (N = rate / that bound, chosen by a hash of the id, so every process agrees).  Failures
+(dead letters, retries) and skips are ALWAYS kept: they are what an operator looks for.
+
+Writing is cheap: a process collects records and overview counters in a :class:`Recorder` and
+writes them in one pipelined round trip -- a worker once per task (with its backlog release),
+the web at most once a second (:meth:`Recorder.autoflush`).  Only a task that delivered
+something under heavy load reads first (two counters) to decide what to sample.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+import redis
+
+from connector import overview
+from connector.keys import Keys
+from connector.tuning import TraceOptions
+
+log = logging.getLogger("connector.trace")
+
+MAX_HEAD: Final = 8
+MAX_STEPS: Final = 40
+EXCERPT_CHARS: Final = 300
+MAX_ID_CHARS: Final = 200
+
+
+def keep_one_in(rate_per_minute: int, bound: int) -> int:
+    """N of "keep 1 in N delivered traces" at ``rate_per_minute`` received events."""
+    if bound <= 0 or rate_per_minute <= bound:
+        return 1
+    return math.ceil(rate_per_minute / bound)
+
+
+def sampled(event_id: str, one_in: int) -> bool:
+    """Whether ``event_id``'s delivered trace is kept at 1 in ``one_in`` (the same answer in
+    every process: a hash of the id, not a random draw)."""
+    return one_in <= 1 or zlib.crc32(event_id.encode()) % one_in == 0
+
+
+def _clean_id(event_id: Any) -> str | None:
+    if event_id is None or event_id == "":
+        return None
+    return str(event_id)[:MAX_ID_CHARS]
+
+
+def excerpt(text: str | None) -> str | None:
+    if not text:
+        return None
+    return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "…"
+
+
+class Recorder:
+    """Trace records and overview counts of one task (worker) or one process (web), written by
+    :meth:`flush` in one pipeline.  Thread- and greenlet-safe (a task delivers concurrently)."""
+
+    def __init__(self, keys: Keys, options: TraceOptions | None = None) -> None:
+        self.keys = keys
+        self.options = options or TraceOptions()
+        self._lock = threading.Lock()
+        self._head: list[tuple[str, bytes]] = []
+        self._steps: list[tuple[str, bytes]] = []
+        self._counts: dict[tuple[str, str], int] = {}
+        self._samples: list[tuple[str, str, str]] = []  # (connection, field, event id)
+        self._delivered: dict[str, str] = {}  # event id -> connection: sampling candidates
+        self._last_flush = time.monotonic()
+        self._flusher_pid: int | None = None
+
+    # --- recording ------------------------------------------------------------------------
+
+    def _record(
+        self, section: list[tuple[str, bytes]], ids: Iterable[Any], kind: str, fields: dict[str, Any]
+    ) -> None:
+        if self.options.retention_seconds <= 0:
+            return
+        record = {
+            "t": round(time.time(), 3),
+            "kind": kind,
+            **{k: v for k, v in fields.items() if v is not None},
+        }
+        data = orjson.dumps(record)
+        clean = [i for i in (_clean_id(x) for x in ids) if i is not None]
+        with self._lock:
+            section.extend((i, data) for i in dict.fromkeys(clean))
+
+    def count(
+        self, connection: str, kind: str, reason: str | None = None, n: int = 1, sample: Any = None
+    ) -> None:
+        name = overview.field(kind, reason)
+        sample_id = _clean_id(sample)
+        with self._lock:
+            self._counts[(connection, name)] = self._counts.get((connection, name), 0) + n
+            if sample_id is not None:
+                self._samples.append((connection, name, sample_id))
+
+    def received(
+        self, event_id: Any, *, connection: str, direction: str, door: str, at: float | None
+    ) -> None:
+        self._record(
+            self._head,
+            [event_id],
+            "received",
+            {"connection": connection, "direction": direction, "door": door, "at": at},
+        )
+
+    def rejected(self, event_id: Any, *, connection: str, direction: str, door: str, code: str) -> None:
+        """Refused at ingest: a trace (always kept) and a sample of the overview's count."""
+        self._record(
+            self._head,
+            [event_id],
+            "received",
+            {"connection": connection, "direction": direction, "door": door, "rejected": code},
+        )
+        self.sample(connection, overview.REJECTED, code, event_id)
+
+    def sample(self, connection: str, kind: str, reason: str | None, event_id: Any) -> None:
+        """``event_id`` as a sample of an overview field counted elsewhere (the ingest's
+        counts are the metrics' own calls)."""
+        sample_id = _clean_id(event_id)
+        if sample_id is not None:
+            with self._lock:
+                self._samples.append((connection, overview.field(kind, reason), sample_id))
+
+    def mapping(self, event_id: Any, **fields: Any) -> None:
+        self._record(self._head, [event_id], "mapping", fields)
+
+    def attempt(
+        self,
+        ids: Sequence[Any],
+        *,
+        method: str,
+        path: str,
+        status: int | None,
+        latency_ms: int,
+        answer: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        self._record(
+            self._steps,
+            ids,
+            "attempt",
+            {
+                "method": method,
+                "path": path,
+                "status": status,
+                "latency_ms": latency_ms,
+                "answer": excerpt(answer),
+                "error": excerpt(error),
+            },
+        )
+
+    def wait(self, ids: Sequence[Any], *, connection: str, reason: str, until: float) -> None:
+        self._record(self._steps, ids, "wait", {"reason": reason, "until": round(until, 3)})
+        if reason == "throttled":
+            self.count(connection, overview.WAITING_QUOTA, n=len(ids) or 1)
+
+    def outcome(
+        self,
+        ids: Sequence[Any],
+        *,
+        connection: str,
+        outcome: str,
+        reason: str | None = None,
+        status: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        """``outcome``: delivered | skipped | failed (retried later) | dead_letter."""
+        clean = [i for i in (_clean_id(x) for x in ids) if i is not None]
+        self._record(
+            self._steps,
+            clean,
+            "outcome",
+            {"outcome": outcome, "reason": reason, "status": status, "error": excerpt(error)},
+        )
+        # A failure is counted once (its first id is the sample); a delivery once per event it
+        # carried (a coalesced call delivers several).
+        if outcome == overview.DELIVERED:
+            self.count(connection, outcome, n=max(1, len(clean)))
+        else:
+            self.count(connection, outcome, reason, sample=clean[0] if clean else None)
+        if outcome == overview.DELIVERED:
+            with self._lock:
+                for event_id in clean:
+                    self._delivered.setdefault(event_id, connection)
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def flush(self, client: redis.Redis) -> None:
+        """Write what was collected (one pipeline; a read first only to sample under load).
+        Never raises a Redis error: a trace is not worth a requeued task or a refused event."""
+        with self._lock:
+            head, self._head = self._head, []
+            steps, self._steps = self._steps, []
+            counts, self._counts = self._counts, {}
+            samples, self._samples = self._samples, []
+            delivered, self._delivered = self._delivered, {}
+            self._last_flush = time.monotonic()
+        if not (head or steps or counts or samples):
+            return
+        try:
+            self._write(client, head, steps, counts, samples, delivered)
+        except redis.RedisError as exc:
+            log.warning("trace records not written", extra={"error": str(exc)[:200]})
+
+    def _dropped(self, client: redis.Redis, delivered: dict[str, str], now: float) -> set[str]:
+        bound = self.options.sample_above_per_minute
+        if not delivered or bound <= 0:
+            return set()
+        connections = sorted(set(delivered.values()))
+        minute = overview.minute_of(now)
+        pipe = client.pipeline(transaction=False)
+        for cid in connections:
+            pipe.hget(self.keys.overview_minute(cid, minute), overview.RECEIVED)
+            pipe.hget(self.keys.overview_minute(cid, minute - 1), overview.RECEIVED)
+        values = pipe.execute()
+        one_in = {
+            cid: keep_one_in(max(int(values[2 * i] or 0), int(values[2 * i + 1] or 0)), bound)
+            for i, cid in enumerate(connections)
+        }
+        return {eid for eid, cid in delivered.items() if not sampled(eid, one_in[cid])}
+
+    def _write(
+        self,
+        client: redis.Redis,
+        head: list[tuple[str, bytes]],
+        steps: list[tuple[str, bytes]],
+        counts: dict[tuple[str, str], int],
+        samples: list[tuple[str, str, str]],
+        delivered: dict[str, str],
+    ) -> None:
+        now = time.time()
+        dropped = self._dropped(client, delivered, now)
+        ttl = max(1, self.options.retention_seconds)
+        pipe = client.pipeline(transaction=False)
+        for section, key_of, trim in (
+            (head, self.keys.trace_head, (0, MAX_HEAD - 1)),
+            (steps, self.keys.trace_steps, (-MAX_STEPS, -1)),
+        ):
+            grouped: dict[str, list[bytes]] = {}
+            for event_id, data in section:
+                if event_id not in dropped:
+                    grouped.setdefault(event_id, []).append(data)
+            for event_id, records in grouped.items():
+                key = key_of(event_id)
+                pipe.rpush(key, *records)
+                pipe.ltrim(key, *trim)
+                pipe.expire(key, ttl)
+        for event_id in dropped:  # delivered and not sampled: what earlier tasks wrote goes too
+            pipe.delete(self.keys.trace_head(event_id), self.keys.trace_steps(event_id))
+        minute, hour = overview.minute_of(now), overview.hour_of(now)
+        touched: set[str] = set()
+        for (cid, name), n in counts.items():
+            pipe.hincrby(self.keys.overview_minute(cid, minute), name, n)
+            pipe.hincrby(self.keys.overview_hour(cid, hour), name, n)
+            touched.add(cid)
+        for cid in touched:
+            pipe.expire(self.keys.overview_minute(cid, minute), overview.MINUTE_KEEP_SECONDS)
+            pipe.expire(self.keys.overview_hour(cid, hour), overview.HOUR_KEEP_SECONDS)
+        lists: set[str] = set()
+        for cid, name, event_id in samples:
+            key = self.keys.overview_samples(cid, name)
+            pipe.lpush(key, event_id)
+            lists.add(key)
+        for key in lists:
+            pipe.ltrim(key, 0, overview.SAMPLES_PER_FIELD - 1)
+            pipe.expire(key, max(ttl, overview.HOUR_KEEP_SECONDS))
+        pipe.execute()
+
+    def autoflush(self, client: redis.Redis, interval: float = 1.0) -> None:
+        """For a long-lived process (the web): write at most once per ``interval`` on the
+        caller's path, and from a background thread for what comes after the last request.
+        The thread is started per process (gunicorn preloads, then forks)."""
+        if self._flusher_pid != os.getpid():
+            self._flusher_pid = os.getpid()
+            threading.Thread(
+                target=self._loop, args=(client, interval), name="trace-flush", daemon=True
+            ).start()
+        if time.monotonic() - self._last_flush >= interval:
+            self.flush(client)
+
+    def _loop(self, client: redis.Redis, interval: float) -> None:
+        while True:
+            time.sleep(interval)
+            with contextlib.suppress(Exception):  # never let the flusher die
+                self.flush(client)
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def read(client: redis.Redis, keys: Keys, event_id: str) -> list[dict[str, Any]]:
+    """The event's records, oldest first (empty: unknown, expired, or sampled out)."""
+    clean = _clean_id(event_id) or ""
+    pipe = client.pipeline(transaction=False)
+    pipe.lrange(keys.trace_head(clean), 0, -1)
+    pipe.lrange(keys.trace_steps(clean), 0, -1)
+    head, steps = pipe.execute()
+    records = [orjson.loads(raw) for raw in [*head, *steps]]
+    records.sort(key=lambda r: float(r.get("t") or 0))
+    return records
+
+
+def summary(event_id: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The trace as ``connector trace --json`` prints it."""
+    received = next((r for r in records if r.get("kind") == "received"), {})
+    outcomes = [r for r in records if r.get("kind") == "outcome" and r.get("outcome") != overview.FAILED]
+    final = outcomes[-1] if outcomes else None
+    outcome = "rejected" if received.get("rejected") else (final or {}).get("outcome") or "in progress"
+    return {
+        "id": event_id,
+        "found": bool(records),
+        "connection": received.get("connection"),
+        "direction": received.get("direction"),
+        "outcome": outcome if records else None,
+        "reason": received.get("rejected") or (final or {}).get("reason"),
+        "records": records,
+    }
+
+
+def when(t: Any) -> str:
+    try:
+        return datetime.fromtimestamp(float(t), UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "?"
+
+
+def describe(record: dict[str, Any]) -> str:
+    """One record as a line of text (the CLI's and the status page's)."""
+    kind = record.get("kind")
+    if kind == "received":
+        text = (
+            f"via {record.get('door')} on connection {record.get('connection')} ({record.get('direction')})"
+        )
+        if record.get("at"):
+            text += f", accepted at {when(record['at'])}"
+        if record.get("rejected"):
+            text += f"; REJECTED at ingest: {record['rejected']}"
+        return text
+    if kind == "mapping":
+        parts = []
+        for key, label in (("matched", "matched"), ("not_matched", "not matched"), ("failed", "failed")):
+            value = record.get(key)
+            if value:
+                shown = (
+                    ", ".join(f"{k} ({v})" for k, v in value.items())
+                    if isinstance(value, dict)
+                    else ", ".join(map(str, value))
+                )
+                parts.append(f"{label}: {shown}")
+        if record.get("requests"):
+            parts.append("requests: " + ", ".join(map(str, record["requests"])))
+        if record.get("skip"):
+            parts.append(f"skipped: {record['skip']}")
+        return "; ".join(parts) or "-"
+    if kind == "attempt":
+        status = record.get("status") if record.get("status") is not None else "no answer"
+        text = f"{record.get('method')} {record.get('path')} -> {status} in {record.get('latency_ms')} ms"
+        if record.get("error"):
+            text += f"; error: {record['error']}"
+        if record.get("answer"):
+            text += f"; answer: {record['answer']}"
+        return text
+    if kind == "wait":
+        return f"{record.get('reason')} until {when(record.get('until'))}"
+    if kind == "outcome":
+        text = str(record.get("outcome"))
+        for key in ("reason", "status", "error"):
+            if record.get(key) is not None:
+                text += f"; {key}: {record[key]}"
+        return text
+    return orjson.dumps(record).decode()
+
+
+def render(event_id: str, records: list[dict[str, Any]]) -> str:
+    if not records:
+        return f"no trace for {event_id!r} (unknown id, older than the retention, or a delivered event sampled out)\n"
+    info = summary(event_id, records)
+    lines = [f"trace {event_id}: {info['outcome']}" + (f" ({info['reason']})" if info["reason"] else "")]
+    for record in records:
+        lines.append(f"  {when(record.get('t'))}  {record.get('kind')!s:<9} {describe(record)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,37 @@
+"""``connector trace ID``: the journey of one event (SPEC 12), read from Redis.
+
+Works with only ``REDIS_URL`` (and ``CONNECTOR_KEY_PREFIX``), like ``connector dlq``: the
+trace names its connection itself.  Exit status 1 when no trace is found.
+"""
+
+from __future__ import annotations
+
+import click
+import redis
+
+from connector import config, trace
+from connector.keys import Keys
+from ops.common import print_json, redis_client
+
+
+@click.command("trace")
+@click.argument("event_id")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def trace_command(event_id: str, as_json: bool) -> None:
+    """The journey of one event: a Segment messageId or a Voucherify event id.
+
+    Received (when, which door, which connection), mapping (subscriptions matched and not),
+    each attempt (method, path, status, latency, an excerpt of the answer), waits (quota,
+    retries, until when) and the outcome.  Kept TRACE_RETENTION_HOURS (default 24); under heavy
+    load only a share of delivered events keep theirs, failures and skips always do.
+    """
+    try:
+        records = trace.read(redis_client(), Keys(config.key_prefix()), event_id)
+    except redis.RedisError as exc:
+        raise click.ClickException(f"Redis: {type(exc).__name__}: {exc}") from None
+    if as_json:
+        print_json(trace.summary(event_id, records))
+    else:
+        click.echo(trace.render(event_id, records), nl=False)
+    if not records:
+        raise SystemExit(1)

@@ -1,0 +1,155 @@
+"""Traces and the delivery overview in Redis (connector.trace, connector.overview): what is kept,
+for how long, how much, and what sampling drops under load -- against a real Redis."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from connector import overview, trace
+from connector.keys import Keys
+from connector.tuning import TraceOptions
+
+KEYS = Keys("tracetest:")
+
+
+def client_of(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url)
+
+
+def test_a_journey_is_read_back_in_order_with_its_ttl(redis_url: str) -> None:
+    client = client_of(redis_url)
+    rec = trace.Recorder(KEYS, TraceOptions(retention_hours=2))
+    rec.received(
+        "m-1", connection="c1", direction="segment_to_voucherify", door="tracking_api", at=time.time()
+    )
+    rec.mapping("m-1", matched=["identify"], not_matched={"track": "trigger did not match"})
+    rec.attempt(["m-1"], method="PUT", path="/v1/customers/u1", status=503, latency_ms=12, answer="x" * 5000)
+    rec.outcome(["m-1"], connection="c1", outcome="failed", status=503)
+    rec.wait(["m-1"], connection="c1", reason="retry", until=time.time() + 5)
+    rec.attempt(["m-1"], method="PUT", path="/v1/customers/u1", status=200, latency_ms=9)
+    rec.outcome(["m-1"], connection="c1", outcome="delivered", status=200)
+    rec.flush(client)
+
+    records = trace.read(client, KEYS, "m-1")
+    assert [r["kind"] for r in records] == [
+        "received",
+        "mapping",
+        "attempt",
+        "outcome",
+        "wait",
+        "attempt",
+        "outcome",
+    ]
+    assert len(records[2]["answer"]) <= trace.EXCERPT_CHARS + 1  # cut, never the whole answer
+    assert 0 < client.ttl(KEYS.trace_steps("m-1")) <= 2 * 3600
+    assert 0 < client.ttl(KEYS.trace_head("m-1")) <= 2 * 3600
+    info = trace.summary("m-1", records)
+    assert (info["outcome"], info["connection"]) == ("delivered", "c1")
+    text = trace.render("m-1", records)
+    assert "PUT /v1/customers/u1 -> 503" in text and "PUT /v1/customers/u1 -> 200" in text
+    assert "not matched: track (trigger did not match)" in text
+    assert trace.read(client, KEYS, "unknown-id") == []
+
+
+def test_entries_per_id_are_capped_keeping_the_start_and_the_end(redis_url: str) -> None:
+    client = client_of(redis_url)
+    rec = trace.Recorder(KEYS)
+    rec.received("busy", connection="c1", direction="d", door="tracking_api", at=None)
+    for i in range(trace.MAX_STEPS * 3):
+        rec.wait(["busy"], connection="c1", reason="throttled", until=float(i))
+    rec.outcome(["busy"], connection="c1", outcome="dead_letter", reason="retry_window_exceeded")
+    rec.flush(client)
+    assert client.llen(KEYS.trace_steps("busy")) == trace.MAX_STEPS
+    records = trace.read(client, KEYS, "busy")
+    assert records[0]["kind"] == "received"  # the head survives the many waits
+    assert records[-1]["outcome"] == "dead_letter"
+
+
+def test_under_load_delivered_traces_are_sampled_failures_and_skips_always_kept(redis_url: str) -> None:
+    client = client_of(redis_url)
+    options = TraceOptions(sample_above_per_minute=100)
+    # The connection received 1,000 events this minute: keep 1 in 10 delivered traces.
+    client.hset(KEYS.overview_minute("busy", overview.minute_of(time.time())), overview.RECEIVED, 1000)
+    rec = trace.Recorder(KEYS, options)
+    for i in range(500):
+        rec.received(f"ok-{i}", connection="busy", direction="d", door="tracking_api", at=None)
+        rec.outcome([f"ok-{i}"], connection="busy", outcome="delivered", status=200)
+    for i in range(50):
+        rec.received(f"dead-{i}", connection="busy", direction="d", door="tracking_api", at=None)
+        rec.outcome([f"dead-{i}"], connection="busy", outcome="dead_letter", reason="rejected", status=422)
+        rec.outcome([f"skip-{i}"], connection="busy", outcome="skipped", reason="stale")
+    rec.flush(client)
+    kept = sum(1 for i in range(500) if client.exists(KEYS.trace_steps(f"ok-{i}")))
+    assert 20 <= kept <= 90, kept  # ~50 expected: 1 in 10, by a hash of the id
+    assert all(client.exists(KEYS.trace_steps(f"dead-{i}")) for i in range(50))
+    assert all(client.exists(KEYS.trace_head(f"dead-{i}")) for i in range(50))
+    assert all(client.exists(KEYS.trace_steps(f"skip-{i}")) for i in range(50))
+    # The same ids are kept whichever process decides (a hash, not a draw).
+    assert all(
+        trace.sampled(f"ok-{i}", 10) == bool(client.exists(KEYS.trace_steps(f"ok-{i}"))) for i in range(500)
+    )
+    # A quiet connection keeps every delivered trace.
+    quiet = trace.Recorder(KEYS, options)
+    for i in range(100):
+        quiet.outcome([f"calm-{i}"], connection="quiet", outcome="delivered", status=200)
+    quiet.flush(client)
+    assert all(client.exists(KEYS.trace_steps(f"calm-{i}")) for i in range(100))
+
+
+def test_keep_one_in() -> None:
+    assert trace.keep_one_in(0, 6000) == 1
+    assert trace.keep_one_in(6000, 6000) == 1
+    assert trace.keep_one_in(6001, 6000) == 2
+    assert trace.keep_one_in(60000, 6000) == 10
+    assert trace.keep_one_in(10**6, 0) == 1  # 0: never sample
+
+
+def test_retention_zero_keeps_no_trace_but_counts(redis_url: str) -> None:
+    client = client_of(redis_url)
+    rec = trace.Recorder(KEYS, TraceOptions(retention_hours=0))
+    rec.outcome(["x"], connection="c", outcome="dead_letter", reason="rejected")
+    rec.flush(client)
+    assert trace.read(client, KEYS, "x") == []
+    assert overview.read(client, KEYS, ["c"])["c"]["last_hour"]["dead_letter"] == {"rejected": 1}
+
+
+def test_overview_counts_per_bucket_with_samples(redis_url: str) -> None:
+    client = client_of(redis_url)
+    rec = trace.Recorder(KEYS)
+    rec.count("c1", overview.RECEIVED, n=7)
+    rec.count("c1", overview.REJECTED, "invalid_type", n=2)
+    rec.sample("c1", overview.REJECTED, "invalid_type", "bad-1")
+    for i in range(8):
+        rec.outcome([f"s-{i}"], connection="c1", outcome="skipped", reason="duplicate")
+    rec.outcome(["d-1", "d-2"], connection="c1", outcome="delivered", status=200)  # a coalesced call
+    rec.outcome(["f-1"], connection="c1", outcome="failed", status=503)
+    rec.outcome(["x-1"], connection="c1", outcome="dead_letter", reason="rejected", status=400)
+    rec.count("c1", overview.WAITING_QUOTA)
+    rec.flush(client)
+    # An old minute bucket counts for the day, not for the hour.
+    now = time.time()
+    old = overview.minute_of(now) - 90
+    client.hincrby(KEYS.overview_minute("c1", old), overview.DELIVERED, 100)
+    client.expire(KEYS.overview_minute("c1", old), 60)
+    data = overview.read(client, KEYS, ["c1", "c2"], now)
+    hour = data["c1"]["last_hour"]
+    assert hour["received"] == 7 and hour["rejected"] == {"invalid_type": 2}
+    assert hour["skipped"] == {"duplicate": 8} and hour["delivered"] == 2 and hour["failed"] == 1
+    assert hour["dead_letter"] == {"rejected": 1} and hour["waiting_quota"] == 1
+    assert data["c1"]["last_day"]["skipped"] == {"duplicate": 8}
+    samples = data["c1"]["samples"]
+    assert samples["rejected:invalid_type"] == ["bad-1"]
+    assert samples["skipped:duplicate"] == ["s-7", "s-6", "s-5", "s-4", "s-3"]  # newest, capped
+    assert samples["dead_letter:rejected"] == ["x-1"] and samples["failed"] == ["f-1"]
+    assert data["c2"]["last_hour"]["received"] == 0
+    # Bounded: every overview key expires.
+    for key in client.scan_iter(match="tracetest:ov:*"):
+        assert client.ttl(key) > 0, key
+
+
+def test_a_redis_error_never_escapes_a_flush() -> None:
+    rec = trace.Recorder(KEYS)
+    rec.outcome(["x"], connection="c", outcome="dead_letter", reason="rejected")
+    rec.flush(redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2))  # nothing listens
