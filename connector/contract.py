@@ -118,6 +118,9 @@ class DeliveryItem(TypedDict, total=False):
     enqueued_at: float  # appended to a Segment outbox (its retry window starts here)
     metadata_refreshed: bool  # a refused upsert already waited for a fresh metadata schema
     metadata_counted: bool  # its dropped metadata keys were counted once
+    held: bool  # an upsert that waited in the hold window (workers.delivery.holds)
+    pregranted: bool  # its budgets were granted when the call was planned (one attempt)
+    async_action: dict[str, Any]  # a queued call being read back (workers.delivery.pending)
 
 
 def backlog_of(item: Mapping[str, Any]) -> tuple[int, int]:
