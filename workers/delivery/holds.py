@@ -251,7 +251,9 @@ class Holds:
         head = orjson.dumps({"connection_id": self.connection_id, "direction": direction, "queue": queue})
         return head.decode()[:-1]  # without the closing brace: the scripts add items, due, reason
 
-    def hold(self, direction: str, queue: str, by_customer: Mapping[str, list[DeliveryItem]], window: float) -> None:
+    def hold(
+        self, direction: str, queue: str, by_customer: Mapping[str, list[DeliveryItem]], window: float
+    ) -> None:
         if not by_customer:
             return
         args: list[Any] = [max(1, int(window * 1000)), self.connection_id, self.entry_head(direction, queue)]
@@ -336,8 +338,15 @@ def release_due(client: redis.Redis, keys: Keys, *, limit: int = RELEASE_CUSTOME
             _RELEASE(
                 client,
                 [holds_key(keys, cid), keys.delayed, keys.delayed_data, index_key(keys)],
-                [cid, keys.prefix, "held-" + uuid.uuid4().hex, limit, MAX_ITEMS_PER_ENTRY,
-                 int(OUT_MARKER_SECONDS * 1000), RECHECK_MS],
+                [
+                    cid,
+                    keys.prefix,
+                    "held-" + uuid.uuid4().hex,
+                    limit,
+                    MAX_ITEMS_PER_ENTRY,
+                    int(OUT_MARKER_SECONDS * 1000),
+                    RECHECK_MS,
+                ],
             )
         )
         released += max(0, count)
@@ -358,7 +367,6 @@ def ack_taken(store: DelayedStore, entry_id: str | None) -> None:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,7 +431,9 @@ def intercept(ctx: Context, items: list[DeliveryItem], *, fresh: bool) -> Interc
     return Intercepted(run, parked, taken_id, customers)
 
 
-def _prepare_held(ctx: Context, target: HoldTarget, items: list[DeliveryItem], *, bulk: bool) -> list[DeliveryItem]:
+def _prepare_held(
+    ctx: Context, target: HoldTarget, items: list[DeliveryItem], *, bulk: bool
+) -> list[DeliveryItem]:
     """Held items without the customers whose merged upsert is unchanged, coalesced."""
     if not items:
         return []

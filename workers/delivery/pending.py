@@ -163,7 +163,9 @@ def _resend(ctx: Context, item: DeliveryItem, request: OutboundRequest, why: str
         # The queued call's backlog rides on the first: released when it is finished.
         sub = _sub_item(item, single, units if index == 0 else 0, stored if index == 0 else 0)
         out.append(sub)
-    Holds(ctx.client, ctx.keys, ctx.connection_id).clear_out((str(s.customer) for s in singles), only="queued")
+    Holds(ctx.client, ctx.keys, ctx.connection_id).clear_out(
+        (str(s.customer) for s in singles), only="queued"
+    )
     return out
 
 

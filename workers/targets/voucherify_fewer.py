@@ -145,7 +145,11 @@ class FewerCalls:
 
     def poll_request(self, action_id: str) -> OutboundRequest:
         return OutboundRequest(
-            method="GET", path=ASYNC_ACTIONS_PATH + action_id, body=None, idempotency_key="", action="read_async"
+            method="GET",
+            path=ASYNC_ACTIONS_PATH + action_id,
+            body=None,
+            idempotency_key="",
+            action="read_async",
         )
 
     def read_action(self, action_id: str) -> tuple[Answer, ActionState | None]:
