@@ -15,7 +15,8 @@ and how a queued request splits per customer (``per_customer``)::
                 ── FAILED (nothing applied), or unknown (404) ──> RESEND each customer singly
                 ── DONE ── each customer in the errors: dead-lettered on its own with the
                            target's key and message (its keys forgotten: a replay sends it)
-                        └─ the others: delivered (stale marks raised, digests remembered)
+                        └─ the others: delivered (digests remembered; stale marks were raised
+                           at the 202: Voucherify applies in the order it accepted)
 
 A worker killed in the middle leaves the parked item in the delayed store or the broker (late
 acks): it is polled again; a resend claims the parts' keys like any call.
@@ -24,7 +25,7 @@ acks): it is polled again; a resend claims the parts' keys like any call.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -78,6 +79,9 @@ def queued(ctx: Context, request: OutboundRequest, item: DeliveryItem, action_id
     parts = list(request.parts or ())
     ctx.ledger.complete_many([p["idempotency_key"] for p in parts], ctx.ledger_keep)
     customers = {str(p["customer"]) for p in parts if p.get("customer")}
+    # Raised now, as for a delivered call: Voucherify will apply these in the order accepted,
+    # so an older upsert arriving meanwhile must still be skipped as stale.
+    _raise_stale(ctx, parts)
     # Voucherify applies the queued upserts later: a newer upsert sent meanwhile would be
     # overwritten by the older queued one, so the customers' next upserts wait for it.
     Holds(ctx.client, ctx.keys, ctx.connection_id).mark_out(customers, BOUND_SECONDS + 60.0)
@@ -136,14 +140,6 @@ def settle(ctx: Context, item: DeliveryItem) -> tuple[list[DeliveryItem], Step |
         ok_items.append(sub)
     if ok_items:
         attempts.delivered(ctx, ok_items, answer, attempt=item.get("attempts"))
-        newest: dict[str, int] = {}
-        for single in ok:
-            for part in single.parts or (_as_part(single),):
-                ms = ctx.target.stale_time(part.get("action"), part.get("event_time"))
-                if ms is not None and part.get("customer"):
-                    newest[part["customer"]] = max(ms, newest.get(part["customer"], ms))
-        for customer, ms in newest.items():
-            ctx.stale.applied(customer, ms, ctx.tuning.stale_ttl)
         target.applied(ok)
     ctx.release_backlog(*backlog_of(item))
     Holds(ctx.client, ctx.keys, ctx.connection_id).clear_out(customers, only="queued")
@@ -174,8 +170,14 @@ def _forget(ctx: Context, single: OutboundRequest) -> None:
     ctx.client.delete(*[ctx.keys.ledger(ctx.connection_id, k) for k in keys])
 
 
-def _as_part(request: OutboundRequest) -> dict[str, Any]:
-    return {"customer": request.customer, "action": request.action, "event_time": request.event_time}
+def _raise_stale(ctx: Context, parts: Sequence[Mapping[str, Any]]) -> None:
+    newest: dict[str, int] = {}
+    for part in parts:
+        ms = ctx.target.stale_time(part.get("action"), part.get("event_time"))
+        if ms is not None and part.get("customer"):
+            newest[part["customer"]] = max(ms, newest.get(part["customer"], ms))
+    for customer, ms in newest.items():
+        ctx.stale.applied(customer, ms, ctx.tuning.stale_ttl)
 
 
 def _sub_item(item: DeliveryItem, single: OutboundRequest, units: int = 0, stored: int = 0) -> DeliveryItem:
