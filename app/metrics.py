@@ -25,6 +25,7 @@ from app.auth import require_token
 from connector import depths, metrics
 from connector.config import Connection, Settings
 from connector.contract import SOURCE
+from connector.keys import Keys
 
 log = logging.getLogger("connector.web")
 
@@ -112,6 +113,25 @@ class DepthCollector(Collector):
             dead.add_metric([connection_id], count)
         yield dead
         yield backlog
+        yield self._held()
+
+    def _held(self) -> Metric:
+        held = GaugeMetricFamily(
+            "connector_upserts_held",
+            "Customers whose upserts wait in the hold window (SPEC 10), per connection",
+            labels=["connection"],
+        )
+        keys = Keys(self.settings.key_prefix)
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for connection in self.settings.connections:
+                pipe.zcard(keys.holds(connection.id))
+            counts = pipe.execute()
+        except redis.RedisError:
+            return held
+        for connection, count in zip(self.settings.connections, counts, strict=True):
+            held.add_metric([connection.id], int(count))
+        return held
 
 
 class _Default(Collector):

@@ -24,6 +24,11 @@ Layout (``{p}`` is the prefix, ``{c}`` a connection id)::
     {p}backlog:{c}                      string  events accepted and not finished (never expires)
     {p}backlog_bytes:{c}                string  bytes those events occupy in Redis (never expires)
     {p}backlog_idle:{c}                 string  the scheduler's first look at idle counters (TTL)
+    {p}hold:{c}:{customer}              list    upserts held in the hold window (SPEC 10)
+    {p}holds:{c}                        zset    customer -> due (epoch ms) of its held upserts
+    {p}holds                            hash    connection id -> the JSON head of its delayed entries
+    {p}hold:out:{c}:{customer}          string  its upserts are on their way / queued (TTL)
+    {p}unchanged:{c}:{customer}         string  digest of the last upsert accepted (TTL)
 
 Keys of one connection are not hash-tagged: the connector targets a single Redis (the broker),
 and the Lua scripts touch only keys they are passed.
@@ -101,3 +106,20 @@ class Keys:
 
     def backlog_idle(self, connection_id: str) -> str:
         return f"{self.prefix}backlog_idle:{connection_id}"
+
+    # The hold window and the unchanged skip (workers.delivery.holds).
+    def hold(self, connection_id: str, customer: str) -> str:
+        return f"{self.prefix}hold:{connection_id}:{customer}"
+
+    def holds(self, connection_id: str) -> str:
+        return f"{self.prefix}holds:{connection_id}"
+
+    @property
+    def holds_index(self) -> str:
+        return f"{self.prefix}holds"
+
+    def hold_out(self, connection_id: str, customer: str) -> str:
+        return f"{self.prefix}hold:out:{connection_id}:{customer}"
+
+    def unchanged(self, connection_id: str, customer: str) -> str:
+        return f"{self.prefix}unchanged:{connection_id}:{customer}"

@@ -352,3 +352,55 @@ def test_bulk_off_by_default_plan(rt: Runtime, transport: FakeTransport) -> None
     ingest(rt, ident("m1", "a", 1, name="A"), ident("m2", "b", 1, name="B"))
     drain(rt)
     assert paths(transport) == ["/v1/customers", "/v1/customers"]
+
+
+# ---------------------------------------------------------------------------------------------
+# segmentio mode: hold, merge and unchanged skip of customer-processing calls (no bulk)
+
+
+def segmentio_mapper(event: dict[str, Any], connection: Any) -> list[OutboundRequest]:
+    key = f"acme:v:{event['messageId']}:upsert_customer"
+    return [
+        OutboundRequest(
+            method="POST",
+            path="/segmentio/customer-processing",
+            body={"source_id": event["userId"], "type": "identify", **event.get("traits", {})},
+            idempotency_key=key,
+            action="upsert_customer",
+            headers={},
+            customer=event["userId"],
+            event_time=event["timestamp"],
+            message_id=event["messageId"],
+        )
+    ]
+
+
+def test_segmentio_customer_calls_are_held_merged_and_skipped_when_unchanged(
+    client: redis.Redis,
+    redis_db_url: str,
+    keys: Keys,
+    transport: FakeTransport,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dataclasses
+
+    monkeypatch.setattr(pipeline, "_map_event", segmentio_mapper)
+    base = make_connection(quota=quota(bulk_calls_per_hour=100))
+    conn = dataclasses.replace(base, voucherify=dataclasses.replace(base.voucherify, mode="segmentio"))
+    rt = runtime_for(conn, client, redis_db_url, keys, transport)
+    ingest(rt, ident("m1", "a", 2, first_name="New", metadata={"x": 1}), ident("m2", "b", 1, first_name="B"))
+    ingest(rt, ident("m3", "a", 1, first_name="Old", email="a@x", metadata={"y": 2}))
+    assert transport.calls == []
+    drain(rt)
+    assert paths(transport) == ["/segmentio/customer-processing"] * 2  # one per customer, never bulk
+    by = {c.body["source_id"]: c.body for c in transport.calls}
+    assert by["a"] == {
+        "source_id": "a",
+        "type": "identify",
+        "first_name": "New",
+        "email": "a@x",
+        "metadata": {"x": 1, "y": 2},
+    }
+    ingest(rt, ident("m4", "b", 5, first_name="B"))
+    drain(rt)
+    assert len(transport.calls) == 2  # b unchanged: skipped

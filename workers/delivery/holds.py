@@ -66,23 +66,23 @@ RELEASE_CUSTOMERS_PER_CALL = 1000
 
 
 def hold_key(keys: Keys, connection_id: str, customer: str) -> str:
-    return f"{keys.prefix}hold:{connection_id}:{customer}"
+    return keys.hold(connection_id, customer)
 
 
 def holds_key(keys: Keys, connection_id: str) -> str:
-    return f"{keys.prefix}holds:{connection_id}"
+    return keys.holds(connection_id)
 
 
 def index_key(keys: Keys) -> str:
-    return f"{keys.prefix}holds"
+    return keys.holds_index
 
 
 def out_key(keys: Keys, connection_id: str, customer: str) -> str:
-    return f"{keys.prefix}hold:out:{connection_id}:{customer}"
+    return keys.hold_out(connection_id, customer)
 
 
 def unchanged_key(keys: Keys, connection_id: str, customer: str) -> str:
-    return f"{keys.prefix}unchanged:{connection_id}:{customer}"
+    return keys.unchanged(connection_id, customer)
 
 
 def digest(body: Any) -> str:
