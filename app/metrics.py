@@ -133,6 +133,7 @@ class DepthCollector(Collector):
         yield dead
         yield backlog
         yield limit
+        yield self._held()
         yield from self._workers_and_redis()
 
     def _workers_and_redis(self) -> Iterator[Metric]:
@@ -163,6 +164,24 @@ class DepthCollector(Collector):
             "1 when Redis' maxmemory-policy is noeviction (never drops queued work or ledger keys)",
             int(str(memory.get("maxmemory_policy", "")) == "noeviction"),
         )
+
+    def _held(self) -> Metric:
+        held = GaugeMetricFamily(
+            "connector_upserts_held",
+            "Customers whose upserts wait in the hold window (SPEC 10), per connection",
+            labels=["connection"],
+        )
+        keys = Keys(self.settings.key_prefix)
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for connection in self.settings.connections:
+                pipe.zcard(keys.holds(connection.id))
+            counts = pipe.execute()
+        except redis.RedisError:
+            return held
+        for connection, count in zip(self.settings.connections, counts, strict=True):
+            held.add_metric([connection.id], int(count))
+        return held
 
 
 class _Default(Collector):

@@ -107,3 +107,48 @@ def mixed_stream(customers: int, events: int, seed: int = 7) -> list[dict[str, A
             else:
                 out.append(group(user, n))
     return out[:events]
+
+
+def identify_heavy_stream(customers: int, events: int, seed: int = 11) -> list[dict[str, Any]]:
+    """SPEC 8's quota mix, as analytics.js sends it: an identify on every page view carrying all
+    the cached traits (most often unchanged: a trait changes on ~6 % of page views), ~5 % track
+    calls and ~2 % group calls, customers interleaved as they browse.  Timestamps are set when
+    sent (the newest identify of a customer is its last)."""
+    rng = random.Random(seed)
+    state = {
+        f"q-{n}": {"first_name": "Ada", "last_name": f"L{n}", "email": f"q-{n}@example.com", "v": 0}
+        for n in range(customers)
+    }
+    out: list[dict[str, Any]] = []
+    for n in range(events):
+        user = f"q-{rng.randrange(customers)}"
+        roll = rng.random()
+        if roll < 0.05:
+            out.append(track(user, n))
+            continue
+        if roll < 0.07:
+            out.append(group(user, n))
+            continue
+        traits = state[user]
+        if rng.random() < 0.06:
+            traits["v"] += 1
+            traits["email"] = f"{user}-{traits['v']}@example.com"
+        out.append(
+            {
+                "type": "identify",
+                "userId": user,
+                "messageId": f"bench-q-{n}-{rng.getrandbits(40):x}",
+                "traits": {
+                    "first_name": traits["first_name"],
+                    "last_name": traits["last_name"],
+                    "email": traits["email"],
+                    "metadata": {"plan": "pro", "version": traits["v"]},
+                },
+                "context": CONTEXT,
+            }
+        )
+    return out
+
+
+def now_iso() -> str:
+    return _now()

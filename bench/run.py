@@ -29,7 +29,8 @@ import redis
 import requests
 
 from bench import nginx as nginx_mod
-from bench.payloads import batch_body, mixed_stream, track
+from bench.payloads import batch_body, identify_heavy_stream, mixed_stream, track
+from bench.payloads import now_iso as payloads_now
 from ops.embedded import free_port, start_redis
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +44,10 @@ DELIVERY_EVENTS = int(os.environ.get("BENCH_DELIVERY_EVENTS", "12000"))
 E2E_SECONDS = float(os.environ.get("BENCH_E2E_SECONDS", "20"))
 MIXED_EVENTS = int(os.environ.get("BENCH_MIXED_EVENTS", "3000"))
 MIXED_RATE_PER_MINUTE = int(os.environ.get("BENCH_MIXED_RATE_PER_MINUTE", "3000"))
+# The identify-heavy mix of SPEC 8's quota row: events, customers, events per second sent.
+QUOTA_EVENTS = int(os.environ.get("BENCH_QUOTA_EVENTS", "3000"))
+QUOTA_CUSTOMERS = int(os.environ.get("BENCH_QUOTA_CUSTOMERS", "150"))
+QUOTA_RATE = int(os.environ.get("BENCH_QUOTA_RATE", "200"))
 # The delivery worker runs as production does (the Procfile's line): --concurrency 100 Celery
 # greenlets (tasks), CONNECTOR_DELIVERY_CONCURRENCY customers each (default 32), and at most
 # CONNECTOR_WORKER_INFLIGHT calls in flight per target (default 100: the process's send slots).
@@ -554,6 +559,132 @@ class Bench:
             per_event < 0.75,
         )
 
+    # -- quota efficiency, identify-heavy (SPEC 8 and 10: hold, merge, unchanged skip, bulk) ---
+
+    def quota(self) -> None:
+        """Voucherify calls per event on an analytics.js-like identify-heavy mix, every call the
+        fake received counted (bulk, async-action polls, singles), with the hold and the
+        unchanged skip on and, as the in-run baseline, off -- in rest and in segmentio mode.
+        The fake (the sandbox's, which keeps customers and enforces limits) also says whether any
+        call was refused (429) and whether every customer ended with its newest traits."""
+        events = identify_heavy_stream(QUOTA_CUSTOMERS, QUOTA_EVENTS)
+        figures: dict[str, dict[str, Any]] = {}
+        for mode in ("rest", "segmentio"):
+            for label, window, memory in (("on", 5, 7), ("off", 0, 0)):
+                figures[f"{mode}-{label}"] = self.quota_run(mode, events, window, memory)
+        self.results["quota"] = figures
+        kinds: dict[str, int] = {}
+        for e in events:
+            kinds[e["type"]] = kinds.get(e["type"], 0) + 1
+        self.results["quota_mix"] = kinds
+        for mode, target in (("rest", 0.2), ("segmentio", 0.5)):
+            on, off = figures[f"{mode}-on"], figures[f"{mode}-off"]
+            ok = on["per_event"] <= target and on["refused"] == 0 and on["stale_customers"] == 0
+            self.row(
+                f"Voucherify calls per event, identify-heavy mix, {mode} (baseline: hold+skip off)",
+                on["per_event"],
+                "calls/event",
+                off["per_event"],
+                f"<= {target}, 0 x 429, newest traits",
+                ok,
+            )
+
+    def quota_run(self, mode: str, events: list[dict[str, Any]], window: int, memory: int) -> dict[str, Any]:
+        self.r.flushdb()
+        port = free_port()
+        fake = self.add(
+            f"fake-quota-{mode}-{window}",
+            [
+                sys.executable,
+                "-m",
+                "sandbox.fake_voucherify",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--name",
+                "quota",
+            ],
+            FAKE_VOUCHERIFY_APP_ID="bench-app",
+            FAKE_VOUCHERIFY_SECRET_KEY="bench-secret",
+        )
+        fake_url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: requests.get(fake_url + "/__fake/health", timeout=1).ok, 30, "fake up")
+        # Limits Voucherify would enforce (the fake refuses with 429 beyond them).
+        requests.post(
+            fake_url + "/__fake/quota",
+            json={"api_calls_per_minute": 2000, "bulk_calls_per_hour": 20},
+            timeout=5,
+        ).raise_for_status()
+        conf = self.tmp / f"quota-{mode}-{window}.toml"
+        conf.write_text(
+            f'[[connection]]\nid = "bench-quota"\nwrite_keys = ["wk_bench_quota"]\nbacklog_limit = 100000000\n'
+            f'[connection.voucherify]\napp_id = "bench-app"\nsecret_key = "bench-secret"\n'
+            f'region = "eu"\napi_url = "{fake_url}"\nmode = "{mode}"\n'
+            f"api_calls_per_minute = 2000\nbulk_calls_per_hour = 20\n"
+            f"coalesce_window_seconds = {window}\nunchanged_memory_days = {memory}\n"
+        )
+        env = {"CONNECTIONS_FILE": str(conf), "CONNECTOR_SCHEDULER_INTERVAL": "0.2"}
+        web, url = self.web_with("ops.wsgi:app", 1, env)
+        worker = self.worker(f"quota-{mode}-{window}", "voucherify.eu", **env)
+        sched = self.add(f"scheduler-quota-{mode}-{window}", [str(BIN / "connector"), "scheduler"], **env)
+        session = requests.Session()
+        session.auth = ("wk_bench_quota", "")
+        started = time.monotonic()
+        per_request = max(1, QUOTA_RATE // 10)  # ten requests a second: as the libraries flush
+        for n, start in enumerate(range(0, len(events), per_request)):
+            chunk = [dict(e, timestamp=payloads_now()) for e in events[start : start + per_request]]
+            r = session.post(url + "/v1/batch", data=orjson.dumps(batch_body(chunk)), timeout=10)
+            r.raise_for_status()
+            time.sleep(max(0.0, started + (n + 1) / 10 - time.monotonic()))
+        wait_until(
+            lambda: self.backlog_of("quota") <= 0, 120, f"quota mix delivered ({mode}, window {window})"
+        )
+        elapsed = time.monotonic() - started
+        records = requests.get(fake_url + "/__fake/requests", timeout=30).json()
+        records = records.get("requests", records) if isinstance(records, dict) else records
+        customers = requests.get(fake_url + "/__fake/customers", timeout=30).json()
+        customers = customers.get("customers", customers) if isinstance(customers, dict) else customers
+        self.stop(sched)
+        self.stop(worker, "worker (quota)")
+        self.stop(web)
+        self.stop(fake)
+        api = [r for r in records if not str(r["path"]).startswith("/__fake")]
+        paths: dict[str, int] = {}
+        for r in api:
+            key = (
+                "/v1/async-actions/{id}"
+                if str(r["path"]).startswith("/v1/async-actions/")
+                else str(r["path"])
+            )
+            paths[key] = paths.get(key, 0) + 1
+        refused = sum(1 for r in api if r["status"] == 429)
+        stale = stale_customers(events, customers, mode)
+        figure = {
+            "events": len(events),
+            "calls": len(api),
+            "per_event": round(len(api) / len(events), 4),
+            "calls_by_path": paths,
+            "refused": refused,
+            "stale_customers": stale,
+            "seconds": round(elapsed, 1),
+        }
+        log(f"quota mix {mode}, hold {window}s/skip {memory}d: {figure}")
+        return figure
+
+    def web_with(self, app: str, workers: int, env: dict[str, str]) -> tuple[Proc, str]:
+        port = free_port()
+        proc = self.add(
+            f"web-quota-{port}",
+            [str(BIN / "gunicorn"), app, "--config", "gunicorn.conf.py"],
+            PORT=str(port),
+            WEB_CONCURRENCY=str(workers),
+            **env,
+        )
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: requests.get(url + "/healthz", timeout=1).ok, 30, f"{app} up")
+        return proc, url
+
     # -- report --------------------------------------------------------------------------------
 
     def finish(self) -> None:
@@ -574,6 +705,25 @@ class Bench:
         print(f"machine: {self.results['machine']}")
         plot(self.results)
         print(f"wrote {OUT_JSON.relative_to(ROOT)} and {OUT_PNG.relative_to(ROOT)}")
+
+
+def stale_customers(events: list[dict[str, Any]], customers: Any, mode: str) -> int:
+    """Customers whose state at the fake is not their newest identify's traits (or missing)."""
+    newest: dict[str, dict[str, Any]] = {}
+    for e in events:
+        if e["type"] == "identify":
+            newest[e["userId"]] = e["traits"]
+    store = {str(c.get("source_id")): c for c in customers if isinstance(c, dict)}
+    wrong = 0
+    for user, traits in newest.items():
+        held = store.get(user)
+        if (
+            held is None
+            or held.get("email") != traits["email"]
+            or (held.get("metadata") or {}).get("version") != traits["metadata"]["version"]
+        ):
+            wrong += 1
+    return wrong
 
 
 def machine() -> dict[str, Any]:
@@ -673,7 +823,7 @@ def main() -> None:
     only = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
     try:
         bench.start_infra()
-        for phase in ("ingest", "delivery", "end_to_end", "mixed"):
+        for phase in ("ingest", "delivery", "end_to_end", "mixed", "quota"):
             if not only or phase in only:
                 log(f"phase {phase}")
                 getattr(bench, phase)()

@@ -119,6 +119,9 @@ class DeliveryItem(TypedDict, total=False):
     metadata_refreshed: bool  # a refused upsert already waited for a fresh metadata schema
     metadata_counted: bool  # its dropped metadata keys were counted once
     trace_id: str  # the event id its trace records go under (a Voucherify event id)
+    held: bool  # an upsert that waited in the hold window (workers.delivery.holds)
+    pregranted: bool  # its budgets were granted when the call was planned (one attempt)
+    async_action: dict[str, Any]  # a queued call being read back (workers.delivery.pending)
 
 
 def backlog_of(item: Mapping[str, Any]) -> tuple[int, int]:

@@ -31,6 +31,11 @@ Layout (``{p}`` is the prefix, ``{c}`` a connection id)::
     {p}ov:{c}:s:{field}                 list    a few sample event ids of one overview field (TTL)
     {p}workers                          zset    worker name -> last heartbeat (epoch ms)
     {p}workers:queues                   hash    worker name -> the queues it consumes (comma-separated)
+    {p}hold:{c}:{customer}              list    upserts held in the hold window (SPEC 10)
+    {p}holds:{c}                        zset    customer -> due (epoch ms) of its held upserts
+    {p}holds                            hash    connection id -> the JSON head of its delayed entries
+    {p}holdout:{c}:{customer}           string  its upserts are on their way / queued (TTL)
+    {p}unchanged:{c}:{customer}         string  digest of the last upsert accepted (TTL)
 
 Keys of one connection are not hash-tagged: the connector targets a single Redis (the broker),
 and the Lua scripts touch only keys they are passed.
@@ -131,3 +136,20 @@ class Keys:
     @property
     def workers_queues(self) -> str:
         return f"{self.prefix}workers:queues"
+
+    # The hold window and the unchanged skip (workers.delivery.holds).
+    def hold(self, connection_id: str, customer: str) -> str:
+        return f"{self.prefix}hold:{connection_id}:{customer}"
+
+    def holds(self, connection_id: str) -> str:
+        return f"{self.prefix}holds:{connection_id}"
+
+    @property
+    def holds_index(self) -> str:
+        return f"{self.prefix}holds"
+
+    def hold_out(self, connection_id: str, customer: str) -> str:
+        return f"{self.prefix}holdout:{connection_id}:{customer}"
+
+    def unchanged(self, connection_id: str, customer: str) -> str:
+        return f"{self.prefix}unchanged:{connection_id}:{customer}"

@@ -93,6 +93,20 @@ BATCH_SIZE = Histogram(  # Segment is the one batch target today: its name stays
     buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500),
 )
 
+# --- fewer calls (SPEC 10: hold, unchanged skip, bulk read-back) --------------------------------
+UPSERTS_SKIPPED = Counter(
+    "connector_upserts_skipped_total",
+    "Customer upserts not sent: their merged body equals the last one Voucherify accepted",
+    ["connection"],
+)
+ASYNC_ACTIONS = Counter(
+    "connector_async_actions_total",
+    "Voucherify bulk async actions read back, by outcome (done, failed, expired, accepted)",
+    ["connection", "status"],
+)
+# connector_upserts_held{connection} (customers with held upserts) is read from Redis when
+# /metrics is scraped, like the queue depths.
+
 # --- scheduler / state ------------------------------------------------------------------------
 SCHEDULER_PUBLISHED = Counter(
     "connector_scheduler_published_total", "Parked entries moved back onto a queue", ["queue"]

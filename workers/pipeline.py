@@ -41,7 +41,7 @@ from connector.config import Connection
 from connector.contract import DESTINATION, SOURCE, DeliveryItem, backlog_of, backlog_shares, expand
 from connector.errors import MappingError, SkipEvent
 from workers import targets
-from workers.delivery import outcomes
+from workers.delivery import holds, outcomes, pending
 from workers.delivery.attempts import Step, StepKind, finish_dead, finish_skipped, new_item
 from workers.delivery.concurrency import run_all
 from workers.delivery.context import Context
@@ -101,7 +101,11 @@ def process_segment_events(
         door = str((shared or {}).get("door") or "segment")
         for event, share in zip(events, shares or [0] * len(events), strict=True):
             items.extend(_map_segment_event(ctx, expand(event, shared), share, door))
-        _run(ctx, ctx.target.coalesce(items))
+        # Upserts held across tasks; a custom event's customer's held upserts run first.
+        hold = holds.intercept(ctx, items, fresh=True)
+        _run(ctx, ctx.target.coalesce(hold.run))
+        park(ctx, hold.parked)
+        hold.finish(ctx)
 
 
 def process_deliveries(
@@ -128,7 +132,18 @@ def process_deliveries(
             Outbox(ctx.client, ctx.keys, connection_id).append_many(items, ctx.queue)
             flush(ctx)
             return
-        _run(ctx, items)
+        # Queued calls (a bulk's async action) read back; their resent customers run now.
+        resent: list[DeliveryItem] = []
+        waiting: list[tuple[Step, list[DeliveryItem]]] = []
+        for item in [i for i in items if pending.is_pending(i)]:
+            again, step = pending.settle(ctx, item)
+            resent.extend(again)
+            if step is not None:
+                waiting.append((step, [item]))
+        hold = holds.intercept(ctx, [i for i in items if not pending.is_pending(i)], fresh=False)
+        _run(ctx, hold.run + resent)
+        park(ctx, hold.parked + waiting)
+        hold.finish(ctx)
 
 
 def process_voucherify_webhook(

@@ -68,6 +68,7 @@ def connections_toml(fakes: dict[str, FakeVoucherify]) -> str:
 id = "conn-{region}"
 write_keys = ["{spec["write_key"]}"]
 [connection.voucherify]
+coalesce_window_seconds = 0  # not about the hold window: every request as it comes
 app_id = "{spec["app_id"]}"
 secret_key = "{spec["secret"]}"
 region = "{region}"

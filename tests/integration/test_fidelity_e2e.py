@@ -53,6 +53,7 @@ def connections(fake: FakeVoucherify, extra: str = "") -> str:
 id = "fid-{mode}"
 write_keys = ["{key}"]
 [connection.voucherify]
+coalesce_window_seconds = 0  # not about the hold window: every request as it comes
 app_id = "{APP_ID}"
 secret_key = "{SECRET}"
 api_url = "{fake.url}"

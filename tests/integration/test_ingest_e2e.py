@@ -23,6 +23,7 @@ CONNECTIONS = """
 id = "acme"
 write_keys = ["wk_acme_live"]
 [connection.voucherify]
+coalesce_window_seconds = 0  # not about the hold window: every request as it comes
 app_id = "app-id-acme"
 secret_key = "secret-key-acme"
 region = "eu"
@@ -32,6 +33,7 @@ api_url = "http://127.0.0.1:9"
 id = "other"
 write_keys = ["wk_other"]
 [connection.voucherify]
+coalesce_window_seconds = 0  # not about the hold window: every request as it comes
 app_id = "app-id-other"
 secret_key = "secret-key-other"
 region = "us1"

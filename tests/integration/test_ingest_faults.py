@@ -31,6 +31,7 @@ id = "acme"
 write_keys = ["wk_acme_live"]
 segment_webhook_secret = "seg-secret"
 [connection.voucherify]
+coalesce_window_seconds = 0  # not about the hold window: every request as it comes
 app_id = "app-id-acme"
 secret_key = "secret-key-acme"
 region = "eu"
@@ -44,6 +45,7 @@ api_url = "http://127.0.0.1:9"
 id = "nosig"
 write_keys = ["wk_nosig"]
 [connection.voucherify]
+coalesce_window_seconds = 0  # not about the hold window: every request as it comes
 app_id = "nosig-app-id"
 secret_key = "nosig-secret-key"
 region = "eu"

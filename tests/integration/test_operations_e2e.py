@@ -43,6 +43,7 @@ def connections(url: str) -> str:
 id = "{CONNECTION}"
 write_keys = ["{WRITE_KEY}"]
 [connection.voucherify]
+coalesce_window_seconds = 0  # not about the hold window: every request as it comes
 app_id = "{APP_ID}"
 secret_key = "{SECRET}"
 region = "eu"

@@ -60,6 +60,7 @@ def connections(fakes: dict[str, FakeSegment]) -> str:
 id = "{cid}"
 write_keys = ["wk-{cid}"]
 [connection.voucherify]
+coalesce_window_seconds = 0  # not about the hold window: every request as it comes
 app_id = "app-id-acme"
 secret_key = "secret-key-acme"
 region = "eu"

@@ -52,8 +52,15 @@ FAST_ENV = {
 }
 
 
-def connections_toml(voucherify_url: str, *, rate_limit: int | None = None, extra: str = "") -> str:
+def connections_toml(
+    voucherify_url: str, *, rate_limit: int | None = None, extra: str = "", fewer_calls: str | None = None
+) -> str:
+    """``fewer_calls``: the hold/bulk keys (SPEC 10); by default no hold window (every request as
+    it comes) and bulk allowed, as the fault tests were written for."""
     rate = f"rate_limit_per_minute = {rate_limit}\n" if rate_limit else ""
+    if fewer_calls is None:
+        fewer_calls = "coalesce_window_seconds = 0\nbulk_calls_per_hour = 100000\n"
+    rate += fewer_calls
     return f"""
 [[connection]]
 id = "{CONNECTION_ID}"

@@ -260,6 +260,8 @@ def account(
 
     # No key answered 2xx twice unless explained (a merged call re-sent after a fault).
     for key, records in by_key(successes(fake)).items():
+        if not key:
+            continue  # reads (async action polls) carry no key
         if len(records) > 1 and not (len(records) == 2 and _in_fault(records[0], faults, before, after)):
             problems.append(f"Idempotency-Key {key} answered 2xx {len(records)} times")
         elif len(records) == 2:

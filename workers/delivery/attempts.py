@@ -387,3 +387,16 @@ def _payload_id(payload: Any) -> str | None:
         value = payload.get("messageId") or payload.get("id")
         return str(value)[:200] if value is not None else None
     return None
+
+
+def skipped_unchanged(ctx: Context, request: OutboundRequest, item: Mapping[str, Any]) -> None:
+    """An upsert not sent: Voucherify already holds exactly this (outcome ``skipped_unchanged``)."""
+    metrics.child(metrics.EVENTS_SKIPPED, ctx.connection_id, ctx.direction, "unchanged").inc()
+    outcomes.report(
+        connection=ctx.connection_id,
+        direction=ctx.direction,
+        outcome="skipped_unchanged",
+        message_id=request.message_id,
+        action=request.action,
+    )
+    ctx.release_backlog(*backlog_of(item))

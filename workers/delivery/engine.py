@@ -11,7 +11,8 @@
       older than the newest applied call of its customer? ─────────> DONE   skipped/stale
       target.prepare ── a wait (e.g. no metadata schema yet) ──────> PARKED (its reason)
       budgets.acquire ── denied (no attempt counted) ──────────────> PARKED throttled (slot)
-      attempt ── classify ── SUCCESS ─ ledger done, stale raised ──> DONE   delivered
+      attempt ── classify ── SUCCESS ─ only queued (202 bulk) ─────> PARKED async_action (pending)
+                                    └ ledger done, stale raised ──> DONE   delivered
                           ── RETRY ── retries.decide ── in window ─> PARKED retry (backoff)
                                                      └─ spent ─────> DONE   dead letter
                           ── PERMANENT ── target.after_refusal ────> PARKED (one more try)
@@ -39,7 +40,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from connector.contract import DeliveryItem
-from workers.delivery import attempts
+from workers.delivery import attempts, pending
 from workers.delivery.attempts import Failure, Step, finish_dead, finish_skipped
 from workers.delivery.classify import Verdict, classify
 from workers.delivery.context import Context
@@ -79,6 +80,9 @@ def _wait(ctx: Context, request: OutboundRequest, item: DeliveryItem, wait: Wait
 
 
 def _deliver(ctx: Context, request: OutboundRequest, item: DeliveryItem) -> Step:
+    # Budgets granted when the call was planned (a bulk call: bulk or singles is decided by its
+    # budgets); good for this attempt only -- a parked item asks again.
+    pregranted = bool(item.pop("pregranted", False))
     token = new_token()
     key = request.idempotency_key
     claim = ctx.ledger.claim(key, token, ctx.tuning.claim_ttl)
@@ -107,27 +111,33 @@ def _deliver(ctx: Context, request: OutboundRequest, item: DeliveryItem) -> Step
         ctx.ledger.complete(key, ctx.ledger_keep)
         return finish_skipped(ctx, request, item, "stale")
 
+    merged = request  # as merged, before the target's preparation: what ``applied`` remembers
     prepared = ctx.target.prepare(request, item)
     if isinstance(prepared, Wait):
         ctx.ledger.release(key, token, *held)
         return _wait(ctx, request, item, prepared)
     request = prepared
     budgets = ctx.target.budgets_for(request)
-    grant = ctx.budgets.acquire(budgets, has_slot=bool(item.get("parked")))
-    if not grant.granted:
-        ctx.ledger.release(key, token, *held)
-        return _wait(ctx, request, item, Wait("throttled", grant.wait))
+    if not pregranted:
+        grant = ctx.budgets.acquire(budgets, has_slot=bool(item.get("parked")))
+        if not grant.granted:
+            ctx.ledger.release(key, token, *held)
+            return _wait(ctx, request, item, Wait("throttled", grant.wait))
 
     answer = attempts.attempt(ctx, request, item)
     verdict = classify(answer)
     observation = attempts.observe(ctx, budgets, answer)
     if verdict is Verdict.SUCCESS:
         assert isinstance(answer, HTTPResult)
+        action_id = ctx.target.queued_as(request, answer)
+        if action_id is not None:  # only queued (a bulk call's 202): read back before delivered
+            return pending.queued(ctx, request, item, action_id)
         ctx.ledger.complete(key, ctx.ledger_keep)
         if request.parts:
             _parts_delivered(ctx, request)
         if event_ms is not None and request.customer:
             ctx.stale.applied(request.customer, event_ms, ctx.tuning.stale_ttl)
+        ctx.target.applied([merged])
         return attempts.finish_delivered(ctx, item, answer)
 
     ctx.ledger.release(key, token, *held)

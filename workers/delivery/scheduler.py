@@ -2,6 +2,7 @@
 
 Each tick::
 
+    release due holds (Lua, per connection) ──> one delayed entry of held upserts, due now
     claim_due (atomic Lua, leased) ──> publish connector.deliver(connection, direction, items)
                                          to the entry's queue ──> ack (ZREM + HDEL)
     sweep Segment outboxes ──────────> publish connector.segment_flush(connection) for each
@@ -35,7 +36,7 @@ from connector.contract import TASK_DELIVER, TASK_SEGMENT_FLUSH
 from connector.keys import Keys
 from connector.publish import Publish, celery_publish
 from connector.tuning import SchedulerConfig
-from workers.delivery import outbox
+from workers.delivery import holds, outbox
 from workers.delivery.store import DelayedStore
 
 log = logging.getLogger("connector.scheduler")
@@ -64,6 +65,8 @@ class Scheduler:
 
     def tick(self, now: float | None = None) -> TickResult:
         result = TickResult()
+        # Customers whose hold window ended: their upserts into the delayed store, due now.
+        holds.release_due(self.client, self.keys)
         store = DelayedStore(self.client, self.keys)
         entries = store.claim_due(now=now, limit=self.config.batch, lease=self.config.lease)
         result.more = len(entries) >= self.config.batch

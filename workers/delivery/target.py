@@ -85,6 +85,15 @@ class Target(Protocol):
         """A task's items as fewer calls with the same effects (or as they are)."""
         ...
 
+    def queued_as(self, request: OutboundRequest, answer: HTTPResult) -> str | None:
+        """The id of the work a 2xx only queued (read back by :mod:`workers.delivery.pending`
+        before anything is delivered); None: the answer is the delivery."""
+        ...
+
+    def applied(self, requests: list[OutboundRequest]) -> None:
+        """Calls the system accepted (e.g. remember an upsert's digest for the unchanged skip)."""
+        ...
+
 
 class BatchTarget(Target, Protocol):
     """A system fed from a per-connection outbox in batch requests (Segment's /v1/batch)."""

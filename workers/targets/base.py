@@ -16,6 +16,7 @@ from connector.errors import TransportFailure
 from workers.delivery.budgets import Budget, Observation
 from workers.delivery.classify import retry_after
 from workers.delivery.target import Answer, Batch, BatchTarget, Target, Wait
+from workers.delivery.transport import HTTPResult
 from workers.outbound import OutboundRequest
 
 __all__ = ["Answer", "Batch", "BatchTarget", "Budget", "HttpTarget", "Observation", "Target", "Wait"]
@@ -82,3 +83,9 @@ class HttpTarget:
 
     def coalesce(self, items: list[DeliveryItem]) -> list[DeliveryItem]:
         return items
+
+    def queued_as(self, request: OutboundRequest, answer: HTTPResult) -> str | None:
+        return None
+
+    def applied(self, requests: list[OutboundRequest]) -> None:
+        return None

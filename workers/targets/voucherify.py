@@ -12,7 +12,8 @@
   ``CONNECTOR_LOW_REMAINING`` of the limit halves it (other clients of the project spend the same
   quota), and at zero pauses it for the server's wait.
 - Coalescing (rest mode): a task's upserts merged and sent in bulk
-  (:mod:`workers.targets.voucherify_coalesce`).
+  (:mod:`workers.targets.voucherify_coalesce`); across tasks, the hold window, the unchanged
+  skip and the read-back of bulk calls (:mod:`workers.targets.voucherify_fewer`).
 - Stale-update rule: a customer upsert older than the newest one applied is not sent.
 - ``metadata_schema = "defined"`` (rest): customer metadata kept to the project's metadata
   schema (:mod:`workers.targets.voucherify_schema`), never sent unfiltered; a 400 about metadata
@@ -47,6 +48,7 @@ from workers.mapping.destination.metadata import (
 from workers.outbound import OutboundRequest
 from workers.targets.base import Answer, HttpTarget, Wait
 from workers.targets.voucherify_coalesce import coalesce_items, rebuild
+from workers.targets.voucherify_fewer import FewerCalls
 from workers.targets.voucherify_schema import MetadataSchemas, SchemaUnavailable, fetch, is_metadata_refusal
 
 NAME = "voucherify"
@@ -119,7 +121,7 @@ def remaining_reading(
     return Observation(wait=wait, pause=wait if left <= 0 and wait is not None else None, slow=True)
 
 
-class VoucherifyTarget(HttpTarget):
+class VoucherifyTarget(FewerCalls, HttpTarget):
     name = NAME
     direction = DESTINATION
 
@@ -136,6 +138,8 @@ class VoucherifyTarget(HttpTarget):
         vf = connection.voucherify
         super().__init__(connection, queue=vf.queue, region=vf.region, base_url=vf.base_url)
         self.settings = vf
+        self.client = client
+        self.keys = keys
         self.tuning = tuning
         self.budgets = budgets
         self.schema_transport = schema_transport
@@ -175,7 +179,8 @@ class VoucherifyTarget(HttpTarget):
         return rebuild(request, live)
 
     def coalesce(self, items: list[DeliveryItem]) -> list[DeliveryItem]:
-        return coalesce_items(items) if self.settings.mode == "rest" else items
+        # Bulk only when its budgets grant it now (SPEC 10): else the customers go singly.
+        return coalesce_items(items, allow_bulk=self.allow_bulk) if self.settings.mode == "rest" else items
 
     # --- the metadata schema ------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ however it is grouped the second time, sends nothing twice.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,8 +211,14 @@ def rebuild(request: OutboundRequest, live: Sequence[Mapping[str, Any]]) -> Outb
     )
 
 
-def coalesce(requests: Sequence[OutboundRequest], *, max_bulk: int = MAX_BULK) -> list[Coalesced]:
-    """The requests of one task, coalesced; per-customer order is kept."""
+def coalesce(
+    requests: Sequence[OutboundRequest],
+    *,
+    max_bulk: int = MAX_BULK,
+    allow_bulk: Callable[[], bool] | None = None,
+) -> list[Coalesced]:
+    """The requests of one task, coalesced; per-customer order is kept.  ``allow_bulk``: asked
+    once per bulk call before it is planned (its budgets); False: those customers go singly."""
     # 1. Runs of consecutive upserts within each customer's subsequence.
     units: list[tuple[list[dict[str, Any]], list[int], OutboundRequest]] = []  # parts, sources, template
     open_run: dict[str, int] = {}  # customer -> index in units of its run still open for merging
@@ -250,7 +256,7 @@ def coalesce(requests: Sequence[OutboundRequest], *, max_bulk: int = MAX_BULK) -
     if len(bulk_units) >= 2:
         for start in range(0, len(bulk_units), max_bulk):
             chunk = bulk_units[start : start + max_bulk]
-            if len(chunk) < 2:
+            if len(chunk) < 2 or (allow_bulk is not None and not allow_bulk()):
                 break
             for i in chunk:
                 in_bulk[i] = len(groups)
@@ -286,12 +292,15 @@ def coalesce(requests: Sequence[OutboundRequest], *, max_bulk: int = MAX_BULK) -
     return out
 
 
-def coalesce_items(items: list[DeliveryItem]) -> list[DeliveryItem]:
+def coalesce_items(
+    items: list[DeliveryItem], allow_bulk: Callable[[], bool] | None = None
+) -> list[DeliveryItem]:
     """A task's items with their requests coalesced: a coalesced item carries the payloads of
-    all its events (for dead letters and replays) and all their backlog units."""
+    all its events (for dead letters and replays) and all their backlog units.  A bulk call
+    planned with ``allow_bulk`` (which took its budgets) is marked ``pregranted``."""
     if len(items) < 2:
         return items
-    plan = coalesce([OutboundRequest.from_dict(i["request"]) for i in items])
+    plan = coalesce([OutboundRequest.from_dict(i["request"]) for i in items], allow_bulk=allow_bulk)
     if len(plan) == len(items):
         return items
     out: list[DeliveryItem] = []
@@ -302,13 +311,14 @@ def coalesce_items(items: list[DeliveryItem]) -> list[DeliveryItem]:
         sources = [items[i] for i in merged.sources]
         times = [float(t) for s in sources if (t := s.get("received_at")) is not None]
         held = [backlog_of(s) for s in sources]
-        out.append(
-            new_item(
-                merged.request,
-                [s.get("payload") for s in sources],
-                min(times) if times else None,
-                sum(u for u, _ in held),
-                sum(b for _, b in held),
-            )
+        item = new_item(
+            merged.request,
+            [s.get("payload") for s in sources],
+            min(times) if times else None,
+            sum(u for u, _ in held),
+            sum(b for _, b in held),
         )
+        if allow_bulk is not None and merged.request.path == BULK_PATH:
+            item["pregranted"] = True
+        out.append(item)
     return out

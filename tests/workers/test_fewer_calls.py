@@ -1,0 +1,406 @@
+# ruff: noqa: F811 - pytest fixtures imported from tests.support.delivery
+"""Fewer calls for the same effect (SPEC 10): the hold window across tasks, the custom event that
+flushes its customer's held upserts first, the unchanged skip, bulk within its budget and the
+read-back of bulk async actions.  Real Redis, the pipeline's own functions, a scripted transport.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from connector import backlog
+from connector.config import Connection, Settings
+from connector.keys import Keys
+from connector.quotas import QuotaSettings
+from tests.support.delivery import (  # noqa: F401 - fixtures
+    FAST,
+    FakeTransport,
+    client,
+    keys,
+    make_connection,
+    redis_db_url,
+    transport,
+)
+from workers import pipeline
+from workers.delivery import holds, pending
+from workers.delivery.deadletters import DeadLetters
+from workers.delivery.ledger import Ledger
+from workers.delivery.store import DelayedStore
+from workers.outbound import OutboundRequest
+from workers.runtime import Runtime
+from workers.targets.voucherify_coalesce import BULK_PATH
+
+WINDOW = 0.3
+
+
+def quota(**kw: Any) -> QuotaSettings:
+    base: dict[str, Any] = {
+        "assumed": True,
+        "coalesce_window_seconds": WINDOW,
+        "unchanged_memory_days": 7,
+        "bulk_calls_per_hour": 0,
+    }
+    return QuotaSettings(**{**base, **kw})
+
+
+def runtime_for(
+    conn: Connection, client: redis.Redis, url: str, keys: Keys, transport: FakeTransport
+) -> Runtime:
+    settings = Settings(redis_url=url, connections=(conn,), _by_id={conn.id: conn})
+    return Runtime(
+        settings=settings,
+        redis=client,
+        keys=keys,
+        transport=transport,
+        schema_transport=transport,
+        tuning=FAST,
+    )
+
+
+@pytest.fixture
+def rt(client: redis.Redis, redis_db_url: str, keys: Keys, transport: FakeTransport) -> Runtime:
+    return runtime_for(make_connection(quota=quota()), client, redis_db_url, keys, transport)
+
+
+def upsert(mid: str, customer: str, t: str, **fields: Any) -> OutboundRequest:
+    key = f"acme:v:{mid}:upsert_customer"
+    return OutboundRequest(
+        method="POST",
+        path="/v1/customers",
+        body={"source_id": customer, **fields},
+        idempotency_key=key,
+        action="upsert_customer",
+        headers={"Idempotency-Key": key},
+        customer=customer,
+        event_time=t,
+        message_id=mid,
+    )
+
+
+def mapper(event: dict[str, Any], connection: Any) -> list[OutboundRequest]:
+    if event["type"] == "identify":
+        return [upsert(event["messageId"], event["userId"], event["timestamp"], **event.get("traits", {}))]
+    key = f"acme:v:{event['messageId']}:add_custom_event"
+    return [
+        OutboundRequest(
+            method="POST",
+            path="/v1/events",
+            body={"event": "E", "customer": {"source_id": event["userId"]}},
+            idempotency_key=key,
+            action="add_custom_event",
+            headers={"Idempotency-Key": key},
+            customer=event["userId"],
+            message_id=event["messageId"],
+        )
+    ]
+
+
+@pytest.fixture(autouse=True)
+def _mapper(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline, "_map_event", mapper)
+
+
+def ident(mid: str, user: str, second: int = 0, **traits: Any) -> dict[str, Any]:
+    return {
+        "type": "identify",
+        "messageId": mid,
+        "userId": user,
+        "timestamp": f"2024-05-01T10:00:{second:02d}.000Z",
+        "traits": traits,
+    }
+
+
+def track(mid: str, user: str) -> dict[str, Any]:
+    return {"type": "track", "messageId": mid, "userId": user}
+
+
+def ingest(rt: Runtime, *events: dict[str, Any]) -> None:
+    conn = rt.settings.connections[0]
+    backlog.reserve(rt.redis, conn.id, len(events), 100 * len(events), keys=rt.keys)
+    pipeline.process_segment_events(rt, conn, conn.id, list(events), None, 100 * len(events))
+
+
+def drain(rt: Runtime, *, wait: float = WINDOW + 0.1, later: float = 0.0) -> int:
+    """What the scheduler and the workers do once the window has passed: release due holds, then
+    run every due delayed entry (``later``: pretend that many seconds have passed)."""
+    time.sleep(wait)
+    holds.release_due(rt.redis, rt.keys)
+    store = DelayedStore(rt.redis, rt.keys)
+    conn = rt.settings.connections[0]
+    ran = 0
+    for entry in store.claim_due(now=time.time() + later, limit=1000):
+        pipeline.process_deliveries(rt, conn, entry.connection_id, entry.direction, entry.items)
+        store.ack([entry.id])
+        ran += 1
+    return ran
+
+
+def paths(transport: FakeTransport) -> list[str]:
+    return [c.url.split("vf.test", 1)[1] for c in transport.calls]
+
+
+def backlog_left(rt: Runtime) -> int:
+    return int(rt.redis.get(rt.keys.backlog("acme")) or 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The hold
+
+
+def test_identifies_of_several_tasks_are_held_then_sent_once_merged_newest_wins(
+    rt: Runtime, transport: FakeTransport
+) -> None:
+    ingest(rt, ident("m1", "a", 10, name="A new", email="a1@x"))
+    ingest(rt, ident("m2", "a", 5, name="A old", phone="123"))  # older, arrives later
+    ingest(rt, ident("m3", "a", 20, email=None, metadata={"k": 1}))
+    assert transport.calls == []  # held: nothing sent within the window
+    assert holds.Holds(rt.redis, rt.keys, "acme").size() == 1
+    drain(rt)
+    assert paths(transport) == ["/v1/customers"]
+    body = transport.calls[0].body
+    assert body == {"source_id": "a", "name": "A new", "phone": "123", "email": None, "metadata": {"k": 1}}
+    ledger = Ledger(rt.redis, rt.keys, "acme")
+    assert ledger.done_many([f"acme:v:m{i}:upsert_customer" for i in (1, 2, 3)]) == [True] * 3
+    assert backlog_left(rt) == 0
+    assert drain(rt, wait=0) == 0 and len(transport.calls) == 1  # nothing left anywhere
+
+
+def test_window_zero_sends_as_it_comes(
+    client: redis.Redis, redis_db_url: str, keys: Keys, transport: FakeTransport
+) -> None:
+    rt = runtime_for(
+        make_connection(quota=quota(coalesce_window_seconds=0)), client, redis_db_url, keys, transport
+    )
+    ingest(rt, ident("m1", "a", 1, name="A"))
+    assert paths(transport) == ["/v1/customers"]
+
+
+def test_a_custom_event_sends_its_customers_held_upsert_first(rt: Runtime, transport: FakeTransport) -> None:
+    ingest(rt, ident("m1", "a", 1, name="A"), ident("m2", "b", 1, name="B"))
+    ingest(rt, track("t1", "a"))
+    # At once, before the window ends: a's upsert, then a's event; b still held.
+    assert paths(transport) == ["/v1/customers", "/v1/events"]
+    assert transport.calls[0].body["source_id"] == "a"
+    assert DelayedStore(rt.redis, rt.keys).size() == 0  # the taken items' lease acknowledged
+    drain(rt)
+    assert paths(transport) == ["/v1/customers", "/v1/events", "/v1/customers"]
+    assert transport.calls[2].body["source_id"] == "b"
+
+
+def test_a_custom_event_waits_while_its_customers_upserts_are_on_their_way(
+    rt: Runtime, transport: FakeTransport
+) -> None:
+    ingest(rt, ident("m1", "a", 1, name="A"))
+    time.sleep(WINDOW + 0.1)
+    holds.release_due(rt.redis, rt.keys)  # released (in the delayed store), not yet run
+    ingest(rt, track("t1", "a"))
+    assert transport.calls == []  # the event parked: its customer's upsert goes first
+    drain(rt, wait=0, later=1.0)
+    assert paths(transport)[0] == "/v1/customers"
+    drain(rt, wait=0, later=1.0)
+    assert paths(transport) == ["/v1/customers", "/v1/events"]
+
+
+def test_held_upserts_are_never_only_in_a_workers_memory(rt: Runtime, transport: FakeTransport) -> None:
+    ingest(rt, ident("m1", "a", 1, name="A"))
+    hs = holds.Holds(rt.redis, rt.keys, "acme")
+    # A custom event's task takes the held items, then dies before running them.
+    taken_id, taken, busy = hs.take("segment_to_voucherify", "voucherify.eu", ["a"])
+    assert taken and not busy and hs.size() == 0
+    store = DelayedStore(rt.redis, rt.keys)
+    assert store.claim_due(now=time.time() + 1) == []  # leased ...
+    back = store.claim_due(now=time.time() + holds.TAKE_LEASE_SECONDS + 1)  # ... then due again
+    assert [e.id for e in back] == [taken_id]
+    assert back[0].items[0]["request"]["message_id"] == "m1" and back[0].items[0]["held"] is True
+    # Release: atomically from the hold to the delayed store (a scheduler killed after it loses nothing).
+    ingest(rt, ident("m2", "b", 1, name="B"))
+    time.sleep(WINDOW + 0.1)
+    assert holds.release_due(rt.redis, rt.keys) == 1
+    assert hs.size() == 0
+    due = [e for e in store.claim_due(now=time.time(), limit=100) if e.id != taken_id]
+    assert [i["request"]["message_id"] for e in due for i in e.items] == ["m2"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Unchanged
+
+
+def test_an_upsert_equal_to_the_last_accepted_is_skipped(rt: Runtime, transport: FakeTransport) -> None:
+    ingest(rt, ident("m1", "a", 1, name="A", email="a@x"))
+    drain(rt)
+    assert len(transport.calls) == 1
+    ingest(rt, ident("m2", "a", 2, name="A"), ident("m3", "a", 3, email="a@x"))  # merges to the same body
+    drain(rt)
+    assert len(transport.calls) == 1  # skipped_unchanged
+    assert Ledger(rt.redis, rt.keys, "acme").done_many(["acme:v:m2:upsert_customer"]) == [True]
+    assert backlog_left(rt) == 0
+    ingest(rt, ident("m4", "a", 4, name="A", email="a2@x"))
+    drain(rt)
+    assert len(transport.calls) == 2 and transport.calls[1].body["email"] == "a2@x"
+
+
+def test_the_unchanged_skip_is_off_with_memory_zero(
+    client: redis.Redis, redis_db_url: str, keys: Keys, transport: FakeTransport
+) -> None:
+    rt = runtime_for(
+        make_connection(quota=quota(unchanged_memory_days=0)), client, redis_db_url, keys, transport
+    )
+    ingest(rt, ident("m1", "a", 1, name="A"))
+    drain(rt)
+    ingest(rt, ident("m2", "a", 2, name="A"))
+    drain(rt)
+    assert len(transport.calls) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Bulk, its budget, its read-back
+
+
+def bulk_rt(client: redis.Redis, url: str, keys: Keys, transport: FakeTransport, per_hour: int) -> Runtime:
+    return runtime_for(
+        make_connection(quota=quota(bulk_calls_per_hour=per_hour)), client, url, keys, transport
+    )
+
+
+def action(status: str, errors: list[dict[str, str]] | None = None) -> tuple[int, dict[str, str], str]:
+    body: dict[str, Any] = {"id": "aa_1", "status": status}
+    if status in ("DONE", "FAILED"):
+        body["result"] = {"errors": errors or []}
+    return 200, {}, orjson.dumps(body).decode()
+
+
+ACCEPTED = (202, {}, '{"async_action_id": "aa_1"}')
+POLL_URL = "http://vf.test/v1/async-actions/aa_1"
+
+
+def test_bulk_is_read_back_and_each_failed_customer_dead_lettered_with_voucherifys_reason(
+    client: redis.Redis, redis_db_url: str, keys: Keys, transport: FakeTransport
+) -> None:
+    from collections import deque
+
+    rt = bulk_rt(client, redis_db_url, keys, transport, per_hour=10)
+    transport.by_url["http://vf.test" + BULK_PATH] = deque([ACCEPTED])
+    transport.by_url[POLL_URL] = deque(
+        [
+            action("IN_PROGRESS"),
+            action("DONE", [{"source_id": "b", "key": "invalid_customer", "message": "Bad email"}]),
+        ]
+    )
+    ingest(
+        rt, ident("m1", "a", 1, name="A"), ident("m2", "b", 1, email="nope"), ident("m3", "c", 1, name="C")
+    )
+    drain(rt)
+    assert paths(transport) == [BULK_PATH]
+    assert backlog_left(rt) == 3  # a 202 is not delivered
+    assert DeadLetters(rt.redis, rt.keys).count() == 0
+    drain(rt, wait=0, later=2)  # IN_PROGRESS: parked again
+    assert backlog_left(rt) == 3
+    drain(rt, wait=0, later=60)  # DONE
+    assert paths(transport) == [BULK_PATH, "/v1/async-actions/aa_1", "/v1/async-actions/aa_1"]
+    letters = DeadLetters(rt.redis, rt.keys).select()
+    assert len(letters) == 1
+    letter = letters[0]
+    assert letter.request["customer"] == "b" and letter.payload["messageId"] == "m2"
+    assert "invalid_customer" in letter.error and "Bad email" in letter.error
+    assert backlog_left(rt) == 0
+    ledger = Ledger(rt.redis, rt.keys, "acme")
+    # b's key forgotten (a replay sends it), a's and c's done.
+    assert ledger.done_many([f"acme:v:m{i}:upsert_customer" for i in (1, 2, 3)]) == [True, False, True]
+
+
+def test_bulk_not_done_within_the_bound_is_sent_again_singly(
+    client: redis.Redis,
+    redis_db_url: str,
+    keys: Keys,
+    transport: FakeTransport,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from collections import deque
+
+    rt = bulk_rt(client, redis_db_url, keys, transport, per_hour=10)
+    transport.by_url["http://vf.test" + BULK_PATH] = deque([ACCEPTED])
+    ingest(rt, ident("m1", "a", 1, name="A"), ident("m2", "b", 1, name="B"))
+    drain(rt)
+    monkeypatch.setattr(pending, "BOUND_SECONDS", 0.0)
+    drain(rt, wait=0.05, later=60)
+    assert paths(transport) == [BULK_PATH, "/v1/customers", "/v1/customers"]
+    assert sorted(c.body["source_id"] for c in transport.calls[1:]) == ["a", "b"]
+    assert backlog_left(rt) == 0
+
+
+def test_a_spent_bulk_budget_sends_singles_and_never_waits(
+    client: redis.Redis, redis_db_url: str, keys: Keys, transport: FakeTransport
+) -> None:
+    from collections import deque
+
+    rt = bulk_rt(client, redis_db_url, keys, transport, per_hour=2)  # usable: 1 per hour
+    transport.by_url["http://vf.test" + BULK_PATH] = deque([ACCEPTED])
+    ingest(rt, ident("m1", "a", 1, name="A"), ident("m2", "b", 1, name="B"))
+    drain(rt)
+    assert paths(transport) == [BULK_PATH]
+    ingest(rt, ident("m3", "c", 1, name="C"), ident("m4", "d", 1, name="D"))
+    drain(rt)
+    assert paths(transport) == [BULK_PATH, "/v1/customers", "/v1/customers"]
+
+
+def test_bulk_off_by_default_plan(rt: Runtime, transport: FakeTransport) -> None:
+    ingest(rt, ident("m1", "a", 1, name="A"), ident("m2", "b", 1, name="B"))
+    drain(rt)
+    assert paths(transport) == ["/v1/customers", "/v1/customers"]
+
+
+# ---------------------------------------------------------------------------------------------
+# segmentio mode: hold, merge and unchanged skip of customer-processing calls (no bulk)
+
+
+def segmentio_mapper(event: dict[str, Any], connection: Any) -> list[OutboundRequest]:
+    key = f"acme:v:{event['messageId']}:upsert_customer"
+    return [
+        OutboundRequest(
+            method="POST",
+            path="/segmentio/customer-processing",
+            body={"source_id": event["userId"], "type": "identify", **event.get("traits", {})},
+            idempotency_key=key,
+            action="upsert_customer",
+            headers={},
+            customer=event["userId"],
+            event_time=event["timestamp"],
+            message_id=event["messageId"],
+        )
+    ]
+
+
+def test_segmentio_customer_calls_are_held_merged_and_skipped_when_unchanged(
+    client: redis.Redis,
+    redis_db_url: str,
+    keys: Keys,
+    transport: FakeTransport,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dataclasses
+
+    monkeypatch.setattr(pipeline, "_map_event", segmentio_mapper)
+    base = make_connection(quota=quota(bulk_calls_per_hour=100))
+    conn = dataclasses.replace(base, voucherify=dataclasses.replace(base.voucherify, mode="segmentio"))
+    rt = runtime_for(conn, client, redis_db_url, keys, transport)
+    ingest(rt, ident("m1", "a", 2, first_name="New", metadata={"x": 1}), ident("m2", "b", 1, first_name="B"))
+    ingest(rt, ident("m3", "a", 1, first_name="Old", email="a@x", metadata={"y": 2}))
+    assert transport.calls == []
+    drain(rt)
+    assert paths(transport) == ["/segmentio/customer-processing"] * 2  # one per customer, never bulk
+    by = {c.body["source_id"]: c.body for c in transport.calls}
+    assert by["a"] == {
+        "source_id": "a",
+        "type": "identify",
+        "first_name": "New",
+        "email": "a@x",
+        "metadata": {"x": 1, "y": 2},
+    }
+    ingest(rt, ident("m4", "b", 5, first_name="B"))
+    drain(rt)
+    assert len(transport.calls) == 2  # b unchanged: skipped

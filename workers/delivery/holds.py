@@ -1,0 +1,482 @@
+"""The hold window: one customer's upserts held in Redis across tasks and workers, then sent once
+(SPEC 10, "Fewer calls for the same effect").
+
+Knows no system: the target says which requests may be held (``holdable``), how a customer's
+held requests become fewer calls (``coalesce_held``), and what an upsert's digest is (for the
+unchanged skip).  Redis layout (``{p}`` the prefix, ``{c}`` the connection)::
+
+    {p}hold:{c}:{customer}       list    held delivery items (JSON), in arrival order
+    {p}holds:{c}                 zset    customer -> due (epoch ms: first held + window)
+    {p}holds                     hash    connection id -> the JSON head of its delayed entries
+    {p}holdout:{c}:{customer}    string  the customer's held upserts are on their way (TTL)
+    {p}unchanged:{c}:{customer}  string  digest of the last upsert Voucherify accepted (TTL)
+
+::
+
+    task ── holdable, customer has no other request here ──> HOLD (RPUSH, ZADD NX due)
+         ── a custom event of a customer ──> TAKE its held items into a leased delayed entry,
+            run them in front of the event (one chain: Voucherify sees them first), ack the
+            lease once the chain is finished or parked
+         ── its held items already on their way (``out`` marker) ──> the event parks (busy)
+    scheduler tick ── RELEASE due customers (one Lua: lists -> one delayed entry per connection,
+                      due now, items flagged ``held``; ``out`` marker set) ──> connector.deliver
+    deliver task ── held items: unchanged skipped, coalesced (merge, bulk), run; markers cleared
+
+Nothing held is ever only in a worker's memory: RELEASE moves items atomically from the hold
+into the delayed store (whose lease/ack and the broker's late acks take over), and TAKE moves
+them into a delayed entry due after a lease, acknowledged only after the taking task ran them,
+so a worker killed in between leaves them to come back by themselves.  Idempotency keys are
+untouched: the ledger still claims each part once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+import redis
+
+from connector import metrics
+from connector.contract import DeliveryItem
+from connector.keys import Keys
+from connector.lua import Lua
+from workers.delivery import attempts
+from workers.delivery.attempts import Step
+from workers.delivery.context import Context
+from workers.delivery.store import DelayedStore
+from workers.outbound import OutboundRequest
+
+HELD_REASON = "held"
+# Taken items live in a delayed entry due this long after the take: the taking task acks it
+# when done; a dead task's items come back then.
+TAKE_LEASE_SECONDS = 60.0
+# The ``out`` marker: released items are on their way (scheduler -> broker -> worker).  A marker
+# outlives any normal trip; a lost one only delays the customer's next release that long.
+OUT_MARKER_SECONDS = 60.0
+BUSY_PARK_SECONDS = 0.5
+# A customer whose earlier upserts are still on their way is looked at again this much later.
+RECHECK_MS = 500
+MAX_ITEMS_PER_ENTRY = 500
+RELEASE_CUSTOMERS_PER_CALL = 1000
+
+
+def hold_key(keys: Keys, connection_id: str, customer: str) -> str:
+    return keys.hold(connection_id, customer)
+
+
+def holds_key(keys: Keys, connection_id: str) -> str:
+    return keys.holds(connection_id)
+
+
+def index_key(keys: Keys) -> str:
+    return keys.holds_index
+
+
+def out_key(keys: Keys, connection_id: str, customer: str) -> str:
+    return keys.hold_out(connection_id, customer)
+
+
+def unchanged_key(keys: Keys, connection_id: str, customer: str) -> str:
+    return keys.unchanged(connection_id, customer)
+
+
+def digest(body: Any) -> str:
+    """A body's identity: canonical JSON (sorted keys), hashed."""
+    raw = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+# KEYS: the connection's zset, the index; ARGV: window ms, index head, then (hold key, item) pairs
+# grouped per customer as: customer, hold key, n, item1..itemn.
+_HOLD = Lua(
+    """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = now + tonumber(ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+local i = 4
+while i <= #ARGV do
+  local customer, key, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  for j = 1, n do redis.call('RPUSH', key, ARGV[i + 2 + j]) end
+  redis.call('ZADD', KEYS[1], 'NX', due, customer)
+  i = i + 3 + n
+end
+return now
+"""
+)
+
+# TAKE: KEYS: the connection's zset, delayed zset, delayed hash.  ARGV: entry id, entry head
+# (JSON up to the items), lease ms, then per customer: customer, hold key, out key.
+# Returns {entry id or '', items..., '|', busy customers...}.
+_TAKE = Lua(
+    """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local items, busy = {}, {}
+for i = 4, #ARGV, 3 do
+  local customer, key, out = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if redis.call('EXISTS', out) == 1 then
+    busy[#busy + 1] = customer
+  else
+    local held = redis.call('LRANGE', key, 0, -1)
+    if #held > 0 then
+      for _, raw in ipairs(held) do items[#items + 1] = raw end
+      redis.call('DEL', key)
+      redis.call('ZREM', KEYS[1], customer)
+    end
+  end
+end
+local out = {}
+if #items > 0 then
+  local due = now + tonumber(ARGV[3])
+  local entry = ARGV[2] .. ',"items":[' .. table.concat(items, ',') .. '],"due":' .. (due / 1000) .. ',"reason":"held"}'
+  redis.call('HSET', KEYS[3], ARGV[1], entry)
+  redis.call('ZADD', KEYS[2], due, ARGV[1])
+  out[1] = ARGV[1]
+else
+  out[1] = ''
+end
+for _, raw in ipairs(items) do out[#out + 1] = raw end
+out[#out + 1] = '|'
+for _, c in ipairs(busy) do out[#out + 1] = c end
+return out
+"""
+)
+
+# RELEASE one connection's due customers.  KEYS: the connection's zset, delayed zset, delayed
+# hash, the index.  ARGV: connection id, key prefix, entry id base, max customers, max items per
+# entry, out marker ms, recheck ms.  Items are flagged held by the entry's head ("held":true is
+# added to each item by the worker reading it: the entry's reason says so).
+_RELEASE = Lua(
+    """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cid, prefix = ARGV[1], ARGV[2]
+local head = redis.call('HGET', KEYS[4], cid)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
+if not head then
+  if redis.call('ZCARD', KEYS[1]) == 0 then return 0 end
+  return -1
+end
+local entries, batch, released = 0, {}, 0
+local function emit()
+  if #batch == 0 then return end
+  entries = entries + 1
+  local id = ARGV[3] .. '-' .. entries
+  local entry = head .. ',"items":[' .. table.concat(batch, ',') .. '],"due":' .. (now / 1000) .. ',"reason":"held"}'
+  redis.call('HSET', KEYS[3], id, entry)
+  redis.call('ZADD', KEYS[2], now, id)
+  batch = {}
+end
+for _, customer in ipairs(due) do
+  local out = prefix .. 'holdout:' .. cid .. ':' .. customer
+  if redis.call('EXISTS', out) == 1 then
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[7]), customer)
+  else
+    local key = prefix .. 'hold:' .. cid .. ':' .. customer
+    local held = redis.call('LRANGE', key, 0, -1)
+    redis.call('DEL', key)
+    redis.call('ZREM', KEYS[1], customer)
+    if #held > 0 then
+      if #batch + #held > tonumber(ARGV[5]) then emit() end
+      for _, raw in ipairs(held) do batch[#batch + 1] = raw end
+      redis.call('SET', out, 'released', 'PX', tonumber(ARGV[6]))
+      released = released + 1
+    end
+  end
+end
+emit()
+return released
+"""
+)
+
+
+_DEL_IF = Lua(
+    """
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
+end
+return 0
+"""
+)
+
+
+class HoldTarget(Protocol):
+    """What the hold asks of a target (the Voucherify target implements it)."""
+
+    def hold_window(self) -> float:
+        """Seconds a customer's upserts are held (0: no hold, every request as it comes)."""
+        ...
+
+    def holdable(self, request: OutboundRequest) -> bool:
+        """An upsert that may wait for and merge with the customer's next ones."""
+        ...
+
+    def merged_body(self, requests: list[OutboundRequest]) -> Any | None:
+        """The body one customer's requests merge into (None: they cannot be merged)."""
+        ...
+
+    def unchanged_days(self) -> int:
+        """How long the digest of an accepted upsert is remembered (0: no unchanged skip)."""
+        ...
+
+    def coalesce_held(self, items: list[DeliveryItem], bulk: bool) -> list[DeliveryItem]:
+        """Held items (many customers) as fewer calls: merged, in bulk when ``bulk`` and the
+        bulk budget allows."""
+        ...
+
+
+def hold_target(target: Any) -> HoldTarget | None:
+    """The target as a :class:`HoldTarget` when it holds anything now, else None."""
+    window = getattr(target, "hold_window", None)
+    if window is None or window() <= 0:
+        return None
+    return target
+
+
+class Holds:
+    """One connection's holds (Redis side)."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, connection_id: str) -> None:
+        self.client = client
+        self.keys = keys
+        self.connection_id = connection_id
+
+    def entry_head(self, direction: str, queue: str) -> str:
+        head = orjson.dumps({"connection_id": self.connection_id, "direction": direction, "queue": queue})
+        return head.decode()[:-1]  # without the closing brace: the scripts add items, due, reason
+
+    def hold(
+        self, direction: str, queue: str, by_customer: Mapping[str, list[DeliveryItem]], window: float
+    ) -> None:
+        if not by_customer:
+            return
+        args: list[Any] = [max(1, int(window * 1000)), self.connection_id, self.entry_head(direction, queue)]
+        for customer, items in by_customer.items():
+            args += [customer, hold_key(self.keys, self.connection_id, customer), len(items)]
+            args += [orjson.dumps(i) for i in items]
+        _HOLD(self.client, [holds_key(self.keys, self.connection_id), index_key(self.keys)], args)
+
+    def take(
+        self, direction: str, queue: str, customers: Iterable[str], lease: float = TAKE_LEASE_SECONDS
+    ) -> tuple[str | None, list[DeliveryItem], set[str]]:
+        """The held items of ``customers`` (moved into a leased delayed entry: its id), and the
+        customers whose held items are on their way already."""
+        customers = list(customers)
+        if not customers:
+            return None, [], set()
+        entry_id = "take-" + uuid.uuid4().hex
+        args: list[Any] = [entry_id, self.entry_head(direction, queue), int(lease * 1000)]
+        for customer in customers:
+            args += [
+                customer,
+                hold_key(self.keys, self.connection_id, customer),
+                out_key(self.keys, self.connection_id, customer),
+            ]
+        flat = _TAKE(
+            self.client,
+            [holds_key(self.keys, self.connection_id), self.keys.delayed, self.keys.delayed_data],
+            args,
+        )
+        taken_id = _text(flat[0]) or None
+        split = [_text(x) for x in flat[1:]].index("|") + 1
+        items = [orjson.loads(raw) for raw in flat[1:split]]
+        busy = {_text(c) for c in flat[split + 1 :]}
+        return taken_id, items, busy
+
+    def clear_out(self, customers: Iterable[str], only: str | None = None) -> None:
+        """Forget the customers' ``out`` markers (``only``: those of that kind)."""
+        names = [out_key(self.keys, self.connection_id, c) for c in customers]
+        if not names:
+            return
+        if only is None:
+            self.client.delete(*names)
+        else:
+            _DEL_IF(self.client, names, [only])
+
+    def mark_out(self, customers: Iterable[str], seconds: float, kind: str = "queued") -> None:
+        customers = list(customers)
+        if not customers:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for customer in customers:
+            pipe.set(out_key(self.keys, self.connection_id, customer), kind, px=max(1, int(seconds * 1000)))
+        pipe.execute()
+
+    def size(self) -> int:
+        return int(self.client.zcard(holds_key(self.keys, self.connection_id)))
+
+    # --- unchanged skip ---------------------------------------------------------------------
+
+    def digests(self, customers: list[str]) -> list[str | None]:
+        if not customers:
+            return []
+        raw = self.client.mget([unchanged_key(self.keys, self.connection_id, c) for c in customers])
+        return [_text(v) if v is not None else None for v in raw]
+
+    def remember(self, digests: Mapping[str, str], days: int) -> None:
+        if not digests or days <= 0:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for customer, value in digests.items():
+            pipe.set(unchanged_key(self.keys, self.connection_id, customer), value, ex=int(days * 86400))
+        pipe.execute()
+
+
+def release_due(client: redis.Redis, keys: Keys, *, limit: int = RELEASE_CUSTOMERS_PER_CALL) -> int:
+    """Move every connection's due holds into the delayed store (due now); the number of
+    customers released.  Atomic per connection: safe with several schedulers."""
+    released = 0
+    for raw in client.hkeys(index_key(keys)):
+        cid = _text(raw)
+        count = int(
+            _RELEASE(
+                client,
+                [holds_key(keys, cid), keys.delayed, keys.delayed_data, index_key(keys)],
+                [
+                    cid,
+                    keys.prefix,
+                    "held-" + uuid.uuid4().hex,
+                    limit,
+                    MAX_ITEMS_PER_ENTRY,
+                    int(OUT_MARKER_SECONDS * 1000),
+                    RECHECK_MS,
+                ],
+            )
+        )
+        released += max(0, count)
+    return released
+
+
+def held_count(client: redis.Redis, keys: Keys) -> dict[str, int]:
+    """Customers with held upserts, per connection (the ``connector_upserts_held`` gauge)."""
+    return {
+        _text(raw): int(client.zcard(holds_key(keys, _text(raw)))) for raw in client.hkeys(index_key(keys))
+    }
+
+
+def ack_taken(store: DelayedStore, entry_id: str | None) -> None:
+    if entry_id:
+        store.ack([entry_id])
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+# ---------------------------------------------------------------------------------------------
+# A task's items through the hold
+
+
+@dataclass
+class Intercepted:
+    run: list[DeliveryItem]  # to run now (in this order: a customer's taken upserts first)
+    parked: list[tuple[Step, list[DeliveryItem]]]  # chains that wait (their upserts on their way)
+    taken: str | None = None  # the leased delayed entry of taken items (acked after the run)
+    released: set[str] = field(default_factory=set)  # customers whose released upserts run here
+
+    def finish(self, ctx: Context) -> None:
+        """After the run (its parked chains written): the lease acked, the markers cleared."""
+        ack_taken(DelayedStore(ctx.client, ctx.keys), self.taken)
+        Holds(ctx.client, ctx.keys, ctx.connection_id).clear_out(self.released, only="released")
+
+
+def intercept(ctx: Context, items: list[DeliveryItem], *, fresh: bool) -> Intercepted:
+    """The hold applied to a task's items: fresh upserts held, a custom event's customer's held
+    upserts taken in front of it, released held items checked for unchanged and coalesced.
+    ``fresh``: the items come from the ingest (items back from the delayed store are not held
+    again)."""
+    target = hold_target(ctx.target)
+    if target is None:
+        return Intercepted(items, [])
+    holds = Holds(ctx.client, ctx.keys, ctx.connection_id)
+    released = [i for i in items if i.get("held")]
+    rest = [i for i in items if not i.get("held")]
+
+    by_customer: dict[str, list[DeliveryItem]] = {}
+    for item in rest:
+        customer = (item.get("request") or {}).get("customer")
+        if isinstance(customer, str):
+            by_customer.setdefault(customer, []).append(item)
+    to_hold: dict[str, list[DeliveryItem]] = {}
+    flush: list[str] = []
+    for customer, mine in by_customer.items():
+        if all(target.holdable(OutboundRequest.from_dict(i["request"])) for i in mine):
+            if fresh:
+                to_hold[customer] = mine
+        else:
+            flush.append(customer)
+    for mine in to_hold.values():
+        for item in mine:
+            item["held"] = True
+    holds.hold(ctx.direction, ctx.queue, to_hold, target.hold_window())
+    taken_id, taken, busy = holds.take(ctx.direction, ctx.queue, flush)
+
+    held_now = {id(i) for mine in to_hold.values() for i in mine}
+    parked: list[tuple[Step, list[DeliveryItem]]] = []
+    if busy:
+        due = time.time() + BUSY_PARK_SECONDS
+        parked = [(Step.parked("busy", due), by_customer[c]) for c in sorted(busy)]
+        for _step, chain in parked:
+            attempts.parked(ctx, OutboundRequest.from_dict(chain[0]["request"]), chain[0], "busy", due)
+    waiting = {id(i) for c in busy for i in by_customer[c]}
+    run = _prepare_held(ctx, target, taken, bulk=False) + _prepare_held(ctx, target, released, bulk=True)
+    run += [i for i in rest if id(i) not in held_now and id(i) not in waiting]
+    customers = {str((i.get("request") or {}).get("customer")) for i in released}
+    return Intercepted(run, parked, taken_id, customers)
+
+
+def _prepare_held(
+    ctx: Context, target: HoldTarget, items: list[DeliveryItem], *, bulk: bool
+) -> list[DeliveryItem]:
+    """Held items without the customers whose merged upsert is unchanged, coalesced."""
+    if not items:
+        return []
+    kept = skip_unchanged(ctx, target, items)
+    out = target.coalesce_held(kept, bulk) if kept else []
+    for item in out:
+        item.pop("held", None)  # from here on an ordinary item (a retry comes back as one)
+    return out
+
+
+def skip_unchanged(ctx: Context, target: HoldTarget, items: list[DeliveryItem]) -> list[DeliveryItem]:
+    """``items`` without the customers whose merged upsert equals the last one accepted: those
+    are finished as ``skipped_unchanged`` (keys done, stale mark raised: as if delivered)."""
+    days = target.unchanged_days()
+    if days <= 0:
+        return items
+    by_customer: dict[str, list[DeliveryItem]] = {}
+    for item in items:
+        customer = (item.get("request") or {}).get("customer")
+        if isinstance(customer, str):
+            by_customer.setdefault(customer, []).append(item)
+    customers = list(by_customer)
+    merged: dict[str, str] = {}
+    for customer in customers:
+        body = target.merged_body([OutboundRequest.from_dict(i["request"]) for i in by_customer[customer]])
+        if body is not None:
+            merged[customer] = digest(body)
+    names = [c for c in customers if c in merged]
+    known = Holds(ctx.client, ctx.keys, ctx.connection_id).digests(names)
+    same = {c for c, d in zip(names, known, strict=True) if d is not None and d == merged[c]}
+    if not same:
+        return items
+    skipped = [i for c in same for i in by_customer[c]]
+    requests = [OutboundRequest.from_dict(i["request"]) for i in skipped]
+    ctx.ledger.complete_many([r.idempotency_key for r in requests], ctx.ledger_keep)
+    newest: dict[str, int] = {}
+    for r in requests:
+        ms = ctx.target.stale_time(r.action, r.event_time)
+        if ms is not None and r.customer:
+            newest[r.customer] = max(ms, newest.get(r.customer, ms))
+    for customer, ms in newest.items():
+        ctx.stale.applied(customer, ms, ctx.tuning.stale_ttl)
+    for item, r in zip(skipped, requests, strict=True):
+        attempts.skipped_unchanged(ctx, r, item)
+    metrics.child(metrics.UPSERTS_SKIPPED, ctx.connection_id).inc(len(same))
+    return [i for i in items if (i.get("request") or {}).get("customer") not in same]

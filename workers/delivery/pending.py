@@ -1,0 +1,193 @@
+"""Calls a target only queued (Voucherify's bulk upsert: ``202`` and an async action), read back
+before anything is counted delivered (SPEC 10).
+
+Knows no system: the target says whether an answer only queued the work (``queued_as``), how to
+read the queued work's state (``poll_request`` for the budgets, ``read_action`` for the call),
+and how a queued request splits per customer (``per_customer``)::
+
+    engine: 2xx, target.queued_as -> an action id
+        ── every part's key recorded done (nothing is sent twice while it runs), the customers'
+           ``out`` markers set (no newer upsert overtakes the queued one), the item PARKED
+           ``async_action`` in the delayed store (no worker waits)
+    deliver task: the item back ── past the bound (10 min) ──> RESEND each customer singly
+        ── the poll's budgets denied ──> parked (throttled)
+        ── poll ── not finished / no answer ──> parked again (backoff, >= the server's wait)
+                ── FAILED (nothing applied), or unknown (404) ──> RESEND each customer singly
+                ── DONE ── each customer in the errors: dead-lettered on its own with the
+                           target's key and message (its keys forgotten: a replay sends it)
+                        └─ the others: delivered (digests remembered; stale marks were raised
+                           at the 202: Voucherify applies in the order it accepted)
+
+A worker killed in the middle leaves the parked item in the delayed store or the broker (late
+acks): it is polled again; a resend claims the parts' keys like any call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from connector import metrics
+from connector.contract import DeliveryItem, backlog_of
+from workers.delivery import attempts
+from workers.delivery.attempts import Failure, Step, finish_dead, new_item
+from workers.delivery.context import Context
+from workers.delivery.deadletters import REJECTED
+from workers.delivery.holds import Holds
+from workers.delivery.target import Answer
+from workers.delivery.transport import HTTPResult
+from workers.outbound import OutboundRequest
+
+ASYNC_KEY = "async_action"  # the item's record of its queued call: {"id", "at", "polls"}
+REASON = "async_action"  # the parked reason while it runs
+FIRST_POLL_SECONDS = 1.0
+MAX_POLL_SECONDS = 30.0
+# Not finished this long after it was accepted: the customers are sent again singly.
+BOUND_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class ActionState:
+    status: str  # ENQUEUED | IN_PROGRESS | DONE | FAILED | UNKNOWN
+    finished: bool
+    # customer -> the target's reason ("key: message"), for each customer that failed
+    errors: Mapping[str, str] = field(default_factory=dict)
+
+
+class QueuingTarget(Protocol):
+    def queued_as(self, request: OutboundRequest, answer: HTTPResult) -> str | None: ...
+
+    def poll_request(self, action_id: str) -> OutboundRequest: ...
+
+    def read_action(self, action_id: str) -> tuple[Answer, ActionState | None]: ...
+
+    def per_customer(self, request: OutboundRequest) -> list[OutboundRequest]: ...
+
+    def applied(self, requests: list[OutboundRequest]) -> None: ...
+
+
+def is_pending(item: Mapping[str, Any]) -> bool:
+    return isinstance(item.get(ASYNC_KEY), dict)
+
+
+def queued(ctx: Context, request: OutboundRequest, item: DeliveryItem, action_id: str) -> Step:
+    """``request`` was accepted for later: park it to be read back."""
+    now = time.time()
+    ctx.ledger.complete(request.idempotency_key, ctx.ledger_keep)
+    parts = list(request.parts or ())
+    ctx.ledger.complete_many([p["idempotency_key"] for p in parts], ctx.ledger_keep)
+    customers = {str(p["customer"]) for p in parts if p.get("customer")}
+    # Raised now, as for a delivered call: Voucherify will apply these in the order accepted,
+    # so an older upsert arriving meanwhile must still be skipped as stale.
+    _raise_stale(ctx, parts)
+    # Voucherify applies the queued upserts later: a newer upsert sent meanwhile would be
+    # overwritten by the older queued one, so the customers' next upserts wait for it.
+    Holds(ctx.client, ctx.keys, ctx.connection_id).mark_out(customers, BOUND_SECONDS + 60.0)
+    item["async_action"] = {"id": action_id, "at": now, "polls": 0}
+    metrics.child(metrics.ASYNC_ACTIONS, ctx.connection_id, "accepted").inc()
+    attempts.parked(ctx, request, item, REASON, now + FIRST_POLL_SECONDS)
+    return Step.parked(REASON, now + FIRST_POLL_SECONDS)
+
+
+def settle(ctx: Context, item: DeliveryItem) -> tuple[list[DeliveryItem], Step | None]:
+    """Read a parked queued call back: (items to run now, or a step when it parks again)."""
+    target: QueuingTarget = ctx.target  # type: ignore[assignment]
+    info: dict[str, Any] = item["async_action"]
+    request = OutboundRequest.from_dict(item["request"])
+    now = time.time()
+    if now - float(info.get("at") or now) > BOUND_SECONDS:
+        return _resend(ctx, item, request, "expired"), None
+    poll = target.poll_request(str(info["id"]))
+    budgets = ctx.target.budgets_for(poll)
+    grant = ctx.budgets.acquire(budgets, has_slot=True)
+    if not grant.granted:
+        attempts.throttled(ctx)
+        return [], Step.parked("throttled", now + grant.wait)
+    answer, state = target.read_action(str(info["id"]))
+    observation = attempts.observe(ctx, budgets, answer)
+    polls = int(info.get("polls") or 0) + 1
+    info["polls"] = polls
+    if state is None and isinstance(answer, HTTPResult) and answer.status == 404:
+        return _resend(ctx, item, request, "unknown"), None
+    if state is None or not state.finished:
+        delay = min(MAX_POLL_SECONDS, FIRST_POLL_SECONDS * (2 ** min(polls, 5)))
+        delay = max(delay, observation.wait or 0.0)
+        return [], Step.parked(REASON, now + delay)
+    if state.status != "DONE":
+        return _resend(ctx, item, request, "failed"), None
+    assert isinstance(answer, HTTPResult)
+    metrics.child(metrics.ASYNC_ACTIONS, ctx.connection_id, "done").inc()
+    ok: list[OutboundRequest] = []
+    ok_items: list[DeliveryItem] = []
+    customers: list[str] = []
+    for single in target.per_customer(request):
+        customer = str(single.customer)
+        customers.append(customer)
+        sub = _sub_item(item, single)
+        reason = state.errors.get(customer)
+        if reason is not None:
+            # Not applied: its keys forgotten, so that a replay of the dead letter sends it.
+            _forget(ctx, single)
+            finish_dead(
+                ctx,
+                sub,
+                Failure(REJECTED, f"async action {info['id']}: {reason}", answer.status, reason[:500]),
+            )
+            continue
+        ok.append(single)
+        ok_items.append(sub)
+    if ok_items:
+        attempts.delivered(ctx, ok_items, answer, attempt=item.get("attempts"))
+        target.applied(ok)
+    ctx.release_backlog(*backlog_of(item))
+    Holds(ctx.client, ctx.keys, ctx.connection_id).clear_out(customers, only="queued")
+    return [], None
+
+
+def _resend(ctx: Context, item: DeliveryItem, request: OutboundRequest, why: str) -> list[DeliveryItem]:
+    """Each customer of a queued call that did not complete, as its own call again."""
+    target: QueuingTarget = ctx.target  # type: ignore[assignment]
+    metrics.child(metrics.ASYNC_ACTIONS, ctx.connection_id, why).inc()
+    singles = target.per_customer(request)
+    for single in singles:
+        _forget(ctx, single)
+    units, stored = backlog_of(item)
+    out: list[DeliveryItem] = []
+    for index, single in enumerate(singles):
+        # The queued call's backlog rides on the first: released when it is finished.
+        sub = _sub_item(item, single, units if index == 0 else 0, stored if index == 0 else 0)
+        out.append(sub)
+    Holds(ctx.client, ctx.keys, ctx.connection_id).clear_out(
+        (str(s.customer) for s in singles), only="queued"
+    )
+    return out
+
+
+def _forget(ctx: Context, single: OutboundRequest) -> None:
+    keys = [single.idempotency_key, *(p["idempotency_key"] for p in single.parts or ())]
+    ctx.client.delete(*[ctx.keys.ledger(ctx.connection_id, k) for k in keys])
+
+
+def _raise_stale(ctx: Context, parts: Sequence[Mapping[str, Any]]) -> None:
+    newest: dict[str, int] = {}
+    for part in parts:
+        ms = ctx.target.stale_time(part.get("action"), part.get("event_time"))
+        if ms is not None and part.get("customer"):
+            newest[part["customer"]] = max(ms, newest.get(part["customer"], ms))
+    for customer, ms in newest.items():
+        ctx.stale.applied(customer, ms, ctx.tuning.stale_ttl)
+
+
+def _sub_item(item: DeliveryItem, single: OutboundRequest, units: int = 0, stored: int = 0) -> DeliveryItem:
+    """One customer's share of a queued call's item: its own request, its own events."""
+    ids = {p.get("message_id") for p in single.parts or ()} or {single.message_id}
+    payload = item.get("payload")
+    events = payload if isinstance(payload, list) else [payload]
+    mine = [e for e in events if isinstance(e, dict) and e.get("messageId") in ids]
+    sub = new_item(single, mine if len(mine) != 1 else mine[0], item.get("received_at"), units, stored)
+    sub["first_attempt_at"] = item.get("first_attempt_at")
+    sub["attempts"] = int(item.get("attempts") or 0)
+    sub["history"] = list(item.get("history") or [])
+    return sub

@@ -1,0 +1,271 @@
+"""Fewer Voucherify calls for the same effect (SPEC 10): what the Voucherify target answers to
+the hold (:mod:`workers.delivery.holds`) and to the read-back of bulk calls
+(:mod:`workers.delivery.pending`).
+
+- **Hold**: upserts (``POST /v1/customers`` in rest mode -- identify and group -- and
+  ``/segmentio/customer-processing`` in segmentio mode) wait ``coalesce_window_seconds``
+  (0: no hold, and none of this applies: every request as it comes).
+- **Merge**: one customer's held upserts in event-time order (the newest value wins, ``null``
+  clears, ``address``/``metadata`` key by key: :mod:`workers.targets.voucherify_coalesce`).
+- **Unchanged**: the digest of the last body Voucherify accepted per customer, remembered
+  ``unchanged_memory_days`` (0: never skipped).
+- **Bulk** (rest only): customers due together go in ``POST /v1/customers/bulk/async`` only
+  when the bulk call's budgets grant it now (:func:`bulk_budgets`); denied: singly.  The 202's
+  async action is read back with ``GET /v1/async-actions/{id}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from connector import CHANNEL, USER_AGENT
+from connector.config import Connection
+from connector.contract import DeliveryItem, backlog_of
+from connector.keys import Keys
+from connector.tuning import Tuning
+from workers.delivery.attempts import new_item
+from workers.delivery.budgets import Budget, Budgets
+from workers.delivery.holds import Holds, digest
+from workers.delivery.pending import ActionState
+from workers.delivery.target import Answer
+from workers.delivery.transport import HTTPResult, Transport
+from workers.outbound import OutboundRequest
+from workers.targets.voucherify_coalesce import (
+    BULK_PATH,
+    CUSTOMERS_PATH,
+    _customers_in_order,
+    _merged_customer_body,
+    build,
+    coalesce_items,
+    is_upsert,
+    part_of,
+)
+
+SEGMENTIO_CUSTOMER_PATH = "/segmentio/customer-processing"
+ASYNC_ACTIONS_PATH = "/v1/async-actions/"
+BULK_BUDGET = "bulk_calls_hour"
+
+
+def bulk_budgets(connection: Connection, api_budgets: tuple[Budget, ...]) -> tuple[Budget, ...] | None:
+    """The budgets a bulk call spends, or None when bulk is off (``bulk_calls_per_hour`` 0).
+
+    Q1's ``VoucherifyTarget.budgets_for(bulk request)`` supersedes this at merge: it names
+    ``bulk_calls_hour`` itself, so the caller then passes only that."""
+    quota = connection.voucherify.quota
+    usable = quota.usable(quota.bulk_calls_per_hour) if quota.bulk_calls_per_hour else None
+    if not usable:
+        return None
+    return (Budget(limit=usable, window=3600.0, name=BULK_BUDGET), *api_budgets)
+
+
+class FewerCalls:
+    """Mixed into :class:`workers.targets.voucherify.VoucherifyTarget`."""
+
+    connection: Connection
+    client: Any
+    keys: Keys
+    tuning: Tuning
+    budgets: Budgets
+    schema_transport: Transport | None
+    base_url: str
+
+    if TYPE_CHECKING:  # the target's own (declared here for the type checker only)
+
+        def budgets_for(self, request: OutboundRequest | None) -> tuple[Budget, ...]: ...
+
+        def auth_headers(self) -> dict[str, str]: ...
+
+    # --- the hold ---------------------------------------------------------------------------
+
+    def hold_window(self) -> float:
+        return float(self.connection.voucherify.quota.coalesce_window_seconds)
+
+    def unchanged_days(self) -> int:
+        return int(self.connection.voucherify.quota.unchanged_memory_days)
+
+    def holdable(self, request: OutboundRequest) -> bool:
+        if self.connection.voucherify.mode == "rest":
+            return is_upsert(request)
+        return (
+            request.method == "POST"
+            and request.path == SEGMENTIO_CUSTOMER_PATH
+            and isinstance(request.customer, str)
+            and isinstance(request.body, dict)
+            and not request.parts
+        )
+
+    def merged_body(self, requests: list[OutboundRequest]) -> Any | None:
+        if not requests:
+            return None
+        return _merged_customer_body([part_of(r) for r in requests])
+
+    def coalesce_held(self, items: list[DeliveryItem], bulk: bool) -> list[DeliveryItem]:
+        if self.connection.voucherify.mode == "rest":
+            allow = self.allow_bulk if bulk else (lambda: False)
+            return coalesce_items(items, allow_bulk=allow)
+        return merge_per_customer(items)
+
+    def allow_bulk(self) -> bool:
+        """One bulk call's budgets, taken now (True), or bulk not possible now (singles)."""
+        template = OutboundRequest(
+            method="POST", path=BULK_PATH, body=None, idempotency_key="", action="upsert_customers_bulk"
+        )
+        budgets = bulk_budgets(self.connection, self.budgets_for(template))
+        if budgets is None:
+            return False
+        # has_slot: a refusal here parks nothing, so the parking queue's hint is not ours to wait on.
+        return self.budgets.acquire(budgets, has_slot=True).granted
+
+    # --- after a success --------------------------------------------------------------------
+
+    def applied(self, requests: list[OutboundRequest]) -> None:
+        days = self.unchanged_days()
+        if days <= 0 or self.hold_window() <= 0:
+            return
+        digests: dict[str, str] = {}
+        for request in requests:
+            if request.customer and isinstance(request.body, dict) and _is_customer_upsert(request):
+                digests[request.customer] = digest(request.body)
+        Holds(self.client, self.keys, self.connection.id).remember(digests, days)
+
+    def queued_as(self, request: OutboundRequest, answer: HTTPResult) -> str | None:
+        if request.path != BULK_PATH or answer.status != 202:
+            return None
+        try:
+            body = orjson.loads(answer.body)
+        except orjson.JSONDecodeError:
+            return None
+        action = body.get("async_action_id") if isinstance(body, dict) else None
+        return str(action) if action else None
+
+    # --- reading an async action back -------------------------------------------------------
+
+    def poll_request(self, action_id: str) -> OutboundRequest:
+        return OutboundRequest(
+            method="GET",
+            path=ASYNC_ACTIONS_PATH + action_id,
+            body=None,
+            idempotency_key="",
+            action="read_async",
+        )
+
+    def read_action(self, action_id: str) -> tuple[Answer, ActionState | None]:
+        from connector.errors import TransportFailure
+
+        assert self.schema_transport is not None  # reads whole bodies (errors of 100 customers)
+        headers = {"User-Agent": USER_AGENT, "X-Voucherify-Channel": CHANNEL, **self.auth_headers()}
+        timeouts = (self.tuning.connect_timeout, self.tuning.read_timeout)
+        try:
+            answer: Answer = self.schema_transport.send(
+                "GET", self.base_url + ASYNC_ACTIONS_PATH + action_id, headers, None, timeouts
+            )
+        except TransportFailure as exc:
+            return exc, None
+        if not isinstance(answer, HTTPResult) or answer.status != 200:
+            return answer, None
+        return answer, read_state(answer.body)
+
+    def per_customer(self, request: OutboundRequest) -> list[OutboundRequest]:
+        template = OutboundRequest(
+            method="POST",
+            path=CUSTOMERS_PATH,
+            body=None,
+            idempotency_key="",
+            action="upsert_customer",
+            headers={k: v for k, v in request.headers.items() if k.lower() != "idempotency-key"},
+        )
+        out = []
+        for parts in _customers_in_order(list(request.parts or ())):
+            single = build(template, parts)
+            if single is not None:
+                out.append(single)
+        return out
+
+
+def _is_customer_upsert(request: OutboundRequest) -> bool:
+    return request.method == "POST" and request.path in (CUSTOMERS_PATH, SEGMENTIO_CUSTOMER_PATH)
+
+
+def _with_key(headers: Mapping[str, str], key: str) -> dict[str, str]:
+    """``headers`` with the merged call's key, if the originals carried one."""
+    out = dict(headers)
+    for name in headers:
+        if name.lower() == "idempotency-key":
+            out[name] = key
+    return out
+
+
+def read_state(text: str) -> ActionState | None:
+    """Voucherify's async action (``GET /v1/async-actions/{id}``) as an :class:`ActionState`."""
+    try:
+        body = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    status = str(body.get("status") or "UNKNOWN").upper()
+    errors: dict[str, str] = {}
+    result = body.get("result")
+    if isinstance(result, Mapping):
+        for error in result.get("errors") or ():
+            if isinstance(error, Mapping) and error.get("source_id") is not None:
+                reason = f"{error.get('key') or 'error'}: {error.get('message') or ''}".strip()
+                if error.get("details"):
+                    reason += f" ({error['details']})"
+                errors[str(error["source_id"])] = reason[:500]
+    return ActionState(status=status, finished=status in ("DONE", "FAILED"), errors=errors)
+
+
+def merge_per_customer(items: list[DeliveryItem]) -> list[DeliveryItem]:
+    """segmentio mode: each customer's held calls as one (no bulk there); a customer whose
+    calls cannot be said in one body keeps them as they are."""
+    by_customer: dict[str, list[DeliveryItem]] = {}
+    order: list[str] = []
+    for item in items:
+        customer = str((item.get("request") or {}).get("customer"))
+        if customer not in by_customer:
+            by_customer[customer] = []
+            order.append(customer)
+        by_customer[customer].append(item)
+    out: list[DeliveryItem] = []
+    for customer in order:
+        mine = by_customer[customer]
+        if len(mine) == 1:
+            out.append(mine[0])
+            continue
+        requests = [OutboundRequest.from_dict(i["request"]) for i in mine]
+        parts = [part_of(r) for r in requests]
+        body = _merged_customer_body(parts)
+        if body is None:
+            out.extend(mine)
+            continue
+        first = requests[0]
+        one = build(first, parts)
+        assert one is not None
+        merged = OutboundRequest(
+            method=first.method,
+            path=first.path,  # build() speaks rest; segmentio keeps its own path
+            body=body,
+            idempotency_key=one.idempotency_key,
+            action=first.action,
+            headers=_with_key(first.headers, one.idempotency_key),
+            customer=customer,
+            event_time=one.event_time,
+            message_id=one.message_id,
+            parts=one.parts,
+        )
+        times = [float(t) for i in mine if (t := i.get("received_at")) is not None]
+        held = [backlog_of(i) for i in mine]
+        out.append(
+            new_item(
+                merged,
+                [i.get("payload") for i in mine],
+                min(times) if times else None,
+                sum(u for u, _ in held),
+                sum(b for _, b in held),
+            )
+        )
+    return out
