@@ -16,8 +16,10 @@ turns that into budgets.
 
 from __future__ import annotations
 
+import calendar
 import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from connector.reader import Reader
 
@@ -107,6 +109,9 @@ class QuotaSettings:
     coalesce_window_seconds: float = DEFAULT_COALESCE_WINDOW_SECONDS
     # How long the digest of the last upsert Voucherify accepted per customer is remembered.
     unchanged_memory_days: int = DEFAULT_UNCHANGED_MEMORY_DAYS
+    # TEST ONLY: every period lasts this share of its real length (CONNECTOR_QUOTA_PERIOD_SCALE,
+    # matching the fake Voucherify's ``period_scale``).  1 in production.
+    period_scale: float = 1.0
 
     def usable(self, limit: int | None) -> int | None:
         """The connector's part of ``limit`` (at least one call, or nothing would ever move)."""
@@ -179,3 +184,40 @@ def read_quota(r: Reader, old_rate_limit: int | None = None) -> QuotaSettings:
         coalesce_window_seconds=window,
         unchanged_memory_days=memory,
     )
+
+
+# --- budgets: the names every process, metric and Redis key uses -----------------------------
+
+# Budget name -> (the limit key it enforces, its period in seconds; None: the billing cycle).
+BUDGETS: dict[str, tuple[str, float | None]] = {
+    "api_calls_minute": ("api_calls_per_minute", 60.0),
+    "api_calls_hour": ("api_calls_per_hour", 3600.0),
+    "api_calls_cycle": ("api_calls_per_cycle", None),
+    "bulk_calls_hour": ("bulk_calls_per_hour", 3600.0),
+    "webhook_calls_day": ("webhook_calls_per_day", 86400.0),
+}
+# Under a test clock (CONNECTOR_QUOTA_PERIOD_SCALE != 1) a cycle lasts this many scaled days,
+# aligned to the Unix epoch, as the fake Voucherify's (sandbox.plans.SCALED_CYCLE_DAYS).
+SCALED_CYCLE_DAYS = 30
+
+
+def cycle_window(now: float, start_day: int, scale: float = 1.0) -> tuple[float, float]:
+    """The billing cycle holding ``now`` (epoch seconds): from ``start_day`` 00:00 UTC to the
+    same day of the next month (a fixed window, as Voucherify counts it)."""
+    if scale != 1.0:
+        length = SCALED_CYCLE_DAYS * 86400.0 * scale
+        begin = math.floor(now / length) * length
+        return begin, begin + length
+
+    def anchor(year: int, month: int) -> datetime:
+        if month == 0:
+            year, month = year - 1, 12
+        elif month == 13:
+            year, month = year + 1, 1
+        return datetime(year, month, min(start_day, calendar.monthrange(year, month)[1]), tzinfo=UTC)
+
+    moment = datetime.fromtimestamp(now, UTC)
+    first = anchor(moment.year, moment.month)
+    if moment < first:
+        first = anchor(moment.year, moment.month - 1)
+    return first.timestamp(), anchor(first.year, first.month + 1).timestamp()

@@ -19,7 +19,7 @@ from connector.config import Connection, Settings
 from connector.keys import Keys
 from connector.tuning import Tuning
 from workers import targets
-from workers.delivery.budgets import Budgets
+from workers.delivery.budgets import Budgets, GrantPools
 from workers.delivery.context import Context
 from workers.delivery.transport import RequestsTransport, Transport
 from workers.targets.voucherify_schema import MAX_LISTING_BYTES
@@ -37,6 +37,9 @@ class Runtime:
     schema_transport: Transport | None = None
     # The process's send slots per target origin (greenlet-aware under gevent's patching).
     send_slots: dict[str, threading.BoundedSemaphore] = field(default_factory=dict)
+    # Budget grants taken ahead, for the process's calls of the next second (one round trip per
+    # burst, not per call).
+    grant_pools: GrantPools = field(default_factory=GrantPools)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def delivery_transport(self) -> Transport:
@@ -75,7 +78,7 @@ def build_runtime(settings: Settings) -> Runtime:
 
 def context_for(rt: Runtime, connection: Connection, direction: str) -> Context:
     """A task's delivery context towards ``direction``'s system, from the process's caches."""
-    budgets = Budgets(rt.redis, rt.keys, connection.id)
+    budgets = Budgets(rt.redis, rt.keys, connection.id, rt.grant_pools)
     target = targets.bind(
         direction,
         connection,

@@ -19,6 +19,7 @@ import redis
 
 from connector.config import Connection, SegmentSettings, Settings, VoucherifySettings
 from connector.keys import Keys
+from connector.quotas import QuotaSettings
 from connector.secrets import Secret
 from connector.tuning import Tuning
 from workers.delivery.transport import HTTPResult, TransportFailure
@@ -56,6 +57,7 @@ def make_connection(
     window_seconds: int = 4 * 3600,
     segment: bool = True,
     rps: int = 1000,
+    bulk: int = 0,
 ) -> Connection:
     vf = VoucherifySettings(
         app_id=Secret("app-id-1"),
@@ -66,6 +68,9 @@ def make_connection(
         base_url=VF_URL,
         queue="voucherify.eu",
         rate_limit_per_minute=rate,
+        # ``rate``: what the connector may spend (its whole share); None: no budget, only what
+        # Voucherify's answers say can stop it.
+        quota=QuotaSettings(api_calls_per_minute=rate, bulk_calls_per_hour=bulk, share=1.0),
     )
     seg = (
         SegmentSettings(

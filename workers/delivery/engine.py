@@ -11,6 +11,9 @@
       older than the newest applied call of its customer? ─────────> DONE   skipped/stale
       target.prepare ── a wait (e.g. no metadata schema yet) ──────> PARKED (its reason)
       budgets.acquire ── denied (no attempt counted) ──────────────> PARKED throttled (slot)
+                      └─ the connection is paused ─────────────────> PARKED paused (until resumed)
+      attempt ── 429 (quota) / 401, 403 (pauses the connection) ───> PARKED throttled / paused
+                 (not an attempt: no retry spent, the window's clock stopped, quota_waits)
       attempt ── classify ── SUCCESS ─ ledger done, stale raised ──> DONE   delivered
                           ── RETRY ── retries.decide ── in window ─> PARKED retry (backoff)
                                                      └─ spent ─────> DONE   dead letter
@@ -39,12 +42,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from connector.contract import DeliveryItem
-from workers.delivery import attempts
+from workers.delivery import attempts, quota_waits
 from workers.delivery.attempts import Failure, Step, finish_dead, finish_skipped
 from workers.delivery.classify import Verdict, classify
 from workers.delivery.context import Context
 from workers.delivery.deadletters import REJECTED, RETRY_WINDOW_EXCEEDED
 from workers.delivery.ledger import ClaimState, new_token
+from workers.delivery.pauses import PAUSED_REASON
 from workers.delivery.retries import decide
 from workers.delivery.target import Answer, Wait
 from workers.delivery.transport import HTTPResult
@@ -53,6 +57,7 @@ from workers.outbound import OutboundRequest
 
 def deliver_one(ctx: Context, item: DeliveryItem) -> Step:
     request = OutboundRequest.from_dict(item["request"])
+    quota_waits.resumed(item, time.time())  # type: ignore[arg-type]
     if ctx.slots is None:
         if ctx.out_of_time():
             return _park(ctx, request, item, "deferred", time.time())
@@ -75,7 +80,9 @@ def _park(ctx: Context, request: OutboundRequest, item: DeliveryItem, reason: st
 def _wait(ctx: Context, request: OutboundRequest, item: DeliveryItem, wait: Wait) -> Step:
     if wait.reason == "throttled":
         attempts.throttled(ctx)
-    return _park(ctx, request, item, wait.reason, time.time() + wait.seconds)
+    now = time.time()
+    quota_waits.parked(item, wait.reason, now)  # type: ignore[arg-type]
+    return _park(ctx, request, item, wait.reason, now + wait.seconds)
 
 
 def _deliver(ctx: Context, request: OutboundRequest, item: DeliveryItem) -> Step:
@@ -116,11 +123,23 @@ def _deliver(ctx: Context, request: OutboundRequest, item: DeliveryItem) -> Step
     grant = ctx.budgets.acquire(budgets, has_slot=bool(item.get("parked")))
     if not grant.granted:
         ctx.ledger.release(key, token, *held)
+        if grant.reason == PAUSED_REASON:
+            return _wait(ctx, request, item, Wait(PAUSED_REASON, ctx.tuning.auth_probe))
         return _wait(ctx, request, item, Wait("throttled", grant.wait))
 
+    first_before = item.get("first_attempt_at")
     answer = attempts.attempt(ctx, request, item)
     verdict = classify(answer)
     observation = attempts.observe(ctx, budgets, answer)
+    if observation.auth_refused or (observation.quota and verdict is Verdict.RETRY):
+        # Not the event's fault: the connection's credentials or the shop's quota.  The item
+        # waits in the delayed store; no attempt spent, the retry window not running.
+        quota_waits.not_an_attempt(item, first_before)  # type: ignore[arg-type]
+        ctx.ledger.release(key, token, *held)
+        if observation.auth_refused:
+            attempts.auth_refused(ctx, answer)
+            return _wait(ctx, request, item, Wait(PAUSED_REASON, ctx.tuning.auth_probe))
+        return _wait(ctx, request, item, Wait("throttled", observation.wait or observation.pause or 1.0))
     if verdict is Verdict.SUCCESS:
         assert isinstance(answer, HTTPResult)
         ctx.ledger.complete(key, ctx.ledger_keep)
@@ -187,7 +206,7 @@ def _retry_or_dead(
     now = time.time()
     decision = decide(
         now=now,
-        first_attempt_at=float(item.get("first_attempt_at") or now),
+        first_attempt_at=quota_waits.window_start(item, now),  # type: ignore[arg-type]
         window=ctx.window,
         previous_delay=item.get("last_delay"),
         base=ctx.tuning.retry_base,

@@ -286,12 +286,15 @@ def coalesce(requests: Sequence[OutboundRequest], *, max_bulk: int = MAX_BULK) -
     return out
 
 
-def coalesce_items(items: list[DeliveryItem]) -> list[DeliveryItem]:
+def coalesce_items(items: list[DeliveryItem], *, bulk: bool = True) -> list[DeliveryItem]:
     """A task's items with their requests coalesced: a coalesced item carries the payloads of
-    all its events (for dead letters and replays) and all their backlog units."""
+    all its events (for dead letters and replays) and all their backlog units.  ``bulk``
+    False: merged per customer, never sent in bulk (no bulk budget)."""
     if len(items) < 2:
         return items
-    plan = coalesce([OutboundRequest.from_dict(i["request"]) for i in items])
+    plan = coalesce(
+        [OutboundRequest.from_dict(i["request"]) for i in items], max_bulk=MAX_BULK if bulk else 1
+    )
     if len(plan) == len(items):
         return items
     out: list[DeliveryItem] = []
