@@ -53,6 +53,7 @@ def connections(fake: FakeVoucherify, extra: str = "") -> str:
 id = "fid-{mode}"
 write_keys = ["{key}"]
 [connection.voucherify]
+api_calls_per_minute = 10000000  # not about quotas: no budget in the way
 app_id = "{APP_ID}"
 secret_key = "{SECRET}"
 api_url = "{fake.url}"

@@ -35,6 +35,7 @@ id = "acme"
 write_keys = ["wk_acme_hardening"]
 segment_webhook_secret = "seg-secret"
 [connection.voucherify]
+api_calls_per_minute = 10000000  # not about quotas: no budget in the way
 app_id = "hardening-app-id"
 secret_key = "hardening-secret-key"
 region = "eu"
@@ -49,6 +50,7 @@ id = "tight"
 write_keys = ["wk_tight"]
 backlog_bytes_limit = 1048576
 [connection.voucherify]
+api_calls_per_minute = 10000000  # not about quotas: no budget in the way
 app_id = "hardening-app-id"
 secret_key = "hardening-secret-key"
 region = "us1"
@@ -314,6 +316,7 @@ id = "broken"
 write_keys = ["wk-broken"]
 segment_webhook_secret = "trailing-newline\\n"
 [connection.voucherify]
+api_calls_per_minute = 10000000  # not about quotas: no budget in the way
 app_id = "${BROKEN_APP_ID}"
 secret_key = "s"
 region = "mars"

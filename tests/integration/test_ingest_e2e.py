@@ -23,6 +23,7 @@ CONNECTIONS = """
 id = "acme"
 write_keys = ["wk_acme_live"]
 [connection.voucherify]
+api_calls_per_minute = 10000000  # not about quotas: no budget in the way
 app_id = "app-id-acme"
 secret_key = "secret-key-acme"
 region = "eu"
@@ -32,6 +33,7 @@ api_url = "http://127.0.0.1:9"
 id = "other"
 write_keys = ["wk_other"]
 [connection.voucherify]
+api_calls_per_minute = 10000000  # not about quotas: no budget in the way
 app_id = "app-id-other"
 secret_key = "secret-key-other"
 region = "us1"

@@ -31,6 +31,7 @@ id = "acme"
 write_keys = ["wk_acme_live"]
 segment_webhook_secret = "seg-secret"
 [connection.voucherify]
+api_calls_per_minute = 10000000  # not about quotas: no budget in the way
 app_id = "app-id-acme"
 secret_key = "secret-key-acme"
 region = "eu"
@@ -44,6 +45,7 @@ api_url = "http://127.0.0.1:9"
 id = "nosig"
 write_keys = ["wk_nosig"]
 [connection.voucherify]
+api_calls_per_minute = 10000000  # not about quotas: no budget in the way
 app_id = "nosig-app-id"
 secret_key = "nosig-secret-key"
 region = "eu"

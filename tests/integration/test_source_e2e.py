@@ -60,6 +60,7 @@ def connections(fakes: dict[str, FakeSegment]) -> str:
 id = "{cid}"
 write_keys = ["wk-{cid}"]
 [connection.voucherify]
+api_calls_per_minute = 10000000  # not about quotas: no budget in the way
 app_id = "app-id-acme"
 secret_key = "secret-key-acme"
 region = "eu"

@@ -52,8 +52,22 @@ FAST_ENV = {
 }
 
 
-def connections_toml(voucherify_url: str, *, rate_limit: int | None = None, extra: str = "") -> str:
-    rate = f"rate_limit_per_minute = {rate_limit}\n" if rate_limit else ""
+# Tests not about quotas configure a limit nothing reaches (the default would be the assumed
+# Business plan's share: 50 calls a minute).
+UNLIMITED = "api_calls_per_minute = 10000000\n"
+
+
+def connections_toml(
+    voucherify_url: str, *, rate_limit: int | None = None, extra: str = "", quota: str | None = None
+) -> str:
+    """``rate_limit``: api_calls_per_minute with share = 1 (the connector may spend it all);
+    ``quota``: the quota keys verbatim (nothing: no budget in the way)."""
+    if quota is not None:
+        rate = quota
+    elif rate_limit:
+        rate = f"api_calls_per_minute = {rate_limit}\nshare = 1\n"
+    else:
+        rate = UNLIMITED
     return f"""
 [[connection]]
 id = "{CONNECTION_ID}"

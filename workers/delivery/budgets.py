@@ -100,11 +100,14 @@ for i = 0, n - 1 do
   local pause = tonumber(redis.call('GET', KEYS[4 + i * 4]) or '0') or 0
   local w = 0
   local eff = 1
+  if limit > 0 then
+    -- also while paused: the parking slots handed out then are spaced at the budget's rate
+    local slow = tonumber(redis.call('GET', KEYS[5 + i * 4]) or '1') or 1
+    eff = math.max(1, math.floor(limit * slow))
+  end
   if pause > now then
     w = pause - now
   elseif limit > 0 then
-    local slow = tonumber(redis.call('GET', KEYS[5 + i * 4]) or '1') or 1
-    eff = math.max(1, math.floor(limit * slow))
     local hint = tonumber(redis.call('GET', KEYS[3 + i * 4]) or '0') or 0
     if (not has_slot) and hint > now then
       w = hint - now

@@ -50,6 +50,7 @@ from workers.targets.voucherify_quota import (
     reading,
     remember_headers,
     spends,
+    warn_if_assumed,
 )
 from workers.targets.voucherify_schema import MetadataSchemas, SchemaUnavailable, fetch, is_metadata_refusal
 
@@ -131,6 +132,7 @@ class VoucherifyTarget(HttpTarget):
         self.client = client
         self.keys = keys
         self._by_name = quota_budgets(vf.quota)
+        warn_if_assumed(connection.id, vf.quota)
         # metadata_schema = "defined" (rest mode): the connection's cached customer metadata schema.
         self.schemas: MetadataSchemas | None = None
         if keeps_metadata_to_schema(connection):

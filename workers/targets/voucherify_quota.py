@@ -27,6 +27,7 @@ Answers:
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
@@ -36,6 +37,8 @@ from workers.delivery.budgets import Budget, Observation
 from workers.delivery.classify import clamp_wait
 from workers.delivery.retries import header_number
 from workers.delivery.transport import HTTPResult
+
+log = logging.getLogger("connector.quota")
 
 BULK_PATH = "/v1/customers/bulk/async"
 SEGMENTIO_PREFIX = "/segmentio/"
@@ -185,3 +188,23 @@ def remember_headers(client: Any, key: str, connection_id: str, answer: HTTPResu
     value = f"{int(min(lim, 1e12))},{int(max(0.0, min(rem, 1e12)))},{time.time():.0f}"
     client.hset(key, kind, value)
     client.expire(key, 86400 * 2)
+
+
+_warned: set[str] = set()
+
+
+def warn_if_assumed(connection_id: str, quota: QuotaSettings) -> None:
+    """Once per connection and process: no quota configured, the assumed plan applies."""
+    if not quota.assumed or connection_id in _warned:
+        return
+    with _seen_lock:
+        if connection_id in _warned:
+            return
+        _warned.add(connection_id)
+    log.warning(
+        "no quota configured for this connection: assuming the smallest current plan (Business: "
+        "100 API calls a minute, 100,000 a cycle, no bulk) and using share %.2f of it; set `plan` "
+        "(or the limits) and `share` in [connection.voucherify] (README: Quotas)",
+        quota.share,
+        extra={"connection": connection_id},
+    )
