@@ -105,13 +105,21 @@ class DepthCollector(Collector):
             "Accepted, unfinished work per connection (backpressure)",
             labels=["connection"],
         )
+        paused = GaugeMetricFamily(
+            "connector_connection_paused",
+            "1 while a connection is paused (reason=auth: its credentials were refused)",
+            labels=["connection", "reason"],
+        )
         for state in snap.connections:
             dead.add_metric([state.id], state.dead_letters)
             backlog.add_metric([state.id], state.backlog)
+            reason = (state.paused or {}).get("reason") or "auth"
+            paused.add_metric([state.id, reason], 1 if state.paused else 0)
         for connection_id, count in snap.dead_letters_unconfigured.items():
             dead.add_metric([connection_id], count)
         yield dead
         yield backlog
+        yield paused
 
 
 class _Default(Collector):

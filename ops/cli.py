@@ -39,6 +39,7 @@ COMMANDS = {
     "check": "ops.check:check",
     "dlq": "ops.dlq:dlq",
     "map": "ops.mapcmd:map_command",
+    "resume": "ops.resume:resume",
     "scheduler": "ops.scheduler:scheduler",
     "send-test": "ops.send_test:send_test",
     "stats": "ops.stats:stats",

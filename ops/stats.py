@@ -3,6 +3,8 @@ budget (used in its window, paused, slowed) per connection."""
 
 from __future__ import annotations
 
+import time
+
 import click
 import redis
 
@@ -46,6 +48,8 @@ def stats(as_json: bool) -> None:
             if rl.slow_factor < 1:
                 text += f" slowed x{rl.slow_factor:g}"
             limits.append(text)
+        if state.paused:
+            limits.insert(0, f"PAUSED ({state.paused['reason']}) since {_when(state.paused['since'])}")
         rows.append(
             {
                 "id": state.id,
@@ -65,3 +69,7 @@ def stats(as_json: bool) -> None:
     )
     for connection_id, count in snap.dead_letters_unconfigured.items():
         click.echo(f"(dead letters of a connection no longer configured: {connection_id}: {count})")
+
+
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))

@@ -160,7 +160,9 @@ def test_a_bulk_429_pauses_bulk_only_and_events_keep_flowing(
             == 200
         )
         wait_until(
-            lambda: len(calls(voucherify, "/v1/customers/bulk/async")) > batch, timeout=15, what="a bulk call"
+            lambda n=batch: len(calls(voucherify, "/v1/customers/bulk/async")) > n,  # type: ignore[misc]
+            timeout=15,
+            what="a bulk call",
         )
     refused = [r for r in calls(voucherify, "/v1/customers/bulk/async") if r["status"] == 429]
     assert refused, calls(voucherify)

@@ -18,7 +18,9 @@ Knows no system: what a probe sends is the target's (:mod:`workers.targets.vouch
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +28,8 @@ import orjson
 import redis
 
 from connector.keys import Keys
+
+log = logging.getLogger("connector.pause")
 
 AUTH = "auth"
 PAUSED_REASON = "paused"  # the delayed store's reason of work waiting for a resume
@@ -90,3 +94,47 @@ def redue(client: redis.Redis, keys: Keys, connection_id: str) -> int:
         # XX: an entry acknowledged meanwhile is not brought back.
         client.zadd(keys.delayed, due, xx=True)
     return len(due)
+
+
+class Prober:
+    """The scheduler's duty: every ``interval`` seconds, probe each paused connection (one
+    scheduler at a time: a lock key per round) and resume those whose credentials are accepted
+    again.  ``probe(connection_id)``: True accepted, False refused, None no verdict."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        connection_ids: list[str],
+        probe: Callable[[str], bool | None],
+        interval: float,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.connection_ids = connection_ids
+        self.probe = probe
+        self.interval = interval
+        self._next = 0.0
+
+    def __call__(self) -> list[str]:
+        """Run if due; the connections resumed."""
+        mono = time.monotonic()
+        if mono < self._next or not self.connection_ids:
+            return []
+        self._next = mono + self.interval
+        resumed: list[str] = []
+        for connection_id, state in paused_many(self.client, self.keys, self.connection_ids).items():
+            if state is None:
+                continue
+            lock = self.keys.paused(connection_id) + ":probe"
+            if not self.client.set(lock, "1", nx=True, px=max(100, int(self.interval * 900))):
+                continue  # another scheduler probes it this round
+            verdict = self.probe(connection_id)
+            if verdict:
+                _, due = resume(self.client, self.keys, connection_id)
+                log.warning(
+                    "credentials accepted again: connection resumed",
+                    extra={"connection": connection_id, "entries_due": due, "paused_since": state.since},
+                )
+                resumed.append(connection_id)
+        return resumed
