@@ -15,6 +15,7 @@ from connector.keys import Keys
 from connector.tuning import Tuning
 from workers.delivery.budgets import Budgets
 from workers.delivery.deadletters import DeadLetters
+from workers.delivery.fairslots import ConnectionSlots
 from workers.delivery.ledger import Ledger
 from workers.delivery.stale import StaleGuard
 from workers.delivery.target import Target
@@ -31,7 +32,7 @@ class Context:
     transport: Transport
     budgets: Budgets
     deadline: float = 0.0  # time.monotonic() after which work is parked, not started
-    slots: threading.BoundedSemaphore | None = None  # send slots towards the target (None: no bound)
+    slots: ConnectionSlots | None = None  # send slots towards the target (None: no bound)
     ledger: Ledger = field(init=False)
     stale: StaleGuard = field(init=False)
     dead_letters: DeadLetters = field(init=False)

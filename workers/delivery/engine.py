@@ -24,10 +24,12 @@ Everything that differs between systems (budgets, what an answer's headers mean,
 rule, a coalesced call rebuilt, a request kept to a schema) is the task's
 :class:`~workers.delivery.target.Target`'s; this module names no system.
 
-A *send slot* (one of ``CONNECTOR_WORKER_INFLIGHT`` per target origin and process, shared by all
+A *send slot* (one of ``CONNECTOR_WORKER_INFLIGHT`` per target system and process, shared by all
 tasks of the process) is held from the claim to the end of the item: however many tasks and
 customers run at once, a worker process keeps that many calls in flight per target, its HTTP
-pool holds as many connections, and a task waits for a slot at most until its deadline.
+pool holds as many connections, and a task waits for a slot at most until its deadline.  While
+several connections have work, each holds at most its fair share and a call over it is parked
+at once (:mod:`workers.delivery.fairslots`).
 
 Every path that is not PARKED is *terminal*: reported and its backlog released
 (:mod:`workers.delivery.attempts`).  Parking itself (writing to the delayed store, keeping
