@@ -25,6 +25,7 @@ import redis
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
 
 from app.auth import require_token
+from app.status_quota import quota_data
 from connector import depths
 from connector.config import Settings
 
@@ -88,6 +89,7 @@ def status_data() -> dict[str, Any]:
             },
         }
     )
+    data["quota"] = quota_data(client, settings)
     return data
 
 

@@ -221,3 +221,49 @@ def cycle_window(now: float, start_day: int, scale: float = 1.0) -> tuple[float,
     if moment < first:
         first = anchor(moment.year, moment.month - 1)
     return first.timestamp(), anchor(first.year, first.month + 1).timestamp()
+
+
+SUBWINDOWS = 30  # counters per budget window (workers.delivery.budgets)
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """One budget of a connection: the connector's ``limit`` (its share) per ``window``."""
+
+    name: str
+    limit: int | None  # None: unbounded (only a pause stops it); 0: never (no bulk)
+    window: float  # seconds
+    project_limit: int | None  # the plan's whole limit (limit + the shop's reserve)
+    cycle_start_day: int | None = None  # a billing cycle (fixed calendar windows)
+    cycle_scale: float = 1.0
+
+    @property
+    def granule(self) -> float:
+        return 0.0 if self.cycle_start_day is not None else max(0.001, self.window / SUBWINDOWS)
+
+
+def budget_specs(quota: QuotaSettings) -> dict[str, BudgetSpec]:
+    """Every budget of a connection towards Voucherify, by name (a limit the plan does not have
+    is absent; a ``bulk_calls_per_hour`` of 0 is a budget of 0: never bulk)."""
+    limits = quota.limits()
+    scale = quota.period_scale
+    out: dict[str, BudgetSpec] = {}
+    for name, (key, period) in BUDGETS.items():
+        limit = limits[key]
+        if limit is None:
+            continue
+        usable = 0 if limit == 0 else quota.usable(limit)
+        if period is None:
+            window = SCALED_CYCLE_DAYS * 86400.0 * scale
+            out[name] = BudgetSpec(name, usable, window, limit, quota.cycle_start_day, scale)
+        else:
+            out[name] = BudgetSpec(name, usable, period * scale, limit)
+    if "bulk_calls_hour" not in out:
+        out["bulk_calls_hour"] = BudgetSpec("bulk_calls_hour", 0, 3600.0 * scale, 0)
+    # Settings built without a limit (never from connections.toml, which always has one):
+    # unbounded budgets, which a 429 or the headers can still pause.
+    if "api_calls_minute" not in out and "api_calls_hour" not in out:
+        out["api_calls_minute"] = BudgetSpec("api_calls_minute", None, 60.0 * scale, None)
+    if "webhook_calls_day" not in out:
+        out["webhook_calls_day"] = BudgetSpec("webhook_calls_day", None, 86400.0 * scale, None)
+    return out

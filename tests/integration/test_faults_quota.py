@@ -13,12 +13,15 @@ The fast clock: the fake's ``period_scale`` and the connector's ``CONNECTOR_QUOT
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from tests.conftest import make_stack
 from tests.support.fakes import FakeVoucherify
@@ -33,7 +36,7 @@ from tests.support.faultkit import (
     track,
     write_connections,
 )
-from tests.support.processes import wait_until
+from tests.support.processes import BIN, ROOT, wait_until
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["tests.support.private_redis"]  # the private_redis fixture
@@ -96,6 +99,23 @@ def test_several_workers_keep_the_budget_and_nothing_is_lost(
     assert dead_letters(private_redis) == [] and parked_items(private_redis) == []
     per_worker = {w.name: len(outcome_lines(w.log(), "delivered")) for w in workers}
     assert sum(per_worker.values()) == events and sum(1 for n in per_worker.values() if n) >= 2, per_worker
+
+    # The forecast moved: `connector stats --json` and /metrics count what was spent.
+    stats = subprocess.run(
+        [str(BIN / "connector"), "stats", "--json"], env=stack.env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert stats.returncode == 0, stats.stderr
+    [conn] = json.loads(stats.stdout)["connections"]
+    forecast = conn["forecast"]
+    assert forecast["calls_last_hour"] == events and forecast["events_last_hour"] == events
+    assert forecast["arrivals_last_hour"] == events and forecast["calls_per_event"] == 1.0
+    budgets = {b["name"]: b for b in forecast["budgets"]}
+    assert budgets["api_calls_minute"]["limit"] == usable and budgets["api_calls_minute"]["reserve"] == usable
+    assert forecast["live"]["rest"]["limit"] == limit
+    assert forecast["backlog"] == 0 and forecast["drain_seconds"] == 0.0
+    text = requests.get(stack.web_url + "/metrics", timeout=5).text
+    assert f'connector_quota_limit{{budget="api_calls_minute",connection="acme"}} {usable}.0' in text
+    assert 'connector_calls_per_event{connection="acme"} 1.0' in text
 
 
 def test_nothing_configured_leaves_the_shops_reserve_and_still_delivers(

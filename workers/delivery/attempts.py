@@ -96,6 +96,7 @@ def send(ctx: Context, method: str, path: str, body: bytes | None, headers: Mapp
         **ctx.target.auth_headers(),
     }
     answer: Answer
+    ctx.count_call()
     try:
         answer = ctx.transport.send(
             method, ctx.base_url + path, full, body, (ctx.tuning.connect_timeout, ctx.tuning.read_timeout)

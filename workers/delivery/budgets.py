@@ -50,10 +50,9 @@ import redis
 
 from connector.keys import Keys
 from connector.lua import Lua
-from connector.quotas import cycle_window
+from connector.quotas import SUBWINDOWS, cycle_window
 from workers.delivery.retries import MAX_SERVER_WAIT_SECONDS
 
-SUBWINDOWS = 30  # granules per window: the count errs by at most window / SUBWINDOWS of delay
 LEASE_SECONDS = 1.0  # how long a process may hold grants it took for later calls
 MAX_LEASE = 64  # grants taken in one round trip at the most
 PER_BUDGET_ARGS = 8

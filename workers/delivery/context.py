@@ -11,6 +11,7 @@ import redis
 
 from connector import backlog
 from connector.config import Connection
+from connector.contract import DESTINATION
 from connector.keys import Keys
 from connector.tuning import Tuning
 from workers.delivery.budgets import Budgets
@@ -38,6 +39,7 @@ class Context:
     dead_letters: DeadLetters = field(init=False)
     _units: int = field(init=False, default=0)
     _bytes: int = field(init=False, default=0)
+    _calls: int = field(init=False, default=0)  # calls made to the target (the forecast's count)
     _units_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -86,9 +88,17 @@ class Context:
                 self._units += units
                 self._bytes += stored_bytes
 
+    def count_call(self) -> None:
+        with self._units_lock:
+            self._calls += 1
+
     def flush_backlog(self) -> None:
         with self._units_lock:
             units, self._units = self._units, 0
             stored, self._bytes = self._bytes, 0
-        if units or stored:
-            backlog.release(self.client, self.connection_id, units, stored, keys=self.keys)
+            calls, self._calls = self._calls, 0
+        # Towards Voucherify, the events finished and the calls made are counted for the
+        # forecast (calls per event), in the same round trip.
+        flow = calls if self.direction == DESTINATION else None
+        if units or stored or flow:
+            backlog.release(self.client, self.connection_id, units, stored, keys=self.keys, calls=flow)

@@ -32,7 +32,7 @@ import threading
 import time
 from typing import Any
 
-from connector.quotas import BUDGETS, SCALED_CYCLE_DAYS, QuotaSettings
+from connector.quotas import BUDGETS, QuotaSettings, budget_specs
 from workers.delivery.budgets import Budget, Observation
 from workers.delivery.classify import clamp_wait
 from workers.delivery.retries import header_number
@@ -59,35 +59,11 @@ AUTH_STATUSES = (401, 403)
 
 
 def quota_budgets(quota: QuotaSettings) -> dict[str, Budget]:
-    """Every budget the connection has, by name (a limit the plan does not have is absent; a
-    ``bulk_calls_per_hour`` of 0 is a budget of 0: never bulk)."""
-    limits = quota.limits()
-    scale = quota.period_scale
-    out: dict[str, Budget] = {}
-    for name, (key, period) in BUDGETS.items():
-        limit = limits[key]
-        if limit is None:
-            continue
-        usable = 0 if limit == 0 else quota.usable(limit)
-        if period is None:
-            out[name] = Budget(
-                usable,
-                SCALED_CYCLE_DAYS * 86400.0 * scale,
-                name,
-                cycle_start_day=quota.cycle_start_day,
-                cycle_scale=scale,
-            )
-        else:
-            out[name] = Budget(usable, period * scale, name)
-    if "bulk_calls_hour" not in out:
-        out["bulk_calls_hour"] = Budget(0, 3600.0 * scale, "bulk_calls_hour")
-    # Settings built without a limit (never from connections.toml, which always has one):
-    # unbounded budgets, which a 429 or the headers can still pause.
-    if "api_calls_minute" not in out and "api_calls_hour" not in out:
-        out["api_calls_minute"] = Budget(None, 60.0 * scale, "api_calls_minute")
-    if "webhook_calls_day" not in out:
-        out["webhook_calls_day"] = Budget(None, 86400.0 * scale, "webhook_calls_day")
-    return out
+    """Every budget the connection has, by name (:func:`connector.quotas.budget_specs`)."""
+    return {
+        name: Budget(spec.limit, spec.window, name, spec.cycle_start_day, spec.cycle_scale)
+        for name, spec in budget_specs(quota).items()
+    }
 
 
 def names_for(path: str | None) -> tuple[str, ...]:
