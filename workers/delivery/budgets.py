@@ -270,7 +270,8 @@ class _Lease:
 @dataclass
 class _Pool:
     leases: list[_Lease] = field(default_factory=list)
-    used_last: int = 0  # grants spent from the last lease (sizes the next one)
+    want: int = 1  # grants the next round trip asks for
+    asked_at: float = -1e9  # monotonic time of the last round trip
 
 
 class GrantPools:
@@ -298,12 +299,17 @@ class GrantPools:
             for lease in live:
                 if lease.count > 0:
                     lease.count -= 1
-                    pool.used_last += 1
                     return True, None, 0
-            # Ask for about what the last lease served (doubling while it ran dry).
-            want = pool.used_last * 2 + 1 if expired is None else max(1, pool.used_last)
-            pool.used_last = 0
-            return False, expired, want
+            # Size the next lease by the demand: it doubles while leases run dry within their
+            # time, halves when one expired unused, and starts at one after a quiet while.
+            if expired is not None:
+                pool.want = max(1, pool.want // 2)
+            elif mono - pool.asked_at < LEASE_SECONDS:
+                pool.want = min(MAX_LEASE, pool.want * 2)
+            elif mono - pool.asked_at > 10 * LEASE_SECONDS:
+                pool.want = 1
+            pool.asked_at = mono
+            return False, expired, pool.want
 
     def add(self, key: tuple[str, tuple[str, ...]], lease: _Lease) -> None:
         if lease.count <= 0:
@@ -317,7 +323,7 @@ class GrantPools:
             for (conn, budget_names), pool in self._pools.items():
                 if conn == connection_id and (names is None or set(names) & set(budget_names)):
                     pool.leases = []
-                    pool.used_last = 0
+                    pool.want = 1
 
 
 class Budgets:
