@@ -187,7 +187,7 @@ def _add_rate_limits(
     pipe = client.pipeline(transaction=False)
     for state, budget in targets:
         base = keys.ratelimit(state.id, budget.name)
-        pipe.hgetall(base)
+        pipe.hgetall(f"{base}:n")
         pipe.get(f"{base}:pause")
         pipe.get(f"{base}:slow")
     results = pipe.execute()

@@ -8,7 +8,7 @@ Layout (``{p}`` is the prefix, ``{c}`` a connection id)::
     {p}ledger:{c}:{idempotency_key}     string  "inflight:<token>" (PX claim TTL) | "done" (EX window+24h)
     {p}delayed                          zset    entry id -> due time (epoch ms); parked work
     {p}delayed:data                     hash    entry id -> JSON {connection_id, direction, queue, items}
-    {p}rl:{c}:{budget}                  hash    granted calls per granule (sliding) or per cycle start
+    {p}rl:{c}:{budget}:n                hash    granted calls per granule (sliding) or per cycle start
     {p}paused:{c}                       string  JSON {reason, since}: the connection is paused (auth)
     {p}quota:{c}:seen                   hash    the last X-Rate-Limit-* headers per budget (forecast)
     {p}quota:{c}:h:{hour}               hash    calls and events finished in that hour (forecast)

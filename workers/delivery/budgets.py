@@ -374,7 +374,8 @@ class Budgets:
         redis_keys = [self.keys.paused(self.connection_id)]
         for i, budget in enumerate(budgets):
             base = self.keys.ratelimit(self.connection_id, budget.name)
-            redis_keys += [base, f"{base}:hint", f"{base}:pause", f"{base}:slow"]
+            # ":n": the counters (a new key: the old layout was a zset under the bare name).
+            redis_keys += [f"{base}:n", f"{base}:hint", f"{base}:pause", f"{base}:slow"]
             fixed_now, fixed_later, fixed_end = _fields(budget, now, lease)
             refund = expired.fields[i] if expired is not None and i < len(expired.fields) else ""
             args += [
