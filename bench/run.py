@@ -167,6 +167,7 @@ class Bench:
                     if rate
                     else "api_calls_per_minute = 100000000\n"
                 )
+                + "bulk_calls_per_hour = 100000000\n"
             )
         self.conf = self.tmp / "connections.toml"
         self.conf.write_text("\n".join(lines))

@@ -69,6 +69,7 @@ id = "conn-{region}"
 write_keys = ["{spec["write_key"]}"]
 [connection.voucherify]
 api_calls_per_minute = 10000000  # not about quotas: no budget in the way
+bulk_calls_per_hour = 10000000
 app_id = "{spec["app_id"]}"
 secret_key = "{spec["secret"]}"
 region = "{region}"

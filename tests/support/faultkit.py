@@ -54,7 +54,7 @@ FAST_ENV = {
 
 # Tests not about quotas configure a limit nothing reaches (the default would be the assumed
 # Business plan's share: 50 calls a minute).
-UNLIMITED = "api_calls_per_minute = 10000000\n"
+UNLIMITED = "api_calls_per_minute = 10000000\nbulk_calls_per_hour = 10000000\n"
 
 
 def connections_toml(
