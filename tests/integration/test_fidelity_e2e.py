@@ -158,7 +158,12 @@ def test_metadata_schema_filters_and_refreshes_after_a_metadata_400(
     stack.scheduler()
 
     def identify(user: str, metadata: dict[str, Any]) -> None:
-        post(stack.web_url, "wk_rest_fidelity", "/v1/identify", {"userId": user, "traits": {"metadata": metadata}})
+        post(
+            stack.web_url,
+            "wk_rest_fidelity",
+            "/v1/identify",
+            {"userId": user, "traits": {"metadata": metadata}},
+        )
 
     identify("m-user-1", {"plan": "pro", "ltv": 10, "nickname": "Al"})
     wait_until(lambda: delivered(fake, "/v1/customers"), timeout=30, what="the first upsert")

@@ -146,6 +146,8 @@ def observe(ctx: Context, budgets: tuple[Budget, ...], answer: Answer) -> Observ
 def auth_refused(ctx: Context, answer: Answer) -> None:
     """The target refused the connection's credentials: pause the connection (one ERROR log,
     by the worker that paused it; the others find it paused)."""
+    if ctx.budgets.pools is not None:
+        ctx.budgets.pools.drop(ctx.connection_id, None)  # grants held ahead must not be spent
     if pauses.pause(ctx.client, ctx.keys, ctx.connection_id, pauses.AUTH):
         log.error(
             "credentials refused: connection paused until a probe succeeds or `connector resume`",

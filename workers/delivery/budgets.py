@@ -55,6 +55,7 @@ from workers.delivery.retries import MAX_SERVER_WAIT_SECONDS
 
 LEASE_SECONDS = 1.0  # how long a process may hold grants it took for later calls
 MAX_LEASE = 64  # grants taken in one round trip at the most
+LEASE_SHARE = 100  # ...and at most this part of a budget (1 / 100)
 PER_BUDGET_ARGS = 8
 
 # KEYS: [connection pause] + per budget [counts, hint, pause, slow]
@@ -363,7 +364,10 @@ class Budgets:
             local, expired, want = self.pools.take(key)
             if local:
                 return Grant(True, 0.0, int(time.time() * 1000))
-            caps = [max(1, b.limit // 20) for b in budgets if b.limit]
+            # Grants taken ahead are held from the other processes until used or handed back:
+            # only for budgets large enough that a lease is a small part of them (a small budget
+            # is shared call by call, or hoarded grants would leave the others waiting).
+            caps = [max(1, b.limit // LEASE_SHARE) for b in budgets if b.limit]
             want = max(1, min(want, MAX_LEASE, *caps)) if caps else min(want, MAX_LEASE)
         granules = [b.granule for b in budgets if b.granule > 0]
         lease = min([LEASE_SECONDS, *granules]) if want > 1 else 0.0

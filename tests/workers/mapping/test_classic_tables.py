@@ -34,10 +34,18 @@ def test_tables_in_toml_quoted_or_dotted(tmp_path: Path) -> None:
     )
     dest = settings.connections[0].destination  # type: ignore[attr-defined]
     assert dest.defaults == "classic" and dest.metadata_schema == "defined"
-    assert dest.identify_mapping == (("traits.plan", "customer.metadata.plan"), ("traits.crm.id", "customer.source_id"))
+    assert dest.identify_mapping == (
+        ("traits.plan", "customer.metadata.plan"),
+        ("traits.crm.id", "customer.source_id"),
+    )
     assert dest.track_mapping == (("properties.order_id", "metadata.order_id"),)
     [request] = map_event(
-        {"type": "identify", "userId": "u", "messageId": "m", "traits": {"plan": "pro", "crm": {"id": "c-1"}}},
+        {
+            "type": "identify",
+            "userId": "u",
+            "messageId": "m",
+            "traits": {"plan": "pro", "crm": {"id": "c-1"}},
+        },
         settings.connections[0],  # type: ignore[attr-defined]
     )
     assert request.body == {"source_id": "c-1", "metadata": {"plan": "pro"}}
@@ -79,7 +87,11 @@ def test_bad_settings_are_configuration_errors(tmp_path: Path, destination: str,
 
 
 def test_user_entries_come_first_and_replace_by_destination() -> None:
-    user = (("traits.fullName", "customer.name"), ("traits.phone", ""), ("traits.plan", "customer.metadata.plan"))
+    user = (
+        ("traits.fullName", "customer.name"),
+        ("traits.phone", ""),
+        ("traits.plan", "customer.metadata.plan"),
+    )
     table = merged_table(CLASSIC_IDENTIFY, user)
     assert table[:2] == (("traits.fullName", "customer.name"), ("traits.plan", "customer.metadata.plan"))
     assert ("traits.name", "customer.name") not in table  # replaced (same destination)

@@ -72,7 +72,12 @@ def rt(
 ) -> Runtime:
     settings = Settings(redis_url=redis_db_url, connections=(connection,), _by_id={connection.id: connection})
     return Runtime(
-        settings=settings, redis=client, keys=keys, transport=transport, schema_transport=transport, tuning=FAST
+        settings=settings,
+        redis=client,
+        keys=keys,
+        transport=transport,
+        schema_transport=transport,
+        tuning=FAST,
     )
 
 
@@ -247,8 +252,6 @@ def test_segmentio_and_all_never_read_the_schema(
 ) -> None:
     conn = make_connection(rate=100)  # metadata_schema = "all"
     settings = Settings(redis_url=redis_db_url, connections=(conn,), _by_id={conn.id: conn})
-    rt = Runtime(
-        settings=settings, redis=client, keys=keys, transport=transport, tuning=FAST
-    )
+    rt = Runtime(settings=settings, redis=client, keys=keys, transport=transport, tuning=FAST)
     run(rt, [identify("m1", {"nickname": "Al"})])
     assert gets(transport) == 0 and posts(transport) == [{"source_id": "u1", "metadata": {"nickname": "Al"}}]
