@@ -58,7 +58,10 @@ class FairSlots:
                     self._inflight[connection_id] = mine + 1
                     return True
                 if active > 1 and mine >= share:
-                    return False  # over its share while others have work: park, do not hold
+                    # Over its share while others have work: park, do not hold.  A release woke
+                    # this waiter: pass the wake-up on to another one.
+                    self._cond.notify(1)
+                    return False
                 left = deadline - mono
                 if left <= 0:
                     return False
@@ -67,7 +70,9 @@ class FairSlots:
     def release(self, connection_id: str) -> None:
         with self._cond:
             self._inflight[connection_id] = max(0, self._inflight.get(connection_id, 0) - 1)
-            self._cond.notify_all()
+            # One waiter, not all: thousands of greenlets may wait (a herd woken on every release
+            # would burn the worker's CPU).
+            self._cond.notify(1)
 
 
 class ConnectionSlots:
