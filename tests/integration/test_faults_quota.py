@@ -159,6 +159,37 @@ def test_nothing_configured_leaves_the_shops_reserve_and_still_delivers(
     assert dead_letters(private_redis) == []
 
 
+def test_the_live_headers_keep_the_shops_reserve_whatever_our_counters_say(
+    tmp_path: Path, private_redis: str, stack_factory: list, voucherify: FakeVoucherify
+) -> None:
+    # The shop has already spent 60 of this "minute"'s 100 calls (invisible to the connector's
+    # own counters, which allow it 50): Voucherify's X-Rate-Limit-Remaining says 39 < the reserve
+    # of 50, so the connector stops until the window ends instead of taking the shop's part.
+    scale = 0.1  # a "minute" of 6 s, starting now
+    voucherify.set_quota(plan="business", period_scale=scale, align="now")
+    voucherify.set_quota(used={"api_calls_per_minute": 60})
+    config = write_connections(tmp_path, voucherify, quota='plan = "business"\n')
+    env = {**FAST_ENV, "CONNECTOR_QUOTA_PERIOD_SCALE": str(scale)}
+    stack = make_stack(stack_factory, tmp_path, private_redis, config, **env)
+    stack.web()
+    stack.worker("w1", concurrency=8)
+    stack.scheduler()
+    sender = Sender(stack.web_url)
+    assert sender.batch([track(f"reserve-{i:02d}") for i in range(60)]) == 200
+    time.sleep(2.0)
+    first = voucherify.quota()["buckets"]["api_calls_per_minute"]
+    # Only the calls already on their way when the first answer said "39 left" (a task's
+    # concurrent customers: 32), not the 50 its own counters allow -- 40 would spend the reserve
+    # and the next ones would be refused.
+    assert first["used_by"]["connector"] <= 32, first
+    assert voucherify.quota()["refusals"]["connector"]["total"] == 0
+    # The next windows: the connector has its share again, and delivers everything.
+    wait_until(lambda: len(delivered_ids(voucherify)) == 60, timeout=40, what="all delivered later")
+    quota = voucherify.quota(history=True)
+    assert quota["refusals"]["connector"]["total"] == 0 and quota["refusals"]["shop"]["total"] == 0
+    assert dead_letters(private_redis) == []
+
+
 def test_a_bulk_429_pauses_bulk_only_and_events_keep_flowing(
     tmp_path: Path, private_redis: str, stack_factory: list, voucherify: FakeVoucherify
 ) -> None:
