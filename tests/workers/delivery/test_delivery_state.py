@@ -247,6 +247,7 @@ def test_voucherify_answers_pause_the_budget_they_name(client: redis.Redis, keys
     observe(429, bulk, x_rate_limit_type="bulk_api_calls", retry_after="600")
     assert paused("bulk_calls_hour") and not paused("api_calls_cycle")
     assert client.pttl(keys.ratelimit("acme", "bulk_calls_hour") + ":pause") > 590_000
+    assert client.pttl(keys.ratelimit("acme", "api_calls_minute") + ":pause") < 32_000  # untouched
     # A cycle 429 pauses the cycle budget, however the call was counted.
     observe(429, rest, x_rate_limit_type="api_calls_cycle", retry_after="900")
     assert client.pttl(keys.ratelimit("acme", "api_calls_cycle") + ":pause") > 890_000
