@@ -54,7 +54,7 @@ class Enqueuer:
         self.redis = client
         self.keys = keys
 
-    def _reserve(self, connection: Connection, count: int, stored_bytes: int) -> None:
+    def _reserve(self, connection: Connection, count: int, stored_bytes: int, *, flow: bool = False) -> None:
         try:
             ok = backlog.reserve(
                 self.redis,
@@ -64,6 +64,7 @@ class Enqueuer:
                 stored_bytes=stored_bytes,
                 bytes_limit=connection.backlog_bytes_limit,
                 keys=self.keys,
+                flow=flow,
             )
         except _BROKER_ERRORS:
             log.warning("redis unavailable while reserving backlog", extra={"connection": connection.id})
@@ -79,7 +80,8 @@ class Enqueuer:
     def _publish(
         self, connection: Connection, count: int, stored_bytes: int, name: str, args: list[Any], queue: str
     ) -> None:
-        self._reserve(connection, count, stored_bytes)
+        # Segment events (towards Voucherify) are the forecast's arrivals.
+        self._reserve(connection, count, stored_bytes, flow=name == TASK_SEGMENT_EVENTS)
         try:
             # argsrepr: Celery would otherwise saferepr() the whole payload into a header on every
             # publish (measurable on a 100-event batch), and copy event data into Flower/logs.

@@ -22,7 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from app.auth import require_token
-from connector import depths, heartbeat, metrics, overview
+from connector import depths, forecast, heartbeat, metrics, overview
 from connector.config import Connection, Settings
 from connector.contract import SOURCE
 from connector.keys import Keys
@@ -124,15 +124,23 @@ class DepthCollector(Collector):
             "The backlog bound per connection (backlog_limit): over it the ingest answers 429",
             labels=["connection"],
         )
+        paused = GaugeMetricFamily(
+            "connector_connection_paused",
+            "1 while a connection is paused (reason=auth: its credentials were refused)",
+            labels=["connection", "reason"],
+        )
         for state in snap.connections:
             dead.add_metric([state.id], state.dead_letters)
             backlog.add_metric([state.id], state.backlog)
             limit.add_metric([state.id], state.backlog_limit)
+            reason = (state.paused or {}).get("reason") or "auth"
+            paused.add_metric([state.id, reason], 1 if state.paused else 0)
         for connection_id, count in snap.dead_letters_unconfigured.items():
             dead.add_metric([connection_id], count)
         yield dead
         yield backlog
         yield limit
+        yield paused
         yield self._held()
         yield from self._workers_and_redis()
 
@@ -184,6 +192,71 @@ class DepthCollector(Collector):
         return held
 
 
+class QuotaCollector(Collector):
+    """The quota forecast (:mod:`connector.forecast`) as gauges, read from Redis when scraped."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            found = forecast.forecasts(self.client, self.settings)
+        except redis.RedisError as exc:
+            log.warning("metrics: Redis unavailable for the quota forecast", extra={"error": str(exc)[:200]})
+            return
+        labels = ["connection", "budget"]
+        used = GaugeMetricFamily(
+            "connector_quota_used", "Calls the connector made in the budget's current window", labels=labels
+        )
+        limit = GaugeMetricFamily(
+            "connector_quota_limit",
+            "The connector's part of the budget (its share of the plan)",
+            labels=labels,
+        )
+        reserve = GaugeMetricFamily(
+            "connector_quota_reserve",
+            "The part of the plan's limit left to the shop (checkout)",
+            labels=labels,
+        )
+        per_event = GaugeMetricFamily(
+            "connector_calls_per_event",
+            "Voucherify calls per event over the last hour",
+            labels=["connection"],
+        )
+        drain = GaugeMetricFamily(
+            "connector_backlog_drain_seconds",
+            "When the backlog is gone at this rate (absent while it grows)",
+            labels=["connection"],
+        )
+        growth = GaugeMetricFamily(
+            "connector_backlog_growth_per_hour",
+            "Events an hour the backlog grows by (absent while it drains): raise the plan or the share",
+            labels=["connection"],
+        )
+        exhausted = GaugeMetricFamily(
+            "connector_cycle_budget_exhausted_timestamp_seconds",
+            "When the cycle budget runs out at the last hour's rate (absent: it lasts the cycle)",
+            labels=["connection"],
+        )
+        for fc in found:
+            for budget in fc.budgets:
+                used.add_metric([fc.connection, budget.name], budget.used)
+                if budget.limit is not None:
+                    limit.add_metric([fc.connection, budget.name], budget.limit)
+                if budget.reserve is not None:
+                    reserve.add_metric([fc.connection, budget.name], budget.reserve)
+            if fc.calls_per_event is not None:
+                per_event.add_metric([fc.connection], fc.calls_per_event)
+            if fc.drain_seconds is not None:
+                drain.add_metric([fc.connection], fc.drain_seconds)
+            if fc.growth_per_hour is not None:
+                growth.add_metric([fc.connection], fc.growth_per_hour)
+            if fc.cycle_exhausted_at is not None:
+                exhausted.add_metric([fc.connection], fc.cycle_exhausted_at)
+        yield from (used, limit, reserve, per_event, drain, growth, exhausted)
+
+
 class _Default(Collector):
     """This process's own registry (single-process fallback)."""
 
@@ -211,6 +284,7 @@ def _registry() -> CollectorRegistry:
     else:
         registry.register(_Default())
     registry.register(DepthCollector(current_app.extensions["connector.redis"], settings))
+    registry.register(QuotaCollector(current_app.extensions["connector.redis"], settings))
     return registry
 
 

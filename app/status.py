@@ -35,6 +35,7 @@ import redis
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
 
 from app.auth import require_token
+from app.status_quota import quota_data
 from connector import depths, overview, trace
 from connector.config import Settings
 from connector.keys import Keys
@@ -102,6 +103,7 @@ def status_data() -> dict[str, Any]:
             ),
         }
     )
+    data["quota"] = quota_data(client, settings)
     return data
 
 

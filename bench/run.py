@@ -165,7 +165,14 @@ class Bench:
                 f'[[connection]]\nid = "bench-{name}"\nwrite_keys = ["{wk}"]\nbacklog_limit = 100000000\n'
                 f'[connection.voucherify]\napp_id = "bench-app"\nsecret_key = "bench-secret"\n'
                 f'region = "{region}"\napi_url = "{urls[server]}"\nmode = "rest"\n'
-                + (f"rate_limit_per_minute = {rate}\n" if rate else "")
+                # The delivery rows measure the connector, not a quota: a limit nothing reaches,
+                # or the mixed row's own rate with all of it the connector's (share = 1).
+                + (
+                    f"api_calls_per_minute = {rate}\nshare = 1\n"
+                    if rate
+                    else "api_calls_per_minute = 100000000\n"
+                )
+                + "bulk_calls_per_hour = 100000000\n"
             )
         self.conf = self.tmp / "connections.toml"
         self.conf.write_text("\n".join(lines))

@@ -35,7 +35,8 @@ import redis
 from connector.keys import Keys
 from connector.lua import Lua
 
-# KEYS: events, bytes.  ARGV: events, bytes, event limit, byte limit.
+# KEYS: events, bytes[, the hour's flow counters].  ARGV: events, bytes, event limit, byte limit,
+# the flow counters' TTL.
 _RESERVE = Lua(
     """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
@@ -51,14 +52,24 @@ if b > 0 then
   redis.call('INCRBY', KEYS[2], b)
   redis.call('PERSIST', KEYS[2])
 end
+if KEYS[3] then
+  redis.call('HINCRBY', KEYS[3], 'in', n)
+  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[5]))
+end
 return 1
 """
 )
 
-# KEYS: events, bytes.  ARGV: events, bytes.  Each counter is clamped at zero (and deleted).
+# KEYS: events, bytes[, the hour's flow counters].  ARGV: events, bytes[, calls made, TTL].  Each
+# counter is clamped at zero (and deleted).
 _RELEASE = Lua(
     """
 local left = 0
+if KEYS[3] then
+  if tonumber(ARGV[1]) > 0 then redis.call('HINCRBY', KEYS[3], 'out', ARGV[1]) end
+  if tonumber(ARGV[3]) > 0 then redis.call('HINCRBY', KEYS[3], 'calls', ARGV[3]) end
+  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[4]))
+end
 for i = 1, 2 do
   local n = tonumber(ARGV[i])
   if n > 0 then
@@ -96,31 +107,52 @@ def reserve(
     stored_bytes: int = 0,
     bytes_limit: int = UNLIMITED,
     keys: Keys | None = None,
+    flow: bool = False,
 ) -> bool:
     """Atomically add ``n`` events and ``stored_bytes`` bytes unless that would pass a bound;
-    True when admitted."""
+    True when admitted.  ``flow``: count them as arrivals of this hour (the forecast)."""
     if n <= 0 and stored_bytes <= 0:
         return True
     k = keys or Keys.from_env()
+    redis_keys = [k.backlog(connection_id), k.backlog_bytes(connection_id)]
+    if flow:
+        redis_keys.append(k.quota_hour(connection_id, hour_of(time.time())))
     admitted = _RESERVE(
         client,
-        [k.backlog(connection_id), k.backlog_bytes(connection_id)],
-        [max(0, int(n)), max(0, int(stored_bytes)), int(limit), int(bytes_limit)],
+        redis_keys,
+        [max(0, int(n)), max(0, int(stored_bytes)), int(limit), int(bytes_limit), FLOW_TTL_SECONDS],
     )
     return int(admitted) == 1
 
 
 def release(
-    client: redis.Redis, connection_id: str, n: int, stored_bytes: int = 0, *, keys: Keys | None = None
+    client: redis.Redis,
+    connection_id: str,
+    n: int,
+    stored_bytes: int = 0,
+    *,
+    keys: Keys | None = None,
+    calls: int | None = None,
 ) -> None:
-    if n <= 0 and stored_bytes <= 0:
+    """``calls``: not None for work towards Voucherify -- the events finished and the calls
+    made for them are counted in this hour's flow (the forecast's calls per event)."""
+    if n <= 0 and stored_bytes <= 0 and not calls:
         return
     k = keys or Keys.from_env()
-    _RELEASE(
-        client,
-        [k.backlog(connection_id), k.backlog_bytes(connection_id)],
-        [max(0, int(n)), max(0, int(stored_bytes))],
-    )
+    redis_keys = [k.backlog(connection_id), k.backlog_bytes(connection_id)]
+    args = [max(0, int(n)), max(0, int(stored_bytes))]
+    if calls is not None:
+        redis_keys.append(k.quota_hour(connection_id, hour_of(time.time())))
+        args += [max(0, int(calls)), FLOW_TTL_SECONDS]
+    _RELEASE(client, redis_keys, args)
+
+
+# The forecast's hourly flow counters (arrivals, events finished, calls made) live two hours.
+FLOW_TTL_SECONDS = 3 * 3600
+
+
+def hour_of(epoch: float) -> int:
+    return int(epoch // 3600)
 
 
 def current(client: redis.Redis, connection_id: str, *, keys: Keys | None = None) -> int:

@@ -32,6 +32,7 @@ from connector.connections import (
     VoucherifySettings,
     from_env_shorthand,
     read_connection,
+    with_quota_period_scale,
 )
 from connector.errors import ConfigError
 from connector.reader import secret_problem
@@ -197,6 +198,12 @@ def load_settings(
                 )
             by_key[digest] = conn
 
+    scale = _quota_period_scale(env, problems)
+    if scale != 1.0:
+        connections = [with_quota_period_scale(c, scale) for c in connections]
+        by_id = {c.id: c for c in connections}
+        by_key = {k: by_id[c.id] for k, c in by_key.items()}
+
     redis_url = env.get("REDIS_URL") or DEFAULT_REDIS_URL
     if not re.match(r"^(redis|rediss|unix)://", redis_url):
         problems.append("REDIS_URL: must be a redis://, rediss:// or unix:// URL")
@@ -336,6 +343,23 @@ def sandbox_fakes(env: Mapping[str, str] | None = None) -> dict[str, str]:
         if re.fullmatch(r"[a-z0-9_-]{1,32}", name.strip()) and _LOOPBACK_URL.match(url):
             fakes[name.strip()] = url
     return fakes
+
+
+def _quota_period_scale(env: Mapping[str, str], problems: list[str]) -> float:
+    """``CONNECTOR_QUOTA_PERIOD_SCALE`` -- TEST ONLY: Voucherify's quota periods (minute, hour,
+    day, cycle) last this share of their real length, to match the fake's fast clock
+    (``period_scale``).  Never set it in production: the budgets would no longer be Voucherify's."""
+    raw = (env.get("CONNECTOR_QUOTA_PERIOD_SCALE") or "").strip()
+    if not raw:
+        return 1.0
+    try:
+        scale = float(raw)
+    except ValueError:
+        scale = 0.0
+    if not (0.0 < scale <= 1.0):
+        problems.append("CONNECTOR_QUOTA_PERIOD_SCALE: must be a number > 0 and <= 1 (test only)")
+        return 1.0
+    return scale
 
 
 def _body_timeout(env: Mapping[str, str]) -> float:

@@ -10,6 +10,7 @@ whoever loads the settings, so that this base package imports nothing above it.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -421,3 +422,10 @@ def from_env_shorthand(env: Mapping[str, str]) -> dict[str, Any] | None:
             seg["api_url"] = env["SEGMENT_API_URL"]
         conn["segment"] = seg
     return {"connection": [conn]}
+
+
+def with_quota_period_scale(connection: Connection, scale: float) -> Connection:
+    """``connection`` with its quota periods shortened by ``scale`` (a test clock)."""
+    vf = connection.voucherify
+    quota = dataclasses.replace(vf.quota, period_scale=scale)
+    return dataclasses.replace(connection, voucherify=dataclasses.replace(vf, quota=quota))

@@ -13,10 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+import orjson
 import redis
 
 from connector.config import Connection, Settings
 from connector.keys import Keys
+from connector.quotas import cycle_window
 
 # kombu's Redis transport keeps messages handed to a worker but not yet acknowledged here.
 UNACKED_KEY = "unacked"
@@ -31,6 +33,12 @@ class BudgetLike(Protocol):
     def limit(self) -> int | None: ...
     @property
     def window(self) -> float: ...
+    @property
+    def granule(self) -> float: ...  # seconds per counter; 0: a billing cycle
+    @property
+    def cycle_start_day(self) -> int | None: ...
+    @property
+    def cycle_scale(self) -> float: ...
 
 
 @dataclass
@@ -50,6 +58,8 @@ class ConnectionState:
     backlog_limit: int
     dead_letters: int
     rate_limits: list[RateLimitState] = field(default_factory=list)
+    # None, or {"reason": "auth", "since": epoch s}: the connection is paused (SPEC 10).
+    paused: dict[str, Any] | None = None
 
 
 @dataclass
@@ -78,6 +88,17 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _pause(raw: Any) -> dict[str, Any] | None:
+    """A connection's pause record (workers.delivery.pauses writes it)."""
+    if raw is None:
+        return None
+    try:
+        data = orjson.loads(raw)
+        return {"reason": str(data.get("reason") or "auth"), "since": float(data.get("since") or 0.0)}
+    except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
+        return {"reason": "auth", "since": 0.0}
+
+
 def queue_names(settings: Settings) -> list[str]:
     return settings.voucherify_queues + settings.segment_queues
 
@@ -104,11 +125,15 @@ def snapshot(
     pipe.hgetall(keys.dlq_counts)
     for connection in settings.connections:
         pipe.get(keys.backlog(connection.id))
+    for connection in settings.connections:
+        pipe.get(keys.paused(connection.id))
     results = pipe.execute()
     depth = {queue: _int(n) for queue, n in zip(queues, results[: len(queues)], strict=True)}
     rest = results[len(queues) :]
     unacked, delayed, due, dlq_total, dlq_raw = rest[:5]
-    backlogs = rest[5:]
+    count = len(settings.connections)
+    backlogs = rest[5 : 5 + count]
+    pauses = rest[5 + count : 5 + 2 * count]
     dlq_counts = {_text(k): _int(v) for k, v in (dlq_raw or {}).items() if _int(v) > 0}
     states = [
         ConnectionState(
@@ -116,8 +141,9 @@ def snapshot(
             backlog=_int(b),
             backlog_limit=c.backlog_limit,
             dead_letters=dlq_counts.pop(c.id, 0),
+            paused=_pause(p),
         )
-        for c, b in zip(settings.connections, backlogs, strict=True)
+        for c, b, p in zip(settings.connections, backlogs, pauses, strict=True)
     ]
     if budgets is not None:
         _add_rate_limits(client, settings, keys, states, budgets)
@@ -133,6 +159,17 @@ def snapshot(
     )
 
 
+def used_in_window(counts: dict[Any, Any], budget: BudgetLike, now: float) -> int:
+    """A budget's grants in its current window, from its counters (layout: budgets.py)."""
+    values = {_text(k): _int(v) for k, v in counts.items()}
+    if budget.cycle_start_day is not None:
+        start, _ = cycle_window(now, budget.cycle_start_day, budget.cycle_scale)
+        return values.get(str(int(start)), 0)
+    granule_ms = max(1, int(budget.granule * 1000))
+    first = (int(now * 1000) - int(budget.window * 1000)) // granule_ms
+    return sum(v for k, v in values.items() if k.lstrip("-").isdigit() and int(k) >= first)
+
+
 def _add_rate_limits(
     client: redis.Redis,
     settings: Settings,
@@ -140,31 +177,32 @@ def _add_rate_limits(
     states: list[ConnectionState],
     budgets: Callable[[Connection], Sequence[BudgetLike]],
 ) -> None:
-    targets: list[tuple[ConnectionState, str, int | None, float]] = [
-        (state, budget.name, budget.limit, budget.window)
+    targets: list[tuple[ConnectionState, BudgetLike]] = [
+        (state, budget)
         for connection, state in zip(settings.connections, states, strict=True)
         for budget in budgets(connection)
     ]
-    now_ms = int(time.time() * 1000)
+    now = time.time()
+    now_ms = int(now * 1000)
     pipe = client.pipeline(transaction=False)
-    for state, target, _, window in targets:
-        base = keys.ratelimit(state.id, target)
-        pipe.zcount(base, now_ms - int(window * 1000), "+inf")
+    for state, budget in targets:
+        base = keys.ratelimit(state.id, budget.name)
+        pipe.hgetall(f"{base}:n")
         pipe.get(f"{base}:pause")
         pipe.get(f"{base}:slow")
     results = pipe.execute()
-    for index, (state, target, limit, window) in enumerate(targets):
-        used, pause, slow = results[index * 3 : index * 3 + 3]
+    for index, (state, budget) in enumerate(targets):
+        counts, pause, slow = results[index * 3 : index * 3 + 3]
         try:
             factor = float(slow) if slow is not None else 1.0
         except ValueError:
             factor = 1.0
         state.rate_limits.append(
             RateLimitState(
-                target=target,
-                limit=limit,
-                window_seconds=window,
-                used=_int(used),
+                target=budget.name,
+                limit=budget.limit,
+                window_seconds=budget.window,
+                used=used_in_window(counts or {}, budget, now),
                 paused_for_seconds=max(0.0, (_int(pause) - now_ms) / 1000.0),
                 slow_factor=factor,
             )

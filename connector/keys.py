@@ -8,10 +8,13 @@ Layout (``{p}`` is the prefix, ``{c}`` a connection id)::
     {p}ledger:{c}:{idempotency_key}     string  "inflight:<token>" (PX claim TTL) | "done" (EX window+24h)
     {p}delayed                          zset    entry id -> due time (epoch ms); parked work
     {p}delayed:data                     hash    entry id -> JSON {connection_id, direction, queue, items}
-    {p}rl:{c}:{target}                  zset    sliding-window log of granted requests (ms scores)
-    {p}rl:{c}:{target}:hint             string  next parking slot handed to throttled work (epoch ms)
-    {p}rl:{c}:{target}:pause            string  epoch ms until which the target asked us to stop
-    {p}rl:{c}:{target}:slow             string  factor (0..1] applied to the budget after low remaining
+    {p}rl:{c}:{budget}:n                hash    granted calls per granule (sliding) or per cycle start
+    {p}paused:{c}                       string  JSON {reason, since}: the connection is paused (auth)
+    {p}quota:{c}:seen                   hash    the last X-Rate-Limit-* headers per budget (forecast)
+    {p}quota:{c}:h:{hour}               hash    calls and events finished in that hour (forecast)
+    {p}rl:{c}:{budget}:hint             string  next parking slot handed to throttled work (epoch ms)
+    {p}rl:{c}:{budget}:pause            string  epoch ms until which the target asked us to stop
+    {p}rl:{c}:{budget}:slow             string  factor (0..1] applied to the budget after low remaining
     {p}stale:{c}:{customer}             string  epoch ms of the newest applied customer upsert
     {p}dlq                              zset    dead-letter id -> dead-lettered time (epoch ms)
     {p}dlq:data                         hash    dead-letter id -> JSON record
@@ -73,6 +76,15 @@ class Keys:
 
     def ratelimit(self, connection_id: str, target: str) -> str:
         return f"{self.prefix}rl:{connection_id}:{target}"
+
+    def paused(self, connection_id: str) -> str:
+        return f"{self.prefix}paused:{connection_id}"
+
+    def quota_seen(self, connection_id: str) -> str:
+        return f"{self.prefix}quota:{connection_id}:seen"
+
+    def quota_hour(self, connection_id: str, hour: int) -> str:
+        return f"{self.prefix}quota:{connection_id}:h:{hour}"
 
     def stale(self, connection_id: str, customer: str) -> str:
         return f"{self.prefix}stale:{connection_id}:{customer}"

@@ -16,8 +16,10 @@ turns that into budgets.
 
 from __future__ import annotations
 
+import calendar
 import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from connector.reader import Reader
 
@@ -107,6 +109,9 @@ class QuotaSettings:
     coalesce_window_seconds: float = DEFAULT_COALESCE_WINDOW_SECONDS
     # How long the digest of the last upsert Voucherify accepted per customer is remembered.
     unchanged_memory_days: int = DEFAULT_UNCHANGED_MEMORY_DAYS
+    # TEST ONLY: every period lasts this share of its real length (CONNECTOR_QUOTA_PERIOD_SCALE,
+    # matching the fake Voucherify's ``period_scale``).  1 in production.
+    period_scale: float = 1.0
 
     def usable(self, limit: int | None) -> int | None:
         """The connector's part of ``limit`` (at least one call, or nothing would ever move)."""
@@ -179,3 +184,86 @@ def read_quota(r: Reader, old_rate_limit: int | None = None) -> QuotaSettings:
         coalesce_window_seconds=window,
         unchanged_memory_days=memory,
     )
+
+
+# --- budgets: the names every process, metric and Redis key uses -----------------------------
+
+# Budget name -> (the limit key it enforces, its period in seconds; None: the billing cycle).
+BUDGETS: dict[str, tuple[str, float | None]] = {
+    "api_calls_minute": ("api_calls_per_minute", 60.0),
+    "api_calls_hour": ("api_calls_per_hour", 3600.0),
+    "api_calls_cycle": ("api_calls_per_cycle", None),
+    "bulk_calls_hour": ("bulk_calls_per_hour", 3600.0),
+    "webhook_calls_day": ("webhook_calls_per_day", 86400.0),
+}
+# Under a test clock (CONNECTOR_QUOTA_PERIOD_SCALE != 1) a cycle lasts this many scaled days,
+# aligned to the Unix epoch, as the fake Voucherify's (sandbox.plans.SCALED_CYCLE_DAYS).
+SCALED_CYCLE_DAYS = 30
+
+
+def cycle_window(now: float, start_day: int, scale: float = 1.0) -> tuple[float, float]:
+    """The billing cycle holding ``now`` (epoch seconds): from ``start_day`` 00:00 UTC to the
+    same day of the next month (a fixed window, as Voucherify counts it)."""
+    if scale != 1.0:
+        length = SCALED_CYCLE_DAYS * 86400.0 * scale
+        begin = math.floor(now / length) * length
+        return begin, begin + length
+
+    def anchor(year: int, month: int) -> datetime:
+        if month == 0:
+            year, month = year - 1, 12
+        elif month == 13:
+            year, month = year + 1, 1
+        return datetime(year, month, min(start_day, calendar.monthrange(year, month)[1]), tzinfo=UTC)
+
+    moment = datetime.fromtimestamp(now, UTC)
+    first = anchor(moment.year, moment.month)
+    if moment < first:
+        first = anchor(moment.year, moment.month - 1)
+    return first.timestamp(), anchor(first.year, first.month + 1).timestamp()
+
+
+SUBWINDOWS = 30  # counters per budget window (workers.delivery.budgets)
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """One budget of a connection: the connector's ``limit`` (its share) per ``window``."""
+
+    name: str
+    limit: int | None  # None: unbounded (only a pause stops it); 0: never (no bulk)
+    window: float  # seconds
+    project_limit: int | None  # the plan's whole limit (limit + the shop's reserve)
+    cycle_start_day: int | None = None  # a billing cycle (fixed calendar windows)
+    cycle_scale: float = 1.0
+
+    @property
+    def granule(self) -> float:
+        return 0.0 if self.cycle_start_day is not None else max(0.001, self.window / SUBWINDOWS)
+
+
+def budget_specs(quota: QuotaSettings) -> dict[str, BudgetSpec]:
+    """Every budget of a connection towards Voucherify, by name (a limit the plan does not have
+    is absent; a ``bulk_calls_per_hour`` of 0 is a budget of 0: never bulk)."""
+    limits = quota.limits()
+    scale = quota.period_scale
+    out: dict[str, BudgetSpec] = {}
+    for name, (key, period) in BUDGETS.items():
+        limit = limits[key]
+        if limit is None:
+            continue
+        usable = 0 if limit == 0 else quota.usable(limit)
+        if period is None:
+            window = SCALED_CYCLE_DAYS * 86400.0 * scale
+            out[name] = BudgetSpec(name, usable, window, limit, quota.cycle_start_day, scale)
+        else:
+            out[name] = BudgetSpec(name, usable, period * scale, limit)
+    if "bulk_calls_hour" not in out:
+        out["bulk_calls_hour"] = BudgetSpec("bulk_calls_hour", 0, 3600.0 * scale, 0)
+    # Settings built without a limit (never from connections.toml, which always has one):
+    # unbounded budgets, which a 429 or the headers can still pause.
+    if "api_calls_minute" not in out and "api_calls_hour" not in out:
+        out["api_calls_minute"] = BudgetSpec("api_calls_minute", None, 60.0 * scale, None)
+    if "webhook_calls_day" not in out:
+        out["webhook_calls_day"] = BudgetSpec("webhook_calls_day", None, 86400.0 * scale, None)
+    return out

@@ -18,7 +18,8 @@ Delivery (:class:`Tuning`):
 | ``CONNECTOR_WORKER_INFLIGHT`` | 100 | calls a worker process has in flight per target origin (send slots, shared by its tasks; also its HTTP pool size) |
 | ``CONNECTOR_TASK_BUDGET_SECONDS`` | 20 | a task parks what is left after this |
 | ``CONNECTOR_STALE_TTL_SECONDS`` | 604800 | how long the newest upsert time per customer is kept |
-| ``CONNECTOR_LOW_REMAINING`` | 0.05 | X-Rate-Limit-Remaining at or below this share slows down |
+| ``CONNECTOR_AUTH_PROBE_SECONDS`` | 300 | a connection paused on refused credentials is probed this often |
+| ``CONNECTOR_QUOTA_PERIOD_SCALE`` | 1 | TEST ONLY: Voucherify's quota periods shortened (the fake's ``period_scale``) |
 | ``CONNECTOR_SLOWDOWN_SECONDS`` | 60 | how long a slow-down lasts |
 | ``CONNECTOR_SEGMENT_MAX_EVENTS`` / ``_MAX_BYTES`` / ``_MAX_EVENT_BYTES`` | 2500 / 500000 / 32768 | one /v1/batch request |
 | ``CONNECTOR_METADATA_SCHEMA_REFRESH_SECONDS`` | 3600 | how old a cached metadata schema may get |
@@ -96,12 +97,13 @@ class Tuning:
     inflight: int = knob(100, "CONNECTOR_WORKER_INFLIGHT", minimum=1)
     task_budget: float = knob(float(TASK_TIME_BUDGET_SECONDS), "CONNECTOR_TASK_BUDGET_SECONDS")
     stale_ttl: float = knob(7 * 86400.0, "CONNECTOR_STALE_TTL_SECONDS")
-    low_remaining: float = knob(0.05, "CONNECTOR_LOW_REMAINING")
     slowdown_seconds: float = knob(60.0, "CONNECTOR_SLOWDOWN_SECONDS")
     segment_max_events: int = knob(SEGMENT_MAX_EVENTS, "CONNECTOR_SEGMENT_MAX_EVENTS")
     segment_max_bytes: int = knob(SEGMENT_MAX_BATCH_BYTES, "CONNECTOR_SEGMENT_MAX_BYTES")
     segment_max_event_bytes: int = knob(SEGMENT_MAX_EVENT_BYTES, "CONNECTOR_SEGMENT_MAX_EVENT_BYTES")
     metadata_schema_refresh: float = knob(3600.0, "CONNECTOR_METADATA_SCHEMA_REFRESH_SECONDS", minimum=1.0)
+    # A paused connection (credentials refused) is probed this often; its work parks this long.
+    auth_probe: float = knob(300.0, "CONNECTOR_AUTH_PROBE_SECONDS", minimum=0.1)
 
     def retry_window(self, configured_seconds: float) -> float:
         return self.retry_window_override if self.retry_window_override is not None else configured_seconds

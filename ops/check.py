@@ -57,12 +57,14 @@ def check_configuration() -> tuple[Settings | None, list[Finding]]:
     findings = [ok("configuration", f"{len(settings.connections)} connection(s) load without problems")]
     for c in settings.connections:
         subject = f"connection {c.id!r}"
-        if c.voucherify.rate_limit_per_minute is None:
+        quota = c.voucherify.quota
+        if quota.assumed:
             findings.append(
                 warning(
                     subject,
-                    "no voucherify.rate_limit_per_minute: only Voucherify's own 429s slow the connector "
-                    "down; set it below your plan's limit (going over blocks the project's API access)",
+                    "no Voucherify quota configured: assuming the Business plan (100 API calls a minute, "
+                    f"100,000 a cycle, no bulk) and using {quota.share:g} of it; set voucherify.plan (or "
+                    "the api_calls_per_* limits) and share to your project's plan (README: Quotas)",
                 )
             )
         if c.segment is not None and c.voucherify.webhook_secret is None:

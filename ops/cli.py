@@ -43,6 +43,7 @@ COMMANDS = {
     "dlq": "ops.dlq:dlq",
     "map": "ops.mapcmd:map_command",
     "overview": "ops.overviewcmd:overview_command",
+    "resume": "ops.resume:resume",
     "scheduler": "ops.scheduler:scheduler",
     "send-test": "ops.send_test:send_test",
     "stats": "ops.stats:stats",

@@ -24,6 +24,7 @@ def scheduler(interval: float | None) -> None:
     from connector.publish import publisher
     from workers.delivery.scheduler import Scheduler, connection_queues
     from workers.settings import load_settings
+    from workers.targets.probe import pause_prober
 
     configure_logging("scheduler")
     # The scheduler publishes work to the connections' queues: with a configuration the web and
@@ -43,5 +44,6 @@ def scheduler(interval: float | None) -> None:
     click.echo(f"scheduler: redis {redact_url(url)}, prefix {keys.prefix!r}", err=True)
     app = create_celery(url, settings.redis_tls_verify, settings.broker)
     runner = Scheduler(client, keys, publisher(app), config, connections=connection_queues(settings))
+    runner.duties.append(pause_prober(settings, client, keys))
     runner.install_signal_handlers()
     runner.run()

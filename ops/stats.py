@@ -3,10 +3,12 @@ budget (used in its window, paused, slowed) per connection."""
 
 from __future__ import annotations
 
+import time
+
 import click
 import redis
 
-from connector import depths
+from connector import depths, forecast
 from connector.keys import Keys
 from ops.common import print_json, redis_client, settings_or_exit, table
 from workers import targets
@@ -23,8 +25,16 @@ def stats(as_json: bool) -> None:
         )
     except redis.RedisError as exc:
         raise click.ClickException(f"Redis: {type(exc).__name__}: {exc}") from None
+    try:
+        found = {fc.connection: fc for fc in forecast.forecasts(redis_client(), settings)}
+    except redis.RedisError as exc:
+        raise click.ClickException(f"Redis: {type(exc).__name__}: {exc}") from None
     if as_json:
-        print_json(snap.as_dict())
+        data = snap.as_dict()
+        for conn in data["connections"]:
+            fc = found.get(conn["id"])
+            conn["forecast"] = {**fc.as_dict(), "sentences": fc.sentences()} if fc else None
+        print_json(data)
         return
     click.echo("QUEUES")
     table(
@@ -46,6 +56,8 @@ def stats(as_json: bool) -> None:
             if rl.slow_factor < 1:
                 text += f" slowed x{rl.slow_factor:g}"
             limits.append(text)
+        if state.paused:
+            limits.insert(0, f"PAUSED ({state.paused['reason']}) since {_when(state.paused['since'])}")
         rows.append(
             {
                 "id": state.id,
@@ -63,5 +75,27 @@ def stats(as_json: bool) -> None:
             ("limits", "RATE LIMITS", 90),
         ],
     )
+    click.echo("\nQUOTA (Voucherify): used / the connector's part, the shop's reserve; forecast")
+    for fc in found.values():
+        click.echo(f"  {fc.connection}")
+        for b in fc.budgets:
+            limit = b.limit if b.limit is not None else "-"
+            reserve = f", reserve {b.reserve}" if b.reserve is not None else ""
+            paused = f", waiting {b.paused_for_seconds:.0f}s" if b.paused_for_seconds > 0 else ""
+            click.echo(f"    {b.name:<18} {b.used}/{limit} per {b.window_seconds:g}s{reserve}{paused}")
+        for kind, live in fc.live.items():
+            click.echo(
+                f"    Voucherify says ({kind}): {live['remaining']:.0f} of {live['limit']:.0f} left"
+                f" ({live['age_seconds']:.0f}s ago)"
+            )
+        click.echo(
+            f"    backlog {fc.backlog}, {fc.arrivals_last_hour:.0f} arrived and {fc.events_last_hour:.0f} finished last hour"
+        )
+        for sentence in fc.sentences():
+            click.echo(f"    {sentence}")
     for connection_id, count in snap.dead_letters_unconfigured.items():
         click.echo(f"(dead letters of a connection no longer configured: {connection_id}: {count})")
+
+
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))

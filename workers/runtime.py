@@ -19,8 +19,9 @@ from connector.config import Connection, Settings
 from connector.keys import Keys
 from connector.tuning import Tuning
 from workers import targets
-from workers.delivery.budgets import Budgets
+from workers.delivery.budgets import Budgets, GrantPools
 from workers.delivery.context import Context
+from workers.delivery.fairslots import FairSlots
 from workers.delivery.transport import RequestsTransport, Transport
 from workers.targets.voucherify_schema import MAX_LISTING_BYTES
 
@@ -35,8 +36,11 @@ class Runtime:
     # small one for reading metadata schemas (their answers are read whole, not excerpted).
     transport: Transport | None = None
     schema_transport: Transport | None = None
-    # The process's send slots per target origin (greenlet-aware under gevent's patching).
-    send_slots: dict[str, threading.BoundedSemaphore] = field(default_factory=dict)
+    # The process's send slots per target system (greenlet-aware under gevent's patching).
+    send_slots: dict[str, FairSlots] = field(default_factory=dict)
+    # Budget grants taken ahead, for the process's calls of the next second (one round trip per
+    # burst, not per call).
+    grant_pools: GrantPools = field(default_factory=GrantPools)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def delivery_transport(self) -> Transport:
@@ -52,13 +56,11 @@ class Runtime:
                 self.schema_transport = RequestsTransport(pool_size=2, excerpt_bytes=MAX_LISTING_BYTES)
             return self.schema_transport
 
-    def slots(self, base_url: str) -> threading.BoundedSemaphore:
-        slot = self.send_slots.get(base_url)
+    def slots(self, system: str) -> FairSlots:
+        slot = self.send_slots.get(system)
         if slot is None:
             with self._lock:
-                slot = self.send_slots.setdefault(
-                    base_url, threading.BoundedSemaphore(max(1, self.tuning.inflight))
-                )
+                slot = self.send_slots.setdefault(system, FairSlots(self.tuning.inflight))
         return slot
 
 
@@ -75,7 +77,7 @@ def build_runtime(settings: Settings) -> Runtime:
 
 def context_for(rt: Runtime, connection: Connection, direction: str) -> Context:
     """A task's delivery context towards ``direction``'s system, from the process's caches."""
-    budgets = Budgets(rt.redis, rt.keys, connection.id)
+    budgets = Budgets(rt.redis, rt.keys, connection.id, rt.grant_pools)
     target = targets.bind(
         direction,
         connection,
@@ -94,7 +96,9 @@ def context_for(rt: Runtime, connection: Connection, direction: str) -> Context:
         transport=rt.delivery_transport(),
         budgets=budgets,
         deadline=time.monotonic() + rt.tuning.task_budget,
-        slots=rt.slots(target.base_url),
+        # Per system, not per origin: connections of one worker share its slots fairly, whatever
+        # region or dedicated cluster each one calls (workers.delivery.fairslots).
+        slots=rt.slots(target.name).for_connection(connection.id),
         trace_options=rt.settings.trace,
     )
 

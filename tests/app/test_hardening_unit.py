@@ -529,10 +529,22 @@ def test_retry_after_and_rate_limit_headers_are_clamped(value: str) -> None:
 
 
 def test_rate_limiter_observe_survives_hostile_remaining() -> None:
-    from workers.targets.voucherify import remaining_reading
+    from connector.quotas import QuotaSettings
+    from workers.delivery.transport import HTTPResult
+    from workers.targets.voucherify_quota import reading
 
-    for remaining in ("inf", "nan", "-inf", "1e400", "-3", "abc", ""):
-        remaining_reading(remaining, 100, 0.05, None)
+    quota = QuotaSettings(api_calls_per_minute=100)
+    hostile = ("inf", "nan", "-inf", "1e400", "-3", "abc", "", "1e300")
+    for remaining in hostile:
+        for limit in hostile:
+            for retry in hostile:
+                headers = {
+                    "x-rate-limit-remaining": remaining,
+                    "x-rate-limit-limit": limit,
+                    "x-rate-limit-retry": retry,
+                }
+                seen = reading(HTTPResult(200, headers, "", 0.01), quota, None, None)
+                assert seen.pause is None or 0 <= seen.pause <= 86400
 
 
 def test_stored_message_round_trip_in_json() -> None:

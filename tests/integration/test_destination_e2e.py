@@ -69,6 +69,8 @@ id = "conn-{region}"
 write_keys = ["{spec["write_key"]}"]
 [connection.voucherify]
 coalesce_window_seconds = 0  # not about the hold window: every request as it comes
+api_calls_per_minute = 10000000  # not about quotas: no budget in the way
+bulk_calls_per_hour = 10000000
 app_id = "{spec["app_id"]}"
 secret_key = "{spec["secret"]}"
 region = "{region}"

@@ -54,6 +54,8 @@ id = "fid-{mode}"
 write_keys = ["{key}"]
 [connection.voucherify]
 coalesce_window_seconds = 0  # not about the hold window: every request as it comes
+api_calls_per_minute = 10000000  # not about quotas: no budget in the way
+bulk_calls_per_hour = 10000000
 app_id = "{APP_ID}"
 secret_key = "{SECRET}"
 api_url = "{fake.url}"

@@ -36,6 +36,8 @@ write_keys = ["wk_acme_hardening"]
 segment_webhook_secret = "seg-secret"
 [connection.voucherify]
 coalesce_window_seconds = 0  # not about the hold window: every request as it comes
+api_calls_per_minute = 10000000  # not about quotas: no budget in the way
+bulk_calls_per_hour = 10000000
 app_id = "hardening-app-id"
 secret_key = "hardening-secret-key"
 region = "eu"
@@ -51,6 +53,8 @@ write_keys = ["wk_tight"]
 backlog_bytes_limit = 1048576
 [connection.voucherify]
 coalesce_window_seconds = 0  # not about the hold window: every request as it comes
+api_calls_per_minute = 10000000  # not about quotas: no budget in the way
+bulk_calls_per_hour = 10000000
 app_id = "hardening-app-id"
 secret_key = "hardening-secret-key"
 region = "us1"
@@ -317,6 +321,8 @@ write_keys = ["wk-broken"]
 segment_webhook_secret = "trailing-newline\\n"
 [connection.voucherify]
 coalesce_window_seconds = 0  # not about the hold window: every request as it comes
+api_calls_per_minute = 10000000  # not about quotas: no budget in the way
+bulk_calls_per_hour = 10000000
 app_id = "${BROKEN_APP_ID}"
 secret_key = "s"
 region = "mars"

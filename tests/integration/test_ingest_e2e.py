@@ -24,6 +24,8 @@ id = "acme"
 write_keys = ["wk_acme_live"]
 [connection.voucherify]
 coalesce_window_seconds = 0  # not about the hold window: every request as it comes
+api_calls_per_minute = 10000000  # not about quotas: no budget in the way
+bulk_calls_per_hour = 10000000
 app_id = "app-id-acme"
 secret_key = "secret-key-acme"
 region = "eu"
@@ -34,6 +36,8 @@ id = "other"
 write_keys = ["wk_other"]
 [connection.voucherify]
 coalesce_window_seconds = 0  # not about the hold window: every request as it comes
+api_calls_per_minute = 10000000  # not about quotas: no budget in the way
+bulk_calls_per_hour = 10000000
 app_id = "app-id-other"
 secret_key = "secret-key-other"
 region = "us1"

@@ -32,6 +32,8 @@ write_keys = ["wk_acme_live"]
 segment_webhook_secret = "seg-secret"
 [connection.voucherify]
 coalesce_window_seconds = 0  # not about the hold window: every request as it comes
+api_calls_per_minute = 10000000  # not about quotas: no budget in the way
+bulk_calls_per_hour = 10000000
 app_id = "app-id-acme"
 secret_key = "secret-key-acme"
 region = "eu"
@@ -46,6 +48,8 @@ id = "nosig"
 write_keys = ["wk_nosig"]
 [connection.voucherify]
 coalesce_window_seconds = 0  # not about the hold window: every request as it comes
+api_calls_per_minute = 10000000  # not about quotas: no budget in the way
+bulk_calls_per_hour = 10000000
 app_id = "nosig-app-id"
 secret_key = "nosig-secret-key"
 region = "eu"

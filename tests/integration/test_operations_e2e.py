@@ -246,7 +246,10 @@ def test_metrics_logs_and_cli_follow_the_events(tmp_path: Path, redis_url: str, 
         assert data["dead_letters"] == 1
         [conn] = data["connections"]
         assert conn["id"] == CONNECTION and conn["dead_letters"] == 1
-        assert conn["rate_limits"][0]["target"] == "voucherify" and conn["rate_limits"][0]["limit"] == 6000
+        # rate_limit_per_minute (the old name of api_calls_per_minute): the connector's share.
+        minute = {rl["target"]: rl for rl in conn["rate_limits"]}["api_calls_minute"]
+        assert minute["limit"] == 3000 and minute["used"] >= 1
+        assert conn["paused"] is None
         human = cli(stack, "stats")
         assert human.returncode == 0 and "voucherify.eu" in human.stdout and CONNECTION in human.stdout
 

@@ -61,6 +61,8 @@ id = "{cid}"
 write_keys = ["wk-{cid}"]
 [connection.voucherify]
 coalesce_window_seconds = 0  # not about the hold window: every request as it comes
+api_calls_per_minute = 10000000  # not about quotas: no budget in the way
+bulk_calls_per_hour = 10000000
 app_id = "app-id-acme"
 secret_key = "secret-key-acme"
 region = "eu"

@@ -125,7 +125,15 @@ def test_snapshot_reads_queues_parked_work_and_dead_letters(
     assert snap.delayed == 2 and snap.delayed_due == 1
     assert snap.dead_letters == 2
     assert snap.connections[0].dead_letters == 1 and snap.dead_letters_unconfigured == {"gone": 1}
-    assert [r.target for r in snap.connections[0].rate_limits] == ["voucherify"]
+    # No quota configured: the assumed Business plan's budgets, at the default share (half).
+    limits = {r.target: r.limit for r in snap.connections[0].rate_limits}
+    assert limits == {
+        "api_calls_minute": 50,
+        "api_calls_cycle": 50_000,
+        "bulk_calls_hour": 0,  # none on Business: never bulk
+        "webhook_calls_day": 72_000,
+    }
+    assert snap.connections[0].paused is None
 
 
 def test_sandbox_fakes_accepts_loopback_urls_only() -> None:

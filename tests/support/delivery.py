@@ -58,13 +58,19 @@ def make_connection(
     segment: bool = True,
     rps: int = 1000,
     quota: QuotaSettings | None = None,
+    bulk: int = 0,
 ) -> Connection:
-    """A connection for the delivery unit tests.  ``quota``: by default no hold window and no
-    unchanged skip (every request as it comes) and bulk allowed, as before SPEC 10's fewer-calls
-    work; the tests of that work pass their own."""
+    """A connection for the delivery unit tests.  ``quota``: by default ``rate`` calls a minute
+    (None: no budget, only what Voucherify's answers say can stop it) and ``bulk`` bulk calls an
+    hour, all the connector's (share 1), with no hold window and no unchanged skip (every request
+    as it comes); the tests of SPEC 10's fewer-calls work pass their own."""
     if quota is None:
         quota = QuotaSettings(
-            assumed=True, coalesce_window_seconds=0, unchanged_memory_days=0, bulk_calls_per_hour=100_000
+            api_calls_per_minute=rate,
+            bulk_calls_per_hour=bulk,
+            share=1.0,
+            coalesce_window_seconds=0,
+            unchanged_memory_days=0,
         )
     vf = VoucherifySettings(
         app_id=Secret("app-id-1"),

@@ -52,15 +52,34 @@ FAST_ENV = {
 }
 
 
+# Tests not about quotas configure a limit nothing reaches (the default would be the assumed
+# Business plan's share: 50 calls a minute), and no hold window (every request as it comes, as
+# the fault tests were written for).
+UNLIMITED_API = "api_calls_per_minute = 10000000\n"
+UNLIMITED = UNLIMITED_API + "bulk_calls_per_hour = 10000000\n"
+NO_HOLD = "coalesce_window_seconds = 0\n"
+
+
 def connections_toml(
-    voucherify_url: str, *, rate_limit: int | None = None, extra: str = "", fewer_calls: str | None = None
+    voucherify_url: str,
+    *,
+    rate_limit: int | None = None,
+    extra: str = "",
+    quota: str | None = None,
+    fewer_calls: str | None = None,
 ) -> str:
-    """``fewer_calls``: the hold/bulk keys (SPEC 10); by default no hold window (every request as
-    it comes) and bulk allowed, as the fault tests were written for."""
-    rate = f"rate_limit_per_minute = {rate_limit}\n" if rate_limit else ""
-    if fewer_calls is None:
-        fewer_calls = "coalesce_window_seconds = 0\nbulk_calls_per_hour = 100000\n"
-    rate += fewer_calls
+    """``rate_limit``: api_calls_per_minute with share = 1 (the connector may spend it all);
+    ``quota``: the quota keys verbatim (nothing: no budget in the way); ``fewer_calls``: the
+    hold/bulk keys (SPEC 10) verbatim, under an API limit nothing reaches."""
+    if quota is not None:
+        rate = quota
+    elif rate_limit:
+        rate = f"api_calls_per_minute = {rate_limit}\nshare = 1\n"
+    elif fewer_calls is not None:
+        rate = UNLIMITED_API
+    else:
+        rate = UNLIMITED
+    rate += NO_HOLD if fewer_calls is None else fewer_calls
     return f"""
 [[connection]]
 id = "{CONNECTION_ID}"

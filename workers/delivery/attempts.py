@@ -18,6 +18,7 @@ A *step* is what one item came to: DONE (terminal, reported here) or PARKED unti
 from __future__ import annotations
 
 import enum
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,13 +29,15 @@ import orjson
 from connector import USER_AGENT, metrics, overview
 from connector.contract import DeliveryItem, backlog_of
 from connector.errors import TransportFailure
-from workers.delivery import outcomes
+from workers.delivery import outcomes, pauses
 from workers.delivery.budgets import Budget, Observation
 from workers.delivery.context import Context
 from workers.delivery.deadletters import MAX_HISTORY, DeadLetter
 from workers.delivery.target import Answer
 from workers.delivery.transport import HTTPResult
 from workers.outbound import OutboundRequest
+
+log = logging.getLogger("connector.delivery")
 
 
 class StepKind(enum.Enum):
@@ -93,6 +96,7 @@ def send(ctx: Context, method: str, path: str, body: bytes | None, headers: Mapp
         **ctx.target.auth_headers(),
     }
     answer: Answer
+    ctx.count_call()
     try:
         answer = ctx.transport.send(
             method, ctx.base_url + path, full, body, (ctx.tuning.connect_timeout, ctx.tuning.read_timeout)
@@ -162,10 +166,27 @@ def attempt(ctx: Context, request: OutboundRequest, item: DeliveryItem) -> Answe
 
 def observe(ctx: Context, budgets: tuple[Budget, ...], answer: Answer) -> Observation:
     """The target's reading of ``answer``, applied to the budgets the call spent."""
-    observation = ctx.target.interpret(answer)
+    observation = ctx.target.interpret(answer, budgets)
     if ctx.budgets.apply(budgets, observation, slowdown_seconds=ctx.tuning.slowdown_seconds):
         metrics.child(metrics.RATE_LIMIT_SLOWDOWNS, ctx.connection_id, ctx.target.name).inc()
     return observation
+
+
+def auth_refused(ctx: Context, answer: Answer) -> None:
+    """The target refused the connection's credentials: pause the connection (one ERROR log,
+    by the worker that paused it; the others find it paused)."""
+    if ctx.budgets.pools is not None:
+        ctx.budgets.pools.drop(ctx.connection_id, None)  # grants held ahead must not be spent
+    if pauses.pause(ctx.client, ctx.keys, ctx.connection_id, pauses.AUTH):
+        log.error(
+            "credentials refused: connection paused until a probe succeeds or `connector resume`",
+            extra={
+                "connection": ctx.connection_id,
+                "direction": ctx.direction,
+                "status": status_of(answer),
+                "reason": pauses.AUTH,
+            },
+        )
 
 
 def status_of(answer: Answer) -> int | None:

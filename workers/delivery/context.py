@@ -11,11 +11,13 @@ import redis
 
 from connector import backlog
 from connector.config import Connection
+from connector.contract import DESTINATION
 from connector.keys import Keys
 from connector.trace import Recorder
 from connector.tuning import TraceOptions, Tuning
 from workers.delivery.budgets import Budgets
 from workers.delivery.deadletters import DeadLetters
+from workers.delivery.fairslots import ConnectionSlots
 from workers.delivery.ledger import Ledger
 from workers.delivery.stale import StaleGuard
 from workers.delivery.target import Target
@@ -32,7 +34,7 @@ class Context:
     transport: Transport
     budgets: Budgets
     deadline: float = 0.0  # time.monotonic() after which work is parked, not started
-    slots: threading.BoundedSemaphore | None = None  # send slots towards the target (None: no bound)
+    slots: ConnectionSlots | None = None  # send slots towards the target (None: no bound)
     trace_options: TraceOptions = field(default_factory=TraceOptions)
     # The task's trace records and overview counts, written once when the task ends (flush).
     trace: Recorder = field(init=False)
@@ -41,6 +43,7 @@ class Context:
     dead_letters: DeadLetters = field(init=False)
     _units: int = field(init=False, default=0)
     _bytes: int = field(init=False, default=0)
+    _calls: int = field(init=False, default=0)  # calls made to the target (the forecast's count)
     _units_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -90,10 +93,18 @@ class Context:
                 self._units += units
                 self._bytes += stored_bytes
 
+    def count_call(self) -> None:
+        with self._units_lock:
+            self._calls += 1
+
     def flush_backlog(self) -> None:
         with self._units_lock:
             units, self._units = self._units, 0
             stored, self._bytes = self._bytes, 0
-        if units or stored:
-            backlog.release(self.client, self.connection_id, units, stored, keys=self.keys)
+            calls, self._calls = self._calls, 0
+        # Towards Voucherify, the events finished and the calls made are counted for the
+        # forecast (calls per event), in the same round trip.
+        flow = calls if self.direction == DESTINATION else None
+        if units or stored or flow:
+            backlog.release(self.client, self.connection_id, units, stored, keys=self.keys, calls=flow)
         self.trace.flush(self.client)

@@ -11,8 +11,11 @@
       older than the newest applied call of its customer? ─────────> DONE   skipped/stale
       target.prepare ── a wait (e.g. no metadata schema yet) ──────> PARKED (its reason)
       budgets.acquire ── denied (no attempt counted) ──────────────> PARKED throttled (slot)
+                      └─ the connection is paused ─────────────────> PARKED paused (until resumed)
+      attempt ── 429 (quota) / 401, 403 (pauses the connection) ───> PARKED throttled / paused
+                 (not an attempt: no retry spent, the window's clock stopped, quota_waits)
       attempt ── classify ── SUCCESS ─ only queued (202 bulk) ─────> PARKED async_action (pending)
-                                    └ ledger done, stale raised ──> DONE   delivered
+                                   └ ledger done, stale raised ──> DONE   delivered
                           ── RETRY ── retries.decide ── in window ─> PARKED retry (backoff)
                                                      └─ spent ─────> DONE   dead letter
                           ── PERMANENT ── target.after_refusal ────> PARKED (one more try)
@@ -22,10 +25,12 @@ Everything that differs between systems (budgets, what an answer's headers mean,
 rule, a coalesced call rebuilt, a request kept to a schema) is the task's
 :class:`~workers.delivery.target.Target`'s; this module names no system.
 
-A *send slot* (one of ``CONNECTOR_WORKER_INFLIGHT`` per target origin and process, shared by all
+A *send slot* (one of ``CONNECTOR_WORKER_INFLIGHT`` per target system and process, shared by all
 tasks of the process) is held from the claim to the end of the item: however many tasks and
 customers run at once, a worker process keeps that many calls in flight per target, its HTTP
-pool holds as many connections, and a task waits for a slot at most until its deadline.
+pool holds as many connections, and a task waits for a slot at most until its deadline.  While
+several connections have work, each holds at most its fair share and a call over it is parked
+at once (:mod:`workers.delivery.fairslots`).
 
 Every path that is not PARKED is *terminal*: reported and its backlog released
 (:mod:`workers.delivery.attempts`).  Parking itself (writing to the delayed store, keeping
@@ -40,12 +45,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from connector.contract import DeliveryItem
-from workers.delivery import attempts, pending
+from workers.delivery import attempts, pending, quota_waits
 from workers.delivery.attempts import Failure, Step, finish_dead, finish_skipped
 from workers.delivery.classify import Verdict, classify
 from workers.delivery.context import Context
 from workers.delivery.deadletters import REJECTED, RETRY_WINDOW_EXCEEDED
 from workers.delivery.ledger import ClaimState, new_token
+from workers.delivery.pauses import PAUSED_REASON
 from workers.delivery.retries import decide
 from workers.delivery.target import Answer, Wait
 from workers.delivery.transport import HTTPResult
@@ -54,6 +60,7 @@ from workers.outbound import OutboundRequest
 
 def deliver_one(ctx: Context, item: DeliveryItem) -> Step:
     request = OutboundRequest.from_dict(item["request"])
+    quota_waits.resumed(item, time.time())  # type: ignore[arg-type]
     if ctx.slots is None:
         if ctx.out_of_time():
             return _park(ctx, request, item, "deferred", time.time())
@@ -76,7 +83,9 @@ def _park(ctx: Context, request: OutboundRequest, item: DeliveryItem, reason: st
 def _wait(ctx: Context, request: OutboundRequest, item: DeliveryItem, wait: Wait) -> Step:
     if wait.reason == "throttled":
         attempts.throttled(ctx)
-    return _park(ctx, request, item, wait.reason, time.time() + wait.seconds)
+    now = time.time()
+    quota_waits.parked(item, wait.reason, now)  # type: ignore[arg-type]
+    return _park(ctx, request, item, wait.reason, now + wait.seconds)
 
 
 def _deliver(ctx: Context, request: OutboundRequest, item: DeliveryItem) -> Step:
@@ -122,11 +131,23 @@ def _deliver(ctx: Context, request: OutboundRequest, item: DeliveryItem) -> Step
         grant = ctx.budgets.acquire(budgets, has_slot=bool(item.get("parked")))
         if not grant.granted:
             ctx.ledger.release(key, token, *held)
+            if grant.reason == PAUSED_REASON:
+                return _wait(ctx, request, item, Wait(PAUSED_REASON, ctx.tuning.auth_probe))
             return _wait(ctx, request, item, Wait("throttled", grant.wait))
 
+    first_before = item.get("first_attempt_at")
     answer = attempts.attempt(ctx, request, item)
     verdict = classify(answer)
     observation = attempts.observe(ctx, budgets, answer)
+    if observation.auth_refused or (observation.quota and verdict is Verdict.RETRY):
+        # Not the event's fault: the connection's credentials or the shop's quota.  The item
+        # waits in the delayed store; no attempt spent, the retry window not running.
+        quota_waits.not_an_attempt(item, first_before)  # type: ignore[arg-type]
+        ctx.ledger.release(key, token, *held)
+        if observation.auth_refused:
+            attempts.auth_refused(ctx, answer)
+            return _wait(ctx, request, item, Wait(PAUSED_REASON, ctx.tuning.auth_probe))
+        return _wait(ctx, request, item, Wait("throttled", observation.wait or observation.pause or 1.0))
     if verdict is Verdict.SUCCESS:
         assert isinstance(answer, HTTPResult)
         action_id = ctx.target.queued_as(request, answer)
@@ -197,7 +218,7 @@ def _retry_or_dead(
     now = time.time()
     decision = decide(
         now=now,
-        first_attempt_at=float(item.get("first_attempt_at") or now),
+        first_attempt_at=quota_waits.window_start(item, now),  # type: ignore[arg-type]
         window=ctx.window,
         previous_delay=item.get("last_delay"),
         base=ctx.tuning.retry_base,

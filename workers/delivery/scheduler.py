@@ -24,6 +24,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -62,6 +63,9 @@ class Scheduler:
     # (connection id, its broker queues), from the configuration: for backlog.reconcile.
     connections: list[tuple[str, list[str]]] = field(default_factory=list)
     _next_reconcile: float = 0.0
+    # Periodic duties run every tick (each decides when it is due), e.g. probing paused
+    # connections (workers.delivery.pauses.Prober).  A duty's failure is logged, not fatal.
+    duties: list[Callable[[], object]] = field(default_factory=list)
 
     def tick(self, now: float | None = None) -> TickResult:
         result = TickResult()
@@ -88,6 +92,11 @@ class Scheduler:
         store.ack(done)
         result.flushes = self.sweep_outboxes(now)
         self.reconcile_backlogs()
+        for duty in self.duties:
+            try:
+                duty()
+            except (redis.RedisError, OSError) as exc:
+                log.warning("a scheduler duty failed", extra={"error": str(exc)[:200]})
         return result
 
     def reconcile_backlogs(self) -> list[str]:

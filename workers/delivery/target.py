@@ -60,8 +60,9 @@ class Target(Protocol):
         """The budgets a call spends (``None``: any call, e.g. a batch or a read)."""
         ...
 
-    def interpret(self, answer: Answer) -> Observation:
-        """What an answer says about the budgets and the wait before the next try."""
+    def interpret(self, answer: Answer, spent: tuple[Budget, ...] = ()) -> Observation:
+        """What an answer says about the budgets (``spent``: those the call spent) and the wait
+        before the next try."""
         ...
 
     def stale_time(self, action: str | None, event_time: str | None) -> int | None:

@@ -59,7 +59,7 @@ class HttpTarget:
         """The longest wait the answer asks for (here: ``Retry-After``)."""
         return retry_after(answer)
 
-    def interpret(self, answer: Answer) -> Observation:
+    def interpret(self, answer: Answer, spent: tuple[Budget, ...] = ()) -> Observation:
         if isinstance(answer, TransportFailure):
             return Observation()
         wait = self.server_wait(answer)

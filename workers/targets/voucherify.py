@@ -4,13 +4,10 @@
   dedicated cluster's ``api_url``.
 - Credentials: ``X-App-Id``/``X-App-Token`` (rest), or the Actions destination's base64 pair
   (segmentio).
-- Budgets: ``voucherify`` = ``rate_limit_per_minute`` per 60 s (unbounded without it: only a
-  pause can stop the calls).  SPEC 10's quotas (per hour, per cycle, bulk calls, webhook calls)
-  will be more named budgets here.
-- Answers: ``Retry-After`` and ``X-Rate-Limit-Retry`` (the epoch second of the next allowed
-  call) are waits; a 429 pauses and halves the budget; an ``X-Rate-Limit-Remaining`` at or under
-  ``CONNECTOR_LOW_REMAINING`` of the limit halves it (other clients of the project spend the same
-  quota), and at zero pauses it for the server's wait.
+- Budgets (SPEC 10): the connection's quota settings as named budgets, and what Voucherify's
+  answers say about them (429 types, the shop's reserve, 401/403): see
+  :mod:`workers.targets.voucherify_quota`.  ``Retry-After`` and ``X-Rate-Limit-Retry`` (the
+  epoch second of the next allowed call) are waits.
 - Coalescing (rest mode): a task's upserts merged and sent in bulk
   (:mod:`workers.targets.voucherify_coalesce`); across tasks, the hold window, the unchanged
   skip and the read-back of bulk calls (:mod:`workers.targets.voucherify_fewer`).
@@ -49,6 +46,14 @@ from workers.outbound import OutboundRequest
 from workers.targets.base import Answer, HttpTarget, Wait
 from workers.targets.voucherify_coalesce import coalesce_items, rebuild
 from workers.targets.voucherify_fewer import FewerCalls
+from workers.targets.voucherify_quota import (
+    path_of,
+    quota_budgets,
+    reading,
+    remember_headers,
+    spends,
+    warn_if_assumed,
+)
 from workers.targets.voucherify_schema import MetadataSchemas, SchemaUnavailable, fetch, is_metadata_refusal
 
 NAME = "voucherify"
@@ -70,8 +75,8 @@ def auth_headers(vf: VoucherifySettings) -> dict[str, str]:
 
 
 def budgets_of(connection: Connection) -> tuple[Budget, ...]:
-    """The budgets every call of ``connection`` to Voucherify spends."""
-    return (Budget(limit=connection.voucherify.rate_limit_per_minute, window=60.0, name=NAME),)
+    """Every budget of ``connection`` towards Voucherify (``connector stats``, the forecast)."""
+    return tuple(quota_budgets(connection.voucherify.quota).values())
 
 
 def parse_rate_limit_retry(value: str | None, now: float | None = None) -> float | None:
@@ -106,21 +111,6 @@ def server_wait(answer: Answer, now: float | None = None) -> float | None:
     return max(waits) if waits else None
 
 
-def remaining_reading(
-    remaining: str | None, limit: int | None, low_share: float, wait: float | None
-) -> Observation | None:
-    """Little quota left (``X-Rate-Limit-Remaining`` at or under ``low_share`` of the limit):
-    slow down, and at zero pause for the server's wait.  None: nothing to do.  A NaN, infinite
-    or absurd header value is ignored, never a crash."""
-    number = header_number(remaining)
-    if number is None:
-        return None
-    left = int(max(-1.0, min(number, 1e12)))
-    if left > max(1, int((limit or 100) * low_share)):
-        return None
-    return Observation(wait=wait, pause=wait if left <= 0 and wait is not None else None, slow=True)
-
-
 class VoucherifyTarget(FewerCalls, HttpTarget):
     name = NAME
     direction = DESTINATION
@@ -143,12 +133,17 @@ class VoucherifyTarget(FewerCalls, HttpTarget):
         self.tuning = tuning
         self.budgets = budgets
         self.schema_transport = schema_transport
+        self._by_name = quota_budgets(vf.quota)
+        warn_if_assumed(connection.id, vf.quota)
         # metadata_schema = "defined" (rest mode): the connection's cached customer metadata schema.
         self.schemas: MetadataSchemas | None = None
         if keeps_metadata_to_schema(connection):
             self.schemas = MetadataSchemas(client, keys, connection.id, tuning.metadata_schema_refresh)
 
     budgets_of = staticmethod(budgets_of)
+
+    def budgets_for(self, request: OutboundRequest | None) -> tuple[Budget, ...]:
+        return spends(self._by_name, request.path if request is not None else None)
 
     @staticmethod
     def configured(connection: Connection) -> bool:
@@ -160,17 +155,15 @@ class VoucherifyTarget(FewerCalls, HttpTarget):
     def server_wait(self, answer: Answer) -> float | None:
         return server_wait(answer)
 
-    def interpret(self, answer: Answer) -> Observation:
-        observation = super().interpret(answer)
-        if observation.slow or not isinstance(answer, HTTPResult):
-            return observation
-        low = remaining_reading(
-            answer.headers.get("x-rate-limit-remaining"),
-            self._budgets[0].limit,
-            self.tuning.low_remaining,
-            observation.wait,
-        )
-        return low or observation
+    def interpret(self, answer: Answer, spent: tuple[Budget, ...] = ()) -> Observation:
+        if not isinstance(answer, HTTPResult):
+            return super().interpret(answer, spent)
+        path = path_of(spent)
+        if self.client is not None:
+            remember_headers(
+                self.client, self.keys.quota_seen(self.connection.id), self.connection.id, answer, path
+            )
+        return reading(answer, self.settings.quota, path, self.server_wait(answer))
 
     def stale_time(self, action: str | None, event_time: str | None) -> int | None:
         return event_time_ms(event_time) if action == UPSERT_CUSTOMER else None
@@ -216,7 +209,7 @@ class VoucherifyTarget(FewerCalls, HttpTarget):
     ) -> CustomerMetadataSchema | Wait | None:
         """One ``GET /v1/metadata-schemas``, stored for every worker; None when it gave nothing."""
         # It spends the shop's quota like any call: a grant first.
-        grant = self.budgets.acquire(self._budgets, has_slot=bool(item.get("parked")))
+        grant = self.budgets.acquire(self.budgets_for(None), has_slot=bool(item.get("parked")))
         if not grant.granted:
             return None if have_one else Wait("throttled", grant.wait)  # have one: keep using it
         headers = {"User-Agent": USER_AGENT, "X-Voucherify-Channel": CHANNEL, **self.auth_headers()}
@@ -273,6 +266,5 @@ __all__ = [
     "auth_headers",
     "budgets_of",
     "parse_rate_limit_retry",
-    "remaining_reading",
     "server_wait",
 ]

@@ -10,7 +10,7 @@ the hold (:mod:`workers.delivery.holds`) and to the read-back of bulk calls
 - **Unchanged**: the digest of the last body Voucherify accepted per customer, remembered
   ``unchanged_memory_days`` (0: never skipped).
 - **Bulk** (rest only): customers due together go in ``POST /v1/customers/bulk/async`` only
-  when the bulk call's budgets grant it now (:func:`bulk_budgets`); denied: singly.  The 202's
+  when the bulk call's budgets grant it now (``allow_bulk``); denied: singly.  The 202's
   async action is read back with ``GET /v1/async-actions/{id}``.
 """
 
@@ -47,18 +47,6 @@ from workers.targets.voucherify_coalesce import (
 SEGMENTIO_CUSTOMER_PATH = "/segmentio/customer-processing"
 ASYNC_ACTIONS_PATH = "/v1/async-actions/"
 BULK_BUDGET = "bulk_calls_hour"
-
-
-def bulk_budgets(connection: Connection, api_budgets: tuple[Budget, ...]) -> tuple[Budget, ...] | None:
-    """The budgets a bulk call spends, or None when bulk is off (``bulk_calls_per_hour`` 0).
-
-    Q1's ``VoucherifyTarget.budgets_for(bulk request)`` supersedes this at merge: it names
-    ``bulk_calls_hour`` itself, so the caller then passes only that."""
-    quota = connection.voucherify.quota
-    usable = quota.usable(quota.bulk_calls_per_hour) if quota.bulk_calls_per_hour else None
-    if not usable:
-        return None
-    return (Budget(limit=usable, window=3600.0, name=BULK_BUDGET), *api_budgets)
 
 
 class FewerCalls:
@@ -113,9 +101,9 @@ class FewerCalls:
         template = OutboundRequest(
             method="POST", path=BULK_PATH, body=None, idempotency_key="", action="upsert_customers_bulk"
         )
-        budgets = bulk_budgets(self.connection, self.budgets_for(template))
-        if budgets is None:
-            return False
+        budgets = self.budgets_for(template)
+        if not any(b.name == BULK_BUDGET and b.limit for b in budgets):
+            return False  # the plan has no bulk API, or bulk_calls_per_hour = 0
         # has_slot: a refusal here parks nothing, so the parking queue's hint is not ours to wait on.
         return self.budgets.acquire(budgets, has_slot=True).granted
 

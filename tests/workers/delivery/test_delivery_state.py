@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 import time
@@ -13,8 +14,9 @@ import redis
 
 from connector import backlog
 from connector.keys import Keys
+from connector.quotas import QuotaSettings
 from connector.tuning import Tuning
-from tests.support.delivery import client, keys, make_connection, redis_db_url  # noqa: F401 - fixtures
+from tests.support.delivery import client, keys, make_connection, redis_db_url, request  # noqa: F401 - fixtures
 from workers.delivery.budgets import Budget, Budgets, RateLimiter
 from workers.delivery.ledger import ClaimState, Ledger
 from workers.delivery.stale import StaleGuard, event_time_ms
@@ -177,8 +179,9 @@ def test_rate_limiter_denial_hands_out_spread_slots(client: redis.Redis, keys: K
     assert limiter.acquire(budget).granted
     assert limiter.acquire(budget).granted
     waits = [limiter.acquire(budget).wait for _ in range(4)]
-    # Each throttled call gets its own slot, one interval (60 s / 2) after the previous.
-    assert 59 < waits[0] <= 60.1
+    # Each throttled call gets its own slot, one interval (60 s / 2) after the previous; the
+    # first when the grants leave the window (counted per 2 s granule: up to 2 s late).
+    assert 59 < waits[0] <= 62.1
     for earlier, later in itertools.pairwise(waits):
         assert 29 < later - earlier < 31
 
@@ -211,30 +214,43 @@ def test_rate_limiter_pause_and_slow_down(client: redis.Redis, keys: Keys) -> No
     assert granted == 2
 
 
-def test_rate_limiter_observe_429_and_low_remaining(client: redis.Redis, keys: Keys) -> None:
-    # What Voucherify's answers say about its budget, applied to the connection's budgets.
-    target = VoucherifyTarget(
-        make_connection(rate=100),
-        client=client,
-        keys=keys,
-        tuning=Tuning(),
-        budgets=Budgets(client, keys, "acme"),
-    )
-    budgets = target.budgets_for(None)
-    limiter = target.budgets.limiter("voucherify")
+def test_voucherify_answers_pause_the_budget_they_name(client: redis.Redis, keys: Keys) -> None:
+    # What Voucherify's answers say about its quotas, applied to the connection's budgets: the
+    # shop's reserve reached (Remaining < (1 - share) x Limit) pauses the budget the headers
+    # speak of until X-Rate-Limit-Retry; a 429 pauses only the budgets its type names.
+    conn = make_connection()
+    quota = QuotaSettings(api_calls_per_minute=100, api_calls_per_cycle=100_000, bulk_calls_per_hour=20)
+    conn = dataclasses.replace(conn, voucherify=dataclasses.replace(conn.voucherify, quota=quota))
+    budgets = Budgets(client, keys, "acme")
+    target = VoucherifyTarget(conn, client=client, keys=keys, tuning=Tuning(), budgets=budgets)
+    rest = target.budgets_for(None)
+    assert [b.name for b in rest] == ["api_calls_minute", "api_calls_cycle"]
+    assert [b.limit for b in rest] == [50, 50_000]  # the default share: half
+    retry = str(int(time.time()) + 30)
 
-    def observe(status: int, remaining: str | None, retry_after: str | None = None) -> bool:
-        headers = {"x-rate-limit-remaining": remaining} if remaining is not None else {}
-        headers |= {"retry-after": retry_after} if retry_after is not None else {}
-        reading = target.interpret(HTTPResult(status, headers, "", 0.01))
-        return target.budgets.apply(budgets, reading, slowdown_seconds=10.0)
+    def observe(status: int, spent: tuple[Budget, ...], **headers: str) -> None:
+        answer = HTTPResult(status, {k.replace("_", "-"): v for k, v in headers.items()}, "", 0.01)
+        budgets.apply(spent, target.interpret(answer, spent), slowdown_seconds=10.0)
 
-    assert not observe(200, "80")
-    assert observe(200, "3")
-    assert client.get(keys.ratelimit("acme", "voucherify") + ":slow") == b"0.500"
-    assert observe(429, None, "2")
-    grant = limiter.acquire(None, has_slot=True)
-    assert not grant.granted and 1.5 < grant.wait <= 2.0
+    def paused(name: str) -> bool:
+        return client.get(keys.ratelimit("acme", name) + ":pause") is not None
+
+    observe(200, rest, x_rate_limit_limit="100", x_rate_limit_remaining="50", x_rate_limit_retry=retry)
+    assert not paused("api_calls_minute")  # exactly the reserve left: still ours
+    observe(200, rest, x_rate_limit_limit="100", x_rate_limit_remaining="49", x_rate_limit_retry=retry)
+    assert paused("api_calls_minute") and not paused("api_calls_cycle")
+    grant = budgets.acquire(rest, has_slot=True)
+    assert not grant.granted and 25 < grant.wait <= 31
+    # A bulk 429 pauses the bulk budget only: single calls are not stopped by it.
+    bulk = target.budgets_for(dataclasses.replace(request("b1"), path="/v1/customers/bulk/async"))
+    assert [b.name for b in bulk] == ["bulk_calls_hour", "api_calls_minute"]
+    observe(429, bulk, x_rate_limit_type="bulk_api_calls", retry_after="600")
+    assert paused("bulk_calls_hour") and not paused("api_calls_cycle")
+    assert client.pttl(keys.ratelimit("acme", "bulk_calls_hour") + ":pause") > 590_000
+    assert client.pttl(keys.ratelimit("acme", "api_calls_minute") + ":pause") < 32_000  # untouched
+    # A cycle 429 pauses the cycle budget, however the call was counted.
+    observe(429, rest, x_rate_limit_type="api_calls_cycle", retry_after="900")
+    assert client.pttl(keys.ratelimit("acme", "api_calls_cycle") + ":pause") > 890_000
 
 
 # --- stale --------------------------------------------------------------------------------------

@@ -9,12 +9,13 @@ from typing import Any
 import pytest
 
 from connector import backlog
+from connector.config import Connection
 from connector.keys import Keys
 from tests.support.delivery import (  # noqa: F401 - fixtures
     FakeTransport,
     client,
-    connection,
     keys,
+    make_connection,
     redis_db_url,
     rt,
     transport,
@@ -26,6 +27,12 @@ from workers.delivery.stale import StaleGuard, event_time_ms
 from workers.outbound import OutboundRequest
 from workers.runtime import Runtime
 from workers.targets.voucherify_coalesce import BULK_PATH, coalesce, merge_bodies
+
+
+@pytest.fixture
+def connection() -> Connection:
+    # The bulk path needs a bulk budget (a plan without one merges but never bulks).
+    return make_connection(bulk=1000)
 
 
 def upsert(mid: str, customer: str, t: str = "2024-05-01T10:00:00.000Z", **fields: Any) -> OutboundRequest:

@@ -1,0 +1,144 @@
+# ruff: noqa: F811 - pytest fixtures imported from tests.support.delivery
+"""Budgets of SPEC 10 in Redis: several budgets per call granted atomically, sub-window counters
+that never let a window exceed its limit, grants leased per process for a burst, billing cycles,
+a budget of nothing, and quota waits kept out of the retry window."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+from unittest import mock
+
+import redis
+
+from connector.keys import Keys
+from connector.quotas import cycle_window
+from tests.support.delivery import client, keys, redis_db_url  # noqa: F401 - fixtures
+from workers.delivery import budgets as budgets_module
+from workers.delivery import quota_waits
+from workers.delivery.budgets import Budget, Budgets, GrantPools
+
+
+def test_a_call_denied_by_one_budget_spends_none_of_the_others(client: redis.Redis, keys: Keys) -> None:
+    b = Budgets(client, keys, "acme")
+    minute, cycle = Budget(10, 60.0, "api_calls_minute"), Budget(2, 3600.0, "api_calls_cycle")
+    assert b.acquire((minute, cycle)).granted
+    assert b.acquire((minute, cycle)).granted
+    for _ in range(3):
+        assert not b.acquire((minute, cycle), has_slot=True).granted  # the cycle budget is spent
+    # ...and the minute budget still has its 8 calls left: the denials took nothing from it.
+    assert sum(b.acquire((minute,), has_slot=True).granted for _ in range(10)) == 8
+
+
+def test_leased_grants_never_exceed_any_window_across_processes(client: redis.Redis, keys: Keys) -> None:
+    # Four "processes" (each its own pool of leased grants), eight threads each, one budget of
+    # 2,000 per second: in no window of a second are more than 2,000 calls made, the budget is used,
+    # and far fewer round trips than calls are made.
+    budget = Budget(2000, 1.0, "api_calls_minute")
+    used: list[float] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + 3.2
+    calls = {"granting": 0}
+    real = budgets_module._ACQUIRE.__call__
+
+    def counting(self: object, *args: object) -> object:
+        out = real(*args)  # type: ignore[arg-type]
+        if int(out[0]) > 0:
+            with lock:
+                calls["granting"] += 1
+        return out
+
+    def worker(pools: GrantPools) -> None:
+        b = Budgets(client, keys, "acme", pools)
+        while time.monotonic() < stop:
+            grant = b.acquire((budget,), has_slot=True)
+            if grant.granted:
+                with lock:
+                    # The grant's time (Redis's clock, or the moment a leased grant is taken):
+                    # the call is made right after it.
+                    used.append(grant.at_ms / 1000.0)
+            else:
+                time.sleep(min(grant.wait, 0.02))
+
+    with mock.patch.object(type(budgets_module._ACQUIRE), "__call__", counting):
+        threads = [
+            threading.Thread(target=worker, args=(p,))
+            for p in [GrantPools() for _ in range(4)]
+            for _ in range(8)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    used.sort()
+    busiest = max(sum(1 for u in used[i:] if u < start + 1.0) for i, start in enumerate(used))
+    assert busiest <= 2000, busiest
+    assert len(used) >= 1000  # used, not starved
+    assert calls["granting"] < len(used) / 4  # bursts of grants per round trip
+
+
+def test_leased_grants_not_used_in_time_are_handed_back(client: redis.Redis, keys: Keys) -> None:
+    pools = GrantPools()
+    b = Budgets(client, keys, "acme", pools)
+    budget = Budget(1000, 60.0, "api_calls_minute")
+    for _ in range(20):  # the lease grows with use
+        assert b.acquire((budget,)).granted
+    counted = sum(int(v) for v in client.hvals(keys.ratelimit("acme", "api_calls_minute") + ":n"))
+    assert counted > 20  # some grants are held ahead in the process
+    time.sleep(budgets_module.LEASE_SECONDS + 0.1)
+    assert b.acquire((budget,)).granted  # the expired lease's leftovers go back with this call
+    counted_after = sum(int(v) for v in client.hvals(keys.ratelimit("acme", "api_calls_minute") + ":n"))
+    assert counted_after <= 21 + 40  # the refund: only what was used, and the new lease
+
+
+def test_a_budget_of_nothing_is_never_granted(client: redis.Redis, keys: Keys) -> None:
+    grant = Budgets(client, keys, "acme").acquire((Budget(0, 3600.0, "bulk_calls_hour"),))
+    assert not grant.granted and grant.wait == 3600.0 and grant.reason == "throttled"
+
+
+def test_a_cycle_budget_counts_per_billing_cycle(client: redis.Redis, keys: Keys) -> None:
+    cycle = Budget(3, 30 * 86400.0, "api_calls_cycle", cycle_start_day=15)
+    b = Budgets(client, keys, "acme")
+    assert all(b.acquire((cycle,), has_slot=True).granted for _ in range(3))
+    denied = b.acquire((cycle,), has_slot=True)
+    _, end = cycle_window(time.time(), 15)
+    assert not denied.granted and abs(denied.wait - (end - time.time())) < 5  # until the next cycle
+    start, _ = cycle_window(time.time(), 15)
+    assert client.hget(keys.ratelimit("acme", "api_calls_cycle") + ":n", str(int(start))) == b"3"
+
+
+def test_cycle_windows() -> None:
+    at = datetime(2027, 1, 10, tzinfo=UTC).timestamp()
+    assert cycle_window(at, 1) == (
+        datetime(2027, 1, 1, tzinfo=UTC).timestamp(),
+        datetime(2027, 2, 1, tzinfo=UTC).timestamp(),
+    )
+    assert cycle_window(at, 15) == (
+        datetime(2026, 12, 15, tzinfo=UTC).timestamp(),
+        datetime(2027, 1, 15, tzinfo=UTC).timestamp(),
+    )
+    start, end = cycle_window(at, 1, scale=0.001)  # a test clock: 30 scaled days
+    assert end - start == 30 * 86400 * 0.001 and start <= at < end
+
+
+def test_a_paused_connection_denies_every_grant(client: redis.Redis, keys: Keys) -> None:
+    b = Budgets(client, keys, "acme")
+    client.set(keys.paused("acme"), '{"reason": "auth", "since": 1}')
+    grant = b.acquire((Budget(100, 60.0, "api_calls_minute"),), has_slot=True)
+    assert not grant.granted and grant.reason == "paused"
+    assert client.hgetall(keys.ratelimit("acme", "api_calls_minute") + ":n") == {}
+
+
+def test_quota_waits_do_not_run_the_retry_window() -> None:
+    item = {"first_attempt_at": 1000.0, "attempts": 2}
+    quota_waits.parked(item, "throttled", 1100.0)
+    quota_waits.resumed(item, 1700.0)  # 600 s waiting for quota
+    assert item["quota_wait"] == 600.0 and quota_waits.window_start(item, 1800.0) == 1600.0
+    quota_waits.parked(item, "retry", 1800.0)  # a retry's wait counts
+    quota_waits.resumed(item, 1900.0)
+    assert item["quota_wait"] == 600.0
+    # A first try refused for quota is not an attempt and does not start the window.
+    fresh = {"first_attempt_at": 2000.0, "attempts": 1}
+    quota_waits.not_an_attempt(fresh, None)
+    assert fresh == {"first_attempt_at": None, "attempts": 0}

@@ -1,0 +1,186 @@
+"""Voucherify's quotas as budgets (SPEC 10): which call spends what, and what answers say.
+
+Budgets (names shared with metrics and Redis keys, :data:`connector.quotas.BUDGETS`), each at the
+connection's ``usable()`` part of the project's limit (the rest is the shop's reserve):
+
+===========================  ==============================================================
+call                         budgets spent
+===========================  ==============================================================
+any single ``/v1`` call      ``api_calls_minute`` / ``api_calls_hour`` / ``api_calls_cycle``
+``POST /v1/customers/bulk``  ``bulk_calls_hour`` + ``api_calls_minute`` / ``api_calls_hour``
+``/segmentio/*``             ``webhook_calls_day``
+===========================  ==============================================================
+
+(those the plan has; a bulk call is not added to the cycle, as Voucherify counts it.)
+
+Answers:
+
+- ``429`` pauses only the budgets its ``X-Rate-Limit-Type`` names, until ``X-Rate-Limit-Retry``
+  / ``Retry-After``: a spent bulk budget never stops single calls; the call waits for its
+  budget in the delayed store (a quota wait, not a failed attempt).
+- Any answer's ``X-Rate-Limit-Remaining`` below ``(1 - share) x X-Rate-Limit-Limit``: the
+  shop's reserve is reached (its own traffic is invisible otherwise), so the budget the
+  headers speak of is paused until ``X-Rate-Limit-Retry``, whatever our own counters say.
+- ``401`` / ``403``: the credentials are refused -- the connection is paused
+  (:mod:`workers.delivery.pauses`), nothing is dead-lettered.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from connector.quotas import BUDGETS, QuotaSettings, budget_specs
+from workers.delivery.budgets import Budget, Observation
+from workers.delivery.classify import clamp_wait
+from workers.delivery.retries import header_number
+from workers.delivery.transport import HTTPResult
+
+log = logging.getLogger("connector.quota")
+
+BULK_PATH = "/v1/customers/bulk/async"
+SEGMENTIO_PREFIX = "/segmentio/"
+API_PERIODS = ("api_calls_minute", "api_calls_hour")
+REST_BUDGETS = (*API_PERIODS, "api_calls_cycle")
+BULK_BUDGETS = ("bulk_calls_hour", *API_PERIODS)
+WEBHOOK_BUDGETS = ("webhook_calls_day",)
+# X-Rate-Limit-Type -> the budgets a 429 of that type pauses.
+TYPE_BUDGETS: dict[str, tuple[str, ...]] = {
+    "api_calls": API_PERIODS,
+    "bulk_api_calls": ("bulk_calls_hour",),
+    "api_calls_cycle": ("api_calls_cycle",),
+    "webhook_calls": WEBHOOK_BUDGETS,
+}
+# A 429 or a reached reserve without any time header: stop this long (scaled with the clock).
+DEFAULT_PAUSE_SECONDS = 5.0
+AUTH_STATUSES = (401, 403)
+
+
+def quota_budgets(quota: QuotaSettings) -> dict[str, Budget]:
+    """Every budget the connection has, by name (:func:`connector.quotas.budget_specs`)."""
+    return {
+        name: Budget(spec.limit, spec.window, name, spec.cycle_start_day, spec.cycle_scale)
+        for name, spec in budget_specs(quota).items()
+    }
+
+
+def names_for(path: str | None) -> tuple[str, ...]:
+    if path is not None and path.startswith(SEGMENTIO_PREFIX):
+        return WEBHOOK_BUDGETS
+    if path == BULK_PATH:
+        return BULK_BUDGETS
+    return REST_BUDGETS
+
+
+def spends(budgets: dict[str, Budget], path: str | None) -> tuple[Budget, ...]:
+    """The budgets a call to ``path`` spends (``None``: any ``/v1`` call)."""
+    return tuple(budgets[name] for name in names_for(path) if name in budgets)
+
+
+def _wait_until(retry: str | None, now: float) -> float | None:
+    number = header_number(retry)
+    if number is None:
+        return None
+    if number > 1e12:
+        number /= 1000.0
+    if number < 1e9:
+        return clamp_wait(number)
+    return clamp_wait(number - now)
+
+
+def path_of(spent: tuple[Budget, ...]) -> str | None:
+    """The kind of call that spent ``spent`` (a path standing for it; None: a ``/v1`` call)."""
+    names = {b.name for b in spent}
+    if "webhook_calls_day" in names:
+        return SEGMENTIO_PREFIX
+    return BULK_PATH if "bulk_calls_hour" in names else None
+
+
+def header_budgets(quota: QuotaSettings, limit: float, path: str | None) -> tuple[str, ...] | None:
+    """The budgets an answer's ``X-Rate-Limit-Limit`` speaks of: those of the call whose
+    project limit it is (None: cannot tell -- every budget of the call)."""
+    limits = quota.limits()
+    named = tuple(
+        name for name in names_for(path) if limits.get(BUDGETS[name][0]) == int(limit) and limit > 0
+    )
+    return named or None
+
+
+def reading(
+    answer: HTTPResult, quota: QuotaSettings, path: str | None, wait: float | None, now: float | None = None
+) -> Observation:
+    """``path``: the call's kind (:func:`path_of`)."""
+    """What a Voucherify answer (not a transport failure) says about the budgets."""
+    now = time.time() if now is None else now
+    headers = answer.headers
+    default = DEFAULT_PAUSE_SECONDS * quota.period_scale
+    if answer.status in AUTH_STATUSES:
+        return Observation(wait=wait, auth_refused=True)
+    if answer.status == 429:
+        names = TYPE_BUDGETS.get((headers.get("x-rate-limit-type") or "").strip().lower())
+        return Observation(
+            wait=wait, pause=wait if wait is not None else default, slow=True, budget=names, quota=True
+        )
+    limit = header_number(headers.get("x-rate-limit-limit"))
+    remaining = header_number(headers.get("x-rate-limit-remaining"))
+    if limit is None or remaining is None or limit <= 0:
+        return Observation(wait=wait)
+    limit = min(limit, 1e12)
+    if remaining < (1.0 - quota.share) * limit:
+        # The shop's reserve is reached: stop until the period ends (the shop's traffic is
+        # invisible to our counters, the headers are the only word on it).
+        until = _wait_until(headers.get("x-rate-limit-retry"), now)
+        pause = until if until is not None else default
+        return Observation(wait=wait, pause=max(0.001, pause), budget=header_budgets(quota, limit, path))
+    return Observation(wait=wait)
+
+
+# --- the last headers seen, for the forecast (the shop's reserve) --------------------------
+
+SEEN_EVERY_SECONDS = 1.0  # per process and connection: a Redis write per second, not per call
+_seen_at: dict[str, float] = {}
+_seen_lock = threading.Lock()
+
+
+def remember_headers(client: Any, key: str, connection_id: str, answer: HTTPResult, path: str | None) -> None:
+    """Keep the last ``X-Rate-Limit-Limit`` / ``-Remaining`` of a call kind (rest, bulk,
+    webhook) for ``connector stats`` and the status page, at most once a second per process."""
+    limit = answer.headers.get("x-rate-limit-limit")
+    remaining = answer.headers.get("x-rate-limit-remaining")
+    if limit is None or remaining is None:
+        return
+    kind = "webhook" if names_for(path) == WEBHOOK_BUDGETS else "bulk" if path == BULK_PATH else "rest"
+    mono = time.monotonic()
+    slot = f"{connection_id}:{kind}"
+    with _seen_lock:
+        if mono - _seen_at.get(slot, -1e9) < SEEN_EVERY_SECONDS:
+            return
+        _seen_at[slot] = mono
+    lim, rem = header_number(limit), header_number(remaining)
+    if lim is None or rem is None:
+        return
+    value = f"{int(min(lim, 1e12))},{int(max(0.0, min(rem, 1e12)))},{time.time():.0f}"
+    client.hset(key, kind, value)
+    client.expire(key, 86400 * 2)
+
+
+_warned: set[str] = set()
+
+
+def warn_if_assumed(connection_id: str, quota: QuotaSettings) -> None:
+    """Once per connection and process: no quota configured, the assumed plan applies."""
+    if not quota.assumed or connection_id in _warned:
+        return
+    with _seen_lock:
+        if connection_id in _warned:
+            return
+        _warned.add(connection_id)
+    log.warning(
+        "no quota configured for this connection: assuming the smallest current plan (Business: "
+        "100 API calls a minute, 100,000 a cycle, no bulk) and using share %.2f of it; set `plan` "
+        "(or the limits) and `share` in [connection.voucherify] (README: Quotas)",
+        quota.share,
+        extra={"connection": connection_id},
+    )
