@@ -34,6 +34,7 @@ Layout (``{p}`` is the prefix, ``{c}`` a connection id)::
     {p}ov:{c}:s:{field}                 list    a few sample event ids of one overview field (TTL)
     {p}workers                          zset    worker name -> last heartbeat (epoch ms)
     {p}workers:queues                   hash    worker name -> the queues it consumes (comma-separated)
+    {p}custlock:{c}:{customer}          string  the attempt sending this customer's upsert now (TTL)
     {p}hold:{c}:{customer}              list    upserts held in the hold window (SPEC 10)
     {p}holds:{c}                        zset    customer -> due (epoch ms) of its held upserts
     {p}holds                            hash    connection id -> the JSON head of its delayed entries
@@ -88,6 +89,9 @@ class Keys:
 
     def stale(self, connection_id: str, customer: str) -> str:
         return f"{self.prefix}stale:{connection_id}:{customer}"
+
+    def customer_lock(self, connection_id: str, customer: str) -> str:
+        return f"{self.prefix}custlock:{connection_id}:{customer}"
 
     @property
     def dlq(self) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -70,6 +69,7 @@ def test_switching_between_run_and_test_installs_nothing_twice(tmp_path: Path) -
     assert installs(dry("test", venv)) == ["-e '.[dev,bench]'"]
     assert installs(dry("run", venv)) == []
     # pyproject.toml changed since: both levels are redone when next used.
-    old = time.time() - 3600
+    # (Older than pyproject.toml itself, not than "now": a checkout can be hours old.)
+    old = (ROOT / "pyproject.toml").stat().st_mtime - 3600
     os.utime(venv / ".installed-run", (old, old))
     assert installs(dry("run", venv)) == ["-e ."]

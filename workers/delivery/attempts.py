@@ -421,3 +421,15 @@ def skipped_unchanged(ctx: Context, request: OutboundRequest, item: Mapping[str,
         action=request.action,
     )
     ctx.release_backlog(*backlog_of(item))
+
+
+def raise_stale(ctx: Context, parts: Sequence[Mapping[str, Any]]) -> None:
+    """The newest event time of each customer among ``parts`` of a call Voucherify took: older
+    upserts of those customers are stale from now on (the stale rule is the target's)."""
+    newest: dict[str, int] = {}
+    for part in parts:
+        ms = ctx.target.stale_time(part.get("action"), part.get("event_time"))
+        if ms is not None and part.get("customer"):
+            newest[part["customer"]] = max(ms, newest.get(part["customer"], ms))
+    for customer, ms in newest.items():
+        ctx.stale.applied(customer, ms, ctx.tuning.stale_ttl)

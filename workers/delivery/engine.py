@@ -88,6 +88,10 @@ def _wait(ctx: Context, request: OutboundRequest, item: DeliveryItem, wait: Wait
     return _park(ctx, request, item, wait.reason, now + wait.seconds)
 
 
+# A customer's upsert in flight elsewhere: look again this soon (the lock lives one call).
+BUSY_CUSTOMER_SECONDS = 0.5
+
+
 def _deliver(ctx: Context, request: OutboundRequest, item: DeliveryItem) -> Step:
     # Budgets granted when the call was planned (a bulk call: bulk or singles is decided by its
     # budgets); good for this attempt only -- a parked item asks again.
@@ -116,10 +120,34 @@ def _deliver(ctx: Context, request: OutboundRequest, item: DeliveryItem) -> Step
             return finish_skipped(ctx, request, item, why)
         request = live
     event_ms = None if request.parts else ctx.target.stale_time(request.action, request.event_time)
-    if event_ms is not None and request.customer and ctx.stale.is_stale(request.customer, event_ms):
-        ctx.ledger.complete(key, ctx.ledger_keep)
-        return finish_skipped(ctx, request, item, "stale")
+    customer = request.customer if (event_ms is not None or request.parts) else None
+    if customer:
+        # One customer's upserts are sent one at a time (the stale check and the send lock in
+        # one step): two in flight together could be applied older-last (workers.delivery.stale).
+        state, wait = ctx.stale.check_and_lock(customer, event_ms, token, ctx.tuning.claim_ttl)
+        if state == "stale":
+            ctx.ledger.complete(key, ctx.ledger_keep)
+            return finish_skipped(ctx, request, item, "stale")
+        if state == "busy":
+            ctx.ledger.release(key, token, *held)
+            return _park(ctx, request, item, "busy", time.time() + min(wait, BUSY_CUSTOMER_SECONDS) + 0.05)
+    try:
+        return _send(ctx, request, item, key, token, held, event_ms, pregranted)
+    finally:
+        if customer:
+            ctx.stale.unlock(customer, token)
 
+
+def _send(
+    ctx: Context,
+    request: OutboundRequest,
+    item: DeliveryItem,
+    key: str,
+    token: str,
+    held: list[str],
+    event_ms: int | None,
+    pregranted: bool,
+) -> Step:
     merged = request  # as merged, before the target's preparation: what ``applied`` remembers
     prepared = ctx.target.prepare(request, item)
     if isinstance(prepared, Wait):
@@ -203,13 +231,7 @@ def _live_parts(
 def _parts_delivered(ctx: Context, request: OutboundRequest) -> None:
     parts = request.parts or ()
     ctx.ledger.complete_many([p["idempotency_key"] for p in parts], ctx.ledger_keep)
-    newest: dict[str, int] = {}
-    for part in parts:
-        ms = ctx.target.stale_time(part.get("action"), part.get("event_time"))
-        if ms is not None and part.get("customer"):
-            newest[part["customer"]] = max(ms, newest.get(part["customer"], ms))
-    for customer, ms in newest.items():
-        ctx.stale.applied(customer, ms, ctx.tuning.stale_ttl)
+    attempts.raise_stale(ctx, parts)
 
 
 def _retry_or_dead(

@@ -25,7 +25,7 @@ acks): it is polled again; a resend claims the parts' keys like any call.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -81,7 +81,7 @@ def queued(ctx: Context, request: OutboundRequest, item: DeliveryItem, action_id
     customers = {str(p["customer"]) for p in parts if p.get("customer")}
     # Raised now, as for a delivered call: Voucherify will apply these in the order accepted,
     # so an older upsert arriving meanwhile must still be skipped as stale.
-    _raise_stale(ctx, parts)
+    attempts.raise_stale(ctx, parts)
     # Voucherify applies the queued upserts later: a newer upsert sent meanwhile would be
     # overwritten by the older queued one, so the customers' next upserts wait for it.
     Holds(ctx.client, ctx.keys, ctx.connection_id).mark_out(customers, BOUND_SECONDS + 60.0)
@@ -168,16 +168,6 @@ def _resend(ctx: Context, item: DeliveryItem, request: OutboundRequest, why: str
 def _forget(ctx: Context, single: OutboundRequest) -> None:
     keys = [single.idempotency_key, *(p["idempotency_key"] for p in single.parts or ())]
     ctx.client.delete(*[ctx.keys.ledger(ctx.connection_id, k) for k in keys])
-
-
-def _raise_stale(ctx: Context, parts: Sequence[Mapping[str, Any]]) -> None:
-    newest: dict[str, int] = {}
-    for part in parts:
-        ms = ctx.target.stale_time(part.get("action"), part.get("event_time"))
-        if ms is not None and part.get("customer"):
-            newest[part["customer"]] = max(ms, newest.get(part["customer"], ms))
-    for customer, ms in newest.items():
-        ctx.stale.applied(customer, ms, ctx.tuning.stale_ttl)
 
 
 def _sub_item(item: DeliveryItem, single: OutboundRequest, units: int = 0, stored: int = 0) -> DeliveryItem:

@@ -5,9 +5,12 @@ Voucherify accepted.  Before sending an upsert we compare: strictly older -> not
 reason ``stale``); equal or newer -> sent.  After a 2xx the time is raised (never lowered) by a
 compare-and-set script, so the record is right whatever order concurrent workers finish in.
 
-Within a batch, per-customer order is kept by the pipeline; across tasks two upserts of one
-customer may be in flight together for the length of one HTTP call -- the window this cannot
-close without a per-customer lock, and the one the record repairs at the next identify.
+Within a batch, per-customer order is kept by the pipeline; across tasks (two copies of one
+customer's upserts coming due together, a retry and a fresh one) two upserts of one customer
+could otherwise be in flight together, the older applied last.  So the check and a per-customer
+*send lock* are one atomic step (:meth:`StaleGuard.check_and_lock`): the second attempt parks
+``busy`` until the first one's answer raised the record, and then finds itself stale (or newer).
+The lock lives at most the ledger's claim TTL, so a killed worker never blocks a customer long.
 An upsert without a usable time is never called stale (nothing to compare).
 
 A recorded time is never later than the moment it is recorded (plus ``FUTURE_SKEW_SECONDS``):
@@ -38,6 +41,34 @@ return 0
 )
 
 
+# KEYS: the stale record, the customer's send lock.  ARGV: event ms (-1: no time to compare),
+# token, lock TTL (ms).  -> {0, 0} locked | {1, 0} stale | {2, pttl} another attempt holds it.
+_CHECK_LOCK = Lua(
+    """
+local ms = tonumber(ARGV[1])
+if ms >= 0 then
+  local cur = tonumber(redis.call('GET', KEYS[1]) or '-1') or -1
+  if ms < cur then return {1, 0} end
+end
+local owner = redis.call('GET', KEYS[2])
+if owner and owner ~= ARGV[2] then
+  return {2, redis.call('PTTL', KEYS[2])}
+end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return {0, 0}
+"""
+)
+
+_UNLOCK = Lua(
+    """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+)
+
+
 def event_time_ms(value: str | None) -> int | None:
     """ISO 8601 (``Z`` or offset; naive taken as UTC) -> epoch milliseconds, or None."""
     if not value or not isinstance(value, str):
@@ -60,15 +91,6 @@ class StaleGuard:
         self.keys = keys
         self.connection_id = connection_id
 
-    def is_stale(self, customer: str, event_ms: int) -> bool:
-        raw = self.client.get(self.keys.stale(self.connection_id, customer))
-        if raw is None:
-            return False
-        try:
-            return event_ms < int(raw)
-        except ValueError:
-            return False
-
     def newest_many(self, customers: list[str]) -> list[int | None]:
         """The recorded newest upsert time of each customer (one round trip)."""
         if not customers:
@@ -88,3 +110,26 @@ class StaleGuard:
             [self.keys.stale(self.connection_id, customer)],
             [min(event_ms, latest), max(1, int(ttl))],
         )
+
+    def check_and_lock(
+        self, customer: str, event_ms: int | None, token: str, ttl: float
+    ) -> tuple[str, float]:
+        """``("locked", 0)``: this attempt may send the customer's upsert (unlock after);
+        ``("stale", 0)``: older than the newest applied; ``("busy", seconds)``: another attempt
+        is sending one of this customer's upserts now, for at most that long."""
+        state, wait_ms = _CHECK_LOCK(
+            self.client,
+            [
+                self.keys.stale(self.connection_id, customer),
+                self.keys.customer_lock(self.connection_id, customer),
+            ],
+            [-1 if event_ms is None else event_ms, token, max(1, int(ttl * 1000))],
+        )
+        if int(state) == 1:
+            return "stale", 0.0
+        if int(state) == 2:
+            return "busy", max(0.0, int(wait_ms) / 1000.0)
+        return "locked", 0.0
+
+    def unlock(self, customer: str, token: str) -> None:
+        _UNLOCK(self.client, [self.keys.customer_lock(self.connection_id, customer)], [token])

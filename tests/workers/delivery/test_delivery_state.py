@@ -264,15 +264,23 @@ def test_event_time_parsing() -> None:
     assert event_time_ms(None) is None
 
 
+def _stale(guard: StaleGuard, customer: str, ms: int) -> bool:
+    """The guard's verdict for one upsert, the send lock given back at once."""
+    state, _ = guard.check_and_lock(customer, ms, "probe", ttl=5)
+    guard.unlock(customer, "probe")
+    assert state in ("stale", "locked")
+    return state == "stale"
+
+
 def test_stale_guard_keeps_the_newest(client: redis.Redis, keys: Keys) -> None:
     guard = StaleGuard(client, keys, "acme")
-    assert not guard.is_stale("u1", 1000)
+    assert not _stale(guard, "u1", 1000)
     guard.applied("u1", 2000, ttl=100)
-    assert guard.is_stale("u1", 1999)
-    assert not guard.is_stale("u1", 2000)  # same time: not older
+    assert _stale(guard, "u1", 1999)
+    assert not _stale(guard, "u1", 2000)  # same time: not older
     guard.applied("u1", 1500, ttl=100)  # a late finisher never lowers it
-    assert guard.is_stale("u1", 1999)
-    assert not guard.is_stale("u2", 1)
+    assert _stale(guard, "u1", 1999)
+    assert not _stale(guard, "u2", 1)
 
 
 def test_stale_guard_never_records_a_future_time(client: redis.Redis, keys: Keys) -> None:
@@ -282,8 +290,31 @@ def test_stale_guard_never_records_a_future_time(client: redis.Redis, keys: Keys
     guard.applied("u1", year_2999, 60)
     # The next identify, stamped by a correct clock a minute and a half later, is not "stale".
     now_ms = int(time.time() * 1000)
-    assert guard.is_stale("u1", now_ms - 60_000)  # older than the clamped record: still stale
-    assert not guard.is_stale("u1", now_ms + 90_000)
+    assert _stale(guard, "u1", now_ms - 60_000)  # older than the clamped record: still stale
+    assert not _stale(guard, "u1", now_ms + 90_000)
+
+
+def test_one_upsert_of_a_customer_in_flight_at_a_time(client: redis.Redis, keys: Keys) -> None:
+    # Two attempts for one customer (say v2 and v3 coming due together in two tasks): the second
+    # waits while the first is in flight, then finds itself stale or newer -- never both sent at
+    # once, where the older could be applied last.
+    guard = StaleGuard(client, keys, "acme")
+    assert guard.check_and_lock("u1", 3000, "attempt-v3", ttl=5) == ("locked", 0.0)
+    state, wait = guard.check_and_lock("u1", 2000, "attempt-v2", ttl=5)
+    assert state == "busy" and 4.0 < wait <= 5.0
+    assert guard.check_and_lock("u2", 2000, "attempt-other", ttl=5)[0] == "locked"  # per customer
+    guard.unlock("u1", "attempt-v2")  # not its lock: nothing happens
+    assert guard.check_and_lock("u1", 2000, "attempt-v2", ttl=5)[0] == "busy"
+    guard.applied("u1", 3000, ttl=100)
+    guard.unlock("u1", "attempt-v3")
+    assert guard.check_and_lock("u1", 2000, "attempt-v2", ttl=5) == ("stale", 0.0)
+    # A call without a time to compare (a merged request) still takes the lock.
+    assert guard.check_and_lock("u1", None, "merged", ttl=5) == ("locked", 0.0)
+    assert guard.check_and_lock("u1", 4000, "attempt-v4", ttl=5)[0] == "busy"
+    # A killed owner: the lock ends with its TTL.
+    assert guard.check_and_lock("u3", 1000, "dies", ttl=0.2)[0] == "locked"
+    time.sleep(0.3)
+    assert guard.check_and_lock("u3", 1000, "next", ttl=5)[0] == "locked"
 
 
 # --- backlog ------------------------------------------------------------------------------------
