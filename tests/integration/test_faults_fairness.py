@@ -54,7 +54,7 @@ def test_a_hanging_connection_does_not_hold_another_ones_deliveries(
 
     slow, fast = fakes
     config = tmp_path / "connections.toml"
-    config.write_text(connection("hog", "wk_hog", slow.url) + connection("nice", "wk_nice", fast.url))
+    config.write_text(connection("hog", "wk_fair_hog", slow.url) + connection("nice", "wk_fair_nice", fast.url))
     env = {
         **FAST_ENV,
         "CONNECTOR_WORKER_INFLIGHT": "10",
@@ -73,7 +73,7 @@ def test_a_hanging_connection_does_not_hold_another_ones_deliveries(
         assert answer.status_code == 200, answer.text
 
     for chunk in range(10):  # 300 events of the hanging connection, in 10 requests
-        send("wk_hog", [track(f"hog-{chunk}-{i}") for i in range(30)])
+        send("wk_fair_hog", [track(f"hog-{chunk}-{i}") for i in range(30)])
     # The hog holds every slot of the worker (alone, it may), each call for 8 s.
     # (The fake records a call when it answers: give the hog's first calls time to go out.)
     time.sleep(1.5)
@@ -81,7 +81,7 @@ def test_a_hanging_connection_does_not_hold_another_ones_deliveries(
     nice = [track(f"nice-{i}") for i in range(100)]
     started = time.time()
     for chunk in range(0, 100, 20):
-        send("wk_nice", nice[chunk : chunk + 20])
+        send("wk_fair_nice", nice[chunk : chunk + 20])
     wait_until(
         lambda: {e["messageId"] for e in nice} <= delivered_ids(fast),
         timeout=30,
