@@ -229,13 +229,14 @@ class Bench:
         self.procs.append(proc)
         return proc
 
-    def web(self, app: str, workers: int) -> tuple[Proc, str]:
+    def web(self, app: str, workers: int, **env: str) -> tuple[Proc, str]:
         port = free_port()
         proc = self.add(
-            f"web-{app.split('.')[0]}-{workers}",
+            f"web-{app.split('.')[0]}-{workers}-{port}",
             [str(BIN / "gunicorn"), app, "--config", "gunicorn.conf.py"],
             PORT=str(port),
             WEB_CONCURRENCY=str(workers),
+            **env,
         )
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: requests.get(url + "/healthz", timeout=1).ok, 30, f"{app} up")
@@ -634,7 +635,7 @@ class Bench:
             f"coalesce_window_seconds = {window}\nunchanged_memory_days = {memory}\n"
         )
         env = {"CONNECTIONS_FILE": str(conf), "CONNECTOR_SCHEDULER_INTERVAL": "0.2"}
-        web, url = self.web_with("ops.wsgi:app", 1, env)
+        web, url = self.web("ops.wsgi:app", 1, **env)
         worker = self.worker(f"quota-{mode}-{window}", "voucherify.eu", **env)
         sched = self.add(f"scheduler-quota-{mode}-{window}", [str(BIN / "connector"), "scheduler"], **env)
         session = requests.Session()
@@ -680,19 +681,6 @@ class Bench:
         }
         log(f"quota mix {mode}, hold {window}s/skip {memory}d: {figure}")
         return figure
-
-    def web_with(self, app: str, workers: int, env: dict[str, str]) -> tuple[Proc, str]:
-        port = free_port()
-        proc = self.add(
-            f"web-quota-{port}",
-            [str(BIN / "gunicorn"), app, "--config", "gunicorn.conf.py"],
-            PORT=str(port),
-            WEB_CONCURRENCY=str(workers),
-            **env,
-        )
-        url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: requests.get(url + "/healthz", timeout=1).ok, 30, f"{app} up")
-        return proc, url
 
     # -- report --------------------------------------------------------------------------------
 
