@@ -11,7 +11,9 @@ each record is a few hundred bytes at most (answer excerpts are cut, never a pay
 header), each id holds at most MAX_HEAD + MAX_STEPS records, and when a connection receives more
 than ``TRACE_SAMPLE_ABOVE_PER_MINUTE`` events a minute only 1 in N delivered events keeps its
 trace (N = rate / that bound, chosen by a hash of the id, so every process agrees).  Failures
-(dead letters, retries) and skips are ALWAYS kept: they are what an operator looks for.
+(dead letters, retries) and skips are ALWAYS kept: they are what an operator looks for.  Events
+refused at the ingest carry ids the client chose: at most ``MAX_REFUSED_PER_FLUSH`` of them are
+traced per process and write period.
 
 Writing is cheap: a process collects records and overview counters in a :class:`Recorder` and
 writes them in one pipelined round trip -- a worker once per task (with its backlog release),
@@ -45,6 +47,10 @@ MAX_HEAD: Final = 8
 MAX_STEPS: Final = 40
 EXCERPT_CHARS: Final = 300
 MAX_ID_CHARS: Final = 200
+# Events refused at the ingest that get a trace, per process between two writes (the web writes
+# once a second).  The ids are the client's: without a bound, one public write key sending
+# batches of invalid events with fresh messageIds would fill Redis with traces for a day.
+MAX_REFUSED_PER_FLUSH: Final = 200
 
 
 def keep_one_in(rate_per_minute: int, bound: int) -> int:
@@ -85,6 +91,7 @@ class Recorder:
         self._counts: dict[tuple[str, str], int] = {}
         self._samples: list[tuple[str, str, str]] = []  # (connection, field, event id)
         self._delivered: dict[str, str] = {}  # event id -> connection: sampling candidates
+        self._refused = 0  # refused events traced since the last write
         self._last_flush = time.monotonic()
         self._flusher_pid: int | None = None
 
@@ -126,7 +133,12 @@ class Recorder:
         )
 
     def rejected(self, event_id: Any, *, connection: str, direction: str, door: str, code: str) -> None:
-        """Refused at ingest: a trace (always kept) and a sample of the overview's count."""
+        """Refused at ingest: a trace and a sample of the overview's count -- for the first
+        ``MAX_REFUSED_PER_FLUSH`` of a write period (the count itself is the metrics')."""
+        with self._lock:
+            if self._refused >= MAX_REFUSED_PER_FLUSH:
+                return
+            self._refused += 1
         self._record(
             self._head,
             [event_id],
@@ -216,6 +228,7 @@ class Recorder:
             counts, self._counts = self._counts, {}
             samples, self._samples = self._samples, []
             delivered, self._delivered = self._delivered, {}
+            self._refused = 0
             self._last_flush = time.monotonic()
         if not (head or steps or counts or samples):
             return

@@ -106,6 +106,28 @@ def test_keep_one_in() -> None:
     assert trace.keep_one_in(10**6, 0) == 1  # 0: never sample
 
 
+def test_refused_events_traced_are_bounded_per_write(redis_url: str) -> None:
+    # A client with a public write key sends invalid events with fresh messageIds as fast as it
+    # can: each write period traces at most MAX_REFUSED_PER_FLUSH of them, whatever it sends.
+    client = client_of(redis_url)
+    rec = trace.Recorder(KEYS, TraceOptions(retention_hours=1))
+    for round_ in range(2):
+        for i in range(trace.MAX_REFUSED_PER_FLUSH * 5):
+            rec.rejected(
+                f"hostile-{round_}-{i}",
+                connection="c",
+                direction="d",
+                door="tracking_api",
+                code="missing_identity",
+            )
+        rec.flush(client)
+    kept = [k for k in client.scan_iter(KEYS.trace_head("hostile-*"), count=1000)]
+    assert len(kept) == 2 * trace.MAX_REFUSED_PER_FLUSH
+    assert trace.read(client, KEYS, "hostile-1-0")  # each period starts afresh
+    assert not trace.read(client, KEYS, f"hostile-1-{trace.MAX_REFUSED_PER_FLUSH}")
+    client.delete(*kept)
+
+
 def test_retention_zero_keeps_no_trace_but_counts(redis_url: str) -> None:
     client = client_of(redis_url)
     rec = trace.Recorder(KEYS, TraceOptions(retention_hours=0))
