@@ -85,7 +85,9 @@ def status_data() -> dict[str, Any]:
     }
     try:
         snap = depths.snapshot(client, settings)
-    except redis.RedisError:
+        seen = overview.read(client, Keys(settings.key_prefix), [c.id for c in settings.connections])
+        quota = quota_data(client, settings)
+    except redis.RedisError:  # Redis going away between two reads is an answer, not a bug
         data["redis"] = False
         return data
     data.update(
@@ -98,12 +100,10 @@ def status_data() -> dict[str, Any]:
             "per_connection": {
                 s.id: {"backlog": s.backlog, "dead_letters": s.dead_letters} for s in snap.connections
             },
-            "overview": overview.read(
-                client, Keys(settings.key_prefix), [c.id for c in settings.connections]
-            ),
+            "overview": seen,
         }
     )
-    data["quota"] = quota_data(client, settings)
+    data["quota"] = quota
     return data
 
 

@@ -30,7 +30,7 @@ import os
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -50,7 +50,9 @@ MAX_ID_CHARS: Final = 200
 # Events refused at the ingest that get a trace, per process between two writes (the web writes
 # once a second).  The ids are the client's: without a bound, one public write key sending
 # batches of invalid events with fresh messageIds would fill Redis with traces for a day.
-MAX_REFUSED_PER_FLUSH: Final = 200
+MAX_REFUSED_PER_FLUSH: Final = 20
+# ... and they are kept an hour at most: at the bound, one process keeps ~72,000 of them (~30 MB).
+REFUSED_KEEP_SECONDS: Final = 3600
 
 
 def keep_one_in(rate_per_minute: int, bound: int) -> int:
@@ -92,6 +94,7 @@ class Recorder:
         self._samples: list[tuple[str, str, str]] = []  # (connection, field, event id)
         self._delivered: dict[str, str] = {}  # event id -> connection: sampling candidates
         self._refused = 0  # refused events traced since the last write
+        self._refused_ids: set[str] = set()  # ... their ids (kept REFUSED_KEEP_SECONDS only)
         self._last_flush = time.monotonic()
         self._flusher_pid: int | None = None
 
@@ -139,6 +142,7 @@ class Recorder:
             if self._refused >= MAX_REFUSED_PER_FLUSH:
                 return
             self._refused += 1
+            self._refused_ids.add(str(_clean_id(event_id)))
         self._record(
             self._head,
             [event_id],
@@ -229,11 +233,12 @@ class Recorder:
             samples, self._samples = self._samples, []
             delivered, self._delivered = self._delivered, {}
             self._refused = 0
+            refused, self._refused_ids = self._refused_ids, set()
             self._last_flush = time.monotonic()
         if not (head or steps or counts or samples):
             return
         try:
-            self._write(client, head, steps, counts, samples, delivered)
+            self._write(client, head, steps, counts, samples, delivered, refused)
         except redis.RedisError as exc:
             log.warning("trace records not written", extra={"error": str(exc)[:200]})
 
@@ -262,6 +267,7 @@ class Recorder:
         counts: dict[tuple[str, str], int],
         samples: list[tuple[str, str, str]],
         delivered: dict[str, str],
+        refused: Set[str] = frozenset(),
     ) -> None:
         now = time.time()
         dropped = self._dropped(client, delivered, now)
@@ -279,7 +285,7 @@ class Recorder:
                 key = key_of(event_id)
                 pipe.rpush(key, *records)
                 pipe.ltrim(key, *trim)
-                pipe.expire(key, ttl)
+                pipe.expire(key, min(ttl, REFUSED_KEEP_SECONDS) if event_id in refused else ttl)
         for event_id in dropped:  # delivered and not sampled: what earlier tasks wrote goes too
             pipe.delete(self.keys.trace_head(event_id), self.keys.trace_steps(event_id))
         minute, hour = overview.minute_of(now), overview.hour_of(now)

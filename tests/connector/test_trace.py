@@ -110,7 +110,7 @@ def test_refused_events_traced_are_bounded_per_write(redis_url: str) -> None:
     # A client with a public write key sends invalid events with fresh messageIds as fast as it
     # can: each write period traces at most MAX_REFUSED_PER_FLUSH of them, whatever it sends.
     client = client_of(redis_url)
-    rec = trace.Recorder(KEYS, TraceOptions(retention_hours=1))
+    rec = trace.Recorder(KEYS, TraceOptions(retention_hours=24))
     for round_ in range(2):
         for i in range(trace.MAX_REFUSED_PER_FLUSH * 5):
             rec.rejected(
@@ -124,6 +124,7 @@ def test_refused_events_traced_are_bounded_per_write(redis_url: str) -> None:
     kept = [k for k in client.scan_iter(KEYS.trace_head("hostile-*"), count=1000)]
     assert len(kept) == 2 * trace.MAX_REFUSED_PER_FLUSH
     assert trace.read(client, KEYS, "hostile-1-0")  # each period starts afresh
+    assert 0 < client.ttl(KEYS.trace_head("hostile-1-0")) <= trace.REFUSED_KEEP_SECONDS  # an hour, not a day
     assert not trace.read(client, KEYS, f"hostile-1-{trace.MAX_REFUSED_PER_FLUSH}")
     client.delete(*kept)
 
