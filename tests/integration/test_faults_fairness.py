@@ -54,7 +54,9 @@ def test_a_hanging_connection_does_not_hold_another_ones_deliveries(
 
     slow, fast = fakes
     config = tmp_path / "connections.toml"
-    config.write_text(connection("hog", "wk_fair_hog", slow.url) + connection("nice", "wk_fair_nice", fast.url))
+    config.write_text(
+        connection("hog", "wk_fair_hog", slow.url) + connection("nice", "wk_fair_nice", fast.url)
+    )
     env = {
         **FAST_ENV,
         "CONNECTOR_WORKER_INFLIGHT": "10",

@@ -15,6 +15,7 @@ import redis
 
 from connector import backlog
 from connector.config import Connection, Settings
+from connector.contract import DESTINATION
 from connector.keys import Keys
 from connector.quotas import QuotaSettings
 from tests.support.delivery import (  # noqa: F401 - fixtures
@@ -404,3 +405,61 @@ def test_segmentio_customer_calls_are_held_merged_and_skipped_when_unchanged(
     ingest(rt, ident("m4", "b", 5, first_name="B"))
     drain(rt)
     assert len(transport.calls) == 2  # b unchanged: skipped
+
+
+@pytest.mark.parametrize("accepted", ["{}", '{"async_action_id": "../customers/x"}'])
+def test_a_bulk_2xx_naming_no_readable_action_is_sent_again_singly_not_counted_delivered(
+    client: redis.Redis, redis_db_url: str, keys: Keys, transport: FakeTransport, accepted: str
+) -> None:
+    from collections import deque
+
+    rt = bulk_rt(client, redis_db_url, keys, transport, per_hour=10)
+    transport.by_url["http://vf.test" + BULK_PATH] = deque([(202, {}, accepted)])
+    ingest(rt, ident("m1", "a", 1, name="A"), ident("m2", "b", 1, name="B"))
+    drain(rt)
+    assert backlog_left(rt) == 2  # not delivered on the 202's word
+    drain(rt, wait=0.05, later=60)
+    # No poll of an action it could not name (no quota spent on it): the customers go singly.
+    assert paths(transport) == [BULK_PATH, "/v1/customers", "/v1/customers"]
+    assert backlog_left(rt) == 0
+
+
+def test_a_read_back_of_a_paused_connection_waits_for_the_resume(
+    client: redis.Redis, redis_db_url: str, keys: Keys, transport: FakeTransport
+) -> None:
+    from collections import deque
+
+    from workers.delivery import pauses
+
+    rt = bulk_rt(client, redis_db_url, keys, transport, per_hour=10)
+    transport.by_url["http://vf.test" + BULK_PATH] = deque([ACCEPTED])
+    ingest(rt, ident("m1", "a", 1, name="A"), ident("m2", "b", 1, name="B"))
+    drain(rt)
+    assert pauses.pause(rt.redis, rt.keys, "acme", pauses.AUTH)
+    drain(rt, wait=0, later=60)
+    # Parked as paused, for the probe's interval: not polled, not due again at once.
+    assert paths(transport) == [BULK_PATH]
+    entries = DelayedStore(rt.redis, rt.keys)
+    due = entries.next_due()
+    assert due is not None and due > time.time() + 60
+
+
+def test_a_planned_bulk_parked_before_it_sends_asks_for_its_budgets_again(
+    client: redis.Redis, redis_db_url: str, keys: Keys, transport: FakeTransport
+) -> None:
+    # A bulk call planned with its budgets granted, then parked before its attempt (no send slot,
+    # the task out of time): when it comes back it must ask again -- a 429 pause or a spent bulk
+    # budget met meanwhile applies to it, and its old grant is counted nowhere any more.
+    from workers.delivery import engine
+    from workers.delivery.attempts import new_item
+    from workers.runtime import context_for
+
+    rt = bulk_rt(client, redis_db_url, keys, transport, per_hour=10)
+    conn = rt.settings.connections[0]
+    ctx = context_for(rt, conn, DESTINATION)
+    ctx.deadline = time.monotonic() - 1  # out of time: parked before any attempt
+    item = new_item(upsert("m1", "a", "2024-05-01T10:00:00.000Z", name="A"), {}, time.time(), 1)
+    item["pregranted"] = True
+    step = engine.deliver_one(ctx, item)
+    assert step.reason == "deferred"
+    assert "pregranted" not in item

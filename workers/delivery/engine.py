@@ -61,16 +61,19 @@ from workers.outbound import OutboundRequest
 def deliver_one(ctx: Context, item: DeliveryItem) -> Step:
     request = OutboundRequest.from_dict(item["request"])
     quota_waits.resumed(item, time.time())  # type: ignore[arg-type]
+    # Budgets granted when the call was planned (a bulk call: bulk or singles is decided by its
+    # budgets) are good for this attempt only: an item parked before it sends asks again.
+    pregranted = bool(item.pop("pregranted", False))
     if ctx.slots is None:
         if ctx.out_of_time():
             return _park(ctx, request, item, "deferred", time.time())
-        return _deliver(ctx, request, item)
+        return _deliver(ctx, request, item, pregranted)
     # Waiting for a slot, never past the task's deadline (out of time: not even a try).
     wait = ctx.deadline - time.monotonic()
     if wait <= 0 or not ctx.slots.acquire(timeout=wait):
         return _park(ctx, request, item, "deferred", time.time())
     try:
-        return _deliver(ctx, request, item)
+        return _deliver(ctx, request, item, pregranted)
     finally:
         ctx.slots.release()
 
@@ -92,10 +95,7 @@ def _wait(ctx: Context, request: OutboundRequest, item: DeliveryItem, wait: Wait
 BUSY_CUSTOMER_SECONDS = 0.5
 
 
-def _deliver(ctx: Context, request: OutboundRequest, item: DeliveryItem) -> Step:
-    # Budgets granted when the call was planned (a bulk call: bulk or singles is decided by its
-    # budgets); good for this attempt only -- a parked item asks again.
-    pregranted = bool(item.pop("pregranted", False))
+def _deliver(ctx: Context, request: OutboundRequest, item: DeliveryItem, pregranted: bool) -> Step:
     token = new_token()
     key = request.idempotency_key
     claim = ctx.ledger.claim(key, token, ctx.tuning.claim_ttl)

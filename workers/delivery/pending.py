@@ -36,6 +36,7 @@ from workers.delivery.attempts import Failure, Step, finish_dead, new_item
 from workers.delivery.context import Context
 from workers.delivery.deadletters import REJECTED
 from workers.delivery.holds import Holds
+from workers.delivery.pauses import PAUSED_REASON
 from workers.delivery.target import Answer
 from workers.delivery.transport import HTTPResult
 from workers.outbound import OutboundRequest
@@ -99,14 +100,21 @@ def settle(ctx: Context, item: DeliveryItem) -> tuple[list[DeliveryItem], Step |
     now = time.time()
     if now - float(info.get("at") or now) > BOUND_SECONDS:
         return _resend(ctx, item, request, "expired"), None
+    if not info.get("id"):  # the 2xx named no action to read back
+        return _resend(ctx, item, request, "unknown"), None
     poll = target.poll_request(str(info["id"]))
     budgets = ctx.target.budgets_for(poll)
     grant = ctx.budgets.acquire(budgets, has_slot=True)
     if not grant.granted:
+        if grant.reason == PAUSED_REASON:  # until the resume, not in a loop through the scheduler
+            return [], Step.parked(PAUSED_REASON, now + ctx.tuning.auth_probe)
         attempts.throttled(ctx)
         return [], Step.parked("throttled", now + grant.wait)
     answer, state = target.read_action(str(info["id"]))
     observation = attempts.observe(ctx, budgets, answer)
+    if observation.auth_refused:  # the connection pauses; the read-back waits for its resume
+        attempts.auth_refused(ctx, answer)
+        return [], Step.parked(PAUSED_REASON, now + ctx.tuning.auth_probe)
     polls = int(info.get("polls") or 0) + 1
     info["polls"] = polls
     if state is None and isinstance(answer, HTTPResult) and answer.status == 404:

@@ -32,8 +32,8 @@ from connector.keys import Keys
 from connector.tuning import Tuning
 from workers.delivery import outcomes
 from workers.delivery.budgets import Budget, Budgets, Observation
-from workers.delivery.classify import clamp_wait, retry_after
-from workers.delivery.retries import header_number
+from workers.delivery.classify import retry_after
+from workers.delivery.pauses import PAUSED_REASON
 from workers.delivery.stale import event_time_ms
 from workers.delivery.transport import HTTPResult, Transport
 from workers.mapping.destination.actions import UPSERT_CUSTOMER
@@ -47,6 +47,7 @@ from workers.targets.base import Answer, HttpTarget, Wait
 from workers.targets.voucherify_coalesce import coalesce_items, rebuild
 from workers.targets.voucherify_fewer import FewerCalls
 from workers.targets.voucherify_quota import (
+    parse_rate_limit_retry,
     path_of,
     quota_budgets,
     reading,
@@ -79,35 +80,18 @@ def budgets_of(connection: Connection) -> tuple[Budget, ...]:
     return tuple(quota_budgets(connection.voucherify.quota).values())
 
 
-def parse_rate_limit_retry(value: str | None, now: float | None = None) -> float | None:
-    """Voucherify's ``X-Rate-Limit-Retry``: the epoch second when requests are accepted again.
-
-    Defensive about units: values that look like epoch milliseconds are scaled, and small values
-    (which cannot be a recent epoch) are taken as a number of seconds to wait.
-    """
-    number = header_number(value)
-    if number is None:
-        return None
-    now = time.time() if now is None else now
-    if number > 1e12:
-        number /= 1000.0
-    if number < 1e9:
-        return clamp_wait(number)
-    return clamp_wait(number - now)
-
-
 def server_wait(answer: Answer, now: float | None = None) -> float | None:
-    """The longest wait the answer asks for, from either header, or None."""
+    """The longest wait the answer asks for, or None.  ``X-Rate-Limit-Retry`` (the end of the
+    current quota period, on every answer) is a wait only on a 429: a 503's retry or a poll of
+    an async action must not wait for the end of the hour."""
     if not isinstance(answer, HTTPResult):
         return None
-    waits = [
-        w
-        for w in (
-            retry_after(answer, now),
-            parse_rate_limit_retry(answer.headers.get("x-rate-limit-retry"), now),
-        )
-        if w is not None
-    ]
+    limit_retry = (
+        parse_rate_limit_retry(answer.headers.get("x-rate-limit-retry"), time.time() if now is None else now)
+        if answer.status == 429
+        else None
+    )
+    waits = [w for w in (retry_after(answer, now), limit_retry) if w is not None]
     return max(waits) if waits else None
 
 
@@ -211,7 +195,11 @@ class VoucherifyTarget(FewerCalls, HttpTarget):
         # It spends the shop's quota like any call: a grant first.
         grant = self.budgets.acquire(self.budgets_for(None), has_slot=bool(item.get("parked")))
         if not grant.granted:
-            return None if have_one else Wait("throttled", grant.wait)  # have one: keep using it
+            if have_one:
+                return None  # keep using the one we have
+            if grant.reason == PAUSED_REASON:  # until the resume, not due again at once
+                return Wait(PAUSED_REASON, self.tuning.auth_probe)
+            return Wait("throttled", grant.wait)
         headers = {"User-Agent": USER_AGENT, "X-Voucherify-Channel": CHANNEL, **self.auth_headers()}
         timeouts = (self.tuning.connect_timeout, self.tuning.read_timeout)
         assert self.schema_transport is not None

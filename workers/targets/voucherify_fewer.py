@@ -16,6 +16,7 @@ the hold (:mod:`workers.delivery.holds`) and to the read-back of bulk calls
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,9 @@ from workers.targets.voucherify_coalesce import (
 
 SEGMENTIO_CUSTOMER_PATH = "/segmentio/customer-processing"
 ASYNC_ACTIONS_PATH = "/v1/async-actions/"
+ACTION_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,100}")
+# The per-customer errors read from one action (a bulk holds at most 100 customers).
+MAX_ACTION_ERRORS = 1_000
 BULK_BUDGET = "bulk_calls_hour"
 
 
@@ -120,14 +124,17 @@ class FewerCalls:
         Holds(self.client, self.keys, self.connection.id).remember(digests, days)
 
     def queued_as(self, request: OutboundRequest, answer: HTTPResult) -> str | None:
+        """A bulk call's async action id; ``""`` when its 202 names none we can read back (the
+        customers are then sent singly: a queued bulk is never counted delivered unread)."""
         if request.path != BULK_PATH or answer.status != 202:
             return None
         try:
             body = orjson.loads(answer.body)
         except orjson.JSONDecodeError:
-            return None
+            return ""
         action = body.get("async_action_id") if isinstance(body, dict) else None
-        return str(action) if action else None
+        # It goes into the poll's URL: only what an id looks like.
+        return action if isinstance(action, str) and ACTION_ID_RE.fullmatch(action) else ""
 
     # --- reading an async action back -------------------------------------------------------
 
@@ -198,7 +205,8 @@ def read_state(text: str) -> ActionState | None:
     errors: dict[str, str] = {}
     result = body.get("result")
     if isinstance(result, Mapping):
-        for error in result.get("errors") or ():
+        listed = result.get("errors")
+        for error in listed[:MAX_ACTION_ERRORS] if isinstance(listed, list) else ():
             if isinstance(error, Mapping) and error.get("source_id") is not None:
                 reason = f"{error.get('key') or 'error'}: {error.get('message') or ''}".strip()
                 if error.get("details"):

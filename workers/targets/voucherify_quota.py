@@ -79,7 +79,12 @@ def spends(budgets: dict[str, Budget], path: str | None) -> tuple[Budget, ...]:
     return tuple(budgets[name] for name in names_for(path) if name in budgets)
 
 
-def _wait_until(retry: str | None, now: float) -> float | None:
+def parse_rate_limit_retry(retry: str | None, now: float) -> float | None:
+    """Voucherify's ``X-Rate-Limit-Retry``: seconds until the epoch second it names.
+
+    Defensive about units: values that look like epoch milliseconds are scaled, and small values
+    (which cannot be a recent epoch) are taken as a number of seconds to wait.
+    """
     number = header_number(retry)
     if number is None:
         return None
@@ -111,8 +116,8 @@ def header_budgets(quota: QuotaSettings, limit: float, path: str | None) -> tupl
 def reading(
     answer: HTTPResult, quota: QuotaSettings, path: str | None, wait: float | None, now: float | None = None
 ) -> Observation:
-    """``path``: the call's kind (:func:`path_of`)."""
-    """What a Voucherify answer (not a transport failure) says about the budgets."""
+    """What a Voucherify answer (not a transport failure) says about the budgets; ``path``: the
+    call's kind (:func:`path_of`)."""
     now = time.time() if now is None else now
     headers = answer.headers
     default = DEFAULT_PAUSE_SECONDS * quota.period_scale
@@ -120,9 +125,8 @@ def reading(
         return Observation(wait=wait, auth_refused=True)
     if answer.status == 429:
         names = TYPE_BUDGETS.get((headers.get("x-rate-limit-type") or "").strip().lower())
-        return Observation(
-            wait=wait, pause=wait if wait is not None else default, slow=True, budget=names, quota=True
-        )
+        # A zero or past wait (clocks apart) still pauses for a while, never for a millisecond.
+        return Observation(wait=wait, pause=wait or default, slow=True, budget=names, quota=True)
     limit = header_number(headers.get("x-rate-limit-limit"))
     remaining = header_number(headers.get("x-rate-limit-remaining"))
     if limit is None or remaining is None or limit <= 0:
@@ -131,9 +135,8 @@ def reading(
     if remaining < (1.0 - quota.share) * limit:
         # The shop's reserve is reached: stop until the period ends (the shop's traffic is
         # invisible to our counters, the headers are the only word on it).
-        until = _wait_until(headers.get("x-rate-limit-retry"), now)
-        pause = until if until is not None else default
-        return Observation(wait=wait, pause=max(0.001, pause), budget=header_budgets(quota, limit, path))
+        until = parse_rate_limit_retry(headers.get("x-rate-limit-retry"), now)
+        return Observation(wait=wait, pause=until or default, budget=header_budgets(quota, limit, path))
     return Observation(wait=wait)
 
 

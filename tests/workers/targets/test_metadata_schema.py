@@ -182,6 +182,21 @@ def test_the_get_spends_the_connections_budget(
     assert entry.reason == "throttled" and entry.due > time.time() + 30
 
 
+def test_no_schema_yet_on_a_paused_connection_waits_for_the_resume(
+    rt: Runtime, transport: FakeTransport, keys: Keys
+) -> None:
+    # The connection's credentials were refused: the schema read is not even tried, and the
+    # work waits for the resume (the probe's interval), not due again at once in a loop.
+    from workers.delivery import pauses
+
+    assert pauses.pause(rt.redis, keys, "acme", pauses.AUTH)
+    transport.by_url[SCHEMA_URL] = deque([listing_reply()])
+    run(rt, [identify("m1", {"plan": "pro"})])
+    assert gets(transport) == 0 and posts(transport) == []
+    [entry] = parked(rt)
+    assert entry.reason == "paused" and entry.due > time.time() + 60
+
+
 def test_no_schema_yet_and_the_read_fails_nothing_is_sent_unfiltered(
     rt: Runtime, transport: FakeTransport, keys: Keys
 ) -> None:
