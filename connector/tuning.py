@@ -19,6 +19,7 @@ Delivery (:class:`Tuning`):
 | ``CONNECTOR_TASK_BUDGET_SECONDS`` | 20 | a task parks what is left after this |
 | ``CONNECTOR_STALE_TTL_SECONDS`` | 604800 | how long the newest upsert time per customer is kept |
 | ``CONNECTOR_AUTH_PROBE_SECONDS`` | 300 | a connection paused on refused credentials is probed this often |
+| ``CONNECTOR_SHUTDOWN_GRACE_SECONDS`` | 25 | a stopping worker's calls on the wire may finish this long, then it exits as if killed |
 | ``CONNECTOR_QUOTA_PERIOD_SCALE`` | 1 | TEST ONLY: Voucherify's quota periods shortened (the fake's ``period_scale``) |
 | ``CONNECTOR_SLOWDOWN_SECONDS`` | 60 | how long a slow-down lasts |
 | ``CONNECTOR_SEGMENT_MAX_EVENTS`` / ``_MAX_BYTES`` / ``_MAX_EVENT_BYTES`` | 2500 / 500000 / 32768 | one /v1/batch request |
@@ -104,6 +105,9 @@ class Tuning:
     metadata_schema_refresh: float = knob(3600.0, "CONNECTOR_METADATA_SCHEMA_REFRESH_SECONDS", minimum=1.0)
     # A paused connection (credentials refused) is probed this often; its work parks this long.
     auth_probe: float = knob(300.0, "CONNECTOR_AUTH_PROBE_SECONDS", minimum=0.1)
+    # A worker told to stop (SIGTERM) lets calls on the wire finish for at most this long, then
+    # exits as if killed (Heroku sends SIGKILL 30 s after SIGTERM: stay under it).
+    shutdown_grace: float = knob(25.0, "CONNECTOR_SHUTDOWN_GRACE_SECONDS", minimum=0.5)
 
     def retry_window(self, configured_seconds: float) -> float:
         return self.retry_window_override if self.retry_window_override is not None else configured_seconds

@@ -21,7 +21,9 @@ Failure policy: an exception about one event (a bug in a mapping) dead-letters t
 ``Reject(requeue=True)``; redelivered items are absorbed by the ledger), never acknowledged as if
 done -- the worker runs with ``task_acks_on_failure_or_timeout``, so a plain exception would
 lose the batch.  A task runs at most ``TASK_TIME_BUDGET_SECONDS``: whatever has not started by
-then is parked as ``deferred``, due at once, and continues in another task.
+then is parked as ``deferred``, due at once, and continues in another task.  A stopping worker
+(SIGTERM, :mod:`workers.delivery.shutdown`) gives back the messages it has not started and parks,
+due at once, whatever a running task has not put on the wire yet.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from connector.config import Connection
 from connector.contract import DESTINATION, SOURCE, DeliveryItem, backlog_of, backlog_shares, expand
 from connector.errors import MappingError, SkipEvent
 from workers import targets
-from workers.delivery import holds, outcomes, pending
+from workers.delivery import holds, outcomes, pending, shutdown
 from workers.delivery.attempts import Step, StepKind, finish_dead, finish_skipped, new_item
 from workers.delivery.concurrency import run_all
 from workers.delivery.context import Context
@@ -404,6 +406,10 @@ def _task(rt: Runtime, connection: Connection, connection_id: str, direction: st
     Not on a Redis error: the task is requeued and its finished events, found again as
     duplicates, release their units then.
     """
+    if shutdown.stopping():
+        # A message the stopping worker had taken but not started goes back to its queue as it
+        # came (another worker takes it): nothing mapped, nothing traced twice.
+        raise Reject("worker stopping", requeue=True)
     with _requeue_on_redis_error(connection_id):
         ctx = context_for(rt, connection, direction)
         yield ctx

@@ -32,7 +32,7 @@ from connector.celery_app import celery, celery_config, queues_for  # noqa: E402
 from connector.config import ConfigError, exit_on_config_error  # noqa: E402
 from connector.keys import Keys  # noqa: E402
 from connector.logs import configure_logging  # noqa: E402
-from workers import tasks  # noqa: E402, F401  (registers the tasks)
+from workers import stop, tasks  # noqa: E402, F401  (tasks: registers the tasks)
 from workers.restore import start_sweeper  # noqa: E402
 from workers.runtime import build_runtime, set_runtime  # noqa: E402
 from workers.settings import load_settings  # noqa: E402
@@ -93,28 +93,6 @@ def _heartbeat_gone(**_: object) -> None:
 
 
 @worker_ready.connect
-def _shutdown_signals_in_a_greenlet(**_: object) -> None:
-    """Run Celery's shutdown handlers in a greenlet of their own under ``--pool gevent``.
-
-    Celery's cold shutdown (SIGQUIT, and SIGTERM with ``REMAP_SIGTERM=SIGQUIT`` as on Heroku)
-    joins the task pool from inside the signal handler.  Under gevent the handler may run in the
-    hub's event-loop callback, where blocking is forbidden: the join raises
-    ``BlockingSwitchOutError``, the worker dies on an "Unrecoverable error", and the messages of
-    the tasks it was running were measured lost (never requeued).  A gevent signal handler runs
-    the same Celery handler in a fresh greenlet, where the join simply waits for the running
-    (time-bounded) tasks to finish and acknowledge, and prefetched messages are restored.
-    """
-    try:
-        from gevent import monkey
-    except ImportError:  # pragma: no cover - gevent is a dependency
-        return
-    if not monkey.is_module_patched("socket"):
-        return  # not the gevent pool: Celery's handlers are fine as they are
-    import signal
-
-    import gevent
-
-    for signum in (signal.SIGQUIT, signal.SIGTERM, signal.SIGINT):
-        handler = signal.getsignal(signum)
-        if callable(handler):
-            gevent.signal_handler(signum, handler, signum, None)
+def _orderly_stop(**_: object) -> None:
+    # SIGTERM, SIGINT and SIGQUIT: one orderly stop that loses nothing (workers.stop).
+    stop.install(settings.tuning.shutdown_grace)

@@ -15,6 +15,7 @@ from connector.contract import DESTINATION
 from connector.keys import Keys
 from connector.trace import Recorder
 from connector.tuning import TraceOptions, Tuning
+from workers.delivery import shutdown
 from workers.delivery.budgets import Budgets
 from workers.delivery.deadletters import DeadLetters
 from workers.delivery.fairslots import ConnectionSlots
@@ -82,7 +83,8 @@ class Context:
         return self.window + self.tuning.ledger_extra
 
     def out_of_time(self) -> bool:
-        return time.monotonic() >= self.deadline
+        """The task's time budget is spent, or the worker is stopping: start nothing new."""
+        return time.monotonic() >= self.deadline or shutdown.stopping()
 
     def release_backlog(self, units: int, stored_bytes: int = 0) -> None:
         # Collected and released once per task (flush_backlog): a round trip per task, not per

@@ -3,6 +3,7 @@
 ::
 
     deliver_one(item)
+      the worker is stopping (SIGTERM) ────────────────────────────> PARKED stopping (due now)
       no send slot before the deadline ────────────────────────────> PARKED deferred (due now)
       ledger.claim ── DUPLICATE ───────────────────────────────────> DONE   skipped/duplicate
                    ── BUSY (another attempt in flight) ────────────> PARKED busy (claim's TTL)
@@ -45,7 +46,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from connector.contract import DeliveryItem
-from workers.delivery import attempts, pending, quota_waits
+from workers.delivery import attempts, pending, quota_waits, shutdown
 from workers.delivery.attempts import Failure, Step, finish_dead, finish_skipped
 from workers.delivery.classify import Verdict, classify
 from workers.delivery.context import Context
@@ -64,6 +65,8 @@ def deliver_one(ctx: Context, item: DeliveryItem) -> Step:
     # Budgets granted when the call was planned (a bulk call: bulk or singles is decided by its
     # budgets) are good for this attempt only: an item parked before it sends asks again.
     pregranted = bool(item.pop("pregranted", False))
+    if shutdown.stopping():  # the worker is stopping: nothing new on the wire, the item waits in Redis
+        return _park(ctx, request, item, shutdown.REASON, time.time())
     if ctx.slots is None:
         if ctx.out_of_time():
             return _park(ctx, request, item, "deferred", time.time())
@@ -71,8 +74,10 @@ def deliver_one(ctx: Context, item: DeliveryItem) -> Step:
     # Waiting for a slot, never past the task's deadline (out of time: not even a try).
     wait = ctx.deadline - time.monotonic()
     if wait <= 0 or not ctx.slots.acquire(timeout=wait):
-        return _park(ctx, request, item, "deferred", time.time())
+        return _park(ctx, request, item, shutdown.REASON if shutdown.stopping() else "deferred", time.time())
     try:
+        if shutdown.stopping():  # the stop began while this item waited for its slot
+            return _park(ctx, request, item, shutdown.REASON, time.time())
         return _deliver(ctx, request, item, pregranted)
     finally:
         ctx.slots.release()

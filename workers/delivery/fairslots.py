@@ -16,6 +16,8 @@ from __future__ import annotations
 import threading
 import time
 
+from workers.delivery import shutdown
+
 ACTIVE_SECONDS = 1.0
 
 
@@ -25,6 +27,8 @@ class FairSlots:
         self._cond = threading.Condition()
         self._inflight: dict[str, int] = {}
         self._asked: dict[str, float] = {}  # monotonic time of each connection's last ask
+        # A stopping worker sends nothing new: every waiter gives up at once (and parks its call).
+        shutdown.on_stop(self._wake_all)
 
     def for_connection(self, connection_id: str) -> ConnectionSlots:
         return ConnectionSlots(self, connection_id)
@@ -48,6 +52,8 @@ class FairSlots:
         deadline = time.monotonic() + max(0.0, timeout)
         with self._cond:
             while True:
+                if shutdown.stopping():
+                    return False
                 mono = time.monotonic()
                 self._asked[connection_id] = mono
                 active = max(1, self._active(mono))
@@ -73,6 +79,10 @@ class FairSlots:
             # One waiter, not all: thousands of greenlets may wait (a herd woken on every release
             # would burn the worker's CPU).
             self._cond.notify(1)
+
+    def _wake_all(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
 
 class ConnectionSlots:

@@ -19,7 +19,7 @@ from connector import metrics
 
 log = logging.getLogger("connector.outcome")
 
-_QUIET = {"throttled", "busy", "deferred"}
+_QUIET = {"throttled", "busy", "deferred", "stopping"}
 
 
 def report(

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from connector import metrics
 from connector.contract import DeliveryItem, backlog_of
-from workers.delivery import attempts
+from workers.delivery import attempts, shutdown
 from workers.delivery.attempts import Failure, Step, finish_dead, new_item
 from workers.delivery.context import Context
 from workers.delivery.deadletters import REJECTED
@@ -102,6 +102,8 @@ def settle(ctx: Context, item: DeliveryItem) -> tuple[list[DeliveryItem], Step |
         return _resend(ctx, item, request, "expired"), None
     if not info.get("id"):  # the 2xx named no action to read back
         return _resend(ctx, item, request, "unknown"), None
+    if shutdown.stopping():  # a stopping worker makes no new call: another one reads it back
+        return [], Step.parked(shutdown.REASON, now)
     poll = target.poll_request(str(info["id"]))
     budgets = ctx.target.budgets_for(poll)
     grant = ctx.budgets.acquire(budgets, has_slot=True)
