@@ -61,6 +61,22 @@ def redis_answers(url: str, timeout: float = 1.0, tls_verify: str = "required") 
         return False
 
 
+def _served_by(url: str, pid: int) -> bool:
+    """Whether the server answering at ``url`` is process ``pid``.
+
+    Another program (a second test run, another ``make run``) may take the port between
+    :func:`free_port` and our server's bind: ours then exits, but the other one answers first.
+    Its databases are not ours to use or flush.
+    """
+    client = redisconn.client(url, socket_connect_timeout=0.2, socket_timeout=0.2)
+    try:
+        return bool(client.info("server").get("process_id") == pid)
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
 def start_redis(
     directory: Path,
     port: int | None = None,
@@ -106,7 +122,7 @@ def start_redis(
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"redis-server exited with {proc.returncode}; see {directory / log_name}")
-        if redis_answers(url, 0.2):
+        if redis_answers(url, 0.2) and _served_by(url, proc.pid):
             return proc, url
         time.sleep(0.05)
     proc.kill()

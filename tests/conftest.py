@@ -1,38 +1,90 @@
-"""Shared fixtures: a real Redis (the machine's, or one the suite starts), process stacks."""
+"""Shared fixtures: the suite's own redis-server(s), process stacks, isolation from the machine.
+
+The suite never talks to a Redis it did not start (the machine's 127.0.0.1:6379 holds a
+developer's data; see tests/support/redisdb.py), and never finds a developer's running
+``make run`` (its run file would redirect the CLI and add a note to its output).
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 
-from ops.embedded import redis_answers, start_redis
 from tests.support import secrets
 from tests.support.processes import Stack, base_env
-from tests.support.redisdb import fresh_database
+from tests.support.redisdb import MACHINE_REDIS_PORT, fresh_database, own_redis_server
 
-MACHINE_REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
+_LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"}
+# Connections the guard refused: the session fails on them even when the code under test
+# swallowed the ConnectionError it got.
+MACHINE_REDIS_ATTEMPTS: list[str] = []
+_RUN_DIR_KEY = "_connector_isolated_run_dir"
+_ORIGINAL_CONNECT = redis.connection.Connection._connect
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "integration: runs real processes (gunicorn, celery, redis, fakes)")
+    # Before collection (ops.run reads its run dir at import): the CLI and `ops.run`, in process
+    # and in every child (tests.support.processes.base_env carries it), look for a running
+    # `make run` in an empty directory of this session's, never in the checkout's .run/.
+    run_dir = tempfile.mkdtemp(prefix="connector-test-run-")
+    os.environ["CONNECTOR_RUN_DIR"] = run_dir
+    setattr(config, _RUN_DIR_KEY, run_dir)
+    redis.connection.Connection._connect = _guarded_connect  # type: ignore[method-assign]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    redis.connection.Connection._connect = _ORIGINAL_CONNECT  # type: ignore[method-assign]
+    run_dir = getattr(config, _RUN_DIR_KEY, None)
+    if run_dir:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """No secret in any log written during the session (every process, every fake)."""
+    """No connection to the machine's Redis, and no secret in any log written during the
+    session (every process, every fake)."""
+    if MACHINE_REDIS_ATTEMPTS:
+        _fail_session(session, "machine redis", "CONNECTIONS TO THE MACHINE'S REDIS:", MACHINE_REDIS_ATTEMPTS)
     found = secrets.problems()
-    if not found:
-        return
+    if found:
+        _fail_session(session, "secret scan", "SECRET SCAN FAILED:", found)
+
+
+def _fail_session(session: pytest.Session, title: str, header: str, lines: list[str]) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    message = "SECRET SCAN FAILED:\n" + "\n".join(found)
+    message = "\n".join([header, *lines])
     if reporter is not None:
-        reporter.write_sep("=", "secret scan", red=True)
+        reporter.write_sep("=", title, red=True)
         reporter.write_line(message)
     else:
         print(message)
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def machine_redis(host: str, port: Any) -> bool:
+    try:
+        return host in _LOOPBACK and int(port) == MACHINE_REDIS_PORT
+    except (TypeError, ValueError):
+        return False
+
+
+def _guarded_connect(self: redis.connection.Connection) -> Any:
+    """Every redis-py connection of this process (tests, in-process apps, kombu) to the
+    machine's Redis is refused before its socket opens, and fails the session (children get
+    their own server's URL: tests.support.processes.base_env)."""
+    if machine_redis(self.host, self.port):
+        MACHINE_REDIS_ATTEMPTS.append(f"{self.host}:{self.port}/{self.db}")
+        raise redis.ConnectionError(
+            f"the test suite never connects to the machine's Redis ({self.host}:{self.port})"
+        )
+    return _ORIGINAL_CONNECT(self)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -43,19 +95,12 @@ def _scan_the_session_logs(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 @pytest.fixture(scope="session")
 def redis_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``redis://host:port`` of a real server; started by the suite when none answers."""
-    if redis_answers(MACHINE_REDIS + "/0"):
-        yield MACHINE_REDIS
-        return
-    proc, url = start_redis(tmp_path_factory.mktemp("redis"), appendonly=False)
-    try:
-        yield url.rsplit("/", 1)[0]
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    """``redis://127.0.0.1:PORT`` of a redis-server this session started (never the machine's)."""
+    with own_redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server.base
 
 
-# Integration tests own databases 2..9; helpers' unit tests use 13 and 14 with key prefixes.
+# Integration tests own databases 2..9; helpers' unit tests use 13 with key prefixes.
 _DB_POOL = list(range(2, 10))
 
 

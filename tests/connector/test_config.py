@@ -138,7 +138,7 @@ def test_env_shorthand_single_connection() -> None:
             "VOUCHERIFY_RATE_LIMIT_PER_MINUTE": "120",
             "SEGMENT_WRITE_KEY": "swk",
             "SEGMENT_REGION": "eu",
-            "REDIS_URL": "redis://127.0.0.1:6379/3",
+            "REDIS_URL": "redis://127.0.0.1:6390/3",  # parsed only, never connected to
         }
     )
     (conn,) = settings.connections

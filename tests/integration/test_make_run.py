@@ -218,8 +218,11 @@ def test_cli_from_another_shell_ctrl_c_and_a_quick_restart(tmp_path: Path) -> No
     assert not left
     assert not (run_dir / runfile.FILE_NAME).exists()
     # The CLI no longer finds a run, and says what it does instead of silently using another Redis.
-    after = connector(another_shell(run_dir), "dlq", "list")
+    # (--help: the note comes before the command runs; the command itself would then read the
+    # default Redis, 127.0.0.1:6379 -- the machine's, which the suite never touches.)
+    after = connector(another_shell(run_dir), "dlq", "list", "--help")
     assert "no `make run` running" in after.stderr
+    assert after.returncode == 0 and "Usage:" in after.stdout
 
     # Restarted within the minute: the fake's port still has TIME_WAIT connections of the first
     # run (a bind without SO_REUSEADDR fails: the condition that moved the ports before)...

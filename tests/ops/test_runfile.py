@@ -3,6 +3,7 @@ and never silently falls back to another Redis."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from ops import runfile
-from tests.support.processes import wait_until
+from tests.support.faultkit import connector_cli
+from tests.support.processes import ROOT, base_env, wait_until
 
 
 @pytest.fixture
@@ -88,3 +90,37 @@ def test_remove_keeps_a_newer_runs_file(tmp_path: Path, fake_run: int) -> None:
     assert (tmp_path / runfile.FILE_NAME).exists()
     runfile.remove(tmp_path / runfile.FILE_NAME, fake_run)
     assert not (tmp_path / runfile.FILE_NAME).exists()
+
+
+# --- the suite itself is isolated from a developer's running `make run` --------------------------
+
+
+def test_the_suite_never_finds_the_checkouts_running_make_run(tmp_path: Path) -> None:
+    """tests/conftest.py points CONNECTOR_RUN_DIR at an empty directory of the session's, in this
+    process and in the children ``base_env`` starts: a ``make run`` in the checkout (``.run/``)
+    cannot redirect a test's CLI nor add a note to the output it parses."""
+    mine = runfile.run_dir()
+    assert mine != runfile.ROOT / ".run"
+    assert not (mine / runfile.FILE_NAME).exists()
+    child = subprocess.run(
+        [sys.executable, "-c", "from ops import runfile; print(runfile.run_dir())"],
+        env=base_env("redis://127.0.0.1:1/0"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert child.stdout.strip() == str(mine)
+
+
+def test_json_output_parses_while_the_cli_notes_a_running_make_run(
+    tmp_path: Path, fake_run: int, redis_url: str
+) -> None:
+    """The note goes to stderr, the JSON alone to stdout: a script reading stdout still parses it."""
+    write(tmp_path, fake_run, REDIS_URL="redis://127.0.0.1:1/0")  # another Redis than the shell's
+    env = base_env(redis_url, CONNECTOR_RUN_DIR=str(tmp_path))
+    result = connector_cli(env, "dlq", "list", "--json")
+    assert result.returncode == 0, result.stderr
+    assert f"the running `make run` (pid {fake_run}) uses redis://127.0.0.1:1/0" in result.stderr
+    assert json.loads(result.stdout) == []

@@ -1,4 +1,4 @@
-"""Shared fixtures and fakes for the delivery unit tests (real Redis, db 13, a prefix per test).
+"""Shared fixtures and fakes for the delivery unit tests (the suite's redis-server, db 13, a prefix per test).
 
 Imported by the ``test_delivery_*`` modules; holds no tests itself.
 """
@@ -26,7 +26,7 @@ from workers.delivery.transport import HTTPResult, TransportFailure
 from workers.outbound import OutboundRequest
 from workers.runtime import Runtime
 
-# The suite's Redis (the machine's, or one conftest started), database 13, keys under a prefix.
+# The suite's own redis-server (tests/conftest.py's redis_base), database 13, keys under a prefix.
 DELIVERY_DB = 13
 VF_URL = "http://vf.test"
 SEG_URL = "http://seg.test"

@@ -1,4 +1,4 @@
-"""A redis-server of the test session's own, for the fault tests (``pytest_plugins``)."""
+"""A second redis-server of the test session's own, for the fault tests (``pytest_plugins``)."""
 
 from __future__ import annotations
 
@@ -6,24 +6,19 @@ from collections.abc import Iterator
 
 import pytest
 
-from ops.embedded import start_redis
-from tests.support.redisdb import fresh_database
+from tests.support.redisdb import fresh_database, own_redis_server
 
 
 @pytest.fixture(scope="session")
 def private_redis_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A redis-server only this test session talks to.
+    """A redis-server of its own for the fault tests, apart from ``redis_base``.
 
-    The machine's Redis is shared with other test runs on the same machine; their workers would
-    consume (and drop, as an unknown connection) messages from our queues, and their fixtures
-    flush our database -- exactly the losses these tests look for.  No persistence needed here.
+    The fault tests stop workers mid-task and look for lost or duplicated messages: a server of
+    their own keeps what other tests leave behind (queues, keys in the helpers' database) out
+    of what they count.  No persistence needed here.
     """
-    proc, url = start_redis(tmp_path_factory.mktemp("fault-redis"), appendonly=False)
-    try:
-        yield url.rsplit("/", 1)[0]
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with own_redis_server(tmp_path_factory.mktemp("fault-redis")) as server:
+        yield server.base
 
 
 _PRIVATE_DBS = list(range(16))

@@ -40,6 +40,10 @@ def base_env(redis_url: str, connections_file: Path | None = None, **extra: str)
             "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
         }
     )
+    # The session's empty run dir (tests/conftest.py): a developer's running `make run` must not
+    # redirect or annotate the CLI a test runs.  A test of `make run` passes its own.
+    if os.environ.get("CONNECTOR_RUN_DIR"):
+        env["CONNECTOR_RUN_DIR"] = os.environ["CONNECTOR_RUN_DIR"]
     if connections_file is not None:
         env["CONNECTIONS_FILE"] = str(connections_file)
     env.update(extra)

@@ -153,12 +153,12 @@ def test_cli_list_json_and_table(runner: CliRunner, client: redis.Redis, keys: K
     second = store.add(_record("other", "retry_window_exceeded", direction=SOURCE))
     result = runner.invoke(cli.main, ["dlq", "list", "--json"])
     assert result.exit_code == 0, result.output
-    rows = orjson.loads(result.output)
+    rows = orjson.loads(result.stdout)
     assert [r["id"] for r in rows] == [second, first]
     assert rows[1]["connection"] == "acme" and rows[1]["reason"] == "rejected" and rows[1]["status"] == 400
-    filtered = orjson.loads(runner.invoke(cli.main, ["dlq", "list", "--older-than", "1h", "--json"]).output)
+    filtered = orjson.loads(runner.invoke(cli.main, ["dlq", "list", "--older-than", "1h", "--json"]).stdout)
     assert [r["id"] for r in filtered] == [first]
-    filtered = orjson.loads(runner.invoke(cli.main, ["dlq", "list", "-c", "other", "--json"]).output)
+    filtered = orjson.loads(runner.invoke(cli.main, ["dlq", "list", "-c", "other", "--json"]).stdout)
     assert [r["id"] for r in filtered] == [second]
     table = runner.invoke(cli.main, ["dlq", "list"])
     assert table.exit_code == 0 and "CONNECTION" in table.output and first in table.output
@@ -170,7 +170,7 @@ def test_cli_show(runner: CliRunner, client: redis.Redis, keys: Keys) -> None:
     entry = DeadLetters(client, keys).add(_record())
     shown = runner.invoke(cli.main, ["dlq", "show", entry, "--json"])
     assert shown.exit_code == 0, shown.output
-    data = orjson.loads(shown.output)
+    data = orjson.loads(shown.stdout)
     assert data["id"] == entry and data["payload"]["messageId"] == "m1" and data["error"] == "HTTP 400"
     human = runner.invoke(cli.main, ["dlq", "show", entry])
     assert human.exit_code == 0 and "reason" in human.output
@@ -189,11 +189,11 @@ def test_cli_replay_and_purge(
     monkeypatch.setattr("connector.publish.celery_publish", publish)
     assert runner.invoke(cli.main, ["dlq", "replay"]).exit_code != 0  # nothing selected: refuse
     dry = runner.invoke(cli.main, ["dlq", "replay", "--all", "--dry-run", "--json"])
-    assert orjson.loads(dry.output) == {"replayed": [b, a], "dry_run": True} and publish.calls == []
+    assert orjson.loads(dry.stdout) == {"replayed": [b, a], "dry_run": True} and publish.calls == []
     done = runner.invoke(cli.main, ["dlq", "replay", a, "--json"])
     assert done.exit_code == 0, done.output
-    assert orjson.loads(done.output)["replayed"] == [a]
+    assert orjson.loads(done.stdout)["replayed"] == [a]
     assert publish.calls[0][0] == TASK_DELIVER
     purged = runner.invoke(cli.main, ["dlq", "purge", "--all", "--yes", "--json"])
-    assert orjson.loads(purged.output)["count"] == 1
+    assert orjson.loads(purged.stdout)["count"] == 1
     assert store.count() == 0
