@@ -41,6 +41,14 @@ Layout (``{p}`` is the prefix, ``{c}`` a connection id)::
     {p}holdout:{c}:{customer}           string  its upserts are on their way / queued (TTL)
     {p}unchanged:{c}:{customer}         string  digest of the last upsert accepted (TTL)
 
+The broker (kombu's Redis transport) keeps its own keys: the queues (named after the regions,
+``voucherify.eu1``...), ``unacked``, ``unacked_index``, ``unacked_mutex`` and ``_kombu.binding.*``.
+With the default prefix they carry none (the names every deployment has used so far); with any
+other prefix kombu puts the prefix in front of each of them (``global_keyprefix``, see
+:attr:`Keys.broker_prefix`), so two deployments with different prefixes on one Redis database
+never take each other's tasks.  Readers of those keys (queue depths, the backlog reconciler)
+name them through :meth:`Keys.broker_queue` and :attr:`Keys.broker_unacked`.
+
 Keys of one connection are not hash-tagged: the connector targets a single Redis (the broker),
 and the Lua scripts touch only keys they are passed.
 """
@@ -63,6 +71,27 @@ class Keys:
         from connector.config import key_prefix
 
         return cls(key_prefix())
+
+    # --- the broker's keys (kombu's names, under this deployment's broker prefix) -------------
+
+    @property
+    def broker_prefix(self) -> str:
+        """What kombu puts in front of its keys: nothing for the default prefix (the queues of
+        deployments that existed before the broker was prefixed keep their names), the prefix
+        itself otherwise."""
+        return "" if self.prefix == DEFAULT_PREFIX else self.prefix
+
+    def broker_queue(self, queue: str) -> str:
+        return f"{self.broker_prefix}{queue}"
+
+    @property
+    def broker_unacked(self) -> str:
+        """kombu's hash of messages handed to a worker and not yet acknowledged."""
+        return f"{self.broker_prefix}unacked"
+
+    @property
+    def broker_unacked_index(self) -> str:
+        return f"{self.broker_prefix}unacked_index"
 
     def ledger(self, connection_id: str, idempotency_key: str) -> str:
         return f"{self.prefix}ledger:{connection_id}:{idempotency_key}"
