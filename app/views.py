@@ -150,7 +150,7 @@ def _unconfigured(connection: Connection, door: str, setting: str) -> None:
 def segment_webhook(connection_id: str) -> Response:
     _ingesting(DESTINATION, "segment_webhook")
     connection = _settings().connection(connection_id)
-    secret = _UNKNOWN_SECRET
+    secret: Secret | None = _UNKNOWN_SECRET
     if connection is not None:
         g.ingest_connection = connection.id
         if connection.segment_webhook_secret is not None:
