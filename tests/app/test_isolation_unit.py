@@ -162,3 +162,73 @@ def test_open_metrics_show_totals_without_connection_ids(
     }
     assert per_connection == {"hidden-shop-one": 7.0, "hidden-shop-two": 5.0}
     assert 'connection="removed-shop"' in text
+
+
+# --- the tokenless status page is the real sandbox's only -------------------------------------
+
+
+def _sandbox_client(tmp_path: Path, voucherify_url: str, **env: str):  # type: ignore[no-untyped-def]
+    from app import create_app
+    from connector.config import load_settings
+    from ops.run import sandbox_connections
+
+    fakes = "voucherify=http://127.0.0.1:8100,segment=http://127.0.0.1:8200"
+    path = tmp_path / "sandbox-connections.toml"
+    path.write_text(sandbox_connections(voucherify_url, "http://127.0.0.1:8200"))
+    settings = load_settings(
+        {
+            "CONNECTIONS_FILE": str(path),
+            "REDIS_URL": "redis://127.0.0.1:1/0",
+            "CONNECTOR_SANDBOX_FAKES": fakes,
+            **env,
+        }
+    )
+    return settings, create_app(settings).test_client()
+
+
+@pytest.mark.parametrize("path", ["/", "/status.json"])
+def test_only_the_real_sandbox_opens_the_status_page_without_a_token(tmp_path: Path, path: str) -> None:
+    # make run's sandbox: its one connection wired to the loopback fakes.  (Redis is away here:
+    # the page says so, still 200.)
+    settings, sandbox = _sandbox_client(tmp_path, "http://127.0.0.1:8100")
+    assert settings.sandbox
+    assert sandbox.get(path).status_code == 200
+    # ... to this machine only.
+    assert sandbox.get(path, environ_base={"REMOTE_ADDR": "203.0.113.7"}).status_code == 404
+    # The same variable on a deployment whose connection reaches a real Voucherify: closed.
+    settings, real = _sandbox_client(tmp_path, "https://api.voucherify.io")
+    assert not settings.sandbox
+    assert real.get(path).status_code == 404
+    # Tokens still win in the sandbox.
+    _, tokened = _sandbox_client(
+        tmp_path, "http://127.0.0.1:8100", STATUS_TOKEN="status-token-for-isolation-1"
+    )
+    assert tokened.get(path).status_code == 401
+
+
+def test_make_run_binds_the_sandbox_web_to_loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from ops import run as make_run
+    from ops.embedded import free_port
+
+    monkeypatch.setattr(make_run, "RUN_DIR", tmp_path)
+    port = free_port()
+    env = {
+        "PATH": os.environ["PATH"],
+        "PORT": str(port),
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "EMBEDDED_REDIS_PORT": str(free_port()),
+        "FAKE_VOUCHERIFY_PORT": str(free_port()),
+        "FAKE_SEGMENT_PORT": str(free_port()),
+    }
+    [web] = [line for line in make_run.plan_run(dict(env)).procfile if line.startswith("web:")]
+    assert web.endswith(f"--bind 127.0.0.1:{port}")
+    # With a configured connection it is a deployment: the Procfile's own bind (gunicorn.conf.py).
+    (tmp_path / "c.toml").write_text("")
+    [web] = [
+        line
+        for line in make_run.plan_run({**env, "CONNECTIONS_FILE": str(tmp_path / "c.toml")}).procfile
+        if line.startswith("web:")
+    ]
+    assert "--bind" not in web
