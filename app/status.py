@@ -203,25 +203,34 @@ def page() -> str:
 
 @status_bp.get("/trace")
 def trace_view() -> tuple[str, int]:
-    """One event's journey, server-rendered (the search box of the status page)."""
+    """One event's journey, server-rendered (the search box of the status page): every
+    connection's trace of the id (ids are the clients'), or ``connection``'s only."""
     _guard()
     settings: Settings = current_app.extensions["connector.settings"]
     event_id = (request.args.get("id") or "").strip()[: trace.MAX_ID_CHARS]
-    records: list[dict[str, Any]] = []
+    connection = (request.args.get("connection") or "").strip()[: trace.MAX_ID_CHARS] or None
+    found: dict[str, list[dict[str, Any]]] = {}
     error = None
     if event_id:
         try:
-            records = trace.read(
-                current_app.extensions["connector.redis"], Keys(settings.key_prefix), event_id
+            found = trace.find(
+                current_app.extensions["connector.redis"], Keys(settings.key_prefix), event_id, connection
             )
         except redis.RedisError:
             error = "Redis does not answer."
-    rows = [
-        {"when": trace.when(r.get("t")), "kind": r.get("kind"), "text": trace.describe(r)} for r in records
+    traces = [
+        {
+            "connection": cid,
+            "info": trace.summary(event_id, records),
+            "rows": [
+                {"when": trace.when(r.get("t")), "kind": r.get("kind"), "text": trace.describe(r)}
+                for r in records
+            ],
+        }
+        for cid, records in found.items()
     ]
-    info = trace.summary(event_id, records)
-    return render_template("trace.html", event_id=event_id, info=info, rows=rows, error=error), (
-        200 if records or not event_id else 404
+    return render_template("trace.html", event_id=event_id, traces=traces, error=error), (
+        200 if found or not event_id else 404
     )
 
 

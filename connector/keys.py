@@ -27,8 +27,9 @@ Layout (``{p}`` is the prefix, ``{c}`` a connection id)::
     {p}backlog:{c}                      string  events accepted and not finished (never expires)
     {p}backlog_bytes:{c}                string  bytes those events occupy in Redis (never expires)
     {p}backlog_idle:{c}                 string  the scheduler's first look at idle counters (TTL)
-    {p}trace:h:{id}                     list    an event's received/mapping records (JSON, TTL, capped)
-    {p}trace:s:{id}                     list    its attempts, waits and outcomes (JSON, TTL, newest kept)
+    {p}trace:h:{c}:{id}                 list    an event's received/mapping records (JSON, TTL, capped)
+    {p}trace:s:{c}:{id}                 list    its attempts, waits and outcomes (JSON, TTL, newest kept)
+    {p}trace:c:{id}                     set     connections with a trace of this id (TTL: the longest)
     {p}ov:{c}:m:{minute}                hash    overview counters of one minute (TTL ~2 h)
     {p}ov:{c}:h:{hour}                  hash    overview counters of one hour (TTL ~25 h)
     {p}ov:{c}:s:{field}                 list    a few sample event ids of one overview field (TTL)
@@ -159,11 +160,17 @@ class Keys:
     def backlog_idle(self, connection_id: str) -> str:
         return f"{self.prefix}backlog_idle:{connection_id}"
 
-    def trace_head(self, event_id: str) -> str:
-        return f"{self.prefix}trace:h:{event_id}"
+    # Traces are keyed by (connection, id): ids are the clients' (a messageId), and one
+    # connection's client must not push out or overwrite another connection's records by reusing
+    # its ids.  Connection ids hold no ':' (connector.connections), so the keys are unambiguous.
+    def trace_head(self, connection_id: str, event_id: str) -> str:
+        return f"{self.prefix}trace:h:{connection_id}:{event_id}"
 
-    def trace_steps(self, event_id: str) -> str:
-        return f"{self.prefix}trace:s:{event_id}"
+    def trace_steps(self, connection_id: str, event_id: str) -> str:
+        return f"{self.prefix}trace:s:{connection_id}:{event_id}"
+
+    def trace_index(self, event_id: str) -> str:
+        return f"{self.prefix}trace:c:{event_id}"
 
     def overview_minute(self, connection_id: str, minute: int) -> str:
         return f"{self.prefix}ov:{connection_id}:m:{minute}"
