@@ -7,12 +7,18 @@ Without it, the answer holds this gunicorn worker's own registry only (said once
 Queue depths are not counters kept by a process: they are read from Redis at scrape time
 (:mod:`connector.depths`), so every scrape sees the current broker queues, parked work and
 dead letters, whichever process answers.
+
+Without ``METRICS_TOKEN`` the endpoint is open, so it names no connection: every series with a
+``connection`` label is summed over its connections (:class:`Totals`).  Connection ids are the
+doors of the webhook receivers, and the per-connection series would tell anyone which exist,
+with their dead letters, backlog, quota and pause state.  With the token, the per-connection
+series as they are.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import redis
 from flask import Blueprint, Response, current_app, has_app_context, request
@@ -20,6 +26,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from app.auth import require_token
 from connector import depths, forecast, heartbeat, metrics, overview
@@ -264,6 +271,45 @@ class _Default(Collector):
         yield from REGISTRY.collect()
 
 
+CONNECTION_LABEL = "connection"
+# Series that do not add up across connections: the worst (or earliest) one stands for all.
+_COMBINE: dict[str, Callable[[float, float], float]] = {
+    "connector_calls_per_event": max,
+    "connector_backlog_drain_seconds": max,
+    "connector_cycle_budget_exhausted_timestamp_seconds": min,
+}
+
+
+def _add(a: float, b: float) -> float:
+    return a + b
+
+
+class Totals(Collector):
+    """``source``'s metrics with the ``connection`` label summed away (see the module doc)."""
+
+    def __init__(self, source: Collector) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.source.collect():
+            if not any(CONNECTION_LABEL in sample.labels for sample in family.samples):
+                yield family
+                continue
+            merged: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+            for sample in family.samples:
+                labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k != CONNECTION_LABEL))
+                key = (sample.name, labels)
+                if key not in merged:
+                    merged[key] = sample.value
+                    continue
+                # A counter's creation time is the earliest one, never a sum.
+                combine = min if sample.name.endswith("_created") else _COMBINE.get(family.name, _add)
+                merged[key] = combine(merged[key], sample.value)
+            total = Metric(family.name, family.documentation, family.type, family.unit)
+            total.samples = [Sample(name, dict(labels), value) for (name, labels), value in merged.items()]
+            yield total
+
+
 def announce_mode(directory: str | None) -> None:
     if directory is not None:
         log.info("metrics: multiprocess mode", extra={"directory": directory})
@@ -292,7 +338,14 @@ def _registry() -> CollectorRegistry:
 def scrape() -> Response:
     # Open by default (Prometheus' convention, and nothing secret in it); METRICS_TOKEN closes it
     # (Bearer, or the Basic password: Prometheus' `authorization` or `basic_auth` settings).
+    # Open without a token, but then naming no connection (totals only, see the module doc).
     settings: Settings = current_app.extensions["connector.settings"]
     if settings.metrics_token is not None:
         require_token(request, settings.metrics_token, "connector metrics")
-    return Response(generate_latest(_registry()), content_type=CONTENT_TYPE_LATEST)
+    registry = _registry()
+    # The real sandbox (make run on loopback, see app.status) names its one made-up connection.
+    if settings.metrics_token is None and not settings.sandbox:
+        totals = CollectorRegistry(auto_describe=False)
+        totals.register(Totals(registry))
+        registry = totals
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

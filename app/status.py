@@ -19,14 +19,16 @@ would appear in a body is replaced; Jinja escapes everything.
 All of them need ``STATUS_TOKEN`` (``Authorization: Bearer <token>``, or the password of Basic
 auth, which is what a browser's login prompt sends) and answer 404 when no token is configured:
 the page lists every connection id, the door of each connection's webhooks.  The sandbox
-(``make run``, marked by ``CONNECTOR_SANDBOX_FAKES``) shows it without a token unless one is
-set.  ``STATUS_PAGE=off`` turns them off whatever else is set (``/metrics`` and ``/readyz``
+(``make run`` without a configured connection: ``Settings.sandbox``, true only when every
+connection is wired to the loopback fakes of ``CONNECTOR_SANDBOX_FAKES``) shows it without a
+token to loopback callers unless one is set; ``make run`` binds that web to 127.0.0.1.  ``STATUS_PAGE=off`` turns them off whatever else is set (``/metrics`` and ``/readyz``
 stay).
 """
 
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 from typing import Any
 from urllib.parse import urlsplit
@@ -50,10 +52,19 @@ def _guard() -> None:
     if not settings.status_page:
         abort(404)
     if settings.status_token is None:
-        if not settings.sandbox:
+        # Tokenless only in the real sandbox, and only to this machine (the sandbox web listens
+        # on loopback; the check holds should it be exposed some other way).
+        if not settings.sandbox or not _loopback(request.remote_addr):
             abort(404)
         return
     require_token(request, settings.status_token, "connector status")
+
+
+def _loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def status_data() -> dict[str, Any]:
@@ -154,7 +165,7 @@ def _shown_body(record: dict[str, Any], hidden: list[str]) -> str:
 
 def fake_requests(settings: Settings) -> list[dict[str, Any]]:
     """The sandbox fakes' last requests (newest first) with their bodies; [] outside it."""
-    if not settings.sandbox_fakes:
+    if not settings.sandbox or not settings.sandbox_fakes:
         return []
     hidden = _credentials(settings)
     rows: list[dict[str, Any]] = []
@@ -192,25 +203,34 @@ def page() -> str:
 
 @status_bp.get("/trace")
 def trace_view() -> tuple[str, int]:
-    """One event's journey, server-rendered (the search box of the status page)."""
+    """One event's journey, server-rendered (the search box of the status page): every
+    connection's trace of the id (ids are the clients'), or ``connection``'s only."""
     _guard()
     settings: Settings = current_app.extensions["connector.settings"]
     event_id = (request.args.get("id") or "").strip()[: trace.MAX_ID_CHARS]
-    records: list[dict[str, Any]] = []
+    connection = (request.args.get("connection") or "").strip()[: trace.MAX_ID_CHARS] or None
+    found: dict[str, list[dict[str, Any]]] = {}
     error = None
     if event_id:
         try:
-            records = trace.read(
-                current_app.extensions["connector.redis"], Keys(settings.key_prefix), event_id
+            found = trace.find(
+                current_app.extensions["connector.redis"], Keys(settings.key_prefix), event_id, connection
             )
         except redis.RedisError:
             error = "Redis does not answer."
-    rows = [
-        {"when": trace.when(r.get("t")), "kind": r.get("kind"), "text": trace.describe(r)} for r in records
+    traces = [
+        {
+            "connection": cid,
+            "info": trace.summary(event_id, records),
+            "rows": [
+                {"when": trace.when(r.get("t")), "kind": r.get("kind"), "text": trace.describe(r)}
+                for r in records
+            ],
+        }
+        for cid, records in found.items()
     ]
-    info = trace.summary(event_id, records)
-    return render_template("trace.html", event_id=event_id, info=info, rows=rows, error=error), (
-        200 if records or not event_id else 404
+    return render_template("trace.html", event_id=event_id, traces=traces, error=error), (
+        200 if found or not event_id else 404
     )
 
 

@@ -6,6 +6,8 @@ Views only parse, authenticate, validate and enqueue; the rules live in :mod:`ap
 
 from __future__ import annotations
 
+import logging
+import secrets
 import time
 from typing import Any
 
@@ -20,12 +22,15 @@ from connector import envelope
 from connector.config import Connection, Settings
 from connector.contract import DESTINATION, SOURCE
 from connector.errors import MappingError
+from connector.secrets import Secret
 from connector.signatures import (
     SEGMENT_SIGNATURE_HEADER,
     VOUCHERIFY_SIGNATURE_HEADER,
     segment_signature_valid,
     voucherify_signature_valid,
 )
+
+log = logging.getLogger("connector.web")
 
 tracking = Blueprint("tracking", __name__)
 webhooks = Blueprint("webhooks", __name__)
@@ -121,32 +126,49 @@ def track_api(kind: str) -> Response:
     return _accept(connection, result)
 
 
-def _connection_or_404(connection_id: str) -> Connection:
-    connection = _settings().connection(connection_id)
-    if connection is None:
-        raise ApiError(404, "unknown_connection", f"no connection {connection_id!r}")
-    return connection
+# A secret nobody knows, drawn once per process: what an unknown connection id's webhook
+# signatures are checked against.  Unknown ids, known ids with a wrong signature and known ids
+# with no secret configured then answer alike (same status, same code and message, and an HMAC
+# computed over the body all the same), so the webhook doors do not tell a stranger which
+# connection ids exist -- ids are short, readable and guessable.
+_UNKNOWN_SECRET = Secret(secrets.token_hex(32))
+
+_SEGMENT_BAD_SIGNATURE = "X-Signature is missing or does not match the body"
+_VOUCHERIFY_BAD_SIGNATURE = "x-voucherify-signature is missing or does not match the body"
+
+
+def _unconfigured(connection: Connection, door: str, setting: str) -> None:
+    """A known connection whose webhook door has no secret: the caller is told no more than a
+    stranger (401 invalid_signature); the operator learns why from the log."""
+    log.warning(
+        "webhook refused: the connection has no secret for this door",
+        extra={"connection": connection.id, "door": door, "setting": setting},
+    )
 
 
 @webhooks.post("/webhooks/segment/<connection_id>")
 def segment_webhook(connection_id: str) -> Response:
     _ingesting(DESTINATION, "segment_webhook")
-    connection = _connection_or_404(connection_id)
-    g.ingest_connection = connection.id
-    secret = connection.segment_webhook_secret
+    connection = _settings().connection(connection_id)
+    secret: Secret | None = _UNKNOWN_SECRET
+    if connection is not None:
+        g.ingest_connection = connection.id
+        if connection.segment_webhook_secret is not None:
+            secret = connection.segment_webhook_secret
+        elif connection.segment_webhook_unsigned:
+            secret = None  # knowingly open (README: Security)
+        else:
+            _unconfigured(connection, "segment_webhook", "segment_webhook_secret")
     signature = request.headers.get(SEGMENT_SIGNATURE_HEADER)
-    # Refused before the body is read: no secret (unless explicitly unsigned), or no signature.
-    if secret is None and not connection.segment_webhook_unsigned:
-        raise unauthorized(
-            "signature_required",
-            f"connection {connection_id!r} has no segment_webhook_secret; set one (or "
-            "segment_webhook_unsigned = true to accept unsigned requests)",
-        )
+    # Refused before the body is read when there is no signature (unknown ids alike).
     if secret is not None and not signature:
-        raise unauthorized("invalid_signature", "X-Signature is missing or does not match the body")
+        raise unauthorized("invalid_signature", _SEGMENT_BAD_SIGNATURE)
     raw = bodies.read_raw(request, timeout=_settings().body_timeout)
-    if secret is not None and not segment_signature_valid(raw, signature, secret.reveal()):
-        raise unauthorized("invalid_signature", "X-Signature is missing or does not match the body")
+    if secret is not None:
+        valid = segment_signature_valid(raw, signature, secret.reveal())
+        if not valid or secret is _UNKNOWN_SECRET:
+            raise unauthorized("invalid_signature", _SEGMENT_BAD_SIGNATURE)
+    assert connection is not None  # an unknown id has the unknown secret: refused above
     body = bodies.parse_json(raw)
     if isinstance(body, list):
         # The Actions webhook sends a JSON array of events: treat it as a batch.
@@ -165,24 +187,22 @@ def segment_webhook(connection_id: str) -> Response:
 @webhooks.post("/webhooks/voucherify/<connection_id>")
 def voucherify_webhook(connection_id: str) -> tuple[Response, int]:
     _ingesting(SOURCE, "voucherify_webhook")
-    connection = _connection_or_404(connection_id)
-    g.ingest_connection = connection.id
-    secret = connection.voucherify.webhook_secret
-    if secret is None:
-        raise unauthorized(
-            "webhooks_not_configured", f"connection {connection_id!r} has no Voucherify webhook_secret"
-        )
+    connection = _settings().connection(connection_id)
+    secret = _UNKNOWN_SECRET
+    if connection is not None:
+        g.ingest_connection = connection.id
+        if connection.voucherify.webhook_secret is not None:
+            secret = connection.voucherify.webhook_secret
+        else:
+            _unconfigured(connection, "voucherify_webhook", "webhook_secret")
     signature = request.headers.get(VOUCHERIFY_SIGNATURE_HEADER)
     if not signature:  # refused before the body is read
-        raise unauthorized(
-            "invalid_signature", "x-voucherify-signature is missing or does not match the body"
-        )
+        raise unauthorized("invalid_signature", _VOUCHERIFY_BAD_SIGNATURE)
     raw = bodies.read_raw(request, timeout=_settings().body_timeout)
     body = bodies.parse_json(raw)
-    if not voucherify_signature_valid(raw, signature, secret.reveal(), body):
-        raise unauthorized(
-            "invalid_signature", "x-voucherify-signature is missing or does not match the body"
-        )
+    valid = voucherify_signature_valid(raw, signature, secret.reveal(), body)
+    if not valid or secret is _UNKNOWN_SECRET or connection is None:
+        raise unauthorized("invalid_signature", _VOUCHERIFY_BAD_SIGNATURE)
     if not isinstance(body, dict):
         raise bad_request("not_an_object", "the body must be a JSON object")
     if bodies.depth_exceeds(body):

@@ -182,10 +182,6 @@ def reset_if_unchanged(
     )
 
 
-# kombu's Redis transport keeps messages handed to a worker but not yet acknowledged here.
-UNACKED_KEY = "unacked"
-
-
 def reconcile(
     client: redis.Redis,
     connections: list[tuple[str, list[str]]],
@@ -204,13 +200,13 @@ def reconcile(
         return []
     now = time.time()
     pipe = client.pipeline(transaction=False)
-    pipe.hlen(UNACKED_KEY)
+    pipe.hlen(k.broker_unacked)
     pipe.zcard(k.delayed)
     for connection_id, queues in connections:
         pipe.mget([k.backlog(connection_id), k.backlog_bytes(connection_id), k.backlog_idle(connection_id)])
         pipe.llen(k.outbox(connection_id))
         for queue in queues:
-            pipe.llen(queue)
+            pipe.llen(k.broker_queue(queue))
     results = pipe.execute()
     deployment_busy = bool(results[0]) or bool(results[1])
     position = 2

@@ -27,13 +27,30 @@ from kombu.serialization import register as register_serializer
 from kombu.utils import json as kombu_json
 
 from connector import redisconn
+from connector.keys import Keys
 from connector.tuning import BrokerOptions
 
 
 def celery_config(
-    redis_url: str, tls_verify: str = "required", options: BrokerOptions | None = None
+    redis_url: str,
+    tls_verify: str = "required",
+    options: BrokerOptions | None = None,
+    key_prefix: str | None = None,
 ) -> dict[str, Any]:
+    """``key_prefix``: the deployment's ``CONNECTOR_KEY_PREFIX`` (read from the environment when
+    not given, as the settings of every process read it)."""
     options = options or BrokerOptions()
+    if key_prefix is None:
+        from connector import config
+
+        key_prefix = config.key_prefix()
+    transport_options: dict[str, Any] = {}
+    broker_prefix = Keys(key_prefix).broker_prefix
+    if broker_prefix:
+        # The prefix isolates the broker too: kombu prefixes its queues, the unacked hash and
+        # index, its mutex and bindings.  Without it two deployments sharing a database would
+        # BRPOP each other's tasks (and drop them as unknown connections).
+        transport_options["global_keyprefix"] = broker_prefix
     return {
         "broker_url": redis_url,
         # rediss://: REDIS_TLS_VERIFY as for every other Redis client (connector.redisconn).
@@ -72,6 +89,7 @@ def celery_config(
             "socket_timeout": 5,
             "retry_on_timeout": True,
             "health_check_interval": 10,
+            **transport_options,
         },
         # Publishing from the web process must fail fast (the client gets 503 and retries),
         # never hang a gunicorn worker for seconds while Redis is away.
@@ -107,11 +125,14 @@ register_fast_json()
 
 
 def create_celery(
-    redis_url: str, tls_verify: str = "required", options: BrokerOptions | None = None
+    redis_url: str,
+    tls_verify: str = "required",
+    options: BrokerOptions | None = None,
+    key_prefix: str | None = None,
 ) -> Celery:
     """A Celery app on ``redis_url`` (the web's publisher, a command's, a test's)."""
     app = Celery("connector")
-    app.conf.update(celery_config(redis_url, tls_verify, options))
+    app.conf.update(celery_config(redis_url, tls_verify, options, key_prefix))
     return app
 
 
@@ -134,5 +155,5 @@ def default_app() -> Celery:
         if _default is None:
             from connector import config
 
-            _default = create_celery(config.redis_url(), config.redis_tls_verify())
+            _default = create_celery(config.redis_url(), config.redis_tls_verify(), None, config.key_prefix())
         return _default

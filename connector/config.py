@@ -17,7 +17,7 @@ import os
 import re
 import sys
 import tomllib
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -57,8 +57,8 @@ DEFAULT_KEY_PREFIX = "connector:"
 # REDIS_TLS_VERIFY, for rediss:// URLs: "required" (default) verifies the server's certificate
 # against the system's CAs; "none" accepts any (Heroku Redis serves a self-signed chain).
 TLS_VERIFY_MODES = ("required", "none")
-# `make run` tells the web process where the sandbox's fakes listen; its presence is also what
-# marks a process as serving the sandbox (status page open without STATUS_TOKEN).
+# `make run` tells the web process where the sandbox's fakes listen.  Its presence alone does NOT
+# make a process the sandbox (anyone can set a variable): see `is_sandbox`.
 SANDBOX_ENV = "CONNECTOR_SANDBOX_FAKES"
 _LOOPBACK_URL = re.compile(r"^http://(127\.0\.0\.1|localhost|\[::1\]):\d{1,5}$")
 
@@ -232,7 +232,7 @@ def load_settings(
         status_page=status_page not in ("off", "0", "false", "no"),
         status_token=status_token,
         metrics_token=metrics_token,
-        sandbox=bool(env.get(SANDBOX_ENV)),
+        sandbox=is_sandbox(connections, sandbox_fakes(env)),
         sandbox_fakes=sandbox_fakes(env),
         key_prefix=key_prefix(env),
         tuning=from_env(Tuning, env),
@@ -330,6 +330,23 @@ def metrics_directory(env: Mapping[str, str] | None = None) -> str | None:
 def log_options(env: Mapping[str, str] | None = None) -> LogOptions:
     env = environment() if env is None else env
     return LogOptions(format=env.get("LOG_FORMAT") or None, level=(env.get("LOG_LEVEL") or "INFO").upper())
+
+
+def is_sandbox(connections: Sequence[Connection], fakes: Mapping[str, str]) -> bool:
+    """Whether this process serves ``make run``'s sandbox: the loopback fakes are named AND every
+    configured connection talks to them only (its Voucherify ``api_url`` and Segment ``api_url``
+    are the fakes' URLs).  Only then does the status page open without ``STATUS_TOKEN``: such a
+    process holds no real shop's data, whoever set ``CONNECTOR_SANDBOX_FAKES``.  A production
+    deployment with the variable set by mistake (or by someone else) stays closed."""
+    urls = set(fakes.values())
+    if not urls or not connections:
+        return False
+    for connection in connections:
+        if (connection.voucherify.api_url or "").rstrip("/") not in urls:
+            return False
+        if connection.segment is not None and (connection.segment.api_url or "").rstrip("/") not in urls:
+            return False
+    return True
 
 
 def sandbox_fakes(env: Mapping[str, str] | None = None) -> dict[str, str]:

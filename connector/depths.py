@@ -20,9 +20,6 @@ from connector.config import Connection, Settings
 from connector.keys import Keys
 from connector.quotas import cycle_window
 
-# kombu's Redis transport keeps messages handed to a worker but not yet acknowledged here.
-UNACKED_KEY = "unacked"
-
 
 class BudgetLike(Protocol):
     """A named budget (``workers.delivery.budgets.Budget``): read here, defined by the targets."""
@@ -117,8 +114,8 @@ def snapshot(
     queues = queue_names(settings)
     pipe = client.pipeline(transaction=False)
     for queue in queues:
-        pipe.llen(queue)
-    pipe.hlen(UNACKED_KEY)
+        pipe.llen(keys.broker_queue(queue))  # the queue under this deployment's broker prefix
+    pipe.hlen(keys.broker_unacked)
     pipe.zcard(keys.delayed)
     pipe.zcount(keys.delayed, "-inf", int(now * 1000))
     pipe.zcard(keys.dlq)

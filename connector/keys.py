@@ -27,8 +27,9 @@ Layout (``{p}`` is the prefix, ``{c}`` a connection id)::
     {p}backlog:{c}                      string  events accepted and not finished (never expires)
     {p}backlog_bytes:{c}                string  bytes those events occupy in Redis (never expires)
     {p}backlog_idle:{c}                 string  the scheduler's first look at idle counters (TTL)
-    {p}trace:h:{id}                     list    an event's received/mapping records (JSON, TTL, capped)
-    {p}trace:s:{id}                     list    its attempts, waits and outcomes (JSON, TTL, newest kept)
+    {p}trace:h:{c}:{id}                 list    an event's received/mapping records (JSON, TTL, capped)
+    {p}trace:s:{c}:{id}                 list    its attempts, waits and outcomes (JSON, TTL, newest kept)
+    {p}trace:c:{id}                     set     connections with a trace of this id (TTL: the longest)
     {p}ov:{c}:m:{minute}                hash    overview counters of one minute (TTL ~2 h)
     {p}ov:{c}:h:{hour}                  hash    overview counters of one hour (TTL ~25 h)
     {p}ov:{c}:s:{field}                 list    a few sample event ids of one overview field (TTL)
@@ -40,6 +41,14 @@ Layout (``{p}`` is the prefix, ``{c}`` a connection id)::
     {p}holds                            hash    connection id -> the JSON head of its delayed entries
     {p}holdout:{c}:{customer}           string  its upserts are on their way / queued (TTL)
     {p}unchanged:{c}:{customer}         string  digest of the last upsert accepted (TTL)
+
+The broker (kombu's Redis transport) keeps its own keys: the queues (named after the regions,
+``voucherify.eu1``...), ``unacked``, ``unacked_index``, ``unacked_mutex`` and ``_kombu.binding.*``.
+With the default prefix they carry none (the names every deployment has used so far); with any
+other prefix kombu puts the prefix in front of each of them (``global_keyprefix``, see
+:attr:`Keys.broker_prefix`), so two deployments with different prefixes on one Redis database
+never take each other's tasks.  Readers of those keys (queue depths, the backlog reconciler)
+name them through :meth:`Keys.broker_queue` and :attr:`Keys.broker_unacked`.
 
 Keys of one connection are not hash-tagged: the connector targets a single Redis (the broker),
 and the Lua scripts touch only keys they are passed.
@@ -63,6 +72,27 @@ class Keys:
         from connector.config import key_prefix
 
         return cls(key_prefix())
+
+    # --- the broker's keys (kombu's names, under this deployment's broker prefix) -------------
+
+    @property
+    def broker_prefix(self) -> str:
+        """What kombu puts in front of its keys: nothing for the default prefix (the queues of
+        deployments that existed before the broker was prefixed keep their names), the prefix
+        itself otherwise."""
+        return "" if self.prefix == DEFAULT_PREFIX else self.prefix
+
+    def broker_queue(self, queue: str) -> str:
+        return f"{self.broker_prefix}{queue}"
+
+    @property
+    def broker_unacked(self) -> str:
+        """kombu's hash of messages handed to a worker and not yet acknowledged."""
+        return f"{self.broker_prefix}unacked"
+
+    @property
+    def broker_unacked_index(self) -> str:
+        return f"{self.broker_prefix}unacked_index"
 
     def ledger(self, connection_id: str, idempotency_key: str) -> str:
         return f"{self.prefix}ledger:{connection_id}:{idempotency_key}"
@@ -130,11 +160,17 @@ class Keys:
     def backlog_idle(self, connection_id: str) -> str:
         return f"{self.prefix}backlog_idle:{connection_id}"
 
-    def trace_head(self, event_id: str) -> str:
-        return f"{self.prefix}trace:h:{event_id}"
+    # Traces are keyed by (connection, id): ids are the clients' (a messageId), and one
+    # connection's client must not push out or overwrite another connection's records by reusing
+    # its ids.  Connection ids hold no ':' (connector.connections), so the keys are unambiguous.
+    def trace_head(self, connection_id: str, event_id: str) -> str:
+        return f"{self.prefix}trace:h:{connection_id}:{event_id}"
 
-    def trace_steps(self, event_id: str) -> str:
-        return f"{self.prefix}trace:s:{event_id}"
+    def trace_steps(self, connection_id: str, event_id: str) -> str:
+        return f"{self.prefix}trace:s:{connection_id}:{event_id}"
+
+    def trace_index(self, event_id: str) -> str:
+        return f"{self.prefix}trace:c:{event_id}"
 
     def overview_minute(self, connection_id: str, minute: int) -> str:
         return f"{self.prefix}ov:{connection_id}:m:{minute}"

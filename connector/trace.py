@@ -1,10 +1,15 @@
 """Event traces (SPEC 12, ``connector trace ID``): the journey of one event, kept in Redis.
 
-An event's trace is two Redis lists of small JSON records, keyed by its id (a Segment
-``messageId`` or a Voucherify event id)::
+An event's trace is two Redis lists of small JSON records, keyed by its connection and its id
+(a Segment ``messageId`` or a Voucherify event id: the client's, so one connection's client
+cannot reach another connection's traces by reusing its ids)::
 
-    trace:h:{id}   received, mapping              capped at MAX_HEAD (the first ones kept)
-    trace:s:{id}   attempt, wait, outcome          capped at MAX_STEPS (the newest kept)
+    trace:h:{c}:{id}   received, mapping              capped at MAX_HEAD (the first ones kept)
+    trace:s:{c}:{id}   attempt, wait, outcome          capped at MAX_STEPS (the newest kept)
+    trace:c:{id}       the connections with a trace of this id (``connector trace ID`` finds them)
+
+Voucherify's answers are kept as excerpts without customer data (:func:`answer_excerpt`): the
+status, error code/key/message fields and ids of the JSON, never names, emails or metadata.
 
 Both expire ``TRACE_RETENTION_HOURS`` (default 24) after the last write.  Memory is bounded:
 each record is a few hundred bytes at most (answer excerpts are cut, never a payload, never a
@@ -27,6 +32,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import threading
 import time
 import zlib
@@ -55,6 +61,18 @@ MAX_REFUSED_PER_FLUSH: Final = 20
 REFUSED_KEEP_SECONDS: Final = 3600
 
 
+# A trace's identity: (connection id, event id).
+Traced = tuple[str, str]
+
+# Adds a connection to an id's index; its TTL is raised to ARGV[2], never lowered.
+_INDEX_LUA: Final = """
+redis.call('SADD', KEYS[1], ARGV[1])
+local ttl = tonumber(ARGV[2])
+if redis.call('TTL', KEYS[1]) < ttl then redis.call('EXPIRE', KEYS[1], ttl) end
+return 1
+"""
+
+
 def keep_one_in(rate_per_minute: int, bound: int) -> int:
     """N of "keep 1 in N delivered traces" at ``rate_per_minute`` received events."""
     if bound <= 0 or rate_per_minute <= bound:
@@ -80,30 +98,87 @@ def excerpt(text: str | None) -> str | None:
     return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "…"
 
 
+# What an answer excerpt keeps of a JSON answer: its error fields and ids (a field named ``id``
+# or ending in ``_id``).  Everything else -- a customer's name, email, address, metadata, the
+# echo of what was sent -- is left out: a trace is kept for a day and shown on the status page.
+_ANSWER_FIELDS: Final = frozenset(
+    {"code", "key", "message", "details", "status", "error", "error_code", "request_id", "object", "errors"}
+)
+NON_JSON_CHARS: Final = 80
+_EMAIL = re.compile(r"[^\s@\"'<>]+@[^\s@\"'<>]+")
+_DIGITS = re.compile(r"\d{5,}")
+
+
+def _kept(value: Any, depth: int = 0) -> Any:
+    if depth > 4:
+        return None
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            name = str(key)
+            wanted = name in _ANSWER_FIELDS or name == "id" or name.endswith("_id")
+            if wanted and (isinstance(item, str | int | float | bool) or item is None):
+                out[name] = item if not isinstance(item, str) else item[:200]
+                continue
+            kept = _kept(item, depth + 1) if isinstance(item, dict | list) else None
+            if kept:
+                out[name] = kept
+        return out or None
+    if isinstance(value, list):
+        items = [k for k in (_kept(v, depth + 1) for v in value[:10]) if k]
+        return items or None
+    return None
+
+
+def answer_excerpt(text: str | None) -> str | None:
+    """An answer as a trace keeps it: for JSON, its error fields and ids only; for anything
+    else, a short start with emails and long digit runs masked."""
+    if not text:
+        return None
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        short = _DIGITS.sub("<digits>", _EMAIL.sub("<email>", text[: NON_JSON_CHARS * 2]))
+        return excerpt(short[:NON_JSON_CHARS] + ("…" if len(text) > NON_JSON_CHARS else ""))
+    kept = _kept(data)
+    return excerpt(orjson.dumps(kept).decode()) if kept else "(JSON without error fields or ids)"
+
+
 class Recorder:
     """Trace records and overview counts of one task (worker) or one process (web), written by
     :meth:`flush` in one pipeline.  Thread- and greenlet-safe (a task delivers concurrently)."""
 
-    def __init__(self, keys: Keys, options: TraceOptions | None = None) -> None:
+    def __init__(
+        self, keys: Keys, options: TraceOptions | None = None, connection: str | None = None
+    ) -> None:
+        """``connection``: the connection of records whose call names none (a worker's task
+        context is one connection's); without one, such records are not kept."""
         self.keys = keys
         self.options = options or TraceOptions()
+        self.connection = connection
         self._lock = threading.Lock()
-        self._head: list[tuple[str, bytes]] = []
-        self._steps: list[tuple[str, bytes]] = []
+        self._head: list[tuple[Traced, bytes]] = []
+        self._steps: list[tuple[Traced, bytes]] = []
         self._counts: dict[tuple[str, str], int] = {}
         self._samples: list[tuple[str, str, str]] = []  # (connection, field, event id)
-        self._delivered: dict[str, str] = {}  # event id -> connection: sampling candidates
+        self._delivered: set[Traced] = set()  # sampling candidates
         self._refused = 0  # refused events traced since the last write
-        self._refused_ids: set[str] = set()  # ... their ids (kept REFUSED_KEEP_SECONDS only)
+        self._refused_ids: set[Traced] = set()  # ... theirs (kept REFUSED_KEEP_SECONDS only)
         self._last_flush = time.monotonic()
         self._flusher_pid: int | None = None
 
     # --- recording ------------------------------------------------------------------------
 
     def _record(
-        self, section: list[tuple[str, bytes]], ids: Iterable[Any], kind: str, fields: dict[str, Any]
+        self,
+        section: list[tuple[Traced, bytes]],
+        ids: Iterable[Any],
+        kind: str,
+        fields: dict[str, Any],
+        connection: str | None = None,
     ) -> None:
-        if self.options.retention_seconds <= 0:
+        connection = connection or self.connection
+        if self.options.retention_seconds <= 0 or not connection:
             return
         record = {
             "t": round(time.time(), 3),
@@ -113,7 +188,7 @@ class Recorder:
         data = orjson.dumps(record)
         clean = [i for i in (_clean_id(x) for x in ids) if i is not None]
         with self._lock:
-            section.extend((i, data) for i in dict.fromkeys(clean))
+            section.extend(((connection, i), data) for i in dict.fromkeys(clean))
 
     def count(
         self, connection: str, kind: str, reason: str | None = None, n: int = 1, sample: Any = None
@@ -133,6 +208,7 @@ class Recorder:
             [event_id],
             "received",
             {"connection": connection, "direction": direction, "door": door, "at": at},
+            connection,
         )
 
     def rejected(self, event_id: Any, *, connection: str, direction: str, door: str, code: str) -> None:
@@ -142,12 +218,13 @@ class Recorder:
             if self._refused >= MAX_REFUSED_PER_FLUSH:
                 return
             self._refused += 1
-            self._refused_ids.add(str(_clean_id(event_id)))
+            self._refused_ids.add((connection, str(_clean_id(event_id))))
         self._record(
             self._head,
             [event_id],
             "received",
             {"connection": connection, "direction": direction, "door": door, "rejected": code},
+            connection,
         )
         self.sample(connection, overview.REJECTED, code, event_id)
 
@@ -160,6 +237,7 @@ class Recorder:
                 self._samples.append((connection, overview.field(kind, reason), sample_id))
 
     def mapping(self, event_id: Any, **fields: Any) -> None:
+        """Of the recorder's connection (a worker's task)."""
         self._record(self._head, [event_id], "mapping", fields)
 
     def attempt(
@@ -172,6 +250,7 @@ class Recorder:
         latency_ms: int,
         answer: str | None = None,
         error: str | None = None,
+        connection: str | None = None,
     ) -> None:
         self._record(
             self._steps,
@@ -182,13 +261,14 @@ class Recorder:
                 "path": path,
                 "status": status,
                 "latency_ms": latency_ms,
-                "answer": excerpt(answer),
+                "answer": answer_excerpt(answer),
                 "error": excerpt(error),
             },
+            connection,
         )
 
     def wait(self, ids: Sequence[Any], *, connection: str, reason: str, until: float) -> None:
-        self._record(self._steps, ids, "wait", {"reason": reason, "until": round(until, 3)})
+        self._record(self._steps, ids, "wait", {"reason": reason, "until": round(until, 3)}, connection)
         if reason == "throttled":
             self.count(connection, overview.WAITING_QUOTA, n=len(ids) or 1)
 
@@ -209,6 +289,7 @@ class Recorder:
             clean,
             "outcome",
             {"outcome": outcome, "reason": reason, "status": status, "error": excerpt(error)},
+            connection,
         )
         # A failure is counted once (its first id is the sample); a delivery once per event it
         # carried (a coalesced call delivers several).
@@ -218,8 +299,7 @@ class Recorder:
             self.count(connection, outcome, reason, sample=clean[0] if clean else None)
         if outcome == overview.DELIVERED:
             with self._lock:
-                for event_id in clean:
-                    self._delivered.setdefault(event_id, connection)
+                self._delivered.update((connection, event_id) for event_id in clean)
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -231,7 +311,7 @@ class Recorder:
             steps, self._steps = self._steps, []
             counts, self._counts = self._counts, {}
             samples, self._samples = self._samples, []
-            delivered, self._delivered = self._delivered, {}
+            delivered, self._delivered = self._delivered, set()
             self._refused = 0
             refused, self._refused_ids = self._refused_ids, set()
             self._last_flush = time.monotonic()
@@ -242,11 +322,11 @@ class Recorder:
         except redis.RedisError as exc:
             log.warning("trace records not written", extra={"error": str(exc)[:200]})
 
-    def _dropped(self, client: redis.Redis, delivered: dict[str, str], now: float) -> set[str]:
+    def _dropped(self, client: redis.Redis, delivered: set[Traced], now: float) -> set[Traced]:
         bound = self.options.sample_above_per_minute
         if not delivered or bound <= 0:
             return set()
-        connections = sorted(set(delivered.values()))
+        connections = sorted({cid for cid, _ in delivered})
         minute = overview.minute_of(now)
         pipe = client.pipeline(transaction=False)
         for cid in connections:
@@ -257,37 +337,44 @@ class Recorder:
             cid: keep_one_in(max(int(values[2 * i] or 0), int(values[2 * i + 1] or 0)), bound)
             for i, cid in enumerate(connections)
         }
-        return {eid for eid, cid in delivered.items() if not sampled(eid, one_in[cid])}
+        return {(cid, eid) for cid, eid in delivered if not sampled(eid, one_in[cid])}
 
     def _write(
         self,
         client: redis.Redis,
-        head: list[tuple[str, bytes]],
-        steps: list[tuple[str, bytes]],
+        head: list[tuple[Traced, bytes]],
+        steps: list[tuple[Traced, bytes]],
         counts: dict[tuple[str, str], int],
         samples: list[tuple[str, str, str]],
-        delivered: dict[str, str],
-        refused: Set[str] = frozenset(),
+        delivered: set[Traced],
+        refused: Set[Traced] = frozenset(),
     ) -> None:
         now = time.time()
         dropped = self._dropped(client, delivered, now)
         ttl = max(1, self.options.retention_seconds)
         pipe = client.pipeline(transaction=False)
+        indexed: dict[Traced, int] = {}
         for section, key_of, trim in (
             (head, self.keys.trace_head, (0, MAX_HEAD - 1)),
             (steps, self.keys.trace_steps, (-MAX_STEPS, -1)),
         ):
-            grouped: dict[str, list[bytes]] = {}
-            for event_id, data in section:
-                if event_id not in dropped:
-                    grouped.setdefault(event_id, []).append(data)
-            for event_id, records in grouped.items():
-                key = key_of(event_id)
+            grouped: dict[Traced, list[bytes]] = {}
+            for traced, data in section:
+                if traced not in dropped:
+                    grouped.setdefault(traced, []).append(data)
+            for traced, records in grouped.items():
+                key = key_of(*traced)
+                keep = min(ttl, REFUSED_KEEP_SECONDS) if traced in refused else ttl
                 pipe.rpush(key, *records)
                 pipe.ltrim(key, *trim)
-                pipe.expire(key, min(ttl, REFUSED_KEEP_SECONDS) if event_id in refused else ttl)
-        for event_id in dropped:  # delivered and not sampled: what earlier tasks wrote goes too
-            pipe.delete(self.keys.trace_head(event_id), self.keys.trace_steps(event_id))
+                pipe.expire(key, keep)
+                indexed[traced] = max(indexed.get(traced, 0), keep)
+        for (cid, event_id), keep in indexed.items():
+            # The index lives as long as the longest trace it names (a refused event's hour
+            # must not cut short another connection's day).
+            pipe.eval(_INDEX_LUA, 1, self.keys.trace_index(event_id), cid, keep)
+        for cid, event_id in dropped:  # delivered and not sampled: what earlier tasks wrote goes too
+            pipe.delete(self.keys.trace_head(cid, event_id), self.keys.trace_steps(cid, event_id))
         minute, hour = overview.minute_of(now), overview.hour_of(now)
         touched: set[str] = set()
         for (cid, name), n in counts.items():
@@ -329,16 +416,40 @@ class Recorder:
 # --- reading ---------------------------------------------------------------------------------
 
 
-def read(client: redis.Redis, keys: Keys, event_id: str) -> list[dict[str, Any]]:
-    """The event's records, oldest first (empty: unknown, expired, or sampled out)."""
+def read(client: redis.Redis, keys: Keys, connection: str, event_id: str) -> list[dict[str, Any]]:
+    """The records of ``event_id`` on ``connection``, oldest first (empty: unknown, expired, or
+    sampled out)."""
+    return find(client, keys, event_id, connection).get(connection, [])
+
+
+def find(
+    client: redis.Redis, keys: Keys, event_id: str, connection: str | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Every connection's trace of ``event_id`` (only ``connection``'s when given), each oldest
+    first; connections without records are left out."""
     clean = _clean_id(event_id) or ""
+    if connection is not None:
+        connections = [connection]
+    else:
+        connections = sorted(_text(c) for c in client.smembers(keys.trace_index(clean)))
+    if not connections:
+        return {}
     pipe = client.pipeline(transaction=False)
-    pipe.lrange(keys.trace_head(clean), 0, -1)
-    pipe.lrange(keys.trace_steps(clean), 0, -1)
-    head, steps = pipe.execute()
-    records = [orjson.loads(raw) for raw in [*head, *steps]]
-    records.sort(key=lambda r: float(r.get("t") or 0))
-    return records
+    for cid in connections:
+        pipe.lrange(keys.trace_head(cid, clean), 0, -1)
+        pipe.lrange(keys.trace_steps(cid, clean), 0, -1)
+    results = pipe.execute()
+    found: dict[str, list[dict[str, Any]]] = {}
+    for index, cid in enumerate(connections):
+        records = [orjson.loads(raw) for raw in [*results[2 * index], *results[2 * index + 1]]]
+        if records:
+            records.sort(key=lambda r: float(r.get("t") or 0))
+            found[cid] = records
+    return found
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def summary(event_id: str, records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -239,6 +239,12 @@ def _sandbox(plan: Plan, python: str, web: str) -> None:
         f"fake_voucherify: {python} -m sandbox.fake_voucherify --port {vf_port} --name sandbox"
     )
     plan.procfile.append(f"fake_segment: {python} -m sandbox.fake_segment --port {seg_port}")
+    # The sandbox's web answers this machine only: its status page opens without a token and its
+    # credentials are published (gunicorn's command line wins over gunicorn.conf.py's bind).
+    plan.procfile = [
+        f"{line} --bind 127.0.0.1:{env['PORT']}" if line.startswith("web:") else line
+        for line in plan.procfile
+    ]
     plan.notes += [
         "No connection configured: running the SANDBOX (fake Voucherify and fake Segment on loopback).",
         "",

@@ -42,7 +42,7 @@ def scheduler(interval: float | None) -> None:
     )
     keys = Keys(settings.key_prefix)
     click.echo(f"scheduler: redis {redact_url(url)}, prefix {keys.prefix!r}", err=True)
-    app = create_celery(url, settings.redis_tls_verify, settings.broker)
+    app = create_celery(url, settings.redis_tls_verify, settings.broker, settings.key_prefix)
     runner = Scheduler(client, keys, publisher(app), config, connections=connection_queues(settings))
     runner.duties.append(pause_prober(settings, client, keys))
     runner.install_signal_handlers()

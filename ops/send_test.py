@@ -70,7 +70,11 @@ def enqueue_sample(settings: Settings, connection: Connection, *, user_id: str, 
     keys = Keys(settings.key_prefix)
     try:
         Enqueuer(
-            create_celery(settings.redis_url, settings.redis_tls_verify, settings.broker), client, keys
+            create_celery(
+                settings.redis_url, settings.redis_tls_verify, settings.broker, settings.key_prefix
+            ),
+            client,
+            keys,
         ).segment_events(connection, result.encoded, result.shared, result.stored_bytes)
     except ApiError as exc:
         raise click.ClickException(f"could not enqueue: {exc.code}: {exc.message}") from None

@@ -16,22 +16,41 @@ from ops.common import print_json, redis_client
 
 @click.command("trace")
 @click.argument("event_id")
+@click.option("--connection", default=None, help="only this connection's trace of the id")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def trace_command(event_id: str, as_json: bool) -> None:
+def trace_command(event_id: str, connection: str | None, as_json: bool) -> None:
     """The journey of one event: a Segment messageId or a Voucherify event id.
 
     Received (when, which door, which connection), mapping (subscriptions matched and not),
     each attempt (method, path, status, latency, an excerpt of the answer), waits (quota,
     retries, until when) and the outcome.  Kept TRACE_RETENTION_HOURS (default 24); under heavy
     load only a share of delivered events keep theirs, failures and skips always do.
+
+    Traces are kept per connection (ids are the clients'): an id found on several connections
+    is listed once per connection; --connection picks one.
     """
     try:
-        records = trace.read(redis_client(), Keys(config.key_prefix()), event_id)
+        found = trace.find(redis_client(), Keys(config.key_prefix()), event_id, connection)
     except redis.RedisError as exc:
         raise click.ClickException(f"Redis: {type(exc).__name__}: {exc}") from None
     if as_json:
-        print_json(trace.summary(event_id, records))
+        if len(found) <= 1:
+            print_json(trace.summary(event_id, next(iter(found.values()), [])))
+        else:
+            print_json(
+                {
+                    "id": event_id,
+                    "found": True,
+                    "connections": list(found),
+                    "traces": [trace.summary(event_id, records) for records in found.values()],
+                }
+            )
+    elif not found:
+        click.echo(trace.render(event_id, []), nl=False)
     else:
-        click.echo(trace.render(event_id, records), nl=False)
-    if not records:
+        if len(found) > 1:
+            click.echo(f"{event_id!r} has traces on {len(found)} connections: {', '.join(found)}")
+        for records in found.values():
+            click.echo(trace.render(event_id, records), nl=False)
+    if not found:
         raise SystemExit(1)

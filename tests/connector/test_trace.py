@@ -20,7 +20,7 @@ def client_of(url: str) -> redis.Redis:
 
 def test_a_journey_is_read_back_in_order_with_its_ttl(redis_url: str) -> None:
     client = client_of(redis_url)
-    rec = trace.Recorder(KEYS, TraceOptions(retention_hours=2))
+    rec = trace.Recorder(KEYS, TraceOptions(retention_hours=2), connection="c1")
     rec.received(
         "m-1", connection="c1", direction="segment_to_voucherify", door="tracking_api", at=time.time()
     )
@@ -32,7 +32,7 @@ def test_a_journey_is_read_back_in_order_with_its_ttl(redis_url: str) -> None:
     rec.outcome(["m-1"], connection="c1", outcome="delivered", status=200)
     rec.flush(client)
 
-    records = trace.read(client, KEYS, "m-1")
+    records = trace.read(client, KEYS, "c1", "m-1")
     assert [r["kind"] for r in records] == [
         "received",
         "mapping",
@@ -43,14 +43,15 @@ def test_a_journey_is_read_back_in_order_with_its_ttl(redis_url: str) -> None:
         "outcome",
     ]
     assert len(records[2]["answer"]) <= trace.EXCERPT_CHARS + 1  # cut, never the whole answer
-    assert 0 < client.ttl(KEYS.trace_steps("m-1")) <= 2 * 3600
-    assert 0 < client.ttl(KEYS.trace_head("m-1")) <= 2 * 3600
+    assert 0 < client.ttl(KEYS.trace_steps("c1", "m-1")) <= 2 * 3600
+    assert 0 < client.ttl(KEYS.trace_head("c1", "m-1")) <= 2 * 3600
     info = trace.summary("m-1", records)
     assert (info["outcome"], info["connection"]) == ("delivered", "c1")
     text = trace.render("m-1", records)
     assert "PUT /v1/customers/u1 -> 503" in text and "PUT /v1/customers/u1 -> 200" in text
     assert "not matched: track (trigger did not match)" in text
-    assert trace.read(client, KEYS, "unknown-id") == []
+    assert trace.read(client, KEYS, "c1", "unknown-id") == []
+    assert trace.find(client, KEYS, "unknown-id") == {}
 
 
 def test_entries_per_id_are_capped_keeping_the_start_and_the_end(redis_url: str) -> None:
@@ -61,8 +62,8 @@ def test_entries_per_id_are_capped_keeping_the_start_and_the_end(redis_url: str)
         rec.wait(["busy"], connection="c1", reason="throttled", until=float(i))
     rec.outcome(["busy"], connection="c1", outcome="dead_letter", reason="retry_window_exceeded")
     rec.flush(client)
-    assert client.llen(KEYS.trace_steps("busy")) == trace.MAX_STEPS
-    records = trace.read(client, KEYS, "busy")
+    assert client.llen(KEYS.trace_steps("c1", "busy")) == trace.MAX_STEPS
+    records = trace.read(client, KEYS, "c1", "busy")
     assert records[0]["kind"] == "received"  # the head survives the many waits
     assert records[-1]["outcome"] == "dead_letter"
 
@@ -81,21 +82,22 @@ def test_under_load_delivered_traces_are_sampled_failures_and_skips_always_kept(
         rec.outcome([f"dead-{i}"], connection="busy", outcome="dead_letter", reason="rejected", status=422)
         rec.outcome([f"skip-{i}"], connection="busy", outcome="skipped", reason="stale")
     rec.flush(client)
-    kept = sum(1 for i in range(500) if client.exists(KEYS.trace_steps(f"ok-{i}")))
+    kept = sum(1 for i in range(500) if client.exists(KEYS.trace_steps("busy", f"ok-{i}")))
     assert 20 <= kept <= 90, kept  # ~50 expected: 1 in 10, by a hash of the id
-    assert all(client.exists(KEYS.trace_steps(f"dead-{i}")) for i in range(50))
-    assert all(client.exists(KEYS.trace_head(f"dead-{i}")) for i in range(50))
-    assert all(client.exists(KEYS.trace_steps(f"skip-{i}")) for i in range(50))
+    assert all(client.exists(KEYS.trace_steps("busy", f"dead-{i}")) for i in range(50))
+    assert all(client.exists(KEYS.trace_head("busy", f"dead-{i}")) for i in range(50))
+    assert all(client.exists(KEYS.trace_steps("busy", f"skip-{i}")) for i in range(50))
     # The same ids are kept whichever process decides (a hash, not a draw).
     assert all(
-        trace.sampled(f"ok-{i}", 10) == bool(client.exists(KEYS.trace_steps(f"ok-{i}"))) for i in range(500)
+        trace.sampled(f"ok-{i}", 10) == bool(client.exists(KEYS.trace_steps("busy", f"ok-{i}")))
+        for i in range(500)
     )
     # A quiet connection keeps every delivered trace.
     quiet = trace.Recorder(KEYS, options)
     for i in range(100):
         quiet.outcome([f"calm-{i}"], connection="quiet", outcome="delivered", status=200)
     quiet.flush(client)
-    assert all(client.exists(KEYS.trace_steps(f"calm-{i}")) for i in range(100))
+    assert all(client.exists(KEYS.trace_steps("quiet", f"calm-{i}")) for i in range(100))
 
 
 def test_keep_one_in() -> None:
@@ -121,11 +123,13 @@ def test_refused_events_traced_are_bounded_per_write(redis_url: str) -> None:
                 code="missing_identity",
             )
         rec.flush(client)
-    kept = [k for k in client.scan_iter(KEYS.trace_head("hostile-*"), count=1000)]
+    kept = [k for k in client.scan_iter(KEYS.trace_head("c", "hostile-*"), count=1000)]
     assert len(kept) == 2 * trace.MAX_REFUSED_PER_FLUSH
-    assert trace.read(client, KEYS, "hostile-1-0")  # each period starts afresh
-    assert 0 < client.ttl(KEYS.trace_head("hostile-1-0")) <= trace.REFUSED_KEEP_SECONDS  # an hour, not a day
-    assert not trace.read(client, KEYS, f"hostile-1-{trace.MAX_REFUSED_PER_FLUSH}")
+    assert trace.read(client, KEYS, "c", "hostile-1-0")  # each period starts afresh
+    assert (
+        0 < client.ttl(KEYS.trace_head("c", "hostile-1-0")) <= trace.REFUSED_KEEP_SECONDS
+    )  # an hour, not a day
+    assert not trace.read(client, KEYS, "c", f"hostile-1-{trace.MAX_REFUSED_PER_FLUSH}")
     client.delete(*kept)
 
 
@@ -134,7 +138,7 @@ def test_retention_zero_keeps_no_trace_but_counts(redis_url: str) -> None:
     rec = trace.Recorder(KEYS, TraceOptions(retention_hours=0))
     rec.outcome(["x"], connection="c", outcome="dead_letter", reason="rejected")
     rec.flush(client)
-    assert trace.read(client, KEYS, "x") == []
+    assert trace.read(client, KEYS, "c", "x") == []
     assert overview.read(client, KEYS, ["c"])["c"]["last_hour"]["dead_letter"] == {"rejected": 1}
 
 
@@ -176,3 +180,53 @@ def test_a_redis_error_never_escapes_a_flush() -> None:
     rec = trace.Recorder(KEYS)
     rec.outcome(["x"], connection="c", outcome="dead_letter", reason="rejected")
     rec.flush(redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2))  # nothing listens
+
+
+def test_a_connection_reusing_another_connections_ids_cannot_touch_its_trace(redis_url: str) -> None:
+    # Ids are the clients' own: "victim"'s event id, reused by "hostile"'s client (refused
+    # events, many attempts), must neither push out nor overwrite the victim's records.
+    client = client_of(redis_url)
+    victim = trace.Recorder(KEYS, TraceOptions(retention_hours=24), connection="victim")
+    victim.received("shared-1", connection="victim", direction="d", door="tracking_api", at=None)
+    victim.attempt(["shared-1"], method="PUT", path="/v1/customers/u1", status=200, latency_ms=3)
+    victim.outcome(["shared-1"], connection="victim", outcome="delivered", status=200)
+    victim.flush(client)
+    hostile = trace.Recorder(KEYS, TraceOptions(retention_hours=24), connection="hostile")
+    for _ in range(trace.MAX_HEAD + 2):
+        hostile.rejected("shared-1", connection="hostile", direction="d", door="tracking_api", code="x")
+        hostile.flush(client)
+    for _ in range(trace.MAX_STEPS + 5):
+        hostile.wait(["shared-1"], connection="hostile", reason="throttled", until=1.0)
+    hostile.flush(client)
+
+    mine = trace.read(client, KEYS, "victim", "shared-1")
+    assert [r["kind"] for r in mine] == ["received", "attempt", "outcome"]
+    assert mine[0]["connection"] == "victim"
+    found = trace.find(client, KEYS, "shared-1")
+    assert sorted(found) == ["hostile", "victim"]  # `connector trace ID` lists each
+    assert trace.find(client, KEYS, "shared-1", "victim") == {"victim": mine}
+    # The index lives as long as the longest trace it names (not the refused hour).
+    assert client.ttl(KEYS.trace_index("shared-1")) > trace.REFUSED_KEEP_SECONDS
+
+
+def test_answer_excerpts_keep_error_fields_and_ids_never_customer_data() -> None:
+    answer = (
+        '{"id": "cust_1", "source_id": "u1", "name": "Ada Lovelace", "email": "ada@example.com",'
+        ' "metadata": {"phone": "+44 20 7946 0958"}, "address": {"city": "London"},'
+        ' "code": 400, "key": "invalid_customer", "message": "Invalid customer",'
+        ' "details": "email is malformed", "request_id": "v-0a1b"}'
+    )
+    kept = trace.answer_excerpt(answer)
+    assert kept is not None
+    for private in ("Ada", "ada@example.com", "7946", "London"):
+        assert private not in kept
+    for public in ("cust_1", "u1", "invalid_customer", "Invalid customer", "v-0a1b", "400"):
+        assert public in kept
+    text = trace.answer_excerpt("<html>Gateway error for ada@example.com card 4111111111111111 " + "x" * 500)
+    assert text is not None and len(text) <= trace.NON_JSON_CHARS + 1
+    assert "ada@example.com" not in text and "4111111111111111" not in text
+    # Through the recorder: what is stored is the excerpt.
+    rec = trace.Recorder(KEYS, connection="c1")
+    rec.attempt(["m"], method="PUT", path="/v1/customers/u1", status=200, latency_ms=1, answer=answer)
+    [(_, data)] = rec._steps
+    assert b"Ada" not in data and b"cust_1" in data

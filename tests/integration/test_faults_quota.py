@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from tests.conftest import make_stack
 from tests.support.fakes import FakeVoucherify
@@ -36,7 +35,7 @@ from tests.support.faultkit import (
     track,
     write_connections,
 )
-from tests.support.processes import BIN, ROOT, wait_until
+from tests.support.processes import BIN, METRICS_TOKEN, ROOT, wait_until
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["tests.support.private_redis"]  # the private_redis fixture
@@ -73,7 +72,7 @@ def test_several_workers_keep_the_budget_and_nothing_is_lost(
     limit, usable, events = 240, 120, 400
     voucherify.set_quota(api_calls_per_minute=limit, period_scale=SCALE)
     config = write_connections(tmp_path, voucherify, quota=f"api_calls_per_minute = {limit}\n")
-    env = {**FAST_ENV, "CONNECTOR_QUOTA_PERIOD_SCALE": str(SCALE)}
+    env = {**FAST_ENV, "CONNECTOR_QUOTA_PERIOD_SCALE": str(SCALE), "METRICS_TOKEN": METRICS_TOKEN}
     stack = make_stack(stack_factory, tmp_path, private_redis, config, **env)
     stack.web()
     workers = [stack.worker(name, concurrency=8) for name in ("w1", "w2", "w3")]
@@ -113,7 +112,7 @@ def test_several_workers_keep_the_budget_and_nothing_is_lost(
     assert budgets["api_calls_minute"]["limit"] == usable and budgets["api_calls_minute"]["reserve"] == usable
     assert forecast["live"]["rest"]["limit"] == limit
     assert forecast["backlog"] == 0 and forecast["drain_seconds"] == 0.0
-    text = requests.get(stack.web_url + "/metrics", timeout=5).text
+    text = stack.metrics().text
     assert f'connector_quota_limit{{budget="api_calls_minute",connection="acme"}} {usable}.0' in text
     assert 'connector_calls_per_event{connection="acme"} 1.0' in text
 

@@ -21,7 +21,7 @@ from segment.analytics.client import Client
 
 from tests.conftest import make_stack
 from tests.support.fakes import FakeVoucherify
-from tests.support.processes import wait_until
+from tests.support.processes import METRICS_TOKEN, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +29,7 @@ APP_ID = "fid-app-id-1"
 SECRET = "fid-secret-key-123"
 SPECIAL = 'Tom & Jerry\'s <Cafe> "x" = / `'
 FAST = {
+    "METRICS_TOKEN": METRICS_TOKEN,  # the per-connection series of /metrics
     "CONNECTOR_RETRY_BASE_SECONDS": "0.5",
     "CONNECTOR_RETRY_CAP_SECONDS": "2",
     "CONNECTOR_SCHEDULER_INTERVAL": "0.2",
@@ -196,7 +197,7 @@ def test_metadata_schema_filters_and_refreshes_after_a_metadata_400(
     assert customer["metadata"] == {"plan": "pro"}
     assert redis_lib.Redis.from_url(redis_url).zcard("connector:dlq") == 0
 
-    metrics = requests.get(stack.web_url + "/metrics", timeout=10).text
+    metrics = stack.metrics().text
     line = next(
         x
         for x in metrics.splitlines()

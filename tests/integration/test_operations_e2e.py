@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import make_stack
 from tests.support.fakes import FakeVoucherify
-from tests.support.processes import BIN, ROOT, Stack, wait_until
+from tests.support.processes import BIN, METRICS_TOKEN, ROOT, Stack, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +29,7 @@ WRITE_KEY = "wk_ops_metrics_write_key"
 APP_ID = "ops-app-id"
 SECRET = "ops-vf-secret-key-7f3a"
 FAST = {
+    "METRICS_TOKEN": METRICS_TOKEN,  # the per-connection series of /metrics
     "CONNECTOR_RETRY_BASE_SECONDS": "0.3",
     "CONNECTOR_RETRY_CAP_SECONDS": "1",
     "CONNECTOR_SCHEDULER_INTERVAL": "0.2",
@@ -56,7 +57,7 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def scrape(stack: Stack) -> Samples:
-    response = requests.get(stack.web_url + "/metrics", timeout=5)
+    response = stack.metrics()
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/plain")
     samples: Samples = {}

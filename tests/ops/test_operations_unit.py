@@ -48,19 +48,25 @@ def test_metrics_fall_back_to_the_process_registry_and_count_ingest(
     path = tmp_path / "c.toml"
     path.write_text(TOML)
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    env = {"CONNECTIONS_FILE": str(path), "REDIS_URL": redis_db_url, "STATUS_TOKEN": "unit-status-token-0123"}
+    env = {
+        "CONNECTIONS_FILE": str(path),
+        "REDIS_URL": redis_db_url,
+        "STATUS_TOKEN": "unit-status-token-0123",
+        "METRICS_TOKEN": "unit-metrics-token-0123",  # the per-connection series
+    }
     with caplog.at_level(logging.WARNING, logger="connector.web"):
         app = create_app(load_settings(env))
     assert "PROMETHEUS_MULTIPROC_DIR is not set" in caplog.text
     web = app.test_client()
-    before = web.get("/metrics").text
+    scrape = {"Authorization": "Bearer unit-metrics-token-0123"}
+    before = web.get("/metrics", headers=scrape).text
     auth = {"Authorization": "Basic d2tfdW5pdF9vcGVyYXRpb25zOg=="}  # wk_unit_operations:
     batch = {"batch": [{"type": "track", "userId": "u", "event": "E"}, {"type": "track", "event": "E"}]}
     assert web.post("/v1/batch", json=batch, headers=auth).status_code == 200
     assert web.post("/v1/track", json={"event": "no identity"}, headers=auth).status_code == 400
     assert web.post("/v1/track", data=b"{not json", headers=auth).status_code == 400
-    assert web.post("/webhooks/segment/nope", json={}).status_code == 404
-    after = web.get("/metrics")
+    assert web.post("/webhooks/segment/nope", json={}).status_code == 401  # as a known id would
+    after = web.get("/metrics", headers=scrape)
     assert after.status_code == 200 and after.content_type.startswith("text/plain")
     labels = {"connection": "unit", "direction": DESTINATION}
     name = "connector_events_received_total"
@@ -76,7 +82,7 @@ def test_metrics_fall_back_to_the_process_registry_and_count_ingest(
             - _value(before, rejected, reason=reason, **labels)
             == count
         ), reason
-    assert _value(after.text, rejected, connection="unknown", reason="unknown_connection") >= 1
+    assert _value(after.text, rejected, connection="unknown", reason="invalid_signature") >= 1
     assert _value(after.text, "connector_queue_depth", queue="voucherify.us1") >= 1
     assert "unit-secret-key-1" not in after.text and "wk_unit_operations" not in after.text
     token = {"Authorization": "Bearer unit-status-token-0123"}

@@ -26,6 +26,10 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
+# For stacks whose tests read the per-connection series of /metrics.
+METRICS_TOKEN = "metrics-token-for-integration-tests"
+
+
 def base_env(redis_url: str, connections_file: Path | None = None, **extra: str) -> dict[str, str]:
     env = {
         k: v
@@ -200,6 +204,13 @@ class Stack:
         wait_until(lambda: "ready" in proc.log() or not proc.alive(), timeout=30, what=f"celery {name} ready")
         assert proc.alive(), proc.log()
         return proc
+
+    def metrics(self) -> requests.Response:
+        """``GET /metrics``, with the stack's METRICS_TOKEN when it has one (without it the
+        answer names no connection: totals only)."""
+        token = self.env.get("METRICS_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return requests.get(self.web_url + "/metrics", headers=headers, timeout=10)
 
     def scheduler(self, **extra: str) -> Proc:
         return self.add("scheduler", [str(BIN / "connector"), "scheduler"], {**self.env, **extra})

@@ -51,7 +51,8 @@ class Context:
         self.ledger = Ledger(self.client, self.keys, self.connection_id)
         self.stale = StaleGuard(self.client, self.keys, self.connection_id)
         self.dead_letters = DeadLetters(self.client, self.keys)
-        self.trace = Recorder(self.keys, self.trace_options)
+        # Records that name no connection (mappings, attempts) are this task's connection's.
+        self.trace = Recorder(self.keys, self.trace_options, connection=self.connection_id)
 
     # The target's data, as the delivery code reads it.
     @property

@@ -359,8 +359,11 @@ def test_backlog_bounds_bytes_as_well_as_events(client: redis.Redis, keys: Keys)
 
 
 def test_backlog_reconcile_resets_drift_only_when_idle_and_unchanged(client: redis.Redis, keys: Keys) -> None:
-    queue = f"{keys.prefix}voucherify.eu"
-    connections = [("acme", [queue]), ("busy", [queue])]
+    # Broker queue names as the settings know them; the reconciler reads them under the
+    # deployment's broker prefix (this test's prefix is not the default one).
+    connections = [("acme", ["voucherify.eu"]), ("busy", ["voucherify.eu"])]
+    queue = keys.broker_queue("voucherify.eu")
+    assert queue == f"{keys.prefix}voucherify.eu"
     # "acme" drifted up (a web process died between reserve and publish): nothing holds its work.
     assert backlog.reserve(client, "acme", 3, 100, stored_bytes=300, keys=keys)
     assert backlog.reconcile(client, connections, interval=0.2, keys=keys) == []  # first look
