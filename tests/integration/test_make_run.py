@@ -28,7 +28,7 @@ from ops import run as make_run
 from ops import runfile
 from ops.embedded import free_port, port_free, redis_answers
 from tests.support import secrets
-from tests.support.faultkit import connector_cli
+from tests.support.faultkit import connector_cli, idem_key, message_id_of
 from tests.support.processes import BIN, ROOT, Proc, base_env, wait_until
 
 SANDBOX_SECRETS = [value for key, value in make_run.SANDBOX.items() if key != "write_key"]
@@ -319,3 +319,54 @@ def test_dotenv_is_read_as_honcho_reads_it_and_the_shell_wins(tmp_path: Path) ->
     assert env["PORT"] == "8001"  # the shell's
     assert env["INGEST_WRITE_KEYS"] == "wk_a,wk_b" and env["LOG_LEVEL"] == "DEBUG"
     assert make_run.environment(tmp_path / "missing.env", {"A": "1"}) == {"A": "1"}
+
+
+@pytest.mark.integration
+def test_ctrl_c_with_calls_on_the_wire_then_a_restart_delivers_every_event(tmp_path: Path) -> None:
+    """Ctrl-C while the worker holds events and its calls are on the wire: the embedded Redis
+    keeps what the worker gave back (AOF), and the restarted sandbox delivers all of it."""
+    secrets.register(*SANDBOX_SECRETS)
+    ports = {name: free_port() for name in ("web", "redis", "fake_voucherify", "fake_segment")}
+    env = launcher_env(tmp_path / "run", ports)
+    web = f"http://127.0.0.1:{ports['web']}"
+    vf_url = f"http://127.0.0.1:{ports['fake_voucherify']}"
+
+    def delivered_by_the_fake() -> set[str]:
+        records = requests.get(vf_url + "/__fake/requests", timeout=2).json()
+        return {
+            message_id_of(idem_key(r))
+            for r in records
+            if r["path"] == "/v1/events" and 200 <= r["status"] < 300 and idem_key(r)
+        }
+
+    first = start("make-run-1", env, tmp_path)
+    try:
+        requests.post(vf_url + "/__fake/faults", json={"latency_ms": 5000}, timeout=5).raise_for_status()
+        ids = [f"ctrl-c-{i:03d}" for i in range(30)]
+        batch = [
+            {"type": "track", "userId": f"u-{i}", "event": "Order Completed", "messageId": m}
+            for i, m in enumerate(ids)
+        ]
+        answer = requests.post(
+            web + "/v1/batch", auth=(make_run.SANDBOX["write_key"], ""), json={"batch": batch}, timeout=10
+        )
+        assert answer.status_code == 200, answer.text
+        wait_until(lambda: "segment_events[" in first.log(), timeout=30, what="the worker took the batch")
+        time.sleep(1.0)  # its calls are on the wire (5 s each)
+        before = delivered_by_the_fake()  # answered before the Ctrl-C (none, at 5 s each)
+    finally:
+        rc = ctrl_c(first) if first.alive() else None
+    assert rc == 0, first.log()[-4000:]
+    assert "Traceback" not in first.log(), first.log()[-6000:]
+
+    second = start("make-run-2", env, tmp_path)
+    try:
+        wait_until(
+            lambda: before | delivered_by_the_fake() >= set(ids),
+            timeout=90,
+            interval=0.5,
+            what="every event delivered after the restart",
+        )
+    finally:
+        rc = ctrl_c(second) if second.alive() else None
+    assert rc == 0 and "Traceback" not in second.log(), second.log()[-4000:]

@@ -1,4 +1,4 @@
-"""A worker stopped the way platforms stop it, with real processes (SPEC 5 and 9; issue 18).
+"""Processes stopped the way platforms stop them, with real processes (SPEC 5 and 9).
 
 Heroku sends SIGTERM to every process of the dyno (its process group), then SIGKILL 30 s later;
 ``docker compose stop`` and Ctrl-C do the same in their own ways.  The worker here is started as
@@ -7,13 +7,16 @@ task budget and timeouts), so what it holds when the signal comes is what a real
 three tasks of 100 events, about 100 calls on the wire, the rest waiting for a send slot.
 
 Each test asserts: every accepted event delivered once (only calls cut off by the exit may be
-sent twice), nothing dead-lettered, the backlog counters back to zero, the worker gone in time.
+sent twice), nothing dead-lettered, the backlog counters back to zero, the process gone in time.
+The web and the scheduler are stopped the same way at the end; Ctrl-C of ``make run`` with work
+on the wire is in ``test_make_run``.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,7 +112,13 @@ def backlog_of_connection(redis_url: str) -> int:
         client.close()
 
 
-def all_delivered(fake: FakeVoucherify, sender: Sender, redis_url: str, timeout: float = 120) -> None:
+def all_delivered(
+    fake: FakeVoucherify,
+    sender: Sender,
+    redis_url: str,
+    timeout: float = 120,
+    answers: tuple[int, ...] = (200,),
+) -> None:
     try:
         wait_until(lambda: delivered_ids(fake) >= set(sender.accepted), timeout=timeout, interval=0.5)
     except AssertionError:
@@ -118,7 +127,7 @@ def all_delivered(fake: FakeVoucherify, sender: Sender, redis_url: str, timeout:
             f"{len(missing)} never delivered, e.g. {missing[:5]}; {broker_state(redis_url)}"
         ) from None
     wait_quiet(fake, seconds=float(STACK_ENV["CONNECTOR_VISIBILITY_TIMEOUT"]) + 2)
-    sender.assert_no_server_errors()
+    sender.assert_no_server_errors(answers)
     assert dead_letters(redis_url) == []
     # Every event finished released its backlog unit (a parked one is not counted twice).
     wait_until(lambda: backlog_of_connection(redis_url) == 0, timeout=30, what="the backlog back to zero")
@@ -221,3 +230,62 @@ def test_calls_longer_than_the_grace_are_cut_off_and_sent_again_once(
     explained, unexplained = double_deliveries(voucherify, [(sent, gone)])
     assert unexplained == [], unexplained[:10]
     assert len(explained) <= 100  # at most the calls on the wire (the worker's send slots)
+
+
+# ---------------------------------------------------------------------------------------------
+# The other processes of the Procfile
+
+
+def test_sigterm_to_the_web_while_clients_post_loses_no_accepted_event(
+    tmp_path: Path, private_redis: str, stack_factory: list, voucherify: FakeVoucherify
+) -> None:
+    """gunicorn's graceful stop: requests being read or answered finish; a 200 means the events
+    are in Redis, whatever comes after it."""
+    stack = start(stack_factory, tmp_path, private_redis, voucherify)
+    web = stack.procs[0]
+    stack.worker("worker", **PROCFILE_WORKER)
+    sender = Sender(stack.web_url)
+    stop = threading.Event()
+
+    def post_until_refused(prefix: str) -> None:
+        for n in range(10_000):
+            if (
+                stop.is_set()
+                or sender.batch([track(f"{prefix}-{n:05d}-{i}") for i in range(20)], timeout=30) != 200
+            ):
+                return
+
+    clients = [threading.Thread(target=post_until_refused, args=(f"web{c}",)) for c in range(4)]
+    for client in clients:
+        client.start()
+    wait_until(lambda: len(sender.accepted) >= 400, timeout=60, what="clients under way")
+    sent, gone = platform_stop(web)
+    stop.set()
+    for client in clients:
+        client.join(60)
+    assert gone - sent < HEROKU_KILL_AFTER
+    assert web.proc is not None and web.proc.returncode == 0, web.log()[-3000:]
+    assert sender.refused, "the clients never met the stopped web: nothing was tested"
+    # No 5xx: a request either completed (200) or found no server (a connection error).
+    assert set(sender.statuses) <= {200, -1}, sorted(set(sender.statuses))
+    all_delivered(voucherify, sender, private_redis, answers=(200, -1))
+
+
+def test_sigterm_to_the_scheduler_loses_no_parked_work(
+    tmp_path: Path, private_redis: str, stack_factory: list, voucherify: FakeVoucherify
+) -> None:
+    """The scheduler stops after its tick; what it had claimed but not published is due again
+    when its lease ends, and the next scheduler publishes it."""
+    voucherify.set_faults(path="/v1/events", statuses=[503] * 60)  # every event parked for retry
+    stack = start(stack_factory, tmp_path, private_redis, voucherify, CONNECTOR_SCHEDULER_LEASE_SECONDS="3")
+    stack.worker("worker", **PROCFILE_WORKER)
+    sender = send(stack, "sched", count=60)
+    wait_until(lambda: len(voucherify.requests(path="/v1/events")) >= 60, timeout=60, what="60 503s")
+    scheduler = next(p for p in stack.procs if p.name == "scheduler")
+    sent, gone = platform_stop(scheduler)
+    assert gone - sent < 5, "the scheduler stops after its tick"
+    assert scheduler.proc is not None and scheduler.proc.returncode == 0, scheduler.log()[-3000:]
+    assert "scheduler stopped" in scheduler.log()
+    stack.scheduler()
+    all_delivered(voucherify, sender, private_redis, timeout=60)
+    assert len(successes(voucherify)) == 60
