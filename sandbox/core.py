@@ -356,6 +356,9 @@ class FakeApp:
                     "pid": os.getpid(),
                     "requests": self.seq,
                     "uptime_s": round(time.time() - self.started, 3),
+                    # When this request was taken up (the records' clock): a probe of how far
+                    # behind the fake is on a loaded machine.
+                    "received_at": req.time,
                 },
             )
         if route == ("GET", "/__fake/requests"):

@@ -209,7 +209,7 @@ def account(
     faults: Iterable[tuple[float, float]] = (),
     *,
     before: float = 1.0,
-    after: float = 0.25,
+    after: float = 0.0,
 ) -> Account:
     """Every rule of the module doc, checked against what the fake received and stores."""
     problems: list[str] = []

@@ -33,7 +33,9 @@ not a sliding one: a counter per cycle (:func:`connector.quotas.cycle_window`).
 Grants for a whole burst at once (:class:`GrantPools`): a worker process asks for several grants
 in one round trip and spends them locally within ``LEASE_SECONDS``.  They are counted in the
 granule of the lease's END, so a grant used late in its lease is still counted for a whole
-window after its use; grants not used in time are handed back on the next round trip.
+window after its use; every grant path (one grant, a lease, a bulk call's) therefore counts the
+granules ahead of now as well, or it would miss what other processes leased there.  Grants not
+used in time are handed back on the next round trip.
 
 Adaptive slow-down: an :class:`Observation` may pause the budgets of a call (for the server's
 wait, or a few seconds) and halve them for a while (``slow`` key).
@@ -112,21 +114,32 @@ for i = 0, n - 1 do
     if (not has_slot) and hint > now then
       w = hint - now
     elseif gran > 0 then
+      -- Count every granule from the window's oldest on, those AHEAD of now included: a lease
+      -- (ours or another process's) is counted at its end, a granule ahead, and a call asking
+      -- for one grant must see it too.  Older granules are pruned, so the hash stays small.
       local first = math.floor((now - window) / gran)
       local last = math.floor((now + lease) / gran)
-      local names = {}
-      for b = first, last do names[#names + 1] = tostring(b) end
-      local values = redis.call('HMGET', key, unpack(names))
+      local counts = {}
       local used = 0
-      for j = 1, #values do used = used + (tonumber(values[j]) or 0) end
+      local all = redis.call('HGETALL', key)
+      for j = 1, #all, 2 do
+        local b = tonumber(all[j])
+        if b and b >= first then
+          local v = tonumber(all[j + 1]) or 0
+          counts[b] = v
+          used = used + v
+          if b > last then last = b end
+        end
+      end
       if used >= eff then
+        -- wait until enough of the oldest granules have left the window
         local need = used + 1 - eff
         local freed = 0
         w = (last + 1) * gran + window - now
-        for j = 1, #values do
-          freed = freed + (tonumber(values[j]) or 0)
+        for b = first, last do
+          freed = freed + (counts[b] or 0)
           if freed >= need then
-            w = (first + j) * gran + window - now
+            w = (b + 1) * gran + window - now
             break
           end
         end

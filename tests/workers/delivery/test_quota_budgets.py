@@ -78,6 +78,38 @@ def test_leased_grants_never_exceed_any_window_across_processes(client: redis.Re
     assert calls["granting"] < len(used) / 4  # bursts of grants per round trip
 
 
+def test_grants_leased_a_granule_ahead_are_counted_by_a_call_asking_for_one(
+    client: redis.Redis, keys: Keys
+) -> None:
+    # A window of 30 s has granules of 1 s, and a lease of 1 s is counted in the granule of its
+    # end: the NEXT one.  One process leases most of the budget; then calls asking for one grant
+    # each (no pool) take what is left, within the same second: never more than the limit.
+    budget = Budget(200, 30.0, "api_calls_minute")
+    taken_ahead = 120
+    for attempt in range(5):
+        sec, usec = client.time()
+        if usec > 300_000:  # start early in a second (Redis's clock: the granules' own)
+            time.sleep(1.0 - usec / 1e6 + 0.01)
+            sec, _ = client.time()
+        connection = f"acme{attempt}"
+        leasing = Budgets(client, keys, connection, GrantPools())
+        assert all(leasing.acquire((budget,), has_slot=True).granted for _ in range(taken_ahead))
+        counters = keys.ratelimit(connection, budget.name) + ":n"
+        ahead = sum(int(v) for f, v in client.hgetall(counters).items() if int(f) > sec)
+        single = Budgets(client, keys, connection)
+        more = 0
+        while more <= budget.limit and single.acquire((budget,), has_slot=True).granted:
+            more += 1
+        if client.time()[0] != sec:
+            continue  # the second turned: the next granule is now the current one, try again
+        assert ahead > taken_ahead / 2  # the premise: most grants were counted a granule ahead
+        assert taken_ahead + more <= budget.limit, more
+        # ...and the rest of the budget is used (less what the leasing process still holds).
+        assert more >= budget.limit - taken_ahead - budget.limit // budgets_module.LEASE_SHARE
+        return
+    raise AssertionError("no run stayed within one second of Redis's clock")
+
+
 def test_leased_grants_not_used_in_time_are_handed_back(client: redis.Redis, keys: Keys) -> None:
     pools = GrantPools()
     b = Budgets(client, keys, "acme", pools)
