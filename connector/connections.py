@@ -29,6 +29,9 @@ DEFAULT_BACKLOG_BYTES = 128 * 1024 * 1024
 MIN_BACKLOG_BYTES = 1024 * 1024  # below one full request (500 KB) plus room, nothing could pass
 # [connection.destination] defaults: the Actions presets, or the classic destination's tables.
 DEFAULTS_CHOICES = ("actions", "classic")
+# The names Segment's catalog gives Voucherify in an event's `integrations` object: the classic
+# destination's and the Actions one's.  `integration_names` in [connection.destination] replaces them.
+DEFAULT_INTEGRATION_NAMES = ("Voucherify", "Voucherify (Actions)")
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,12 @@ class DestinationSettings:
     track_mapping: tuple[tuple[str, str], ...] = ()
     # "all", or "defined": only the customer metadata keys the project's metadata schema defines.
     metadata_schema: str = "all"
+    # The names this connection answers to in an event's `integrations` object (case-sensitive,
+    # as Segment compares them): {"All": false} skips it unless one of them is true, and one of
+    # them set to false skips it (workers.mapping.destination.gates).
+    integration_names: tuple[str, ...] = DEFAULT_INTEGRATION_NAMES
+    # Segment consent categories the event must consent to (when it carries preferences).
+    consent_categories: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -241,6 +250,8 @@ def _destination(r: Reader, checks: MappingChecks | None) -> DestinationSettings
             "identify_mapping",
             "track_mapping",
             "metadata_schema",
+            "integration_names",
+            "consent_categories",
         }
     )
     raw_mappings = r.table.get("mapping", [])
@@ -279,6 +290,8 @@ def _destination(r: Reader, checks: MappingChecks | None) -> DestinationSettings
         identify_mapping=tables["identify_mapping"],
         track_mapping=tables["track_mapping"],
         metadata_schema=metadata_schema,
+        integration_names=_names(r, "integration_names", DEFAULT_INTEGRATION_NAMES),
+        consent_categories=_names(r, "consent_categories", ()),
         identify_disabled=r.flag("identify_disabled"),
         track_disabled=r.flag("track_disabled"),
         page_disabled=r.flag("page_disabled"),
@@ -291,6 +304,35 @@ def _destination(r: Reader, checks: MappingChecks | None) -> DestinationSettings
         group_metadata_prefix=r.text("group_metadata_prefix", default="segment_group_") or "segment_group_",
         mappings=tuple(mappings),
     )
+
+
+def _names(r: Reader, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """``integration_names`` / ``consent_categories``: a list of names, compared exactly as
+    Segment does (case-sensitive), so a name that is blank or padded with spaces, a repeated
+    one, or the ``All`` switch used as a name is a typo that would never match: refused."""
+    raw = r.table.get(key)
+    if isinstance(raw, str):  # "a, b" would split names that contain commas: a list only
+        r.problem(
+            key, f'must be a list of strings, e.g. {key} = ["{default[0] if default else "Analytics"}"]'
+        )
+        return default
+    names = r.str_list(key)
+    if names is None:
+        return default
+    problems_before = len(r.problems)
+    for name in names:
+        if not name.strip():
+            r.problem(key, "a name is empty")
+        elif name != name.strip():
+            r.problem(key, f"{name!r} begins or ends with spaces (names are compared exactly)")
+        elif key == "integration_names" and name == "All":
+            r.problem(key, '"All" is the switch of every destination, not a destination\'s name')
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        r.problem(key, f"{', '.join(map(repr, repeated))} is listed more than once")
+    if key == "integration_names" and not names:
+        r.problem(key, "must name at least one destination name (default: Voucherify, Voucherify (Actions))")
+    return default if len(r.problems) > problems_before else names
 
 
 def _table_problems(raw: Any, track: bool, checks: MappingChecks | None) -> list[str]:

@@ -502,7 +502,8 @@ def describe(record: dict[str, Any]) -> str:
         if record.get("requests"):
             parts.append("requests: " + ", ".join(map(str, record["requests"])))
         if record.get("skip"):
-            parts.append(f"skipped: {record['skip']}")
+            why = f" ({record['why']})" if record.get("why") else ""
+            parts.append(f"skipped: {record['skip']}{why}")
         return "; ".join(parts) or "-"
     if kind == "attempt":
         status = record.get("status") if record.get("status") is not None else "no answer"

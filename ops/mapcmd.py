@@ -177,6 +177,25 @@ def _subscriptions(event: Mapping[str, Any], connection: Connection) -> list[dic
     return out
 
 
+def _skipped_subscriptions(
+    event: Mapping[str, Any], connection: Connection, reason: str
+) -> list[dict[str, Any]]:
+    """Every subscription, for an event the worker skips: why it matched nothing.
+
+    ``no_subscription``: each one's own non-match reason.  Any other skip (the integrations
+    object, consent, a disabled call type, loop prevention...) is decided before the
+    subscriptions: each is shown as not reached, with what it would have made of the event."""
+    entries = _subscriptions(event, connection)
+    if reason == "no_subscription":
+        return entries
+    for entry in entries:
+        entry |= {
+            "status": "not_reached",
+            "why": f"the event is skipped ({reason}) before any subscription; otherwise: {entry['why']}",
+        }
+    return entries
+
+
 def _map_segment(
     connection: Connection, body: Any, auth: Mapping[str, str], notes: list[str]
 ) -> list[EventReport]:
@@ -197,6 +216,7 @@ def _map_segment(
             result = map_event_detailed(event, connection)
         except SkipEvent as exc:
             report.skipped = {"reason": exc.reason, "message": str(exc)}
+            report.subscriptions = _skipped_subscriptions(event, connection, exc.reason)
             continue
         except MappingError as exc:  # pragma: no cover - map_event_detailed reports failures
             report.skipped = {"reason": "mapping_error", "message": exc.message}

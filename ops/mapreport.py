@@ -93,6 +93,7 @@ _MARKS = {
     "no_match": "no match",
     "replaced": "replaced",
     "mapping_failed": "FAILED",
+    "not_reached": "skipped",
 }
 
 
@@ -109,12 +110,12 @@ def render(report: MapReport) -> list[str]:
             lines.append(f"  the ingest REFUSES it: {event.rejected['code']}: {event.rejected['message']}")
         if event.naming:
             lines.append(f"  name: {event.naming}")
+        if event.skipped:  # first: the verdict, then each subscription's part in it
+            lines.append(f"  SKIPPED ({event.skipped['reason']}): {event.skipped['message']}")
         for sub in event.subscriptions:
             label = f"{sub['name']} [{sub['kind']}, {sub['action']}]"
             trigger = f" trigger `{sub['trigger']}`" if sub.get("trigger") else ""
             lines.append(f"  {_MARKS.get(sub['status'], sub['status']):<9} {label}:{trigger} {sub['why']}")
-        if event.skipped:
-            lines.append(f"  skipped ({event.skipped['reason']}): {event.skipped['message']}")
         for warning in event.warnings:
             lines.append(f"  note: {warning}")
         for number, request in enumerate(event.requests, 1):

@@ -233,7 +233,10 @@ def _map_segment_event(
             # Every matching subscription failed: the event is dead-lettered once, with each reason.
             raise failures[0][1] if len(failures) == 1 else MappingError(_failure_text(failures))
     except SkipEvent as exc:
-        ctx.trace.mapping(message_id, type=event.get("type"), skip=exc.reason)
+        # The sentence says which rule kept it out (e.g. which integrations name was false):
+        # what `connector trace` shows beside the reason.
+        why = {"why": str(exc)} if str(exc) != exc.reason else {}
+        ctx.trace.mapping(message_id, type=event.get("type"), skip=exc.reason, **why)
         finish_skipped(ctx, None, bare, exc.reason, message_id=message_id)
         return []
     except MappingError as exc:

@@ -45,6 +45,8 @@ rate_limit_per_minute = 600
 [connection.segment]
 write_key = "{SEGMENT_KEY}"
 api_url = "{seg_url}"
+[connection.destination]
+consent_categories = ["Analytics"]
 [[connection.destination.mapping]]
 name = "Orders"
 trigger = 'type = "track" and event = "Order Completed"'
@@ -211,6 +213,50 @@ def test_send_shows_the_fakes_answers(
     answer = report["events"][0]["requests"][0]["answer"]
     assert answer == {"sent": False, "error": "the ingest refuses this event (event_too_old)"}
     assert len(seg.requests(path="/v1/batch")) == 1
+
+
+def test_a_skipped_event_shows_why_nothing_matched(env: dict[str, str], tmp_path: Path) -> None:
+    """``connector map`` of an event the worker would skip: the skip's reason and words, and
+    every subscription's part in it (its own non-match reason, or not reached)."""
+    path = tmp_path / "event.json"
+    # No subscription matches: each one says why.
+    path.write_text('{"type": "track", "event": "Cart Viewed", "userId": "u1"}')
+    [event] = mapped(env, "-c", "shop", "--event", str(path))["events"]
+    assert event["skipped"]["reason"] == "no_subscription" and event["requests"] == []
+    subs = by_name(event["subscriptions"])
+    assert subs["Orders"]["status"] == "no_match" and subs["Refunds"]["status"] == "no_match"
+    assert subs["Orders"]["why"] == "its trigger is false for this event"
+    assert subs["Add Custom Event (Track Event)"]["status"] == "replaced"
+    text = cli(env, "map", "-c", "shop", "--event", str(path)).stdout
+    assert "SKIPPED (no_subscription): no subscription matches the event" in text
+    assert "no match  Orders" in text and "no match  Refunds" in text
+
+    # Kept out by its integrations object (names are case-sensitive): before any subscription.
+    path.write_text(
+        '{"type": "track", "event": "Order Completed", "userId": "u1",'
+        ' "integrations": {"All": false, "voucherify": true}}'
+    )
+    [event] = mapped(env, "-c", "shop", "--event", str(path))["events"]
+    assert event["skipped"] == {
+        "reason": "integrations",
+        "message": "integrations.All is false and none of 'Voucherify', 'Voucherify (Actions)' is true",
+    }
+    assert event["requests"] == []
+    subs = by_name(event["subscriptions"])
+    assert {s["status"] for s in subs.values()} == {"not_reached"}
+    assert subs["Orders"]["why"].endswith("otherwise: its trigger holds")
+    text = cli(env, "map", "-c", "shop", "--event", str(path)).stdout
+    assert "SKIPPED (integrations): integrations.All is false" in text
+    assert "skipped   Orders" in text
+
+    # Kept out by consent: the connection needs Analytics.
+    path.write_text(
+        '{"type": "track", "event": "Order Completed", "userId": "u1",'
+        ' "context": {"consent": {"categoryPreferences": {"Analytics": false}}}}'
+    )
+    [event] = mapped(env, "-c", "shop", "--event", str(path))["events"]
+    assert event["skipped"]["reason"] == "consent"
+    assert "does not consent to 'Analytics'" in event["skipped"]["message"]
 
 
 def test_bad_input_is_said_plainly(env: dict[str, str], tmp_path: Path) -> None:

@@ -80,8 +80,9 @@ def build_connection(spec: dict[str, Any]) -> Connection:
     mappings = tuple(dest_spec.pop("mappings", ()))
     for raw in mappings:
         assert validate_subscription(raw) == [], f"invalid subscription in the case: {raw}"
-    if "track_events_filter" in dest_spec:
-        dest_spec["track_events_filter"] = tuple(dest_spec["track_events_filter"])
+    for names in ("track_events_filter", "integration_names", "consent_categories"):
+        if names in dest_spec:
+            dest_spec[names] = tuple(dest_spec[names])
     for table in ("identify_mapping", "track_mapping"):
         if table in dest_spec:  # written as a JSON object, in order
             dest_spec[table] = tuple(dest_spec[table].items())

@@ -4,7 +4,8 @@ For each mapped call type the connection has either its default subscription (th
 preset, or the classic defaults and tables of :mod:`.classic` for identify and track) or the
 custom subscriptions whose trigger can match that type (:mod:`.triggers`).  The classic settings
 (``*_disabled``, ``track_events_filter``, ``ignore_anonymous``) and loop prevention are checked
-first and skip the event with a reason.
+first and skip the event with a reason; before them, Segment's own gates (:mod:`.gates`: the
+``integrations`` object and consent), which decide whether the destination sees the event at all.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from workers.mapping.destination.classic import (
     track_plan,
 )
 from workers.mapping.destination.fields import CompiledFields
+from workers.mapping.destination.gates import CONSENT, INTEGRATIONS, consent_verdict, integrations_verdict
 from workers.mapping.destination.mapping import (
     MISSING,
     Resolver,
@@ -172,8 +174,21 @@ class CompiledDestination:
         self.ignore_anonymous = dest.ignore_anonymous
         self.skip_voucherify_origin = dest.skip_voucherify_origin
         self.track_filter = frozenset(dest.track_events_filter) if dest.track_events_filter else None
+        self.integration_names = dest.integration_names
+        self.consent_categories = dest.consent_categories
+
+    def gate(self, event: Mapping[str, Any]) -> None:
+        """Segment's gates, first: in Segment a destination the event's ``integrations`` or
+        consent keeps out never receives it, whatever its type (an alias too)."""
+        why = integrations_verdict(event, self.integration_names)
+        if why is not None:
+            raise SkipEvent(INTEGRATIONS, why)
+        why = consent_verdict(event, self.consent_categories)
+        if why is not None:
+            raise SkipEvent(CONSENT, why)
 
     def map_detailed(self, event: Mapping[str, Any]) -> MappingResult:
+        self.gate(event)
         event_type = event.get("type")
         routes = self.routes.get(event_type) if isinstance(event_type, str) else None
         if routes is None:
