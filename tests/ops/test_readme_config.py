@@ -18,7 +18,9 @@ HEROKU_REDIS_MB = {"mini": 25, "premium-0": 50, "premium-1": 100, "premium-2": 2
 
 def heroku_block() -> str:
     text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"<!-- tested: tests/ops/test_readme_config.py[^>]*-->\n```sh\n(.*?)```", text, re.DOTALL)
+    blocks = re.findall(
+        r"<!-- tested: tests/ops/test_readme_config.py[^>]*-->\n```sh\n(.*?)```", text, re.DOTALL
+    )
     assert len(blocks) == 1, "the README's Heroku block"
     return blocks[0]
 
