@@ -29,7 +29,7 @@ from ops import run as make_run
 from ops import runfile
 from ops.embedded import free_port, port_free, redis_answers, start_redis
 from tests.support import secrets
-from tests.support.faultkit import connector_cli, idem_key, message_id_of
+from tests.support.faultkit import connector_cli, idem_key, message_id_of, taken_from_broker
 from tests.support.processes import BIN, ROOT, Proc, base_env, wait_until
 
 SANDBOX_SECRETS = [value for key, value in make_run.SANDBOX.items() if key != "write_key"]
@@ -352,7 +352,8 @@ def test_ctrl_c_with_calls_on_the_wire_then_a_restart_delivers_every_event(tmp_p
             web + "/v1/batch", auth=(make_run.SANDBOX["write_key"], ""), json={"batch": batch}, timeout=10
         )
         assert answer.status_code == 200, answer.text
-        wait_until(lambda: "segment_events[" in first.log(), timeout=30, what="the worker took the batch")
+        broker = f"redis://127.0.0.1:{ports['redis']}/0"
+        wait_until(lambda: taken_from_broker(broker, 1), timeout=30, what="the worker took the batch")
         time.sleep(1.0)  # its calls are on the wire (5 s each)
         before = delivered_by_the_fake()  # answered before the Ctrl-C (none, at 5 s each)
     finally:
