@@ -276,8 +276,10 @@ def _sandbox(plan: Plan, python: str, web: str) -> None:
         "",
         "Send an event, as Segment's libraries do:",
         f"  curl -u {s['write_key']}: -H 'Content-Type: application/json' \\",
-        '    -d \'{"userId":"user-1","event":"Order Completed","properties":{"total":42}}\' \\',
+        '    -d \'{"userId":"user-1","event":"Order Completed","messageId":"my-first-event","properties":{"total":42}}\' \\',
         f"    {web}/v1/track",
+        "Its journey (received, mapped, the call, the outcome), from another shell:",
+        f"  {cli_path()} trace my-first-event",
         "",
         f"Status page:                       {web}/      (metrics: {web}/metrics)",
         f"Requests the fake Voucherify got:  {vf_url}/__fake/requests",
@@ -287,11 +289,17 @@ def _sandbox(plan: Plan, python: str, web: str) -> None:
     ]
 
 
-def cli_hint(env: dict[str, str]) -> list[str]:
-    """How to call the CLI from another shell (it is not on PATH: it lives in the virtualenv)."""
+def cli_path() -> Path:
+    """The ``connector`` command of this virtualenv (not on PATH), relative to here if it can."""
     cli = Path(sys.executable).parent / "connector"
     with contextlib.suppress(ValueError):
         cli = cli.relative_to(Path.cwd())
+    return cli
+
+
+def cli_hint(env: dict[str, str]) -> list[str]:
+    """How to call the CLI from another shell (it is not on PATH: it lives in the virtualenv)."""
+    cli = cli_path()
     sandbox = "CONNECTOR_SANDBOX_FAKES" in env
     lines = [
         f"Operate it from another shell in {ROOT} (the CLI finds this run through {RUN_DIR / runfile.FILE_NAME}):",

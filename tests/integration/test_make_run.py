@@ -411,3 +411,23 @@ def test_a_redis_already_answering_is_named_and_its_missing_aof_is_a_warning(
     else:
         assert len(warned) == 1 and shown in warned[0]
         assert text.index("WARNING: the Redis at") < text.index("curl")
+
+
+def test_the_banner_curl_has_a_message_id_to_trace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(make_run, "RUN_DIR", tmp_path)
+    plan = make_run.plan_run(
+        {
+            "PATH": os.environ["PATH"],
+            "PORT": str(free_port()),
+            "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+            "EMBEDDED_REDIS_PORT": str(free_port()),
+            "FAKE_VOUCHERIFY_PORT": str(free_port()),
+            "FAKE_SEGMENT_PORT": str(free_port()),
+        }
+    )
+    text = make_run.banner(plan)
+    [body] = re.findall(r"-d '(\{.*\})'", text)
+    message_id = json.loads(body)["messageId"]
+    assert re.search(rf"connector trace {re.escape(message_id)}$", text, re.MULTILINE), text
+    # The curl comes first, then how to follow it.
+    assert text.index("curl") < text.index(f"trace {message_id}")
