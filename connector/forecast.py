@@ -71,7 +71,10 @@ class Forecast:
         """The forecast in a shop owner's words."""
         out: list[str] = []
         if self.paused:
-            out.append(f"PAUSED ({self.paused.get('reason')}): nothing is sent until resumed")
+            out.append(
+                f"PAUSED ({self.paused.get('reason')}): nothing is sent until resumed (the scheduler "
+                f"retries the credentials every 5 minutes; once fixed: connector resume {self.connection})"
+            )
         if self.cycle_exhausted_at is not None:
             out.append(f"cycle budget runs out on {_day(self.cycle_exhausted_at)} at this rate")
         elif self.cycle_end is not None:
@@ -149,7 +152,9 @@ def compute(
     if rates:
         fc.capacity_per_hour = min(rates) / max(per_event, 1e-6)
         net = fc.capacity_per_hour - fc.arrivals_last_hour
-        if net > 0:
+        if state.paused:
+            pass  # nothing drains while paused: neither a drain time nor a growth would be true
+        elif net > 0:
             fc.drain_seconds = state.backlog / net * 3600.0 if state.backlog else 0.0
         elif state.backlog or fc.arrivals_last_hour:
             fc.growth_per_hour = -net

@@ -81,6 +81,32 @@ class HumanFormatter(logging.Formatter):
         return redact(line)
 
 
+# Celery's two lines per task ("Task ...[id] received", "Task ...[id] succeeded in 0.1s: None"),
+# by their format strings (celery.app.trace.LOG_RECEIVED and LOG_SUCCESS).  At INFO they tripled a
+# busy worker's log around the one line that says something (the connector's own outcome line):
+# they are DEBUG lines here.  Celery's failure, retry and rejection lines are not these and stay.
+_CELERY_TASK_CHATTER = {
+    ("celery.worker.strategy", "Task %(name)s[%(id)s] received"),
+    ("celery.app.trace", "Task %(name)s[%(id)s] succeeded in %(runtime)ss: %(return_value)s"),
+}
+
+
+class CeleryChatterToDebug(logging.Filter):
+    """Demote Celery's per-task received/succeeded lines to DEBUG, then let them through only
+    when the configured level shows DEBUG.  (Celery decides once, from its loggers' level,
+    whether to log them at INFO; lowering the record here leaves its other INFO lines alone.)"""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and (record.name, record.msg) in _CELERY_TASK_CHATTER:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return self.level <= logging.DEBUG
+        return True
+
+
 def configure_logging(process_type: str, options: LogOptions | None = None) -> None:
     """JSON lines unless stderr is a terminal (or ``LOG_FORMAT=human``); ``options`` default to
     the environment's (:func:`connector.config.log_options`): logging starts before the settings."""
@@ -91,6 +117,7 @@ def configure_logging(process_type: str, options: LogOptions | None = None) -> N
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(options.level.upper())
+    handler.addFilter(CeleryChatterToDebug(root.level))
     # Libraries that log request URLs or headers at DEBUG stay quiet unless asked for.
     for noisy in ("urllib3", "requests", "kombu", "amqp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from urllib.parse import urlsplit
 
 import click
 import redis
@@ -176,17 +177,30 @@ def _short_error(response: requests.Response) -> str:
     return ""
 
 
+def _shown(url: str) -> str:
+    """``url`` without ``user:password@``, its query or its path: scheme, host and port."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}"
+
+
 def _call(
     subject: str,
     what: str,
     send: Callable[[], requests.Response],
     *,
     on_ok: str,
+    url: str,
 ) -> Finding:
     try:
         response = send()
     except requests.RequestException as exc:
-        return error(subject, f"{what}: no answer ({type(exc).__name__})")
+        # Which address did not answer (a typo in api_url, a proxy, DNS) is the first thing to
+        # know; the URL carries no credential (they travel in headers), user:password@ is cut
+        # anyway in case one was put there.
+        return error(subject, f"{what}: no answer from {_shown(url)} ({type(exc).__name__})")
     status = response.status_code
     if 200 <= status < 300:
         return ok(subject, f"{what}: HTTP {status}, {on_ok}")
@@ -199,7 +213,7 @@ def _call(
 
 def check_voucherify(connection: Connection, timeout: float, session: requests.Session) -> Finding:
     vf = connection.voucherify
-    subject = f"connection {connection.id!r} voucherify ({vf.region or vf.base_url}, {vf.mode})"
+    subject = f"connection {connection.id!r} voucherify ({vf.region or _shown(vf.base_url)}, {vf.mode})"
     headers = {**voucherify.auth_headers(vf), "User-Agent": USER_AGENT, "Accept": "application/json"}
     if vf.mode == "segmentio":
         url = f"{vf.base_url}/segmentio/test-authentication"
@@ -212,13 +226,14 @@ def check_voucherify(connection: Connection, timeout: float, session: requests.S
         what,
         lambda: session.get(url, headers=headers, timeout=timeout),
         on_ok="credentials accepted",
+        url=url,
     )
 
 
 def check_segment(connection: Connection, timeout: float, session: requests.Session) -> Finding:
     assert connection.segment is not None
     seg = connection.segment
-    subject = f"connection {connection.id!r} segment ({seg.region or seg.base_url})"
+    subject = f"connection {connection.id!r} segment ({seg.region or _shown(seg.base_url)})"
     headers = {**segment.auth_headers(seg), "User-Agent": USER_AGENT}
     url = f"{seg.base_url}/v1/batch"
     real = seg.api_url is None
@@ -231,6 +246,7 @@ def check_segment(connection: Connection, timeout: float, session: requests.Sess
             if real
             else "write key accepted"
         ),
+        url=url,
     )
 
 
@@ -267,6 +283,11 @@ def check(as_json: bool, offline: bool, strict: bool, timeout: float) -> None:
     (segmentio) with the connection's keys.  Segment: POST /v1/batch {"batch": []} with the
     write key; Segment's public API answers 200 even for an unknown write key, so against the
     real Segment this proves reachability, not the key (the fake Segment does check it).
+    A call that gets no answer names the address it tried (scheme, host, port).
+
+    --offline checks the configuration and Redis only, calling neither Voucherify nor Segment:
+    for a machine without outbound access, or before the credentials exist.
+
     Exits 1 when anything is an error (2 with --strict and only warnings).
     """
     findings = run_checks(offline=offline, timeout=timeout)

@@ -14,6 +14,7 @@
     connector map         [-c C] --event FILE [--send] [--json]   dry run of one event's mapping
     connector trace       ID [--json]            the journey of one event (received ... outcome)
     connector overview    [--json]               per connection: last hour / day by outcome and reason
+    connector healthcheck web|worker             this container's web or worker alive (compose health checks)
 
 ``check``, ``send-test``, ``stats`` and ``map`` read the configuration as the processes do.
 With none of REDIS_URL, CONNECTIONS_FILE, INGEST_WRITE_KEYS, VOUCHERIFY_APP_ID set, every
@@ -22,7 +23,7 @@ command uses the ``make run`` running from this checkout (``.run/cli.env``, see
 
 Wiring only: each command lives in its own module (``ops.dlq``, ``ops.scheduler``,
 ``ops.check``, ``ops.send_test``, ``ops.stats``, ``ops.mapcmd``, ``ops.tracecmd``,
-``ops.overviewcmd``).
+``ops.overviewcmd``, ``ops.healthcheck``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from ops import runfile
 COMMANDS = {
     "check": "ops.check:check",
     "dlq": "ops.dlq:dlq",
+    "healthcheck": "ops.healthcheck:healthcheck",
     "map": "ops.mapcmd:map_command",
     "overview": "ops.overviewcmd:overview_command",
     "resume": "ops.resume:resume",

@@ -36,7 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from connector import config
+import redis
+
+from connector import config, redisconn
 from connector.config import ConfigError, redis_tls_verify
 from ops import runfile
 from ops.embedded import free_port, port_free, redis_answers, start_redis
@@ -135,6 +137,18 @@ class Plan:
     cli_values: dict[str, str] = field(default_factory=dict)
 
 
+def aof_enabled(url: str, tls_verify: str) -> bool | None:
+    """Whether the Redis at ``url`` writes an append-only file; None when it cannot be read."""
+    try:
+        client = redisconn.client(url, tls_verify, socket_connect_timeout=1, socket_timeout=2)
+        try:
+            return str(client.info("persistence").get("aof_enabled", "0")) == "1"
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError):
+        return None
+
+
 def _move_if_taken(plan: Plan, what: str, port: int, host: str = "127.0.0.1") -> int:
     if port_free(port, host):
         return port
@@ -193,6 +207,18 @@ def plan_run(env: dict[str, str]) -> Plan:
             plan.cli_values[runfile.HIDDEN_URL_KEY] = "1"
         else:
             plan.cli_values["REDIS_URL"] = redis_url
+        # A Redis already answering (often the machine's own on 6379) is used as it is: say so at
+        # the top of the banner, since whatever it does not keep, this run loses.
+        shown = config.redact_url(redis_url)
+        plan.notes.append(
+            f"Redis: the one already answering at {shown} (REDIS_URL or the default), not an embedded one."
+        )
+        if aof_enabled(redis_url, tls_verify) is False:
+            plan.warnings.append(
+                f"the Redis at {shown} has no AOF persistence (appendonly no): when it restarts, "
+                "the queued events, parked retries and dead letters of this run are lost. Use "
+                "`redis-cli config set appendonly yes`, or stop it and `make run` starts its own."
+            )
     else:
         port = _move_if_taken(plan, "embedded Redis", preferred(env, "redis", "EMBEDDED_REDIS_PORT"))
         plan.redis_port = port
@@ -250,8 +276,10 @@ def _sandbox(plan: Plan, python: str, web: str) -> None:
         "",
         "Send an event, as Segment's libraries do:",
         f"  curl -u {s['write_key']}: -H 'Content-Type: application/json' \\",
-        '    -d \'{"userId":"user-1","event":"Order Completed","properties":{"total":42}}\' \\',
+        '    -d \'{"userId":"user-1","event":"Order Completed","messageId":"my-first-event","properties":{"total":42}}\' \\',
         f"    {web}/v1/track",
+        "Its journey (received, mapped, the call, the outcome), from another shell:",
+        f"  {cli_path()} trace my-first-event",
         "",
         f"Status page:                       {web}/      (metrics: {web}/metrics)",
         f"Requests the fake Voucherify got:  {vf_url}/__fake/requests",
@@ -261,11 +289,17 @@ def _sandbox(plan: Plan, python: str, web: str) -> None:
     ]
 
 
-def cli_hint(env: dict[str, str]) -> list[str]:
-    """How to call the CLI from another shell (it is not on PATH: it lives in the virtualenv)."""
+def cli_path() -> Path:
+    """The ``connector`` command of this virtualenv (not on PATH), relative to here if it can."""
     cli = Path(sys.executable).parent / "connector"
     with contextlib.suppress(ValueError):
         cli = cli.relative_to(Path.cwd())
+    return cli
+
+
+def cli_hint(env: dict[str, str]) -> list[str]:
+    """How to call the CLI from another shell (it is not on PATH: it lives in the virtualenv)."""
+    cli = cli_path()
     sandbox = "CONNECTOR_SANDBOX_FAKES" in env
     lines = [
         f"Operate it from another shell in {ROOT} (the CLI finds this run through {RUN_DIR / runfile.FILE_NAME}):",

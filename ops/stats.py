@@ -57,7 +57,11 @@ def stats(as_json: bool) -> None:
                 text += f" slowed x{rl.slow_factor:g}"
             limits.append(text)
         if state.paused:
-            limits.insert(0, f"PAUSED ({state.paused['reason']}) since {_when(state.paused['since'])}")
+            limits.insert(
+                0,
+                f"PAUSED ({state.paused['reason']}) since {_when(state.paused['since'])}: "
+                f"connector resume {state.id} once fixed",
+            )
         rows.append(
             {
                 "id": state.id,

@@ -77,3 +77,14 @@ def test_live_headers_are_reported_with_their_age() -> None:
     fc = compute("acme", business(), state(0), {}, {}, {"rest": (100.0, 37.0, NOW - 12)}, NOW)
     assert fc.live == {"rest": {"limit": 100.0, "remaining": 37.0, "age_seconds": 12.0}}
     assert fc.calls_per_event is None
+
+
+def test_a_paused_connection_names_connector_resume_and_promises_no_drain() -> None:
+    paused = state(1000)
+    paused.paused = {"reason": "auth", "since": NOW - 60}
+    flow = {"calls": 1000, "out": 2000, "in": 2000}
+    fc = compute("acme", business(), paused, flow, {}, {}, NOW)
+    assert fc.drain_seconds is None and fc.growth_per_hour is None  # nothing drains while paused
+    text = " | ".join(fc.sentences())
+    assert "connector resume acme" in text
+    assert "drains" not in text

@@ -22,13 +22,14 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 
 from ops import run as make_run
 from ops import runfile
-from ops.embedded import free_port, port_free, redis_answers
+from ops.embedded import free_port, port_free, redis_answers, start_redis
 from tests.support import secrets
-from tests.support.faultkit import connector_cli, idem_key, message_id_of
+from tests.support.faultkit import connector_cli, idem_key, message_id_of, taken_from_broker
 from tests.support.processes import BIN, ROOT, Proc, base_env, wait_until
 
 SANDBOX_SECRETS = [value for key, value in make_run.SANDBOX.items() if key != "write_key"]
@@ -351,7 +352,8 @@ def test_ctrl_c_with_calls_on_the_wire_then_a_restart_delivers_every_event(tmp_p
             web + "/v1/batch", auth=(make_run.SANDBOX["write_key"], ""), json={"batch": batch}, timeout=10
         )
         assert answer.status_code == 200, answer.text
-        wait_until(lambda: "segment_events[" in first.log(), timeout=30, what="the worker took the batch")
+        broker = f"redis://127.0.0.1:{ports['redis']}/0"
+        wait_until(lambda: taken_from_broker(broker, 1), timeout=30, what="the worker took the batch")
         time.sleep(1.0)  # its calls are on the wire (5 s each)
         before = delivered_by_the_fake()  # answered before the Ctrl-C (none, at 5 s each)
     finally:
@@ -370,3 +372,62 @@ def test_ctrl_c_with_calls_on_the_wire_then_a_restart_delivers_every_event(tmp_p
     finally:
         rc = ctrl_c(second) if second.alive() else None
     assert rc == 0 and "Traceback" not in second.log(), second.log()[-4000:]
+
+
+@pytest.mark.parametrize("appendonly", [False, True])
+def test_a_redis_already_answering_is_named_and_its_missing_aof_is_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, appendonly: bool
+) -> None:
+    """``make run`` with a Redis answering at REDIS_URL (this test's own redis-server stands in
+    for the machine's 6379) uses it: the banner names it (password hidden) and warns when it
+    keeps no AOF."""
+    monkeypatch.setattr(make_run, "RUN_DIR", tmp_path)
+    proc, url = start_redis(tmp_path / "machine-redis", appendonly=appendonly)
+    try:
+        password = "machine-redis-password-123"
+        secrets.register(password)
+        redis.Redis.from_url(url).config_set("requirepass", password)
+        with_password = url.replace("redis://", f"redis://:{password}@")
+        plan = make_run.plan_run(
+            {
+                "PATH": os.environ["PATH"],
+                "PORT": str(free_port()),
+                "REDIS_URL": with_password,
+                "FAKE_VOUCHERIFY_PORT": str(free_port()),
+                "FAKE_SEGMENT_PORT": str(free_port()),
+            }
+        )
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    text = make_run.banner(plan)
+    assert plan.redis_port is None  # no embedded broker: the one answering is used
+    shown = url.replace("redis://", "redis://:****@")
+    assert f"Redis: the one already answering at {shown}" in text
+    assert password not in text
+    warned = [w for w in plan.warnings if "no AOF persistence" in w]
+    if appendonly:
+        assert not warned, plan.warnings
+    else:
+        assert len(warned) == 1 and shown in warned[0]
+        assert text.index("WARNING: the Redis at") < text.index("curl")
+
+
+def test_the_banner_curl_has_a_message_id_to_trace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(make_run, "RUN_DIR", tmp_path)
+    plan = make_run.plan_run(
+        {
+            "PATH": os.environ["PATH"],
+            "PORT": str(free_port()),
+            "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+            "EMBEDDED_REDIS_PORT": str(free_port()),
+            "FAKE_VOUCHERIFY_PORT": str(free_port()),
+            "FAKE_SEGMENT_PORT": str(free_port()),
+        }
+    )
+    text = make_run.banner(plan)
+    [body] = re.findall(r"-d '(\{.*\})'", text)
+    message_id = json.loads(body)["messageId"]
+    assert re.search(rf"connector trace {re.escape(message_id)}$", text, re.MULTILINE), text
+    # The curl comes first, then how to follow it.
+    assert text.index("curl") < text.index(f"trace {message_id}")

@@ -63,7 +63,7 @@ def compose() -> dict[str, Any]:
 
 def test_docker_compose_parses_and_matches_the_procfile() -> None:
     services = compose()["services"]
-    assert set(services) == {"redis", *CONNECTOR_SERVICES, *SANDBOX_SERVICES}
+    assert set(services) == {"redis", "config", *CONNECTOR_SERVICES, *SANDBOX_SERVICES}
     redis_cmd = services["redis"]["command"]
     assert "--appendonly" in redis_cmd and redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
     assert redis_cmd[redis_cmd.index("--maxmemory-policy") + 1] == "noeviction"
@@ -74,6 +74,7 @@ def test_docker_compose_parses_and_matches_the_procfile() -> None:
         assert compose_cmd == proc_cmd, name  # the same expressions, ${WORKER_CONCURRENCY:-100} included
         assert services[name]["environment"]["REDIS_URL"].startswith("redis://redis:6379")
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert services[name]["depends_on"]["config"]["condition"] == "service_completed_successfully"
         assert "profiles" not in services[name]
     assert services["worker"]["environment"]["REMAP_SIGTERM"] == "SIGQUIT"
 
@@ -282,3 +283,81 @@ api_url = "http://127.0.0.1:9"
             proc.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+# --- the configuration gate and the health checks -----------------------------------------------
+
+
+def service_env(name: str, redis_url: str, env_file: dict[str, str]) -> dict[str, str]:
+    """What a compose service's process gets: its ``environment`` (interpolated from the env
+    file, as compose does), with the test's Redis for ``redis:6379``."""
+    service = compose()["services"][name]
+    values = {k: interpolate(str(v), env_file) for k, v in service["environment"].items()}
+    values["REDIS_URL"] = values["REDIS_URL"].replace("redis://redis:6379/0", redis_url)
+    env = base_env(redis_url, None, **{**env_file, **values})
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    return {k: v for k, v in env.items() if v != "" or k == "CONNECTIONS_FILE"}
+
+
+def run_service_command(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    assert command[0] in ("connector", "python")
+    return subprocess.run(
+        [str(BIN / command[0]), *command[1:]], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_compose_without_configuration_stops_at_the_config_gate_not_in_a_restart_loop(
+    redis_url: str,
+) -> None:
+    services = compose()["services"]
+    gate = services["config"]
+    assert gate["restart"] == "no"  # run once per `up`, never restarted
+    assert gate["env_file"] == services["web"]["env_file"] and gate["volumes"] == ["./config:/srv/config:ro"]
+    assert gate["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert gate["command"] == ["connector", "check", "--offline"]  # nothing called outside
+    # No .env: the gate fails with the problem said, so `up` starts none of the services that
+    # would exit 2 and restart forever.
+    bare = run_service_command(gate["command"], service_env("config", redis_url, {}))
+    assert bare.returncode != 0, bare.stdout + bare.stderr
+    assert "no connection configured" in bare.stdout
+    # The sandbox's env file: the gate passes.
+    sandbox = dotenv(ROOT / "sandbox" / "compose.env")
+    sandbox["CONNECTIONS_FILE"] = str(ROOT / sandbox["CONNECTIONS_FILE"].removeprefix("/srv/"))
+    passed = run_service_command(gate["command"], service_env("config", redis_url, sandbox))
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+
+
+@pytest.mark.integration
+def test_compose_health_checks_tell_a_live_web_and_worker_from_a_dead_one(
+    tmp_path: Path, redis_url: str, stack_factory: list
+) -> None:
+    from tests.conftest import make_stack
+
+    services = compose()["services"]
+    checks = {name: services[name]["healthcheck"] for name in ("web", "worker")}
+    for check in checks.values():
+        assert check["test"][0] == "CMD" and check["retries"] >= 1 and "start_period" in check
+    web_cmd, worker_cmd = checks["web"]["test"][1:], checks["worker"]["test"][1:]
+    conn = tmp_path / "c.toml"
+    conn.write_text(
+        '[[connection]]\nid = "health"\nwrite_keys = ["wk_health_key"]\n[connection.voucherify]\n'
+        'app_id = "app-id-health"\nsecret_key = "secret-key-health"\nregion = "eu"\n'
+        'api_url = "http://127.0.0.1:9"\n'
+    )
+    stack = make_stack(stack_factory, tmp_path, redis_url, conn)
+    env = dict(stack.env)
+    # Nothing running yet: both unhealthy.
+    assert run_service_command(web_cmd, {**env, "PORT": str(free_port())}).returncode == 1
+    assert run_service_command(worker_cmd, env).returncode == 1
+    stack.web()
+    port = stack.web_url.rsplit(":", 1)[1]
+    web_ok = run_service_command(web_cmd, {**env, "PORT": port})
+    assert web_ok.returncode == 0 and "HTTP 200" in web_ok.stdout, web_ok.stdout + web_ok.stderr
+    worker = stack.worker()
+    wait_until(
+        lambda: run_service_command(worker_cmd, env).returncode == 0, timeout=20, what="worker healthy"
+    )
+    worker.stop(timeout=30)
+    # It said goodbye on its way out: unhealthy at once (a killed one after 60 s).
+    gone = run_service_command(worker_cmd, env)
+    assert gone.returncode == 1 and "no worker of host" in gone.stdout, gone.stdout

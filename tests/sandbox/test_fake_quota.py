@@ -8,6 +8,7 @@ billing cycle is checked in-process (no one waits a month).
 from __future__ import annotations
 
 import math
+import os
 import re
 import subprocess
 import time
@@ -20,9 +21,11 @@ from typing import Any
 import pytest
 import requests
 
+from ops.embedded import free_port
 from sandbox.plans import LIMIT_KEYS, PLANS, QuotaConfig
 from sandbox.quota import cycle_window
 from tests.support.fakes import FakeStartError, FakeVoucherify
+from tests.support.processes import BIN, wait_until
 
 TIMEOUT = 10
 RATE_HEADERS = ("X-Rate-Limit-Limit", "X-Rate-Limit-Remaining", "X-Rate-Limit-Retry")
@@ -494,3 +497,47 @@ def test_the_readme_quota_block_runs_as_pasted(vf: FakeVoucherify, tmp_path: Pat
     assert '"plan":"business"' in output and '"accepted":80,"refused":0' in output
     assert vf.auth()["state"] == "revoked" and vf.async_actions()["delay_s"] == 2
     assert vf.quota()["enabled"] is False  # the last line put the start-up quota back
+
+
+@integration
+def test_the_readme_start_up_command_runs_as_written(tmp_path: Path) -> None:
+    """The README's ``python -m sandbox.fake_voucherify ...`` pasted in the checkout with the
+    virtualenv's python first on PATH (only ``--port`` added: 8100 may be another's here)."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = re.findall(
+        r"<!-- tested: tests/sandbox/test_fake_quota.py runs this command[^>]*-->\n```sh\n(.*?)```",
+        text,
+        re.DOTALL,
+    )
+    assert len(blocks) == 1
+    port = free_port()
+    command = blocks[0].strip() + f" --port {port}"
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("FAKE_VOUCHERIFY_APP_ID", None)
+    env.pop("FAKE_VOUCHERIFY_SECRET_KEY", None)
+    log = (tmp_path / "fake.log").open("wb")
+    proc = subprocess.Popen(
+        ["bash", "-euo", "pipefail", "-c", f"exec {command}"],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/__fake/quota"
+
+        def answers() -> bool:
+            assert proc.poll() is None, (tmp_path / "fake.log").read_text()
+            try:
+                return requests.get(url, timeout=1).ok
+            except requests.RequestException:
+                return False
+
+        wait_until(answers, timeout=20, what="the README's fake Voucherify")
+        quota = requests.get(url, timeout=2).json()
+        assert quota["plan"] == "growth" and quota["shop"]["calls_per_minute"] == 20
+        assert requests.get(f"http://127.0.0.1:{port}/__fake/async-actions", timeout=2).json()["delay_s"] == 1
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()

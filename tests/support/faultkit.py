@@ -324,6 +324,14 @@ def wait_quiet(fake: FakeProcess, seconds: float, timeout: float = 120.0) -> Non
     raise AssertionError(f"the fake never went quiet for {seconds}s")
 
 
+def taken_from_broker(redis_url: str, tasks: int) -> bool:
+    """Whether workers took ``tasks`` messages: the queues empty, that many delivered and not yet
+    acknowledged (kombu's unacked index; the connector acknowledges a task when it ends).  Read
+    from Redis, not from Celery's "received" log lines, which are DEBUG lines at INFO."""
+    state = broker_state(redis_url)
+    return sum(state["queues"].values()) == 0 and state["unacked"] >= tasks
+
+
 def broker_state(redis_url: str) -> dict[str, Any]:
     """What Redis holds, for failure messages: queues, kombu's unacked index, parked work."""
     client = redis.Redis.from_url(redis_url)
