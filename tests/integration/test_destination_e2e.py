@@ -20,7 +20,7 @@ from segment.analytics.client import Client
 
 from connector.keys import Keys
 from tests.conftest import make_stack
-from tests.support.fakes import FakeVoucherify
+from tests.support.fakes import FakeVoucherify, voucherify_fakes
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.integration
@@ -47,16 +47,8 @@ FAST_RETRIES = {
 
 @pytest.fixture
 def fakes(tmp_path: Path) -> Iterator[dict[str, FakeVoucherify]]:
-    started: dict[str, FakeVoucherify] = {}
-    try:
-        for region, spec in REGIONS.items():
-            started[region] = FakeVoucherify(
-                app_id=spec["app_id"], secret_key=spec["secret"], name=f"vf-{region}", log_dir=tmp_path
-            ).start()
+    with voucherify_fakes(REGIONS, tmp_path) as started:
         yield started
-    finally:
-        for fake in started.values():
-            fake.stop(kill=True)
 
 
 def connections_toml(fakes: dict[str, FakeVoucherify]) -> str:

@@ -17,7 +17,8 @@ from segment.analytics.client import Client
 from tests.conftest import make_stack
 from tests.support import secrets
 from tests.support.fakes import FakeVoucherify
-from tests.support.processes import BIN, ROOT, Stack, wait_until
+from tests.support.faultkit import connector_cli
+from tests.support.processes import Stack, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -67,18 +68,7 @@ CASES: dict[str, tuple[dict[str, Any] | None, dict[str, Any] | None, bool, str |
 
 
 def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [str(BIN / "connector"), *args],
-        env=stack.env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    with open(stack.tmp / "cli.log", "a") as log:
-        log.write(f"$ connector {' '.join(args)}\n{result.stdout}{result.stderr}\n")
-    return result
+    return connector_cli(stack.env, *args, log=stack.tmp / "cli.log")
 
 
 def traced(stack: Stack, event_id: str) -> dict[str, Any]:

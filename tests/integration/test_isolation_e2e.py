@@ -18,7 +18,7 @@ import requests
 
 from connector.keys import Keys
 from tests.conftest import make_stack
-from tests.support.fakes import FakeVoucherify
+from tests.support.fakes import FakeVoucherify, voucherify_fakes
 from tests.support.processes import Stack, wait_until
 
 pytestmark = pytest.mark.integration
@@ -32,16 +32,8 @@ EVENTS = 40
 
 @pytest.fixture
 def fakes(tmp_path: Path) -> Iterator[dict[str, FakeVoucherify]]:
-    started: dict[str, FakeVoucherify] = {}
-    try:
-        for name, spec in DEPLOYMENTS.items():
-            started[name] = FakeVoucherify(
-                app_id=spec["app_id"], secret_key=spec["secret"], name=f"vf-{name}", log_dir=tmp_path
-            ).start()
+    with voucherify_fakes(DEPLOYMENTS, tmp_path) as started:
         yield started
-    finally:
-        for fake in started.values():
-            fake.stop(kill=True)
 
 
 def connections_file(tmp: Path, name: str, fake: FakeVoucherify) -> Path:

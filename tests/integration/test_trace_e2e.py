@@ -17,7 +17,8 @@ import requests
 from tests.conftest import make_stack
 from tests.support import secrets
 from tests.support.fakes import FakeSegment, FakeVoucherify
-from tests.support.processes import BIN, ROOT, Stack, wait_until
+from tests.support.faultkit import connector_cli
+from tests.support.processes import Stack, wait_until
 from tests.support.webhooks import V2024, iso_now, load_example, signed_request, wrap
 
 pytestmark = pytest.mark.integration
@@ -56,18 +57,8 @@ api_url = "{segment_url}"
 
 
 def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [str(BIN / "connector"), *args],
-        env=stack.env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
     # Kept with the processes' logs: the session-end secret scan reads trace output too.
-    with open(stack.tmp / "cli.log", "a") as log:
-        log.write(f"$ connector {' '.join(args)}\n{result.stdout}{result.stderr}\n")
+    result = connector_cli(stack.env, *args, log=stack.tmp / "cli.log")
     for secret in (SECRET, WRITE_KEY, APP_ID, STATUS_TOKEN, WEBHOOK_SECRET, SEGMENT_KEY):
         assert secret not in result.stdout + result.stderr
     return result

@@ -474,3 +474,19 @@ def fake_voucherify(tmp_path: Path) -> Iterator[FakeVoucherify]:
 def fake_segment(tmp_path: Path) -> Iterator[FakeSegment]:
     with FakeSegment(log_dir=tmp_path / "fakes") as fake:
         yield fake
+
+
+@contextlib.contextmanager
+def voucherify_fakes(specs: Mapping[str, Mapping[str, Any]], log_dir: Path) -> Iterator[dict[str, FakeVoucherify]]:
+    """One fake Voucherify per name of ``specs`` (each spec's ``app_id`` and ``secret``), all
+    stopped afterwards (also when one fails to start)."""
+    started: dict[str, FakeVoucherify] = {}
+    try:
+        for name, spec in specs.items():
+            started[name] = FakeVoucherify(
+                app_id=spec["app_id"], secret_key=spec["secret"], name=f"vf-{name}", log_dir=log_dir
+            ).start()
+        yield started
+    finally:
+        for fake in started.values():
+            fake.stop(kill=True)

@@ -297,8 +297,12 @@ def assert_all_accounted(
 # The CLI, as an operator runs it
 
 
-def connector_cli(env: dict[str, str], *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+def connector_cli(
+    env: dict[str, str], *args: str, timeout: float = 60.0, log: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``connector ARGS`` as an operator runs it; ``log``: a file its command and output are
+    appended to (beside a stack's process logs, which the session-end secret scan reads)."""
+    result = subprocess.run(
         [str(BIN / "connector"), *args],
         env=env,
         cwd=ROOT,
@@ -307,6 +311,10 @@ def connector_cli(env: dict[str, str], *args: str, timeout: float = 60.0) -> sub
         timeout=timeout,
         check=False,
     )
+    if log is not None:
+        with open(log, "a") as out:
+            out.write(f"$ connector {' '.join(args)}\n{result.stdout}{result.stderr}\n")
+    return result
 
 
 def wait_quiet(fake: FakeProcess, seconds: float, timeout: float = 120.0) -> None:
