@@ -256,9 +256,6 @@ def test_a_flood_of_skipped_events_meets_pushback_before_redis_is_full(
 
         errors = client.info("errorstats")
         assert not any("OOM" in k for k in errors), errors
-        assert int(client.info("stats").get("total_error_replies", 0)) == 0 or not any(
-            "OOM" in k for k in errors
-        )
         assert peak < cap
         assert web.alive() and worker.alive(), stack.logs()
         # The flood spent its budget and was told why.
