@@ -19,6 +19,7 @@ from connector import redisconn
 from connector.celery_app import create_celery
 from connector.config import Settings
 from connector.keys import Keys
+from connector.memory import MemoryGuard
 from connector.trace import Recorder
 
 log = logging.getLogger("connector.web")
@@ -37,7 +38,9 @@ def create_app(settings: Settings) -> Flask:
     app.extensions["connector.settings"] = settings
     app.extensions["connector.redis"] = client
     app.extensions["connector.celery"] = celery
-    app.extensions["connector.enqueuer"] = Enqueuer(celery, client, Keys(settings.key_prefix))
+    app.extensions["connector.enqueuer"] = Enqueuer(
+        celery, client, Keys(settings.key_prefix), MemoryGuard(client, settings.memory_high_water)
+    )
     # The overview's ingest counts and the traces of refused events: collected in memory and
     # written at most once a second (never a Redis round trip per request).
     app.extensions["connector.trace"] = Recorder(Keys(settings.key_prefix), settings.trace)

@@ -22,6 +22,7 @@ from connector import backlog
 from connector.config import Connection
 from connector.contract import TASK_SEGMENT_EVENTS, TASK_VOUCHERIFY_WEBHOOK
 from connector.keys import Keys
+from connector.memory import MemoryGuard
 
 log = logging.getLogger("connector.ingest")
 
@@ -49,13 +50,49 @@ def unavailable() -> ApiError:
 
 
 class Enqueuer:
-    def __init__(self, celery: Celery, client: redis.Redis, keys: Keys) -> None:
+    def __init__(
+        self, celery: Celery, client: redis.Redis, keys: Keys, memory: MemoryGuard | None = None
+    ) -> None:
         self.celery = celery
         self.redis = client
         self.keys = keys
+        self.memory = memory
+
+    def _bounds(self, connection: Connection) -> None:
+        """The bounds of Redis memory other than the backlog (SPEC 16): the whole Redis near
+        its maxmemory (503 ``redis_memory_full``: room is kept for the workers to finish), the
+        connection's dead letters over their bound (429 ``dead_letters_full``: they are data,
+        never dropped; an operator replays or purges them).  Named in the answer, the log and
+        the refusals metric (by code)."""
+        seen = self.memory.full() if self.memory is not None else None
+        if seen is not None:
+            log.warning(
+                "redis memory over its high water: refusing new work",
+                extra={"connection": connection.id, "used": seen.used, "maxmemory": seen.maxmemory},
+            )
+            raise ApiError(
+                503,
+                "redis_memory_full",
+                "Redis is nearly out of memory; nothing was accepted, retry later",
+                headers={"Retry-After": RETRY_AFTER_BACKLOG},
+            )
+        dead = int(self.redis.hget(self.keys.dlq_bytes, connection.id) or 0)
+        if dead >= connection.dead_letter_bytes_limit:
+            log.warning(
+                "dead letters over their bound: refusing new work",
+                extra={"connection": connection.id, "bytes": dead},
+            )
+            raise ApiError(
+                429,
+                "dead_letters_full",
+                f"connection {connection.id!r} holds too many dead letters "
+                "(replay or purge them: connector dlq); retry later",
+                headers={"Retry-After": RETRY_AFTER_BACKLOG},
+            )
 
     def _reserve(self, connection: Connection, count: int, stored_bytes: int, *, flow: bool = False) -> None:
         try:
+            self._bounds(connection)
             ok = backlog.reserve(
                 self.redis,
                 connection.id,

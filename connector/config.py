@@ -106,6 +106,9 @@ class Settings:
     metrics_dir: str | None = None  # PROMETHEUS_MULTIPROC_DIR
     logs: LogOptions = field(default_factory=LogOptions)
     trace: TraceOptions = field(default_factory=TraceOptions)  # TRACE_RETENTION_HOURS, ...
+    # REDIS_MEMORY_HIGH_WATER: the share of Redis' maxmemory above which the ingest answers 503
+    # redis_memory_full (connector.memory), so that the workers keep room to finish.
+    memory_high_water: float = 0.85
     _by_key: Mapping[str, Connection] = field(default_factory=dict, repr=False)
     _by_id: Mapping[str, Connection] = field(default_factory=dict, repr=False)
 
@@ -222,6 +225,16 @@ def load_settings(
     if status_page not in ("on", "off", "1", "0", "true", "false", "yes", "no"):
         problems.append(f"STATUS_PAGE: must be on or off, not {status_page!r}")
     trace = trace_options(env, problems)
+    water_raw = (env.get("REDIS_MEMORY_HIGH_WATER") or "").strip()
+    water = Settings.memory_high_water
+    if water_raw:
+        try:
+            water = float(water_raw)
+            if not 0 < water <= 1:
+                raise ValueError
+        except ValueError:
+            problems.append(f"REDIS_MEMORY_HIGH_WATER: must be a fraction in (0, 1], not {water_raw!r}")
+            water = Settings.memory_high_water
     if problems:
         raise ConfigError(problems)
     return Settings(
@@ -243,6 +256,7 @@ def load_settings(
         metrics_dir=metrics_directory(env),
         logs=log_options(env),
         trace=trace,
+        memory_high_water=water,
         _by_key=by_key,
         _by_id=by_id,
     )
@@ -270,6 +284,16 @@ def trace_options(env: Mapping[str, str] | None = None, problems: list[str] | No
     found: list[str] = [] if problems is None else problems
     default = TraceOptions()
     hours, above = default.retention_hours, default.sample_above_per_minute
+    budget = default.budget_bytes
+    raw = (env.get("TRACE_MEMORY_MB") or "").strip()
+    if raw:
+        try:
+            budget = int(float(raw) * 1024 * 1024)
+            if budget < 0:
+                raise ValueError
+        except ValueError:
+            found.append(f"TRACE_MEMORY_MB: must be a number of megabytes >= 0, not {raw!r}")
+            budget = default.budget_bytes
     raw = (env.get("TRACE_RETENTION_HOURS") or "").strip()
     if raw:
         try:
@@ -290,7 +314,7 @@ def trace_options(env: Mapping[str, str] | None = None, problems: list[str] | No
             above = default.sample_above_per_minute
     if problems is None and found:
         raise ConfigError(found)
-    return TraceOptions(retention_hours=hours, sample_above_per_minute=above)
+    return TraceOptions(retention_hours=hours, sample_above_per_minute=above, budget_bytes=budget)
 
 
 def _token(env: Mapping[str, str], name: str, problems: list[str]) -> Secret | None:

@@ -27,6 +27,10 @@ MODES = ("rest", "segmentio")
 MAX_SUBSCRIPTIONS = 50
 DEFAULT_BACKLOG_BYTES = 128 * 1024 * 1024
 MIN_BACKLOG_BYTES = 1024 * 1024  # below one full request (500 KB) plus room, nothing could pass
+# Dead letters are data (never expired, never dropped): bounded per connection, the ingest pushes
+# back (429 dead_letters_full) while they are over it, until an operator replays or purges them.
+DEFAULT_DEAD_LETTER_BYTES = 256 * 1024 * 1024
+MIN_DEAD_LETTER_BYTES = 1024 * 1024
 # [connection.destination] defaults: the Actions presets, or the classic destination's tables.
 DEFAULTS_CHOICES = ("actions", "classic")
 # The names Segment's catalog gives Voucherify in an event's `integrations` object: the classic
@@ -112,6 +116,7 @@ class Connection:
     # bytes they occupy in Redis (fat events would otherwise fill Redis under the event bound).
     backlog_limit: int = 100_000
     backlog_bytes_limit: int = DEFAULT_BACKLOG_BYTES
+    dead_letter_bytes_limit: int = DEFAULT_DEAD_LETTER_BYTES
 
     @property
     def queues(self) -> list[str]:
@@ -367,6 +372,7 @@ def read_connection(
             "retry_window_hours",
             "backlog_limit",
             "backlog_bytes_limit",
+            "dead_letter_bytes_limit",
         }
     )
     if not isinstance(cid_raw, str) or not CONNECTION_ID_RE.match(cid_raw):
@@ -382,6 +388,10 @@ def read_connection(
     backlog_bytes = (
         r.integer("backlog_bytes_limit", DEFAULT_BACKLOG_BYTES, minimum=MIN_BACKLOG_BYTES)
         or DEFAULT_BACKLOG_BYTES
+    )
+    dead_bytes = (
+        r.integer("dead_letter_bytes_limit", DEFAULT_DEAD_LETTER_BYTES, minimum=MIN_DEAD_LETTER_BYTES)
+        or DEFAULT_DEAD_LETTER_BYTES
     )
     webhook_secret = r.secret("segment_webhook_secret")
     unsigned = r.flag("segment_webhook_unsigned")
@@ -403,6 +413,7 @@ def read_connection(
         retry_window_seconds=window * 3600,
         backlog_limit=backlog,
         backlog_bytes_limit=backlog_bytes,
+        dead_letter_bytes_limit=dead_bytes,
     )
 
 

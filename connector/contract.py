@@ -21,12 +21,17 @@ a rolling upgrade, so names and shapes only ever grow:
 - ``stored_bytes``: the bytes the message holds, reserved on the connection's backlog by the web
   and released by the workers as its events finish.
 
+Past the mapping, an event is never stored merged: a delivery item keeps the event's own fields
+and a reference (``DeliveryItem.shared``, a digest) to the batch's objects, stored once
+(:func:`shared_objects`, :func:`shared_digest`).
+
 Older messages (``[connection_id, events]``, events already merged) stay readable: with no
 ``shared``, :func:`expand` leaves an event as it is.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any, Final, TypedDict
 
@@ -73,11 +78,37 @@ def expand(event: dict[str, Any], shared: Mapping[str, Any] | None) -> dict[str,
     client sent none."""
     if not shared or not isinstance(event, dict):
         return event
+    merge_objects(event, shared)
+    return expand_scalars(event, shared)
+
+
+def merge_objects(event: dict[str, Any], shared: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The batch-level objects (``context``, ``integrations``) merged under the event's own
+    (``event`` changed in place: new dicts, the event's own objects are not mutated)."""
+    if not shared or not isinstance(event, dict):
+        return event
     for key in MERGED:
         batch = shared.get(key)
         if isinstance(batch, dict) and batch:
             own = event.get(key)
             event[key] = {**batch, **own} if isinstance(own, dict) else dict(batch)
+    return event
+
+
+def shared_objects(shared: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What of ``shared`` is multiplied when merged into each event -- the batch's ``context``
+    and ``integrations`` -- and so must stay shared (stored once, referenced) in every later
+    stage: holds, parked work, deliver tasks, dead letters (SPEC 16, memory is a budget)."""
+    if not shared:
+        return {}
+    return {k: v for k in MERGED if isinstance(v := shared.get(k), dict) and v}
+
+
+def expand_scalars(event: dict[str, Any], shared: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The batch's small per-event fields only (``receivedAt``, ``sentAt``, ``timestamp``): what
+    an event keeps of ``shared`` in its own stored copy (a few dozen bytes)."""
+    if not shared or not isinstance(event, dict):
+        return event
     received = shared.get("receivedAt")
     if received is not None:
         event["receivedAt"] = received
@@ -87,6 +118,12 @@ def expand(event: dict[str, Any], shared: Mapping[str, Any] | None) -> dict[str,
     if sent_at and not event.get("sentAt"):
         event["sentAt"] = sent_at
     return event
+
+
+def shared_digest(blob: bytes) -> str:
+    """The reference an item or a dead letter keeps to a batch's shared objects (their JSON):
+    content-addressed, so equal contexts of many requests are stored once."""
+    return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
 
 def backlog_shares(stored_bytes: int, count: int) -> list[int]:
@@ -122,6 +159,10 @@ class DeliveryItem(TypedDict, total=False):
     held: bool  # an upsert that waited in the hold window (workers.delivery.holds)
     pregranted: bool  # its budgets were granted when the call was planned (one attempt)
     async_action: dict[str, Any]  # a queued call being read back (workers.delivery.pending)
+    # The digest of the batch's shared objects (``shared_objects``) the payload was mapped with:
+    # the payload is the event's OWN fields, the objects are stored once per batch under
+    # ``Keys.shared`` (and once per dead-letter store, ``Keys.dlq_shared``), never per item.
+    shared: str
 
 
 def backlog_of(item: Mapping[str, Any]) -> tuple[int, int]:

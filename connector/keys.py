@@ -19,6 +19,10 @@ Layout (``{p}`` is the prefix, ``{c}`` a connection id)::
     {p}dlq                              zset    dead-letter id -> dead-lettered time (epoch ms)
     {p}dlq:data                         hash    dead-letter id -> JSON record
     {p}dlq:counts                       hash    connection id -> number of its dead letters
+    {p}dlq:bytes                        hash    connection id -> bytes of its dead letters (bounded)
+    {p}dlq:shared                       hash    {c}:{digest} -> a batch's shared objects (JSON), once
+    {p}dlq:shared:refs                  hash    {c}:{digest} -> dead letters referencing it
+    {p}shared:{c}:{digest}              string  a batch's shared objects for items in flight (TTL)
     {p}outbox:{c}                       list    Segment track calls waiting for /v1/batch (FIFO)
     {p}outbox:{c}:state                 hash    queue, retry state (attempts, next_at, delay, history)
     {p}outbox:{c}:lock                  string  token of the one flusher of this connection
@@ -30,6 +34,9 @@ Layout (``{p}`` is the prefix, ``{c}`` a connection id)::
     {p}trace:h:{c}:{id}                 list    an event's received/mapping records (JSON, TTL, capped)
     {p}trace:s:{c}:{id}                 list    its attempts, waits and outcomes (JSON, TTL, newest kept)
     {p}trace:c:{id}                     set     connections with a trace of this id (TTL: the longest)
+    {p}traces:{class}                   zset    {c}:{id} -> last write (ms): the trace budget, oldest first
+    {p}traces:{class}:sz                hash    {c}:{id} -> bytes written for it
+    {p}traces:{class}:bytes             string  their sum (the budget's measure)
     {p}ov:{c}:m:{minute}                hash    overview counters of one minute (TTL ~2 h)
     {p}ov:{c}:h:{hour}                  hash    overview counters of one hour (TTL ~25 h)
     {p}ov:{c}:s:{field}                 list    a few sample event ids of one overview field (TTL)
@@ -135,6 +142,21 @@ class Keys:
     def dlq_counts(self) -> str:
         return f"{self.prefix}dlq:counts"
 
+    @property
+    def dlq_bytes(self) -> str:
+        return f"{self.prefix}dlq:bytes"
+
+    @property
+    def dlq_shared(self) -> str:
+        return f"{self.prefix}dlq:shared"
+
+    @property
+    def dlq_shared_refs(self) -> str:
+        return f"{self.prefix}dlq:shared:refs"
+
+    def shared(self, connection_id: str, digest: str) -> str:
+        return f"{self.prefix}shared:{connection_id}:{digest}"
+
     def outbox(self, connection_id: str) -> str:
         return f"{self.prefix}outbox:{connection_id}"
 
@@ -171,6 +193,17 @@ class Keys:
 
     def trace_index(self, event_id: str) -> str:
         return f"{self.prefix}trace:c:{event_id}"
+
+    # The trace budget (connector.trace): one per class of trace ("main": delivered, failed;
+    # "minor": skipped or refused, which may take only a share).
+    def traces(self, cls: str) -> str:
+        return f"{self.prefix}traces:{cls}"
+
+    def traces_sizes(self, cls: str) -> str:
+        return f"{self.prefix}traces:{cls}:sz"
+
+    def traces_bytes(self, cls: str) -> str:
+        return f"{self.prefix}traces:{cls}:bytes"
 
     def overview_minute(self, connection_id: str, minute: int) -> str:
         return f"{self.prefix}ov:{connection_id}:m:{minute}"

@@ -64,6 +64,54 @@ REFUSED_KEEP_SECONDS: Final = 3600
 # A trace's identity: (connection id, event id).
 Traced = tuple[str, str]
 
+# The trace budget (SPEC 16: traces are diagnostics and give way first).  Two classes, each a
+# zset of "{c}:{id}" by last write, the bytes written per trace and their sum: "main" (delivered,
+# retried, dead-lettered) takes the budget less the minor share; "minor" (skipped at the mapping,
+# refused at the ingest: what a flood of junk makes) only ``TraceOptions.minor_share`` of it, so
+# such a flood never pushes out the traces an operator looks for, nor fills Redis.
+MAIN: Final = "main"
+MINOR: Final = "minor"
+# What a trace costs besides its records: two keys, the index entry, the budget's own entries.
+TRACE_OVERHEAD_BYTES: Final = 400
+# At most this many traces given up per write (the rest at the next one).
+MAX_EVICTED_PER_WRITE: Final = 5000
+
+# KEYS: the class's zset, its sizes hash, its byte total.  ARGV: budget (bytes), now (ms),
+# forget-before (ms: members not written since the retention, whose keys have expired), then
+# (member, bytes) pairs written now.  Returns the members given up (their keys are the caller's
+# to delete: a script touches only the keys it is passed).
+_BUDGET_LUA: Final = """
+local total = 0
+for i = 4, #ARGV, 2 do
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[i])
+  redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
+  total = redis.call('INCRBY', KEYS[3], ARGV[i + 1])
+end
+if #ARGV < 4 then total = tonumber(redis.call('GET', KEYS[3]) or '0') end
+local function forget(member)
+  local size = tonumber(redis.call('HGET', KEYS[2], member) or '0')
+  redis.call('HDEL', KEYS[2], member)
+  redis.call('ZREM', KEYS[1], member)
+  total = redis.call('DECRBY', KEYS[3], size)
+end
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3], 'LIMIT', 0, 1000)) do
+  forget(m)
+end
+local budget = tonumber(ARGV[1])
+local evicted = {}
+while total > budget and #evicted < MAX_EVICTED do
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 199)
+  if #oldest == 0 then break end
+  for _, m in ipairs(oldest) do
+    forget(m)
+    evicted[#evicted + 1] = m
+    if total <= budget then break end
+  end
+end
+if total <= 0 then redis.call('DEL', KEYS[3]) end
+return evicted
+""".replace("MAX_EVICTED", str(MAX_EVICTED_PER_WRITE))
+
 # Adds a connection to an id's index; its TTL is raised to ARGV[2], never lowered.
 _INDEX_LUA: Final = """
 redis.call('SADD', KEYS[1], ARGV[1])
@@ -164,6 +212,7 @@ class Recorder:
         self._delivered: set[Traced] = set()  # sampling candidates
         self._refused = 0  # refused events traced since the last write
         self._refused_ids: set[Traced] = set()  # ... theirs (kept REFUSED_KEEP_SECONDS only)
+        self._minor: set[Traced] = set()  # skipped or refused: the budget's minor share
         self._last_flush = time.monotonic()
         self._flusher_pid: int | None = None
 
@@ -219,6 +268,7 @@ class Recorder:
                 return
             self._refused += 1
             self._refused_ids.add((connection, str(_clean_id(event_id))))
+            self._minor.add((connection, str(_clean_id(event_id))))
         self._record(
             self._head,
             [event_id],
@@ -300,6 +350,11 @@ class Recorder:
         if outcome == overview.DELIVERED:
             with self._lock:
                 self._delivered.update((connection, event_id) for event_id in clean)
+        elif outcome == overview.SKIPPED:
+            owner = connection or self.connection
+            if owner:
+                with self._lock:
+                    self._minor.update((owner, event_id) for event_id in clean)
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -314,11 +369,12 @@ class Recorder:
             delivered, self._delivered = self._delivered, set()
             self._refused = 0
             refused, self._refused_ids = self._refused_ids, set()
+            minor, self._minor = self._minor, set()
             self._last_flush = time.monotonic()
         if not (head or steps or counts or samples):
             return
         try:
-            self._write(client, head, steps, counts, samples, delivered, refused)
+            self._write(client, head, steps, counts, samples, delivered, refused, minor)
         except redis.RedisError as exc:
             log.warning("trace records not written", extra={"error": str(exc)[:200]})
 
@@ -348,8 +404,10 @@ class Recorder:
         samples: list[tuple[str, str, str]],
         delivered: set[Traced],
         refused: Set[Traced] = frozenset(),
+        minor: Set[Traced] = frozenset(),
     ) -> None:
         now = time.time()
+        written: dict[Traced, int] = {}
         dropped = self._dropped(client, delivered, now)
         ttl = max(1, self.options.retention_seconds)
         pipe = client.pipeline(transaction=False)
@@ -369,6 +427,7 @@ class Recorder:
                 pipe.ltrim(key, *trim)
                 pipe.expire(key, keep)
                 indexed[traced] = max(indexed.get(traced, 0), keep)
+                written[traced] = written.get(traced, 0) + sum(map(len, records))
         for (cid, event_id), keep in indexed.items():
             # The index lives as long as the longest trace it names (a refused event's hour
             # must not cut short another connection's day).
@@ -393,6 +452,40 @@ class Recorder:
             pipe.ltrim(key, 0, overview.SAMPLES_PER_FIELD - 1)
             pipe.expire(key, max(ttl, overview.HOUR_KEEP_SECONDS))
         pipe.execute()
+        if written and self.options.budget_bytes > 0:
+            self._keep_budget(client, written, minor | refused, now, ttl)
+
+    def _keep_budget(
+        self, client: redis.Redis, written: dict[Traced, int], minor: Set[Traced], now: float, ttl: int
+    ) -> None:
+        """Account what was just written to its class's budget; give up the oldest traces of a
+        class over its share (they are diagnostics: data and the ingest come first)."""
+        share = min(1.0, max(0.0, self.options.minor_share))
+        budgets = {
+            MINOR: int(self.options.budget_bytes * share),
+            MAIN: int(self.options.budget_bytes * (1 - share)),
+        }
+        by_class: dict[str, list[Any]] = {MAIN: [], MINOR: []}
+        for (cid, event_id), size in written.items():
+            cls = MINOR if (cid, event_id) in minor else MAIN
+            by_class[cls].extend([f"{cid}:{event_id}", size + TRACE_OVERHEAD_BYTES])
+        now_ms = int(now * 1000)
+        evicted: list[str] = []
+        for cls, pairs in by_class.items():
+            if not pairs:
+                continue
+            keys = [self.keys.traces(cls), self.keys.traces_sizes(cls), self.keys.traces_bytes(cls)]
+            gone = client.eval(_BUDGET_LUA, 3, *keys, budgets[cls], now_ms, now_ms - ttl * 1000, *pairs)
+            evicted.extend(_text(m) for m in gone or ())
+        if not evicted:
+            return
+        pipe = client.pipeline(transaction=False)
+        for member in evicted:
+            cid, _, event_id = member.partition(":")
+            pipe.delete(self.keys.trace_head(cid, event_id), self.keys.trace_steps(cid, event_id))
+            pipe.srem(self.keys.trace_index(event_id), cid)
+        pipe.execute()
+        log.info("trace budget: gave up the oldest traces", extra={"traces": len(evicted)})
 
     def autoflush(self, client: redis.Redis, interval: float = 1.0) -> None:
         """For a long-lived process (the web): write at most once per ``interval`` on the

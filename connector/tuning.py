@@ -144,6 +144,10 @@ class TraceOptions:
 
     retention_hours: float = 24.0
     sample_above_per_minute: int = 6000
+    # TRACE_MEMORY_MB (default 64; 0: no budget): what all traces of the deployment may occupy
+    # in Redis, oldest given up first; skipped and refused events' traces a quarter of it.
+    budget_bytes: int = 64 * 1024 * 1024
+    minor_share: float = 0.25
 
     @property
     def retention_seconds(self) -> int:

@@ -35,12 +35,23 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
+import orjson
 import redis
 from celery.exceptions import Reject
 
 from connector import backlog
 from connector.config import Connection
-from connector.contract import DESTINATION, SOURCE, DeliveryItem, backlog_of, backlog_shares, expand
+from connector.contract import (
+    DESTINATION,
+    SOURCE,
+    DeliveryItem,
+    backlog_of,
+    backlog_shares,
+    expand_scalars,
+    merge_objects,
+    shared_digest,
+    shared_objects,
+)
 from connector.errors import MappingError, SkipEvent
 from workers import targets
 from workers.delivery import holds, outcomes, pending, shutdown
@@ -59,6 +70,10 @@ log = logging.getLogger("connector.pipeline")
 
 MAX_ITEMS_PER_ENTRY = 500
 REQUEUE_PAUSE_SECONDS = 1.0
+# How long a batch's shared objects outlive the retry window for the items that reference them
+# (held, parked, paused work).  Should one outlive even that, its dead letter keeps the request
+# (replayable as it is) and only a --remap replay would miss the batch context.
+SHARED_KEEP_SECONDS = 7 * 24 * 3600
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,8 +116,26 @@ def process_segment_events(
     with _task(rt, connection, connection_id, DESTINATION) as ctx:
         items: list[DeliveryItem] = []
         door = str((shared or {}).get("door") or "segment")
+        # The batch's objects (a context of tens of KB) are merged for the mapping only: what is
+        # stored past it -- items held, parked, sent as tasks, dead letters -- keeps the event's
+        # own fields and a reference to ONE copy of them (SPEC 16, memory is a budget).
+        objects = shared_objects(shared)
+        blob = orjson.dumps(objects) if objects else b""
+        ref = shared_digest(blob) if objects else None
+        if ref is not None:
+            ctx.remember_shared(ref, blob)
         for event, share in zip(events, shares or [0] * len(events), strict=True):
-            items.extend(_map_segment_event(ctx, expand(event, shared), share, door))
+            own = expand_scalars(event, shared)
+            full = merge_objects(dict(own), objects) if isinstance(own, dict) else own
+            items.extend(_map_segment_event(ctx, full, share, door, own=own, ref=ref))
+        if ref is not None and any(i.get("shared") == ref for i in items):
+            # Items in flight find the objects here when one of them is dead-lettered later; kept
+            # past any retry window (a dead letter then copies them into its own store).
+            ctx.client.set(
+                ctx.keys.shared(connection_id, ref),
+                blob,
+                ex=connection.retry_window_seconds + SHARED_KEEP_SECONDS,
+            )
         # Upserts held across tasks; a custom event's customer's held upserts run first.
         hold = holds.intercept(ctx, items, fresh=True)
         _run(ctx, ctx.target.coalesce(hold.run))
@@ -217,11 +250,27 @@ def flush_segment_outbox(
 
 
 def _map_segment_event(
-    ctx: Context, event: dict[str, Any], stored_bytes: int = 0, door: str = "segment"
+    ctx: Context,
+    event: dict[str, Any],
+    stored_bytes: int = 0,
+    door: str = "segment",
+    *,
+    own: Any = None,
+    ref: str | None = None,
 ) -> list[DeliveryItem]:
+    """``event`` merged (what the mapping sees); ``own``/``ref``: what is stored of it -- its
+    own fields and the reference to the batch's objects (without them, ``event`` whole)."""
     message_id = str(event.get("messageId")) if isinstance(event, dict) and event.get("messageId") else None
     received_at = _received_at(event)
-    bare = {"payload": event, "received_at": received_at, "backlog": 1, "backlog_bytes": stored_bytes}
+    stored: Any = event if own is None else own
+    bare: dict[str, Any] = {
+        "payload": stored,
+        "received_at": received_at,
+        "backlog": 1,
+        "backlog_bytes": stored_bytes,
+    }
+    if ref is not None:
+        bare["shared"] = ref
     ctx.trace.received(
         message_id, connection=ctx.connection_id, direction=DESTINATION, door=door, at=received_at
     )
@@ -255,7 +304,7 @@ def _map_segment_event(
         # other subscriptions already delivered.
         finish_dead(
             ctx,
-            {"payload": event, "received_at": received_at, "backlog": 0},
+            {**bare, "backlog": 0, "backlog_bytes": 0},
             MAPPING_ERROR,
             f"subscription {name!r}: {failure.message}",
         )
@@ -265,10 +314,14 @@ def _map_segment_event(
     # The event's backlog (one event, its bytes) rides on its last request: released when the
     # event is finished.
     last = len(requests) - 1
-    return [
-        new_item(r, event, received_at, 1 if i == last else 0, stored_bytes if i == last else 0)
+    items = [
+        new_item(r, stored, received_at, 1 if i == last else 0, stored_bytes if i == last else 0)
         for i, r in enumerate(requests)
     ]
+    if ref is not None:
+        for item in items:
+            item["shared"] = ref
+    return items
 
 
 def _trace_mapping(

@@ -83,6 +83,15 @@ def new_item(
     return item
 
 
+def keep_shared(item: DeliveryItem, sources: Sequence[Mapping[str, Any]]) -> DeliveryItem:
+    """A coalesced ``item`` keeps the reference to its events' batch objects when they all
+    share one (their payloads are their own fields: see ``DeliveryItem.shared``)."""
+    refs = {s.get("shared") for s in sources}
+    if len(refs) == 1 and (ref := refs.pop()):
+        item["shared"] = ref
+    return item
+
+
 # ---------------------------------------------------------------------------------------------
 # Sending and recording
 
@@ -357,6 +366,10 @@ def dead_letter_for(ctx: Context, item: Mapping[str, Any], failure: Failure) -> 
         error=failure.error,
         queue=ctx.queue,
         payload=item.get("payload"),
+        # The payload is the event's own fields: the batch's objects are referenced, and the
+        # dead-letter store keeps one copy of them per connection and digest (SPEC 16).
+        shared=item.get("shared"),
+        shared_blob=ctx.shared_blob(item.get("shared")),
         request=item.get("request"),
         status=failure.status,
         response_excerpt=failure.excerpt,

@@ -46,6 +46,9 @@ class Context:
     _bytes: int = field(init=False, default=0)
     _calls: int = field(init=False, default=0)  # calls made to the target (the forecast's count)
     _units_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+    # Batch-shared objects by digest (connector.contract.shared_digest), as this task knows
+    # them: the mapping task puts the fresh ones here; a later stage reads them from Redis.
+    _shared: dict[str, bytes | None] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.ledger = Ledger(self.client, self.keys, self.connection_id)
@@ -86,6 +89,18 @@ class Context:
     def out_of_time(self) -> bool:
         """The task's time budget is spent, or the worker is stopping: start nothing new."""
         return time.monotonic() >= self.deadline or shutdown.stopping()
+
+    def remember_shared(self, digest: str, blob: bytes) -> None:
+        self._shared[digest] = blob
+
+    def shared_blob(self, digest: str | None) -> bytes | None:
+        """The JSON of the batch objects ``digest`` names (None: unknown or expired)."""
+        if not digest:
+            return None
+        if digest not in self._shared:
+            raw = self.client.get(self.keys.shared(self.connection_id, digest))
+            self._shared[digest] = raw if isinstance(raw, bytes) or raw is None else str(raw).encode()
+        return self._shared[digest]
 
     def release_backlog(self, units: int, stored_bytes: int = 0) -> None:
         # Collected and released once per task (flush_backlog): a round trip per task, not per

@@ -34,23 +34,44 @@ import orjson
 import redis
 
 from connector import backlog
-from connector.contract import TASK_DELIVER, ingest_call
+from connector.contract import TASK_DELIVER, ingest_call, merge_objects
 from connector.keys import Keys
 from connector.lua import Lua
 from connector.publish import Publish
 
-# KEYS: dlq, dlq:data, dlq:counts.  ARGV: id, score, record JSON, connection id.
-_ADD = Lua(
-    """
-if redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) == 1 then
-  redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
+# What one record adds (Lua, shared by the scripts below).  KEYS[1..6]: dlq, dlq:data,
+# dlq:counts, dlq:bytes, dlq:shared, dlq:shared:refs.  A record: id, score, JSON, connection id,
+# the field of its batch's shared objects ("{c}:{digest}" or ""), their JSON ("" if unknown).
+# The connection's bytes count the record and, once, the shared objects it is the first to
+# reference: the dead-letter store is data, bounded per connection at the ingest (SPEC 16).
+_ADD_ONE = """
+local function add_one(id, score, json, c, field, blob)
+  if redis.call('ZADD', KEYS[1], score, id) == 1 then
+    redis.call('HINCRBY', KEYS[3], c, 1)
+  else
+    local old = redis.call('HGET', KEYS[2], id)
+    if old then redis.call('HINCRBY', KEYS[4], c, -string.len(old)) end
+  end
+  redis.call('HSET', KEYS[2], id, json)
+  redis.call('HINCRBY', KEYS[4], c, string.len(json))
+  if field ~= '' and blob ~= '' then
+    if redis.call('HSETNX', KEYS[5], field, blob) == 1 then
+      redis.call('HINCRBY', KEYS[4], c, string.len(blob))
+    end
+    redis.call('HINCRBY', KEYS[6], field, 1)
+  end
 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+"""
+
+_ADD = Lua(
+    _ADD_ONE
+    + """
+add_one(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 return 1
 """
 )
 
-# KEYS: dlq, dlq:data, dlq:counts.  ARGV: ids.  Returns how many were removed.
+# KEYS: as _ADD_ONE.  ARGV: ids.  Returns how many were removed.
 _REMOVE = Lua(
     """
 local removed = 0
@@ -63,6 +84,18 @@ for _, id in ipairs(ARGV) do
       local c = ok and type(record) == 'table' and record['connection_id']
       if type(c) == 'string' then
         if redis.call('HINCRBY', KEYS[3], c, -1) <= 0 then redis.call('HDEL', KEYS[3], c) end
+        local left = redis.call('HINCRBY', KEYS[4], c, -string.len(raw))
+        local ref = record['shared']
+        if type(ref) == 'string' and ref ~= '' then
+          local field = c .. ':' .. ref
+          if redis.call('HINCRBY', KEYS[6], field, -1) <= 0 then
+            local blob = redis.call('HGET', KEYS[5], field)
+            if blob then left = redis.call('HINCRBY', KEYS[4], c, -string.len(blob)) end
+            redis.call('HDEL', KEYS[5], field)
+            redis.call('HDEL', KEYS[6], field)
+          end
+        end
+        if left <= 0 then redis.call('HDEL', KEYS[4], c) end
       end
     end
   end
@@ -72,22 +105,20 @@ return removed
 """
 )
 
-# KEYS: dlq, dlq:data, dlq:counts, a list, its lock.  ARGV: lock token, items to trim from the
-# list's head, then (id, score, record JSON, connection id) per record.  All or nothing: the
-# records are written and the list trimmed only while the lock is ours (else -1, nothing done),
-# so a dead-lettered item is never both lost (trimmed first, then a Redis error) and left behind
-# for another flusher to send (dead-lettered, then the lock lost).
+# KEYS: as _ADD_ONE, then a list and its lock.  ARGV: lock token, items to trim from the list's
+# head, then 6 values per record (as _ADD_ONE).  All or nothing: the records are written and the
+# list trimmed only while the lock is ours (else -1, nothing done), so a dead-lettered item is
+# never both lost (trimmed first, then a Redis error) and left behind for another flusher to
+# send (dead-lettered, then the lock lost).
 _ADD_THEN_TRIM = Lua(
-    """
-if redis.call('GET', KEYS[5]) ~= ARGV[1] then return -1 end
-for i = 3, #ARGV, 4 do
-  if redis.call('ZADD', KEYS[1], ARGV[i + 1], ARGV[i]) == 1 then
-    redis.call('HINCRBY', KEYS[3], ARGV[i + 3], 1)
-  end
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
+    _ADD_ONE
+    + """
+if redis.call('GET', KEYS[8]) ~= ARGV[1] then return -1 end
+for i = 3, #ARGV, 6 do
+  add_one(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5])
 end
-redis.call('LTRIM', KEYS[4], tonumber(ARGV[2]), -1)
-return redis.call('LLEN', KEYS[4])
+redis.call('LTRIM', KEYS[7], tonumber(ARGV[2]), -1)
+return redis.call('LLEN', KEYS[7])
 """
 )
 
@@ -120,6 +151,12 @@ class DeadLetter:
     received_at: float | None = None
     dead_lettered_at: float = 0.0
     id: str = ""
+    # The digest of the batch objects (context, integrations) ``payload`` was mapped with: the
+    # payload keeps the event's own fields, the store one copy of the objects (read back
+    # merged by :meth:`DeadLetters.get` / :meth:`DeadLetters.iter`).
+    shared: str | None = None
+    # Their JSON when the writer knows it (never serialized with the record).
+    shared_blob: bytes | None = field(default=None, repr=False)
 
     @property
     def idempotency_key(self) -> str | None:
@@ -155,12 +192,15 @@ class DeadLetter:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data.pop("shared_blob", None)
+        if not data.get("shared"):
+            data.pop("shared", None)
         data["idempotency_key"] = self.idempotency_key
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeadLetter:
-        known = {f for f in cls.__dataclass_fields__}
+        known = {f for f in cls.__dataclass_fields__} - {"shared_blob"}
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
@@ -190,16 +230,29 @@ class DeadLetters:
         record.response_excerpt = (record.response_excerpt or "")[:MAX_EXCERPT_CHARS]
         record.error = (record.error or "")[:MAX_ERROR_CHARS]
         record.history = list(record.history or [])[-MAX_HISTORY:]
+        if record.shared and not record.shared_blob:
+            record.shared = None  # the objects expired: the record is the event's own fields
         return [
             record.id,
             int(record.dead_lettered_at * 1000),
             orjson.dumps(record.to_dict(), default=str),
             record.connection_id,
+            f"{record.connection_id}:{record.shared}" if record.shared else "",
+            record.shared_blob or b"" if record.shared else b"",
         ]
 
+    @property
+    def _keys(self) -> list[str]:
+        k = self.keys
+        return [k.dlq, k.dlq_data, k.dlq_counts, k.dlq_bytes, k.dlq_shared, k.dlq_shared_refs]
+
     def add(self, record: DeadLetter) -> str:
-        _ADD(self.client, [self.keys.dlq, self.keys.dlq_data, self.keys.dlq_counts], self._prepared(record))
+        _ADD(self.client, self._keys, self._prepared(record))
         return record.id
+
+    def bytes_of(self, connection_id: str) -> int:
+        """What ``connection_id``'s dead letters occupy (records and their shared objects)."""
+        return int(self.client.hget(self.keys.dlq_bytes, connection_id) or 0)
 
     def add_then_trim(
         self, records: list[DeadLetter], list_key: str, lock_key: str, token: str, count: int
@@ -209,9 +262,7 @@ class DeadLetters:
         args: list[Any] = [token, count]
         for record in records:
             args.extend(self._prepared(record))
-        done = _ADD_THEN_TRIM(
-            self.client, [self.keys.dlq, self.keys.dlq_data, self.keys.dlq_counts, list_key, lock_key], args
-        )
+        done = _ADD_THEN_TRIM(self.client, [*self._keys, list_key, lock_key], args)
         return int(done) >= 0
 
     def remove(self, ids: list[str]) -> int:
@@ -220,9 +271,7 @@ class DeadLetters:
         removed = 0
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            removed += int(
-                _REMOVE(self.client, [self.keys.dlq, self.keys.dlq_data, self.keys.dlq_counts], chunk)
-            )
+            removed += int(_REMOVE(self.client, self._keys, chunk))
         return removed
 
     def counts(self) -> dict[str, int]:
@@ -237,6 +286,24 @@ class DeadLetters:
             return None
         record = DeadLetter.from_dict(orjson.loads(raw))
         record.id = entry_id
+        return self._merged(record, {})
+
+    def _merged(self, record: DeadLetter, cache: dict[str, Any]) -> DeadLetter:
+        """``record`` with its payload as it was mapped: the batch's objects merged back."""
+        if not record.shared:
+            return record
+        field_name = f"{record.connection_id}:{record.shared}"
+        if field_name not in cache:
+            raw = self.client.hget(self.keys.dlq_shared, field_name)
+            cache[field_name] = orjson.loads(raw) if raw else None
+        objects = cache[field_name]
+        if objects:
+            if isinstance(record.payload, dict):
+                record.payload = merge_objects(dict(record.payload), objects)
+            elif isinstance(record.payload, list):  # a coalesced call's events
+                record.payload = [
+                    merge_objects(dict(p), objects) if isinstance(p, dict) else p for p in record.payload
+                ]
         return record
 
     def count(self) -> int:
@@ -260,6 +327,7 @@ class DeadLetters:
         low: float | str = int((now - newer_than) * 1000) if newer_than is not None else "-inf"
         yielded = 0
         offset = 0
+        cache: dict[str, Any] = {}
         while True:
             ids = self.client.zrevrangebyscore(self.keys.dlq, high, low, start=offset, num=chunk)
             if not ids:
@@ -277,7 +345,7 @@ class DeadLetters:
                     continue
                 if reason and record.reason != reason:
                     continue
-                yield record
+                yield self._merged(record, cache)
                 yielded += 1
                 if limit is not None and yielded >= limit:
                     return

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from connector.contract import DeliveryItem, backlog_of
-from workers.delivery.attempts import new_item
+from workers.delivery.attempts import keep_shared, new_item
 from workers.delivery.stale import event_time_ms
 from workers.outbound import OutboundRequest
 
@@ -311,12 +311,15 @@ def coalesce_items(
         sources = [items[i] for i in merged.sources]
         times = [float(t) for s in sources if (t := s.get("received_at")) is not None]
         held = [backlog_of(s) for s in sources]
-        item = new_item(
-            merged.request,
-            [s.get("payload") for s in sources],
-            min(times) if times else None,
-            sum(u for u, _ in held),
-            sum(b for _, b in held),
+        item = keep_shared(
+            new_item(
+                merged.request,
+                [s.get("payload") for s in sources],
+                min(times) if times else None,
+                sum(u for u, _ in held),
+                sum(b for _, b in held),
+            ),
+            sources,
         )
         if allow_bulk is not None and merged.request.path == BULK_PATH:
             item["pregranted"] = True

@@ -27,7 +27,7 @@ from connector.config import Connection
 from connector.contract import DeliveryItem, backlog_of
 from connector.keys import Keys
 from connector.tuning import Tuning
-from workers.delivery.attempts import new_item
+from workers.delivery.attempts import keep_shared, new_item
 from workers.delivery.budgets import Budget, Budgets
 from workers.delivery.holds import Holds, digest
 from workers.delivery.pending import ActionState
@@ -256,12 +256,15 @@ def merge_per_customer(items: list[DeliveryItem]) -> list[DeliveryItem]:
         times = [float(t) for i in mine if (t := i.get("received_at")) is not None]
         held = [backlog_of(i) for i in mine]
         out.append(
-            new_item(
-                merged,
-                [i.get("payload") for i in mine],
-                min(times) if times else None,
-                sum(u for u, _ in held),
-                sum(b for _, b in held),
+            keep_shared(
+                new_item(
+                    merged,
+                    [i.get("payload") for i in mine],
+                    min(times) if times else None,
+                    sum(u for u, _ in held),
+                    sum(b for _, b in held),
+                ),
+                mine,
             )
         )
     return out
