@@ -38,7 +38,7 @@ from flask import Blueprint, Response, abort, current_app, jsonify, render_templ
 
 from app.auth import require_token
 from app.status_quota import quota_data
-from connector import depths, overview, trace
+from connector import depths, overview, trace, tracereader
 from connector.config import Settings
 from connector.keys import Keys
 
@@ -213,7 +213,7 @@ def trace_view() -> tuple[str, int]:
     error = None
     if event_id:
         try:
-            found = trace.find(
+            found = tracereader.find(
                 current_app.extensions["connector.redis"], Keys(settings.key_prefix), event_id, connection
             )
         except redis.RedisError:
@@ -221,9 +221,9 @@ def trace_view() -> tuple[str, int]:
     traces = [
         {
             "connection": cid,
-            "info": trace.summary(event_id, records),
+            "info": tracereader.summary(event_id, records),
             "rows": [
-                {"when": trace.when(r.get("t")), "kind": r.get("kind"), "text": trace.describe(r)}
+                {"when": tracereader.when(r.get("t")), "kind": r.get("kind"), "text": tracereader.describe(r)}
                 for r in records
             ],
         }

@@ -37,7 +37,6 @@ import threading
 import time
 import zlib
 from collections.abc import Iterable, Sequence, Set
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
@@ -134,7 +133,7 @@ def sampled(event_id: str, one_in: int) -> bool:
     return one_in <= 1 or zlib.crc32(event_id.encode()) % one_in == 0
 
 
-def _clean_id(event_id: Any) -> str | None:
+def clean_id(event_id: Any) -> str | None:
     if event_id is None or event_id == "":
         return None
     return str(event_id)[:MAX_ID_CHARS]
@@ -235,7 +234,7 @@ class Recorder:
             **{k: v for k, v in fields.items() if v is not None},
         }
         data = orjson.dumps(record)
-        clean = [i for i in (_clean_id(x) for x in ids) if i is not None]
+        clean = [i for i in (clean_id(x) for x in ids) if i is not None]
         with self._lock:
             section.extend(((connection, i), data) for i in dict.fromkeys(clean))
 
@@ -243,7 +242,7 @@ class Recorder:
         self, connection: str, kind: str, reason: str | None = None, n: int = 1, sample: Any = None
     ) -> None:
         name = overview.field(kind, reason)
-        sample_id = _clean_id(sample)
+        sample_id = clean_id(sample)
         with self._lock:
             self._counts[(connection, name)] = self._counts.get((connection, name), 0) + n
             if sample_id is not None:
@@ -267,8 +266,8 @@ class Recorder:
             if self._refused >= MAX_REFUSED_PER_FLUSH:
                 return
             self._refused += 1
-            self._refused_ids.add((connection, str(_clean_id(event_id))))
-            self._minor.add((connection, str(_clean_id(event_id))))
+            self._refused_ids.add((connection, str(clean_id(event_id))))
+            self._minor.add((connection, str(clean_id(event_id))))
         self._record(
             self._head,
             [event_id],
@@ -281,7 +280,7 @@ class Recorder:
     def sample(self, connection: str, kind: str, reason: str | None, event_id: Any) -> None:
         """``event_id`` as a sample of an overview field counted elsewhere (the ingest's
         counts are the metrics' own calls)."""
-        sample_id = _clean_id(event_id)
+        sample_id = clean_id(event_id)
         if sample_id is not None:
             with self._lock:
                 self._samples.append((connection, overview.field(kind, reason), sample_id))
@@ -333,7 +332,7 @@ class Recorder:
         error: str | None = None,
     ) -> None:
         """``outcome``: delivered | skipped | failed (retried later) | dead_letter."""
-        clean = [i for i in (_clean_id(x) for x in ids) if i is not None]
+        clean = [i for i in (clean_id(x) for x in ids) if i is not None]
         self._record(
             self._steps,
             clean,
@@ -476,7 +475,7 @@ class Recorder:
                 continue
             keys = [self.keys.traces(cls), self.keys.traces_sizes(cls), self.keys.traces_bytes(cls)]
             gone = client.eval(_BUDGET_LUA, 3, *keys, budgets[cls], now_ms, now_ms - ttl * 1000, *pairs)
-            evicted.extend(_text(m) for m in gone or ())
+            evicted.extend(as_text(m) for m in gone or ())
         if not evicted:
             return
         pipe = client.pipeline(transaction=False)
@@ -506,122 +505,5 @@ class Recorder:
                 self.flush(client)
 
 
-# --- reading ---------------------------------------------------------------------------------
-
-
-def read(client: redis.Redis, keys: Keys, connection: str, event_id: str) -> list[dict[str, Any]]:
-    """The records of ``event_id`` on ``connection``, oldest first (empty: unknown, expired, or
-    sampled out)."""
-    return find(client, keys, event_id, connection).get(connection, [])
-
-
-def find(
-    client: redis.Redis, keys: Keys, event_id: str, connection: str | None = None
-) -> dict[str, list[dict[str, Any]]]:
-    """Every connection's trace of ``event_id`` (only ``connection``'s when given), each oldest
-    first; connections without records are left out."""
-    clean = _clean_id(event_id) or ""
-    if connection is not None:
-        connections = [connection]
-    else:
-        connections = sorted(_text(c) for c in client.smembers(keys.trace_index(clean)))
-    if not connections:
-        return {}
-    pipe = client.pipeline(transaction=False)
-    for cid in connections:
-        pipe.lrange(keys.trace_head(cid, clean), 0, -1)
-        pipe.lrange(keys.trace_steps(cid, clean), 0, -1)
-    results = pipe.execute()
-    found: dict[str, list[dict[str, Any]]] = {}
-    for index, cid in enumerate(connections):
-        records = [orjson.loads(raw) for raw in [*results[2 * index], *results[2 * index + 1]]]
-        if records:
-            records.sort(key=lambda r: float(r.get("t") or 0))
-            found[cid] = records
-    return found
-
-
-def _text(value: bytes | str) -> str:
+def as_text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def summary(event_id: str, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The trace as ``connector trace --json`` prints it."""
-    received = next((r for r in records if r.get("kind") == "received"), {})
-    outcomes = [r for r in records if r.get("kind") == "outcome" and r.get("outcome") != overview.FAILED]
-    final = outcomes[-1] if outcomes else None
-    outcome = "rejected" if received.get("rejected") else (final or {}).get("outcome") or "in progress"
-    return {
-        "id": event_id,
-        "found": bool(records),
-        "connection": received.get("connection"),
-        "direction": received.get("direction"),
-        "outcome": outcome if records else None,
-        "reason": received.get("rejected") or (final or {}).get("reason"),
-        "records": records,
-    }
-
-
-def when(t: Any) -> str:
-    try:
-        return datetime.fromtimestamp(float(t), UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
-    except (TypeError, ValueError, OverflowError, OSError):
-        return "?"
-
-
-def describe(record: dict[str, Any]) -> str:
-    """One record as a line of text (the CLI's and the status page's)."""
-    kind = record.get("kind")
-    if kind == "received":
-        text = (
-            f"via {record.get('door')} on connection {record.get('connection')} ({record.get('direction')})"
-        )
-        if record.get("at"):
-            text += f", accepted at {when(record['at'])}"
-        if record.get("rejected"):
-            text += f"; REJECTED at ingest: {record['rejected']}"
-        return text
-    if kind == "mapping":
-        parts = []
-        for key, label in (("matched", "matched"), ("not_matched", "not matched"), ("failed", "failed")):
-            value = record.get(key)
-            if value:
-                shown = (
-                    ", ".join(f"{k} ({v})" for k, v in value.items())
-                    if isinstance(value, dict)
-                    else ", ".join(map(str, value))
-                )
-                parts.append(f"{label}: {shown}")
-        if record.get("requests"):
-            parts.append("requests: " + ", ".join(map(str, record["requests"])))
-        if record.get("skip"):
-            why = f" ({record['why']})" if record.get("why") else ""
-            parts.append(f"skipped: {record['skip']}{why}")
-        return "; ".join(parts) or "-"
-    if kind == "attempt":
-        status = record.get("status") if record.get("status") is not None else "no answer"
-        text = f"{record.get('method')} {record.get('path')} -> {status} in {record.get('latency_ms')} ms"
-        if record.get("error"):
-            text += f"; error: {record['error']}"
-        if record.get("answer"):
-            text += f"; answer: {record['answer']}"
-        return text
-    if kind == "wait":
-        return f"{record.get('reason')} until {when(record.get('until'))}"
-    if kind == "outcome":
-        text = str(record.get("outcome"))
-        for key in ("reason", "status", "error"):
-            if record.get(key) is not None:
-                text += f"; {key}: {record[key]}"
-        return text
-    return orjson.dumps(record).decode()
-
-
-def render(event_id: str, records: list[dict[str, Any]]) -> str:
-    if not records:
-        return f"no trace for {event_id!r} (unknown id, older than the retention, or a delivered event sampled out)\n"
-    info = summary(event_id, records)
-    lines = [f"trace {event_id}: {info['outcome']}" + (f" ({info['reason']})" if info["reason"] else "")]
-    for record in records:
-        lines.append(f"  {when(record.get('t'))}  {record.get('kind')!s:<9} {describe(record)}")
-    return "\n".join(lines) + "\n"

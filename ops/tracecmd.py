@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 import redis
 
-from connector import config, trace
+from connector import config, tracereader
 from connector.keys import Keys
 from ops.common import print_json, redis_client
 
@@ -30,27 +30,27 @@ def trace_command(event_id: str, connection: str | None, as_json: bool) -> None:
     is listed once per connection; --connection picks one.
     """
     try:
-        found = trace.find(redis_client(), Keys(config.key_prefix()), event_id, connection)
+        found = tracereader.find(redis_client(), Keys(config.key_prefix()), event_id, connection)
     except redis.RedisError as exc:
         raise click.ClickException(f"Redis: {type(exc).__name__}: {exc}") from None
     if as_json:
         if len(found) <= 1:
-            print_json(trace.summary(event_id, next(iter(found.values()), [])))
+            print_json(tracereader.summary(event_id, next(iter(found.values()), [])))
         else:
             print_json(
                 {
                     "id": event_id,
                     "found": True,
                     "connections": list(found),
-                    "traces": [trace.summary(event_id, records) for records in found.values()],
+                    "traces": [tracereader.summary(event_id, records) for records in found.values()],
                 }
             )
     elif not found:
-        click.echo(trace.render(event_id, []), nl=False)
+        click.echo(tracereader.render(event_id, []), nl=False)
     else:
         if len(found) > 1:
             click.echo(f"{event_id!r} has traces on {len(found)} connections: {', '.join(found)}")
         for records in found.values():
-            click.echo(trace.render(event_id, records), nl=False)
+            click.echo(tracereader.render(event_id, records), nl=False)
     if not found:
         raise SystemExit(1)

@@ -7,7 +7,7 @@ import time
 
 import redis
 
-from connector import overview, trace
+from connector import overview, trace, tracereader
 from connector.keys import Keys
 from connector.tuning import TraceOptions
 
@@ -32,7 +32,7 @@ def test_a_journey_is_read_back_in_order_with_its_ttl(redis_url: str) -> None:
     rec.outcome(["m-1"], connection="c1", outcome="delivered", status=200)
     rec.flush(client)
 
-    records = trace.read(client, KEYS, "c1", "m-1")
+    records = tracereader.read(client, KEYS, "c1", "m-1")
     assert [r["kind"] for r in records] == [
         "received",
         "mapping",
@@ -45,13 +45,13 @@ def test_a_journey_is_read_back_in_order_with_its_ttl(redis_url: str) -> None:
     assert len(records[2]["answer"]) <= trace.EXCERPT_CHARS + 1  # cut, never the whole answer
     assert 0 < client.ttl(KEYS.trace_steps("c1", "m-1")) <= 2 * 3600
     assert 0 < client.ttl(KEYS.trace_head("c1", "m-1")) <= 2 * 3600
-    info = trace.summary("m-1", records)
+    info = tracereader.summary("m-1", records)
     assert (info["outcome"], info["connection"]) == ("delivered", "c1")
-    text = trace.render("m-1", records)
+    text = tracereader.render("m-1", records)
     assert "PUT /v1/customers/u1 -> 503" in text and "PUT /v1/customers/u1 -> 200" in text
     assert "not matched: track (trigger did not match)" in text
-    assert trace.read(client, KEYS, "c1", "unknown-id") == []
-    assert trace.find(client, KEYS, "unknown-id") == {}
+    assert tracereader.read(client, KEYS, "c1", "unknown-id") == []
+    assert tracereader.find(client, KEYS, "unknown-id") == {}
 
 
 def test_entries_per_id_are_capped_keeping_the_start_and_the_end(redis_url: str) -> None:
@@ -63,7 +63,7 @@ def test_entries_per_id_are_capped_keeping_the_start_and_the_end(redis_url: str)
     rec.outcome(["busy"], connection="c1", outcome="dead_letter", reason="retry_window_exceeded")
     rec.flush(client)
     assert client.llen(KEYS.trace_steps("c1", "busy")) == trace.MAX_STEPS
-    records = trace.read(client, KEYS, "c1", "busy")
+    records = tracereader.read(client, KEYS, "c1", "busy")
     assert records[0]["kind"] == "received"  # the head survives the many waits
     assert records[-1]["outcome"] == "dead_letter"
 
@@ -125,11 +125,11 @@ def test_refused_events_traced_are_bounded_per_write(redis_url: str) -> None:
         rec.flush(client)
     kept = [k for k in client.scan_iter(KEYS.trace_head("c", "hostile-*"), count=1000)]
     assert len(kept) == 2 * trace.MAX_REFUSED_PER_FLUSH
-    assert trace.read(client, KEYS, "c", "hostile-1-0")  # each period starts afresh
+    assert tracereader.read(client, KEYS, "c", "hostile-1-0")  # each period starts afresh
     assert (
         0 < client.ttl(KEYS.trace_head("c", "hostile-1-0")) <= trace.REFUSED_KEEP_SECONDS
     )  # an hour, not a day
-    assert not trace.read(client, KEYS, "c", f"hostile-1-{trace.MAX_REFUSED_PER_FLUSH}")
+    assert not tracereader.read(client, KEYS, "c", f"hostile-1-{trace.MAX_REFUSED_PER_FLUSH}")
     client.delete(*kept)
 
 
@@ -138,7 +138,7 @@ def test_retention_zero_keeps_no_trace_but_counts(redis_url: str) -> None:
     rec = trace.Recorder(KEYS, TraceOptions(retention_hours=0))
     rec.outcome(["x"], connection="c", outcome="dead_letter", reason="rejected")
     rec.flush(client)
-    assert trace.read(client, KEYS, "c", "x") == []
+    assert tracereader.read(client, KEYS, "c", "x") == []
     assert overview.read(client, KEYS, ["c"])["c"]["last_hour"]["dead_letter"] == {"rejected": 1}
 
 
@@ -199,12 +199,12 @@ def test_a_connection_reusing_another_connections_ids_cannot_touch_its_trace(red
         hostile.wait(["shared-1"], connection="hostile", reason="throttled", until=1.0)
     hostile.flush(client)
 
-    mine = trace.read(client, KEYS, "victim", "shared-1")
+    mine = tracereader.read(client, KEYS, "victim", "shared-1")
     assert [r["kind"] for r in mine] == ["received", "attempt", "outcome"]
     assert mine[0]["connection"] == "victim"
-    found = trace.find(client, KEYS, "shared-1")
+    found = tracereader.find(client, KEYS, "shared-1")
     assert sorted(found) == ["hostile", "victim"]  # `connector trace ID` lists each
-    assert trace.find(client, KEYS, "shared-1", "victim") == {"victim": mine}
+    assert tracereader.find(client, KEYS, "shared-1", "victim") == {"victim": mine}
     # The index lives as long as the longest trace it names (not the refused hour).
     assert client.ttl(KEYS.trace_index("shared-1")) > trace.REFUSED_KEEP_SECONDS
 

@@ -477,7 +477,9 @@ def fake_segment(tmp_path: Path) -> Iterator[FakeSegment]:
 
 
 @contextlib.contextmanager
-def voucherify_fakes(specs: Mapping[str, Mapping[str, Any]], log_dir: Path) -> Iterator[dict[str, FakeVoucherify]]:
+def voucherify_fakes(
+    specs: Mapping[str, Mapping[str, Any]], log_dir: Path
+) -> Iterator[dict[str, FakeVoucherify]]:
     """One fake Voucherify per name of ``specs`` (each spec's ``app_id`` and ``secret``), all
     stopped afterwards (also when one fails to start)."""
     started: dict[str, FakeVoucherify] = {}
