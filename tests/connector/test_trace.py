@@ -230,3 +230,79 @@ def test_answer_excerpts_keep_error_fields_and_ids_never_customer_data() -> None
     rec.attempt(["m"], method="PUT", path="/v1/customers/u1", status=200, latency_ms=1, answer=answer)
     [(_, data)] = rec._steps
     assert b"Ada" not in data and b"cust_1" in data
+
+
+def _budget_keys(client: redis.Redis, cls: str) -> tuple[list[str], int]:
+    members = [m.decode() for m in client.zrange(KEYS.traces(cls), 0, -1)]
+    return members, int(client.get(KEYS.traces_bytes(cls)) or 0)
+
+
+def test_the_trace_budget_gives_up_the_oldest_first(redis_url: str) -> None:
+    # A budget of ~20 traces for the main class: 60 written one write apart, the 20-odd newest
+    # are kept whole, the oldest are gone (records, index), and the accounted bytes stay under.
+    client = client_of(redis_url)
+    options = TraceOptions(retention_hours=24, budget_bytes=16_000, minor_share=0.25)
+    main_budget = int(16_000 * 0.75)
+    for i in range(60):
+        rec = trace.Recorder(KEYS, options, connection="c1")
+        rec.received(f"old-{i:02d}", connection="c1", direction="d", door="tracking_api", at=None)
+        rec.outcome([f"old-{i:02d}"], connection="c1", outcome="dead_letter", reason="rejected")
+        rec.flush(client)
+        time.sleep(0.002)  # one write per millisecond at least: the budget orders by write time
+    members, used = _budget_keys(client, trace.MAIN)
+    assert 0 < used <= main_budget
+    kept = sorted(m.partition(":")[2] for m in members)
+    assert 10 <= len(kept) < 60
+    assert kept == [f"old-{i:02d}" for i in range(60 - len(kept), 60)]  # the newest, contiguous
+    assert tracereader.read(client, KEYS, "c1", "old-59")
+    assert not tracereader.read(client, KEYS, "c1", "old-00")
+    assert tracereader.find(client, KEYS, "old-00") == {}  # its index entry went with it
+
+    # A trace written again is young again: it outlives older ones.
+    survivor = kept[0]
+    rec = trace.Recorder(KEYS, options, connection="c1")
+    rec.attempt([survivor], method="PUT", path="/v1/customers/u", status=500, latency_ms=1)
+    rec.flush(client)
+    for i in range(60, 70):
+        rec = trace.Recorder(KEYS, options, connection="c1")
+        rec.received(f"old-{i:02d}", connection="c1", direction="d", door="tracking_api", at=None)
+        rec.flush(client)
+        time.sleep(0.002)
+    assert tracereader.read(client, KEYS, "c1", survivor)
+    assert not tracereader.read(client, KEYS, "c1", kept[1])
+
+
+def test_skipped_and_refused_traces_are_held_to_their_share(redis_url: str) -> None:
+    # The main class is filled first; then a flood of skipped and refused events: they push out
+    # only each other (the minor share), never a delivered or dead-lettered trace.
+    client = client_of(redis_url)
+    options = TraceOptions(retention_hours=24, budget_bytes=40_000, minor_share=0.25)
+    for i in range(20):
+        rec = trace.Recorder(KEYS, options, connection="c1")
+        rec.received(f"kept-{i}", connection="c1", direction="d", door="tracking_api", at=None)
+        rec.outcome([f"kept-{i}"], connection="c1", outcome="dead_letter", reason="rejected")
+        rec.flush(client)
+    main_before, main_bytes = _budget_keys(client, trace.MAIN)
+    assert len(main_before) == 20 and main_bytes <= 30_000
+
+    for round_ in range(30):
+        rec = trace.Recorder(KEYS, options, connection="c1")
+        for i in range(10):
+            rec.received(f"junk-{round_}-{i}", connection="c1", direction="d", door="tracking_api", at=None)
+            rec.outcome([f"junk-{round_}-{i}"], connection="c1", outcome="skipped", reason="no_subscription")
+        rec.rejected(
+            f"bad-{round_}", connection="c1", direction="d", door="tracking_api", code="invalid_json"
+        )
+        rec.flush(client)
+        time.sleep(0.002)
+    minor, minor_bytes = _budget_keys(client, trace.MINOR)
+    assert 0 < minor_bytes <= 10_000  # the minor share
+    assert 0 < len(minor) < 330
+    assert any(m.startswith("c1:junk-29-") for m in minor) and not any(
+        m.startswith("c1:junk-0-") for m in minor
+    )
+    assert _budget_keys(client, trace.MAIN)[0] == main_before  # untouched
+    assert all(tracereader.read(client, KEYS, "c1", f"kept-{i}") for i in range(20))
+    assert not tracereader.read(client, KEYS, "c1", "junk-0-0")
+    heads = list(client.scan_iter(KEYS.trace_head("c1", "junk-*"), count=1000))
+    assert len(heads) == len([m for m in minor if m.startswith("c1:junk-")])  # no orphan left behind

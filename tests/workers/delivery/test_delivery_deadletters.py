@@ -197,3 +197,53 @@ def test_cli_replay_and_purge(
     purged = runner.invoke(cli.main, ["dlq", "purge", "--all", "--yes", "--json"])
     assert orjson.loads(purged.stdout)["count"] == 1
     assert store.count() == 0
+
+
+# --- the batch's shared objects: one refcounted copy per connection ------------------------------
+
+
+def _sharing(connection_id: str, mid: str, blob: bytes) -> DeadLetter:
+    return _record(connection_id, mid=mid, shared="d1", shared_blob=blob)
+
+
+def test_the_shared_copy_lives_exactly_as_long_as_its_last_letter(client: redis.Redis, keys: Keys) -> None:
+    # Three letters of one batch (same digest) and one of another connection with the same
+    # digest: each connection keeps its own copy (its bytes are its own bound), counted once.
+    store = DeadLetters(client, keys)
+    blob = orjson.dumps({"context": {"traits": {"plan": "gold" * 1000}}})
+    ids = [store.add(_sharing("acme", f"m{i}", blob)) for i in range(3)]
+    other = store.add(_sharing("other", "o1", blob))
+
+    def shared() -> dict[str, int]:
+        return (
+            {k.decode(): int(v) for k, v in client.hgetall(keys.dlq_shared_refs).items()}
+            if client.exists(keys.dlq_shared_refs)
+            else {}
+        )
+
+    assert shared() == {"acme:d1": 3, "other:d1": 1}
+    assert client.hexists(keys.dlq_shared, "acme:d1")
+    records = sum(len(client.hget(keys.dlq_data, i) or b"") for i in ids)
+    assert store.bytes_of("acme") == records + len(blob)  # the copy counted once, not per letter
+
+    # Purged: one letter fewer, the copy stays for the two left (and is still merged back).
+    assert store.purge([r for r in store.select(connection="acme") if r.id == ids[0]]) == 1
+    assert shared() == {"acme:d1": 2, "other:d1": 1}
+    kept = store.get(ids[1])
+    assert kept is not None and kept.payload["context"]["traits"]["plan"].startswith("gold")
+
+    # Replayed: removed once published, the copy stays for the last one.
+    publish = Recorder()
+    assert store.replay([r for r in store.select(connection="acme") if r.id == ids[1]], publish) == [ids[1]]
+    assert publish.calls[0][1][1][0]["context"]["traits"]["plan"].startswith("gold")  # replayed whole
+    assert shared() == {"acme:d1": 1, "other:d1": 1}
+    assert client.hexists(keys.dlq_shared, "acme:d1")
+
+    # The last letter goes: so do the copy, its count and the connection's bytes.
+    assert store.purge(store.select(connection="acme")) == 1
+    assert shared() == {"other:d1": 1}
+    assert not client.hexists(keys.dlq_shared, "acme:d1")
+    assert store.bytes_of("acme") == 0 and not client.hexists(keys.dlq_bytes, "acme")
+    # The other connection's copy never moved.
+    assert client.hexists(keys.dlq_shared, "other:d1") and store.get(other) is not None
+    assert store.bytes_of("other") == len(client.hget(keys.dlq_data, other) or b"") + len(blob)
