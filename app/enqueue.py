@@ -20,7 +20,7 @@ from kombu.exceptions import KombuError, OperationalError
 from app.errors import ApiError
 from connector import backlog
 from connector.config import Connection
-from connector.contract import TASK_SEGMENT_EVENTS, TASK_VOUCHERIFY_WEBHOOK
+from connector.contract import TASK_REGULATE, TASK_SEGMENT_EVENTS, TASK_VOUCHERIFY_WEBHOOK
 from connector.keys import Keys
 from connector.memory import MemoryGuard
 
@@ -163,3 +163,21 @@ class Enqueuer:
             [connection.id, payload, received_at, stored_bytes],
             connection.segment.queue,
         )
+
+    def regulation(self, connection: Connection, regulation_id: str) -> None:
+        """A regulation's deletion for one connection, on its Voucherify queue (the deletion is a
+        Voucherify call).  No backlog reserved: an operator's request is never refused for
+        traffic, and it holds no events."""
+        try:
+            self.celery.send_task(
+                TASK_REGULATE,
+                args=[regulation_id, connection.id],
+                queue=connection.voucherify.queue,
+                routing_key=connection.voucherify.queue,
+                retry=False,
+            )
+        except _BROKER_ERRORS:
+            log.warning(
+                "broker unavailable while publishing a regulation", extra={"connection": connection.id}
+            )
+            raise unavailable() from None
