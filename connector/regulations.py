@@ -144,7 +144,7 @@ def create(
         else:
             fields[f"{cid}:done"] = now_iso(created)
     pipe = client.pipeline(transaction=True)
-    pipe.hset(keys.regulation(regulation_id), mapping=fields)
+    pipe.hset(keys.regulation(regulation_id), mapping=fields)  # type: ignore[arg-type]
     pipe.zadd(keys.regulations, {regulation_id: int(created * 1000)})
     for cid in connection_ids:
         if regulation_type in SUPPRESSING:
