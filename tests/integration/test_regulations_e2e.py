@@ -245,6 +245,18 @@ def test_regulations(tmp_path: Path, redis_url: str, stack_factory: list) -> Non
         send(stack, "dave", "dave-1")
         wait_until(lambda: outcome(stack, "dave-1") == "delivered", timeout=30, what="dave delivered")
         assert upserts_of(fake, "carol", since) == []
+
+        # --- the CLI: regulate --wait, regulations [ID] [--suppressed] [--json] --------------------
+        done = cli(stack, "regulate", "SUPPRESS_WITH_DELETE", "erin", "--connection", CONNECTION, "--wait")
+        assert done.returncode == 0 and "FINISHED" in done.stdout, done.stdout + done.stderr
+        assert len(deletions(fake, "erin")) == 1
+        listed = json.loads(cli(stack, "regulations", "--suppressed", "--json").stdout)
+        assert listed == {CONNECTION: ["carol", "erin"]}, listed
+        shown = json.loads(cli(stack, "regulations", refused, "--json").stdout)
+        assert shown["overallStatus"] == "FAILED"
+        assert refused in cli(stack, "regulations").stdout
+        bad = cli(stack, "regulate", "FORGET", "erin")
+        assert bad.returncode != 0 and "TYPE" in bad.stderr
     finally:
         fake.stop()
 
