@@ -246,12 +246,33 @@ def test_regulations(tmp_path: Path, redis_url: str, stack_factory: list) -> Non
         wait_until(lambda: outcome(stack, "dave-1") == "delivered", timeout=30, what="dave delivered")
         assert upserts_of(fake, "carol", since) == []
 
+        # --- SUPPRESS_ONLY: work already parked is dropped at its turn, never sent (the engine) ------
+        fake.set_faults(path="/v1/customers", method="POST", statuses=[503], then=503)
+        send(stack, "frank", "frank-parked")
+
+        def frank_parked() -> bool:
+            trace = traced(stack, "frank-parked")
+            return bool(trace) and any(r.get("kind") == "wait" for r in trace["records"])
+
+        wait_until(frank_parked, timeout=30, what="frank's upsert parked for a retry")
+        quiet = regulate(stack, "SUPPRESS_ONLY", "frank")
+        assert settled(stack, quiet)["overallStatus"] == "FINISHED"
+        fake.reset_faults()
+        since = last_seq(fake)
+        wait_until(
+            lambda: outcome(stack, "frank-parked") == "skipped",
+            timeout=30,
+            what="frank's parked upsert dropped",
+        )
+        assert traced(stack, "frank-parked")["reason"] == "suppressed"  # type: ignore[index]
+        assert upserts_of(fake, "frank", since) == [] and deletions(fake, "frank") == []
+
         # --- the CLI: regulate --wait, regulations [ID] [--suppressed] [--json] --------------------
         done = cli(stack, "regulate", "SUPPRESS_WITH_DELETE", "erin", "--connection", CONNECTION, "--wait")
         assert done.returncode == 0 and "FINISHED" in done.stdout, done.stdout + done.stderr
         assert len(deletions(fake, "erin")) == 1
         listed = json.loads(cli(stack, "regulations", "--suppressed", "--json").stdout)
-        assert listed == {CONNECTION: ["carol", "erin"]}, listed
+        assert listed == {CONNECTION: ["carol", "erin", "frank"]}, listed
         shown = json.loads(cli(stack, "regulations", refused, "--json").stdout)
         assert shown["overallStatus"] == "FAILED"
         assert refused in cli(stack, "regulations").stdout
