@@ -18,7 +18,7 @@ from celery import Celery
 from kombu.exceptions import KombuError, OperationalError
 
 from app.errors import ApiError
-from connector import backlog
+from connector import backlog, regulations
 from connector.config import Connection
 from connector.contract import TASK_REGULATE, TASK_SEGMENT_EVENTS, TASK_VOUCHERIFY_WEBHOOK
 from connector.keys import Keys
@@ -163,6 +163,15 @@ class Enqueuer:
             [connection.id, payload, received_at, stored_bytes],
             connection.segment.queue,
         )
+
+    def suppressed(self, connection: Connection, user_ids: Sequence[Any]) -> set[str]:
+        """Which of ``user_ids`` a regulation suppresses on the connection (SPEC 14): one
+        ``SMISMEMBER`` per request.  Redis unreachable: 503, as the publish would be -- an event
+        is never let through unchecked."""
+        try:
+            return regulations.suppressed_among(self.redis, self.keys, connection.id, user_ids)
+        except _BROKER_ERRORS:
+            raise unavailable() from None
 
     def regulation(self, connection: Connection, regulation_id: str) -> None:
         """A regulation's deletion for one connection, on its Voucherify queue (the deletion is a

@@ -20,7 +20,7 @@ from marshmallow import ValidationError
 
 from app import body as bodies
 from app.auth import require_token
-from app.enqueue import _BROKER_ERRORS, unavailable
+from app.enqueue import unavailable
 from app.errors import ApiError, bad_request
 from app.ingest import IngestResult
 from app.metrics import count_suppressed
@@ -149,11 +149,9 @@ def get_regulation(regulation_id: str) -> Response:
 def drop_suppressed(connection: Connection, result: IngestResult, door: str) -> None:
     """Take the events of suppressed users out of ``result`` (answered 200 as the others:
     Segment drops them silently), counted and traced ``suppressed``.  One ``SMISMEMBER``."""
-    ids = [e.get("userId") for e in result.accepted]
-    try:
-        found = regulations.suppressed_among(_redis(), _keys(), connection.id, ids)
-    except _BROKER_ERRORS:
-        raise unavailable() from None  # the enqueue would fail too; never let one through unchecked
+    found = current_app.extensions["connector.enqueuer"].suppressed(
+        connection, [e.get("userId") for e in result.accepted]
+    )
     if not found:
         return
     keep_events, keep_encoded, dropped = [], [], []

@@ -44,7 +44,6 @@ from workers.delivery.outbox import Outbox
 from workers.delivery.retries import next_delay
 from workers.delivery.target import Answer, BatchTarget
 from workers.delivery.transport import HTTPResult
-from workers.outbound import OutboundRequest
 
 __all__ = ["FlushResult", "flush"]
 
@@ -148,22 +147,19 @@ def _drop_suppressed(ctx: Context, outbox: Outbox, raws: list[bytes]) -> int:
     a webhook about a suppressed customer is never sent to Segment).  One ``SMISMEMBER`` per
     batch read; skipped ``suppressed`` as the engine skips a Voucherify item."""
     items = [orjson.loads(raw) for raw in raws]
-    pairs = [
-        (raw, item, OutboundRequest.from_dict(item.get("request") or {}))
-        for raw, item in zip(raws, items, strict=True)
-    ]
-    subjects = [s for _, item, request in pairs for s in suppression.subjects_of(request, item)]
+    subjects = [s for item in items for s in suppression.subjects_of_item(item)]
     gone = regulations.suppressed_among(ctx.client, ctx.keys, ctx.connection_id, subjects)
     if not gone:
         return 0
     dropped = [
-        (raw, item, request)
-        for raw, item, request in pairs
-        if {str(s) for s in suppression.subjects_of(request, item)} & gone
+        (raw, item)
+        for raw, item in zip(raws, items, strict=True)
+        if {str(s) for s in suppression.subjects_of_item(item)} & gone
     ]
-    outbox.remove([raw for raw, _, _ in dropped])
-    for _, item, request in dropped:
-        attempts.finish_skipped(ctx, request, item, regulations.SUPPRESSED)
+    outbox.remove([raw for raw, _ in dropped])
+    for _, item in dropped:
+        message_id = (item.get("request") or {}).get("message_id")
+        attempts.finish_skipped(ctx, None, item, regulations.SUPPRESSED, message_id=message_id)
     return len(dropped)
 
 

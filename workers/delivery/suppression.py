@@ -31,6 +31,19 @@ def subjects_of(request: OutboundRequest, item: Mapping[str, Any]) -> list[Any]:
     return [f for f in found if f]
 
 
+def subjects_of_item(item: Mapping[str, Any]) -> list[Any]:
+    """:func:`subjects_of` of a stored item (JSON): an outbox's, whatever its request holds."""
+    request = item.get("request") or {}
+    if request.get("action") == regulations.DELETE_ACTION:
+        return []
+    found: list[Any] = [request.get("customer")]
+    payload = item.get("payload")
+    if isinstance(payload, Mapping):
+        found.append(payload.get("userId"))
+    found.extend((p or {}).get("customer") for p in request.get("parts") or ())
+    return [f for f in found if f]
+
+
 def suppressed(ctx: Context, request: OutboundRequest, item: DeliveryItem) -> set[str]:
     subjects = subjects_of(request, item)
     if not subjects:
