@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 from app.enqueue import Enqueuer
 from app.errors import ApiError
 from app.metrics import announce_mode, count_refused_request, metrics_bp
+from app.regulations import regulations_bp
 from app.status import status_bp
 from app.views import ops, tracking, webhooks
 from connector import redisconn
@@ -49,6 +50,7 @@ def create_app(settings: Settings) -> Flask:
     app.register_blueprint(ops)
     app.register_blueprint(metrics_bp)
     app.register_blueprint(status_bp)
+    app.register_blueprint(regulations_bp)
     _register_errors(app)
     announce_mode(settings.metrics_dir)
     return app

@@ -18,9 +18,9 @@ from celery import Celery
 from kombu.exceptions import KombuError, OperationalError
 
 from app.errors import ApiError
-from connector import backlog
+from connector import backlog, regulations
 from connector.config import Connection
-from connector.contract import TASK_SEGMENT_EVENTS, TASK_VOUCHERIFY_WEBHOOK
+from connector.contract import TASK_REGULATE, TASK_SEGMENT_EVENTS, TASK_VOUCHERIFY_WEBHOOK
 from connector.keys import Keys
 from connector.memory import MemoryGuard
 
@@ -163,3 +163,30 @@ class Enqueuer:
             [connection.id, payload, received_at, stored_bytes],
             connection.segment.queue,
         )
+
+    def suppressed(self, connection: Connection, user_ids: Sequence[Any]) -> set[str]:
+        """Which of ``user_ids`` a regulation suppresses on the connection (SPEC 14): one
+        ``SMISMEMBER`` per request.  Redis unreachable: 503, as the publish would be -- an event
+        is never let through unchecked."""
+        try:
+            return regulations.suppressed_among(self.redis, self.keys, connection.id, user_ids)
+        except _BROKER_ERRORS:
+            raise unavailable() from None
+
+    def regulation(self, connection: Connection, regulation_id: str) -> None:
+        """A regulation's deletion for one connection, on its Voucherify queue (the deletion is a
+        Voucherify call).  No backlog reserved: an operator's request is never refused for
+        traffic, and it holds no events."""
+        try:
+            self.celery.send_task(
+                TASK_REGULATE,
+                args=[regulation_id, connection.id],
+                queue=connection.voucherify.queue,
+                routing_key=connection.voucherify.queue,
+                retry=False,
+            )
+        except _BROKER_ERRORS:
+            log.warning(
+                "broker unavailable while publishing a regulation", extra={"connection": connection.id}
+            )
+            raise unavailable() from None

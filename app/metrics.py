@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import redis
 from flask import Blueprint, Response, current_app, has_app_context, request
@@ -31,8 +32,9 @@ from prometheus_client.samples import Sample
 from app.auth import require_token
 from connector import depths, forecast, heartbeat, metrics, overview
 from connector.config import Connection, Settings
-from connector.contract import SOURCE
+from connector.contract import DESTINATION, SOURCE
 from connector.keys import Keys
+from connector.regulations import SUPPRESSED
 
 log = logging.getLogger("connector.web")
 
@@ -349,3 +351,18 @@ def scrape() -> Response:
         totals.register(Totals(registry))
         registry = totals
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+def count_suppressed(connection_id: str, door: str, message_ids: list[Any]) -> None:
+    """Events of suppressed users dropped at the ingest (SPEC 14): received, then skipped
+    ``suppressed`` -- counted and traced as the workers count and trace their skips."""
+    if not message_ids or not has_app_context():
+        return
+    metrics.EVENTS_SKIPPED.labels(connection_id, DESTINATION, SUPPRESSED).inc(len(message_ids))
+    recorder = current_app.extensions.get("connector.trace")
+    if recorder is None:
+        return
+    for message_id in message_ids:
+        recorder.received(message_id, connection=connection_id, direction=DESTINATION, door=door, at=None)
+        recorder.outcome([message_id], connection=connection_id, outcome=overview.SKIPPED, reason=SUPPRESSED)
+    recorder.autoflush(current_app.extensions["connector.redis"])

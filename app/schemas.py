@@ -12,7 +12,7 @@ import functools
 from datetime import UTC, datetime
 from typing import Any
 
-from marshmallow import INCLUDE, Schema, ValidationError, fields, validates_schema
+from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 CALL_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 MAX_MESSAGE_ID = 100
@@ -258,3 +258,38 @@ def validate_event(event: dict[str, Any], call_type: str) -> tuple[str, str] | N
     if field == "messageId" and "longer" in text:
         return "message_id_too_long", f"messageId is {text}"
     return "invalid_field", f"{field} {text}" if not text.startswith(field) else text
+
+
+# --- regulations (SPEC 14: the shape of Segment's Public API createRegulation) -----------------
+
+REGULATION_TYPES = ("SUPPRESS_WITH_DELETE", "DELETE_ONLY", "SUPPRESS_ONLY", "UNSUPPRESS")
+MAX_SUBJECTS = 5000
+
+
+class SubjectId(fields.Field):
+    """A user id as the ingest accepts it (a string, or a number: compared as its text)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise ValidationError("must be a string")
+        text = str(value)
+        if not text or len(text) > 1024:
+            raise ValidationError("must be 1 to 1024 characters")
+        return text
+
+
+class RegulationSchema(Schema):
+    class Meta:
+        unknown = INCLUDE  # Segment's API takes more (e.g. a workspace's fields): ignored
+
+    regulationType = fields.String(
+        required=True,
+        validate=validate.OneOf(REGULATION_TYPES, error="must be one of " + ", ".join(REGULATION_TYPES)),
+    )
+    subjectType = fields.String(required=True, validate=validate.OneOf(("USER_ID",), error="must be USER_ID"))
+    subjectIds = fields.List(
+        SubjectId(),
+        required=True,
+        validate=validate.Length(min=1, max=MAX_SUBJECTS, error=f"must hold 1 to {MAX_SUBJECTS} ids"),
+    )
+    connections = fields.List(fields.String(), load_default=None, allow_none=True)

@@ -18,6 +18,7 @@ from app.auth import basic_user, connection_for_key
 from app.errors import ApiError, bad_request, unauthorized
 from app.ingest import PATH_TYPES, IngestResult, Rejection, ingest_body
 from app.metrics import count_received, count_rejected
+from app.regulations import drop_suppressed
 from connector import envelope
 from connector.config import Connection, Settings
 from connector.contract import DESTINATION, SOURCE
@@ -79,6 +80,16 @@ def _accept(connection: Connection, result: IngestResult) -> Response:
     g.ingest_connection = connection.id
     _trace_rejections(connection, result.rejected)
     count_rejected(connection.id, DESTINATION, (r.code for r in result.rejected))
+    door = g.get("ingest_source", "tracking_api")
+    valid = len(result.accepted)
+    if valid:
+        drop_suppressed(connection, result, door)
+    if valid and not result.accepted:  # every valid event was a suppressed user's: 200, as Segment
+        count_received(connection, DESTINATION, door, valid)
+        payload: dict[str, Any] = {"success": True}
+        if result.rejected:
+            payload["rejected"] = [r.as_dict() for r in result.rejected]
+        return jsonify(payload)
     if not result.accepted:
         g.ingest_counted = True
         first = result.rejected[0] if result.rejected else None
@@ -89,12 +100,11 @@ def _accept(connection: Connection, result: IngestResult) -> Response:
         )
     g.ingest_events = len(result.accepted)  # a 429/503 from the enqueue refuses them all
     # Which door took the events, for their traces: stored once per message, never merged.
-    door = g.get("ingest_source", "tracking_api")
     result.shared["door"] = door
     result.stored_bytes += len(door) + 10
     _enqueuer().segment_events(connection, result.encoded, result.shared, result.stored_bytes)
-    count_received(connection, DESTINATION, g.get("ingest_source", "tracking_api"), len(result.accepted))
-    payload: dict[str, Any] = {"success": True}
+    count_received(connection, DESTINATION, door, valid)
+    payload = {"success": True}
     if result.rejected:
         payload["rejected"] = [r.as_dict() for r in result.rejected]
     return jsonify(payload)

@@ -93,6 +93,9 @@ class Settings:
     # outside the sandbox.  /metrics asks for METRICS_TOKEN when it is set.
     status_page: bool = True
     status_token: Secret | None = None
+    # Regulations (SPEC 14, POST /v1/regulations): off (404) without ADMIN_TOKEN.  A token of its
+    # own: it deletes customers in Voucherify, which neither a write key nor the status page may.
+    admin_token: Secret | None = None
     metrics_token: Secret | None = None
     sandbox: bool = False
     # CONNECTOR_SANDBOX_FAKES, loopback URLs only: {"voucherify": "http://127.0.0.1:8100", ...}
@@ -221,6 +224,7 @@ def load_settings(
         _token(env, "STATUS_TOKEN", problems),
         _token(env, "METRICS_TOKEN", problems),
     )
+    admin_token = _token(env, "ADMIN_TOKEN", problems)
     status_page = (env.get("STATUS_PAGE") or "on").strip().lower()
     if status_page not in ("on", "off", "1", "0", "true", "false", "yes", "no"):
         problems.append(f"STATUS_PAGE: must be on or off, not {status_page!r}")
@@ -244,6 +248,7 @@ def load_settings(
         redis_tls_verify=tls_verify,
         status_page=status_page not in ("off", "0", "false", "no"),
         status_token=status_token,
+        admin_token=admin_token,
         metrics_token=metrics_token,
         sandbox=is_sandbox(connections, sandbox_fakes(env)),
         sandbox_fakes=sandbox_fakes(env),

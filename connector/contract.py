@@ -40,6 +40,8 @@ TASK_SEGMENT_EVENTS: Final = "connector.segment_events"
 TASK_VOUCHERIFY_WEBHOOK: Final = "connector.voucherify_webhook"
 TASK_DELIVER: Final = "connector.deliver"
 TASK_SEGMENT_FLUSH: Final = "connector.segment_flush"
+# [regulation_id, connection_id]: a regulation's deletion part for one connection (SPEC 14).
+TASK_REGULATE: Final = "connector.regulate"
 
 # Longest a single task may run before it parks its remaining work in Redis.  The broker's
 # visibility timeout must stay well above it so that a running task is never handed to a second
@@ -163,6 +165,9 @@ class DeliveryItem(TypedDict, total=False):
     # the payload is the event's OWN fields, the objects are stored once per batch under
     # ``Keys.shared`` (and once per dead-letter store, ``Keys.dlq_shared``), never per item.
     shared: str
+    # A regulation's deletion call (SPEC 14): {"id": regulation id, "subject": user id}; its
+    # end (delivered, 404, refused) counts the regulation's part down (workers.delivery.attempts).
+    regulation: dict[str, str]
 
 
 def backlog_of(item: Mapping[str, Any]) -> tuple[int, int]:

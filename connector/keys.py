@@ -48,6 +48,9 @@ Layout (``{p}`` is the prefix, ``{c}`` a connection id)::
     {p}holds                            hash    connection id -> the JSON head of its delayed entries
     {p}holdout:{c}:{customer}           string  its upserts are on their way / queued (TTL)
     {p}unchanged:{c}:{customer}         string  digest of the last upsert accepted (TTL)
+    {p}suppressed:{c}                   set     user ids whose events are dropped (SPEC 14; never expires)
+    {p}regulation:{id}                  hash    a regulation: its request, and per connection its status
+    {p}regulations                      zset    regulation id -> created (epoch ms), newest last
 
 The broker (kombu's Redis transport) keeps its own keys: the queues (named after the regions,
 ``voucherify.eu1``...), ``unacked``, ``unacked_index``, ``unacked_mutex`` and ``_kombu.binding.*``.
@@ -238,3 +241,14 @@ class Keys:
 
     def unchanged(self, connection_id: str, customer: str) -> str:
         return f"{self.prefix}unchanged:{connection_id}:{customer}"
+
+    # Regulations (SPEC 14, connector.regulations): durable, never given a TTL.
+    def suppressed(self, connection_id: str) -> str:
+        return f"{self.prefix}suppressed:{connection_id}"
+
+    def regulation(self, regulation_id: str) -> str:
+        return f"{self.prefix}regulation:{regulation_id}"
+
+    @property
+    def regulations(self) -> str:
+        return f"{self.prefix}regulations"

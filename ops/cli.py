@@ -45,6 +45,8 @@ COMMANDS = {
     "healthcheck": "ops.healthcheck:healthcheck",
     "map": "ops.mapcmd:map_command",
     "overview": "ops.overviewcmd:overview_command",
+    "regulate": "ops.regulatecmd:regulate",
+    "regulations": "ops.regulatecmd:regulations_command",
     "resume": "ops.resume:resume",
     "scheduler": "ops.scheduler:scheduler",
     "send-test": "ops.send_test:send_test",

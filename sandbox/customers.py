@@ -41,6 +41,16 @@ class CustomerStore:
         cust_id = self.by_source_id.get(key)
         return self.by_id.get(cust_id) if cust_id else None
 
+    def delete(self, key: str) -> dict[str, Any] | None:
+        """Forget a customer (by ``id`` or ``source_id``): Voucherify's permanent deletion."""
+        customer = self.get(key)
+        if customer is None:
+            return None
+        self.by_id.pop(customer["id"], None)
+        if customer.get("source_id") is not None:
+            self.by_source_id.pop(customer["source_id"], None)
+        return customer
+
     def upsert(self, body: dict[str, Any]) -> dict[str, Any]:
         customer: dict[str, Any] | None
         if isinstance(body.get("id"), str):

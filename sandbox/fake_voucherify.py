@@ -48,7 +48,7 @@ from sandbox.plans import QuotaConfig
 from sandbox.quota import Quota, kind_of
 from sandbox.schemas import NAMES, request_validator
 from sandbox.server import add_common_arguments, run
-from sandbox.voucherify_endpoints import ASYNC_ACTIONS_PREFIX, VoucherifyEndpoints
+from sandbox.voucherify_endpoints import ASYNC_ACTIONS_PREFIX, PERMANENT_DELETION, VoucherifyEndpoints
 from sandbox.wire import FakeRequest, FakeResponse
 
 DEFAULT_PORT = 9101
@@ -193,6 +193,9 @@ class FakeVoucherify(VoucherifyEndpoints):
 
     def route(self, req: FakeRequest) -> FakeResponse:
         handler = self.routes.get((req.method, req.path))
+        deletion = req.path.startswith("/v1/customers/") and req.path.endswith(PERMANENT_DELETION)
+        if handler is None and req.method == "POST" and deletion:
+            handler = self.permanent_deletion
         if handler is None and req.method == "GET":
             if req.path.startswith("/v1/customers/"):
                 handler = self.get_customer

@@ -35,6 +35,9 @@ ERROR_MESSAGES = {
 }
 
 
+PERMANENT_DELETION = "/permanent-deletion"
+
+
 def _bulk_problem(body: Any) -> str | None:
     """Why a bulk request is refused as a whole (400), or None."""
     if not isinstance(body, list) or not body:
@@ -139,6 +142,35 @@ class VoucherifyEndpoints(FakeApp):
         if customer is None:
             return self.error(404, f"Cannot find customer with id {key}", "not_found")
         return FakeResponse(200, customer)
+
+    def permanent_deletion(self, req: FakeRequest) -> FakeResponse:
+        """``POST /v1/customers/{id or source_id}/permanent-deletion``: as Voucherify answers
+        (reference customers.json), 404 for a customer it does not know."""
+        key = req.path[len("/v1/customers/") : -len(PERMANENT_DELETION)]
+        with self.lock:
+            customer = self.customers.delete(key)
+        if customer is None:
+            return self.error(404, f"Cannot find customer with id {key}", "not_found")
+        return FakeResponse(
+            200,
+            {
+                "id": "del_" + customer["id"].removeprefix("cust_"),
+                "created_at": customer.get("created_at") or "2024-01-01T00:00:00.000Z",
+                "related_object_id": customer["id"],
+                "related_object": "customer",
+                "status": "DONE",
+                "data_json": {
+                    "events": 0,
+                    "customer_events": 0,
+                    "daily_events": 0,
+                    "segments": 0,
+                    "orders": 0,
+                    "order_events": 0,
+                    "customer": 1,
+                },
+                "object": "pernament_deletion",
+            },
+        )
 
     def create_event(self, req: FakeRequest) -> FakeResponse:
         invalid = self.validate("EventsCreateRequestBody", req) or self.metadata_refusal(req.body["customer"])

@@ -34,12 +34,13 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import redis
 from celery.exceptions import Reject
 
-from connector import backlog
+from connector import backlog, regulations
 from connector.config import Connection
 from connector.contract import (
     DESTINATION,
@@ -53,8 +54,9 @@ from connector.contract import (
     shared_objects,
 )
 from connector.errors import MappingError, SkipEvent
+from connector.regulations import subject_digest
 from workers import targets
-from workers.delivery import holds, outcomes, pending, shutdown
+from workers.delivery import forget, holds, outcomes, pending, shutdown
 from workers.delivery.attempts import Step, StepKind, finish_dead, finish_skipped, new_item
 from workers.delivery.concurrency import run_all
 from workers.delivery.context import Context
@@ -221,6 +223,7 @@ def process_voucherify_webhook(
             event_id,
             type=event_type,
             requests=[f"{request.method} {request.path} {_segment_name(request)}".rstrip()],
+            subject=_subject(request.customer),
         )
         item = new_item(request, payload, received_at, 1, stored_bytes)
         item["enqueued_at"] = time.time()
@@ -243,6 +246,49 @@ def flush_segment_outbox(
     with _task(rt, connection, connection_id, SOURCE) as ctx:
         return flush(ctx)
     return None  # pragma: no cover - the context manager re-raises
+
+
+# ---------------------------------------------------------------------------------------------
+# Regulations (SPEC 14): a subject's deletion on one connection
+
+
+def process_regulation(
+    rt: Runtime, connection: Connection | None, connection_id: str, regulation_id: str
+) -> None:
+    """Forget what the connection holds about each subject, then send each one's permanent
+    deletion as a delivery item: the same engine as every Voucherify call (budgets, retries, a
+    dead letter if refused), whose end counts the regulation's part down."""
+    if connection is None:
+        log.warning("regulation for an unconfigured connection", extra={"connection": connection_id})
+        return
+    with _task(rt, connection, connection_id, DESTINATION) as ctx:
+        found = regulations.read(ctx.client, ctx.keys, regulation_id)
+        if found is None:
+            return
+        subjects = [str(s) for s in found["subjectIds"]]
+        forgotten = forget.forget(ctx, subjects)
+        regulations.set_detail(
+            ctx.client,
+            ctx.keys,
+            regulation_id,
+            connection_id,
+            f"deleting {len(subjects)}: {forgotten.text()}",
+        )
+        items = []
+        for subject in subjects:
+            # The customer's source_id is the user id: the identity mapping's default (README).
+            request = OutboundRequest(
+                method="POST",
+                path=f"/v1/customers/{quote(subject, safe='')}/permanent-deletion",
+                body=None,
+                idempotency_key=f"regulation:{regulation_id}:{subject_digest(subject)}",
+                action=regulations.DELETE_ACTION,
+                message_id=f"{regulation_id}:{subject_digest(subject)}",
+            )
+            item = new_item(request, None, time.time(), 0)
+            item["regulation"] = {"id": regulation_id, "subject": subject}
+            items.append(item)
+        _run(ctx, items)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,7 +331,9 @@ def _map_segment_event(
         # The sentence says which rule kept it out (e.g. which integrations name was false):
         # what `connector trace` shows beside the reason.
         why = {"why": str(exc)} if str(exc) != exc.reason else {}
-        ctx.trace.mapping(message_id, type=event.get("type"), skip=exc.reason, **why)
+        ctx.trace.mapping(
+            message_id, type=event.get("type"), skip=exc.reason, subject=_subject(event.get("userId")), **why
+        )
         finish_skipped(ctx, None, bare, exc.reason, message_id=message_id)
         return []
     except MappingError as exc:
@@ -340,7 +388,16 @@ def _trace_mapping(
         not_matched={name: "trigger did not match" for name in getattr(mapped, "not_matched", ())},
         failed={name: exc.message for name, exc in failures},
         requests=[f"{r.method} {r.path}" for r in requests],
+        subject=_subject(event.get("userId")),
     )
+
+
+def _subject(user_id: Any) -> str | None:
+    """What the trace keeps of whom the event is about, to forget it on a deletion (SPEC 14):
+    a digest, never the id itself."""
+    if user_id is None or user_id == "" or isinstance(user_id, bool | dict | list):
+        return None
+    return subject_digest(str(user_id))
 
 
 def _segment_name(request: OutboundRequest) -> str:

@@ -11,6 +11,7 @@ from typing import Any, cast
 from connector.celery_app import celery
 from connector.contract import (
     TASK_DELIVER,
+    TASK_REGULATE,
     TASK_SEGMENT_EVENTS,
     TASK_SEGMENT_FLUSH,
     TASK_VOUCHERIFY_WEBHOOK,
@@ -62,3 +63,10 @@ def segment_flush(connection_id: str) -> None:
     """Send what the connection's Segment outbox holds, in /v1/batch requests."""
     rt = runtime()
     pipeline.flush_segment_outbox(rt, rt.settings.connection(connection_id), connection_id)
+
+
+@celery.task(name=TASK_REGULATE)
+def regulate(regulation_id: str, connection_id: str) -> None:
+    """A regulation's deletion for one connection (SPEC 14)."""
+    rt = runtime()
+    pipeline.process_regulation(rt, rt.settings.connection(connection_id), connection_id, regulation_id)

@@ -270,6 +270,9 @@ def test_status_page_off_disables_the_page_and_status_json_only(
 
 
 class RecordingEnqueuer:
+    def suppressed(self, connection: Any, user_ids: Any) -> set[str]:
+        return set()  # no regulation in these tests
+
     def __init__(self) -> None:
         self.calls: list[Any] = []
 

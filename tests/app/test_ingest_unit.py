@@ -17,6 +17,9 @@ RECEIVED = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 
 
 class RecordingEnqueuer:
+    def suppressed(self, connection: Any, user_ids: Any) -> set[str]:
+        return set()  # no regulation in these tests
+
     def __init__(self) -> None:
         self.events: list[tuple[str, list[dict[str, Any]]]] = []
         self.webhooks: list[tuple[str, Any]] = []

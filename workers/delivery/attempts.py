@@ -26,10 +26,10 @@ from typing import Any
 
 import orjson
 
-from connector import USER_AGENT, metrics, overview
+from connector import USER_AGENT, metrics, overview, regulations
 from connector.contract import DeliveryItem, backlog_of
 from connector.errors import TransportFailure
-from workers.delivery import outcomes, pauses
+from workers.delivery import forget, outcomes, pauses
 from workers.delivery.budgets import Budget, Observation
 from workers.delivery.context import Context
 from workers.delivery.deadletters import MAX_HISTORY, DeadLetter
@@ -309,7 +309,21 @@ def parked(ctx: Context, request: OutboundRequest, item: DeliveryItem, reason: s
 
 def finish_delivered(ctx: Context, item: DeliveryItem, answer: HTTPResult) -> Step:
     delivered(ctx, [item], answer)
+    regulation_step(ctx, item)
     return Step.done("delivered")
+
+
+def regulation_step(ctx: Context, item: Mapping[str, Any], refused: str = "") -> None:
+    """A regulation's deletion call has ended (``refused``: the answer, when Voucherify refused):
+    forget the subject once more (what a worker wrote while the call waited) and count the
+    regulation's part down (SPEC 14)."""
+    regulation = item.get("regulation")
+    if not isinstance(regulation, Mapping) or not regulation.get("id"):
+        return
+    subject = str(regulation.get("subject") or "")
+    if subject:
+        forget.forget(ctx, [subject])
+    regulations.deletion_finished(ctx.client, ctx.keys, str(regulation["id"]), ctx.connection_id, refused)
 
 
 def finish_skipped(
@@ -330,6 +344,7 @@ def finish_skipped(
     ids = trace_ids(item) or ([message_id] if message_id else [])
     ctx.trace.outcome(ids, connection=ctx.connection_id, outcome=overview.SKIPPED, reason=reason)
     ctx.release_backlog(*backlog_of(item))
+    regulation_step(ctx, item)  # a deletion found done already (the ledger): its part is done
     return Step.done(reason)
 
 
@@ -413,6 +428,8 @@ def report_dead(ctx: Context, item: Mapping[str, Any], failure: Failure) -> Step
         error=failure.error,
     )
     ctx.release_backlog(*backlog_of(item))
+    refused = f"{failure.status} {failure.excerpt or failure.error}" if failure.status else failure.error
+    regulation_step(ctx, item, f"Voucherify refused the deletion: {refused}".strip())
     return Step.done(failure.reason)
 
 
@@ -446,3 +463,18 @@ def raise_stale(ctx: Context, parts: Sequence[Mapping[str, Any]]) -> None:
             newest[part["customer"]] = max(ms, newest.get(part["customer"], ms))
     for customer, ms in newest.items():
         ctx.stale.applied(customer, ms, ctx.tuning.stale_ttl)
+
+
+def skipped_parts(ctx: Context, parts: Sequence[Mapping[str, Any]], reason: str) -> None:
+    """Parts of a coalesced call left out of it (e.g. a suppressed customer's): each one its
+    event's skip, as :func:`finish_skipped` reports a whole item's.  Their backlog rides on the
+    call, released when it finishes."""
+    for part in parts:
+        message_id = part.get("message_id")
+        outcomes.skipped(
+            ctx.connection_id, ctx.direction, reason, message_id=message_id, action=part.get("action")
+        )
+        if message_id:
+            ctx.trace.outcome(
+                [message_id], connection=ctx.connection_id, outcome=overview.SKIPPED, reason=reason
+            )

@@ -10,6 +10,7 @@
       merged call: each part's key claimed too ── a part BUSY ─────> PARKED busy (nothing sent)
                    every part delivered or stale ──────────────────> DONE   skipped
       older than the newest applied call of its customer? ─────────> DONE   skipped/stale
+      its subject suppressed (SPEC 14; a merged call: its parts) ──> DONE   skipped/suppressed
       target.prepare ── a wait (e.g. no metadata schema yet) ──────> PARKED (its reason)
       budgets.acquire ── denied (no attempt counted) ──────────────> PARKED throttled (slot)
                       └─ the connection is paused ─────────────────> PARKED paused (until resumed)
@@ -46,7 +47,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from connector.contract import DeliveryItem
-from workers.delivery import attempts, pending, quota_waits, shutdown
+from connector.regulations import DELETE_ACTION, SUPPRESSED
+from workers.delivery import attempts, pending, quota_waits, shutdown, suppression
 from workers.delivery.attempts import Failure, Step, finish_dead, finish_skipped
 from workers.delivery.classify import Verdict, classify
 from workers.delivery.context import Context
@@ -153,6 +155,18 @@ def _send(
     event_ms: int | None,
     pregranted: bool,
 ) -> Step:
+    gone = suppression.suppressed(ctx, request, item)
+    if gone:
+        # A suppressed subject (SPEC 14): dropped here, whatever brought the item (queued before
+        # the regulation, held, parked for a retry), never sent.  A coalesced call goes on with
+        # the other customers' parts.
+        live = suppression.live_parts(request, gone) if request.parts else []
+        rebuilt = ctx.target.rebuild(request, live) if live else None
+        if rebuilt is None:
+            ctx.ledger.release(key, token, *held)
+            return finish_skipped(ctx, request, item, SUPPRESSED)
+        attempts.skipped_parts(ctx, [p for p in request.parts or () if p not in live], SUPPRESSED)
+        request = rebuilt
     merged = request  # as merged, before the target's preparation: what ``applied`` remembers
     prepared = ctx.target.prepare(request, item)
     if isinstance(prepared, Wait):
@@ -171,6 +185,8 @@ def _send(
     first_before = item.get("first_attempt_at")
     answer = attempts.attempt(ctx, request, item)
     verdict = classify(answer)
+    if request.action == DELETE_ACTION and attempts.status_of(answer) == 404:
+        verdict = Verdict.SUCCESS  # a regulation's deletion of a customer never seen: nothing to forget
     observation = attempts.observe(ctx, budgets, answer)
     if observation.auth_refused or (observation.quota and verdict is Verdict.RETRY):
         # Not the event's fault: the connection's credentials or the shop's quota.  The item

@@ -133,6 +133,14 @@ class Outbox:
     def unlock(self, token: str) -> None:
         _UNLOCK(self.client, [self.lock_key], [token])
 
+    def remove(self, raws: Sequence[bytes]) -> int:
+        """Take these exact items out of the list, wherever they are (each is unique: it
+        carries its event's id).  Called by the flusher holding the lock."""
+        pipe = self.client.pipeline(transaction=True)
+        for raw in raws:
+            pipe.lrem(self.list_key, 1, raw)  # type: ignore[arg-type]  # bytes are fine
+        return sum(int(n) for n in pipe.execute())
+
     def trim(self, token: str, count: int) -> bool:
         """Drop the first ``count`` items, only while we hold the lock."""
         return int(_TRIM_IF_OWNER(self.client, [self.list_key, self.lock_key], [token, count])) >= 0
