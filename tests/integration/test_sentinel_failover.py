@@ -14,6 +14,7 @@ itself within 30 s, and the same processes -- never restarted -- keep working on
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -32,6 +33,7 @@ from tests.support.faultkit import (
     auth,
     batches,
     caught_up,
+    connector_cli,
     delivered_ids,
     double_deliveries,
     track,
@@ -99,7 +101,9 @@ def test_master_killed_mid_stream_loses_no_accepted_event(
     tmp_path: Path, stack_factory: list, voucherify: FakeVoucherify, group: SentinelGroup
 ) -> None:
     env = {**FAST_ENV, **group.env, "REDIS_MIN_REPLICAS": "1"}
-    stack = make_stack(stack_factory, tmp_path, UNUSED_REDIS_URL, write_connections(tmp_path, voucherify), **env)
+    stack = make_stack(
+        stack_factory, tmp_path, UNUSED_REDIS_URL, write_connections(tmp_path, voucherify), **env
+    )
     web = stack.web(workers=2)
     worker = stack.worker("worker", concurrency=8)
     scheduler = stack.scheduler()
@@ -134,7 +138,9 @@ def test_master_killed_mid_stream_loses_no_accepted_event(
         wait_until(lambda: delivered_ids(voucherify) >= set(sender.accepted), timeout=120, interval=0.5)
     except AssertionError:
         missing = set(sender.accepted) - delivered_ids(voucherify)
-        raise AssertionError(f"{len(missing)} accepted events not delivered: {sorted(missing)[:10]}") from None
+        raise AssertionError(
+            f"{len(missing)} accepted events not delivered: {sorted(missing)[:10]}"
+        ) from None
     explained, unexplained = double_deliveries(voucherify, [(killed_at, up_at)])
     assert unexplained == [], f"delivered twice, not explained by the failover: {unexplained[:10]}"
 
@@ -156,7 +162,9 @@ def test_min_replicas_refuses_what_no_replica_acknowledged(
     """REDIS_MIN_REPLICAS=2 with both replicas frozen (SIGSTOP): WAIT counts none, the ingest
     answers 503 not_replicated with Retry-After; once they run again, 200."""
     env = {**FAST_ENV, **group.env, "REDIS_MIN_REPLICAS": "2", "REDIS_MIN_REPLICAS_TIMEOUT_MS": "300"}
-    stack = make_stack(stack_factory, tmp_path, UNUSED_REDIS_URL, write_connections(tmp_path, voucherify), **env)
+    stack = make_stack(
+        stack_factory, tmp_path, UNUSED_REDIS_URL, write_connections(tmp_path, voucherify), **env
+    )
     stack.web(workers=1)
     url = stack.web_url + "/v1/batch"
     first = requests.post(url, json={"batch": [track("rep-0")]}, headers=auth(), timeout=10)
@@ -175,3 +183,13 @@ def test_min_replicas_refuses_what_no_replica_acknowledged(
     again = requests.post(url, json={"batch": [track("rep-1")]}, headers=auth(), timeout=10)
     assert again.status_code == 200, again.text
     assert config.redis_target({**group.env, "REDIS_URL": UNUSED_REDIS_URL}) != UNUSED_REDIS_URL
+
+    # `connector check` reports the topology the sentinels see, without the password.
+    done = connector_cli(stack.env, "check", "--offline", "--json")
+    assert PASSWORD not in done.stdout + done.stderr
+    master = f"127.0.0.1:{group.master_port()}"
+    topology = [f for f in json.loads(done.stdout) if "sentinels report" in f["message"]]
+    assert topology, done.stdout
+    assert f"master {master}" in topology[0]["message"]
+    for port in replicas:
+        assert f"127.0.0.1:{port}" in topology[0]["message"]

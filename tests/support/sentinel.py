@@ -105,8 +105,9 @@ class SentinelGroup:
     def _online_replicas(self, port: int) -> int:
         info = self.client(port).info("replication")
         return sum(
-            1 for key, value in info.items() if key.startswith("slave") and isinstance(value, dict)
-            and value.get("state") == "online"
+            1
+            for key, value in info.items()
+            if key.startswith("slave") and isinstance(value, dict) and value.get("state") == "online"
         )
 
     def _sees_replicas(self, sentinel_port: int) -> bool:
