@@ -31,11 +31,9 @@ def create_app(settings: Settings) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = None  # bounded by app.body, which also bounds gzip
     client = redisconn.client(
-        settings.redis_url, settings.redis_tls_verify, socket_connect_timeout=1, socket_timeout=2
+        settings.redis, settings.redis_tls_verify, socket_connect_timeout=1, socket_timeout=2
     )
-    celery = create_celery(
-        settings.redis_url, settings.redis_tls_verify, settings.broker, settings.key_prefix
-    )
+    celery = create_celery(settings.redis, settings.redis_tls_verify, settings.broker, settings.key_prefix)
     app.extensions["connector.settings"] = settings
     app.extensions["connector.redis"] = client
     app.extensions["connector.celery"] = celery

@@ -19,6 +19,7 @@ from kombu.exceptions import KombuError, OperationalError
 
 from app.errors import ApiError
 from connector import backlog, regulations
+from connector.broker import NotReplicated
 from connector.config import Connection
 from connector.contract import TASK_REGULATE, TASK_SEGMENT_EVENTS, TASK_VOUCHERIFY_WEBHOOK
 from connector.keys import Keys
@@ -38,6 +39,15 @@ _BROKER_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
     OSError,
 )
+
+
+def not_replicated() -> ApiError:
+    return ApiError(
+        503,
+        "not_replicated",
+        "the queue's replicas did not acknowledge the work in time (REDIS_MIN_REPLICAS); retry later",
+        headers={"Retry-After": RETRY_AFTER_UNAVAILABLE},
+    )
 
 
 def unavailable() -> ApiError:
@@ -131,6 +141,15 @@ class Enqueuer:
                 argsrepr=f"[{connection.id!r}, <{count} event(s)>]",
                 kwargsrepr="{}",
             )
+        except NotReplicated as exc:
+            # The message IS on the master (its worker will release the backlog it reserved): the
+            # client's retry may deliver it twice, which the idempotency ledger absorbs; a 200
+            # could have been lost for good by a failover now.
+            log.warning(
+                "publish not acknowledged by enough replicas",
+                extra={"connection": connection.id, "error": str(exc)},
+            )
+            raise not_replicated() from None
         except _BROKER_ERRORS:
             log.warning("broker unavailable while publishing", extra={"connection": connection.id})
             with contextlib.suppress(*_BROKER_ERRORS):  # else the scheduler's reconcile heals it

@@ -1,4 +1,5 @@
-"""kombu's Redis transport with two measured costs removed from the publish path.
+"""kombu's Redis transport with two measured costs removed from the publish path, replica
+acknowledgement of every publish (``REDIS_MIN_REPLICAS``), and the same for Redis Sentinel.
 
 Profiled on the ingest (one broker message per request of 100 events, ~60 KB):
 - kombu builds a new ``redis.Redis`` object for every synchronous command (``conn_or_acquire``
@@ -9,6 +10,27 @@ Profiled on the ingest (one broker message per request of 100 events, ~60 KB):
   encoder, about 0.3 ms for a 60 KB batch; orjson writes the same JSON in a tenth of that.
 Both keep the wire format byte-compatible: workers and web processes of any version read it.
 Everything else (BRPOP, acknowledgements, the unacked index, restores) is kombu's own.
+
+Replication (SPEC 16): Redis replicates asynchronously, so a master that dies right after a
+publish can take the message with it -- after the web answered 200.  With ``min_replicas`` the
+push and a ``WAIT min_replicas timeout`` go down ONE connection in one round trip (a pipeline
+without MULTI), and ``WAIT`` counts the replicas that acknowledged every write of that
+connection so far: exactly the published message.  Fewer raise :class:`NotReplicated`, which the
+ingest answers with 503 + Retry-After (the message may still be on the master: a retry can
+deliver twice, which the idempotency ledger absorbs; losing it could not be undone).
+
+Sentinel: kombu's ``SentinelChannel`` asks the sentinels for the master each time it opens a
+connection, so a reconnect after a failover reaches the new master.  What kombu 5.7 lacks or
+gets wrong here:
+- a password for the sentinels themselves: only ``sentinel_kwargs``, which would put the secret
+  in Celery's configuration.  It comes as a :class:`Secret` transport option
+  (``connector_password``), revealed only here.
+- the sentinels are listed in kombu as ``;``-separated ``sentinel://`` URLs, which kombu ALSO
+  treats as failover alternates: on the first connection error it ``switch()``es to the next
+  URL, and ``switch`` re-derives the transport from the URL's scheme -- kombu's stock Sentinel
+  transport replaces this one (measured: no sentinel password any more, "No master found" for
+  good).  So the broker URL names one sentinel and every sentinel comes as a transport option
+  (``connector_sentinels``); kombu has no alternate to switch to.
 """
 
 from __future__ import annotations
@@ -18,32 +40,121 @@ from typing import Any
 import orjson
 import redis
 from kombu.transport import redis as kombu_redis
+from redis.sentinel import Sentinel
 
 # The type stubs of kombu leave out the channel's private API overridden here.
 _RedisChannel: Any = kombu_redis.Channel
+_SentinelChannel: Any = kombu_redis.SentinelChannel
 
 
-class Channel(_RedisChannel):  # type: ignore[misc]  # kombu is untyped here (see above)
+class NotReplicated(redis.RedisError):
+    """A publish that fewer replicas than ``REDIS_MIN_REPLICAS`` acknowledged in time."""
+
+
+class _Publishing:
+    """The overrides shared by the plain and the Sentinel channel (a mixin before kombu's)."""
+
     _shared_client: redis.Redis | None = None
+    min_replicas: int = 0
+    replica_wait_ms: int = 1000
+    pool: Any
+    _expires: Any
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:
-            return super()._create_client(asynchronous=True)
+            return super()._create_client(asynchronous=True)  # type: ignore[misc]
         client = self._shared_client
         if client is None or client.connection_pool is not self.pool:
-            client = self._shared_client = super()._create_client()
+            client = self._shared_client = super()._create_client()  # type: ignore[misc]
         return client
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
-        # The common case (no batch publishing, no per-queue expiry) with a faster encoder;
-        # the rest is kombu's.
+        # The common case (no batch publishing, no per-queue expiry: the connector uses neither)
+        # with a faster encoder; the rest is kombu's.
         if kwargs.get("_publish_batch") is not None or (self._expires and queue in self._expires):
-            super()._put(queue, message, **kwargs)
+            super()._put(queue, message, **kwargs)  # type: ignore[misc]
             return
-        pri = self._get_message_priority(message, reverse=False)
-        with self.conn_or_acquire() as client:
-            client.lpush(self._q_for_pri(queue, pri), orjson.dumps(message))
+        pri = self._get_message_priority(message, reverse=False)  # type: ignore[attr-defined]
+        with self.conn_or_acquire() as client:  # type: ignore[attr-defined]
+            body = orjson.dumps(message)
+            key = self._q_for_pri(queue, pri)  # type: ignore[attr-defined]
+            wanted = int(self.min_replicas or 0)
+            if not wanted:
+                client.lpush(key, body)
+                return
+            pipe = client.pipeline(transaction=False)
+            pipe.lpush(key, body)
+            pipe.wait(wanted, int(self.replica_wait_ms))
+            _, acknowledged = pipe.execute()
+            if int(acknowledged) < wanted:
+                raise NotReplicated(
+                    f"{acknowledged} of {wanted} replica(s) acknowledged the publish within "
+                    f"{self.replica_wait_ms} ms (REDIS_MIN_REPLICAS)"
+                )
+
+
+_OPTIONS = ("min_replicas", "replica_wait_ms")
+
+
+class Channel(_Publishing, _RedisChannel):  # type: ignore[misc]  # kombu is untyped here (see above)
+    from_transport_options = _RedisChannel.from_transport_options + _OPTIONS
+
+
+class SentinelChannel(_Publishing, _SentinelChannel):  # type: ignore[misc]
+    from_transport_options = (
+        *_SentinelChannel.from_transport_options,
+        *_OPTIONS,
+        "connector_password",
+        "connector_sentinels",
+    )
+    connector_password: Any = None  # a connector.secrets.Secret
+    connector_sentinels: tuple[tuple[str, int], ...] = ()
+
+    def _sentinel_managed_pool(self, asynchronous: bool = False) -> Any:
+        # kombu's own, with the sentinels from the transport option (see the module's doc).
+        params = dict(self._connparams(asynchronous))
+        host, port = params.pop("host", None), params.pop("port", None)
+        nodes = list(self.connector_sentinels) or [(host, port)]
+        manager = Sentinel(
+            nodes,
+            min_other_sentinels=getattr(self, "min_other_sentinels", 0),
+            sentinel_kwargs=self.sentinel_kwargs,
+            **params,
+        )
+        # Kept so that kombu closes the sentinels' connections with the channel's pools.
+        if asynchronous:
+            self._async_sentinel_manager = manager
+        else:
+            self._sentinel_manager = manager
+        master_name = getattr(self, "master_name", None)
+        if master_name is None:
+            raise ValueError("'master_name' transport option must be specified.")
+        master_kwargs = {k: params[k] for k in ("username", "password") if k in params}
+        return manager.master_for(master_name, redis.Redis, **master_kwargs).connection_pool
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        params: dict[str, Any] = super()._connparams(asynchronous)
+        if self.connector_password:
+            # kombu hands these to redis-py's Sentinel: the master's and replicas' connections.
+            params["password"] = self.connector_password.reveal()
+        return params
+
+    @property
+    def sentinel_kwargs(self) -> dict[str, Any]:
+        # The sentinels' own connections: the same password, the broker's socket timeouts (a
+        # sentinel that is down must not hold a reconnect for long).
+        kwargs: dict[str, Any] = {
+            "socket_timeout": self.socket_timeout,
+            "socket_connect_timeout": self.socket_connect_timeout,
+        }
+        if self.connector_password:
+            kwargs["password"] = self.connector_password.reveal()
+        return kwargs
 
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel

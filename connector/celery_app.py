@@ -32,7 +32,7 @@ from connector.tuning import BrokerOptions
 
 
 def celery_config(
-    redis_url: str,
+    redis: redisconn.RedisTarget,
     tls_verify: str = "required",
     options: BrokerOptions | None = None,
     key_prefix: str | None = None,
@@ -51,12 +51,31 @@ def celery_config(
         # index, its mutex and bindings.  Without it two deployments sharing a database would
         # BRPOP each other's tasks (and drop them as unknown connections).
         transport_options["global_keyprefix"] = broker_prefix
+    if options.min_replicas:
+        # Every publish waits for this many replicas (connector.broker): REDIS_MIN_REPLICAS.
+        transport_options["min_replicas"] = options.min_replicas
+        transport_options["replica_wait_ms"] = options.replica_wait_ms
+    transport = "connector.broker:Transport"
+    if isinstance(redis, redisconn.SentinelTarget):
+        # kombu's Sentinel transport: ONE sentinel:// URL (several would be failover alternates
+        # to kombu, which then drops this transport: connector.broker), every sentinel and the
+        # master's name as transport options.  The password travels as a Secret (never in the
+        # URL, so never in Celery's banner or a repr of the configuration).
+        first_host, first_port = redis.nodes[0]
+        broker_url = f"sentinel://{_host(first_host)}:{first_port}/{redis.db}"
+        transport = "connector.broker:SentinelTransport"
+        transport_options["master_name"] = redis.master
+        transport_options["connector_sentinels"] = redis.nodes
+        if redis.password:
+            transport_options["connector_password"] = redis.password
+    else:
+        broker_url = redis
     return {
-        "broker_url": redis_url,
+        "broker_url": broker_url,
         # rediss://: REDIS_TLS_VERIFY as for every other Redis client (connector.redisconn).
-        "broker_use_ssl": redisconn.broker_ssl(redis_url, tls_verify),
+        "broker_use_ssl": redisconn.broker_ssl(redis, tls_verify),
         # kombu's Redis transport minus two measured publish costs (see connector.broker).
-        "broker_transport": "connector.broker:Transport",
+        "broker_transport": transport,
         "result_backend": None,
         "task_ignore_result": True,
         "task_serializer": "json",
@@ -102,6 +121,10 @@ def celery_config(
     }
 
 
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def _json_dumps(data: Any) -> str:
     # kombu's stubs say str; bytes are accepted as well (kombu passes them through untouched).
     try:
@@ -125,14 +148,14 @@ register_fast_json()
 
 
 def create_celery(
-    redis_url: str,
+    redis: redisconn.RedisTarget,
     tls_verify: str = "required",
     options: BrokerOptions | None = None,
     key_prefix: str | None = None,
 ) -> Celery:
-    """A Celery app on ``redis_url`` (the web's publisher, a command's, a test's)."""
+    """A Celery app on ``redis`` (the web's publisher, a command's, a test's)."""
     app = Celery("connector")
-    app.conf.update(celery_config(redis_url, tls_verify, options, key_prefix))
+    app.conf.update(celery_config(redis, tls_verify, options, key_prefix))
     return app
 
 
@@ -149,11 +172,14 @@ _default_lock = threading.Lock()
 
 def default_app() -> Celery:
     """A process's publishing app for commands that load no settings (``connector dlq replay``,
-    the scheduler's default publisher): ``REDIS_URL`` and ``REDIS_TLS_VERIFY``, read once."""
+    the scheduler's default publisher): ``REDIS_URL`` (or ``REDIS_SENTINELS``) and
+    ``REDIS_TLS_VERIFY``, read once."""
     global _default
     with _default_lock:
         if _default is None:
             from connector import config
 
-            _default = create_celery(config.redis_url(), config.redis_tls_verify(), None, config.key_prefix())
+            _default = create_celery(
+                config.redis_target(), config.redis_tls_verify(), None, config.key_prefix()
+            )
         return _default

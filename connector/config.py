@@ -18,7 +18,7 @@ import re
 import sys
 import tomllib
 from collections.abc import Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
 from connector.connections import (
@@ -36,6 +36,7 @@ from connector.connections import (
 )
 from connector.errors import ConfigError
 from connector.reader import secret_problem
+from connector.redisconn import RedisTarget, SentinelTarget
 from connector.secrets import Secret
 from connector.tuning import BrokerOptions, SchedulerConfig, TraceOptions, Tuning, from_env
 
@@ -85,7 +86,7 @@ class LogOptions:
 
 @dataclass(frozen=True)
 class Settings:
-    redis_url: str
+    redis_url: str  # REDIS_URL; ignored when redis_sentinel is set
     connections: tuple[Connection, ...]
     port: int = 8000
     redis_tls_verify: str = "required"  # REDIS_TLS_VERIFY: applied to every Redis client
@@ -112,8 +113,15 @@ class Settings:
     # REDIS_MEMORY_HIGH_WATER: the share of Redis' maxmemory above which the ingest answers 503
     # redis_memory_full (connector.memory), so that the workers keep room to finish.
     memory_high_water: float = 0.85
+    # REDIS_SENTINELS, REDIS_SENTINEL_MASTER, REDIS_SENTINEL_PASSWORD: Redis behind Sentinel.
+    redis_sentinel: SentinelTarget | None = None
     _by_key: Mapping[str, Connection] = field(default_factory=dict, repr=False)
     _by_id: Mapping[str, Connection] = field(default_factory=dict, repr=False)
+
+    @property
+    def redis(self) -> RedisTarget:
+        """Where every Redis client of the process connects: the sentinels' master, or REDIS_URL."""
+        return self.redis_sentinel if self.redis_sentinel is not None else self.redis_url
 
     def connection_for_write_key(self, key: str) -> Connection | None:
         # Look up by digest so that the lookup never compares secrets byte by byte.
@@ -211,8 +219,10 @@ def load_settings(
         by_key = {k: by_id[c.id] for k, c in by_key.items()}
 
     redis_url = env.get("REDIS_URL") or DEFAULT_REDIS_URL
-    if not re.match(r"^(redis|rediss|unix)://", redis_url):
+    sentinel_target = redis_sentinel(env, problems)
+    if sentinel_target is None and not re.match(r"^(redis|rediss|unix)://", redis_url):
         problems.append("REDIS_URL: must be a redis://, rediss:// or unix:// URL")
+    min_replicas, replica_wait_ms = _min_replicas(env, problems)
     tls_verify = redis_tls_verify(env, problems)
     port_raw = env.get("PORT", "8000")
     try:
@@ -255,13 +265,16 @@ def load_settings(
         key_prefix=key_prefix(env),
         tuning=from_env(Tuning, env),
         scheduler=from_env(SchedulerConfig, env),
-        broker=from_env(BrokerOptions, env),
+        broker=replace(
+            from_env(BrokerOptions, env), min_replicas=min_replicas, replica_wait_ms=replica_wait_ms
+        ),
         body_timeout=_body_timeout(env),
         worker_queues=tuple(q.strip() for q in env.get("WORKER_QUEUES", "").split(",") if q.strip()),
         metrics_dir=metrics_directory(env),
         logs=log_options(env),
         trace=trace,
         memory_high_water=water,
+        redis_sentinel=sentinel_target,
         _by_key=by_key,
         _by_id=by_id,
     )
@@ -344,6 +357,88 @@ def redact_url(url: str) -> str:
 def redis_url(env: Mapping[str, str] | None = None) -> str:
     """``REDIS_URL`` (or the default), for the commands that need Redis without the connections."""
     return (environment() if env is None else env).get("REDIS_URL") or DEFAULT_REDIS_URL
+
+
+def redis_target(env: Mapping[str, str] | None = None) -> RedisTarget:
+    """Where Redis is for the processes and commands that need it without the connections: the
+    Sentinel master (``REDIS_SENTINELS``, which makes ``REDIS_URL`` ignored) or ``REDIS_URL``.
+    A bad Sentinel setting raises :class:`ConfigError` naming the variable."""
+    env = environment() if env is None else env
+    problems: list[str] = []
+    target = redis_sentinel(env, problems)
+    if problems:
+        raise ConfigError(problems)
+    return target if target is not None else redis_url(env)
+
+
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)$")
+
+
+def redis_sentinel(env: Mapping[str, str], problems: list[str]) -> SentinelTarget | None:
+    """``REDIS_SENTINELS=host:port,host:port`` with ``REDIS_SENTINEL_MASTER=name`` and the optional
+    ``REDIS_SENTINEL_PASSWORD`` (for the sentinels and the master alike), or None when
+    ``REDIS_SENTINELS`` is unset.  Problems name the variable, never the password's value."""
+    raw = (env.get("REDIS_SENTINELS") or "").strip()
+    master = (env.get("REDIS_SENTINEL_MASTER") or "").strip()
+    password = env.get("REDIS_SENTINEL_PASSWORD") or ""
+    if not raw:
+        for name in ("REDIS_SENTINEL_MASTER", "REDIS_SENTINEL_PASSWORD"):
+            if env.get(name):
+                problems.append(f"{name}: is set but REDIS_SENTINELS is not (set both, or neither)")
+        return None
+    nodes: list[tuple[str, int]] = []
+    for part in (p.strip() for p in raw.split(",")):
+        host, sep, port_text = part.rpartition(":")
+        try:
+            port = int(port_text) if sep else 0
+        except ValueError:
+            port = 0
+        if not sep or not _HOST.match(host) or not 0 < port < 65536:
+            shown = part if len(part) <= 64 else part[:61] + "..."
+            problems.append(f"REDIS_SENTINELS: {shown!r} is not host:port (a comma-separated list)")
+            continue
+        nodes.append((host.strip("[]"), port))
+    if not master:
+        problems.append("REDIS_SENTINEL_MASTER: must name the master group when REDIS_SENTINELS is set")
+    elif not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", master):
+        problems.append("REDIS_SENTINEL_MASTER: must be a Sentinel master name (letters, digits, _ . : -)")
+    if password and secret_problem(password) is not None:
+        problems.append(f"REDIS_SENTINEL_PASSWORD: {secret_problem(password)}")
+    db_raw = (env.get("REDIS_SENTINEL_DB") or "0").strip()
+    if not db_raw.isdigit():
+        problems.append(f"REDIS_SENTINEL_DB: must be a database number, not {db_raw!r}")
+    if not nodes or not master or problems:
+        return None
+    return SentinelTarget(
+        nodes=tuple(nodes),
+        master=master,
+        password=Secret(password) if password else None,
+        db=int(db_raw) if db_raw.isdigit() else 0,
+    )
+
+
+def _min_replicas(env: Mapping[str, str], problems: list[str]) -> tuple[int, int]:
+    """``REDIS_MIN_REPLICAS`` (default 0: no wait) and ``REDIS_MIN_REPLICAS_TIMEOUT_MS`` (default
+    1000): how many replicas must acknowledge a publish, and how long the publisher waits."""
+    default = BrokerOptions()
+    count, wait_ms = default.min_replicas, default.replica_wait_ms
+    raw = (env.get("REDIS_MIN_REPLICAS") or "").strip()
+    if raw:
+        if raw.isdigit() and int(raw) <= 64:
+            count = int(raw)
+        else:
+            problems.append(
+                f"REDIS_MIN_REPLICAS: must be a number of replicas from 0 to 64, not {raw[:20]!r}"
+            )
+    raw = (env.get("REDIS_MIN_REPLICAS_TIMEOUT_MS") or "").strip()
+    if raw:
+        if raw.isdigit() and 1 <= int(raw) <= 60000:
+            wait_ms = int(raw)
+        else:
+            problems.append(
+                f"REDIS_MIN_REPLICAS_TIMEOUT_MS: must be milliseconds from 1 to 60000, not {raw[:20]!r}"
+            )
+    return count, wait_ms
 
 
 def key_prefix(env: Mapping[str, str] | None = None) -> str:

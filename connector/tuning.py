@@ -133,6 +133,11 @@ class BrokerOptions:
     # kombu's Redis pool for a worker's acks and restores (a gevent worker acks from up to
     # --concurrency greenlets at once).
     max_connections: int = knob(500, "CONNECTOR_BROKER_MAX_CONNECTIONS")
+    # REDIS_MIN_REPLICAS / REDIS_MIN_REPLICAS_TIMEOUT_MS (read and checked by connector.config):
+    # a publish counts only once this many replicas acknowledged it (WAIT), else it is an error
+    # (the ingest answers 503), so that a failover loses no accepted work.
+    min_replicas: int = 0
+    replica_wait_ms: int = 1000
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import redis
 import requests
 
 from connector import config, redisconn
-from connector.config import ConfigError, Connection, Settings, redact_url
+from connector.config import ConfigError, Connection, Settings
 from ops.common import print_json
 from workers.settings import load_settings
 from workers.targets import segment, voucherify
@@ -90,12 +90,31 @@ def _config_get(client: redis.Redis, name: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def check_redis(url: str, tls_verify: str = "required") -> list[Finding]:
-    subject = f"redis {redact_url(url)}"
-    if redisconn.is_tls(url):
+def check_sentinel(target: redisconn.SentinelTarget) -> Finding:
+    """The topology the sentinels report (master, replicas): addresses only, never the password."""
+    subject = f"redis {target.describe()}"
+    try:
+        seen = redisconn.sentinel_topology(target)
+    except redis.RedisError as exc:  # MasterNotFoundError included: no sentinel knows the master
+        return error(subject, f"no sentinel answered for the master: {type(exc).__name__}: {exc}")
+    replicas = ", ".join(seen["replicas"]) or "none"
+    message = f"sentinels report master {seen['master']}, replicas: {replicas}"
+    if not seen["replicas"]:
+        return warning(subject, message + " (a failover has nowhere to go)")
+    return ok(subject, message)
+
+
+def check_redis(target: redisconn.RedisTarget, tls_verify: str = "required") -> list[Finding]:
+    subject = f"redis {redisconn.describe(target)}"
+    sentinel_findings: list[Finding] = []
+    if isinstance(target, redisconn.SentinelTarget):
+        sentinel_findings.append(check_sentinel(target))
+        if sentinel_findings[0].level == "error":
+            return sentinel_findings
+    elif redisconn.is_tls(target):
         subject += f" (TLS, certificate verification {tls_verify})"
     client = redisconn.client(
-        url, tls_verify, socket_connect_timeout=3, socket_timeout=5, decode_responses=True
+        target, tls_verify, socket_connect_timeout=3, socket_timeout=5, decode_responses=True
     )
     try:
         client.ping()
@@ -104,7 +123,7 @@ def check_redis(url: str, tls_verify: str = "required") -> list[Finding]:
         server = client.info("server")
     except redis.RedisError as exc:
         return [error(subject, f"not reachable: {type(exc).__name__}: {exc}")]
-    findings = [ok(subject, f"answers (Redis {server.get('redis_version', '?')})")]
+    findings = [*sentinel_findings, ok(subject, f"answers (Redis {server.get('redis_version', '?')})")]
     aof = str(persistence.get("aof_enabled", "0")) == "1"
     save = _config_get(client, "save")
     fsync = _config_get(client, "appendfsync")
@@ -252,12 +271,16 @@ def check_segment(connection: Connection, timeout: float, session: requests.Sess
 
 def run_checks(*, offline: bool = False, timeout: float = 10.0) -> list[Finding]:
     settings, findings = check_configuration()
-    url = settings.redis_url if settings else config.redis_url()
+    target: redisconn.RedisTarget
+    try:
+        target = settings.redis if settings else config.redis_target()
+    except ConfigError:
+        target = config.redis_url()  # the Sentinel problem is already listed
     try:
         verify = settings.redis_tls_verify if settings else config.redis_tls_verify()
     except ConfigError:
         verify = "required"  # already listed among the configuration's problems
-    findings += check_redis(url, verify)
+    findings += check_redis(target, verify)
     if settings is None or offline:
         return findings
     with requests.Session() as session:

@@ -32,8 +32,13 @@ def parse_duration(value: str | None) -> float | None:
 
 
 def redis_client() -> redis.Redis:
-    """``REDIS_URL`` with ``REDIS_TLS_VERIFY``: the commands that need Redis without the connections."""
-    return redisconn.client(config.redis_url(), tls_verify(), socket_connect_timeout=3, socket_timeout=10)
+    """``REDIS_URL`` (or ``REDIS_SENTINELS``) with ``REDIS_TLS_VERIFY``: the commands that need
+    Redis without the connections."""
+    try:
+        target = config.redis_target()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    return redisconn.client(target, tls_verify(), socket_connect_timeout=3, socket_timeout=10)
 
 
 def tls_verify() -> str:

@@ -18,7 +18,7 @@ def scheduler(interval: float | None) -> None:
 
     from connector import redisconn
     from connector.celery_app import create_celery
-    from connector.config import ConfigError, exit_on_config_error, redact_url
+    from connector.config import ConfigError, exit_on_config_error
     from connector.keys import Keys
     from connector.logs import configure_logging
     from connector.publish import publisher
@@ -36,13 +36,17 @@ def scheduler(interval: float | None) -> None:
     config = settings.scheduler
     if interval is not None:
         config.interval = interval
-    url = settings.redis_url
+    target = settings.redis
     client = redisconn.client(
-        url, settings.redis_tls_verify, socket_connect_timeout=2, socket_timeout=10, health_check_interval=10
+        target,
+        settings.redis_tls_verify,
+        socket_connect_timeout=2,
+        socket_timeout=10,
+        health_check_interval=10,
     )
     keys = Keys(settings.key_prefix)
-    click.echo(f"scheduler: redis {redact_url(url)}, prefix {keys.prefix!r}", err=True)
-    app = create_celery(url, settings.redis_tls_verify, settings.broker, settings.key_prefix)
+    click.echo(f"scheduler: redis {redisconn.describe(target)}, prefix {keys.prefix!r}", err=True)
+    app = create_celery(target, settings.redis_tls_verify, settings.broker, settings.key_prefix)
     runner = Scheduler(client, keys, publisher(app), config, connections=connection_queues(settings))
     runner.duties.append(pause_prober(settings, client, keys))
     runner.install_signal_handlers()

@@ -65,14 +65,12 @@ def enqueue_sample(settings: Settings, connection: Connection, *, user_id: str, 
     except MappingError as exc:
         raise click.ClickException(f"the sample event does not map: {exc}") from None
     client = redisconn.client(
-        settings.redis_url, settings.redis_tls_verify, socket_connect_timeout=3, socket_timeout=10
+        settings.redis, settings.redis_tls_verify, socket_connect_timeout=3, socket_timeout=10
     )
     keys = Keys(settings.key_prefix)
     try:
         Enqueuer(
-            create_celery(
-                settings.redis_url, settings.redis_tls_verify, settings.broker, settings.key_prefix
-            ),
+            create_celery(settings.redis, settings.redis_tls_verify, settings.broker, settings.key_prefix),
             client,
             keys,
         ).segment_events(connection, result.encoded, result.shared, result.stored_bytes)
@@ -90,7 +88,7 @@ def wait_for_delivery(
 ) -> Outcome:
     """Until the ledger records every call as done (the target acknowledged), or a dead letter."""
     client = redisconn.client(
-        settings.redis_url, settings.redis_tls_verify, socket_connect_timeout=3, socket_timeout=10
+        settings.redis, settings.redis_tls_verify, socket_connect_timeout=3, socket_timeout=10
     )
     keys = Keys(settings.key_prefix)
     ledger = Ledger(client, keys, connection.id)

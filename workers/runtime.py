@@ -66,7 +66,7 @@ class Runtime:
 
 def build_runtime(settings: Settings) -> Runtime:
     client = redisconn.client(
-        settings.redis_url,
+        settings.redis,
         settings.redis_tls_verify,
         socket_connect_timeout=2,
         socket_timeout=10,

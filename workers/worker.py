@@ -43,7 +43,7 @@ except ConfigError as exc:
     # Before Celery connects or takes any message: the list, exit status 2, no traceback.
     exit_on_config_error(exc, "worker")
 _all_queues = settings.voucherify_queues + settings.segment_queues
-celery.conf.update(celery_config(settings.redis_url, settings.redis_tls_verify, settings.broker))
+celery.conf.update(celery_config(settings.redis, settings.redis_tls_verify, settings.broker))
 celery.conf.task_queues = queues_for(list(settings.worker_queues) or _all_queues)
 app = celery
 
@@ -78,7 +78,7 @@ _beat: list[tuple[redis.Redis, Keys, str]] = []
 @worker_ready.connect
 def _heartbeat(**_: object) -> None:
     # The "workers absent" alert (connector_workers_alive{queue}, read by the web's /metrics).
-    client = redisconn.client(settings.redis_url, settings.redis_tls_verify, socket_timeout=5)
+    client = redisconn.client(settings.redis, settings.redis_tls_verify, socket_timeout=5)
     name = f"{socket.gethostname()}:{os.getpid()}"
     keys = Keys(settings.key_prefix)
     _beat.append((client, keys, name))

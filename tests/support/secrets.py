@@ -44,6 +44,7 @@ _SECRET_KEYS = {
     "segment_webhook_secret",
 }
 _SECRET_ENV = (
+    "REDIS_SENTINEL_PASSWORD",
     "VOUCHERIFY_APP_ID",
     "VOUCHERIFY_SECRET_KEY",
     "VOUCHERIFY_WEBHOOK_SECRET",
