@@ -43,7 +43,7 @@ def connections_file(tmp: Path, name: str, fake: FakeVoucherify) -> Path:
         f"""
 [[connection]]
 id = "conn-{name}"
-write_keys = ["wk_{name}"]
+write_keys = ["wk_{name}_deployment"]
 [connection.voucherify]
 coalesce_window_seconds = 0
 api_calls_per_minute = 10000000
@@ -61,7 +61,7 @@ def send_identifies(stack: Stack, name: str) -> None:
     for i in range(EVENTS):
         answer = requests.post(
             stack.web_url + "/v1/identify",
-            auth=(f"wk_{name}", ""),
+            auth=(f"wk_{name}_deployment", ""),
             json={"userId": f"{name}-user-{i}", "messageId": f"{name}-m-{i}", "traits": {"name": "Ada"}},
             timeout=5,
         )
