@@ -35,8 +35,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check app workers connector ops sandbox
 	$(BIN)/mypy
 
+# Two test processes (pytest-xdist), a module's tests in one of them: most integration tests wait
+# on real processes and clocks, so two at a time fit 2 cores (each process starts its own
+# redis-servers; tests/conftest.py gathers the workers' secret and Redis-isolation findings).
+TEST_WORKERS ?= 2
 test: $(STAMP) lint chromium
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The status-page test drives a headless Chromium from the system; on a fresh CI machine (root)
 # it is installed here.  Not root and missing: that one test is skipped.

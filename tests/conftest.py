@@ -7,6 +7,7 @@ developer's data; see tests/support/redisdb.py), and never finds a developer's r
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -47,14 +48,33 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+_PROBLEMS_FILE = "session-problems.json"
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """No connection to the machine's Redis, and no secret in any log written during the
-    session (every process, every fake)."""
-    if MACHINE_REDIS_ATTEMPTS:
-        _fail_session(session, "machine redis", "CONNECTIONS TO THE MACHINE'S REDIS:", MACHINE_REDIS_ATTEMPTS)
-    found = secrets.problems()
-    if found:
-        _fail_session(session, "secret scan", "SECRET SCAN FAILED:", found)
+    session (every process, every fake).
+
+    Under ``pytest -n`` (xdist, as ``make test`` runs) each worker process checks what it
+    started and writes its findings into its base temp dir; the controller -- last, after its
+    workers are gone (``trylast``) -- reads every worker's file and fails the run.  A worker's
+    own exit status would not reach the controller."""
+    problems = {
+        "machine redis": list(MACHINE_REDIS_ATTEMPTS),
+        "secret scan": secrets.problems(),
+    }
+    base = session.config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
+    if hasattr(session.config, "workerinput"):  # an xdist worker: the controller reports
+        (base / _PROBLEMS_FILE).write_text(json.dumps(problems))
+        return
+    for path in sorted(base.glob(f"*/{_PROBLEMS_FILE}")):
+        for title, lines in json.loads(path.read_text()).items():
+            problems[title].extend(lines)
+    headers = {"machine redis": "CONNECTIONS TO THE MACHINE'S REDIS:", "secret scan": "SECRET SCAN FAILED:"}
+    for title, lines in problems.items():
+        if lines:
+            _fail_session(session, title, headers[title], lines)
 
 
 def _fail_session(session: pytest.Session, title: str, header: str, lines: list[str]) -> None:

@@ -9,9 +9,14 @@ reported rather than skipped.
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support import secrets
+from tests.support.processes import ROOT
 
 
 def b64(text: str) -> str:
@@ -59,3 +64,33 @@ def test_short_credentials_are_reported_not_skipped() -> None:
     finally:
         secrets._too_short.clear()
         secrets._too_short.update(saved)
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist"])
+def test_a_secret_in_a_process_log_fails_the_whole_run(workers: list[str], tmp_path: Path) -> None:
+    """The session-end scan (tests/conftest.py) as ``make test`` runs it: a worker's finding
+    reaches the controller, which fails the run."""
+    probe = ROOT / "tests" / "support" / "probe_leak.py"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            *workers,
+            str(probe),
+            "--basetemp",
+            str(tmp_path / "inner"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert "2 passed" in output, output[-2000:]
+    assert result.returncode == 1, output[-2000:]
+    assert "SECRET SCAN FAILED" in output, output[-2000:]
