@@ -19,9 +19,10 @@ import requests
 
 from tests.conftest import make_stack
 from tests.support import secrets
-from tests.support.fakes import FakeVoucherify
+from tests.support.fakes import FakeSegment, FakeVoucherify
 from tests.support.faultkit import connector_cli
 from tests.support.processes import Stack, wait_until
+from tests.support.webhooks import V2024, iso_now, load_example, signed_request, wrap
 
 pytestmark = pytest.mark.integration
 
@@ -297,3 +298,63 @@ def test_regulations_are_off_without_admin_token(tmp_path: Path, redis_url: str,
         ).status_code
         == 404
     )
+
+
+SEGMENT_KEY = "regulations-e2e-segment-write-key-5f0"
+WEBHOOK_SECRET = "regulations-e2e-webhook-secret-a41"
+
+
+def webhook_about(stack: Stack, user: str, event_id: str) -> None:
+    example = load_example("customer.created")
+    example["customer"]["source_id"] = user
+    raw, headers = signed_request(
+        wrap(example, "customer.created", V2024, event_id, iso_now()), WEBHOOK_SECRET
+    )
+    answer = requests.post(
+        f"{stack.web_url}/webhooks/voucherify/{CONNECTION}", data=raw, headers=headers, timeout=10
+    )
+    assert answer.status_code == 202, answer.text
+
+
+def test_a_suppressed_customer_never_reaches_segment(
+    tmp_path: Path, redis_url: str, stack_factory: list
+) -> None:
+    """The other direction (SPEC 14: "in both directions"): a Voucherify webhook about a
+    suppressed customer is not sent to Segment -- neither one already waiting in the Segment
+    outbox when the regulation comes, nor one received afterwards -- while another customer's is."""
+    secrets.register(SEGMENT_KEY, WEBHOOK_SECRET)
+    with (
+        FakeVoucherify(app_id=APP_ID, secret_key=SECRET, log_dir=tmp_path) as voucherify,
+        FakeSegment(write_keys=(SEGMENT_KEY,), log_dir=tmp_path) as segment,
+    ):
+        config = tmp_path / "connections.toml"
+        config.write_text(
+            connections(voucherify.url)
+            + f'webhook_secret = "{WEBHOOK_SECRET}"\n'
+            + f'[connection.segment]\nwrite_key = "{SEGMENT_KEY}"\nregion = "us"\napi_url = "{segment.url}"\n'
+        )
+        stack = make_stack(stack_factory, tmp_path, redis_url, config, **FAST)
+        stack.web()
+        stack.worker()
+        stack.scheduler()
+
+        # Segment is down: dave's first event waits in the outbox for its retry.
+        segment.set_faults(path="/v1/batch", statuses=[503], then=503)
+        webhook_about(stack, "dave", "evt_dave_waiting")
+        wait_until(lambda: segment.requests(path="/v1/batch"), timeout=30, what="the outbox's first try")
+        regulation_id = regulate(stack, "SUPPRESS_ONLY", "dave")
+        assert settled(stack, regulation_id)["overallStatus"] == "FINISHED"
+        webhook_about(stack, "dave", "evt_dave_after")
+        webhook_about(stack, "erin", "evt_erin")
+        segment.reset_faults()
+
+        def users() -> list[Any]:
+            return [e["event"].get("userId") for e in segment.events()]
+
+        wait_until(lambda: "erin" in users(), timeout=60, what="erin's event at Segment")
+        time.sleep(3)  # a late dave would show up by now (the outbox flushes every 0.2 s)
+        assert "dave" not in users(), users()
+        for event_id in ("evt_dave_waiting", "evt_dave_after"):
+            wait_until(
+                lambda e=event_id: outcome(stack, e) == "skipped", timeout=30, what=f"{event_id} skipped"
+            )
