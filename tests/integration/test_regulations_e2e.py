@@ -316,12 +316,13 @@ def webhook_about(stack: Stack, user: str, event_id: str) -> None:
     assert answer.status_code == 202, answer.text
 
 
-def test_a_suppressed_customer_never_reaches_segment(
+def test_a_suppressed_or_deleted_customer_s_waiting_webhooks_never_reach_segment(
     tmp_path: Path, redis_url: str, stack_factory: list
 ) -> None:
     """The other direction (SPEC 14: "in both directions"): a Voucherify webhook about a
     suppressed customer is not sent to Segment -- neither one already waiting in the Segment
-    outbox when the regulation comes, nor one received afterwards -- while another customer's is."""
+    outbox when the regulation comes, nor one received afterwards -- while another customer's is;
+    a deleted (DELETE_ONLY) customer's waiting webhook is forgotten, a later one is sent."""
     secrets.register(SEGMENT_KEY, WEBHOOK_SECRET)
     with (
         FakeVoucherify(app_id=APP_ID, secret_key=SECRET, log_dir=tmp_path) as voucherify,
@@ -338,22 +339,33 @@ def test_a_suppressed_customer_never_reaches_segment(
         stack.worker()
         stack.scheduler()
 
-        # Segment is down: dave's first event waits in the outbox for its retry.
+        # Segment is down: dave's and frank's first events wait in the outbox for their retry.
         segment.set_faults(path="/v1/batch", statuses=[503], then=503)
         webhook_about(stack, "dave", "evt_dave_waiting")
+        webhook_about(stack, "frank", "evt_frank_waiting")
         wait_until(lambda: segment.requests(path="/v1/batch"), timeout=30, what="the outbox's first try")
-        regulation_id = regulate(stack, "SUPPRESS_ONLY", "dave")
-        assert settled(stack, regulation_id)["overallStatus"] == "FINISHED"
+        assert settled(stack, regulate(stack, "SUPPRESS_ONLY", "dave"))["overallStatus"] == "FINISHED"
+        # DELETE_ONLY forgets what waits for Segment about frank, and suppresses nothing.
+        assert settled(stack, regulate(stack, "DELETE_ONLY", "frank"))["overallStatus"] == "FINISHED"
         webhook_about(stack, "dave", "evt_dave_after")
         webhook_about(stack, "erin", "evt_erin")
+        webhook_about(stack, "frank", "evt_frank_after")
         segment.reset_faults()
 
         def users() -> list[Any]:
             return [e["event"].get("userId") for e in segment.events()]
 
-        wait_until(lambda: "erin" in users(), timeout=60, what="erin's event at Segment")
-        time.sleep(3)  # a late dave would show up by now (the outbox flushes every 0.2 s)
+        wait_until(
+            lambda: {"erin", "frank"} <= set(users()), timeout=60, what="erin's and frank's events at Segment"
+        )
+        time.sleep(3)  # a late dave or a forgotten frank would show up by now (flushes every 0.2 s)
         assert "dave" not in users(), users()
+        franks = [e["event"] for e in segment.events() if e["event"].get("userId") == "frank"]
+        assert len(franks) == 1, franks
+        wait_until(
+            lambda: outcome(stack, "evt_frank_after") == "delivered", timeout=30, what="frank's later event"
+        )
+        assert outcome(stack, "evt_frank_waiting") is None  # forgotten, its trace with it
         for event_id in ("evt_dave_waiting", "evt_dave_after"):
             wait_until(
                 lambda e=event_id: outcome(stack, e) == "skipped", timeout=30, what=f"{event_id} skipped"

@@ -1,7 +1,8 @@
 """Forgetting a deleted subject (SPEC 14): what the connector holds about it on one connection.
 
-* its held upserts (the hold window) and the work parked for it in the delayed store (a retry,
-  a quota wait): dropped, never sent, their backlog released;
+* its held upserts (the hold window), the work parked for it in the delayed store (a retry,
+  a quota wait) and Voucherify's webhooks about it waiting in the Segment outbox: dropped,
+  never sent, their backlog released;
 * its dead letters (except the regulation's own refused deletion: that is the answer the
   operator must see);
 * the traces of its events: found by the subject's digest that the mapping writes into each
@@ -27,23 +28,29 @@ import redis
 from connector import regulations
 from connector.contract import backlog_of
 from workers.delivery.context import Context
+from workers.delivery.ledger import new_token
+from workers.delivery.outbox import Outbox
 
 log = logging.getLogger("connector.regulations")
 
 SCAN_COUNT = 500
+# The outbox is bounded by the connection's backlog; a regulation reads this much of it at most.
+OUTBOX_SCAN_LIMIT = 100_000
 
 
 @dataclass
 class Forgotten:
     held: int = 0
     parked: int = 0
+    queued: int = 0  # in the Segment outbox
     dead_letters: int = 0
     traces: int = 0
     message_ids: set[str] = field(default_factory=set)
 
     def text(self) -> str:
         return (
-            f"forgot {self.held} held, {self.parked} parked, {self.dead_letters} dead letters, "
+            f"forgot {self.held} held, {self.parked} parked, {self.queued} queued for Segment, "
+            f"{self.dead_letters} dead letters, "
             f"{self.traces} traces"
         )
 
@@ -87,6 +94,7 @@ def forget(ctx: Context, subjects: Iterable[str]) -> Forgotten:
         return done
     _held(ctx, wanted, done)
     _parked(ctx, wanted, done)
+    _outbox(ctx, wanted, done)
     _dead_letters(ctx, wanted, done)
     _traces(ctx, wanted, done)
     keys, cid = ctx.keys, ctx.connection_id
@@ -150,6 +158,29 @@ def _parked(ctx: Context, wanted: set[str], done: Forgotten) -> None:
             ctx.release_backlog(*backlog_of(item))
             done.message_ids |= _ids_of(item)
             done.parked += 1
+
+
+def _outbox(ctx: Context, wanted: set[str], done: Forgotten) -> None:
+    """The connection's Segment outbox (Voucherify webhooks about the subject waiting to be
+    sent): those items taken out under the outbox's lock -- a flusher trims what it sent from the
+    head by count, so nothing may leave the list under it.  Lock busy: the flusher drops them if
+    the subject is suppressed, and the forget that follows the deletion call tries again."""
+    outbox = Outbox(ctx.client, ctx.keys, ctx.connection_id)
+    token = new_token()
+    if not outbox.lock(token):
+        return
+    try:
+        raws = outbox.peek(OUTBOX_SCAN_LIMIT)
+        gone = []
+        for raw in raws:
+            item = orjson.loads(raw)
+            if subjects_of(item.get("request"), item.get("payload")) & wanted:
+                gone.append(raw)
+                ctx.release_backlog(*backlog_of(item))
+                done.message_ids |= _ids_of(item)
+        done.queued += outbox.remove(gone) if gone else 0
+    finally:
+        outbox.unlock(token)
 
 
 def _dead_letters(ctx: Context, wanted: set[str], done: Forgotten) -> None:
