@@ -105,13 +105,21 @@ def tls_options(url: str, verify: str = DEFAULT_VERIFY) -> dict[str, Any]:
     return {"ssl_cert_reqs": verify if verify in _CERT_REQS else DEFAULT_VERIFY}
 
 
+# redis-py 8 caps a client's pool at 100 connections and raises MaxConnectionsError past it (its
+# earlier versions: no cap).  A gevent worker runs hundreds of greenlets that each hold one for a
+# round trip: measured, make bench's 12,000-event delivery had tasks requeued on "Too many
+# connections" and an event left behind.  Redis' own maxclients is the bound that matters.
+POOL_MAX_CONNECTIONS = 2**31
+
+
 def client(target: RedisTarget, verify: str = DEFAULT_VERIFY, **kwargs: Any) -> redis.Redis:
     """``redis.Redis.from_url`` with the TLS verification applied, or the master of a Sentinel
     group (a client that finds the new master by itself after a failover)."""
+    pool = {"max_connections": kwargs.pop("max_connections", POOL_MAX_CONNECTIONS)}
     if isinstance(target, SentinelTarget):
-        master: redis.Redis = sentinel(target, **kwargs).master_for(target.master)
+        master: redis.Redis = sentinel(target, **kwargs).master_for(target.master, **pool)
         return master
-    return redis.Redis.from_url(target, **tls_options(target, verify), **kwargs)
+    return redis.Redis.from_url(target, **tls_options(target, verify), **kwargs, **pool)
 
 
 def broker_ssl(target: RedisTarget, verify: str = DEFAULT_VERIFY) -> dict[str, Any] | None:
