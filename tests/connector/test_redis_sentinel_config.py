@@ -13,10 +13,10 @@ from connector.redisconn import SentinelTarget
 
 PASSWORD = "pw-sentinel-7d2e91"
 SENTINEL_ENV = {
-    "REDIS_SENTINELS": "10.0.0.1:26379, 10.0.0.2:26380,[::1]:26381",
+    "REDIS_SENTINELS": "sentinel-a.invalid:26379, sentinel-b.invalid:26380,[::1]:26381",
     "REDIS_SENTINEL_MASTER": "mymaster",
     "REDIS_SENTINEL_PASSWORD": PASSWORD,
-    "REDIS_URL": "redis://ignored.example:6379/0",
+    "REDIS_URL": "redis://ignored.invalid:6390/0",
 }
 
 
@@ -34,7 +34,7 @@ def test_sentinels_are_parsed_and_redis_url_is_ignored() -> None:
     got = settings(SENTINEL_ENV)
     target = got.redis
     assert isinstance(target, SentinelTarget)
-    assert target.nodes == (("10.0.0.1", 26379), ("10.0.0.2", 26380), ("::1", 26381))
+    assert target.nodes == (("sentinel-a.invalid", 26379), ("sentinel-b.invalid", 26380), ("::1", 26381))
     assert target.master == "mymaster"
     assert target.password is not None and target.password.reveal() == PASSWORD
     assert config.redis_target(SENTINEL_ENV) == target  # the commands without connections too
@@ -50,7 +50,7 @@ def test_without_sentinels_redis_url_is_the_target() -> None:
 @pytest.mark.parametrize(
     ("env", "variable"),
     [
-        ({"REDIS_SENTINELS": "10.0.0.1", "REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINELS"),
+        ({"REDIS_SENTINELS": "sentinel-a.invalid", "REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINELS"),
         ({"REDIS_SENTINELS": "h:notaport", "REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINELS"),
         ({"REDIS_SENTINELS": "h:70000", "REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINELS"),
         ({"REDIS_SENTINELS": "h:26379"}, "REDIS_SENTINEL_MASTER"),
@@ -83,7 +83,7 @@ def test_the_password_is_never_shown() -> None:
     assert isinstance(target, SentinelTarget)
     for text in (repr(got), str(got), repr(target), target.describe(), redisconn.describe(target)):
         assert PASSWORD not in text
-    assert "10.0.0.1:26379" in target.describe() and "mymaster" in target.describe()
+    assert "sentinel-a.invalid:26379" in target.describe() and "mymaster" in target.describe()
     conf = celery_config(target, "required", got.broker, "p:")
     # Neither the URL nor any printable form of the configuration holds it (a Secret object).
     assert PASSWORD not in conf["broker_url"]
