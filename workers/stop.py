@@ -35,6 +35,7 @@ from collections.abc import Callable
 
 from celery.worker import state as worker_state
 
+from connector import fleet
 from workers.delivery import shutdown
 from workers.delivery.concurrency import gevent_active
 
@@ -85,6 +86,8 @@ def begin_stop(signum: int, grace: float, exit_now: Callable[[int], None] = os._
             "sent again once their claims expire)",
             extra={"grace_seconds": grace},
         )
+        # os._exit skips the worker's stop hooks: what was counted still reaches the fleet's totals.
+        fleet.flush()
         exit_now(EX_CUT_OFF)
 
     timer = threading.Timer(grace, cut_off)

@@ -1,7 +1,7 @@
 """The shipped monitoring (monitoring/alerts.yml, monitoring/grafana-dashboard.json) parses and
 references only metric names the connector exports: the processes' metrics (connector.metrics)
-and the gauges /metrics reads from Redis at scrape time (app.metrics.DepthCollector, run here
-against a real Redis).  promtool is not available: PromQL is parsed just enough to find the
+and what /metrics reads from Redis at scrape time (the gauges of app.metrics.DepthCollector, the
+fleet-wide counters of app.metrics.FleetCollector, run here against a real Redis).  promtool is not available: PromQL is parsed just enough to find the
 metric names (label matchers, grouping clauses, ranges, strings, functions and keywords
 removed)."""
 
@@ -54,8 +54,9 @@ def exported(redis_url: str) -> set[str]:
     from prometheus_client import REGISTRY
 
     import connector.metrics  # noqa: F401  (registers the processes' metrics)
-    from app.metrics import DepthCollector, QuotaCollector
+    from app.metrics import DepthCollector, FleetCollector, QuotaCollector
     from connector.config import Settings
+    from connector.keys import Keys
 
     names: set[str] = set()
     client = redis.Redis.from_url(redis_url)
@@ -63,6 +64,7 @@ def exported(redis_url: str) -> set[str]:
         REGISTRY,
         DepthCollector(client, Settings(redis_url, ())),
         QuotaCollector(client, Settings(redis_url, ())),
+        FleetCollector(client, Keys("connector:")),
     ]
     for source in collectors:
         for family in source.collect():
