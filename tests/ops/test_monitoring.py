@@ -164,3 +164,20 @@ def test_workers_alive_and_redis_persistence_gauges_follow_redis(redis_url: str)
     assert gauges()[("connector_redis_aof_enabled", ())] == (1 if aof else 0)
     policy = client.info("memory").get("maxmemory_policy")
     assert gauges()[("connector_redis_noeviction", ())] == (1 if policy == "noeviction" else 0)
+
+
+@pytest.mark.parametrize("source", ["alerts", "dashboard"])
+def test_counters_are_the_fleets_counted_once(source: str) -> None:
+    """SPEC 16: the rules and panels count with the fleet's totals (every web answers them, for
+    every process of every machine), one copy per scrape target kept, never summed over them."""
+    exprs = alert_exprs() if source == "alerts" else dashboard_exprs()
+    counters = [(name, expr) for name, expr in exprs if any(m.endswith("_total") for m in metric_names(expr))]
+    assert counters
+    for name, expr in counters:
+        for metric in metric_names(expr):
+            assert not metric.endswith("_total") or metric.startswith("connector_fleet_"), (name, metric)
+        assert re.search(r"max\s+without\s*\(\s*instance\s*\)", expr), (name, expr)
+    if source == "alerts":
+        assert "ConnectorThrottled" in {name for name, _ in counters}  # 429s per connection
+    else:
+        assert any("connector_fleet_calls_total" in expr for _, expr in counters)
