@@ -87,9 +87,11 @@ class Accumulator:
         self._deltas: dict[Slot, int] = {}
 
     def add(self, family: str, connection: str, rest: tuple[str, ...], amount: int) -> None:
+        self.add_slot((family, connection, rest), amount)
+
+    def add_slot(self, slot: Slot, amount: int) -> None:
         if amount <= 0:  # counters only go up (prometheus_client refuses negative ones too)
             return
-        slot = (family, connection, rest)
         with self._lock:
             self._deltas[slot] = self._deltas.get(slot, 0) + amount
 
@@ -185,10 +187,21 @@ def configure(client: redis.Redis, keys: Keys, interval: float = DEFAULT_FLUSH_S
     _process.interval = max(0.05, interval)
 
 
+def slot(family: str, values: tuple[str, ...]) -> Slot:
+    """Where :func:`add_slot` counts ``family`` with ``values`` (its labels, the connection first):
+    made once per label set (the hot path adds to it thousands of times a second)."""
+    return (family, values[0], values[1:])
+
+
 def add(family: str, values: tuple[str, ...], amount: int) -> None:
     """Count ``amount`` for ``family`` (``values``: its label values, the connection first)."""
-    _process.accumulator.add(family, values[0], values[1:], amount)
-    if _process.flusher_pid != os.getpid() and _process.client is not None:
+    add_slot(slot(family, values), amount)
+
+
+def add_slot(where: Slot, amount: int) -> None:
+    _process.accumulator.add_slot(where, amount)
+    # The fork hook clears flusher_pid: no getpid() per count.
+    if _process.flusher_pid is None and _process.client is not None:
         _start_flusher()
 
 
@@ -197,6 +210,14 @@ def flush() -> int:
     if _process.client is None:
         return 0
     return _process.accumulator.flush(_process.client, _process.keys)
+
+
+def flush_within(seconds: float) -> None:
+    """:func:`flush` for a process that is about to exit: waits ``seconds`` at most (a Redis that
+    does not answer must not hold a stop past the platform's SIGKILL; those counts are lost)."""
+    writer = threading.Thread(target=_flush_quietly, name="fleet-metrics-last-flush", daemon=True)
+    writer.start()
+    writer.join(seconds)
 
 
 def pending() -> dict[Slot, int]:
@@ -229,9 +250,9 @@ os.register_at_fork(after_in_child=_forked)
 
 # A process that ends by returning from main (the scheduler, a CLI command) writes what is left;
 # the workers and gunicorn's workers flush in their stop hooks as well (an os._exit skips this).
-def _at_exit() -> None:
+def _flush_quietly() -> None:
     with contextlib.suppress(Exception):
         flush()
 
 
-atexit.register(_at_exit)
+atexit.register(_flush_quietly)

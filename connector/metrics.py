@@ -48,17 +48,16 @@ class FleetCounter:
 
 
 class FleetChild:
-    __slots__ = ("family", "process", "values")
+    __slots__ = ("process", "slot")
 
     def __init__(self, process: Any, family: str, values: tuple[str, ...]) -> None:
         self.process = process
-        self.family = family
-        self.values = values
+        self.slot = fleet.slot(family, values)
 
     def inc(self, amount: float = 1) -> None:
         self.process.inc(amount)
         # Counts of events and calls: whole numbers (HINCRBY).
-        fleet.add(self.family, self.values, int(amount))
+        fleet.add_slot(self.slot, int(amount))
 
 
 def status_label(status: int | None) -> str:

@@ -71,7 +71,7 @@ def _metrics_gone(pid: int | None = None, **_: object) -> None:
     # prefork children: forget their live gauges (counters stay, as for gunicorn's workers);
     # their last fleet counts go to Redis.
     multiprocess.mark_dead(pid or os.getpid())
-    fleet.flush()
+    fleet.flush_within(stop.STOP_FLUSH_SECONDS)
 
 
 @worker_ready.connect
@@ -98,7 +98,7 @@ def _heartbeat(**_: object) -> None:
 def _last_counts(**_: object) -> None:
     # The orderly stop's end (workers.stop): the tasks are done, their counts go to Redis now,
     # not a flush period later (the process exits next).
-    fleet.flush()
+    fleet.flush_within(stop.STOP_FLUSH_SECONDS)
 
 
 @worker_shutdown.connect
