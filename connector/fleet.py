@@ -174,6 +174,7 @@ class _Process:
         self.interval = DEFAULT_FLUSH_SECONDS
         self.flusher_pid: int | None = None
         self.wake = threading.Event()
+        self.starting = threading.Lock()
 
 
 _process = _Process()
@@ -226,8 +227,11 @@ def pending() -> dict[Slot, int]:
 
 def _start_flusher() -> None:
     # Started by the first count of each process, not at configure(): gunicorn preloads the app,
-    # then forks, and a thread does not survive a fork.
-    _process.flusher_pid = os.getpid()
+    # then forks, and a thread does not survive a fork.  One per process, whoever counts first.
+    with _process.starting:
+        if _process.flusher_pid is not None:
+            return
+        _process.flusher_pid = os.getpid()
     threading.Thread(target=_loop, name="fleet-metrics-flush", daemon=True).start()
 
 
@@ -243,6 +247,7 @@ def _forked() -> None:
     _process.accumulator.forget()
     _process.flusher_pid = None
     _process.wake = threading.Event()
+    _process.starting = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forked)
