@@ -191,6 +191,8 @@ def fake_requests(settings: Settings) -> list[dict[str, Any]]:
                 }
             )
     rows.sort(key=lambda row: row["time"], reverse=True)
+    for row in rows:  # shown as ISO 8601 in UTC, as the traces are: not epoch seconds
+        row["when"] = tracereader.when(row["time"]) if row["time"] else ""
     return rows[:MAX_SHOWN_REQUESTS]
 
 
