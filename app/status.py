@@ -224,10 +224,7 @@ def trace_view() -> tuple[str, int]:
         {
             "connection": cid,
             "info": tracereader.summary(event_id, records),
-            "rows": [
-                {"when": tracereader.when(r.get("t")), "kind": r.get("kind"), "text": tracereader.describe(r)}
-                for r in records
-            ],
+            "rows": tracereader.rows(records),
         }
         for cid, records in found.items()
     ]
