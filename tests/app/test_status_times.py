@@ -51,3 +51,5 @@ def test_the_status_page_shows_iso_utc_times_not_epoch_seconds(
     assert "2025-11-30T09:31:01.433Z" in html  # the fake's request
     assert "paused: auth since 2025-11-30T09:30:00.000Z" in html
     assert not EPOCH.findall(html), EPOCH.findall(html)
+    # The sandbox's curl carries a messageId: something to find with the trace box.
+    assert '"messageId":"my-first-event"' in html.split('id="curl"')[1]
