@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from pathlib import Path
 
 from connector.config import load_settings
 from connector.connections import SHORTHAND_LABELS
@@ -92,3 +93,19 @@ def test_every_shorthand_variable_is_documented() -> None:
     for variable in SHORTHAND_LABELS.values():
         assert f"`{variable}`" in configuration, variable
         assert re.search(rf"^#? ?{variable}=", example, re.MULTILINE), variable
+
+
+def test_readme_connections_toml_loads_with_its_variables(tmp_path: Path) -> None:
+    """The README's essential ``connections.toml``, its ``${NAME}``s set in the environment."""
+    readme = (ROOT / "README.md").read_text()
+    configuration = readme[readme.index("## Configuration") :]
+    [block] = re.findall(r"```toml\n(.*?)```", configuration, re.DOTALL)[:1]
+    path = tmp_path / "connections.toml"
+    path.write_text(block)
+    names = re.findall(r"\$\{([A-Z_]+)\}", block)
+    env = {name: f"placeholder-for-{name.lower()}" for name in names}
+    settings = load_settings({**env, "CONNECTIONS_FILE": str(path), "REDIS_URL": "redis://127.0.0.1:1/0"})
+    [connection] = settings.connections
+    assert connection.id == "acme-eu" and connection.segment is not None
+    assert connection.segment_webhook_secret is not None and connection.voucherify.webhook_secret is not None
+    assert (connection.voucherify.quota.plan, connection.voucherify.quota.share) == ("business", 0.5)
