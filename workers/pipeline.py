@@ -276,7 +276,7 @@ def process_regulation(
         )
         items = []
         for subject in subjects:
-            # The customer's source_id is the user id: the identity mapping's default (README).
+            # The customer's source_id is the user id: the identity mapping's default (docs/regulations.md).
             request = OutboundRequest(
                 method="POST",
                 path=f"/v1/customers/{quote(subject, safe='')}/permanent-deletion",
