@@ -27,7 +27,7 @@ from tests.support.delivery import (  # noqa: F401 - fixtures
     redis_db_url,
     transport,
 )
-from workers import pipeline
+from workers import mapped, pipeline
 from workers.delivery import holds, pending
 from workers.delivery.deadletters import DeadLetters
 from workers.delivery.ledger import Ledger
@@ -103,7 +103,7 @@ def mapper(event: dict[str, Any], connection: Any) -> list[OutboundRequest]:
 
 @pytest.fixture(autouse=True)
 def _mapper(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline, "_map_event", mapper)
+    monkeypatch.setattr(mapped, "map_event", mapper)
 
 
 def ident(mid: str, user: str, second: int = 0, **traits: Any) -> dict[str, Any]:
@@ -406,7 +406,7 @@ def test_segmentio_customer_calls_are_held_merged_and_skipped_when_unchanged(
 ) -> None:
     import dataclasses
 
-    monkeypatch.setattr(pipeline, "_map_event", segmentio_mapper)
+    monkeypatch.setattr(mapped, "map_event", segmentio_mapper)
     base = make_connection(quota=quota(bulk_calls_per_hour=100))
     conn = dataclasses.replace(base, voucherify=dataclasses.replace(base.voucherify, mode="segmentio"))
     rt = runtime_for(conn, client, redis_db_url, keys, transport)
