@@ -24,13 +24,11 @@ from typing import Any, NoReturn
 from connector.connections import (
     DEFAULTS_CHOICES,
     MODES,
-    SHORTHAND_LABELS,
     Connection,
     DestinationSettings,
     MappingChecks,
     SegmentSettings,
     VoucherifySettings,
-    from_env_shorthand,
     read_connection,
     with_quota_period_scale,
 )
@@ -39,6 +37,7 @@ from connector.reader import secret_problem
 from connector.redisconn import RedisTarget, SentinelTarget
 from connector.redisenv import DEFAULT_REDIS_URL, redis_sentinel, redis_tls_verify, replica_waits
 from connector.secrets import Secret
+from connector.shorthand import SHORTHAND_LABELS, from_env_shorthand
 from connector.tuning import BrokerOptions, SchedulerConfig, TraceOptions, Tuning, from_env
 
 __all__ = [

@@ -9,8 +9,8 @@ import shlex
 from pathlib import Path
 
 from connector.config import load_settings
-from connector.connections import SHORTHAND_LABELS
 from connector.quotas import PLANS
+from connector.shorthand import SHORTHAND_LABELS
 from tests.support.processes import ROOT
 
 # Heroku Redis plans' memory (MB), as Heroku publishes them: the README names one of these.
