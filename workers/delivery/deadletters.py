@@ -44,13 +44,29 @@ from connector.publish import Publish
 # the field of its batch's shared objects ("{c}:{digest}" or ""), their JSON ("" if unknown).
 # The connection's bytes count the record and, once, the shared objects it is the first to
 # reference: the dead-letter store is data, bounded per connection at the ingest (SPEC 16).
+# A record written again under its id replaces the old one: the old one's reference to its
+# shared objects is released first, else the copy's count grows with every rewrite and the copy
+# (and its bytes) outlive the last letter.
 _ADD_ONE = """
+local function release(c, field)
+  if redis.call('HINCRBY', KEYS[6], field, -1) <= 0 then
+    local blob = redis.call('HGET', KEYS[5], field)
+    if blob then redis.call('HINCRBY', KEYS[4], c, -string.len(blob)) end
+    redis.call('HDEL', KEYS[5], field)
+    redis.call('HDEL', KEYS[6], field)
+  end
+end
 local function add_one(id, score, json, c, field, blob)
   if redis.call('ZADD', KEYS[1], score, id) == 1 then
     redis.call('HINCRBY', KEYS[3], c, 1)
   else
     local old = redis.call('HGET', KEYS[2], id)
-    if old then redis.call('HINCRBY', KEYS[4], c, -string.len(old)) end
+    if old then
+      redis.call('HINCRBY', KEYS[4], c, -string.len(old))
+      local ok, record = pcall(cjson.decode, old)
+      local ref = ok and type(record) == 'table' and record['shared']
+      if type(ref) == 'string' and ref ~= '' then release(c, c .. ':' .. ref) end
+    end
   end
   redis.call('HSET', KEYS[2], id, json)
   redis.call('HINCRBY', KEYS[4], c, string.len(json))
