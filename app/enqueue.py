@@ -22,6 +22,7 @@ from connector import backlog, regulations
 from connector.broker import NotReplicated
 from connector.config import Connection
 from connector.contract import TASK_REGULATE, TASK_SEGMENT_EVENTS, TASK_VOUCHERIFY_WEBHOOK
+from connector.kept import KeptGuard
 from connector.keys import Keys
 from connector.memory import MemoryGuard
 
@@ -61,12 +62,18 @@ def unavailable() -> ApiError:
 
 class Enqueuer:
     def __init__(
-        self, celery: Celery, client: redis.Redis, keys: Keys, memory: MemoryGuard | None = None
+        self,
+        celery: Celery,
+        client: redis.Redis,
+        keys: Keys,
+        memory: MemoryGuard | None = None,
+        kept: KeptGuard | None = None,
     ) -> None:
         self.celery = celery
         self.redis = client
         self.keys = keys
         self.memory = memory
+        self.kept = kept
 
     def _bounds(self, connection: Connection) -> None:
         """The bounds of Redis memory other than the backlog (SPEC 16): the whole Redis near
@@ -97,6 +104,21 @@ class Enqueuer:
                 "dead_letters_full",
                 f"connection {connection.id!r} holds too many dead letters "
                 "(replay or purge them: connector dlq); retry later",
+                headers={"Retry-After": RETRY_AFTER_BACKLOG},
+            )
+        # The ledger, stale times and unchanged digests outlive the backlog by days (keyed by the
+        # client's ids: a flood of distinct userIds makes them); their bound (connector.kept).
+        records = self.kept.over(connection.id) if self.kept is not None else None
+        if records is not None:
+            log.warning(
+                "customer records over their bound: refusing new work",
+                extra={"connection": connection.id, "bytes": records},
+            )
+            raise ApiError(
+                429,
+                "customer_records_full",
+                f"connection {connection.id!r} keeps too many per-customer records "
+                "(CUSTOMER_RECORDS_MB; they expire by themselves); retry later",
                 headers={"Retry-After": RETRY_AFTER_BACKLOG},
             )
 

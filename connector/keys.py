@@ -49,6 +49,8 @@ Layout (``{p}`` is the prefix, ``{c}`` a connection id)::
     {p}holds                            hash    connection id -> the JSON head of its delayed entries
     {p}holdout:{c}:{customer}           string  its upserts are on their way / queued (TTL)
     {p}unchanged:{c}:{customer}         string  digest of the last upsert accepted (TTL)
+    {p}kept:{c}                         hash    expiry hour -> the connection's ledger records (TTL)
+    {p}kept:{c}:u:{day}                 HLL     customers given stale/unchanged records that day (TTL)
     {p}suppressed:{c}                   set     user ids whose events are dropped (SPEC 14; never expires)
     {p}regulation:{id}                  hash    a regulation: its request, and per connection its status
     {p}regulations                      zset    regulation id -> created (epoch ms), newest last
@@ -240,6 +242,13 @@ class Keys:
 
     def unchanged(self, connection_id: str, customer: str) -> str:
         return f"{self.prefix}unchanged:{connection_id}:{customer}"
+
+    # What a connection's ledger and customer records occupy (connector.kept).
+    def kept(self, connection_id: str) -> str:
+        return f"{self.prefix}kept:{connection_id}"
+
+    def kept_customers(self, connection_id: str, day: int) -> str:
+        return f"{self.prefix}kept:{connection_id}:u:{day}"
 
     # Regulations (SPEC 14, connector.regulations): durable, never given a TTL.
     def suppressed(self, connection_id: str) -> str:
