@@ -94,13 +94,17 @@ def records(client: redis.Redis) -> dict[str, tuple[int, int]]:
     return out
 
 
-def test_a_flood_of_distinct_user_ids_meets_its_bound(tmp_path: Path, own_redis: str, stack_factory: list) -> None:
+def test_a_flood_of_distinct_user_ids_meets_its_bound(
+    tmp_path: Path, own_redis: str, stack_factory: list
+) -> None:
     client = redis.Redis.from_url(own_redis)
     limit = int(LIMIT_MB * 1024 * 1024)
     with FakeVoucherify(log_dir=tmp_path / "fakes") as vf:
         path = tmp_path / "connections.toml"
         path.write_text(
-            CONNECTIONS.format(write_key=WRITE_KEY, app_id=vf.app_id, secret_key=vf.secret_key, api_url=vf.url)
+            CONNECTIONS.format(
+                write_key=WRITE_KEY, app_id=vf.app_id, secret_key=vf.secret_key, api_url=vf.url
+            )
         )
         stack = make_stack(stack_factory, tmp_path, own_redis, path, CUSTOMER_RECORDS_MB=str(LIMIT_MB))
         stack.web()

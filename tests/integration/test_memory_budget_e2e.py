@@ -201,7 +201,9 @@ def test_a_shared_context_is_not_multiplied_per_event(
         assert record.payload["context"]["traits"]["trait_7"] == "x" * 100
         assert record.payload["traits"]["email"] == {"not": "an email"}
         # Their bytes are counted per connection (the bound the ingest enforces).
-        assert 0 < int(client.hget("connector:dlq:bytes", "mem") or 0) <= MAX_DATA_FACTOR[valid] * decompressed
+        assert (
+            0 < int(client.hget("connector:dlq:bytes", "mem") or 0) <= MAX_DATA_FACTOR[valid] * decompressed
+        )
 
 
 # --- 2. a flood of skipped events against a capped Redis ----------------------------------------
