@@ -79,8 +79,10 @@ class Enqueuer:
         """The bounds of Redis memory other than the backlog (SPEC 16): the whole Redis near
         its maxmemory (503 ``redis_memory_full``: room is kept for the workers to finish), the
         connection's dead letters over their bound (429 ``dead_letters_full``: they are data,
-        never dropped; an operator replays or purges them).  Named in the answer, the log and
-        the refusals metric (by code)."""
+        never dropped; an operator replays or purges them), its ledger and customer records
+        over theirs (429 ``customer_records_full``, connector.kept).  Named in the answer (by
+        cause, never by connection id: a browser's write key is public, and ids are what the
+        webhook doors keep to themselves), the log and the refusals metric (by code)."""
         seen = self.memory.full() if self.memory is not None else None
         if seen is not None:
             log.warning(
@@ -102,7 +104,7 @@ class Enqueuer:
             raise ApiError(
                 429,
                 "dead_letters_full",
-                f"connection {connection.id!r} holds too many dead letters "
+                "this connection holds too many dead letters "
                 "(replay or purge them: connector dlq); retry later",
                 headers={"Retry-After": RETRY_AFTER_BACKLOG},
             )
@@ -117,7 +119,7 @@ class Enqueuer:
             raise ApiError(
                 429,
                 "customer_records_full",
-                f"connection {connection.id!r} keeps too many per-customer records "
+                "this connection keeps too many per-customer records "
                 "(CUSTOMER_RECORDS_MB; they expire by themselves); retry later",
                 headers={"Retry-After": RETRY_AFTER_BACKLOG},
             )
@@ -142,7 +144,7 @@ class Enqueuer:
             raise ApiError(
                 429,
                 "backlog_full",
-                f"connection {connection.id!r} has too much queued work; retry later",
+                "this connection has too much queued work; retry later",
                 headers={"Retry-After": RETRY_AFTER_BACKLOG},
             )
 
