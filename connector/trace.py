@@ -62,7 +62,8 @@ MAX_STEPS: Final = 40
 # once a second).  The ids are the client's: without a bound, one public write key sending
 # batches of invalid events with fresh messageIds would fill Redis with traces for a day.
 MAX_REFUSED_PER_FLUSH: Final = 20
-# ... and they are kept an hour at most: at the bound, one process keeps ~72,000 of them (~30 MB).
+# ... and they are kept an hour at most: at the bound, one process keeps ~72,000 of them (~10 MB,
+# and never more than the trace budget's minor share).
 REFUSED_KEEP_SECONDS: Final = 3600
 
 
