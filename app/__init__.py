@@ -6,6 +6,7 @@ It never imports an HTTP client and never maps or delivers; that is the workers'
 from __future__ import annotations
 
 import logging
+import os
 
 from flask import Flask, Response, g, has_request_context, jsonify
 from werkzeug.exceptions import HTTPException
@@ -16,9 +17,10 @@ from app.metrics import announce_mode, count_refused_request, metrics_bp
 from app.regulations import regulations_bp
 from app.status import status_bp
 from app.views import ops, tracking, webhooks
-from connector import fleet, redisconn
+from connector import fleet, kept, redisconn
 from connector.celery_app import create_celery
 from connector.config import Settings
+from connector.kept import KeptGuard
 from connector.keys import Keys
 from connector.memory import MemoryGuard
 from connector.trace import Recorder
@@ -37,8 +39,13 @@ def create_app(settings: Settings) -> Flask:
     app.extensions["connector.settings"] = settings
     app.extensions["connector.redis"] = client
     app.extensions["connector.celery"] = celery
+    keys = Keys(settings.key_prefix)
     app.extensions["connector.enqueuer"] = Enqueuer(
-        celery, client, Keys(settings.key_prefix), MemoryGuard(client, settings.memory_high_water)
+        celery,
+        client,
+        keys,
+        MemoryGuard(client, settings.memory_high_water),
+        KeptGuard(client, keys, kept.limit_from_env(os.environ)),
     )
     # The overview's ingest counts and the traces of refused events: collected in memory and
     # written at most once a second (never a Redis round trip per request).

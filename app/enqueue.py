@@ -22,6 +22,7 @@ from connector import backlog, regulations
 from connector.broker import NotReplicated
 from connector.config import Connection
 from connector.contract import TASK_REGULATE, TASK_SEGMENT_EVENTS, TASK_VOUCHERIFY_WEBHOOK
+from connector.kept import KeptGuard
 from connector.keys import Keys
 from connector.memory import MemoryGuard
 
@@ -61,19 +62,27 @@ def unavailable() -> ApiError:
 
 class Enqueuer:
     def __init__(
-        self, celery: Celery, client: redis.Redis, keys: Keys, memory: MemoryGuard | None = None
+        self,
+        celery: Celery,
+        client: redis.Redis,
+        keys: Keys,
+        memory: MemoryGuard | None = None,
+        kept: KeptGuard | None = None,
     ) -> None:
         self.celery = celery
         self.redis = client
         self.keys = keys
         self.memory = memory
+        self.kept = kept
 
     def _bounds(self, connection: Connection) -> None:
         """The bounds of Redis memory other than the backlog (SPEC 16): the whole Redis near
         its maxmemory (503 ``redis_memory_full``: room is kept for the workers to finish), the
         connection's dead letters over their bound (429 ``dead_letters_full``: they are data,
-        never dropped; an operator replays or purges them).  Named in the answer, the log and
-        the refusals metric (by code)."""
+        never dropped; an operator replays or purges them), its ledger and customer records
+        over theirs (429 ``customer_records_full``, connector.kept).  Named in the answer (by
+        cause, never by connection id: a browser's write key is public, and ids are what the
+        webhook doors keep to themselves), the log and the refusals metric (by code)."""
         seen = self.memory.full() if self.memory is not None else None
         if seen is not None:
             log.warning(
@@ -95,8 +104,23 @@ class Enqueuer:
             raise ApiError(
                 429,
                 "dead_letters_full",
-                f"connection {connection.id!r} holds too many dead letters "
+                "this connection holds too many dead letters "
                 "(replay or purge them: connector dlq); retry later",
+                headers={"Retry-After": RETRY_AFTER_BACKLOG},
+            )
+        # The ledger, stale times and unchanged digests outlive the backlog by days (keyed by the
+        # client's ids: a flood of distinct userIds makes them); their bound (connector.kept).
+        records = self.kept.over(connection.id) if self.kept is not None else None
+        if records is not None:
+            log.warning(
+                "customer records over their bound: refusing new work",
+                extra={"connection": connection.id, "bytes": records},
+            )
+            raise ApiError(
+                429,
+                "customer_records_full",
+                "this connection keeps too many per-customer records "
+                "(CUSTOMER_RECORDS_MB; they expire by themselves); retry later",
                 headers={"Retry-After": RETRY_AFTER_BACKLOG},
             )
 
@@ -120,7 +144,7 @@ class Enqueuer:
             raise ApiError(
                 429,
                 "backlog_full",
-                f"connection {connection.id!r} has too much queued work; retry later",
+                "this connection has too much queued work; retry later",
                 headers={"Retry-After": RETRY_AFTER_BACKLOG},
             )
 

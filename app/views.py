@@ -228,9 +228,7 @@ def voucherify_webhook(connection_id: str) -> tuple[Response, int]:
     now = time.time()
     _check_webhook_age(connection, event, now)
     if connection.segment is None:
-        raise ApiError(
-            409, "segment_not_configured", f"connection {connection_id!r} has no [connection.segment]"
-        )
+        raise ApiError(409, "segment_not_configured", "this connection has no [connection.segment]")
     _enqueuer().voucherify_webhook(connection, body, now, len(raw))
     count_received(connection, SOURCE, "voucherify_webhook", 1)
     return jsonify({"accepted": True, "event_id": event.event_id}), 202

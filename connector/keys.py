@@ -31,11 +31,12 @@ Layout (``{p}`` is the prefix, ``{c}`` a connection id)::
     {p}backlog:{c}                      string  events accepted and not finished (never expires)
     {p}backlog_bytes:{c}                string  bytes those events occupy in Redis (never expires)
     {p}backlog_idle:{c}                 string  the scheduler's first look at idle counters (TTL)
-    {p}trace:h:{c}:{id}                 list    an event's received/mapping records (JSON, TTL, capped)
-    {p}trace:s:{c}:{id}                 list    its attempts, waits and outcomes (JSON, TTL, newest kept)
-    {p}trace:c:{id}                     set     connections with a trace of this id (TTL: the longest)
-    {p}traces:{class}                   zset    {c}:{id} -> last write (ms): the trace budget, oldest first
-    {p}traces:{class}:sz                hash    {c}:{id} -> bytes written for it
+    {p}trace:{k}:{c}:{seq}              hash    a bucket of traces (k: m main, n skipped, r refused):
+                                                i:{id} -> the event's lines, d:{digest} -> a
+                                                record body its lines share, z -> its size (TTL)
+    {p}trace:cur:{k}:{c}                string  the bucket written now (a new one when full)
+    {p}traces:{class}                   zset    {k}:{c}:{seq} -> expiry (ms): the budget, oldest first
+    {p}traces:{class}:sz                hash    {k}:{c}:{seq} -> bytes written to it
     {p}traces:{class}:bytes             string  their sum (the budget's measure)
     {p}ov:{c}:m:{minute}                hash    overview counters of one minute (TTL ~2 h)
     {p}ov:{c}:h:{hour}                  hash    overview counters of one hour (TTL ~25 h)
@@ -50,6 +51,8 @@ Layout (``{p}`` is the prefix, ``{c}`` a connection id)::
     {p}holds                            hash    connection id -> the JSON head of its delayed entries
     {p}holdout:{c}:{customer}           string  its upserts are on their way / queued (TTL)
     {p}unchanged:{c}:{customer}         string  digest of the last upsert accepted (TTL)
+    {p}kept:{c}                         hash    expiry hour -> the connection's ledger records (TTL)
+    {p}kept:{c}:u:{day}                 HLL     customers given stale/unchanged records that day (TTL)
     {p}suppressed:{c}                   set     user ids whose events are dropped (SPEC 14; never expires)
     {p}regulation:{id}                  hash    a regulation: its request, and per connection its status
     {p}regulations                      zset    regulation id -> created (epoch ms), newest last
@@ -187,20 +190,18 @@ class Keys:
     def backlog_idle(self, connection_id: str) -> str:
         return f"{self.prefix}backlog_idle:{connection_id}"
 
-    # Traces are keyed by (connection, id): ids are the clients' (a messageId), and one
-    # connection's client must not push out or overwrite another connection's records by reusing
-    # its ids.  Connection ids hold no ':' (connector.connections), so the keys are unambiguous.
-    def trace_head(self, connection_id: str, event_id: str) -> str:
-        return f"{self.prefix}trace:h:{connection_id}:{event_id}"
+    # Traces (connector.tracestore) live in buckets: one hash per (kind, connection, bucket),
+    # keyed by the connection so that one connection's client cannot push out or overwrite
+    # another connection's records by reusing its ids.  Connection ids hold no ':'
+    # (connector.connections), so the keys are unambiguous.
+    def trace_bucket(self, kind: str, connection_id: str, seq: str) -> str:
+        return f"{self.prefix}trace:{kind}:{connection_id}:{seq}"
 
-    def trace_steps(self, connection_id: str, event_id: str) -> str:
-        return f"{self.prefix}trace:s:{connection_id}:{event_id}"
+    def trace_current(self, kind: str, connection_id: str) -> str:
+        return f"{self.prefix}trace:cur:{kind}:{connection_id}"
 
-    def trace_index(self, event_id: str) -> str:
-        return f"{self.prefix}trace:c:{event_id}"
-
-    # The trace budget (connector.trace): one per class of trace ("main": delivered, failed;
-    # "minor": skipped or refused, which may take only a share).
+    # The trace budget (connector.tracestore): one per class of trace ("main": delivered, failed;
+    # "minor": skipped or refused, which may take only a share); members are buckets.
     def traces(self, cls: str) -> str:
         return f"{self.prefix}traces:{cls}"
 
@@ -249,6 +250,13 @@ class Keys:
 
     def unchanged(self, connection_id: str, customer: str) -> str:
         return f"{self.prefix}unchanged:{connection_id}:{customer}"
+
+    # What a connection's ledger and customer records occupy (connector.kept).
+    def kept(self, connection_id: str) -> str:
+        return f"{self.prefix}kept:{connection_id}"
+
+    def kept_customers(self, connection_id: str, day: int) -> str:
+        return f"{self.prefix}kept:{connection_id}:u:{day}"
 
     # Regulations (SPEC 14, connector.regulations): durable, never given a TTL.
     def suppressed(self, connection_id: str) -> str:

@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 import redis
 
-from connector import overview
+from connector import overview, tracestore
 from connector.keys import Keys
-from connector.trace import as_text, clean_id
+from connector.trace import clean_id
 
 
 def read(client: redis.Redis, keys: Keys, connection: str, event_id: str) -> list[dict[str, Any]]:
@@ -25,25 +25,10 @@ def find(
 ) -> dict[str, list[dict[str, Any]]]:
     """Every connection's trace of ``event_id`` (only ``connection``'s when given), each oldest
     first; connections without records are left out."""
-    clean = clean_id(event_id) or ""
-    if connection is not None:
-        connections = [connection]
-    else:
-        connections = sorted(as_text(c) for c in client.smembers(keys.trace_index(clean)))
-    if not connections:
-        return {}
-    pipe = client.pipeline(transaction=False)
-    for cid in connections:
-        pipe.lrange(keys.trace_head(cid, clean), 0, -1)
-        pipe.lrange(keys.trace_steps(cid, clean), 0, -1)
-    results = pipe.execute()
-    found: dict[str, list[dict[str, Any]]] = {}
-    for index, cid in enumerate(connections):
-        records = [orjson.loads(raw) for raw in [*results[2 * index], *results[2 * index + 1]]]
-        if records:
-            records.sort(key=lambda r: float(stamp(r) or 0))
-            found[cid] = records
-    return found
+    found = tracestore.find(client, keys, clean_id(event_id) or "", connection)
+    for records in found.values():
+        records.sort(key=lambda r: float(stamp(r) or 0))
+    return dict(sorted(found.items()))
 
 
 def summary(event_id: str, records: list[dict[str, Any]]) -> dict[str, Any]:

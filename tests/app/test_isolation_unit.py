@@ -232,3 +232,50 @@ def test_make_run_binds_the_sandbox_web_to_loopback(tmp_path: Path, monkeypatch:
         if line.startswith("web:")
     ]
     assert "--bind" not in web
+
+
+# --- the pushback answers name their cause, never the connection ---------------------------------
+
+
+def test_pushback_answers_name_the_cause_but_not_the_connection(tmp_path: Path, redis_url: str) -> None:
+    # A browser's write key is public (analytics.js): a stranger holding it must not learn the
+    # connection id (what the webhook doors keep to themselves) from a 429.  The log names it.
+    import redis
+
+    from app.enqueue import Enqueuer
+    from app.errors import ApiError
+    from connector import kept
+    from connector.config import load_settings
+    from connector.keys import Keys
+    from tests.app.test_hardening_unit import TOML
+
+    path = tmp_path / "c.toml"
+    path.write_text(TOML)
+    settings = load_settings({"CONNECTIONS_FILE": str(path), "REDIS_URL": redis_url})
+    connection = settings.connection("acme")
+    assert connection is not None
+    client = redis.Redis.from_url(redis_url)
+    keys = Keys("isolation:")
+    enqueuer = Enqueuer(None, client, keys, None, kept.KeptGuard(client, keys, limit=10_000, every=0))  # type: ignore[arg-type]
+
+    def refusal() -> ApiError:
+        with pytest.raises(ApiError) as caught:
+            enqueuer._reserve(connection, 1, 100)
+        return caught.value
+
+    client.set(keys.backlog(connection.id), connection.backlog_limit)
+    full = refusal()
+    assert (full.status, full.code) == (429, "backlog_full") and "acme" not in str(full)
+    client.delete(keys.backlog(connection.id))
+
+    pipe = client.pipeline()
+    kept.charge_ledger(pipe, keys, connection.id, 1000, 3600)
+    pipe.execute()
+    records = refusal()
+    assert (records.status, records.code) == (429, "customer_records_full") and "acme" not in str(records)
+    assert "CUSTOMER_RECORDS_MB" in str(records)
+    client.delete(keys.kept(connection.id))
+
+    client.hset(keys.dlq_bytes, connection.id, connection.dead_letter_bytes_limit)
+    dead = refusal()
+    assert (dead.status, dead.code) == (429, "dead_letters_full") and "acme" not in str(dead)

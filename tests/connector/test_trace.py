@@ -7,7 +7,7 @@ import time
 
 import redis
 
-from connector import overview, trace, tracereader
+from connector import overview, trace, tracereader, tracestore
 from connector.keys import Keys
 from connector.tuning import TraceOptions
 
@@ -16,6 +16,18 @@ KEYS = Keys("tracetest:")
 
 def client_of(url: str) -> redis.Redis:
     return redis.Redis.from_url(url)
+
+
+def has(client: redis.Redis, connection: str, event_id: str, kind: str | None = None) -> bool:
+    """Whether ``event_id`` has a trace on ``connection`` (with a record of ``kind``)."""
+    records = tracereader.read(client, KEYS, connection, event_id)
+    return any(kind is None or r["kind"] == kind for r in records)
+
+
+def ttls(client: redis.Redis, connection: str) -> list[int]:
+    """The TTLs of the buckets holding ``connection``'s traces."""
+    found = tracestore.buckets_of(client, KEYS, connection).get(connection, [])
+    return [client.ttl(key) for _, key in found if client.exists(key)]
 
 
 def test_a_journey_is_read_back_in_order_with_its_ttl(redis_url: str) -> None:
@@ -43,8 +55,7 @@ def test_a_journey_is_read_back_in_order_with_its_ttl(redis_url: str) -> None:
         "outcome",
     ]
     assert len(records[2]["answer"]) <= trace.EXCERPT_CHARS + 1  # cut, never the whole answer
-    assert 0 < client.ttl(KEYS.trace_steps("c1", "m-1")) <= 2 * 3600
-    assert 0 < client.ttl(KEYS.trace_head("c1", "m-1")) <= 2 * 3600
+    assert ttls(client, "c1") and all(0 < t <= 2 * 3600 for t in ttls(client, "c1"))
     info = tracereader.summary("m-1", records)
     assert (info["outcome"], info["connection"]) == ("delivered", "c1")
     text = tracereader.render("m-1", records)
@@ -62,8 +73,8 @@ def test_entries_per_id_are_capped_keeping_the_start_and_the_end(redis_url: str)
         rec.wait(["busy"], connection="c1", reason="throttled", until=float(i))
     rec.outcome(["busy"], connection="c1", outcome="dead_letter", reason="retry_window_exceeded")
     rec.flush(client)
-    assert client.llen(KEYS.trace_steps("c1", "busy")) == trace.MAX_STEPS
     records = tracereader.read(client, KEYS, "c1", "busy")
+    assert len([r for r in records if r["kind"] in ("wait", "outcome")]) == trace.MAX_STEPS
     assert records[0]["kind"] == "received"  # the head survives the many waits
     assert records[-1]["outcome"] == "dead_letter"
 
@@ -82,22 +93,20 @@ def test_under_load_delivered_traces_are_sampled_failures_and_skips_always_kept(
         rec.outcome([f"dead-{i}"], connection="busy", outcome="dead_letter", reason="rejected", status=422)
         rec.outcome([f"skip-{i}"], connection="busy", outcome="skipped", reason="stale")
     rec.flush(client)
-    kept = sum(1 for i in range(500) if client.exists(KEYS.trace_steps("busy", f"ok-{i}")))
+    kept = sum(1 for i in range(500) if has(client, "busy", f"ok-{i}"))
     assert 20 <= kept <= 90, kept  # ~50 expected: 1 in 10, by a hash of the id
-    assert all(client.exists(KEYS.trace_steps("busy", f"dead-{i}")) for i in range(50))
-    assert all(client.exists(KEYS.trace_head("busy", f"dead-{i}")) for i in range(50))
-    assert all(client.exists(KEYS.trace_steps("busy", f"skip-{i}")) for i in range(50))
-    # The same ids are kept whichever process decides (a hash, not a draw).
-    assert all(
-        trace.sampled(f"ok-{i}", 10) == bool(client.exists(KEYS.trace_steps("busy", f"ok-{i}")))
-        for i in range(500)
-    )
+    assert all(has(client, "busy", f"dead-{i}", "outcome") for i in range(50))
+    assert all(has(client, "busy", f"dead-{i}", "received") for i in range(50))
+    assert all(has(client, "busy", f"skip-{i}", "outcome") for i in range(50))
+    # The same ids are kept whichever process decides (a hash, not a draw); what is dropped
+    # is dropped whole (its received record too).
+    assert all(trace.sampled(f"ok-{i}", 10) == has(client, "busy", f"ok-{i}") for i in range(500))
     # A quiet connection keeps every delivered trace.
     quiet = trace.Recorder(KEYS, options)
     for i in range(100):
         quiet.outcome([f"calm-{i}"], connection="quiet", outcome="delivered", status=200)
     quiet.flush(client)
-    assert all(client.exists(KEYS.trace_steps("quiet", f"calm-{i}")) for i in range(100))
+    assert all(has(client, "quiet", f"calm-{i}", "outcome") for i in range(100))
 
 
 def test_keep_one_in() -> None:
@@ -123,14 +132,15 @@ def test_refused_events_traced_are_bounded_per_write(redis_url: str) -> None:
                 code="missing_identity",
             )
         rec.flush(client)
-    kept = [k for k in client.scan_iter(KEYS.trace_head("c", "hostile-*"), count=1000)]
+    sent = [f"hostile-{r}-{i}" for r in range(2) for i in range(trace.MAX_REFUSED_PER_FLUSH * 5)]
+    kept = [i for i in sent if has(client, "c", i)]
     assert len(kept) == 2 * trace.MAX_REFUSED_PER_FLUSH
     assert tracereader.read(client, KEYS, "c", "hostile-1-0")  # each period starts afresh
-    assert (
-        0 < client.ttl(KEYS.trace_head("c", "hostile-1-0")) <= trace.REFUSED_KEEP_SECONDS
+    assert ttls(client, "c") and all(
+        0 < t <= trace.REFUSED_KEEP_SECONDS for t in ttls(client, "c")
     )  # an hour, not a day
     assert not tracereader.read(client, KEYS, "c", f"hostile-1-{trace.MAX_REFUSED_PER_FLUSH}")
-    client.delete(*kept)
+    assert tracestore.forget(client, KEYS, "c", kept) == len(kept)
 
 
 def test_retention_zero_keeps_no_trace_but_counts(redis_url: str) -> None:
@@ -205,8 +215,8 @@ def test_a_connection_reusing_another_connections_ids_cannot_touch_its_trace(red
     found = tracereader.find(client, KEYS, "shared-1")
     assert sorted(found) == ["hostile", "victim"]  # `connector trace ID` lists each
     assert tracereader.find(client, KEYS, "shared-1", "victim") == {"victim": mine}
-    # The index lives as long as the longest trace it names (not the refused hour).
-    assert client.ttl(KEYS.trace_index("shared-1")) > trace.REFUSED_KEEP_SECONDS
+    # The victim's trace lives its day (not the hostile's refused hour).
+    assert ttls(client, "victim") and all(t > trace.REFUSED_KEEP_SECONDS for t in ttls(client, "victim"))
 
 
 def test_answer_excerpts_keep_error_fields_and_ids_never_customer_data() -> None:
@@ -232,9 +242,9 @@ def test_answer_excerpts_keep_error_fields_and_ids_never_customer_data() -> None
     assert b"Ada" not in data and b"cust_1" in data
 
 
-def _budget_keys(client: redis.Redis, cls: str) -> tuple[list[str], int]:
-    members = [m.decode() for m in client.zrange(KEYS.traces(cls), 0, -1)]
-    return members, int(client.get(KEYS.traces_bytes(cls)) or 0)
+def _budget_keys(client: redis.Redis, cls: str, ids: list[str]) -> tuple[list[str], int]:
+    """Which of ``ids`` (on c1) keep a trace, and the bytes the class's budget counts."""
+    return [i for i in ids if has(client, "c1", i)], int(client.get(KEYS.traces_bytes(cls)) or 0)
 
 
 def test_the_trace_budget_gives_up_the_oldest_first(redis_url: str) -> None:
@@ -249,9 +259,8 @@ def test_the_trace_budget_gives_up_the_oldest_first(redis_url: str) -> None:
         rec.outcome([f"old-{i:02d}"], connection="c1", outcome="dead_letter", reason="rejected")
         rec.flush(client)
         time.sleep(0.002)  # one write per millisecond at least: the budget orders by write time
-    members, used = _budget_keys(client, trace.MAIN)
+    kept, used = _budget_keys(client, trace.MAIN, [f"old-{i:02d}" for i in range(60)])
     assert 0 < used <= main_budget
-    kept = sorted(m.partition(":")[2] for m in members)
     assert 10 <= len(kept) < 60
     assert kept == [f"old-{i:02d}" for i in range(60 - len(kept), 60)]  # the newest, contiguous
     assert tracereader.read(client, KEYS, "c1", "old-59")
@@ -282,7 +291,8 @@ def test_skipped_and_refused_traces_are_held_to_their_share(redis_url: str) -> N
         rec.received(f"kept-{i}", connection="c1", direction="d", door="tracking_api", at=None)
         rec.outcome([f"kept-{i}"], connection="c1", outcome="dead_letter", reason="rejected")
         rec.flush(client)
-    main_before, main_bytes = _budget_keys(client, trace.MAIN)
+    main_ids = [f"kept-{i}" for i in range(20)]
+    main_before, main_bytes = _budget_keys(client, trace.MAIN, main_ids)
     assert len(main_before) == 20 and main_bytes <= 30_000
 
     for round_ in range(30):
@@ -295,14 +305,15 @@ def test_skipped_and_refused_traces_are_held_to_their_share(redis_url: str) -> N
         )
         rec.flush(client)
         time.sleep(0.002)
-    minor, minor_bytes = _budget_keys(client, trace.MINOR)
+    junk = [f"junk-{r}-{i}" for r in range(30) for i in range(10)] + [f"bad-{r}" for r in range(30)]
+    minor, minor_bytes = _budget_keys(client, trace.MINOR, junk)
     assert 0 < minor_bytes <= 10_000  # the minor share
     assert 0 < len(minor) < 330
-    assert any(m.startswith("c1:junk-29-") for m in minor) and not any(
-        m.startswith("c1:junk-0-") for m in minor
-    )
-    assert _budget_keys(client, trace.MAIN)[0] == main_before  # untouched
+    assert any(m.startswith("junk-29-") for m in minor) and not any(m.startswith("junk-0-") for m in minor)
+    assert _budget_keys(client, trace.MAIN, main_ids) == (main_before, main_bytes)  # untouched
     assert all(tracereader.read(client, KEYS, "c1", f"kept-{i}") for i in range(20))
     assert not tracereader.read(client, KEYS, "c1", "junk-0-0")
-    heads = list(client.scan_iter(KEYS.trace_head("c1", "junk-*"), count=1000))
-    assert len(heads) == len([m for m in minor if m.startswith("c1:junk-")])  # no orphan left behind
+    # No orphan left behind: every bucket holding traces is one the budget counts.
+    counted = {key for _, key in tracestore.buckets_of(client, KEYS, "c1")["c1"]}
+    stored = {k.decode() for k in client.scan_iter(KEYS.trace_bucket("*", "c1", "*"), count=1000)}
+    assert stored and stored <= counted

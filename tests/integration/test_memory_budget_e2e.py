@@ -88,12 +88,12 @@ def used_memory(client: redis.Redis) -> int:
 
 
 def breakdown(client: redis.Redis) -> dict[str, int]:
-    """MEMORY USAGE summed by key kind (for the failure message)."""
+    """MEMORY USAGE summed by key kind, every element counted (SAMPLES 0)."""
     out: dict[str, int] = {}
     for key in client.scan_iter(count=1000):
         name = key.decode()
         kind = ":".join(name.split(":")[:2])
-        out[kind] = out.get(kind, 0) + int(client.memory_usage(key) or 0)
+        out[kind] = out.get(kind, 0) + int(client.memory_usage(key, samples=0) or 0)
     return out
 
 
@@ -134,12 +134,18 @@ def post(url: str, body: bytes, gz: bool = True) -> requests.Response:
 
 # --- 1. what a batch shares stays shared ------------------------------------------------------
 
-# Growth allowed per decompressed byte of the request.  What it pays for: each event's own
-# record in its stage (dead letter or held upsert: the request mapped, the event's own fields,
-# the bookkeeping) and its trace (received, mapping, outcome; a few hundred bytes).  The 30 KB
-# context is stored once.  Before the fix the growth was ~200x (dead letters) and ~500x (holds).
-MAX_DATA_FACTOR = 10
-MAX_GROWTH_FACTOR = 25
+# Growth allowed per decompressed byte of the request (2,000 events of ~130 B, one 30 KB
+# context).  What it pays for: each event's own record in its stage -- a dead letter (the event's
+# own fields, the error, the bookkeeping: ~700 B with its index entry) or a held upsert (the
+# request mapped and the event's own fields in a list per customer: ~1 KB) -- and its trace
+# (~150 B: a line per record, the batch's shared records stored once per bucket).  The 30 KB
+# context is stored once.  Before: ~200x (dead letters) and ~500x (holds) with the context
+# merged into every event; then ~21x with a trace of ~1.2 KB per event (three keys each).
+# Measured now: dead letters 5.4x data, 1.4x traces, 8.7x in all; holds 7.9x, 1.1x, 11.2x (a
+# held request's standard headers stored by name: 9.8x before).
+MAX_TRACE_FACTOR = 1.8
+MAX_DATA_FACTOR = {False: 6.5, True: 8.7}
+MAX_GROWTH_FACTOR = {False: 10.0, True: 12.5}
 
 
 @pytest.mark.parametrize("valid", [False, True], ids=["dead_letters", "holds"])
@@ -175,12 +181,17 @@ def test_a_shared_context_is_not_multiplied_per_event(
         f"decompressed {decompressed} B, gzip {len(body)} B, Redis grew {grown} B ({grown / decompressed:.1f}x)"
     )
     kinds = breakdown(client)
-    data = sum(v for k, v in kinds.items() if not k.startswith(("connector:trace",)))
-    print(kinds, f"data (no traces) {data} B ({data / decompressed:.1f}x)")
-    # The data (dead letters, holds): a small multiple; with the traces (bounded on their own by
-    # TRACE_MEMORY_MB), still far from the ~200-500x before.
-    assert data <= MAX_DATA_FACTOR * decompressed, (data, decompressed, kinds)
-    assert grown <= MAX_GROWTH_FACTOR * decompressed, (grown, decompressed, kinds)
+    traces = sum(v for k, v in kinds.items() if k.startswith("connector:trace"))
+    data = sum(v for k, v in kinds.items() if not k.startswith("connector:trace"))
+    print(kinds)
+    print(
+        f"data (no traces) {data} B ({data / decompressed:.1f}x), traces {traces} B"
+        f" ({traces / decompressed:.1f}x), the rest (Redis's own: in no key, it stays when every key is deleted) {grown - data - traces} B"
+    )
+    # The data (dead letters, holds) and the traces: each a small multiple of the request.
+    assert traces <= MAX_TRACE_FACTOR * decompressed, (traces, decompressed, kinds)
+    assert data <= MAX_DATA_FACTOR[valid] * decompressed, (data, decompressed, kinds)
+    assert grown <= MAX_GROWTH_FACTOR[valid] * decompressed, (grown, decompressed, kinds)
 
     if not valid:
         # The dead letters are whole when read: each payload merged with the batch's context.
@@ -191,7 +202,9 @@ def test_a_shared_context_is_not_multiplied_per_event(
         assert record.payload["context"]["traits"]["trait_7"] == "x" * 100
         assert record.payload["traits"]["email"] == {"not": "an email"}
         # Their bytes are counted per connection (the bound the ingest enforces).
-        assert 0 < int(client.hget("connector:dlq:bytes", "mem") or 0) <= MAX_GROWTH_FACTOR * decompressed
+        assert (
+            0 < int(client.hget("connector:dlq:bytes", "mem") or 0) <= MAX_DATA_FACTOR[valid] * decompressed
+        )
 
 
 # --- 2. a flood of skipped events against a capped Redis ----------------------------------------

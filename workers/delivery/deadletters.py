@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 import orjson
@@ -44,13 +44,29 @@ from connector.publish import Publish
 # the field of its batch's shared objects ("{c}:{digest}" or ""), their JSON ("" if unknown).
 # The connection's bytes count the record and, once, the shared objects it is the first to
 # reference: the dead-letter store is data, bounded per connection at the ingest (SPEC 16).
+# A record written again under its id replaces the old one: the old one's reference to its
+# shared objects is released first, else the copy's count grows with every rewrite and the copy
+# (and its bytes) outlive the last letter.
 _ADD_ONE = """
+local function release(c, field)
+  if redis.call('HINCRBY', KEYS[6], field, -1) <= 0 then
+    local blob = redis.call('HGET', KEYS[5], field)
+    if blob then redis.call('HINCRBY', KEYS[4], c, -string.len(blob)) end
+    redis.call('HDEL', KEYS[5], field)
+    redis.call('HDEL', KEYS[6], field)
+  end
+end
 local function add_one(id, score, json, c, field, blob)
   if redis.call('ZADD', KEYS[1], score, id) == 1 then
     redis.call('HINCRBY', KEYS[3], c, 1)
   else
     local old = redis.call('HGET', KEYS[2], id)
-    if old then redis.call('HINCRBY', KEYS[4], c, -string.len(old)) end
+    if old then
+      redis.call('HINCRBY', KEYS[4], c, -string.len(old))
+      local ok, record = pcall(cjson.decode, old)
+      local ref = ok and type(record) == 'table' and record['shared']
+      if type(ref) == 'string' and ref ~= '' then release(c, c .. ':' .. ref) end
+    end
   end
   redis.call('HSET', KEYS[2], id, json)
   redis.call('HINCRBY', KEYS[4], c, string.len(json))
@@ -211,6 +227,20 @@ def _bounded_payload(payload: Any) -> Any:
     return {"_truncated": True, "bytes": len(raw), "excerpt": raw[:4096].decode(errors="replace")}
 
 
+# What a stored record leaves out: its id (the hash field), what it derives, and the fields at
+# their defaults -- a dead letter is charged to its connection, and a batch of 2,000 invalid
+# events makes 2,000 of them (SPEC 16: the per-event record near the event's own size).
+def _stored(record: DeadLetter) -> dict[str, Any]:
+    data = record.to_dict()
+    data.pop("id", None)
+    data.pop("idempotency_key", None)
+    for f in fields(DeadLetter):
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        if default is not MISSING and f.name in data and data[f.name] == default:
+            del data[f.name]
+    return data
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -235,7 +265,7 @@ class DeadLetters:
         return [
             record.id,
             int(record.dead_lettered_at * 1000),
-            orjson.dumps(record.to_dict(), default=str),
+            orjson.dumps(_stored(record), default=str),
             record.connection_id,
             f"{record.connection_id}:{record.shared}" if record.shared else "",
             record.shared_blob or b"" if record.shared else b"",

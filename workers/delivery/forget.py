@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 import redis
 
-from connector import regulations
+from connector import regulations, tracestore
 from connector.contract import backlog_of
 from workers.delivery.context import Context
 from workers.delivery.ledger import new_token
@@ -198,25 +198,8 @@ def _dead_letters(ctx: Context, wanted: set[str], done: Forgotten) -> None:
 def _traces(ctx: Context, wanted: set[str], done: Forgotten) -> None:
     """The connection's traces whose mapping names one of the subjects (by digest), and those of
     the ids dropped above."""
-    keys, cid, client = ctx.keys, ctx.connection_id, ctx.client
-    digests = {regulations.subject_digest(s).encode() for s in wanted}
-    marker = b'"subject":"'
-    prefix = keys.trace_head(cid, "")
-    ids = set(done.message_ids)
-    for key in client.scan_iter(match=_glob(prefix) + "*", count=SCAN_COUNT):
-        records = client.lrange(key, 0, -1)
-        if any(marker in r and any(d in r for d in digests) for r in records):
-            ids.add(_text(key)[len(prefix) :])
-    if not ids:
-        return
-    pipe = client.pipeline(transaction=False)
-    for event_id in ids:
-        pipe.delete(keys.trace_head(cid, event_id), keys.trace_steps(cid, event_id))
-        pipe.srem(keys.trace_index(event_id), cid)
-    results = pipe.execute()
-    done.traces = sum(1 for n in results[0::2] if n)
-
-
-def _glob(text: str) -> str:
-    """``text`` with glob's special characters escaped (a prefix may hold any)."""
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+    cid, client = ctx.connection_id, ctx.client
+    digests = {regulations.subject_digest(s) for s in wanted}
+    ids = set(done.message_ids) | tracestore.with_subjects(client, ctx.keys, cid, digests)
+    if ids:
+        done.traces = tracestore.forget(client, ctx.keys, cid, ids)

@@ -41,7 +41,7 @@ from typing import Any, Protocol
 import orjson
 import redis
 
-from connector import metrics
+from connector import kept, metrics
 from connector.contract import DeliveryItem
 from connector.keys import Keys
 from connector.lua import Lua
@@ -328,6 +328,7 @@ class Holds:
         pipe = self.client.pipeline(transaction=False)
         for customer, value in digests.items():
             pipe.set(unchanged_key(self.keys, self.connection_id, customer), value, ex=int(days * 86400))
+        kept.charge_customers(pipe, self.keys, self.connection_id, list(digests), days * 86400)
         pipe.execute()
 
 

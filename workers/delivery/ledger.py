@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import redis
 
+from connector import kept
 from connector.keys import Keys
 from connector.lua import Lua
 from workers.delivery.batching import Coalescer
@@ -93,15 +94,25 @@ class _Batched:
             )
             return [(int(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
 
-        def complete_many(calls: list[tuple[str, int]]) -> list[None]:
+        def complete_many(calls: list[tuple[str, int, str, Keys]]) -> list[None]:
             pipe = _alive(ref).pipeline(transaction=False)
-            for key, keep in calls:
+            for key, keep, _, _ in calls:
                 pipe.set(key, "done", ex=keep)
+            _charge(pipe, calls)
             pipe.execute()
             return [None] * len(calls)
 
         self.claim: Coalescer[tuple[str, str, int], tuple[int, int]] = Coalescer(claim_many)
-        self.complete: Coalescer[tuple[str, int], None] = Coalescer(complete_many)
+        self.complete: Coalescer[tuple[str, int, str, Keys], None] = Coalescer(complete_many)
+
+
+def _charge(pipe: redis.client.Pipeline, calls: list[tuple[str, int, str, Keys]]) -> None:
+    """Count the records against their connections' bound (connector.kept), in ``pipe``."""
+    counts: dict[tuple[str, int, Keys], int] = {}
+    for _, keep, connection_id, keys in calls:
+        counts[(connection_id, keep, keys)] = counts.get((connection_id, keep, keys), 0) + 1
+    for (connection_id, keep, keys), n in counts.items():
+        kept.charge_ledger(pipe, keys, connection_id, n, keep)
 
 
 def _alive(ref: weakref.ReferenceType[redis.Redis]) -> redis.Redis:
@@ -159,7 +170,7 @@ class Ledger:
         return claims
 
     def complete(self, idempotency_key: str, keep: float) -> None:
-        self._batched.complete((self._key(idempotency_key), max(1, int(keep))))
+        self._batched.complete((self._key(idempotency_key), max(1, int(keep)), self.connection_id, self.keys))
 
     def release(self, idempotency_key: str, token: str, *more: str) -> None:
         """Give back our claims (``more``: further keys claimed with the same token)."""
@@ -173,6 +184,7 @@ class Ledger:
         pipe = self.client.pipeline(transaction=False)
         for key in idempotency_keys:
             pipe.set(self._key(key), "done", ex=max(1, int(keep)))
+        kept.charge_ledger(pipe, self.keys, self.connection_id, len(idempotency_keys), max(1, int(keep)))
         pipe.execute()
 
     def done_many(self, idempotency_keys: list[str]) -> list[bool]:

@@ -25,11 +25,16 @@ from datetime import UTC, datetime
 
 import redis
 
+from connector import kept
 from connector.keys import Keys
 from connector.lua import Lua
 
+# KEYS: the stale record, the connection's customers of the day (connector.kept: the record is
+# counted against the connection's bound).  ARGV: event ms, TTL (s), customer, the count's TTL.
 _RAISE = Lua(
     """
+redis.call('PFADD', KEYS[2], ARGV[3])
+if redis.call('TTL', KEYS[2]) < tonumber(ARGV[4]) then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
 local cur = tonumber(redis.call('GET', KEYS[1]) or '-1') or -1
 if tonumber(ARGV[1]) > cur then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
@@ -105,10 +110,14 @@ class StaleGuard:
 
     def applied(self, customer: str, event_ms: int, ttl: float) -> None:
         latest = int((time.time() + FUTURE_SKEW_SECONDS) * 1000)
+        keep = max(1, int(ttl))
         _RAISE(
             self.client,
-            [self.keys.stale(self.connection_id, customer)],
-            [min(event_ms, latest), max(1, int(ttl))],
+            [
+                self.keys.stale(self.connection_id, customer),
+                kept.customers_key(self.keys, self.connection_id),
+            ],
+            [min(event_ms, latest), keep, customer, keep + 86400],
         )
 
     def check_and_lock(

@@ -247,3 +247,28 @@ def test_the_shared_copy_lives_exactly_as_long_as_its_last_letter(client: redis.
     # The other connection's copy never moved.
     assert client.hexists(keys.dlq_shared, "other:d1") and store.get(other) is not None
     assert store.bytes_of("other") == len(client.hget(keys.dlq_data, other) or b"") + len(blob)
+
+
+def test_adding_the_same_letter_again_counts_its_shared_copy_once(client: redis.Redis, keys: Keys) -> None:
+    # A record written again under its id (a retried add, a flusher's add_then_trim after a lost
+    # answer) replaces the old one: the shared copy's count must not grow, else the copy (and the
+    # connection's bytes) outlive the last letter forever.
+    store = DeadLetters(client, keys)
+    blob = orjson.dumps({"context": {"traits": {"plan": "gold" * 1000}}})
+    first = store.add(_sharing("acme", "m1", blob))
+    again = _sharing("acme", "m1", blob)
+    again.id = first
+    assert store.add(again) == first
+    assert int(client.hget(keys.dlq_shared_refs, "acme:d1") or 0) == 1
+    assert store.bytes_of("acme") == len(client.hget(keys.dlq_data, first) or b"") + len(blob)
+
+    # Written again without its shared objects (they expired): the old reference is released.
+    bare = _sharing("acme", "m1", blob)
+    bare.id, bare.shared_blob = first, None
+    store.add(bare)
+    assert not client.hexists(keys.dlq_shared_refs, "acme:d1")
+    assert not client.hexists(keys.dlq_shared, "acme:d1")
+
+    assert store.purge(store.select(connection="acme")) == 1
+    assert not client.exists(keys.dlq_shared, keys.dlq_shared_refs)
+    assert store.bytes_of("acme") == 0 and not client.hexists(keys.dlq_bytes, "acme")

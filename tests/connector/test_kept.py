@@ -1,0 +1,56 @@
+"""What a connection's ledger and customer records are estimated to occupy (connector.kept),
+against a real Redis: counted per connection, a customer once a day, forgotten as they expire."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from connector import kept
+from connector.keys import Keys
+
+KEYS = Keys("kepttest:")
+
+
+def test_records_are_counted_per_connection_and_forgotten_when_they_expire(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    pipe = client.pipeline()
+    kept.charge_ledger(pipe, KEYS, "a", 10, keep=3 * 3600)
+    kept.charge_customers(pipe, KEYS, "a", [f"u{i}" for i in range(100)], keep=7 * 86400)
+    kept.charge_customers(pipe, KEYS, "a", [f"u{i}" for i in range(50)], keep=7 * 86400)  # again: once
+    kept.charge_ledger(pipe, KEYS, "b", 1, keep=3600)
+    pipe.execute()
+    used = kept.used(client, KEYS, "a")
+    customers = (used - 10 * kept.LEDGER_RECORD_BYTES) / kept.CUSTOMER_RECORD_BYTES
+    assert 97 <= customers <= 103  # a HyperLogLog: ~1% error
+    assert kept.used(client, KEYS, "b") == kept.LEDGER_RECORD_BYTES
+    assert kept.used(client, KEYS, "c") == 0
+    # Every count expires with what it counts.
+    for key in client.scan_iter(match="kepttest:kept:*"):
+        assert 0 < client.ttl(key) <= 8 * 86400, key
+    # Five hours on (an hour past: the count errs high), the ledger records are gone; the
+    # customers' are kept a week.
+    later = time.time() + 5 * 3600
+    assert kept.used(client, KEYS, "a", now=later) == round(customers) * kept.CUSTOMER_RECORD_BYTES
+    assert not client.hlen(KEYS.kept("a"))  # the expired hours are forgotten
+
+
+def test_the_guard_answers_over_the_bound_and_looks_at_most_once_a_period(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    guard = kept.KeptGuard(client, KEYS, limit=10 * kept.LEDGER_RECORD_BYTES, every=60)
+    assert guard.over("a") is None
+    pipe = client.pipeline()
+    kept.charge_ledger(pipe, KEYS, "a", 10, keep=3600)
+    pipe.execute()
+    assert guard.over("a") is None  # seen a moment ago: not looked at again yet
+    assert kept.KeptGuard(client, KEYS, limit=10 * kept.LEDGER_RECORD_BYTES).over("a") == 1300
+    assert kept.KeptGuard(client, KEYS, limit=0).over("a") is None  # 0: no bound
+
+
+def test_the_bound_is_read_from_the_environment() -> None:
+    assert kept.limit_from_env({}) == 256 * 1024 * 1024
+    assert kept.limit_from_env({"CUSTOMER_RECORDS_MB": "0.5"}) == 512 * 1024
+    assert kept.limit_from_env({"CUSTOMER_RECORDS_MB": "0"}) == 0
+    assert kept.limit_from_env({"CUSTOMER_RECORDS_MB": "lots"}) == 256 * 1024 * 1024
+    assert kept.limit_from_env({"CUSTOMER_RECORDS_MB": "-1"}) == 256 * 1024 * 1024
