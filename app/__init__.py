@@ -6,7 +6,6 @@ It never imports an HTTP client and never maps or delivers; that is the workers'
 from __future__ import annotations
 
 import logging
-import os
 
 from flask import Flask, Response, g, has_request_context, jsonify
 from werkzeug.exceptions import HTTPException
@@ -17,7 +16,7 @@ from app.metrics import announce_mode, count_refused_request, metrics_bp
 from app.regulations import regulations_bp
 from app.status import status_bp
 from app.views import ops, tracking, webhooks
-from connector import fleet, kept, redisconn
+from connector import fleet, redisconn
 from connector.celery_app import create_celery
 from connector.config import Settings
 from connector.kept import KeptGuard
@@ -45,7 +44,7 @@ def create_app(settings: Settings) -> Flask:
         client,
         keys,
         MemoryGuard(client, settings.memory_high_water),
-        KeptGuard(client, keys, kept.limit_from_env(os.environ)),
+        KeptGuard(client, keys, settings.customer_records_bytes),
     )
     # The overview's ingest counts and the traces of refused events: collected in memory and
     # written at most once a second (never a Redis round trip per request).

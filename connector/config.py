@@ -111,6 +111,7 @@ class Settings:
     # REDIS_MEMORY_HIGH_WATER: the share of Redis' maxmemory above which the ingest answers 503
     # redis_memory_full (connector.memory), so that the workers keep room to finish.
     memory_high_water: float = 0.85
+    customer_records_bytes: int = 256 * 1024 * 1024  # CUSTOMER_RECORDS_MB (connector.kept); 0: none
     # REDIS_SENTINELS, REDIS_SENTINEL_MASTER, REDIS_SENTINEL_PASSWORD: Redis behind Sentinel.
     redis_sentinel: SentinelTarget | None = None
     _by_key: Mapping[str, Connection] = field(default_factory=dict, repr=False)
@@ -247,6 +248,7 @@ def load_settings(
         except ValueError:
             problems.append(f"REDIS_MEMORY_HIGH_WATER: must be a fraction in (0, 1], not {water_raw!r}")
             water = Settings.memory_high_water
+    records = _megabytes(env, "CUSTOMER_RECORDS_MB", Settings.customer_records_bytes, problems)
     if problems:
         raise ConfigError(problems)
     return Settings(
@@ -272,6 +274,7 @@ def load_settings(
         logs=log_options(env),
         trace=trace,
         memory_high_water=water,
+        customer_records_bytes=records,
         redis_sentinel=sentinel_target,
         _by_key=by_key,
         _by_id=by_id,
@@ -400,3 +403,18 @@ def _body_timeout(env: Mapping[str, str]) -> float:
         return max(0.5, float(env.get("CONNECTOR_BODY_TIMEOUT_SECONDS") or 10))
     except ValueError:
         return 10.0
+
+
+def _megabytes(env: Mapping[str, str], name: str, default: int, problems: list[str]) -> int:
+    """A size in megabytes (a number >= 0; 0: no bound) as bytes."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+        if not value >= 0:  # also NaN
+            raise ValueError
+    except ValueError:
+        problems.append(f"{name}: must be a number of megabytes >= 0, not {raw[:20]!r}")
+        return default
+    return int(value * 1024 * 1024)

@@ -20,7 +20,6 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping
 from typing import Any, Final
 
 import redis
@@ -36,19 +35,6 @@ CUSTOMER_RECORD_BYTES: Final = 260
 DEFAULT_LIMIT_MB: Final = 256.0
 # Customers are counted per day over this many days at most (the longest keep of their records).
 MAX_DAYS: Final = 31
-
-
-def limit_from_env(env: Mapping[str, str]) -> int:
-    """``CUSTOMER_RECORDS_MB`` in bytes (0: no bound); a bad value keeps the default."""
-    raw = (env.get("CUSTOMER_RECORDS_MB") or "").strip()
-    try:
-        value = float(raw) if raw else DEFAULT_LIMIT_MB
-    except ValueError:
-        value = -1.0
-    if value < 0 or math.isnan(value):
-        log.warning("CUSTOMER_RECORDS_MB: not a number of megabytes >= 0; the default stays")
-        value = DEFAULT_LIMIT_MB
-    return int(value * 1024 * 1024)
 
 
 def _day(now: float) -> int:

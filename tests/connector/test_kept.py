@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import redis
 
 from connector import kept
+from connector.config import ConfigError, load_settings
 from connector.keys import Keys
 
 KEYS = Keys("kepttest:")
@@ -48,9 +50,13 @@ def test_the_guard_answers_over_the_bound_and_looks_at_most_once_a_period(redis_
     assert kept.KeptGuard(client, KEYS, limit=0).over("a") is None  # 0: no bound
 
 
-def test_the_bound_is_read_from_the_environment() -> None:
-    assert kept.limit_from_env({}) == 256 * 1024 * 1024
-    assert kept.limit_from_env({"CUSTOMER_RECORDS_MB": "0.5"}) == 512 * 1024
-    assert kept.limit_from_env({"CUSTOMER_RECORDS_MB": "0"}) == 0
-    assert kept.limit_from_env({"CUSTOMER_RECORDS_MB": "lots"}) == 256 * 1024 * 1024
-    assert kept.limit_from_env({"CUSTOMER_RECORDS_MB": "-1"}) == 256 * 1024 * 1024
+def test_the_bound_is_read_with_the_configuration() -> None:
+    def bound(**env: str) -> int:
+        return load_settings(env, require_connections=False).customer_records_bytes
+
+    assert bound() == 256 * 1024 * 1024
+    assert bound(CUSTOMER_RECORDS_MB="0.5") == 512 * 1024
+    assert bound(CUSTOMER_RECORDS_MB="0") == 0
+    for bad in ("lots", "-1", "nan"):
+        with pytest.raises(ConfigError, match="CUSTOMER_RECORDS_MB: must be a number of megabytes"):
+            bound(CUSTOMER_RECORDS_MB=bad)
