@@ -344,12 +344,18 @@ class Budgets:
     """One connection's budgets for one task (``pools``: the process's grants taken ahead)."""
 
     def __init__(
-        self, client: redis.Redis, keys: Keys, connection_id: str, pools: GrantPools | None = None
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        connection_id: str,
+        pools: GrantPools | None = None,
+        system: str = "voucherify",
     ) -> None:
         self.client = client
         self.keys = keys
         self.connection_id = connection_id
         self.pools = pools
+        self.system = system  # pauses are per (connection, target system): only its own denies
         self._limiters: dict[str, RateLimiter] = {}
         self._lock = threading.Lock()
 
@@ -388,7 +394,7 @@ class Budgets:
         now = time.time()
         args: list[object] = [len(budgets), want, int(lease * 1000), "1" if has_slot else "0"]
         args.append(expired.count if expired is not None else 0)
-        redis_keys = [self.keys.paused(self.connection_id)]
+        redis_keys = [self.keys.paused(self.connection_id, self.system)]
         for i, budget in enumerate(budgets):
             base = self.keys.ratelimit(self.connection_id, budget.name)
             # ":n": the counters (a new key: the old layout was a zset under the bare name).

@@ -16,6 +16,8 @@
                       └─ the connection is paused ─────────────────> PARKED paused (until resumed)
       attempt ── 429 (quota) / 401, 403 (pauses the connection) ───> PARKED throttled / paused
                  (not an attempt: no retry spent, the window's clock stopped, quota_waits)
+              └─ 401, 403 but the credentials probe is accepted ──> PARKED retry, then DONE
+                 (this kind of call's refusal, workers.delivery.refusals)   dead letter refused
       attempt ── classify ── SUCCESS ─ only queued (202 bulk) ─────> PARKED async_action (pending)
                                    └ ledger done, stale raised ──> DONE   delivered
                           ── RETRY ── retries.decide ── in window ─> PARKED retry (backoff)
@@ -48,11 +50,11 @@ from typing import Any
 
 from connector.contract import DeliveryItem
 from connector.regulations import DELETE_ACTION, SUPPRESSED
-from workers.delivery import attempts, pending, quota_waits, shutdown, suppression
+from workers.delivery import attempts, pending, quota_waits, refusals, shutdown, suppression
 from workers.delivery.attempts import Failure, Step, finish_dead, finish_skipped
 from workers.delivery.classify import Verdict, classify
 from workers.delivery.context import Context
-from workers.delivery.deadletters import REJECTED, RETRY_WINDOW_EXCEEDED
+from workers.delivery.deadletters import REFUSED, REJECTED, RETRY_WINDOW_EXCEEDED
 from workers.delivery.ledger import ClaimState, new_token
 from workers.delivery.pauses import PAUSED_REASON
 from workers.delivery.retries import decide
@@ -188,6 +190,15 @@ def _send(
     if request.action == DELETE_ACTION and attempts.status_of(answer) == 404:
         verdict = Verdict.SUCCESS  # a regulation's deletion of a customer never seen: nothing to forget
     observation = attempts.observe(ctx, budgets, answer)
+    if observation.auth_refused:
+        whose = refusals.judge(ctx, int(item.get("attempts") or 0))
+        if whose == refusals.CALL:  # this kind of call's refusal, not the credentials'
+            ctx.ledger.release(key, token, *held)
+            return _refused(ctx, request, item, answer, observation.wait)
+        if whose == refusals.UNDECIDED:  # no verdict yet (another worker probes): look again
+            quota_waits.not_an_attempt(item, first_before)  # type: ignore[arg-type]
+            ctx.ledger.release(key, token, *held)
+            return _wait(ctx, request, item, Wait("busy", 1.0))
     if observation.auth_refused or (observation.quota and verdict is Verdict.RETRY):
         # Not the event's fault: the connection's credentials or the shop's quota.  The item
         # waits in the delayed store; no attempt spent, the retry window not running.
@@ -253,6 +264,16 @@ def _parts_delivered(ctx: Context, request: OutboundRequest) -> None:
     parts = request.parts or ()
     ctx.ledger.complete_many([p["idempotency_key"] for p in parts], ctx.ledger_keep)
     attempts.raise_stale(ctx, parts)
+
+
+def _refused(
+    ctx: Context, request: OutboundRequest, item: DeliveryItem, answer: Answer, server_wait: float | None
+) -> Step:
+    """A 401/403 of this kind of call only: an attempt like a failed one, dead-lettered
+    ``refused`` after :data:`~workers.delivery.refusals.REFUSAL_ATTEMPTS` (or the window)."""
+    if int(item.get("attempts") or 0) >= refusals.REFUSAL_ATTEMPTS:
+        return _dead(ctx, item, REFUSED, answer)
+    return _retry_or_dead(ctx, request, item, answer, server_wait)
 
 
 def _retry_or_dead(

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from connector import metrics
 from connector.contract import DeliveryItem, backlog_of
-from workers.delivery import attempts, shutdown
+from workers.delivery import attempts, refusals, shutdown
 from workers.delivery.attempts import Failure, Step, finish_dead, new_item
 from workers.delivery.context import Context
 from workers.delivery.deadletters import REJECTED
@@ -114,10 +114,14 @@ def settle(ctx: Context, item: DeliveryItem) -> tuple[list[DeliveryItem], Step |
         return [], Step.parked("throttled", now + grant.wait)
     answer, state = target.read_action(str(info["id"]))
     observation = attempts.observe(ctx, budgets, answer)
-    if observation.auth_refused:  # the connection pauses; the read-back waits for its resume
+    polls = int(info.get("polls") or 0) + 1
+    # A refused read-back: the credentials (the connection pauses; the read-back waits for its
+    # resume), or only the read-back (a key without async-actions: it counts as an unfinished
+    # poll, and the bound sends the customers again singly).
+    whose = refusals.judge(ctx, min(polls, refusals.REFUSAL_ATTEMPTS - 1)) if observation.auth_refused else ""
+    if whose == refusals.PAUSE:
         attempts.auth_refused(ctx, answer)
         return [], Step.parked(PAUSED_REASON, now + ctx.tuning.auth_probe)
-    polls = int(info.get("polls") or 0) + 1
     info["polls"] = polls
     if state is None and isinstance(answer, HTTPResult) and answer.status == 404:
         return _resend(ctx, item, request, "unknown"), None
