@@ -55,7 +55,8 @@ def judge(ctx: Context, attempts_made: int) -> str:
     if not ctx.client.set(lock, "1", nx=True, px=int(PROBE_LOCK_SECONDS * 1000)):
         return UNDECIDED
     try:
-        grant = ctx.budgets.acquire(ctx.target.budgets_for(None), has_slot=True)
+        # Denied, the item looks again in a second rather than at a slot: none reserved.
+        grant = ctx.budgets.acquire(ctx.target.budgets_for(None), parks=False)
         if not grant.granted:
             return PAUSE if grant.reason == pauses.PAUSED_REASON else UNDECIDED
         method, path = probe

@@ -238,7 +238,10 @@ class VoucherifyTarget(FewerCalls, HttpTarget):
         """One ``GET /v1/metadata-schemas``, stored for every worker; why not, or None when no
         grant was given for it while a schema is at hand."""
         # It spends the shop's quota like any call: a grant first.
-        grant = self.budgets.acquire(self.budgets_for(None), has_slot=bool(item.get("parked")))
+        # With a schema at hand a denial parks nothing (the one we have is used): no slot then.
+        grant = self.budgets.acquire(
+            self.budgets_for(None), has_slot=bool(item.get("parked")), parks=not have_one
+        )
         if not grant.granted:
             if have_one:
                 return None  # keep using the one we have
