@@ -128,6 +128,18 @@ def paused_gauges(stack: Stack) -> dict[str, float]:
     return found
 
 
+def flushes_published(stack: Stack) -> float:
+    """The scheduler's outbox flush tasks published so far (every connection)."""
+    text = requests.get(stack.web_url + "/metrics", timeout=5).text
+    found = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("connector_outbox_flushes_published_total")
+    ]
+    assert found, "the scheduler's flush counter is not exported"
+    return sum(found)
+
+
 def test_a_voucherify_401_leaves_segment_delivery_running(
     tmp_path: Path, private_redis: str, stack_factory: list, voucherify: FakeVoucherify, segment: FakeSegment
 ) -> None:
@@ -179,10 +191,12 @@ def test_a_segment_401_pauses_segment_delivery_only_without_a_busy_loop(
     # While paused, Segment sees one probing batch per probe interval, not a flush per tick;
     # and more webhooks wait (none dead-lettered).
     webhook(stack, "ev-refused-1")
-    before = len(segment.requests())
+    before, published = len(segment.requests()), flushes_published(stack)
     time.sleep(3 * PROBE_SECONDS)
     probes = len(segment.requests()) - before
     assert probes <= 4, probes
+    # The scheduler ticks every 0.2 s: a flush per tick would be 30 here.
+    assert flushes_published(stack) - published <= 4
     assert dead_letters(private_redis) == []
 
     # The key accepted again: the next probe delivers everything waiting, once.
