@@ -10,6 +10,7 @@
       merged call: each part's key claimed too ── a part BUSY ─────> PARKED busy (nothing sent)
                    every part delivered or stale ──────────────────> DONE   skipped
       older than the newest applied call of its customer? ─────────> DONE   skipped/stale
+      newer than a bulk of its customer still running (``queued``) ─> PARKED bulk_in_progress
       its subject suppressed (SPEC 14; a merged call: its parts) ──> DONE   skipped/suppressed
       target.prepare ── a wait (e.g. no metadata schema yet) ──────> PARKED (its reason)
       budgets.acquire ── denied (no attempt counted) ──────────────> PARKED throttled (slot)
@@ -102,6 +103,19 @@ def _wait(ctx: Context, request: OutboundRequest, item: DeliveryItem, wait: Wait
 
 # A customer's upsert in flight elsewhere: look again this soon (the lock lives one call).
 BUSY_CUSTOMER_SECONDS = 0.5
+# A newer upsert of a customer whose bulk still runs at Voucherify looks again this often (the
+# bulk's read-back lifts the marker when the action has finished).
+BULK_RUNNING = "bulk_in_progress"
+BULK_RUNNING_SECONDS = 5.0
+
+
+def _newest_ms(ctx: Context, request: OutboundRequest, event_ms: int | None) -> int | None:
+    """The newest event time an upsert carries (a coalesced one: of its parts)."""
+    if event_ms is not None or not request.parts:
+        return event_ms
+    times = [ctx.target.stale_time(p.get("action"), p.get("event_time")) for p in request.parts]
+    known = [t for t in times if t is not None]
+    return max(known) if known else None
 
 
 def _deliver(ctx: Context, request: OutboundRequest, item: DeliveryItem, pregranted: bool) -> Step:
@@ -133,10 +147,16 @@ def _deliver(ctx: Context, request: OutboundRequest, item: DeliveryItem, pregran
     if customer:
         # One customer's upserts are sent one at a time (the stale check and the send lock in
         # one step): two in flight together could be applied older-last (workers.delivery.stale).
-        state, wait = ctx.stale.check_and_lock(customer, event_ms, token, ctx.tuning.claim_ttl)
+        newest = _newest_ms(ctx, request, event_ms)
+        state, wait = ctx.stale.check_and_lock(customer, event_ms, token, ctx.tuning.claim_ttl, newest)
         if state == "stale":
             ctx.ledger.complete(key, ctx.ledger_keep)
             return finish_skipped(ctx, request, item, "stale")
+        if state == "queued":  # an older bulk of the customer's still runs: land after it
+            ctx.ledger.release(key, token, *held)
+            return _park(
+                ctx, request, item, BULK_RUNNING, time.time() + min(wait, BULK_RUNNING_SECONDS) + 0.05
+            )
         if state == "busy":
             ctx.ledger.release(key, token, *held)
             return _park(ctx, request, item, "busy", time.time() + min(wait, BUSY_CUSTOMER_SECONDS) + 0.05)
