@@ -186,7 +186,10 @@ def test_a_segment_401_pauses_segment_delivery_only_without_a_busy_loop(
     )
     conn = connection_stats(stack)
     assert conn["paused"] is None and conn["pauses"]["voucherify"] is None
+    assert any("Segment delivery PAUSED" in s for s in conn["forecast"]["sentences"]), conn["forecast"]
     assert paused_gauges(stack) == {"voucherify": 0.0, "segment": 1.0}
+    text = cli(stack, "stats").stdout
+    assert "segment PAUSED (auth)" in text and "--system segment" in text, text
 
     # While paused, Segment sees one probing batch per probe interval, not a flush per tick;
     # and more webhooks wait (none dead-lettered).

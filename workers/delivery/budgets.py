@@ -71,8 +71,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = tonumber(ARGV[1])
 local want = tonumber(ARGV[2])
 local lease = tonumber(ARGV[3])
--- '0' fresh work (waits behind the hint), '1' back from a slot, '2' a try that parks nothing:
--- competes on the counts and, denied, reserves no slot (a ghost nobody would come back to use)
+-- '0' fresh (waits behind the hint), '1' back from a slot, '2' a try that parks nothing (no slot)
 local has_slot = ARGV[4] ~= '0'
 local reserve = ARGV[4] ~= '2'
 local refund = tonumber(ARGV[5])
@@ -397,12 +396,8 @@ class Budgets:
         lease = min([LEASE_SECONDS, *granules]) if want > 1 else 0.0
         started = time.monotonic()
         now = time.time()
-        args: list[object] = [
-            len(budgets),
-            want,
-            int(lease * 1000),
-            "2" if not parks else "1" if has_slot else "0",
-        ]
+        mode = "2" if not parks else "1" if has_slot else "0"  # see the script's has_slot
+        args: list[object] = [len(budgets), want, int(lease * 1000), mode]
         args.append(expired.count if expired is not None else 0)
         redis_keys = [self.keys.paused(self.connection_id, self.system)]
         for i, budget in enumerate(budgets):

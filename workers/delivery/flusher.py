@@ -145,7 +145,7 @@ def _flush_locked(ctx: Context, target: BatchTarget, outbox: Outbox, token: str,
             ctx.trace.wait(ids, connection=ctx.connection_id, reason=PAUSED_REASON, until=until)
             result.state = "paused"
             return
-        if probing is not None:
+        if probing is not None and verdict is Verdict.SUCCESS:
             log.warning(
                 "credentials accepted again: Segment delivery resumed",
                 extra={"connection": ctx.connection_id, "paused_since": probing.since},
