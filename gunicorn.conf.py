@@ -45,6 +45,13 @@ errorlog = "-"
 preload_app = True
 
 
+def worker_exit(server: Any, worker: Any) -> None:
+    # In the gunicorn worker that stops: its last fleet counts go to Redis (connector.fleet).
+    from connector import fleet
+
+    fleet.flush()
+
+
 def child_exit(server: Any, worker: Any) -> None:
     # A worker that exited (restart, timeout, crash) leaves its counters; its live gauges go.
     multiprocess.mark_dead(worker.pid)

@@ -16,7 +16,7 @@ from app.metrics import announce_mode, count_refused_request, metrics_bp
 from app.regulations import regulations_bp
 from app.status import status_bp
 from app.views import ops, tracking, webhooks
-from connector import redisconn
+from connector import fleet, redisconn
 from connector.celery_app import create_celery
 from connector.config import Settings
 from connector.keys import Keys
@@ -43,6 +43,9 @@ def create_app(settings: Settings) -> Flask:
     # The overview's ingest counts and the traces of refused events: collected in memory and
     # written at most once a second (never a Redis round trip per request).
     app.extensions["connector.trace"] = Recorder(Keys(settings.key_prefix), settings.trace)
+    # The fleet-wide counters this process counts (ingest) go to Redis every few seconds, where
+    # every web's /metrics reads the fleet's totals (connector.fleet).
+    fleet.configure(client, Keys(settings.key_prefix), settings.tuning.metrics_flush)
     app.register_blueprint(tracking)
     app.register_blueprint(webhooks)
     app.register_blueprint(ops)

@@ -1,8 +1,14 @@
 """``GET /metrics``: Prometheus text for the whole machine, and the ingest's own counters.
 
-With ``PROMETHEUS_MULTIPROC_DIR`` (see :mod:`connector.multiprocess`) the answer merges the
-metric files of every gunicorn worker, Celery worker and scheduler sharing the directory.
-Without it, the answer holds this gunicorn worker's own registry only (said once at start-up).
+The fleet-wide counters (``connector_fleet_*_total``, :mod:`connector.fleet`) are read from
+Redis at scrape time: every process of every machine adds its counts there, so any web process
+answers the same fleet totals, with or without a shared directory.  They are what the shipped
+alert rules and dashboard use.
+
+The processes' own metrics (``connector_deliveries_total``, the latency histograms...): with
+``PROMETHEUS_MULTIPROC_DIR`` (see :mod:`connector.multiprocess`) the answer merges the metric
+files of every gunicorn worker, Celery worker and scheduler sharing the directory.  Without it,
+they are this gunicorn worker's own registry only (said once at start-up).
 
 Queue depths are not counters kept by a process: they are read from Redis at scrape time
 (:mod:`connector.depths`), so every scrape sees the current broker queues, parked work and
@@ -30,7 +36,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from app.auth import require_token
-from connector import depths, forecast, heartbeat, metrics, overview
+from connector import depths, fleet, forecast, heartbeat, metrics, overview
 from connector.config import Connection, Settings
 from connector.contract import DESTINATION, SOURCE
 from connector.keys import Keys
@@ -203,6 +209,23 @@ class DepthCollector(Collector):
         return held
 
 
+class FleetCollector(Collector):
+    """The fleet-wide counters, read from Redis when scraped (absent when Redis does not answer:
+    ``connector_redis_up`` says so)."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            families = fleet.read(self.client, self.keys)
+        except redis.RedisError as exc:
+            log.warning("metrics: Redis unavailable for the fleet counters", extra={"error": str(exc)[:200]})
+            return
+        yield from families
+
+
 class QuotaCollector(Collector):
     """The quota forecast (:mod:`connector.forecast`) as gauges, read from Redis when scraped."""
 
@@ -320,7 +343,8 @@ def announce_mode(directory: str | None) -> None:
     else:
         log.warning(
             "metrics: PROMETHEUS_MULTIPROC_DIR is not set; /metrics shows only the gunicorn worker "
-            "that answers (set it to a shared, empty directory to aggregate every process)"
+            "that answers, except the connector_fleet_* counters: the whole fleet's, from Redis "
+            "(set it to a shared, empty directory to aggregate this machine's processes)"
         )
 
 
@@ -334,6 +358,7 @@ def _registry() -> CollectorRegistry:
     else:
         registry.register(_Default())
     registry.register(DepthCollector(current_app.extensions["connector.redis"], settings))
+    registry.register(FleetCollector(current_app.extensions["connector.redis"], Keys(settings.key_prefix)))
     registry.register(QuotaCollector(current_app.extensions["connector.redis"], settings))
     return registry
 
@@ -346,6 +371,9 @@ def scrape() -> Response:
     settings: Settings = current_app.extensions["connector.settings"]
     if settings.metrics_token is not None:
         require_token(request, settings.metrics_token, "connector metrics")
+    # This process's own counts first: what it just counted is in the answer (the others' come
+    # with their next flush, a few seconds at most).
+    fleet.flush()
     registry = _registry()
     # The real sandbox (make run on loopback, see app.status) names its one made-up connection.
     if settings.metrics_token is None and not settings.sandbox:

@@ -191,6 +191,8 @@ def fake_requests(settings: Settings) -> list[dict[str, Any]]:
                 }
             )
     rows.sort(key=lambda row: row["time"], reverse=True)
+    for row in rows:  # shown as ISO 8601 in UTC, as the traces are: not epoch seconds
+        row["when"] = tracereader.when(row["time"]) if row["time"] else ""
     return rows[:MAX_SHOWN_REQUESTS]
 
 
@@ -222,10 +224,7 @@ def trace_view() -> tuple[str, int]:
         {
             "connection": cid,
             "info": tracereader.summary(event_id, records),
-            "rows": [
-                {"when": tracereader.when(r.get("t")), "kind": r.get("kind"), "text": tracereader.describe(r)}
-                for r in records
-            ],
+            "rows": tracereader.rows(records),
         }
         for cid, records in found.items()
     ]

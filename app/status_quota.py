@@ -7,7 +7,7 @@ from typing import Any
 
 import redis
 
-from connector import forecast
+from connector import forecast, tracereader
 from connector.config import Settings
 
 
@@ -16,5 +16,7 @@ def quota_data(client: redis.Redis, settings: Settings) -> list[dict[str, Any]]:
     for fc in forecast.forecasts(client, settings):
         data = fc.as_dict()
         data["sentences"] = fc.sentences()
+        since = (fc.paused or {}).get("since")
+        data["paused_since"] = tracereader.when(since) if since else None  # ISO 8601, UTC
         out.append(data)
     return out

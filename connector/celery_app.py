@@ -177,9 +177,9 @@ def default_app() -> Celery:
     global _default
     with _default_lock:
         if _default is None:
-            from connector import config
+            from connector import config, redisenv
 
             _default = create_celery(
-                config.redis_target(), config.redis_tls_verify(), None, config.key_prefix()
+                redisenv.redis_target(), redisenv.redis_tls_verify(), None, config.key_prefix()
             )
         return _default

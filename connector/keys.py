@@ -42,6 +42,8 @@ Layout (``{p}`` is the prefix, ``{c}`` a connection id)::
     {p}ov:{c}:m:{minute}                hash    overview counters of one minute (TTL ~2 h)
     {p}ov:{c}:h:{hour}                  hash    overview counters of one hour (TTL ~25 h)
     {p}ov:{c}:s:{field}                 list    a few sample event ids of one overview field (TTL)
+    {p}fleet:{c}                        hash    fleet-wide counters: JSON [counter, labels] -> total (connector.fleet)
+    {p}fleets                           set     connection ids with fleet counters (what /metrics reads)
     {p}workers                          zset    worker name -> last heartbeat (epoch ms)
     {p}workers:queues                   hash    worker name -> the queues it consumes (comma-separated)
     {p}custlock:{c}:{customer}          string  the attempt sending this customer's upsert now (TTL)
@@ -224,6 +226,12 @@ class Keys:
 
     def overview_samples(self, connection_id: str, field: str) -> str:
         return f"{self.prefix}ov:{connection_id}:s:{field}"
+
+    def fleet(self, connection_id: str) -> str:
+        return f"{self.prefix}fleet:{connection_id}"
+
+    def fleets(self) -> str:
+        return f"{self.prefix}fleets"
 
     @property
     def workers(self) -> str:

@@ -41,7 +41,7 @@ def find(
     for index, cid in enumerate(connections):
         records = [orjson.loads(raw) for raw in [*results[2 * index], *results[2 * index + 1]]]
         if records:
-            records.sort(key=lambda r: float(r.get("t") or 0))
+            records.sort(key=lambda r: float(stamp(r) or 0))
             found[cid] = records
     return found
 
@@ -63,6 +63,17 @@ def summary(event_id: str, records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def stamp(record: dict[str, Any]) -> Any:
+    """When a record's step happened.  A worker writes the "received" record when it takes the
+    event (later than the web accepted it, by the queue's wait): its step is the acceptance
+    (``at``), so the trace reads in order; when the worker took it is the mapping line's time.
+    Never after the record's own time (the web's clock may run ahead of the worker's)."""
+    t = record.get("t")
+    if record.get("kind") == "received" and isinstance(record.get("at"), int | float):
+        return min(record["at"], t) if isinstance(t, int | float) else record["at"]
+    return t
+
+
 def when(t: Any) -> str:
     try:
         return datetime.fromtimestamp(float(t), UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
@@ -70,15 +81,14 @@ def when(t: Any) -> str:
         return "?"
 
 
-def describe(record: dict[str, Any]) -> str:
-    """One record as a line of text (the CLI's and the status page's)."""
+def describe(record: dict[str, Any], retry_at: Any = None) -> str:
+    """One record as a line of text (the CLI's and the status page's); ``retry_at``: when a
+    failed outcome is tried again (its wait, see :func:`rows`)."""
     kind = record.get("kind")
     if kind == "received":
         text = (
             f"via {record.get('door')} on connection {record.get('connection')} ({record.get('direction')})"
         )
-        if record.get("at"):
-            text += f", accepted at {when(record['at'])}"
         if record.get("rejected"):
             text += f"; REJECTED at ingest: {record['rejected']}"
         return text
@@ -108,9 +118,14 @@ def describe(record: dict[str, Any]) -> str:
             text += f"; answer: {record['answer']}"
         return text
     if kind == "wait":
+        if record.get("reason") == "held":
+            until = when(record.get("until"))
+            return f"held until {until} (the hold window: this customer's upserts go as one call)"
         return f"{record.get('reason')} until {when(record.get('until'))}"
     if kind == "outcome":
         text = str(record.get("outcome"))
+        if text == overview.FAILED:  # never final: the attempt is retried
+            text += f" (will retry at {when(retry_at)})" if retry_at else " (will be retried)"
         for key in ("reason", "status", "error"):
             if record.get(key) is not None:
                 text += f"; {key}: {record[key]}"
@@ -118,11 +133,29 @@ def describe(record: dict[str, Any]) -> str:
     return orjson.dumps(record).decode()
 
 
+def _retry_at(records: list[dict[str, Any]], index: int) -> Any:
+    """The ``until`` of the retry wait that follows a failed outcome (before the next attempt)."""
+    for later in records[index + 1 :]:
+        if later.get("kind") == "wait" and later.get("reason") == "retry":
+            return later.get("until")
+        if later.get("kind") in ("attempt", "outcome"):
+            return None
+    return None
+
+
+def rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The trace's lines: ``when`` (ISO 8601, UTC), ``kind`` and ``text``."""
+    return [
+        {"when": when(stamp(r)), "kind": r.get("kind"), "text": describe(r, _retry_at(records, i))}
+        for i, r in enumerate(records)
+    ]
+
+
 def render(event_id: str, records: list[dict[str, Any]]) -> str:
     if not records:
         return f"no trace for {event_id!r} (unknown id, older than the retention, or a delivered event sampled out)\n"
     info = summary(event_id, records)
     lines = [f"trace {event_id}: {info['outcome']}" + (f" ({info['reason']})" if info["reason"] else "")]
-    for record in records:
-        lines.append(f"  {when(record.get('t'))}  {record.get('kind')!s:<9} {describe(record)}")
+    for row in rows(records):
+        lines.append(f"  {row['when']}  {row['kind']!s:<9} {row['text']}")
     return "\n".join(lines) + "\n"

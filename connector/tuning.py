@@ -25,6 +25,7 @@ Delivery (:class:`Tuning`):
 | ``CONNECTOR_SEGMENT_MAX_EVENTS`` / ``_MAX_BYTES`` / ``_MAX_EVENT_BYTES`` | 2500 / 500000 / 32768 | one /v1/batch request |
 | ``CONNECTOR_METADATA_SCHEMA_REFRESH_SECONDS`` | 3600 | how old a cached metadata schema may get |
 | ``CONNECTOR_ASYNC_ACTION_BOUND_SECONDS`` | 600 | a bulk not DONE this long after its 202: its customers are sent singly |
+| ``CONNECTOR_METRICS_FLUSH_SECONDS`` | 5 | how often a process adds its fleet counters to Redis (:mod:`connector.fleet`) |
 
 Scheduler (:class:`SchedulerConfig`): ``CONNECTOR_SCHEDULER_INTERVAL`` / ``_BATCH`` /
 ``_LEASE_SECONDS`` (0.5 / 200 / 30); ``CONNECTOR_BACKLOG_RECONCILE_SECONDS`` (30, how often it
@@ -112,6 +113,8 @@ class Tuning:
     # A worker told to stop (SIGTERM) lets calls on the wire finish for at most this long, then
     # exits as if killed (Heroku sends SIGKILL 30 s after SIGTERM: stay under it).
     shutdown_grace: float = knob(25.0, "CONNECTOR_SHUTDOWN_GRACE_SECONDS", minimum=0.5)
+    # Every process (web, workers, scheduler) writes its fleet counters' deltas this often.
+    metrics_flush: float = knob(5.0, "CONNECTOR_METRICS_FLUSH_SECONDS", minimum=0.1)
 
     def retry_window(self, configured_seconds: float) -> float:
         return self.retry_window_override if self.retry_window_override is not None else configured_seconds

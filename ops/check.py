@@ -16,7 +16,7 @@ import click
 import redis
 import requests
 
-from connector import config, redisconn
+from connector import redisconn, redisenv
 from connector.config import ConfigError, Connection, Settings
 from ops.common import print_json
 from workers.settings import load_settings
@@ -273,11 +273,11 @@ def run_checks(*, offline: bool = False, timeout: float = 10.0) -> list[Finding]
     settings, findings = check_configuration()
     target: redisconn.RedisTarget
     try:
-        target = settings.redis if settings else config.redis_target()
+        target = settings.redis if settings else redisenv.redis_target()
     except ConfigError:
-        target = config.redis_url()  # the Sentinel problem is already listed
+        target = redisenv.redis_url()  # the Sentinel problem is already listed
     try:
-        verify = settings.redis_tls_verify if settings else config.redis_tls_verify()
+        verify = settings.redis_tls_verify if settings else redisenv.redis_tls_verify()
     except ConfigError:
         verify = "required"  # already listed among the configuration's problems
     findings += check_redis(target, verify)

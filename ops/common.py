@@ -10,7 +10,7 @@ import click
 import orjson
 import redis
 
-from connector import config, redisconn
+from connector import redisconn, redisenv
 from connector.config import ConfigError, Connection, Settings
 from workers.settings import load_settings
 
@@ -35,7 +35,7 @@ def redis_client() -> redis.Redis:
     """``REDIS_URL`` (or ``REDIS_SENTINELS``) with ``REDIS_TLS_VERIFY``: the commands that need
     Redis without the connections."""
     try:
-        target = config.redis_target()
+        target = redisenv.redis_target()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     return redisconn.client(target, tls_verify(), socket_connect_timeout=3, socket_timeout=10)
@@ -43,7 +43,7 @@ def redis_client() -> redis.Redis:
 
 def tls_verify() -> str:
     try:
-        return config.redis_tls_verify()
+        return redisenv.redis_tls_verify()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -19,7 +19,7 @@ import click
 import redis
 import requests
 
-from connector import config, heartbeat, redisconn
+from connector import config, heartbeat, redisconn, redisenv
 from connector.keys import Keys
 from ops.common import redis_client
 
@@ -39,7 +39,7 @@ def worker_healthy(host: str) -> tuple[bool, str]:
     try:
         names = redis_client().zrangebyscore(keys.workers, since, "+inf")
     except redis.RedisError as exc:
-        return False, f"redis {redisconn.describe(config.redis_target())}: {type(exc).__name__}"
+        return False, f"redis {redisconn.describe(redisenv.redis_target())}: {type(exc).__name__}"
     mine = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
     mine = [n for n in mine if n.rsplit(":", 1)[0] == host]
     if mine:

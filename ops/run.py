@@ -39,7 +39,8 @@ from types import FrameType
 import redis
 
 from connector import config, redisconn
-from connector.config import ConfigError, redis_tls_verify
+from connector.config import ConfigError
+from connector.redisenv import redact_url, redis_tls_verify
 from ops import runfile
 from ops.embedded import free_port, port_free, redis_answers, start_redis
 
@@ -209,7 +210,7 @@ def plan_run(env: dict[str, str]) -> Plan:
             plan.cli_values["REDIS_URL"] = redis_url
         # A Redis already answering (often the machine's own on 6379) is used as it is: say so at
         # the top of the banner, since whatever it does not keep, this run loses.
-        shown = config.redact_url(redis_url)
+        shown = redact_url(redis_url)
         plan.notes.append(
             f"Redis: the one already answering at {shown} (REDIS_URL or the default), not an embedded one."
         )

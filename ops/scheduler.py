@@ -16,7 +16,7 @@ def scheduler(interval: float | None) -> None:
     # Before connector.metrics is imported (by the scheduler module): shared metrics directory.
     multiprocess.setup("scheduler")
 
-    from connector import redisconn
+    from connector import fleet, redisconn
     from connector.celery_app import create_celery
     from connector.config import ConfigError, exit_on_config_error
     from connector.keys import Keys
@@ -45,9 +45,12 @@ def scheduler(interval: float | None) -> None:
         health_check_interval=10,
     )
     keys = Keys(settings.key_prefix)
+    # What the scheduler counts for the fleet (connector.fleet): every few seconds and at its end.
+    fleet.configure(client, keys, settings.tuning.metrics_flush)
     click.echo(f"scheduler: redis {redisconn.describe(target)}, prefix {keys.prefix!r}", err=True)
     app = create_celery(target, settings.redis_tls_verify, settings.broker, settings.key_prefix)
     runner = Scheduler(client, keys, publisher(app), config, connections=connection_queues(settings))
     runner.duties.append(pause_prober(settings, client, keys))
     runner.install_signal_handlers()
     runner.run()
+    fleet.flush()

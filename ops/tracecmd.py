@@ -21,9 +21,10 @@ from ops.common import print_json, redis_client
 def trace_command(event_id: str, connection: str | None, as_json: bool) -> None:
     """The journey of one event: a Segment messageId or a Voucherify event id.
 
-    Received (when, which door, which connection), mapping (subscriptions matched and not),
-    each attempt (method, path, status, latency, an excerpt of the answer), waits (quota,
-    retries, until when) and the outcome.  Kept TRACE_RETENTION_HOURS (default 24); under heavy
+    Received (when the web accepted it, which door, which connection), mapping (subscriptions
+    matched and not), each attempt (method, path, status, latency, an excerpt of the answer),
+    waits (held in the hold window, quota, retries, until when) and the outcome; a failed
+    attempt that is retried says when.  Times are ISO 8601, UTC.  Kept TRACE_RETENTION_HOURS (default 24); under heavy
     load only a share of delivered events keep theirs, failures and skips always do.
 
     Traces are kept per connection (ids are the clients'): an id found on several connections

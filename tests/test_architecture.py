@@ -1,4 +1,4 @@
-"""The floors of the tree, read from its imports (README "Architecture", pyproject
+"""The floors of the tree, read from its imports (docs/design.md "Architecture", pyproject
 ``[tool.importlinter]``):
 
 - ``connector`` imports nothing of ours above it; ``app`` and ``workers`` never import each

@@ -32,7 +32,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -55,46 +54,23 @@ from connector.contract import (
 )
 from connector.errors import MappingError, SkipEvent
 from connector.regulations import subject_digest
-from workers import targets
-from workers.delivery import forget, holds, outcomes, pending, shutdown
-from workers.delivery.attempts import Step, StepKind, finish_dead, finish_skipped, new_item
-from workers.delivery.concurrency import run_all
+from workers import mapped, targets
+from workers.delivery import forget, holds, outcomes, pending, runner, shutdown
+from workers.delivery.attempts import Step, finish_dead, finish_skipped, new_item
 from workers.delivery.context import Context
 from workers.delivery.deadletters import INTERNAL_ERROR, MAPPING_ERROR
-from workers.delivery.engine import deliver_one
 from workers.delivery.flusher import FlushResult, flush
 from workers.delivery.outbox import Outbox
-from workers.delivery.store import DelayedStore, Parked
 from workers.outbound import OutboundRequest
 from workers.runtime import Runtime, context_for
 
 log = logging.getLogger("connector.pipeline")
 
-MAX_ITEMS_PER_ENTRY = 500
 REQUEUE_PAUSE_SECONDS = 1.0
 # How long a batch's shared objects outlive the retry window for the items that reference them
 # (held, parked, paused work).  Should one outlive even that, its dead letter keeps the request
 # (replayable as it is) and only a --remap replay would miss the batch context.
 SHARED_KEEP_SECONDS = 7 * 24 * 3600
-
-
-# ---------------------------------------------------------------------------------------------
-# Mapping entry points, looked up lazily (and replaceable in tests).
-
-
-def _map_event(event: dict[str, Any], connection: Connection) -> Any:
-    """The event's requests and the failures of matching subscriptions (a MappingResult); a
-    plain list of requests (the mappers of unit tests) means no failure."""
-    from workers.mapping.destination import map_event_detailed
-
-    return map_event_detailed(event, connection)
-
-
-def _map_webhook(payload: dict[str, Any], connection: Connection) -> OutboundRequest:
-    from connector.envelope import parse_webhook
-    from workers.mapping.source.mapping import map_webhook, to_outbound
-
-    return to_outbound(map_webhook(parse_webhook(payload), connection), connection)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,7 +105,7 @@ def process_segment_events(
         for event, share in zip(events, shares or [0] * len(events), strict=True):
             own = expand_scalars(event, shared)
             full = merge_objects(dict(own), objects) if isinstance(own, dict) else own
-            items.extend(_map_segment_event(ctx, full, share, door, own=own, ref=ref))
+            items.extend(mapped.map_segment_event(ctx, full, share, door, own=own, ref=ref))
         if ref is not None and any(i.get("shared") == ref for i in items):
             # Items in flight find the objects here when one of them is dead-lettered later; kept
             # past any retry window (a dead letter then copies them into its own store).
@@ -140,8 +116,8 @@ def process_segment_events(
             )
         # Upserts held across tasks; a custom event's customer's held upserts run first.
         hold = holds.intercept(ctx, items, fresh=True)
-        _run(ctx, ctx.target.coalesce(hold.run))
-        park(ctx, hold.parked)
+        runner.run(ctx, ctx.target.coalesce(hold.run))
+        runner.park(ctx, hold.parked)
         hold.finish(ctx)
 
 
@@ -178,8 +154,8 @@ def process_deliveries(
             if step is not None:
                 waiting.append((step, [item]))
         hold = holds.intercept(ctx, [i for i in items if not pending.is_pending(i)], fresh=False)
-        _run(ctx, hold.run + resent)
-        park(ctx, hold.parked + waiting)
+        runner.run(ctx, hold.run + resent)
+        runner.park(ctx, hold.parked + waiting)
         hold.finish(ctx)
 
 
@@ -200,12 +176,12 @@ def process_voucherify_webhook(
         return
     with _task(rt, connection, connection_id, SOURCE) as ctx:
         bare = {"payload": payload, "received_at": received_at, "backlog": 1, "backlog_bytes": stored_bytes}
-        event_id, event_type = _webhook_ident(payload)
+        event_id, event_type = mapped.webhook_ident(payload)
         ctx.trace.received(
             event_id, connection=connection_id, direction=SOURCE, door="voucherify_webhook", at=received_at
         )
         try:
-            request = _map_webhook(payload, connection)
+            request = mapped.map_webhook_payload(payload, connection)
         except SkipEvent as exc:
             ctx.trace.mapping(event_id, type=event_type, skip=exc.reason)
             finish_skipped(ctx, None, bare, exc.reason, message_id=event_id)
@@ -222,8 +198,8 @@ def process_voucherify_webhook(
         ctx.trace.mapping(
             event_id,
             type=event_type,
-            requests=[f"{request.method} {request.path} {_segment_name(request)}".rstrip()],
-            subject=_subject(request.customer),
+            requests=[f"{request.method} {request.path} {mapped.segment_name(request)}".rstrip()],
+            subject=mapped.subject(request.customer),
         )
         item = new_item(request, payload, received_at, 1, stored_bytes)
         item["enqueued_at"] = time.time()
@@ -276,7 +252,7 @@ def process_regulation(
         )
         items = []
         for subject in subjects:
-            # The customer's source_id is the user id: the identity mapping's default (README).
+            # The customer's source_id is the user id: the identity mapping's default (docs/regulations.md).
             request = OutboundRequest(
                 method="POST",
                 path=f"/v1/customers/{quote(subject, safe='')}/permanent-deletion",
@@ -288,224 +264,7 @@ def process_regulation(
             item = new_item(request, None, time.time(), 0)
             item["regulation"] = {"id": regulation_id, "subject": subject}
             items.append(item)
-        _run(ctx, items)
-
-
-# ---------------------------------------------------------------------------------------------
-# Mapping one Segment event
-
-
-def _map_segment_event(
-    ctx: Context,
-    event: dict[str, Any],
-    stored_bytes: int = 0,
-    door: str = "segment",
-    *,
-    own: Any = None,
-    ref: str | None = None,
-) -> list[DeliveryItem]:
-    """``event`` merged (what the mapping sees); ``own``/``ref``: what is stored of it -- its
-    own fields and the reference to the batch's objects (without them, ``event`` whole)."""
-    message_id = str(event.get("messageId")) if isinstance(event, dict) and event.get("messageId") else None
-    received_at = _received_at(event)
-    stored: Any = event if own is None else own
-    bare: dict[str, Any] = {
-        "payload": stored,
-        "received_at": received_at,
-        "backlog": 1,
-        "backlog_bytes": stored_bytes,
-    }
-    if ref is not None:
-        bare["shared"] = ref
-    ctx.trace.received(
-        message_id, connection=ctx.connection_id, direction=DESTINATION, door=door, at=received_at
-    )
-    try:
-        mapped = _map_event(event, ctx.connection)
-        requests, failures = (mapped, []) if isinstance(mapped, list) else (mapped.requests, mapped.failures)
-        _trace_mapping(ctx, message_id, event, mapped, requests, failures)
-        if not requests and failures:
-            # Every matching subscription failed: the event is dead-lettered once, with each reason.
-            raise failures[0][1] if len(failures) == 1 else MappingError(_failure_text(failures))
-    except SkipEvent as exc:
-        # The sentence says which rule kept it out (e.g. which integrations name was false):
-        # what `connector trace` shows beside the reason.
-        why = {"why": str(exc)} if str(exc) != exc.reason else {}
-        ctx.trace.mapping(
-            message_id, type=event.get("type"), skip=exc.reason, subject=_subject(event.get("userId")), **why
-        )
-        finish_skipped(ctx, None, bare, exc.reason, message_id=message_id)
-        return []
-    except MappingError as exc:
-        finish_dead(ctx, bare, MAPPING_ERROR, exc.message)
-        return []
-    except redis.RedisError:
-        raise
-    except Exception as exc:
-        log.exception("mapping a Segment event failed", extra={"connection": ctx.connection_id})
-        finish_dead(ctx, bare, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
-        return []
-    for name, failure in failures:
-        # Several subscriptions matched and this one failed while others produced requests: the
-        # failure must not vanish.  Its dead letter holds the event (no backlog: that rides on
-        # the requests); a replay with --remap maps it again, and the ledger skips what the
-        # other subscriptions already delivered.
-        finish_dead(
-            ctx,
-            {**bare, "backlog": 0, "backlog_bytes": 0},
-            MAPPING_ERROR,
-            f"subscription {name!r}: {failure.message}",
-        )
-    if not requests:
-        finish_skipped(ctx, None, bare, "no_request", message_id=message_id)
-        return []
-    # The event's backlog (one event, its bytes) rides on its last request: released when the
-    # event is finished.
-    last = len(requests) - 1
-    items = [
-        new_item(r, stored, received_at, 1 if i == last else 0, stored_bytes if i == last else 0)
-        for i, r in enumerate(requests)
-    ]
-    if ref is not None:
-        for item in items:
-            item["shared"] = ref
-    return items
-
-
-def _trace_mapping(
-    ctx: Context,
-    message_id: str | None,
-    event: dict[str, Any],
-    mapped: Any,
-    requests: list[OutboundRequest],
-    failures: list[tuple[str, MappingError]],
-) -> None:
-    """Which subscriptions matched, which did not (and why), which failed, and the calls."""
-    ctx.trace.mapping(
-        message_id,
-        type=event.get("type"),
-        matched=list(getattr(mapped, "matched", ())),
-        not_matched={name: "trigger did not match" for name in getattr(mapped, "not_matched", ())},
-        failed={name: exc.message for name, exc in failures},
-        requests=[f"{r.method} {r.path}" for r in requests],
-        subject=_subject(event.get("userId")),
-    )
-
-
-def _subject(user_id: Any) -> str | None:
-    """What the trace keeps of whom the event is about, to forget it on a deletion (SPEC 14):
-    a digest, never the id itself."""
-    if user_id is None or user_id == "" or isinstance(user_id, bool | dict | list):
-        return None
-    return subject_digest(str(user_id))
-
-
-def _segment_name(request: OutboundRequest) -> str:
-    body = request.body
-    name = body.get("event") if isinstance(body, dict) else None
-    return repr(name) if isinstance(name, str) else ""
-
-
-def _failure_text(failures: list[tuple[str, MappingError]]) -> str:
-    return " ".join(f"[{name}] {exc.message}" for name, exc in failures)
-
-
-def _received_at(event: Any) -> float | None:
-    value = event.get("receivedAt") if isinstance(event, dict) else None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    return None
-
-
-def _webhook_ident(payload: Any) -> tuple[str | None, str | None]:
-    """The Voucherify event id (``event.id`` in the 2024 envelope, ``id`` in the older ones) --
-    what the web answered the sender with and what ``connector trace`` is asked for -- and the
-    event's type."""
-    from connector.envelope import parse_webhook
-
-    try:
-        event = parse_webhook(payload)
-        return event.event_id[:200], event.type[:100]
-    except (MappingError, AttributeError, TypeError):
-        pass
-    if isinstance(payload, dict) and payload.get("id") is not None:
-        return str(payload["id"])[:200], None
-    return None, None
-
-
-# ---------------------------------------------------------------------------------------------
-# Running items: chains per customer, concurrently; park what cannot go now.
-
-
-def chains(items: list[DeliveryItem]) -> list[list[DeliveryItem]]:
-    """Items grouped by customer, first-seen order; items without a customer stand alone."""
-    by_customer: dict[str, list[DeliveryItem]] = {}
-    groups: list[list[DeliveryItem]] = []
-    for item in items:
-        customer = (item.get("request") or {}).get("customer")
-        if customer is None:
-            groups.append([item])
-            continue
-        group = by_customer.get(customer)
-        if group is None:
-            group = by_customer[customer] = []
-            groups.append(group)
-        group.append(item)
-    return groups
-
-
-def _run(ctx: Context, items: list[DeliveryItem]) -> None:
-    if not items:
-        return
-
-    def run_chain(chain: list[DeliveryItem]) -> tuple[Step, list[DeliveryItem]] | None:
-        for index, item in enumerate(chain):
-            try:
-                step = deliver_one(ctx, item)
-            except redis.RedisError:
-                raise
-            except Exception as exc:
-                log.exception("delivering an item failed", extra={"connection": ctx.connection_id})
-                finish_dead(ctx, item, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
-                continue
-            if step.kind is StepKind.PARKED:
-                return step, chain[index:]
-        return None
-
-    parked = [p for p in run_all(run_chain, chains(items), ctx.tuning.concurrency) if p is not None]
-    park(ctx, parked)
-
-
-def park(ctx: Context, parked: list[tuple[Step, list[DeliveryItem]]]) -> None:
-    """Write parked chains to the delayed store, merged per due second (fewer tasks later).
-
-    A merged entry is due at the LATEST due time of its chains: nothing comes back before the
-    time it was given (Retry-After is a floor), at most a second after it.
-    """
-    if not parked:
-        return
-    buckets: dict[int, list[tuple[Step, list[DeliveryItem]]]] = {}
-    for step, chain in parked:
-        for item in chain:
-            item["parked"] = True
-        buckets.setdefault(int(step.due), []).append((step, chain))
-    entries: list[Parked] = []
-    for group in buckets.values():
-        current: list[DeliveryItem] = []
-        due = 0.0
-        reason = group[0][0].reason
-        for step, chain in group:
-            if current and len(current) + len(chain) > MAX_ITEMS_PER_ENTRY:
-                entries.append(Parked(ctx.connection_id, ctx.direction, ctx.queue, current, due, reason))
-                current, due = [], 0.0
-            current.extend(chain)
-            due = max(due, step.due)
-        if current:
-            entries.append(Parked(ctx.connection_id, ctx.direction, ctx.queue, current, due, reason))
-    DelayedStore(ctx.client, ctx.keys).add(entries)
+        runner.run(ctx, items)
 
 
 # ---------------------------------------------------------------------------------------------

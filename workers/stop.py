@@ -35,6 +35,7 @@ from collections.abc import Callable
 
 from celery.worker import state as worker_state
 
+from connector import fleet
 from workers.delivery import shutdown
 from workers.delivery.concurrency import gevent_active
 
@@ -43,6 +44,9 @@ log = logging.getLogger("connector.worker")
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 EX_OK = 0
 EX_CUT_OFF = 1  # the grace ran out: some call was cut off (as a kill -9 would)
+# The last fleet counts' write at the stop (connector.fleet), bounded: Heroku's SIGKILL comes 30 s
+# after SIGTERM, the grace is 25 s by default.
+STOP_FLUSH_SECONDS = 2.0
 
 
 def install(grace: float, exit_now: Callable[[int], None] = os._exit) -> None:
@@ -85,6 +89,8 @@ def begin_stop(signum: int, grace: float, exit_now: Callable[[int], None] = os._
             "sent again once their claims expire)",
             extra={"grace_seconds": grace},
         )
+        # os._exit skips the worker's stop hooks: what was counted still reaches the fleet's totals.
+        fleet.flush_within(STOP_FLUSH_SECONDS)
         exit_now(EX_CUT_OFF)
 
     timer = threading.Timer(grace, cut_off)

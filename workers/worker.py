@@ -27,7 +27,7 @@ from celery.signals import (  # noqa: E402
     worker_shutdown,
 )
 
-from connector import heartbeat, redisconn  # noqa: E402
+from connector import fleet, heartbeat, redisconn  # noqa: E402
 from connector.celery_app import celery, celery_config, queues_for  # noqa: E402
 from connector.config import ConfigError, exit_on_config_error  # noqa: E402
 from connector.keys import Keys  # noqa: E402
@@ -46,6 +46,13 @@ _all_queues = settings.voucherify_queues + settings.segment_queues
 celery.conf.update(celery_config(settings.redis, settings.redis_tls_verify, settings.broker))
 celery.conf.task_queues = queues_for(list(settings.worker_queues) or _all_queues)
 app = celery
+# The fleet-wide counters this process (and each prefork child) counts go to Redis every few
+# seconds and at stop (connector.fleet): the web's /metrics reads them, on any machine.
+fleet.configure(
+    redisconn.client(settings.redis, settings.redis_tls_verify, socket_connect_timeout=2, socket_timeout=5),
+    Keys(settings.key_prefix),
+    settings.tuning.metrics_flush,
+)
 
 
 @setup_logging.connect
@@ -61,8 +68,10 @@ def _fresh_runtime(**_: object) -> None:
 
 @worker_process_shutdown.connect
 def _metrics_gone(pid: int | None = None, **_: object) -> None:
-    # prefork children: forget their live gauges (counters stay, as for gunicorn's workers).
+    # prefork children: forget their live gauges (counters stay, as for gunicorn's workers);
+    # their last fleet counts go to Redis.
     multiprocess.mark_dead(pid or os.getpid())
+    fleet.flush_within(stop.STOP_FLUSH_SECONDS)
 
 
 @worker_ready.connect
@@ -83,6 +92,13 @@ def _heartbeat(**_: object) -> None:
     keys = Keys(settings.key_prefix)
     _beat.append((client, keys, name))
     heartbeat.start(client, keys, name, list(settings.worker_queues) or _all_queues)
+
+
+@worker_shutdown.connect
+def _last_counts(**_: object) -> None:
+    # The orderly stop's end (workers.stop): the tasks are done, their counts go to Redis now,
+    # not a flush period later (the process exits next).
+    fleet.flush_within(stop.STOP_FLUSH_SECONDS)
 
 
 @worker_shutdown.connect

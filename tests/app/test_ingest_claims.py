@@ -1,4 +1,5 @@
-"""README claims about the ingest, each checked at the HTTP level.
+"""The documented claims about the ingest (README, docs/interfaces.md, docs/choices.md), each
+checked at the HTTP level.
 
 - The JSON nesting bound is 64 levels: an event nested 64 deep is accepted, 65 deep refused with
   ``nesting_too_deep`` -- on the single-event endpoints (whole request, 400) and inside a batch
@@ -40,7 +41,7 @@ from tests.support.webhooks import iso_now, load_example, signed_request, wrap
 WRITE_KEY = "wk_claims_write_key"
 SEGMENT_SECRET = "segment-webhook-secret-claims"
 VF_SECRET = "voucherify-webhook-secret-claims"
-MAX_DEPTH = 64  # README: "The JSON nesting bound is 64 levels"
+MAX_DEPTH = 64  # docs/choices.md: "The JSON nesting bound is 64 levels"
 
 
 def connections(voucherify_url: str = "http://127.0.0.1:9", backlog_limit: int = 100_000) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from connector import config, redisconn
+from connector import config, redisconn, redisenv
 from connector.celery_app import celery_config
 from connector.config import ConfigError, load_settings
 from connector.redisconn import SentinelTarget
@@ -37,14 +37,14 @@ def test_sentinels_are_parsed_and_redis_url_is_ignored() -> None:
     assert target.nodes == (("sentinel-a.invalid", 26379), ("sentinel-b.invalid", 26380), ("::1", 26381))
     assert target.master == "mymaster"
     assert target.password is not None and target.password.reveal() == PASSWORD
-    assert config.redis_target(SENTINEL_ENV) == target  # the commands without connections too
+    assert redisenv.redis_target(SENTINEL_ENV) == target  # the commands without connections too
     # Not even a bad REDIS_URL is a problem: it is not used.
     assert settings({**SENTINEL_ENV, "REDIS_URL": "http://nonsense"}).redis == target
 
 
 def test_without_sentinels_redis_url_is_the_target() -> None:
     assert settings({"REDIS_URL": "redis://h:1/2"}).redis == "redis://h:1/2"
-    assert config.redis_target({"REDIS_URL": "redis://h:1/2"}) == "redis://h:1/2"
+    assert redisenv.redis_target({"REDIS_URL": "redis://h:1/2"}) == "redis://h:1/2"
 
 
 @pytest.mark.parametrize(
@@ -67,7 +67,7 @@ def test_problems_name_the_variable(env: dict[str, str], variable: str) -> None:
     assert any(p.startswith(f"{variable}:") for p in found), found
     assert not any(PASSWORD in p for p in found)
     with pytest.raises(ConfigError) as caught:
-        config.redis_target(env) if "MIN_REPLICAS" not in variable else settings(env)
+        redisenv.redis_target(env) if "MIN_REPLICAS" not in variable else settings(env)
     assert variable in str(caught.value)
 
 

@@ -178,7 +178,7 @@ def test_many_slow_clients_do_not_starve_ingest_or_healthz(
 # completed) below WEB_WORKER_CONNECTIONS (1,000) leave /healthz answering at once -- measured
 # 0.00-0.03 s with 900 on a loaded 2-core machine, asserted under 3 s.  At or above it, gevent's
 # pool is full and new connections wait in the listen backlog until gunicorn drops a head after
-# ``keepalive`` (5 s): measured 4.95 s with 1,200 and 9.8 s with 2,000.  Hence the README: on the
+# ``keepalive`` (5 s): measured 4.95 s with 1,200 and 9.8 s with 2,000.  Hence docs/security.md: on the
 # open internet a buffering proxy (or the platform's router) stands in front.
 HALF_OPEN_PER_WORKER = 900
 HALF_OPEN_HEALTHZ_SECONDS = 3.0

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import requests
 
-from connector import config
+from connector import redisenv
 from tests.conftest import make_stack
 from tests.support.fakes import FakeVoucherify
 from tests.support.faultkit import (
@@ -182,7 +182,7 @@ def test_min_replicas_refuses_what_no_replica_acknowledged(
             group.nodes[port].send_signal(signal.SIGCONT)
     again = requests.post(url, json={"batch": [track("rep-1")]}, headers=auth(), timeout=10)
     assert again.status_code == 200, again.text
-    assert config.redis_target({**group.env, "REDIS_URL": UNUSED_REDIS_URL}) != UNUSED_REDIS_URL
+    assert redisenv.redis_target({**group.env, "REDIS_URL": UNUSED_REDIS_URL}) != UNUSED_REDIS_URL
 
     # `connector check` reports the topology the sentinels see, without the password.
     done = connector_cli(stack.env, "check", "--offline", "--json")

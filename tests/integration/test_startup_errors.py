@@ -1,6 +1,6 @@
-"""A bad configuration stops every process at start-up, before it takes any work (README:
-"Every configuration problem is reported at once at start-up, naming the connection and the
-key, and stops the process").
+"""A bad configuration stops every process at start-up, before it takes any work (README,
+"Configuration": every configuration problem is reported at once, naming the connection and the
+key; the process exits with status 2 before taking any work).
 
 For each process of the Procfile -- ``web`` (gunicorn), ``worker`` (Celery) and ``scheduler`` --
 started as the Procfile starts it, with a connections file holding two mistakes: the process

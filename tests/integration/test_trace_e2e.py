@@ -136,6 +136,10 @@ def test_trace_and_overview_follow_delivered_skipped_dead_and_refused_events(
         assert "trace trace-ok-1: delivered" in text.stdout
         assert "POST /v1/events -> 503" in text.stdout and "POST /v1/events -> 200" in text.stdout
         assert "via tracking_api on connection traced" in text.stdout
+        # The 503's outcome reads as not final, and "received" is stamped first (the acceptance).
+        assert "failed (will retry at " in text.stdout, text.stdout
+        stamps = [line.split()[0] for line in text.stdout.splitlines()[1:]]
+        assert stamps == sorted(stamps) and "received" in text.stdout.splitlines()[1], text.stdout
 
         # --- skipped: an alias has no Voucherify effect ---------------------------------------
         alias = {"userId": "u-ok", "previousId": "anon-1", "messageId": "trace-skip-1"}

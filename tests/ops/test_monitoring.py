@@ -1,7 +1,7 @@
 """The shipped monitoring (monitoring/alerts.yml, monitoring/grafana-dashboard.json) parses and
 references only metric names the connector exports: the processes' metrics (connector.metrics)
-and the gauges /metrics reads from Redis at scrape time (app.metrics.DepthCollector, run here
-against a real Redis).  promtool is not available: PromQL is parsed just enough to find the
+and what /metrics reads from Redis at scrape time (the gauges of app.metrics.DepthCollector, the
+fleet-wide counters of app.metrics.FleetCollector, run here against a real Redis).  promtool is not available: PromQL is parsed just enough to find the
 metric names (label matchers, grouping clauses, ranges, strings, functions and keywords
 removed)."""
 
@@ -54,8 +54,9 @@ def exported(redis_url: str) -> set[str]:
     from prometheus_client import REGISTRY
 
     import connector.metrics  # noqa: F401  (registers the processes' metrics)
-    from app.metrics import DepthCollector, QuotaCollector
+    from app.metrics import DepthCollector, FleetCollector, QuotaCollector
     from connector.config import Settings
+    from connector.keys import Keys
 
     names: set[str] = set()
     client = redis.Redis.from_url(redis_url)
@@ -63,6 +64,7 @@ def exported(redis_url: str) -> set[str]:
         REGISTRY,
         DepthCollector(client, Settings(redis_url, ())),
         QuotaCollector(client, Settings(redis_url, ())),
+        FleetCollector(client, Keys("connector:")),
     ]
     for source in collectors:
         for family in source.collect():
@@ -162,3 +164,20 @@ def test_workers_alive_and_redis_persistence_gauges_follow_redis(redis_url: str)
     assert gauges()[("connector_redis_aof_enabled", ())] == (1 if aof else 0)
     policy = client.info("memory").get("maxmemory_policy")
     assert gauges()[("connector_redis_noeviction", ())] == (1 if policy == "noeviction" else 0)
+
+
+@pytest.mark.parametrize("source", ["alerts", "dashboard"])
+def test_counters_are_the_fleets_counted_once(source: str) -> None:
+    """SPEC 16: the rules and panels count with the fleet's totals (every web answers them, for
+    every process of every machine), one copy per scrape target kept, never summed over them."""
+    exprs = alert_exprs() if source == "alerts" else dashboard_exprs()
+    counters = [(name, expr) for name, expr in exprs if any(m.endswith("_total") for m in metric_names(expr))]
+    assert counters
+    for name, expr in counters:
+        for metric in metric_names(expr):
+            assert not metric.endswith("_total") or metric.startswith("connector_fleet_"), (name, metric)
+        assert re.search(r"max\s+without\s*\(\s*instance\s*\)", expr), (name, expr)
+    if source == "alerts":
+        assert "ConnectorThrottled" in {name for name, _ in counters}  # 429s per connection
+    else:
+        assert any("connector_fleet_calls_total" in expr for _, expr in counters)

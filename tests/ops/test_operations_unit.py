@@ -75,13 +75,18 @@ def test_metrics_fall_back_to_the_process_registry_and_count_ingest(
         - _value(before, name, region="us1", source="tracking_api", **labels)
         == 1
     )
-    rejected = "connector_events_rejected_total"
-    for reason, count in (("missing_identity", 2), ("invalid_json", 1)):
-        assert (
-            _value(after.text, rejected, reason=reason, **labels)
-            - _value(before, rejected, reason=reason, **labels)
-            == count
-        ), reason
+    # The fleet's totals too: the answering process writes its own counts before it reads them.
+    fleet_received = "connector_fleet_events_received_total"
+    assert _value(after.text, fleet_received, source="tracking_api", **labels) - _value(
+        before, fleet_received, source="tracking_api", **labels
+    ) == 1
+    for rejected in ("connector_events_rejected_total", "connector_fleet_events_rejected_total"):
+        for reason, count in (("missing_identity", 2), ("invalid_json", 1)):
+            assert (
+                _value(after.text, rejected, reason=reason, **labels)
+                - _value(before, rejected, reason=reason, **labels)
+                == count
+            ), (rejected, reason)
     assert _value(after.text, rejected, connection="unknown", reason="invalid_signature") >= 1
     assert _value(after.text, "connector_queue_depth", queue="voucherify.us1") >= 1
     assert "unit-secret-key-1" not in after.text and "wk_unit_operations" not in after.text

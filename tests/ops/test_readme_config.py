@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import re
 import shlex
+from pathlib import Path
 
 from connector.config import load_settings
-from connector.connections import SHORTHAND_LABELS
 from connector.quotas import PLANS
+from connector.shorthand import SHORTHAND_LABELS
 from tests.support.processes import ROOT
 
 # Heroku Redis plans' memory (MB), as Heroku publishes them: the README names one of these.
@@ -92,3 +93,33 @@ def test_every_shorthand_variable_is_documented() -> None:
     for variable in SHORTHAND_LABELS.values():
         assert f"`{variable}`" in configuration, variable
         assert re.search(rf"^#? ?{variable}=", example, re.MULTILINE), variable
+
+
+def first_toml(text: str) -> str:
+    return re.findall(r"```toml\n(.*?)```", text, re.DOTALL)[0]
+
+
+def test_readme_connections_toml_loads_with_its_variables(tmp_path: Path) -> None:
+    """The README's essential ``connections.toml``, its ``${NAME}``s set in the environment."""
+    readme = (ROOT / "README.md").read_text()
+    block = first_toml(readme[readme.index("## Configuration") :])
+    path = tmp_path / "connections.toml"
+    path.write_text(block)
+    names = re.findall(r"\$\{([A-Z_]+)\}", block)
+    env = {name: f"placeholder-for-{name.lower()}" for name in names}
+    settings = load_settings({**env, "CONNECTIONS_FILE": str(path), "REDIS_URL": "redis://127.0.0.1:1/0"})
+    [connection] = settings.connections
+    assert connection.id == "acme-eu" and connection.segment is not None
+    assert connection.segment_webhook_secret is not None and connection.voucherify.webhook_secret is not None
+    assert (connection.voucherify.quota.plan, connection.voucherify.quota.share) == ("business", 0.5)
+
+
+def test_the_full_connections_toml_of_docs_configuration_loads(tmp_path: Path) -> None:
+    """docs/configuration.md's annotated file (moved from the README), every key it shows."""
+    block = first_toml((ROOT / "docs" / "configuration.md").read_text())
+    path = tmp_path / "connections.toml"
+    path.write_text(block)
+    env = {name: f"placeholder-for-{name.lower()}" for name in re.findall(r"\$\{([A-Z_]+)\}", block)}
+    settings = load_settings({**env, "CONNECTIONS_FILE": str(path), "REDIS_URL": "redis://127.0.0.1:1/0"})
+    [connection] = settings.connections
+    assert connection.id == "acme-eu" and connection.voucherify.quota.plan == "business"

@@ -484,9 +484,14 @@ def test_start_up_configuration_from_flags_and_environment(tmp_path: Path) -> No
 
 
 @integration
-def test_the_readme_quota_block_runs_as_pasted(vf: FakeVoucherify, tmp_path: Path) -> None:
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    blocks = re.findall(r"<!-- tested: tests/test_fake_quota.py[^>]*-->\n```sh\n(.*?)```", text, re.DOTALL)
+def test_the_documented_quota_block_runs_as_pasted(vf: FakeVoucherify, tmp_path: Path) -> None:
+    """docs/sandbox.md's quota block (moved there from the README), pasted."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "sandbox.md").read_text()
+    blocks = re.findall(
+        r"<!-- tested: tests/sandbox/test_fake_quota.py runs this block[^>]*-->\n```sh\n(.*?)```",
+        text,
+        re.DOTALL,
+    )
     assert len(blocks) == 1
     block = blocks[0].replace("127.0.0.1:8100", f"127.0.0.1:{vf.port}")
     result = subprocess.run(

@@ -37,8 +37,8 @@ TEST_PROJECT_ID = "proj_T3stPr0j3ct"
 TEST_WEBHOOK_ID = "wh_T3stW3bh00kC0nn3ct0r"
 
 
-# The Segment messageId of a Voucherify event, as the README documents it (a contract: changing
-# it makes Segment take every redelivered event for a new one).  Written here from the README,
+# The Segment messageId of a Voucherify event, as docs/choices.md documents it (a contract: changing
+# it makes Segment take every redelivered event for a new one).  Written here from that document,
 # not imported from the product, so that tests check the code against the documented formula.
 SOURCE_MESSAGE_ID_NAMESPACE = uuid.UUID("7d0b6f3e-2c1a-5e9b-9f4d-3a8e6c1b2d40")
 

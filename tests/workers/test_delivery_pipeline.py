@@ -27,7 +27,7 @@ from tests.support.delivery import (  # noqa: F401 - fixtures
     simple_mapper,
     transport,
 )
-from workers import pipeline
+from workers import mapped, pipeline
 from workers.delivery.deadletters import DeadLetters
 from workers.delivery.store import DelayedStore, Parked
 from workers.delivery.transport import TransportFailure
@@ -36,7 +36,7 @@ from workers.runtime import Runtime
 
 @pytest.fixture(autouse=True)
 def _mapper(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline, "_map_event", simple_mapper)
+    monkeypatch.setattr(mapped, "map_event", simple_mapper)
 
 
 def ev(mid: str, user: str = "u1", **extra: Any) -> dict[str, Any]:
@@ -219,7 +219,7 @@ def test_a_bug_in_one_event_dead_letters_only_that_event(
             raise KeyError("userId")
         return simple_mapper(event, conn)
 
-    monkeypatch.setattr(pipeline, "_map_event", flaky)
+    monkeypatch.setattr(mapped, "map_event", flaky)
     run(rt, [ev("boom"), ev("m2", "u2")])
     assert sent_ids(transport) == ["m2"]
     [dead] = DeadLetters(rt.redis, keys).select()
@@ -245,7 +245,7 @@ def test_many_customers_are_delivered_concurrently(rt: Runtime, transport: FakeT
     assert time.monotonic() - started < 1.0  # 16 x 100 ms sequentially would be 1.6 s
 
 
-REAL_MAPPER = pipeline._map_event
+REAL_MAPPER = mapped.map_event
 
 
 def test_a_failing_subscription_among_several_is_dead_lettered(
@@ -255,7 +255,7 @@ def test_a_failing_subscription_among_several_is_dead_lettered(
     that fails is dead-lettered (it used to vanish), and the backlog is released once."""
     from connector.config import DestinationSettings
 
-    monkeypatch.setattr(pipeline, "_map_event", REAL_MAPPER)
+    monkeypatch.setattr(mapped, "map_event", REAL_MAPPER)
     orders = {
         "name": "Orders",
         "trigger": 'type = "track" and event = "Order Completed"',

@@ -14,7 +14,7 @@ import orjson
 import pytest
 import redis
 
-from connector import backlog
+from connector import backlog, tracereader
 from connector.config import Connection, Settings
 from connector.contract import DESTINATION
 from connector.keys import Keys
@@ -28,7 +28,7 @@ from tests.support.delivery import (  # noqa: F401 - fixtures
     redis_db_url,
     transport,
 )
-from workers import pipeline
+from workers import mapped, pipeline
 from workers.delivery import holds
 from workers.delivery.attempts import new_item
 from workers.delivery.deadletters import DeadLetters
@@ -105,7 +105,7 @@ def mapper(event: dict[str, Any], connection: Any) -> list[OutboundRequest]:
 
 @pytest.fixture(autouse=True)
 def _mapper(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline, "_map_event", mapper)
+    monkeypatch.setattr(mapped, "map_event", mapper)
 
 
 def ident(mid: str, user: str, second: int = 0, **traits: Any) -> dict[str, Any]:
@@ -171,6 +171,27 @@ def test_identifies_of_several_tasks_are_held_then_sent_once_merged_newest_wins(
     assert ledger.done_many([f"acme:v:m{i}:upsert_customer" for i in (1, 2, 3)]) == [True] * 3
     assert backlog_left(rt) == 0
     assert drain(rt, wait=0) == 0 and len(transport.calls) == 1  # nothing left anywhere
+
+
+def test_a_held_identify_shows_a_held_line_in_its_trace_until_its_window_ends(
+    rt: Runtime, transport: FakeTransport
+) -> None:
+    """``connector trace`` of an identify in the hold window: a "held" wait naming when the window
+    ends, not a silent gap between the mapping and the call (issue #23)."""
+    before = time.time()
+    ingest(rt, ident("m1", "a", 1, name="A"))
+    ingest(rt, ident("m2", "a", 2, name="B"))  # same window: the first one's end
+    [first] = tracereader.find(rt.redis, rt.keys, "m1").values()
+    [second] = tracereader.find(rt.redis, rt.keys, "m2").values()
+    assert [r["kind"] for r in first] == ["received", "mapping", "wait"], first
+    held = [r for r in first + second if r["kind"] == "wait"]
+    assert [r["reason"] for r in held] == ["held", "held"]
+    assert before + WINDOW - 0.05 <= held[0]["until"] <= time.time() + WINDOW
+    assert held[1]["until"] == held[0]["until"]  # the window runs from the customer's first upsert
+    assert "held until " + tracereader.when(held[0]["until"]) in tracereader.render("m1", first)
+    drain(rt)
+    [first] = tracereader.find(rt.redis, rt.keys, "m1").values()
+    assert [r["kind"] for r in first][-2:] == ["attempt", "outcome"] and first[-1]["outcome"] == "delivered"
 
 
 def test_window_zero_sends_as_it_comes(
@@ -432,7 +453,7 @@ def test_segmentio_customer_calls_are_held_merged_and_skipped_when_unchanged(
 ) -> None:
     import dataclasses
 
-    monkeypatch.setattr(pipeline, "_map_event", segmentio_mapper)
+    monkeypatch.setattr(mapped, "map_event", segmentio_mapper)
     base = make_connection(quota=quota(bulk_calls_per_hour=100))
     conn = dataclasses.replace(base, voucherify=dataclasses.replace(base.voucherify, mode="segmentio"))
     rt = runtime_for(conn, client, redis_db_url, keys, transport)

@@ -113,6 +113,9 @@ def send(ctx: Context, method: str, path: str, body: bytes | None, headers: Mapp
     except TransportFailure as exc:
         answer = exc
     metrics.child(metrics.REQUEST_LATENCY, ctx.target.name).observe(answer.latency)
+    # Calls and 429s per connection, fleet-wide (SPEC 16): what the quota alerts reason about.
+    status = metrics.status_label(answer.status if isinstance(answer, HTTPResult) else None)
+    metrics.child(metrics.CALLS, ctx.connection_id, ctx.target.name, status).inc()
     return answer
 
 

@@ -92,21 +92,22 @@ def digest(body: Any) -> str:
 
 
 # KEYS: the connection's zset, the index; ARGV: window ms, index head, then (hold key, item) pairs
-# grouped per customer as: customer, hold key, n, item1..itemn.
+# grouped per customer as: customer, hold key, n, item1..itemn.  Returns each customer's due (ms).
 _HOLD = Lua(
     """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local due = now + tonumber(ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-local i = 4
+local i, dues = 4, {}
 while i <= #ARGV do
   local customer, key, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   for j = 1, n do redis.call('RPUSH', key, ARGV[i + 2 + j]) end
   redis.call('ZADD', KEYS[1], 'NX', due, customer)
+  dues[#dues + 1] = redis.call('ZSCORE', KEYS[1], customer)
   i = i + 3 + n
 end
-return now
+return dues
 """
 )
 
@@ -253,14 +254,16 @@ class Holds:
 
     def hold(
         self, direction: str, queue: str, by_customer: Mapping[str, list[DeliveryItem]], window: float
-    ) -> None:
+    ) -> dict[str, float]:
+        """Hold the customers' items; when each customer's window ends (epoch seconds)."""
         if not by_customer:
-            return
+            return {}
         args: list[Any] = [max(1, int(window * 1000)), self.connection_id, self.entry_head(direction, queue)]
         for customer, items in by_customer.items():
             args += [customer, hold_key(self.keys, self.connection_id, customer), len(items)]
             args += [orjson.dumps(i) for i in items]
-        _HOLD(self.client, [holds_key(self.keys, self.connection_id), index_key(self.keys)], args)
+        dues = _HOLD(self.client, [holds_key(self.keys, self.connection_id), index_key(self.keys)], args)
+        return {c: float(d) / 1000 for c, d in zip(by_customer, dues, strict=True)}
 
     def take(
         self, direction: str, queue: str, customers: Iterable[str], lease: float = TAKE_LEASE_SECONDS
@@ -414,7 +417,10 @@ def intercept(ctx: Context, items: list[DeliveryItem], *, fresh: bool) -> Interc
     for mine in to_hold.values():
         for item in mine:
             item["held"] = True
-    holds.hold(ctx.direction, ctx.queue, to_hold, target.hold_window())
+    dues = holds.hold(ctx.direction, ctx.queue, to_hold, target.hold_window())
+    for customer, due in dues.items():  # a "held" line in their traces, not a silent gap
+        ids = [i for item in to_hold[customer] for i in attempts.trace_ids(item)]
+        ctx.trace.wait(ids, connection=ctx.connection_id, reason=HELD_REASON, until=due)
     taken_id, taken, busy = holds.take(ctx.direction, ctx.queue, flush)
 
     held_now = {id(i) for mine in to_hold.values() for i in mine}

@@ -25,7 +25,7 @@ from tests.support.delivery import (  # noqa: F401 - fixtures
     simple_mapper,
     transport,
 )
-from workers import pipeline
+from workers import mapped, pipeline
 from workers.delivery.deadletters import DeadLetter, DeadLetters
 from workers.runtime import Runtime
 
@@ -82,7 +82,7 @@ def test_records_are_bounded(client: redis.Redis, keys: Keys) -> None:
 def test_replay_reuses_the_idempotency_key_and_delivers_once(
     rt: Runtime, transport: FakeTransport, keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pipeline, "_map_event", simple_mapper)
+    monkeypatch.setattr(mapped, "map_event", simple_mapper)
     conn = rt.settings.connections[0]
     transport.reply(400)  # the target rejects it ... then it is fixed
     pipeline.process_segment_events(rt, conn, conn.id, [{"type": "track", "messageId": "m1", "userId": "u1"}])

@@ -27,7 +27,7 @@ from tests.support.delivery import (  # noqa: F401 - fixtures
     rt,
     transport,
 )
-from workers import pipeline
+from workers import mapped, pipeline
 from workers.delivery.deadletters import DeadLetters
 from workers.delivery.outbox import Outbox, sweep
 from workers.outbound import OutboundRequest
@@ -53,7 +53,7 @@ def fake_map_webhook(payload: dict[str, Any], connection: Any) -> OutboundReques
 
 @pytest.fixture(autouse=True)
 def _mapper(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline, "_map_webhook", fake_map_webhook)
+    monkeypatch.setattr(mapped, "map_webhook_payload", fake_map_webhook)
 
 
 def webhook(rt: Runtime, event_id: str, **extra: Any) -> None:

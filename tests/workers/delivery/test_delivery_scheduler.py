@@ -22,7 +22,7 @@ from tests.support.delivery import (  # noqa: F401 - fixtures
     simple_mapper,
     transport,
 )
-from workers import pipeline
+from workers import mapped, pipeline
 from workers.delivery.outbox import Outbox
 from workers.delivery.scheduler import Scheduler, SchedulerConfig
 from workers.delivery.store import DelayedStore, Parked
@@ -115,7 +115,7 @@ def test_run_loop_survives_redis_outage_and_stops_on_request(keys: Keys) -> None
 def test_parked_retry_comes_back_through_the_scheduler(
     rt: Runtime, transport: FakeTransport, keys: Keys, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(pipeline, "_map_event", simple_mapper)
+    monkeypatch.setattr(mapped, "map_event", simple_mapper)
     conn = rt.settings.connections[0]
     transport.reply(503)
     pipeline.process_segment_events(rt, conn, conn.id, [{"type": "track", "messageId": "m1", "userId": "u1"}])

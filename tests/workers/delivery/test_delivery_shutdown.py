@@ -28,7 +28,7 @@ from tests.support.delivery import (  # noqa: F401 - fixtures
     simple_mapper,
     transport,
 )
-from workers import pipeline, stop
+from workers import mapped, pipeline, stop
 from workers.delivery import shutdown
 from workers.delivery.fairslots import FairSlots
 from workers.delivery.store import DelayedStore
@@ -71,7 +71,7 @@ def test_a_waiter_for_a_send_slot_gives_up_at_once_when_the_stop_begins() -> Non
 def test_a_running_task_parks_what_it_has_not_sent_due_at_once(
     rt: Runtime, transport: FakeTransport, keys: Keys, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(pipeline, "_map_event", simple_mapper)
+    monkeypatch.setattr(mapped, "map_event", simple_mapper)
     conn = rt.settings.connections[0]
     events = [{"type": "track", "messageId": f"m{i}", "userId": f"u{i}"} for i in range(30)]
     original = transport.send

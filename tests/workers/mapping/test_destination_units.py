@@ -218,7 +218,7 @@ def test_trigger_semantics(trigger: str, event: dict[str, Any], result: bool) ->
         (
             {"@template": "{{n}}|{{l}}|{{o}}|{{b}}|{{z}}"},
             {"n": 2.0, "l": ["a", None, 1], "o": {"k": 1}, "b": False},
-            # Objects and arrays render as "" (the reference's "[object Object]" / "a,,1": README).
+            # Objects and arrays render as "" (the reference's "[object Object]" / "a,,1": docs/choices.md).
             "2|||false|",
         ),
         (

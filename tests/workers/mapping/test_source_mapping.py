@@ -443,7 +443,7 @@ def test_same_event_in_every_envelope_gives_the_same_call() -> None:
 
 def test_message_id_is_stable_and_distinct_per_event_and_connection() -> None:
     base = message_id_for("acme-eu", "evcus_1")
-    # The README's formula, computed by the test (changing it would re-send redeliveries).
+    # docs/choices.md's formula, computed by the test (changing it would re-send redeliveries).
     assert base == documented_message_id("acme-eu", "evcus_1") == "vf-586b6f4d-2df2-5f52-b3f4-f09bd2591c9e"
     assert message_id_for("acme-eu", "evcus_1") == base
     assert message_id_for("acme-us", "evcus_1") != base

@@ -20,7 +20,7 @@ from tests.support.delivery import (  # noqa: F401 - fixtures
     rt,
     transport,
 )
-from workers import pipeline
+from workers import mapped, pipeline
 from workers.delivery.engine import deliver_one
 from workers.delivery.ledger import Ledger
 from workers.delivery.stale import StaleGuard, event_time_ms
@@ -251,7 +251,7 @@ def event_request(ev: dict[str, Any]) -> OutboundRequest:
 
 @pytest.fixture(autouse=True)
 def _mapper(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline, "_map_event", identify_mapper)
+    monkeypatch.setattr(mapped, "map_event", identify_mapper)
 
 
 def ident(mid: str, user: str, t: str = "2024-05-01T10:00:00.000Z", **traits: Any) -> dict[str, Any]:

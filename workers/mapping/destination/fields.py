@@ -175,7 +175,7 @@ def _declared_object(cf: _CompiledField, value: Mapping[str, Any]) -> tuple[dict
         type_problems = type_problems if type_problems is not None else []
         type_problems.append(_type_problem(nested, item))
     # A required property that is "" is missing (the reference keeps a nested "" and would send
-    # `source_id: ""` for `userId: ""`, an accident not reproduced: README).
+    # `source_id: ""` for `userId: ""`, an accident not reproduced: docs/choices.md).
     missing = [name for name in cf.nested_required if obj.get(name, "") == ""]
     if missing:
         # Within the object too, ajv reports `required` before the properties' types.

@@ -206,7 +206,7 @@ def _compile_template(template: str) -> Resolver:
 
     As actions-core 3.170.0's render(): no HTML escaping (older versions escaped ``{{x}}``; that
     code is gone), a missing or null value renders as "", numbers and booleans as JavaScript's
-    ``String()`` does.  Two of its accidents are not reproduced (README): an object or an array
+    ``String()`` does.  Two of its accidents are not reproduced (docs/choices.md): an object or an array
     renders as "" (not ``[object Object]`` / ``a,b``), and the template is rendered in one pass
     (the reference renders ``{{{x}}}`` first and then re-scans the result for ``{{y}}``, so event
     data containing braces could pull in other fields).

@@ -25,7 +25,7 @@ actions-core 3.170.0) decides, row by row in ``tests/mapping_cases/triggers/``:
 * ``contains(f, "x")`` is a substring test and ``match(f, "x*")`` a glob (``*`` any run, ``?`` one
   character), both on strings only; ``!contains(...)`` / ``!match(...)`` also need a string.
 
-Deliberate differences from that matcher (each a row of the table; README):
+Deliberate differences from that matcher (each a row of the table; docs/choices.md):
 
 * ``!( ... )`` negates (the reference ignores a ``!`` before a parenthesis);
 * ``and`` binds tighter than ``or`` (the reference applies a group's last connective to all of
