@@ -141,15 +141,17 @@ class DepthCollector(Collector):
         )
         paused = GaugeMetricFamily(
             "connector_connection_paused",
-            "1 while a connection is paused (reason=auth: its credentials were refused)",
-            labels=["connection", "reason"],
+            "1 while a connection's delivery to a system is paused (reason=auth: its credentials "
+            "were refused; system=voucherify|segment: pauses are per target system)",
+            labels=["connection", "reason", "system"],
         )
         for state in snap.connections:
             dead.add_metric([state.id], state.dead_letters)
             backlog.add_metric([state.id], state.backlog)
             limit.add_metric([state.id], state.backlog_limit)
-            reason = (state.paused or {}).get("reason") or "auth"
-            paused.add_metric([state.id, reason], 1 if state.paused else 0)
+            for system, pause in (state.pauses or {"voucherify": state.paused}).items():
+                reason = (pause or {}).get("reason") or "auth"
+                paused.add_metric([state.id, reason, system], 1 if pause else 0)
         for connection_id, count in snap.dead_letters_unconfigured.items():
             dead.add_metric([connection_id], count)
         yield dead

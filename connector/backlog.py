@@ -20,8 +20,9 @@ Drift, and how it heals:
 - a reservation for work that vanished without release (an ingest process killed between
   reserve and publish, a Redis error between publish and release) drifts them *up*.
   :func:`reconcile` (run by the scheduler) resets a connection's counters when nothing of the
-  deployment can hold its work -- its queues, the unacknowledged messages, the delayed store and
-  its Segment outbox all empty -- and the counters did not move between two looks some time
+  deployment can hold its work -- its queues, the unacknowledged messages, the delayed store,
+  its hold window (upserts held for coalescing, ``{p}holds:{c}``) and its Segment outbox all
+  empty -- and the counters did not move between two looks some time
   apart (so an ingest between its reserve and its publish is never mistaken for drift).
 The bound protects Redis memory; it is a fence, not an accounting ledger.
 """
@@ -205,6 +206,9 @@ def reconcile(
     for connection_id, queues in connections:
         pipe.mget([k.backlog(connection_id), k.backlog_bytes(connection_id), k.backlog_idle(connection_id)])
         pipe.llen(k.outbox(connection_id))
+        # Upserts waiting in the hold window are work too (reserved at ingest, released when
+        # sent): uncounted here, a reset let the ingest admit them twice over the bound.
+        pipe.zcard(k.holds(connection_id))
         for queue in queues:
             pipe.llen(k.broker_queue(queue))
     results = pipe.execute()
@@ -212,15 +216,15 @@ def reconcile(
     position = 2
     reset: list[str] = []
     for connection_id, queues in connections:
-        (events, stored, idle_mark), outbox_len = results[position], results[position + 1]
-        queue_lens = results[position + 2 : position + 2 + len(queues)]
-        position += 2 + len(queues)
+        (events, stored, idle_mark), outbox_len, held = results[position : position + 3]
+        queue_lens = results[position + 3 : position + 3 + len(queues)]
+        position += 3 + len(queues)
         seen = (_raw(events), _raw(stored))
         if seen == (b"0", b"0"):
             if idle_mark is not None:
                 client.delete(k.backlog_idle(connection_id))
             continue
-        idle = not deployment_busy and not outbox_len and not any(queue_lens)
+        idle = not deployment_busy and not outbox_len and not held and not any(queue_lens)
         if not idle:
             if idle_mark is not None:
                 client.delete(k.backlog_idle(connection_id))

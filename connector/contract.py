@@ -55,6 +55,8 @@ SEGMENT_MAX_EVENT_BYTES: Final = 32 * 1024
 # --- directions ----------------------------------------------------------------------------
 DESTINATION: Final = "segment_to_voucherify"
 SOURCE: Final = "voucherify_to_segment"
+# The target systems (``Target.name``): what pauses are per (SPEC 13), towards each direction.
+SYSTEMS = ("voucherify", "segment")
 
 
 def ingest_call(
@@ -157,6 +159,7 @@ class DeliveryItem(TypedDict, total=False):
     enqueued_at: float  # appended to a Segment outbox (its retry window starts here)
     metadata_refreshed: bool  # a refused upsert already waited for a fresh metadata schema
     metadata_counted: bool  # its dropped metadata keys were counted once
+    schema_waits: int  # attempts that found no readable metadata schema (bounded, then none)
     trace_id: str  # the event id its trace records go under (a Voucherify event id)
     held: bool  # an upsert that waited in the hold window (workers.delivery.holds)
     pregranted: bool  # its budgets were granted when the call was planned (one attempt)

@@ -17,6 +17,7 @@ import orjson
 import redis
 
 from connector.config import Connection, Settings
+from connector.contract import SYSTEMS
 from connector.keys import Keys
 from connector.quotas import cycle_window
 
@@ -55,8 +56,11 @@ class ConnectionState:
     backlog_limit: int
     dead_letters: int
     rate_limits: list[RateLimitState] = field(default_factory=list)
-    # None, or {"reason": "auth", "since": epoch s}: the connection is paused (SPEC 10).
+    # None, or {"reason": "auth", "since": epoch s}: the connection's Voucherify delivery is
+    # paused (SPEC 10; the key of before pauses were per system).
     paused: dict[str, Any] | None = None
+    # Per target system (SPEC 13): {"voucherify": None | {...}, "segment": None | {...}}.
+    pauses: dict[str, dict[str, Any] | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -123,14 +127,19 @@ def snapshot(
     for connection in settings.connections:
         pipe.get(keys.backlog(connection.id))
     for connection in settings.connections:
-        pipe.get(keys.paused(connection.id))
+        for system in SYSTEMS:
+            pipe.get(keys.paused(connection.id, system))
     results = pipe.execute()
     depth = {queue: _int(n) for queue, n in zip(queues, results[: len(queues)], strict=True)}
     rest = results[len(queues) :]
     unacked, delayed, due, dlq_total, dlq_raw = rest[:5]
     count = len(settings.connections)
     backlogs = rest[5 : 5 + count]
-    pauses = rest[5 + count : 5 + 2 * count]
+    flat = rest[5 + count : 5 + count + count * len(SYSTEMS)]
+    pauses = [
+        {system: _pause(raw) for system, raw in zip(SYSTEMS, flat[i * len(SYSTEMS) :], strict=False)}
+        for i in range(count)
+    ]
     dlq_counts = {_text(k): _int(v) for k, v in (dlq_raw or {}).items() if _int(v) > 0}
     states = [
         ConnectionState(
@@ -138,7 +147,8 @@ def snapshot(
             backlog=_int(b),
             backlog_limit=c.backlog_limit,
             dead_letters=dlq_counts.pop(c.id, 0),
-            paused=_pause(p),
+            paused=p[SYSTEMS[0]],
+            pauses=p,
         )
         for c, b, p in zip(settings.connections, backlogs, pauses, strict=True)
     ]

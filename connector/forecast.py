@@ -62,7 +62,9 @@ class Forecast:
     growth_per_hour: float | None = None  # or grows by this many events an hour
     cycle_end: float | None = None  # epoch seconds
     cycle_exhausted_at: float | None = None  # the cycle budget runs out then, at this rate
-    paused: dict[str, Any] | None = None
+    paused: dict[str, Any] | None = None  # Voucherify delivery's pause (what this forecast is about)
+    # Per target system (SPEC 13): a Segment pause stops the webhooks, not this forecast's calls.
+    pauses: dict[str, dict[str, Any] | None] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,6 +76,13 @@ class Forecast:
             out.append(
                 f"PAUSED ({self.paused.get('reason')}): nothing is sent until resumed (the scheduler "
                 f"retries the credentials every 5 minutes; once fixed: connector resume {self.connection})"
+            )
+        segment = self.pauses.get("segment")
+        if segment:
+            out.append(
+                f"Segment delivery PAUSED ({segment.get('reason')}): Voucherify webhooks wait in the "
+                f"outbox (its next batch retries the write key every 5 minutes; once fixed: "
+                f"connector resume {self.connection} --system segment)"
             )
         if self.cycle_exhausted_at is not None:
             out.append(f"cycle budget runs out on {_day(self.cycle_exhausted_at)} at this rate")
@@ -118,7 +127,9 @@ def compute(
     now: float,
 ) -> Forecast:
     """The arithmetic (pure): ``state`` holds the budgets' use (``rate_limits``) and the backlog."""
-    fc = Forecast(connection=connection_id, backlog=state.backlog, paused=state.paused)
+    fc = Forecast(
+        connection=connection_id, backlog=state.backlog, paused=state.paused, pauses=dict(state.pauses)
+    )
     used = {rl.target: rl for rl in state.rate_limits}
     for name, spec in specs.items():
         if spec.limit == 0:

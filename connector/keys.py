@@ -9,7 +9,9 @@ Layout (``{p}`` is the prefix, ``{c}`` a connection id)::
     {p}delayed                          zset    entry id -> due time (epoch ms); parked work
     {p}delayed:data                     hash    entry id -> JSON {connection_id, direction, queue, items}
     {p}rl:{c}:{budget}:n                hash    granted calls per granule (sliding) or per cycle start
-    {p}paused:{c}                       string  JSON {reason, since}: the connection is paused (auth)
+    {p}paused:{c}                       string  JSON {reason, since}: Voucherify delivery paused (auth)
+    {p}paused:{c}:{system}              string  the same for another target system (segment)
+    {p}probe_ok:{c}:{system}            string  "1" (TTL): the credentials probe was just accepted
     {p}quota:{c}:seen                   hash    the last X-Rate-Limit-* headers per budget (forecast)
     {p}quota:{c}:h:{hour}               hash    calls and events finished in that hour (forecast)
     {p}rl:{c}:{budget}:hint             string  next parking slot handed to throttled work (epoch ms)
@@ -123,8 +125,14 @@ class Keys:
     def ratelimit(self, connection_id: str, target: str) -> str:
         return f"{self.prefix}rl:{connection_id}:{target}"
 
-    def paused(self, connection_id: str) -> str:
-        return f"{self.prefix}paused:{connection_id}"
+    def paused(self, connection_id: str, system: str = "voucherify") -> str:
+        # Voucherify's keeps the key of before pauses were per system: a pause set by an older
+        # release is still found (and lifted) after an upgrade.
+        base = f"{self.prefix}paused:{connection_id}"
+        return base if system == "voucherify" else f"{base}:{system}"
+
+    def probe_ok(self, connection_id: str, system: str) -> str:
+        return f"{self.prefix}probe_ok:{connection_id}:{system}"
 
     def quota_seen(self, connection_id: str) -> str:
         return f"{self.prefix}quota:{connection_id}:seen"

@@ -24,6 +24,7 @@ Delivery (:class:`Tuning`):
 | ``CONNECTOR_SLOWDOWN_SECONDS`` | 60 | how long a slow-down lasts |
 | ``CONNECTOR_SEGMENT_MAX_EVENTS`` / ``_MAX_BYTES`` / ``_MAX_EVENT_BYTES`` | 2500 / 500000 / 32768 | one /v1/batch request |
 | ``CONNECTOR_METADATA_SCHEMA_REFRESH_SECONDS`` | 3600 | how old a cached metadata schema may get |
+| ``CONNECTOR_ASYNC_ACTION_BOUND_SECONDS`` | 600 | a bulk not DONE this long after its 202: its customers are sent singly |
 | ``CONNECTOR_METRICS_FLUSH_SECONDS`` | 5 | how often a process adds its fleet counters to Redis (:mod:`connector.fleet`) |
 
 Scheduler (:class:`SchedulerConfig`): ``CONNECTOR_SCHEDULER_INTERVAL`` / ``_BATCH`` /
@@ -104,6 +105,9 @@ class Tuning:
     segment_max_bytes: int = knob(SEGMENT_MAX_BATCH_BYTES, "CONNECTOR_SEGMENT_MAX_BYTES")
     segment_max_event_bytes: int = knob(SEGMENT_MAX_EVENT_BYTES, "CONNECTOR_SEGMENT_MAX_EVENT_BYTES")
     metadata_schema_refresh: float = knob(3600.0, "CONNECTOR_METADATA_SCHEMA_REFRESH_SECONDS", minimum=1.0)
+    # A bulk's async action not DONE this long after its 202: its customers are sent singly
+    # (SPEC 10), while newer upserts of theirs wait for the original (workers.delivery.pending).
+    async_action_bound: float = knob(600.0, "CONNECTOR_ASYNC_ACTION_BOUND_SECONDS", minimum=1.0)
     # A paused connection (credentials refused) is probed this often; its work parks this long.
     auth_probe: float = knob(300.0, "CONNECTOR_AUTH_PROBE_SECONDS", minimum=0.1)
     # A worker told to stop (SIGTERM) lets calls on the wire finish for at most this long, then

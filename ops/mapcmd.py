@@ -387,7 +387,7 @@ def send_requests(report: MapReport, settings: Settings, connection: Connection)
 def _send_one(ctx: Any, shown: Request) -> dict[str, Any]:
 
     try:
-        grant = ctx.budgets.acquire(ctx.target.budgets_for(None), has_slot=True)
+        grant = ctx.budgets.acquire(ctx.target.budgets_for(None), parks=False)  # nothing parks here
     except redis.RedisError as exc:
         return {"sent": False, "error": f"Redis (rate-limit budget): {type(exc).__name__}: {exc}"}
     if not grant.granted:

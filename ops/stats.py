@@ -56,12 +56,13 @@ def stats(as_json: bool) -> None:
             if rl.slow_factor < 1:
                 text += f" slowed x{rl.slow_factor:g}"
             limits.append(text)
-        if state.paused:
-            limits.insert(
-                0,
-                f"PAUSED ({state.paused['reason']}) since {_when(state.paused['since'])}: "
-                f"connector resume {state.id} once fixed",
-            )
+        for system, pause in reversed(list((state.pauses or {"voucherify": state.paused}).items())):
+            if pause:  # per target system (SPEC 13): the other one still delivers
+                limits.insert(
+                    0,
+                    f"{system} PAUSED ({pause['reason']}) since {_when(pause['since'])}: "
+                    f"connector resume {state.id} --system {system} once fixed",
+                )
         rows.append(
             {
                 "id": state.id,

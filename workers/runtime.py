@@ -77,7 +77,7 @@ def build_runtime(settings: Settings) -> Runtime:
 
 def context_for(rt: Runtime, connection: Connection, direction: str) -> Context:
     """A task's delivery context towards ``direction``'s system, from the process's caches."""
-    budgets = Budgets(rt.redis, rt.keys, connection.id, rt.grant_pools)
+    budgets = Budgets(rt.redis, rt.keys, connection.id, rt.grant_pools, targets.system_of(direction))
     target = targets.bind(
         direction,
         connection,

@@ -148,7 +148,11 @@ def test_open_metrics_show_totals_without_connection_ids(
     assert _samples(open_text, "connector_backlog_events") == [({}, 12.0)]
     assert _samples(open_text, "connector_backlog_limit") == [({}, 1500.0)]
     assert _samples(open_text, "connector_dead_letter_entries") == [({}, 7.0)]
-    assert _samples(open_text, "connector_connection_paused") == [({"reason": "auth"}, 1.0)]
+    # Pauses are per target system (SPEC 13): hidden-shop-two's Voucherify delivery only.
+    assert _samples(open_text, "connector_connection_paused") == [
+        ({"reason": "auth", "system": "voucherify"}, 1.0),
+        ({"reason": "auth", "system": "segment"}, 0.0),
+    ]
     # One series per remaining label set (other tests of this process count other connections).
     after = received(open_text)
     assert len(after) == 1 and after[0] - sum(before) == 7.0

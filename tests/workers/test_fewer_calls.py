@@ -6,6 +6,7 @@ read-back of bulk async actions.  Real Redis, the pipeline's own functions, a sc
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -28,7 +29,8 @@ from tests.support.delivery import (  # noqa: F401 - fixtures
     transport,
 )
 from workers import mapped, pipeline
-from workers.delivery import holds, pending
+from workers.delivery import holds
+from workers.delivery.attempts import new_item
 from workers.delivery.deadletters import DeadLetters
 from workers.delivery.ledger import Ledger
 from workers.delivery.store import DelayedStore
@@ -348,11 +350,56 @@ def test_bulk_not_done_within_the_bound_is_sent_again_singly(
     transport.by_url["http://vf.test" + BULK_PATH] = deque([ACCEPTED])
     ingest(rt, ident("m1", "a", 1, name="A"), ident("m2", "b", 1, name="B"))
     drain(rt)
-    monkeypatch.setattr(pending, "BOUND_SECONDS", 0.0)
+    monkeypatch.setattr(rt, "tuning", dataclasses.replace(rt.tuning, async_action_bound=0.0))
     drain(rt, wait=0.05, later=60)
     assert paths(transport) == [BULK_PATH, "/v1/customers", "/v1/customers"]
     assert sorted(c.body["source_id"] for c in transport.calls[1:]) == ["a", "b"]
     assert backlog_left(rt) == 0
+
+
+def test_a_newer_upsert_waits_for_a_bulk_still_running_after_its_bound(
+    client: redis.Redis,
+    redis_db_url: str,
+    keys: Keys,
+    transport: FakeTransport,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue #19: the bulk re-sent singly after its bound, while Voucherify still runs the
+    original, must not let a newer upsert land before the original (which would overwrite it);
+    nor may a newer upsert coming back from a wait skip the "bulk in progress" check."""
+    from collections import deque
+
+    rt = bulk_rt(client, redis_db_url, keys, transport, per_hour=10)
+    transport.by_url["http://vf.test" + BULK_PATH] = deque([ACCEPTED])
+    transport.by_url[POLL_URL] = deque([action("IN_PROGRESS")] * 3 + [action("DONE")])
+    ingest(rt, ident("m1", "a", 1, name="A"), ident("m2", "b", 1, name="B"))
+    drain(rt)
+    monkeypatch.setattr(rt, "tuning", dataclasses.replace(rt.tuning, async_action_bound=0.0))
+    drain(rt, wait=0.05, later=60)  # past the bound: a and b sent again singly, the original watched
+    assert paths(transport) == [BULK_PATH, "/v1/customers", "/v1/customers"]
+    # A newer upsert of a (as one coming back from a wait: straight to the engine).
+    request = OutboundRequest(
+        method="POST",
+        path="/v1/customers",
+        body={"source_id": "a", "name": "A2"},
+        idempotency_key="acme:v:m3:upsert_customer",
+        action="upsert_customer",
+        message_id="m3",
+        customer="a",
+        event_time="2024-05-01T10:00:09.000Z",
+    )
+    conn = rt.settings.connections[0]
+    backlog.reserve(rt.redis, conn.id, 1, 100, keys=rt.keys)
+    pipeline.process_deliveries(rt, conn, conn.id, DESTINATION, [new_item(request, None, None, 1)])
+    assert not [c for c in transport.calls if isinstance(c.body, dict) and c.body.get("name") == "A2"]
+    # The original still runs, polled; once it is DONE the newer upsert goes, last.
+    for _ in range(6):
+        drain(rt, wait=0.05, later=60)
+    sent = [c.body for c in transport.calls if c.url.endswith("/v1/customers")]
+    assert sent[-1] == {"source_id": "a", "name": "A2"}
+    polls = [c for c in transport.calls if c.url == POLL_URL]
+    assert len(polls) == 4  # until DONE, then no more
+    assert not rt.redis.exists(rt.keys.hold_out(conn.id, "a"))
 
 
 def test_a_spent_bulk_budget_sends_singles_and_never_waits(

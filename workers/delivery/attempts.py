@@ -184,17 +184,20 @@ def observe(ctx: Context, budgets: tuple[Budget, ...], answer: Answer) -> Observ
     return observation
 
 
-def auth_refused(ctx: Context, answer: Answer) -> None:
-    """The target refused the connection's credentials: pause the connection (one ERROR log,
-    by the worker that paused it; the others find it paused)."""
+def auth_refused(ctx: Context, answer: Answer, since: float | None = None) -> None:
+    """The target refused the connection's credentials: pause the connection's delivery to that
+    system only (one ERROR log, by the worker that paused it; the others find it paused).
+    ``since``: a failed probe's pause, set again with its first time and not logged again."""
     if ctx.budgets.pools is not None:
         ctx.budgets.pools.drop(ctx.connection_id, None)  # grants held ahead must not be spent
-    if pauses.pause(ctx.client, ctx.keys, ctx.connection_id, pauses.AUTH):
+    paused = pauses.pause(ctx.client, ctx.keys, ctx.connection_id, pauses.AUTH, ctx.target.name, since)
+    if paused and since is None:
         log.error(
             "credentials refused: connection paused until a probe succeeds or `connector resume`",
             extra={
                 "connection": ctx.connection_id,
                 "direction": ctx.direction,
+                "system": ctx.target.name,
                 "status": status_of(answer),
                 "reason": pauses.AUTH,
             },

@@ -71,7 +71,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = tonumber(ARGV[1])
 local want = tonumber(ARGV[2])
 local lease = tonumber(ARGV[3])
-local has_slot = ARGV[4] == '1'
+-- '0' fresh (waits behind the hint), '1' back from a slot, '2' a try that parks nothing (no slot)
+local has_slot = ARGV[4] ~= '0'
+local reserve = ARGV[4] ~= '2'
 local refund = tonumber(ARGV[5])
 if refund > 0 then
   for i = 0, n - 1 do
@@ -163,7 +165,7 @@ for i = 0, n - 1 do
     worst_limit = limit
   end
 end
-if wait > 0 and worst_limit == 0 then
+if wait > 0 and (worst_limit == 0 or not reserve) then
   return {0, now, now + wait, 0}
 end
 if wait > 0 then
@@ -344,12 +346,18 @@ class Budgets:
     """One connection's budgets for one task (``pools``: the process's grants taken ahead)."""
 
     def __init__(
-        self, client: redis.Redis, keys: Keys, connection_id: str, pools: GrantPools | None = None
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        connection_id: str,
+        pools: GrantPools | None = None,
+        system: str = "voucherify",
     ) -> None:
         self.client = client
         self.keys = keys
         self.connection_id = connection_id
         self.pools = pools
+        self.system = system  # pauses are per (connection, target system): only its own denies
         self._limiters: dict[str, RateLimiter] = {}
         self._lock = threading.Lock()
 
@@ -362,8 +370,10 @@ class Budgets:
                 )
         return limiter
 
-    def acquire(self, budgets: tuple[Budget, ...], *, has_slot: bool = False) -> Grant:
-        """One call's grant from every budget of ``budgets`` at once, or how long to park."""
+    def acquire(self, budgets: tuple[Budget, ...], *, has_slot: bool = False, parks: bool = True) -> Grant:
+        """One call's grant from every budget of ``budgets`` at once, or how long to park.
+        ``parks=False``: the caller will not park at a parking slot when denied (a try: bulk or
+        singles, a probe) -- none is reserved, so later work does not wait behind a ghost."""
         if not budgets:
             return Grant(True, 0.0, int(time.time() * 1000))
         never = [b for b in budgets if b.limit == 0]
@@ -386,9 +396,10 @@ class Budgets:
         lease = min([LEASE_SECONDS, *granules]) if want > 1 else 0.0
         started = time.monotonic()
         now = time.time()
-        args: list[object] = [len(budgets), want, int(lease * 1000), "1" if has_slot else "0"]
+        mode = "2" if not parks else "1" if has_slot else "0"  # see the script's has_slot
+        args: list[object] = [len(budgets), want, int(lease * 1000), mode]
         args.append(expired.count if expired is not None else 0)
-        redis_keys = [self.keys.paused(self.connection_id)]
+        redis_keys = [self.keys.paused(self.connection_id, self.system)]
         for i, budget in enumerate(budgets):
             base = self.keys.ratelimit(self.connection_id, budget.name)
             # ":n": the counters (a new key: the old layout was a zset under the bare name).

@@ -140,6 +140,9 @@ return redis.call('LLEN', KEYS[7])
 
 MAPPING_ERROR = "mapping_error"
 REJECTED = "rejected"
+# A 401/403 that only this kind of call gets (the credentials' probe is accepted): a WAF rule,
+# a key without the permission (workers.delivery.refusals).
+REFUSED = "refused"
 RETRY_WINDOW_EXCEEDED = "retry_window_exceeded"
 TOO_LARGE = "too_large"
 INTERNAL_ERROR = "internal_error"

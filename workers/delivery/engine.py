@@ -10,12 +10,15 @@
       merged call: each part's key claimed too ── a part BUSY ─────> PARKED busy (nothing sent)
                    every part delivered or stale ──────────────────> DONE   skipped
       older than the newest applied call of its customer? ─────────> DONE   skipped/stale
+      newer than a bulk of its customer still running (``queued``) ─> PARKED bulk_in_progress
       its subject suppressed (SPEC 14; a merged call: its parts) ──> DONE   skipped/suppressed
       target.prepare ── a wait (e.g. no metadata schema yet) ──────> PARKED (its reason)
       budgets.acquire ── denied (no attempt counted) ──────────────> PARKED throttled (slot)
                       └─ the connection is paused ─────────────────> PARKED paused (until resumed)
       attempt ── 429 (quota) / 401, 403 (pauses the connection) ───> PARKED throttled / paused
                  (not an attempt: no retry spent, the window's clock stopped, quota_waits)
+              └─ 401, 403 but the credentials probe is accepted ──> PARKED retry, then DONE
+                 (this kind of call's refusal, workers.delivery.refusals)   dead letter refused
       attempt ── classify ── SUCCESS ─ only queued (202 bulk) ─────> PARKED async_action (pending)
                                    └ ledger done, stale raised ──> DONE   delivered
                           ── RETRY ── retries.decide ── in window ─> PARKED retry (backoff)
@@ -48,11 +51,11 @@ from typing import Any
 
 from connector.contract import DeliveryItem
 from connector.regulations import DELETE_ACTION, SUPPRESSED
-from workers.delivery import attempts, pending, quota_waits, shutdown, suppression
+from workers.delivery import attempts, pending, quota_waits, refusals, shutdown, suppression
 from workers.delivery.attempts import Failure, Step, finish_dead, finish_skipped
 from workers.delivery.classify import Verdict, classify
 from workers.delivery.context import Context
-from workers.delivery.deadletters import REJECTED, RETRY_WINDOW_EXCEEDED
+from workers.delivery.deadletters import REFUSED, REJECTED, RETRY_WINDOW_EXCEEDED
 from workers.delivery.ledger import ClaimState, new_token
 from workers.delivery.pauses import PAUSED_REASON
 from workers.delivery.retries import decide
@@ -100,6 +103,19 @@ def _wait(ctx: Context, request: OutboundRequest, item: DeliveryItem, wait: Wait
 
 # A customer's upsert in flight elsewhere: look again this soon (the lock lives one call).
 BUSY_CUSTOMER_SECONDS = 0.5
+# A newer upsert of a customer whose bulk still runs at Voucherify looks again this often (the
+# bulk's read-back lifts the marker when the action has finished).
+BULK_RUNNING = "bulk_in_progress"
+BULK_RUNNING_SECONDS = 5.0
+
+
+def _newest_ms(ctx: Context, request: OutboundRequest, event_ms: int | None) -> int | None:
+    """The newest event time an upsert carries (a coalesced one: of its parts)."""
+    if event_ms is not None or not request.parts:
+        return event_ms
+    times = [ctx.target.stale_time(p.get("action"), p.get("event_time")) for p in request.parts]
+    known = [t for t in times if t is not None]
+    return max(known) if known else None
 
 
 def _deliver(ctx: Context, request: OutboundRequest, item: DeliveryItem, pregranted: bool) -> Step:
@@ -131,10 +147,16 @@ def _deliver(ctx: Context, request: OutboundRequest, item: DeliveryItem, pregran
     if customer:
         # One customer's upserts are sent one at a time (the stale check and the send lock in
         # one step): two in flight together could be applied older-last (workers.delivery.stale).
-        state, wait = ctx.stale.check_and_lock(customer, event_ms, token, ctx.tuning.claim_ttl)
+        newest = _newest_ms(ctx, request, event_ms)
+        state, wait = ctx.stale.check_and_lock(customer, event_ms, token, ctx.tuning.claim_ttl, newest)
         if state == "stale":
             ctx.ledger.complete(key, ctx.ledger_keep)
             return finish_skipped(ctx, request, item, "stale")
+        if state == "queued":  # an older bulk of the customer's still runs: land after it
+            ctx.ledger.release(key, token, *held)
+            return _park(
+                ctx, request, item, BULK_RUNNING, time.time() + min(wait, BULK_RUNNING_SECONDS) + 0.05
+            )
         if state == "busy":
             ctx.ledger.release(key, token, *held)
             return _park(ctx, request, item, "busy", time.time() + min(wait, BUSY_CUSTOMER_SECONDS) + 0.05)
@@ -188,6 +210,15 @@ def _send(
     if request.action == DELETE_ACTION and attempts.status_of(answer) == 404:
         verdict = Verdict.SUCCESS  # a regulation's deletion of a customer never seen: nothing to forget
     observation = attempts.observe(ctx, budgets, answer)
+    if observation.auth_refused:
+        whose = refusals.judge(ctx, int(item.get("attempts") or 0))
+        if whose == refusals.CALL:  # this kind of call's refusal, not the credentials'
+            ctx.ledger.release(key, token, *held)
+            return _refused(ctx, request, item, answer, observation.wait)
+        if whose == refusals.UNDECIDED:  # no verdict yet (another worker probes): look again
+            quota_waits.not_an_attempt(item, first_before)  # type: ignore[arg-type]
+            ctx.ledger.release(key, token, *held)
+            return _wait(ctx, request, item, Wait("busy", 1.0))
     if observation.auth_refused or (observation.quota and verdict is Verdict.RETRY):
         # Not the event's fault: the connection's credentials or the shop's quota.  The item
         # waits in the delayed store; no attempt spent, the retry window not running.
@@ -253,6 +284,16 @@ def _parts_delivered(ctx: Context, request: OutboundRequest) -> None:
     parts = request.parts or ()
     ctx.ledger.complete_many([p["idempotency_key"] for p in parts], ctx.ledger_keep)
     attempts.raise_stale(ctx, parts)
+
+
+def _refused(
+    ctx: Context, request: OutboundRequest, item: DeliveryItem, answer: Answer, server_wait: float | None
+) -> Step:
+    """A 401/403 of this kind of call only: an attempt like a failed one, dead-lettered
+    ``refused`` after :data:`~workers.delivery.refusals.REFUSAL_ATTEMPTS` (or the window)."""
+    if int(item.get("attempts") or 0) >= refusals.REFUSAL_ATTEMPTS:
+        return _dead(ctx, item, REFUSED, answer)
+    return _retry_or_dead(ctx, request, item, answer, server_wait)
 
 
 def _retry_or_dead(

@@ -10,7 +10,10 @@
         LRANGE a prefix the target packs into one request (Segment: 2,500 events, 500 KB,
         32 KB each; an oversized head alone is dead-lettered too_large)
         the target's budgets denied ──> next_at = slot; stop
+        the write key refused (paused) ──> next_at = the probe time; stop (the batch there is
+        the probe: accepted, delivery goes on; 401/403, paused again; nothing dead-lettered)
         send ── 2xx ──────> LTRIM the prefix (only if the lock is still ours), report delivered
+             ── 401/403 ──> pause Segment delivery (not Voucherify's); next_at = probe time
              ── RETRY ────> keep everything; next_at = backoff (>= the server's wait); items older
                             than the retry window are dead-lettered from the head; stop
              ── PERMANENT ─> dead-letter the prefix's items and LTRIM them, one atomic step
@@ -26,6 +29,7 @@ limits, which path: the context's :class:`~workers.delivery.target.BatchTarget`.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -34,18 +38,21 @@ import orjson
 
 from connector import metrics, regulations
 from connector.contract import DeliveryItem
-from workers.delivery import attempts, suppression
+from workers.delivery import attempts, pauses, refusals, suppression
 from workers.delivery.attempts import Failure, dead_letter_for, report_dead
 from workers.delivery.classify import Verdict, classify
 from workers.delivery.context import Context
 from workers.delivery.deadletters import REJECTED, RETRY_WINDOW_EXCEEDED, TOO_LARGE
 from workers.delivery.ledger import new_token
 from workers.delivery.outbox import Outbox
+from workers.delivery.pauses import PAUSED_REASON
 from workers.delivery.retries import next_delay
 from workers.delivery.target import Answer, BatchTarget
 from workers.delivery.transport import HTTPResult
 
 __all__ = ["FlushResult", "flush"]
+
+log = logging.getLogger("connector.pause")
 
 STATE_HISTORY = 20
 
@@ -57,7 +64,7 @@ STATE_HISTORY = 20
 class FlushResult:
     sent: int = 0
     dead: int = 0
-    state: str = "empty"  # empty | busy | waiting | deadline | retry | lost_lock
+    state: str = "empty"  # empty | busy | waiting | paused | deadline | retry | lost_lock
 
 
 def flush(ctx: Context) -> FlushResult:
@@ -82,6 +89,7 @@ def _batch_target(ctx: Context) -> BatchTarget:
 
 def _flush_locked(ctx: Context, target: BatchTarget, outbox: Outbox, token: str, result: FlushResult) -> None:
     budgets = target.budgets_for(None)
+    probing: pauses.Pause | None = None  # the pause lifted for this flush's probing batch
     while True:
         if ctx.out_of_time():
             result.state = "deadline"
@@ -106,7 +114,17 @@ def _flush_locked(ctx: Context, target: BatchTarget, outbox: Outbox, token: str,
             result.dead += 1
             continue
         grant = ctx.budgets.acquire(budgets, has_slot=True)
+        if not grant.granted and grant.reason == PAUSED_REASON and probing is None:
+            # Paused, and the outbox's probe time has come (it was not due before): this batch
+            # is the probe.  The pause is taken off for it and set again if it is refused.
+            lifted = pauses.lift_for_probe(ctx.client, ctx.keys, ctx.connection_id, target.name)
+            probing = lifted or pauses.Pause(pauses.AUTH, 0.0)  # 0: lifted by someone else
+            continue
         if not grant.granted:
+            if grant.reason == PAUSED_REASON:  # paused again meanwhile: until the next probe
+                outbox.set_state(next_at=time.time() + ctx.tuning.auth_probe)
+                result.state = "paused"
+                return
             attempts.throttled(ctx)
             outbox.set_state(next_at=time.time() + grant.wait)
             result.state = "waiting"
@@ -117,6 +135,22 @@ def _flush_locked(ctx: Context, target: BatchTarget, outbox: Outbox, token: str,
         attempts.record_attempt(ctx, ids, "POST", target.batch_path, answer)
         verdict = classify(answer)
         observation = attempts.observe(ctx, budgets, answer)
+        if observation.auth_refused and refusals.judge(ctx, 1) != refusals.CALL:
+            # The write key refused: Segment delivery pauses (nothing dead-lettered, no retry
+            # spent); the outbox is not due before the next probe, so no flush task is published
+            # meanwhile.  Voucherify delivery goes on (pauses are per target system).
+            attempts.auth_refused(ctx, answer, since=probing.since if probing and probing.since else None)
+            until = time.time() + ctx.tuning.auth_probe
+            outbox.set_state(next_at=until)
+            ctx.trace.wait(ids, connection=ctx.connection_id, reason=PAUSED_REASON, until=until)
+            result.state = "paused"
+            return
+        if probing is not None and verdict is Verdict.SUCCESS:
+            log.warning(
+                "credentials accepted again: Segment delivery resumed",
+                extra={"connection": ctx.connection_id, "paused_since": probing.since},
+            )
+            probing = None
         if verdict is Verdict.SUCCESS:
             if not outbox.trim(token, len(batch.items)):
                 result.state = "lost_lock"  # a newer flusher owns the list; Segment dedupes the resend

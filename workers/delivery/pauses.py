@@ -1,19 +1,30 @@
-"""A paused connection (SPEC 10, "Other duties"): its target refused the credentials.
+"""A paused (connection, target system) (SPEC 10 "Other duties", SPEC 13 "Pauses"): the system
+refused the connection's credentials.
 
-A 401/403 is not about one event: every event of the connection would get it, and
-dead-lettering them one by one would fill Redis with letters nobody can act on.  So the first
-refusal pauses the whole connection:
+A 401/403 that is about the credentials is not about one event: every event of the connection
+towards that system would get it, and dead-lettering them one by one would fill Redis with
+letters nobody can act on.  So the first refusal pauses the connection's delivery to THAT
+system only -- a Voucherify 401 never stops Segment delivery, nor the reverse::
 
-    {p}paused:{c} = {"reason": "auth", "since": <epoch s>}     (no TTL: until resumed)
+    {p}paused:{c}           = {"reason": "auth", "since": <epoch s>}   Voucherify   (no TTL)
+    {p}paused:{c}:segment   = the same                                 Segment
 
-- every grant of the connection's budgets is denied while the key exists (one ``EXISTS`` in the
-  budgets' Lua script, no extra round trip), and the work waits in the delayed store as
-  ``paused``: no worker held, no retry spent, the retry window not running;
-- the worker that set the key logs ONE error (``SET NX``: the others see it set);
-- a probe (the scheduler, every ``CONNECTOR_AUTH_PROBE_SECONDS``) or ``connector resume ID``
-  deletes the key and makes the connection's paused work due at once.
+(A 401/403 that only one kind of call gets is that call's refusal, not a pause:
+:mod:`workers.delivery.refusals` judges.)
 
-Knows no system: what a probe sends is the target's (:mod:`workers.targets.voucherify_probe`).
+- Voucherify: every grant of the connection's budgets is denied while its key exists (one
+  ``EXISTS`` in the budgets' Lua script), and the work waits in the delayed store as
+  ``paused``: no worker held, no retry spent, the retry window not running.  A probe (the
+  scheduler, every ``CONNECTOR_AUTH_PROBE_SECONDS``) or ``connector resume ID`` deletes the key
+  and makes the paused work due at once.
+- Segment: the outbox is not due before the probe time (no flush task published meanwhile);
+  the flusher's next batch then is the probe (:func:`lift_for_probe`): accepted, delivery goes
+  on; refused, the pause is set again with its first ``since``.  ``connector resume`` makes the
+  outbox due at once.
+- The worker that set the key logs ONE error (``SET NX``: the others see it set).
+
+Knows no system but by name: what a probe sends is the target's
+(:mod:`workers.targets.probe`).
 """
 
 from __future__ import annotations
@@ -27,12 +38,14 @@ from typing import Any
 import orjson
 import redis
 
+from connector.contract import SYSTEMS
 from connector.keys import Keys
 
 log = logging.getLogger("connector.pause")
 
 AUTH = "auth"
 PAUSED_REASON = "paused"  # the delayed store's reason of work waiting for a resume
+VOUCHERIFY, SEGMENT = SYSTEMS  # the target systems' names (Target.name)
 
 
 @dataclass(frozen=True)
@@ -44,10 +57,18 @@ class Pause:
         return {"reason": self.reason, "since": self.since}
 
 
-def pause(client: redis.Redis, keys: Keys, connection_id: str, reason: str = AUTH) -> bool:
-    """Pause ``connection_id``; True only for the caller that paused it (the one to log)."""
-    value = orjson.dumps({"reason": reason, "since": round(time.time(), 3)})
-    return bool(client.set(keys.paused(connection_id), value, nx=True))
+def pause(
+    client: redis.Redis,
+    keys: Keys,
+    connection_id: str,
+    reason: str = AUTH,
+    system: str = VOUCHERIFY,
+    since: float | None = None,
+) -> bool:
+    """Pause ``connection_id``'s delivery to ``system``; True only for the caller that paused
+    it (the one to log).  ``since``: a failed probe's pause keeps its first time."""
+    value = orjson.dumps({"reason": reason, "since": round(since or time.time(), 3)})
+    return bool(client.set(keys.paused(connection_id, system), value, nx=True))
 
 
 def _parse(raw: bytes | str | None) -> Pause | None:
@@ -60,20 +81,31 @@ def _parse(raw: bytes | str | None) -> Pause | None:
         return Pause(AUTH, 0.0)
 
 
-def paused(client: redis.Redis, keys: Keys, connection_id: str) -> Pause | None:
-    return _parse(client.get(keys.paused(connection_id)))
+def paused(client: redis.Redis, keys: Keys, connection_id: str, system: str = VOUCHERIFY) -> Pause | None:
+    return _parse(client.get(keys.paused(connection_id, system)))
 
 
-def paused_many(client: redis.Redis, keys: Keys, connection_ids: list[str]) -> dict[str, Pause | None]:
+def paused_many(
+    client: redis.Redis, keys: Keys, connection_ids: list[str], system: str = VOUCHERIFY
+) -> dict[str, Pause | None]:
     if not connection_ids:
         return {}
-    raws = client.mget([keys.paused(c) for c in connection_ids])
+    raws = client.mget([keys.paused(c, system) for c in connection_ids])
     return {c: _parse(raw) for c, raw in zip(connection_ids, raws, strict=True)}
 
 
-def resume(client: redis.Redis, keys: Keys, connection_id: str) -> tuple[bool, int]:
-    """Lift the pause; the connection's paused work is due now.  (was paused, entries made due)."""
-    was = bool(client.delete(keys.paused(connection_id)))
+def lift_for_probe(client: redis.Redis, keys: Keys, connection_id: str, system: str) -> Pause | None:
+    """Take the pause off for one probing call (GETDEL: one prober); the pause it was."""
+    return _parse(client.getdel(keys.paused(connection_id, system)))
+
+
+def resume(client: redis.Redis, keys: Keys, connection_id: str, system: str = VOUCHERIFY) -> tuple[bool, int]:
+    """Lift the pause of ``system``; its paused work is due now.  (was paused, entries made due:
+    for Segment the outbox, 1 when it was waiting)."""
+    was = bool(client.delete(keys.paused(connection_id, system)))
+    if system == SEGMENT:
+        # The outbox waits for its probe time in ``next_at``: due at the next sweep.
+        return was, int(client.hdel(keys.outbox_state(connection_id), "next_at"))
     return was, redue(client, keys, connection_id)
 
 

@@ -9,7 +9,9 @@ and how a queued request splits per customer (``per_customer``)::
         ── every part's key recorded done (nothing is sent twice while it runs), the customers'
            ``out`` markers set (no newer upsert overtakes the queued one), the item PARKED
            ``async_action`` in the delayed store (no worker waits)
-    deliver task: the item back ── past the bound (10 min) ──> RESEND each customer singly
+    deliver task: the item back ── past the bound (10 min) ──> RESEND each customer singly, and
+           WATCH the original (it may still run: the customers' newer upserts wait for it, at
+           most WATCH_SECONDS more; the resent singles are not newer and go at once)
         ── the poll's budgets denied ──> parked (throttled)
         ── poll ── not finished / no answer ──> parked again (backoff, >= the server's wait)
                 ── FAILED (nothing applied), or unknown (404) ──> RESEND each customer singly
@@ -31,7 +33,7 @@ from typing import Any, Protocol
 
 from connector import metrics
 from connector.contract import DeliveryItem, backlog_of
-from workers.delivery import attempts, shutdown
+from workers.delivery import attempts, refusals, shutdown
 from workers.delivery.attempts import Failure, Step, finish_dead, new_item
 from workers.delivery.context import Context
 from workers.delivery.deadletters import REJECTED
@@ -45,8 +47,10 @@ ASYNC_KEY = "async_action"  # the item's record of its queued call: {"id", "at",
 REASON = "async_action"  # the parked reason while it runs
 FIRST_POLL_SECONDS = 1.0
 MAX_POLL_SECONDS = 30.0
-# Not finished this long after it was accepted: the customers are sent again singly.
-BOUND_SECONDS = 600.0
+# Not finished this long after it was accepted (``CONNECTOR_ASYNC_ACTION_BOUND_SECONDS``): the
+# customers are sent again singly, and the original is still watched (it may yet run): newer
+# upserts of those customers wait for it at most WATCH_SECONDS more, then go.
+WATCH_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,8 @@ def queued(ctx: Context, request: OutboundRequest, item: DeliveryItem, action_id
     attempts.raise_stale(ctx, parts)
     # Voucherify applies the queued upserts later: a newer upsert sent meanwhile would be
     # overwritten by the older queued one, so the customers' next upserts wait for it.
-    Holds(ctx.client, ctx.keys, ctx.connection_id).mark_out(customers, BOUND_SECONDS + 60.0)
+    bound = ctx.tuning.async_action_bound
+    Holds(ctx.client, ctx.keys, ctx.connection_id).mark_out(customers, bound + WATCH_SECONDS + 60.0)
     item["async_action"] = {"id": action_id, "at": now, "polls": 0}
     metrics.child(metrics.ASYNC_ACTIONS, ctx.connection_id, "accepted").inc()
     attempts.parked(ctx, request, item, REASON, now + FIRST_POLL_SECONDS)
@@ -98,8 +103,19 @@ def settle(ctx: Context, item: DeliveryItem) -> tuple[list[DeliveryItem], Step |
     info: dict[str, Any] = item["async_action"]
     request = OutboundRequest.from_dict(item["request"])
     now = time.time()
-    if now - float(info.get("at") or now) > BOUND_SECONDS:
-        return _resend(ctx, item, request, "expired"), None
+    age = now - float(info.get("at") or now)
+    watching = bool(info.get("watch"))
+    if watching and age > ctx.tuning.async_action_bound + WATCH_SECONDS:
+        return _unwatch(ctx, request), None  # newer upserts wait no longer
+    if not watching and age > ctx.tuning.async_action_bound:
+        # Sent again singly now; the original may still run at Voucherify and land later, so
+        # it is watched and its customers' newer upserts wait for it (the ``queued`` marker).
+        again = _resend(ctx, item, request, "expired", keep_marker=True)
+        info["watch"] = True
+        item["backlog"] = 0  # the resent customers carry the backlog now
+        item.pop("backlog_bytes", None)
+        item["payload"] = None
+        return again, Step.parked(REASON, now + FIRST_POLL_SECONDS)
     if not info.get("id"):  # the 2xx named no action to read back
         return _resend(ctx, item, request, "unknown"), None
     if shutdown.stopping():  # a stopping worker makes no new call: another one reads it back
@@ -114,12 +130,19 @@ def settle(ctx: Context, item: DeliveryItem) -> tuple[list[DeliveryItem], Step |
         return [], Step.parked("throttled", now + grant.wait)
     answer, state = target.read_action(str(info["id"]))
     observation = attempts.observe(ctx, budgets, answer)
-    if observation.auth_refused:  # the connection pauses; the read-back waits for its resume
+    polls = int(info.get("polls") or 0) + 1
+    # A refused read-back: the credentials (the connection pauses; the read-back waits for its
+    # resume), or only the read-back (a key without async-actions: it counts as an unfinished
+    # poll, and the bound sends the customers again singly).
+    whose = refusals.judge(ctx, min(polls, refusals.REFUSAL_ATTEMPTS - 1)) if observation.auth_refused else ""
+    if whose == refusals.PAUSE:
         attempts.auth_refused(ctx, answer)
         return [], Step.parked(PAUSED_REASON, now + ctx.tuning.auth_probe)
-    polls = int(info.get("polls") or 0) + 1
     info["polls"] = polls
-    if state is None and isinstance(answer, HTTPResult) and answer.status == 404:
+    unknown = state is None and isinstance(answer, HTTPResult) and answer.status == 404
+    if watching and (unknown or (state is not None and state.finished)):
+        return _unwatch(ctx, request), None  # the original has run (or never will): done
+    if unknown:
         return _resend(ctx, item, request, "unknown"), None
     if state is None or not state.finished:
         delay = min(MAX_POLL_SECONDS, FIRST_POLL_SECONDS * (2 ** min(polls, 5)))
@@ -156,8 +179,19 @@ def settle(ctx: Context, item: DeliveryItem) -> tuple[list[DeliveryItem], Step |
     return [], None
 
 
-def _resend(ctx: Context, item: DeliveryItem, request: OutboundRequest, why: str) -> list[DeliveryItem]:
-    """Each customer of a queued call that did not complete, as its own call again."""
+def _unwatch(ctx: Context, request: OutboundRequest) -> list[DeliveryItem]:
+    """The watched original has finished: its customers' newer upserts may go."""
+    target: QueuingTarget = ctx.target  # type: ignore[assignment]
+    customers = [str(s.customer) for s in target.per_customer(request)]
+    Holds(ctx.client, ctx.keys, ctx.connection_id).clear_out(customers, only="queued")
+    return []
+
+
+def _resend(
+    ctx: Context, item: DeliveryItem, request: OutboundRequest, why: str, *, keep_marker: bool = False
+) -> list[DeliveryItem]:
+    """Each customer of a queued call that did not complete, as its own call again
+    (``keep_marker``: the original may still run, its customers' newer upserts wait for it)."""
     target: QueuingTarget = ctx.target  # type: ignore[assignment]
     metrics.child(metrics.ASYNC_ACTIONS, ctx.connection_id, why).inc()
     singles = target.per_customer(request)
@@ -169,9 +203,10 @@ def _resend(ctx: Context, item: DeliveryItem, request: OutboundRequest, why: str
         # The queued call's backlog rides on the first: released when it is finished.
         sub = _sub_item(item, single, units if index == 0 else 0, stored if index == 0 else 0)
         out.append(sub)
-    Holds(ctx.client, ctx.keys, ctx.connection_id).clear_out(
-        (str(s.customer) for s in singles), only="queued"
-    )
+    if not keep_marker:
+        Holds(ctx.client, ctx.keys, ctx.connection_id).clear_out(
+            (str(s.customer) for s in singles), only="queued"
+        )
     return out
 
 

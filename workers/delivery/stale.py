@@ -46,14 +46,18 @@ return 0
 )
 
 
-# KEYS: the stale record, the customer's send lock.  ARGV: event ms (-1: no time to compare),
-# token, lock TTL (ms).  -> {0, 0} locked | {1, 0} stale | {2, pttl} another attempt holds it.
+# KEYS: the stale record, the customer's send lock, its hold ``out`` marker.  ARGV: event ms
+# (-1: no time to compare), token, lock TTL (ms), the request's newest event ms (-1: none).
+# -> {0, 0} locked | {1, 0} stale | {2, pttl} another attempt holds it | {3, pttl} a bulk of
+# the customer's is still running at Voucherify and this upsert is newer than it.
 _CHECK_LOCK = Lua(
     """
 local ms = tonumber(ARGV[1])
-if ms >= 0 then
-  local cur = tonumber(redis.call('GET', KEYS[1]) or '-1') or -1
-  if ms < cur then return {1, 0} end
+local cur = tonumber(redis.call('GET', KEYS[1]) or '-1') or -1
+if ms >= 0 and ms < cur then return {1, 0} end
+local newest = tonumber(ARGV[4])
+if newest > cur and redis.call('GET', KEYS[3]) == 'queued' then
+  return {3, redis.call('PTTL', KEYS[3])}
 end
 local owner = redis.call('GET', KEYS[2])
 if owner and owner ~= ARGV[2] then
@@ -121,23 +125,35 @@ class StaleGuard:
         )
 
     def check_and_lock(
-        self, customer: str, event_ms: int | None, token: str, ttl: float
+        self, customer: str, event_ms: int | None, token: str, ttl: float, newest_ms: int | None = None
     ) -> tuple[str, float]:
         """``("locked", 0)``: this attempt may send the customer's upsert (unlock after);
         ``("stale", 0)``: older than the newest applied; ``("busy", seconds)``: another attempt
-        is sending one of this customer's upserts now, for at most that long."""
+        is sending one of this customer's upserts now, for at most that long; ``("queued",
+        seconds)``: a bulk with the customer is still running at Voucherify (the ``out`` marker
+        ``queued``, :mod:`workers.delivery.pending`) and this upsert (its newest event,
+        ``newest_ms``) is newer than the bulk's -- sent now, the bulk would overwrite it.  The
+        bulk's own customers sent again singly (not newer) are not held back."""
         state, wait_ms = _CHECK_LOCK(
             self.client,
             [
                 self.keys.stale(self.connection_id, customer),
                 self.keys.customer_lock(self.connection_id, customer),
+                self.keys.hold_out(self.connection_id, customer),
             ],
-            [-1 if event_ms is None else event_ms, token, max(1, int(ttl * 1000))],
+            [
+                -1 if event_ms is None else event_ms,
+                token,
+                max(1, int(ttl * 1000)),
+                -1 if newest_ms is None else newest_ms,
+            ],
         )
         if int(state) == 1:
             return "stale", 0.0
         if int(state) == 2:
             return "busy", max(0.0, int(wait_ms) / 1000.0)
+        if int(state) == 3:
+            return "queued", max(0.0, int(wait_ms) / 1000.0)
         return "locked", 0.0
 
     def unlock(self, customer: str, token: str) -> None:

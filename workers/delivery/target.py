@@ -56,6 +56,12 @@ class Target(Protocol):
         """Credential headers, added at the last moment (never stored, never logged)."""
         ...
 
+    def probe_call(self) -> tuple[str, str] | None:
+        """(method, path) of a call that checks the credentials and nothing else -- what tells a
+        refused key from one kind of call refused (:mod:`workers.delivery.refusals`); None: the
+        system has no such call (its 401/403 is always the credentials')."""
+        ...
+
     def budgets_for(self, request: OutboundRequest | None) -> tuple[Budget, ...]:
         """The budgets a call spends (``None``: any call, e.g. a batch or a read)."""
         ...

@@ -28,6 +28,14 @@ def configured(connection: Connection, direction: str) -> bool:
     return target is not None and target.configured(connection)
 
 
+def system_of(direction: str) -> str:
+    """The name of ``direction``'s system (``Target.name``): what its pauses are per."""
+    target = TARGETS.get(direction)
+    if target is None:
+        raise ValueError(f"unknown delivery direction {direction!r}")
+    return target.name
+
+
 def bind(direction: str, connection: Connection, **resources: Any) -> Target:
     """The target of ``direction``, bound to ``connection`` for one task; ``resources``: the
     task's Redis ``client``, ``keys``, ``tuning``, ``budgets`` and ``schema_transport``."""
@@ -47,4 +55,4 @@ def budgets_of(connection: Connection) -> list[Budget]:
     ]
 
 
-__all__ = ["TARGETS", "bind", "budgets_of", "configured"]
+__all__ = ["TARGETS", "bind", "budgets_of", "configured", "system_of"]

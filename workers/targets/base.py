@@ -67,6 +67,9 @@ class HttpTarget:
             return Observation(
                 wait=wait, pause=wait if wait is not None else DEFAULT_429_PAUSE_SECONDS, slow=True
             )
+        if answer.status in (401, 403):
+            # The credentials refused (or this kind of call: workers.delivery.refusals judges).
+            return Observation(wait=wait, auth_refused=True)
         return Observation(wait=wait)
 
     def stale_time(self, action: str | None, event_time: str | None) -> int | None:

@@ -15,13 +15,7 @@ from connector.errors import TransportFailure
 from connector.keys import Keys
 from workers.delivery.pauses import Prober
 from workers.delivery.transport import RequestsTransport, Transport
-from workers.targets.voucherify import auth_headers
-
-
-def probe_path(connection: Connection) -> str:
-    if connection.voucherify.mode == "segmentio":
-        return "/segmentio/test-authentication"
-    return "/v1/customers?limit=1"
+from workers.targets.voucherify import auth_headers, probe_path
 
 
 def probe(connection: Connection, transport: Transport, timeout: tuple[float, float]) -> bool | None:

@@ -94,6 +94,11 @@ class SegmentTarget(HttpTarget):
     def auth_headers(self) -> dict[str, str]:
         return auth_headers(self.settings)
 
+    def probe_call(self) -> tuple[str, str] | None:
+        # Segment has one kind of call (/v1/batch) and no credentials check: a 401/403 is the
+        # write key's, and the paused outbox's next batch is the probe (workers.delivery.pauses).
+        return None
+
     def pack(self, raws: list[bytes]) -> Batch:
         return build_batch(
             raws,

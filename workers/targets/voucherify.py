@@ -31,6 +31,7 @@ from connector.contract import DESTINATION, DeliveryItem
 from connector.keys import Keys
 from connector.tuning import Tuning
 from workers.delivery import outcomes
+from workers.delivery.attempts import append_history
 from workers.delivery.budgets import Budget, Budgets, Observation
 from workers.delivery.classify import retry_after
 from workers.delivery.pauses import PAUSED_REASON
@@ -55,10 +56,23 @@ from workers.targets.voucherify_quota import (
     spends,
     warn_if_assumed,
 )
-from workers.targets.voucherify_schema import MetadataSchemas, SchemaUnavailable, fetch, is_metadata_refusal
+from workers.targets.voucherify_schema import (
+    SCHEMA_ATTEMPTS,
+    MetadataSchemas,
+    SchemaUnavailable,
+    fetch,
+    is_metadata_refusal,
+)
 
 NAME = "voucherify"
 MAX_METADATA_KEY_LABELS = 100
+
+
+def probe_path(connection: Connection) -> str:
+    """The credentials probe's call (``connector check``'s): no data read or written."""
+    if connection.voucherify.mode == "segmentio":
+        return "/segmentio/test-authentication"
+    return "/v1/customers?limit=1"
 
 
 def auth_headers(vf: VoucherifySettings) -> dict[str, str]:
@@ -136,6 +150,9 @@ class VoucherifyTarget(FewerCalls, HttpTarget):
     def auth_headers(self) -> dict[str, str]:
         return auth_headers(self.settings)
 
+    def probe_call(self) -> tuple[str, str] | None:
+        return "GET", probe_path(self.connection)
+
     def server_wait(self, answer: Answer) -> float | None:
         return server_wait(answer)
 
@@ -163,37 +180,68 @@ class VoucherifyTarget(FewerCalls, HttpTarget):
 
     def prepare(self, request: OutboundRequest, item: DeliveryItem) -> OutboundRequest | Wait:
         """``request`` with only the customer metadata the project's schema defines, or a wait
-        while no schema has ever been read (never sent unfiltered)."""
+        while no schema has ever been read (never sent unfiltered).  An unreadable schema (403,
+        a listing over 1 MB) is waited for ``SCHEMA_ATTEMPTS`` counted attempts, then the
+        request goes without its metadata: none is known to be defined."""
         schemas = self.schemas
         if schemas is None or not carries_customer_metadata(request):
             return request
         cached = schemas.cached()
         schema = cached.schema
         if cached.due and schemas.try_lock():
+            lasting = False
             try:
                 refreshed = self._refresh_schema(schemas, request, item, have_one=schema is not None)
+                lasting = isinstance(refreshed, SchemaUnavailable) and refreshed.lasting
             finally:
-                schemas.unlock()
+                if lasting:
+                    schemas.hold_after_failure()  # the next read is FAILED_READ_SECONDS off
+                else:
+                    schemas.unlock()
+            if isinstance(refreshed, SchemaUnavailable):
+                refreshed = None
             if isinstance(refreshed, Wait):
                 return refreshed
             schema = refreshed or schema
+        reason = None
         if schema is None:
-            # Another worker is reading it, or the read failed: wait for it, in the delayed store.
-            return Wait("metadata_schema", 1.0 if cached.due else 5.0)
+            # Another worker is reading it, or the read failed: wait for it, in the delayed
+            # store -- as a counted attempt, a bounded number of times.
+            waits = int(item.get("schema_waits") or 0) + 1
+            if waits < SCHEMA_ATTEMPTS:
+                return self._schema_wait(item, waits)
+            schema, reason = CustomerMetadataSchema(), "schema_unavailable"
         kept, dropped = filter_request(request, schema)
         if dropped and not item.get("metadata_counted"):
             item["metadata_counted"] = True
-            for key, reason in dropped:
+            for key, why in dropped:
                 label = metadata_key_label(self.connection.id, key)
-                metrics.METADATA_DROPPED.labels(self.connection.id, label, reason).inc()
+                metrics.METADATA_DROPPED.labels(self.connection.id, label, reason or why).inc()
         return kept
+
+    def _schema_wait(self, item: DeliveryItem, waits: int) -> Wait:
+        """The item's ``waits``-th attempt without a schema: counted (its history says why),
+        parked with the retry backoff."""
+        now = time.time()
+        item["schema_waits"] = waits
+        item["attempts"] = int(item.get("attempts") or 0) + 1
+        if not item.get("first_attempt_at"):
+            item["first_attempt_at"] = now
+        entry = {"t": round(now, 3), "status": None, "error": "metadata schema unavailable", "latency_ms": 0}
+        append_history(item.setdefault("history", []), entry)
+        delay = min(self.tuning.retry_cap, self.tuning.retry_base * 2 ** (waits - 1))
+        return Wait("metadata_schema", delay)
 
     def _refresh_schema(
         self, schemas: MetadataSchemas, request: OutboundRequest, item: DeliveryItem, *, have_one: bool
-    ) -> CustomerMetadataSchema | Wait | None:
-        """One ``GET /v1/metadata-schemas``, stored for every worker; None when it gave nothing."""
+    ) -> CustomerMetadataSchema | Wait | SchemaUnavailable | None:
+        """One ``GET /v1/metadata-schemas``, stored for every worker; why not, or None when no
+        grant was given for it while a schema is at hand."""
         # It spends the shop's quota like any call: a grant first.
-        grant = self.budgets.acquire(self.budgets_for(None), has_slot=bool(item.get("parked")))
+        # With a schema at hand a denial parks nothing (the one we have is used): no slot then.
+        grant = self.budgets.acquire(
+            self.budgets_for(None), has_slot=bool(item.get("parked")), parks=not have_one
+        )
         if not grant.granted:
             if have_one:
                 return None  # keep using the one we have
@@ -214,7 +262,7 @@ class VoucherifyTarget(FewerCalls, HttpTarget):
                 action=request.action,
                 error=str(exc),
             )
-            return None
+            return exc
         schemas.store(schema)
         return schema
 

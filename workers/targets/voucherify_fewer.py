@@ -108,8 +108,9 @@ class FewerCalls:
         budgets = self.budgets_for(template)
         if not any(b.name == BULK_BUDGET and b.limit for b in budgets):
             return False  # the plan has no bulk API, or bulk_calls_per_hour = 0
-        # has_slot: a refusal here parks nothing, so the parking queue's hint is not ours to wait on.
-        return self.budgets.acquire(budgets, has_slot=True).granted
+        # A refusal here parks nothing (the customers go singly): no slot reserved, and the
+        # parking queue's hint is not ours to wait on.
+        return self.budgets.acquire(budgets, parks=False).granted
 
     # --- after a success --------------------------------------------------------------------
 

@@ -11,7 +11,11 @@ own quota (SPEC 10).  So it is rare:
 * the GET takes a grant from the connection's rate limiter like any other call; when none is
   granted, or the GET fails, the last schema stays in use and the refresh is tried again later;
   only work that has no schema at all waits (parked), it is never sent unfiltered;
-* each process remembers the schema a few seconds, so items do not each cost a Redis read.
+* each process remembers the schema a few seconds, so items do not each cost a Redis read;
+* a GET that fails for good (a 403: the key may not read schemas; a listing over 1 MB) keeps
+  the lock for :data:`FAILED_READ_SECONDS`: the next read is that far off, whatever waits.  Work
+  without a schema waits a bounded number of attempts (``SCHEMA_ATTEMPTS``, counted as
+  attempts with backoff), then goes without its metadata (docs/refusals.md says why).
 """
 
 from __future__ import annotations
@@ -32,13 +36,21 @@ from workers.mapping.destination.metadata import CustomerMetadataSchema
 
 PATH: Final = "/v1/metadata-schemas"
 LOCK_SECONDS: Final = 30
+FAILED_READ_SECONDS: Final = 10  # after a failed read, the next one waits this long
+SCHEMA_ATTEMPTS: Final = 3  # attempts an item waits for an unreadable schema, then none
 MEMO_SECONDS: Final = 5.0
 # A listing of every schema of a project: generous, but bounded (the transport reads no more).
 MAX_LISTING_BYTES: Final = 1 << 20
 
 
 class SchemaUnavailable(Exception):
-    """The GET did not give a schema (no answer, an error status, an unreadable body)."""
+    """The GET did not give a schema (no answer, an error status, an unreadable body).
+    ``lasting``: asking again at once would give the same (a 4xx, a listing over 1 MB), unlike
+    no answer, a 429 or a 5xx."""
+
+    def __init__(self, message: str, *, lasting: bool = False) -> None:
+        super().__init__(message)
+        self.lasting = lasting
 
 
 @dataclass(frozen=True)
@@ -98,6 +110,11 @@ class MetadataSchemas:
     def try_lock(self) -> bool:
         return bool(self.client.set(self.lock_key, self._token, nx=True, ex=LOCK_SECONDS))
 
+    def hold_after_failure(self, seconds: float = FAILED_READ_SECONDS) -> None:
+        """Keep the lock (ours) a while after a failed read: the next read is that far off."""
+        if self.client.get(self.lock_key) == self._token.encode():
+            self.client.pexpire(self.lock_key, max(1, int(seconds * 1000)))
+
     def unlock(self) -> None:
         if self.client.get(self.lock_key) == self._token.encode():
             self.client.delete(self.lock_key)
@@ -116,11 +133,13 @@ def fetch(
     except TransportFailure as exc:
         raise SchemaUnavailable(exc.message) from None
     if result.status != 200:
-        raise SchemaUnavailable(f"HTTP {result.status}")
+        transient = result.status in (408, 423, 429) or result.status >= 500
+        raise SchemaUnavailable(f"HTTP {result.status}", lasting=not transient)
     try:
         return CustomerMetadataSchema.from_listing(orjson.loads(result.body))
     except (orjson.JSONDecodeError, ValueError) as exc:
-        raise SchemaUnavailable(f"unreadable metadata schema listing: {exc}") from None
+        # A listing cut at MAX_LISTING_BYTES is unreadable JSON too: lasting.
+        raise SchemaUnavailable(f"unreadable metadata schema listing: {exc}", lasting=True) from None
 
 
 def is_metadata_refusal(result: HTTPResult | TransportFailure) -> bool:
@@ -129,7 +148,9 @@ def is_metadata_refusal(result: HTTPResult | TransportFailure) -> bool:
 
 
 __all__ = [
+    "FAILED_READ_SECONDS",
     "MAX_LISTING_BYTES",
+    "SCHEMA_ATTEMPTS",
     "Cached",
     "MetadataSchemas",
     "SchemaUnavailable",

@@ -397,6 +397,13 @@ def test_backlog_reconcile_resets_drift_only_when_idle_and_unchanged(client: red
     time.sleep(0.15)
     assert backlog.reconcile(client, connections, interval=0.2, keys=keys) == []
     assert backlog.current(client, "acme", keys=keys) == 3
+    # Upserts waiting in its hold window (issue #19: they were not counted, and reset).
+    client.delete(keys.outbox("acme"))
+    client.zadd(keys.holds("acme"), {"cust-1": 1})
+    for _ in range(3):
+        assert backlog.reconcile(client, connections, interval=0.2, keys=keys) == []
+        time.sleep(0.15)
+    assert backlog.current(client, "acme", keys=keys) == 3
 
 
 def test_backlog_reserve_is_atomic(client: redis.Redis, keys: Keys) -> None:

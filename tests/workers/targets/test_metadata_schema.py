@@ -211,6 +211,36 @@ def test_no_schema_yet_and_the_read_fails_nothing_is_sent_unfiltered(
     assert posts(transport) == [{"source_id": "u1", "metadata": {"plan": "pro"}}]
 
 
+@pytest.mark.parametrize("answer", ["forbidden", "over_1_mb"])
+def test_an_unreadable_schema_is_waited_for_counted_attempts_then_none_is_sent(
+    rt: Runtime, transport: FakeTransport, answer: str
+) -> None:
+    # Issue #19: a 403 (the key may not read schemas) or a listing over 1 MB (cut by the
+    # transport: unreadable) made the upsert wait 1 s in a loop, never counted, never ending.
+    unreadable = 403 if answer == "forbidden" else (200, {}, '{"schemas": [' + "x" * 100)
+    transport.by_url[SCHEMA_URL] = deque([unreadable] * 10)
+    run(rt, [identify("m1", {"plan": "pro", "nickname": "Al"})])
+    for attempt in (1, 2):
+        [entry] = parked(rt)
+        assert entry.reason == "metadata_schema"
+        [item] = entry.items
+        assert item["attempts"] == attempt and item["history"][-1]["error"] == "metadata schema unavailable"
+        assert entry.due - time.time() >= FAST.retry_base * 2 ** (attempt - 1) - 0.5  # backoff
+        rt.redis.delete(rt.keys.prefix + "mschema:acme:lock")  # as if FAILED_READ_SECONDS passed
+        replay(rt, [entry])
+    # The third attempt goes without the metadata: none is known to be defined.
+    assert posts(transport) == [{"source_id": "u1"}]
+    assert parked(rt) == []
+    assert gets(transport) == 3  # one read per attempt here; a failed read holds the lock 10 s
+    assert (
+        REGISTRY.get_sample_value(
+            "connector_metadata_keys_dropped_total",
+            {"connection": "acme", "key": "plan", "reason": "schema_unavailable"},
+        )
+        or 0.0
+    ) >= 1.0
+
+
 def test_an_old_schema_is_used_while_the_refresh_fails(
     rt: Runtime, transport: FakeTransport, client: redis.Redis, keys: Keys
 ) -> None:
