@@ -36,6 +36,7 @@ def process_state() -> Iterator[None]:
     """The module's per-process state, clean before and after (other tests count too)."""
     state = fleet._process
     saved = (state.client, state.keys, state.interval)
+    state.client = None  # an app built in-process by an earlier test configured its own Redis
     state.accumulator.forget()
     state.flusher_pid = None
     yield
