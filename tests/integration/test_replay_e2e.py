@@ -334,3 +334,85 @@ def test_an_archive_replayed_killed_and_resumed_lands_once_and_newest(
     events = Counter(idem_key(r).split(":")[2] for r in successes(voucherify, EVENTS_PATH))
     assert set(events.values()) == {1}
     print(f"second replay: {len(calls(voucherify)) - before} calls, {second['skipped']}")
+
+
+def test_a_csv_backfill_paced_under_live_traffic_and_the_refusals(
+    tmp_path: Path, private_redis: str, stack_factory: list, voucherify: FakeVoucherify
+) -> None:
+    """1,000 customers from a CSV through a backlog bound of 300: the replay keeps under half of
+    it (waits), the live door answers 200 throughout; then the refusals and the dry run."""
+    bound = 300
+    config = write_connections(tmp_path, voucherify, quota=QUOTA, fewer_calls="coalesce_window_seconds = 2\n")
+    text = config.read_text().replace(
+        "[connection.voucherify]", f"backlog_limit = {bound}\n[connection.voucherify]"
+    )
+    config.write_text(text)
+    stack = make_stack(stack_factory, tmp_path, private_redis, config, **ENV)
+    stack.web()
+    stack.worker("w1", concurrency=8)
+    stack.scheduler()
+    rows = ["userId,name,email,metadata.tier"] + [
+        f"csv-{n:04d},Customer {n},c{n}@example.com,{'gold' if n % 2 else 'silver'}" for n in range(1000)
+    ]
+    path = tmp_path / "customers.csv"
+    path.write_text("\n".join(rows) + "\n")
+
+    dry = cli(stack, "replay", "-c", "acme", str(path), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "would enqueue 1,000 (identify 1,000)" in dry.stdout and "Voucherify calls expected" in dry.stdout
+    assert calls(voucherify) == []  # a dry run sends nothing
+
+    sender = Sender(stack.web_url)
+    stop = threading.Event()
+    highest = [0]
+    client = redis.Redis.from_url(private_redis)
+
+    def live() -> None:
+        n = 0
+        while not stop.is_set():
+            sender.batch(
+                [
+                    {"type": "track", "messageId": f"live-{n}-{i}", "userId": f"live-{i}", "event": "Seen"}
+                    for i in range(3)
+                ]
+            )
+            highest[0] = max(highest[0], int(client.get("connector:backlog:acme") or 0))
+            n += 1
+            time.sleep(0.1)
+
+    feeder = threading.Thread(target=live, daemon=True)
+    feeder.start()
+    try:
+        result = cli(
+            stack, "replay", "-c", "acme", str(path), "--json", "--report", str(tmp_path / "r.jsonl")
+        )
+        assert result.returncode == 0, result.stderr
+        wait_until(
+            lambda: sum(1 for c in voucherify.customers() if c["source_id"].startswith("csv-")) == 1000,
+            timeout=120,
+            what="1,000 customers backfilled",
+        )
+    finally:
+        stop.set()
+        feeder.join(10)
+        client.close()
+    summary = json.loads(result.stdout)["files"][0]
+    assert summary["accepted"] == 1000 and summary["rejected_total"] == 0
+    store = {c["source_id"]: c for c in voucherify.customers()}
+    assert store["csv-0007"]["name"] == "Customer 7" and store["csv-0007"]["email"] == "c7@example.com"
+    assert sender.statuses and set(sender.statuses) == {200}, Counter(sender.statuses)  # never backlog_full
+    print(f"highest backlog seen by the live sender: {highest[0]} (bound {bound})")
+
+    # A CSV without userId: refused as a whole, said clearly, exit 1; nothing sent.
+    bad = tmp_path / "no-user.csv"
+    bad.write_text("id,email\n1,a@example.com\n")
+    wait_quiet(voucherify, seconds=4)
+    before = len(calls(voucherify))
+    refused = cli(stack, "replay", "-c", "acme", str(bad))
+    assert refused.returncode == 1 and "no userId column" in refused.stderr, refused.stderr
+    # A file or a connection that does not exist: exit 2, nothing read.
+    missing = cli(stack, "replay", "-c", "acme", str(tmp_path / "nope.json.gz"))
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    unknown = cli(stack, "replay", "-c", "nobody", str(path))
+    assert unknown.returncode == 2 and "no connection 'nobody'" in unknown.stderr
+    assert len(calls(voucherify)) == before
