@@ -26,7 +26,8 @@ from connector.memory import MemoryGuard
 from ops import replay_forecast as fc
 from ops.common import print_json, show_progress
 from ops.replay_read import FileRejected
-from ops.replay_run import Options, Replay, Source, Tally, counter_text
+from ops.replay_run import Options, Replay, Tally, counter_text
+from ops.replay_source import Source
 from workers.settings import load_settings
 
 PLAIN_EVERY_SECONDS = 5.0

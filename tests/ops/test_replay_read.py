@@ -15,7 +15,7 @@ import pytest
 from connector.quotas import QuotaSettings
 from ops import replay_forecast as fc
 from ops import replay_read as rr
-from ops.replay_run import prepare
+from ops.replay_source import prepare
 
 START = rr.Position()
 
