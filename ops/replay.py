@@ -216,9 +216,13 @@ def replay(
     try:
         for source in sources:
             current = source.name
-            if not resume and not dry_run and engine.load(source) is not None:
+            earlier = engine.load(source) if not dry_run else None
+            if resume and earlier is None:
+                click.echo(f"{source.name}: no checkpoint of an earlier run: from the beginning", err=True)
+            elif not resume and earlier is not None and not earlier["tally"].get("done"):
                 click.echo(
-                    f"{source.name}: an earlier run's checkpoint exists; starting over (--resume continues it)",
+                    f"{source.name}: an earlier run stopped at line {earlier['position'][0]:,}; "
+                    "starting over (--resume continues it)",
                     err=True,
                 )
             try:

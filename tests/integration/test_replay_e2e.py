@@ -416,3 +416,35 @@ def test_a_csv_backfill_paced_under_live_traffic_and_the_refusals(
     unknown = cli(stack, "replay", "-c", "nobody", str(path))
     assert unknown.returncode == 2 and "no connection 'nobody'" in unknown.stderr
     assert len(calls(voucherify)) == before
+
+    # stdin, gzip: `zcat`-free piping of an archive (`connector replay -c acme -`).
+    piped_ids = [f"stdin-{i}" for i in range(20)]
+    body = b"\n".join(
+        orjson.dumps({"type": "track", "messageId": m, "userId": m, "event": "Piped"}) for m in piped_ids
+    )
+    piped = subprocess.run(
+        [
+            str(BIN / "connector"),
+            "replay",
+            "-c",
+            "acme",
+            "-",
+            "--json",
+            "--report",
+            str(tmp_path / "p.jsonl"),
+        ],
+        input=gzip.compress(body),
+        env=stack.env,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert json.loads(piped.stdout)["files"][0]["accepted"] == 20
+
+    def piped_delivered() -> bool:
+        keys = {idem_key(r).split(":")[2] for r in successes(voucherify, EVENTS_PATH)}
+        return set(piped_ids) <= keys
+
+    wait_until(piped_delivered, timeout=60, what="the piped events delivered")

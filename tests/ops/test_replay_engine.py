@@ -219,3 +219,18 @@ def test_the_replay_waits_while_the_backlog_is_above_half_its_bound(tmp_path: Pa
     options = Options(connection(backlog_limit=100), report=tmp_path / "r.jsonl")
     Replay(options, client, KEYS, rec, sleep=drain).run(Source(str(path)))
     assert len(rec.ids()) == 30 and waits == [90, 80, 70, 60, 50, 40, 30]
+
+
+def test_progress_plain_lines_off_a_terminal_and_a_bar_on_one(capsys: pytest.CaptureFixture[str]) -> None:
+    from ops.replay import Progress
+    from ops.replay_run import Tally
+
+    tally = Tally(lines=1200, accepted=1100, rejected={"invalid_json": 3}, skipped={"duplicate": 97})
+    Progress(bar=False)("archive.json.gz", tally, 500, 1000, "")
+    line = capsys.readouterr().err
+    assert "archive.json.gz 50%: read 1,200 accepted 1,100 rejected 3 skipped 97" in line
+    bar = Progress(bar=True)
+    bar("archive.json.gz", tally, 500, 1000, "")
+    bar.close()
+    drawn = capsys.readouterr().err
+    assert "archive.json.gz" in drawn and "accepted 1,100" in drawn and "50%" in drawn
