@@ -76,6 +76,9 @@ class Progress:
             f"read {tally.lines:,} accepted {tally.accepted:,} rejected {tally.rejected_total:,} "
             f"skipped {sum(tally.skipped.values()):,}"
         )
+        if self.replay is not None:
+            # Accepted and not finished yet, live work included: what delivery still has to do.
+            text += f" queued {self.replay.backlog_seen:,}"
         if self.bar_wanted:
             if self.bar is None or self.file != name:
                 self.close()
@@ -112,6 +115,12 @@ class Progress:
         )
         seconds = fc.seconds_for(calls, connection.voucherify.quota)
         return "" if seconds is None else f", quota time for the file ~{fc.human(seconds)}"
+
+    def say(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            click.echo(text, err=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -210,6 +219,7 @@ def replay(
     engine = Replay(options, client, keys, enqueuer)
     bar = Progress(show_progress(progress), engine)
     engine.progress = bar
+    engine.say = bar.say
     results: list[tuple[str, Tally]] = []
     refused = False
     current = ""

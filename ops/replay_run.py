@@ -60,6 +60,7 @@ CHECKPOINT_LINES = 5_000  # a checkpoint at least this often when lines are only
 CHECKPOINT_TTL = 30 * 86400
 DOOR = "replay"
 PACE_POLL_SECONDS = 0.5
+NOTICE_SECONDS = 30.0
 
 
 @dataclass
@@ -135,6 +136,8 @@ class Replay:
         self.sleep = sleep
         self.customers = DistinctCounter()
         self.run_id = os.urandom(4).hex()
+        self.backlog_seen = 0  # the connection's backlog at the last look (the progress shows it)
+        self.say: Callable[[str], None] = lambda text: None  # the operator's notices (the CLI: stderr)
 
     # --- checkpoints ---------------------------------------------------------------------
 
@@ -368,17 +371,24 @@ class Replay:
         """Wait while the backlog is above ``pace`` of its bound (events or bytes)."""
         limit = self.c.backlog_limit * self.o.pace
         bytes_limit = self.c.backlog_bytes_limit * self.o.pace
-        waited = False
+        said = 0.0
         while True:
             raw_events, raw_bytes = self.redis.mget(
                 [self.keys.backlog(self.c.id), self.keys.backlog_bytes(self.c.id)]
             )
             now_events, now_bytes = int(raw_events or 0), int(raw_bytes or 0)
+            self.backlog_seen = now_events
             if now_events == 0 or (now_events + events <= limit and now_bytes + stored <= bytes_limit):
                 return
-            if not waited:
-                log.info("replay waits: backlog above its share", extra={"connection": self.c.id})
-                waited = True
+            if time.monotonic() - said >= NOTICE_SECONDS:
+                # Said, not only logged: a replay waiting on workers that do not run (or on a
+                # paused connection) must not look like a hang.
+                said = time.monotonic()
+                self.say(
+                    f"waiting: the backlog holds {now_events:,} events ({now_bytes:,} bytes), more than "
+                    f"{self.o.pace:.0%} of its bound {self.c.backlog_limit:,}: live ingest keeps the rest "
+                    "(are the workers running? connector stats)"
+                )
             self.sleep(PACE_POLL_SECONDS)
 
     def _publish(self, kept: list[tuple[dict[str, Any], bytes]]) -> None:

@@ -217,8 +217,12 @@ def test_the_replay_waits_while_the_backlog_is_above_half_its_bound(tmp_path: Pa
 
     rec = Checking()
     options = Options(connection(backlog_limit=100), report=tmp_path / "r.jsonl")
-    Replay(options, client, KEYS, rec, sleep=drain).run(Source(str(path)))
+    engine = Replay(options, client, KEYS, rec, sleep=drain)
+    said: list[str] = []
+    engine.say = said.append
+    engine.run(Source(str(path)))
     assert len(rec.ids()) == 30 and waits == [90, 80, 70, 60, 50, 40, 30]
+    assert len(said) == 1 and "waiting: the backlog holds 90 events" in said[0]  # not a silent hang
 
 
 def test_progress_plain_lines_off_a_terminal_and_a_bar_on_one(capsys: pytest.CaptureFixture[str]) -> None:
