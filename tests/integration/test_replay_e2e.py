@@ -408,12 +408,14 @@ def test_a_csv_backfill_paced_under_live_traffic_and_the_refusals(
     bad.write_text("id,email\n1,a@example.com\n")
     wait_quiet(voucherify, seconds=4)
     before = len(calls(voucherify))
-    refused = cli(stack, "replay", "-c", "acme", str(bad))
+    refused = cli(stack, "replay", "-c", "acme", str(bad), "--report", str(tmp_path / "refused.jsonl"))
     assert refused.returncode == 1 and "no userId column" in refused.stderr, refused.stderr
     # A file or a connection that does not exist: exit 2, nothing read.
-    missing = cli(stack, "replay", "-c", "acme", str(tmp_path / "nope.json.gz"))
+    missing = cli(
+        stack, "replay", "-c", "acme", str(tmp_path / "nope.json.gz"), "--report", str(tmp_path / "m.jsonl")
+    )
     assert missing.returncode == 2 and "no such file" in missing.stderr
-    unknown = cli(stack, "replay", "-c", "nobody", str(path))
+    unknown = cli(stack, "replay", "-c", "nobody", str(path), "--report", str(tmp_path / "u.jsonl"))
     assert unknown.returncode == 2 and "no connection 'nobody'" in unknown.stderr
     assert len(calls(voucherify)) == before
 

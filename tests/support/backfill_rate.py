@@ -66,7 +66,17 @@ def measure(
             rows = (f"bf-{n:07d},Customer {n},c{n}@example.com" for n in range(customers))
             path.write_text("userId,name,email\n" + "\n".join(rows) + "\n")
             began = time.monotonic()
-            result = connector_cli(env, "replay", "-c", "acme", str(path), "--json", timeout=timeout)
+            result = connector_cli(
+                env,
+                "replay",
+                "-c",
+                "acme",
+                str(path),
+                "--json",
+                "--report",
+                str(tmp / "rejected.jsonl"),
+                timeout=timeout,
+            )
             if result.returncode != 0:
                 raise RuntimeError(result.stderr)
             wait_until(
