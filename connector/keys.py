@@ -58,6 +58,7 @@ Layout (``{p}`` is the prefix, ``{c}`` a connection id)::
     {p}suppressed:{c}                   set     user ids whose events are dropped (SPEC 14; never expires)
     {p}regulation:{id}                  hash    a regulation: its request, and per connection its status
     {p}regulations                      zset    regulation id -> created (epoch ms), newest last
+    {p}replay:{c}:{file}                string  a replay's checkpoint (SPEC 15): JSON position, counts (TTL)
 
 The broker (kombu's Redis transport) keeps its own keys: the queues (named after the regions,
 ``voucherify.eu1``...), ``unacked``, ``unacked_index``, ``unacked_mutex`` and ``_kombu.binding.*``.
@@ -276,3 +277,7 @@ class Keys:
     @property
     def regulations(self) -> str:
         return f"{self.prefix}regulations"
+
+    # Replay checkpoints (SPEC 15, ops.replay_run): the file's identity is a digest of its content.
+    def replay(self, connection_id: str, file_identity: str) -> str:
+        return f"{self.prefix}replay:{connection_id}:{file_identity}"

@@ -14,6 +14,8 @@
     connector map         [-c C] --event FILE [--send] [--json]   dry run of one event's mapping
     connector trace       ID [--json]            the journey of one event (received ... outcome)
     connector overview    [--json]               per connection: last hour / day by outcome and reason
+    connector replay      FILE... [-c C] [--from T] [--to T] [--dry-run] [--resume] [--force]
+                          archives (JSONL, gzip, '-') and customer CSVs through the live lanes
     connector healthcheck web|worker             this container's web or worker alive (compose health checks)
 
 ``check``, ``send-test``, ``stats`` and ``map`` read the configuration as the processes do.
@@ -47,6 +49,7 @@ COMMANDS = {
     "overview": "ops.overviewcmd:overview_command",
     "regulate": "ops.regulatecmd:regulate",
     "regulations": "ops.regulatecmd:regulations_command",
+    "replay": "ops.replay:replay",
     "resume": "ops.resume:resume",
     "scheduler": "ops.scheduler:scheduler",
     "send-test": "ops.send_test:send_test",
