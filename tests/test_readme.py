@@ -16,9 +16,6 @@ MAX_LINES = 420
 # The docs that took the README's design notes, choices and history (issue #23).
 MOVED = ("choices", "configuration", "design", "interfaces", "operations", "performance", "quotas")
 MOVED += ("regulations", "sandbox", "security")
-# Linked from the README and being written on other branches right now (the backfill command,
-# the fleet-wide metrics): each leaves this set once it is in the tree.  Nothing else may be.
-PENDING = {"docs/backfill.md"}
 # "SPEC 10", "SPEC 3.4c", "seed 004", "the SPEC": names of documents the repository does not hold.
 ABSENT_DOCUMENT = re.compile(r"\bSPEC\b|\bseed \d+", re.IGNORECASE)
 LINK = re.compile(r"\]\(([^)\s]+)\)")
@@ -51,8 +48,7 @@ def test_no_document_the_repository_does_not_hold_is_named(path: Path) -> None:
         if re.match(r"[a-z]+:", target) or target.startswith("#"):
             continue  # a URL, or an anchor of the same page
         file = (path.parent / target.split("#", 1)[0]).resolve()
-        relative = file.relative_to(ROOT).as_posix() if file.is_relative_to(ROOT) else str(file)
-        if not file.exists() and relative not in PENDING:
+        if not file.exists():
             missing.append(target)
     assert not missing, f"{path.name} links to files that do not exist: {missing}"
 
@@ -65,10 +61,3 @@ def test_the_checker_catches_what_it_is_for(tmp_path: Path) -> None:
         "docs/nowhere.md",
         "https://example.com",
     ]
-
-
-def test_pending_links_are_still_linked() -> None:
-    """A pending document stays in PENDING only while the README links to it."""
-    text = README.read_text()
-    for target in PENDING:
-        assert f"]({target})" in text, target
