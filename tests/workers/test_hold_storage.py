@@ -1,0 +1,99 @@
+# ruff: noqa: F811 - pytest fixtures imported from tests.support.delivery and test_fewer_calls
+"""How the hold window stores its items (workers.delivery.holdscripts): one field per customer of
+the connection's ``held`` hash, the items' fields at their defaults left out; a customer's list
+key only past ``MAX_FIELD_BYTES`` or when written by the previous version (an upgrade keeps
+them, in order).  Real Redis, the pipeline's own functions, a scripted transport."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+
+from connector.contract import DESTINATION
+from tests.support.delivery import (  # noqa: F401 - fixtures
+    FakeTransport,
+    client,
+    keys,
+    redis_db_url,
+    transport,
+)
+from tests.workers.test_fewer_calls import (  # noqa: F401 - fixtures
+    _mapper,
+    drain,
+    ident,
+    ingest,
+    rt,
+)
+from workers.delivery import holds
+from workers.delivery.store import DelayedStore
+from workers.runtime import Runtime
+
+
+def bodies(transport: FakeTransport) -> list[dict[str, object]]:
+    return [c.body for c in transport.calls if isinstance(c.body, dict)]
+
+
+def test_held_items_are_one_field_per_customer_without_their_defaults(rt: Runtime) -> None:
+    # test_memory_budget_e2e: 2,000 customers held at once made 2,000 list keys (~150 B each of
+    # Redis's own) of items repeating "attempts":0, "history":[] ... (~90 B).
+    ingest(rt, ident("m1", "a", 1, name="A"), ident("m2", "b", 1, name="B"))
+    ingest(rt, ident("m3", "a", 2, email="a@x"))
+    assert not list(rt.redis.scan_iter(match=rt.keys.hold("acme", "*")))
+    field = rt.redis.hget(rt.keys.held("acme"), "a") or b""
+    lines = [orjson.loads(line) for line in field.split(b"\n")]
+    assert [i["request"]["message_id"] for i in lines] == ["m1", "m3"]
+    assert not {"attempts", "history", "first_attempt_at", "last_delay", "parked"} & set(lines[0])
+    assert holds.Holds(rt.redis, rt.keys, "acme").size() == 2
+
+    # Taken back whole (defaults filled in), in order.
+    _, taken, _ = holds.Holds(rt.redis, rt.keys, "acme").take(DESTINATION, "voucherify.eu", ["a"])
+    assert [i["request"]["message_id"] for i in taken] == ["m1", "m3"]
+    assert taken[0]["attempts"] == 0 and taken[0]["history"] == [] and taken[0]["held"] is True
+    assert not rt.redis.hexists(rt.keys.held("acme"), "a")
+
+
+def test_a_customer_past_the_field_bound_continues_in_its_list_in_order(
+    rt: Runtime, transport: FakeTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(holds, "MAX_FIELD_BYTES", 10)  # every append after the first goes to the list
+    ingest(rt, ident("m1", "a", 1, name="A"))
+    ingest(rt, ident("m2", "a", 2, email="a@x"))
+    ingest(rt, ident("m3", "a", 3, name="A3"))
+    assert rt.redis.llen(rt.keys.hold("acme", "a")) == 2 and rt.redis.hexists(rt.keys.held("acme"), "a")
+    assert drain(rt) == 1
+    # One merged upsert: the newest name wins, the earlier email kept (the order was kept).
+    [body] = bodies(transport)
+    assert body["name"] == "A3" and body["email"] == "a@x"
+    assert not rt.redis.exists(rt.keys.hold("acme", "a"), rt.keys.held("acme"))
+
+
+def test_lists_written_before_the_hash_are_released_and_taken_after_an_upgrade(
+    rt: Runtime, transport: FakeTransport
+) -> None:
+    # A customer's list as the previous version wrote it (whole items, "held" flagged).
+    ingest(rt, ident("m1", "a", 1, name="A"))
+    field = rt.redis.hget(rt.keys.held("acme"), "a") or b""
+    old = {**orjson.loads(field), "attempts": 0, "history": [], "first_attempt_at": None}
+    rt.redis.hdel(rt.keys.held("acme"), "a")
+    rt.redis.rpush(rt.keys.hold("acme", "a"), orjson.dumps(old))
+    # A new item of that customer goes behind the old list (never before it).
+    ingest(rt, ident("m2", "a", 2, name="A2", email="a@x"))
+    assert rt.redis.llen(rt.keys.hold("acme", "a")) == 2
+    assert drain(rt) == 1
+    [body] = bodies(transport)
+    assert body["name"] == "A2" and body["email"] == "a@x"
+    assert not rt.redis.exists(rt.keys.hold("acme", "a"))
+
+    # An old list alone is taken in front of a custom event too.
+    rt.redis.rpush(
+        rt.keys.hold("acme", "b"), orjson.dumps({**old, "request": {**old["request"], "customer": "b"}})
+    )
+    rt.redis.zadd(rt.keys.holds("acme"), {"b": int((time.time() + 60) * 1000)})
+    taken_id, taken, busy = holds.Holds(rt.redis, rt.keys, "acme").take(DESTINATION, "voucherify.eu", ["b"])
+    assert taken_id and len(taken) == 1 and not busy
+    [entry] = [
+        e for e in DelayedStore(rt.redis, rt.keys).claim_due(now=time.time() + 3600) if e.id == taken_id
+    ]
+    assert entry.items[0]["request"]["customer"] == "b"
