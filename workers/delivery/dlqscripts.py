@@ -7,20 +7,29 @@ from connector.lua import Lua
 # What one record adds (Lua, shared by the scripts below).  KEYS[1..6]: dlq, dlq:data,
 # dlq:counts, dlq:bytes, dlq:shared, dlq:shared:refs.  A record: id, score, JSON, connection id,
 # then twice a reference and its JSON ("" if none or unknown): the field of its batch's shared
-# objects ("{c}:{digest}"), then the field of its base (the fields it shares with the letters of
-# the same failure: direction, queue, reason, error).  Both are stored once in dlq:shared and
-# counted in dlq:shared:refs.  The connection's bytes count the record and, once, what it is the
-# first to reference: the dead-letter store is data, bounded per connection at the ingest (SPEC
-# 16).  A record written again under its id replaces the old one: the old one's references are
-# released first, else their counts grow with every rewrite and the copies (and their bytes)
-# outlive the last letter.
+# objects ("{c}:{digest}"), then the field of its base ("{c}:b:{digest}": the fields it shares
+# with the letters of the same failure and batch -- direction, queue, reason, error, the shared
+# objects' digest).  Both are stored once in dlq:shared and counted in dlq:shared:refs: a
+# record references its base, a base its batch's objects (a record of the previous version
+# references the objects itself).  The connection's bytes count the record and, once, what it
+# is the first to reference: the dead-letter store is data, bounded per connection at the
+# ingest (SPEC 16).  A record written again under its id replaces the old one: the old one's
+# references are released first, else their counts grow with every rewrite and the copies (and
+# their bytes) outlive the last letter.
 _ADD_ONE = """
 local function release(c, field)
   if redis.call('HINCRBY', KEYS[6], field, -1) <= 0 then
     local blob = redis.call('HGET', KEYS[5], field)
-    if blob then redis.call('HINCRBY', KEYS[4], c, -string.len(blob)) end
     redis.call('HDEL', KEYS[5], field)
     redis.call('HDEL', KEYS[6], field)
+    if blob then
+      redis.call('HINCRBY', KEYS[4], c, -string.len(blob))
+      if string.sub(field, #c + 2, #c + 3) == 'b:' then
+        local ok, base = pcall(cjson.decode, blob)
+        local ref = ok and type(base) == 'table' and base['shared']
+        if type(ref) == 'string' and ref ~= '' then release(c, c .. ':' .. ref) end
+      end
+    end
   end
 end
 local function release_refs(c, raw)
@@ -32,12 +41,11 @@ local function release_refs(c, raw)
   end
 end
 local function refer(c, field, blob)
-  if field ~= '' and blob ~= '' then
-    if redis.call('HSETNX', KEYS[5], field, blob) == 1 then
-      redis.call('HINCRBY', KEYS[4], c, string.len(blob))
-    end
-    redis.call('HINCRBY', KEYS[6], field, 1)
-  end
+  if field == '' or blob == '' then return false end
+  local new = redis.call('HSETNX', KEYS[5], field, blob) == 1
+  if new then redis.call('HINCRBY', KEYS[4], c, string.len(blob)) end
+  redis.call('HINCRBY', KEYS[6], field, 1)
+  return new
 end
 local function add_one(id, score, json, c, field, blob, base, base_blob)
   if redis.call('ZADD', KEYS[1], score, id) == 1 then
@@ -51,8 +59,11 @@ local function add_one(id, score, json, c, field, blob, base, base_blob)
   end
   redis.call('HSET', KEYS[2], id, json)
   redis.call('HINCRBY', KEYS[4], c, string.len(json))
-  refer(c, field, blob)
-  refer(c, base, base_blob)
+  if base ~= '' then
+    if refer(c, base, base_blob) then refer(c, field, blob) end  -- a new base refers the objects
+  else
+    refer(c, field, blob)
+  end
 end
 """
 

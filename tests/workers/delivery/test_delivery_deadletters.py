@@ -221,17 +221,11 @@ def test_the_shared_copy_lives_exactly_as_long_as_its_last_letter(client: redis.
     other = store.add(_sharing("other", "o1", blob))
 
     def shared() -> dict[str, int]:
-        return (  # the batch objects' copies (the bases are counted alike: _base_bytes)
-            {
-                k.decode(): int(v)
-                for k, v in client.hgetall(keys.dlq_shared_refs).items()
-                if not k.decode().split(":")[1].startswith("b")
-            }
-            if client.exists(keys.dlq_shared_refs)
-            else {}
-        )
+        # The references: the letters' base (per connection) and the batch objects it refers.
+        refs = client.hgetall(keys.dlq_shared_refs)
+        return {":".join(k.decode().split(":")[:2]).replace(":b", ":base"): int(v) for k, v in refs.items()}
 
-    assert shared() == {"acme:d1": 3, "other:d1": 1}
+    assert shared() == {"acme:base": 3, "acme:d1": 1, "other:base": 1, "other:d1": 1}
     assert client.hexists(keys.dlq_shared, "acme:d1")
     records = sum(len(client.hget(keys.dlq_data, i) or b"") for i in ids)
     # The copy counted once, not per letter (so is the letters' base: one failure's fields).
@@ -239,7 +233,7 @@ def test_the_shared_copy_lives_exactly_as_long_as_its_last_letter(client: redis.
 
     # Purged: one letter fewer, the copy stays for the two left (and is still merged back).
     assert store.purge([r for r in store.select(connection="acme") if r.id == ids[0]]) == 1
-    assert shared() == {"acme:d1": 2, "other:d1": 1}
+    assert shared() == {"acme:base": 2, "acme:d1": 1, "other:base": 1, "other:d1": 1}
     kept = store.get(ids[1])
     assert kept is not None and kept.payload["context"]["traits"]["plan"].startswith("gold")
 
@@ -247,12 +241,12 @@ def test_the_shared_copy_lives_exactly_as_long_as_its_last_letter(client: redis.
     publish = Recorder()
     assert store.replay([r for r in store.select(connection="acme") if r.id == ids[1]], publish) == [ids[1]]
     assert publish.calls[0][1][1][0]["context"]["traits"]["plan"].startswith("gold")  # replayed whole
-    assert shared() == {"acme:d1": 1, "other:d1": 1}
+    assert shared() == {"acme:base": 1, "acme:d1": 1, "other:base": 1, "other:d1": 1}
     assert client.hexists(keys.dlq_shared, "acme:d1")
 
     # The last letter goes: so do the copy, its count and the connection's bytes.
     assert store.purge(store.select(connection="acme")) == 1
-    assert shared() == {"other:d1": 1}
+    assert shared() == {"other:base": 1, "other:d1": 1}
     assert not client.hexists(keys.dlq_shared, "acme:d1")
     assert store.bytes_of("acme") == 0 and not client.hexists(keys.dlq_bytes, "acme")
     # The other connection's copy never moved.
@@ -332,8 +326,10 @@ def test_letters_of_one_failure_store_their_shared_fields_once_and_read_whole(
 
 
 def test_a_letter_of_the_previous_format_still_reads_counts_and_goes(client: redis.Redis, keys: Keys) -> None:
-    # An upgrade keeps the dead letters written before bases: whole records, their own time.
+    # An upgrade keeps the dead letters written before bases: whole records, their own time,
+    # their own reference to the batch objects (shared with a new letter's base here).
     store = DeadLetters(client, keys)
+    blob = orjson.dumps({"context": {"traits": {"plan": "gold"}}})
     old = {
         "connection_id": "acme",
         "direction": DESTINATION,
@@ -343,19 +339,28 @@ def test_a_letter_of_the_previous_format_still_reads_counts_and_goes(client: red
         "payload": {"messageId": "m0", "type": "track", "userId": "u1"},
         "status": 400,
         "dead_lettered_at": 1700000000.5,
+        "shared": "d1",
     }
     raw = orjson.dumps(old)
     client.zadd(keys.dlq, {"old-1": 1700000000500})
     client.hset(keys.dlq_data, "old-1", raw)
+    client.hset(keys.dlq_shared, "acme:d1", blob)
+    client.hset(keys.dlq_shared_refs, "acme:d1", 1)
     client.hset(keys.dlq_counts, "acme", 1)
-    client.hset(keys.dlq_bytes, "acme", len(raw))
-    new = store.add(_record(mid="m1"))
+    client.hset(keys.dlq_bytes, "acme", len(raw) + len(blob))
+    new = store.add(_sharing("acme", "m1", blob))
+    assert int(client.hget(keys.dlq_shared_refs, "acme:d1") or 0) == 2  # the old letter, the new base
 
     got = store.get("old-1")
     assert got is not None and got.dead_lettered_at == 1700000000.5 and got.error == "HTTP 400"
+    assert got.payload["context"]["traits"]["plan"] == "gold"
     assert [r.id for r in store.select(reason="rejected")] == [new, "old-1"]
     assert store.counts() == {"acme": 2}
     assert store.purge([got]) == 1
-    assert store.bytes_of("acme") == len(client.hget(keys.dlq_data, new) or b"") + _base_bytes(
+    assert store.bytes_of("acme") == len(client.hget(keys.dlq_data, new) or b"") + len(blob) + _base_bytes(
         client, keys, "acme", [new]
     )
+    fresh = store.get(new)
+    assert fresh is not None and fresh.payload["context"]["traits"]["plan"] == "gold"
+    assert store.purge([fresh]) == 1
+    assert not client.exists(keys.dlq_shared, keys.dlq_shared_refs, keys.dlq_data, keys.dlq_bytes)
