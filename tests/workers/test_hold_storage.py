@@ -97,3 +97,24 @@ def test_lists_written_before_the_hash_are_released_and_taken_after_an_upgrade(
         e for e in DelayedStore(rt.redis, rt.keys).claim_due(now=time.time() + 3600) if e.id == taken_id
     ]
     assert entry.items[0]["request"]["customer"] == "b"
+
+
+def test_forgetting_a_customer_drops_its_field_and_its_list(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SPEC 14: a deleted subject's held upserts go, in both forms (field, then list), backlog released.
+    from workers.delivery import forget
+    from workers.runtime import context_for
+
+    monkeypatch.setattr(holds, "MAX_FIELD_BYTES", 10)
+    ingest(rt, ident("m1", "a", 1, name="A"), ident("m2", "b", 1, name="B"))
+    ingest(rt, ident("m3", "a", 2, name="A2"))  # past the bound: into a's list
+    assert rt.redis.llen(rt.keys.hold("acme", "a")) == 1
+    left = int(rt.redis.get(rt.keys.backlog("acme")) or 0)
+    ctx = context_for(rt, rt.settings.connections[0], DESTINATION)
+    done = forget.forget(ctx, ["a"])
+    ctx.flush_backlog()
+    assert done.held == 2 and {"m1", "m3"} <= done.message_ids
+    assert not rt.redis.exists(rt.keys.hold("acme", "a")) and not rt.redis.hexists(rt.keys.held("acme"), "a")
+    assert rt.redis.hexists(rt.keys.held("acme"), "b") and holds.Holds(rt.redis, rt.keys, "acme").size() == 1
+    assert int(rt.redis.get(rt.keys.backlog("acme")) or 0) == left - 2
