@@ -20,6 +20,7 @@ from tests.support.delivery import (  # noqa: F401 - fixtures
     transport,
 )
 from tests.workers.test_fewer_calls import (  # noqa: F401 - fixtures
+    WINDOW,
     _mapper,
     drain,
     ident,
@@ -45,13 +46,24 @@ def test_held_items_are_one_field_per_customer_without_their_defaults(rt: Runtim
     lines = [orjson.loads(line) for line in field.split(b"\n")]
     assert [i["request"]["message_id"] for i in lines] == ["m1", "m3"]
     assert not {"attempts", "history", "first_attempt_at", "last_delay", "parked"} & set(lines[0])
+    # What a batch's items repeat is stored once, counted per item referring it (here each
+    # item's headers name its own key: a base each; a real batch shares one, test_memory_budget_e2e).
+    assert "received_at" not in lines[0] and "path" not in lines[0]["request"]
+    bases = rt.redis.hgetall(rt.keys.held_bases("acme"))
+    assert sum(int(v) for k, v in bases.items() if k.startswith(b"n:")) == 3
     assert holds.Holds(rt.redis, rt.keys, "acme").size() == 2
 
     # Taken back whole (defaults filled in), in order.
     _, taken, _ = holds.Holds(rt.redis, rt.keys, "acme").take(DESTINATION, "voucherify.eu", ["a"])
     assert [i["request"]["message_id"] for i in taken] == ["m1", "m3"]
     assert taken[0]["attempts"] == 0 and taken[0]["history"] == [] and taken[0]["held"] is True
+    assert taken[0]["request"]["path"] == "/v1/customers" and "received_at" in taken[0]
     assert not rt.redis.hexists(rt.keys.held("acme"), "a")
+    # Their bases went with the last item referring them: b's alone is left.
+    bases = rt.redis.hgetall(rt.keys.held_bases("acme"))
+    assert sum(int(v) for k, v in bases.items() if k.startswith(b"n:")) == 1 and len(bases) == 2
+    assert drain(rt) == 1
+    assert not rt.redis.exists(rt.keys.held_bases("acme"), rt.keys.held("acme"))
 
 
 def test_a_customer_past_the_field_bound_continues_in_its_list_in_order(
@@ -66,7 +78,7 @@ def test_a_customer_past_the_field_bound_continues_in_its_list_in_order(
     # One merged upsert: the newest name wins, the earlier email kept (the order was kept).
     [body] = bodies(transport)
     assert body["name"] == "A3" and body["email"] == "a@x"
-    assert not rt.redis.exists(rt.keys.hold("acme", "a"), rt.keys.held("acme"))
+    assert not rt.redis.exists(rt.keys.hold("acme", "a"), rt.keys.held("acme"), rt.keys.held_bases("acme"))
 
 
 def test_lists_written_before_the_hash_are_released_and_taken_after_an_upgrade(
@@ -74,10 +86,12 @@ def test_lists_written_before_the_hash_are_released_and_taken_after_an_upgrade(
 ) -> None:
     # A customer's list as the previous version wrote it (whole items, "held" flagged).
     ingest(rt, ident("m1", "a", 1, name="A"))
-    field = rt.redis.hget(rt.keys.held("acme"), "a") or b""
-    old = {**orjson.loads(field), "attempts": 0, "history": [], "first_attempt_at": None}
-    rt.redis.hdel(rt.keys.held("acme"), "a")
+    hs = holds.Holds(rt.redis, rt.keys, "acme")
+    taken_id, [old], _ = hs.take(DESTINATION, "voucherify.eu", ["a"])
+    DelayedStore(rt.redis, rt.keys).ack([taken_id or ""])
+    assert old["held"] is True and old["request"]["path"] == "/v1/customers"
     rt.redis.rpush(rt.keys.hold("acme", "a"), orjson.dumps(old))
+    rt.redis.zadd(rt.keys.holds("acme"), {"a": int((time.time() + WINDOW) * 1000)})
     # A new item of that customer goes behind the old list (never before it).
     ingest(rt, ident("m2", "a", 2, name="A2", email="a@x"))
     assert rt.redis.llen(rt.keys.hold("acme", "a")) == 2
@@ -118,3 +132,6 @@ def test_forgetting_a_customer_drops_its_field_and_its_list(
     assert not rt.redis.exists(rt.keys.hold("acme", "a")) and not rt.redis.hexists(rt.keys.held("acme"), "a")
     assert rt.redis.hexists(rt.keys.held("acme"), "b") and holds.Holds(rt.redis, rt.keys, "acme").size() == 1
     assert int(rt.redis.get(rt.keys.backlog("acme")) or 0) == left - 2
+    # b's items keep their base; a's bases went with them.
+    bases = rt.redis.hgetall(rt.keys.held_bases("acme"))
+    assert sum(int(v) for k, v in bases.items() if k.startswith(b"n:")) == 1 and len(bases) == 2

@@ -28,7 +28,7 @@ import redis
 from connector import regulations, tracestore
 from connector.contract import backlog_of
 from workers.delivery.context import Context
-from workers.delivery.holdscripts import held_items
+from workers.delivery.holdscripts import DROP, held_items
 from workers.delivery.ledger import new_token
 from workers.delivery.outbox import Outbox
 
@@ -113,14 +113,13 @@ def forget(ctx: Context, subjects: Iterable[str]) -> Forgotten:
 def _held(ctx: Context, wanted: set[str], done: Forgotten) -> None:
     keys, cid = ctx.keys, ctx.connection_id
     for subject in wanted:
-        pipe = ctx.client.pipeline(transaction=True)
-        pipe.hget(keys.held(cid), subject)  # the customer's field, then its list (holdscripts)
-        pipe.lrange(keys.hold(cid, subject), 0, -1)
-        pipe.hdel(keys.held(cid), subject)
-        pipe.delete(keys.hold(cid, subject))
-        pipe.zrem(keys.holds(cid), subject)
-        first, listed, *_ = pipe.execute()
-        for item in [i for raw in ([first] if first else []) + listed for i in held_items(raw)]:
+        # The customer's field, then its list, whole again (workers.delivery.holdscripts).
+        raws = DROP(
+            ctx.client,
+            [keys.holds(cid), keys.held(cid), keys.held_bases(cid)],
+            [subject, keys.hold(cid, subject)],
+        )
+        for item in [i for raw in raws for i in held_items(raw)]:
             ctx.release_backlog(*backlog_of(item))
             done.message_ids |= _ids_of(item)
             done.held += 1

@@ -6,6 +6,7 @@ held requests become fewer calls (``coalesce_held``), and what an upsert's diges
 unchanged skip).  Redis layout (``{p}`` the prefix, ``{c}`` the connection)::
 
     {p}held:{c}                  hash    customer -> held delivery items (JSON lines), in order
+    {p}heldbase:{c}              hash    what a batch's held items repeat, once (counted)
     {p}hold:{c}:{customer}       list    the customer's further items past 64 KB, or an older
                                          version's (read after the field; holdscripts says why)
     {p}holds:{c}                 zset    customer -> due (epoch ms: first held + window)
@@ -49,7 +50,7 @@ from connector.keys import Keys
 from workers.delivery import attempts
 from workers.delivery.attempts import Step
 from workers.delivery.context import Context
-from workers.delivery.holdscripts import DEL_IF, HOLD, MAX_FIELD_BYTES, RELEASE, TAKE, compact, held_items
+from workers.delivery.holdscripts import DEL_IF, HOLD, MAX_FIELD_BYTES, RELEASE, TAKE, held_items, lines
 from workers.delivery.store import DelayedStore
 from workers.outbound import OutboundRequest
 
@@ -144,13 +145,19 @@ class Holds:
         """Hold the customers' items; when each customer's window ends (epoch seconds)."""
         if not by_customer:
             return {}
-        head = self.entry_head(direction, queue)
-        args: list[Any] = [max(1, int(window * 1000)), self.connection_id, head, MAX_FIELD_BYTES]
+        bases: dict[str, list[Any]] = {}
+        held: list[Any] = []
         for customer, items in by_customer.items():
-            args += [customer, hold_key(self.keys, self.connection_id, customer), len(items)]
-            args += [orjson.dumps(compact(i)) for i in items]
-        zset, held = holds_key(self.keys, self.connection_id), self.keys.held(self.connection_id)
-        dues = HOLD(self.client, [zset, index_key(self.keys), held], args)
+            held += [customer, hold_key(self.keys, self.connection_id, customer), len(items)]
+            held += lines(items, bases)
+        head = self.entry_head(direction, queue)
+        args: list[Any] = [max(1, int(window * 1000)), self.connection_id, head, MAX_FIELD_BYTES, len(bases)]
+        for ref, (text, count) in bases.items():
+            args += [ref, text, count]
+        k, cid = self.keys, self.connection_id
+        dues = HOLD(
+            self.client, [holds_key(k, cid), index_key(k), k.held(cid), k.held_bases(cid)], args + held
+        )
         return {c: float(d) / 1000 for c, d in zip(by_customer, dues, strict=True)}
 
     def take(
@@ -176,6 +183,7 @@ class Holds:
                 self.keys.delayed,
                 self.keys.delayed_data,
                 self.keys.held(self.connection_id),
+                self.keys.held_bases(self.connection_id),
             ],
             args,
         )
@@ -234,7 +242,14 @@ def release_due(client: redis.Redis, keys: Keys, *, limit: int = RELEASE_CUSTOME
         count = int(
             RELEASE(
                 client,
-                [holds_key(keys, cid), keys.delayed, keys.delayed_data, index_key(keys), keys.held(cid)],
+                [
+                    holds_key(keys, cid),
+                    keys.delayed,
+                    keys.delayed_data,
+                    index_key(keys),
+                    keys.held(cid),
+                    keys.held_bases(cid),
+                ],
                 [
                     cid,
                     keys.prefix,
