@@ -7,6 +7,7 @@ them, in order).  Real Redis, the pipeline's own functions, a scripted transport
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import orjson
 import pytest
@@ -135,3 +136,20 @@ def test_forgetting_a_customer_drops_its_field_and_its_list(
     # b's items keep their base; a's bases went with them.
     bases = rt.redis.hgetall(rt.keys.held_bases("acme"))
     assert sum(int(v) for k, v in bases.items() if k.startswith(b"n:")) == 1 and len(bases) == 2
+
+
+def test_a_line_the_base_cannot_shorten_is_held_whole() -> None:
+    # The base form needs a request with fields of its own and the item fields of its own; an
+    # item without a payload (or a request of only the repeated fields) is held as it is.
+    from workers.delivery.holdscripts import held_items, lines
+
+    bare: Any = {"request": {"method": "POST", "path": "/v1/customers"}, "received_at": 1.0, "held": True}
+    full: Any = {**bare, "request": {**bare["request"], "customer": "a"}, "payload": {"userId": "a"}}
+    bases: dict[str, list[Any]] = {}
+    plain, based = lines([bare, full], bases)
+    assert not plain.startswith(b'{"b":') and based.startswith(b'{"b":')
+    assert held_items(plain) == [
+        {**bare, "attempts": 0, "history": [], "first_attempt_at": None, "last_delay": None, "parked": False}
+    ]
+    [(text, count)] = bases.values()
+    assert count == 1 and b"/v1/customers" in text and b"/v1/customers" not in based
