@@ -48,7 +48,9 @@ Layout (``{p}`` is the prefix, ``{c}`` a connection id)::
     {p}workers                          zset    worker name -> last heartbeat (epoch ms)
     {p}workers:queues                   hash    worker name -> the queues it consumes (comma-separated)
     {p}custlock:{c}:{customer}          string  the attempt sending this customer's upsert now (TTL)
-    {p}hold:{c}:{customer}              list    upserts held in the hold window (SPEC 10)
+    {p}held:{c}                         hash    customer -> its held upserts (JSON lines, SPEC 10)
+    {p}heldbase:{c}                     hash    what held upserts of a batch repeat, once: ref -> text, n:ref -> users
+    {p}hold:{c}:{customer}              list    held upserts past 64 KB, or of an older version
     {p}holds:{c}                        zset    customer -> due (epoch ms) of its held upserts
     {p}holds                            hash    connection id -> the JSON head of its delayed entries
     {p}holdout:{c}:{customer}           string  its upserts are on their way / queued (TTL)
@@ -244,6 +246,12 @@ class Keys:
         return f"{self.prefix}workers:queues"
 
     # The hold window and the unchanged skip (workers.delivery.holds).
+    def held(self, connection_id: str) -> str:
+        return f"{self.prefix}held:{connection_id}"
+
+    def held_bases(self, connection_id: str) -> str:
+        return f"{self.prefix}heldbase:{connection_id}"
+
     def hold(self, connection_id: str, customer: str) -> str:
         return f"{self.prefix}hold:{connection_id}:{customer}"
 

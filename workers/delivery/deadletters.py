@@ -24,6 +24,7 @@ sure each event lands once even if a replay is repeated.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,107 +37,8 @@ import redis
 from connector import backlog
 from connector.contract import TASK_DELIVER, ingest_call, merge_objects
 from connector.keys import Keys
-from connector.lua import Lua
 from connector.publish import Publish
-
-# What one record adds (Lua, shared by the scripts below).  KEYS[1..6]: dlq, dlq:data,
-# dlq:counts, dlq:bytes, dlq:shared, dlq:shared:refs.  A record: id, score, JSON, connection id,
-# the field of its batch's shared objects ("{c}:{digest}" or ""), their JSON ("" if unknown).
-# The connection's bytes count the record and, once, the shared objects it is the first to
-# reference: the dead-letter store is data, bounded per connection at the ingest (SPEC 16).
-# A record written again under its id replaces the old one: the old one's reference to its
-# shared objects is released first, else the copy's count grows with every rewrite and the copy
-# (and its bytes) outlive the last letter.
-_ADD_ONE = """
-local function release(c, field)
-  if redis.call('HINCRBY', KEYS[6], field, -1) <= 0 then
-    local blob = redis.call('HGET', KEYS[5], field)
-    if blob then redis.call('HINCRBY', KEYS[4], c, -string.len(blob)) end
-    redis.call('HDEL', KEYS[5], field)
-    redis.call('HDEL', KEYS[6], field)
-  end
-end
-local function add_one(id, score, json, c, field, blob)
-  if redis.call('ZADD', KEYS[1], score, id) == 1 then
-    redis.call('HINCRBY', KEYS[3], c, 1)
-  else
-    local old = redis.call('HGET', KEYS[2], id)
-    if old then
-      redis.call('HINCRBY', KEYS[4], c, -string.len(old))
-      local ok, record = pcall(cjson.decode, old)
-      local ref = ok and type(record) == 'table' and record['shared']
-      if type(ref) == 'string' and ref ~= '' then release(c, c .. ':' .. ref) end
-    end
-  end
-  redis.call('HSET', KEYS[2], id, json)
-  redis.call('HINCRBY', KEYS[4], c, string.len(json))
-  if field ~= '' and blob ~= '' then
-    if redis.call('HSETNX', KEYS[5], field, blob) == 1 then
-      redis.call('HINCRBY', KEYS[4], c, string.len(blob))
-    end
-    redis.call('HINCRBY', KEYS[6], field, 1)
-  end
-end
-"""
-
-_ADD = Lua(
-    _ADD_ONE
-    + """
-add_one(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
-return 1
-"""
-)
-
-# KEYS: as _ADD_ONE.  ARGV: ids.  Returns how many were removed.
-_REMOVE = Lua(
-    """
-local removed = 0
-for _, id in ipairs(ARGV) do
-  local raw = redis.call('HGET', KEYS[2], id)
-  if redis.call('ZREM', KEYS[1], id) == 1 then
-    removed = removed + 1
-    if raw then
-      local ok, record = pcall(cjson.decode, raw)
-      local c = ok and type(record) == 'table' and record['connection_id']
-      if type(c) == 'string' then
-        if redis.call('HINCRBY', KEYS[3], c, -1) <= 0 then redis.call('HDEL', KEYS[3], c) end
-        local left = redis.call('HINCRBY', KEYS[4], c, -string.len(raw))
-        local ref = record['shared']
-        if type(ref) == 'string' and ref ~= '' then
-          local field = c .. ':' .. ref
-          if redis.call('HINCRBY', KEYS[6], field, -1) <= 0 then
-            local blob = redis.call('HGET', KEYS[5], field)
-            if blob then left = redis.call('HINCRBY', KEYS[4], c, -string.len(blob)) end
-            redis.call('HDEL', KEYS[5], field)
-            redis.call('HDEL', KEYS[6], field)
-          end
-        end
-        if left <= 0 then redis.call('HDEL', KEYS[4], c) end
-      end
-    end
-  end
-  redis.call('HDEL', KEYS[2], id)
-end
-return removed
-"""
-)
-
-# KEYS: as _ADD_ONE, then a list and its lock.  ARGV: lock token, items to trim from the list's
-# head, then 6 values per record (as _ADD_ONE).  All or nothing: the records are written and the
-# list trimmed only while the lock is ours (else -1, nothing done), so a dead-lettered item is
-# never both lost (trimmed first, then a Redis error) and left behind for another flusher to
-# send (dead-lettered, then the lock lost).
-_ADD_THEN_TRIM = Lua(
-    _ADD_ONE
-    + """
-if redis.call('GET', KEYS[8]) ~= ARGV[1] then return -1 end
-for i = 3, #ARGV, 6 do
-  add_one(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5])
-end
-redis.call('LTRIM', KEYS[7], tonumber(ARGV[2]), -1)
-return redis.call('LLEN', KEYS[7])
-"""
-)
+from workers.delivery.dlqscripts import ADD, ADD_THEN_TRIM, REMOVE
 
 MAPPING_ERROR = "mapping_error"
 REJECTED = "rejected"
@@ -230,18 +132,34 @@ def _bounded_payload(payload: Any) -> Any:
     return {"_truncated": True, "bytes": len(raw), "excerpt": raw[:4096].decode(errors="replace")}
 
 
-# What a stored record leaves out: its id (the hash field), what it derives, and the fields at
-# their defaults -- a dead letter is charged to its connection, and a batch of 2,000 invalid
-# events makes 2,000 of them (SPEC 16: the per-event record near the event's own size).
+# What a stored record leaves out: its id (the hash field), what it derives (the time: its
+# score in the index), and the fields at their defaults -- a dead letter is charged to its
+# connection, and a batch of 2,000 invalid events makes 2,000 of them (SPEC 16: the per-event
+# record near the event's own size).
 def _stored(record: DeadLetter) -> dict[str, Any]:
     data = record.to_dict()
-    data.pop("id", None)
-    data.pop("idempotency_key", None)
+    for name in ("id", "idempotency_key", "dead_lettered_at"):
+        data.pop(name, None)
     for f in fields(DeadLetter):
         default = f.default_factory() if f.default_factory is not MISSING else f.default
         if default is not MISSING and f.name in data and data[f.name] == default:
             del data[f.name]
     return data
+
+
+# The fields letters of one failure and batch share (a batch of invalid events: the same
+# direction, queue, reason, error and batch objects), stored once as the records' base and
+# merged back on read: ~240 B of each record.
+_BASE_FIELDS = ("direction", "queue", "reason", "error", "shared")
+
+
+def _based(data: dict[str, Any]) -> tuple[str, bytes]:
+    """Moves ``data``'s base fields into its base: (the base's reference, its JSON)."""
+    base = {k: data.pop(k) for k in _BASE_FIELDS if k in data}
+    blob = orjson.dumps(base, option=orjson.OPT_SORT_KEYS)
+    ref = "b:" + hashlib.sha256(blob).hexdigest()[:22]
+    data["base"] = ref
+    return ref, blob
 
 
 def _text(value: bytes | str) -> str:
@@ -265,13 +183,17 @@ class DeadLetters:
         record.history = list(record.history or [])[-MAX_HISTORY:]
         if record.shared and not record.shared_blob:
             record.shared = None  # the objects expired: the record is the event's own fields
+        data = _stored(record)
+        base, base_blob = _based(data)
         return [
             record.id,
             int(record.dead_lettered_at * 1000),
-            orjson.dumps(_stored(record), default=str),
+            orjson.dumps(data, default=str),
             record.connection_id,
             f"{record.connection_id}:{record.shared}" if record.shared else "",
             record.shared_blob or b"" if record.shared else b"",
+            f"{record.connection_id}:{base}",
+            base_blob,
         ]
 
     @property
@@ -280,7 +202,7 @@ class DeadLetters:
         return [k.dlq, k.dlq_data, k.dlq_counts, k.dlq_bytes, k.dlq_shared, k.dlq_shared_refs]
 
     def add(self, record: DeadLetter) -> str:
-        _ADD(self.client, self._keys, self._prepared(record))
+        ADD(self.client, self._keys, self._prepared(record))
         return record.id
 
     def bytes_of(self, connection_id: str) -> int:
@@ -295,7 +217,7 @@ class DeadLetters:
         args: list[Any] = [token, count]
         for record in records:
             args.extend(self._prepared(record))
-        done = _ADD_THEN_TRIM(self.client, [*self._keys, list_key, lock_key], args)
+        done = ADD_THEN_TRIM(self.client, [*self._keys, list_key, lock_key], args)
         return int(done) >= 0
 
     def remove(self, ids: list[str]) -> int:
@@ -304,7 +226,7 @@ class DeadLetters:
         removed = 0
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            removed += int(_REMOVE(self.client, self._keys, chunk))
+            removed += int(REMOVE(self.client, self._keys, chunk))
         return removed
 
     def counts(self) -> dict[str, int]:
@@ -314,22 +236,41 @@ class DeadLetters:
 
     # --- reading ------------------------------------------------------------------------------
     def get(self, entry_id: str) -> DeadLetter | None:
-        raw = self.client.hget(self.keys.dlq_data, entry_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(self.keys.dlq_data, entry_id)
+        pipe.zscore(self.keys.dlq, entry_id)
+        raw, score = pipe.execute()
         if raw is None:
             return None
-        record = DeadLetter.from_dict(orjson.loads(raw))
+        return self._merged(self._record(entry_id, raw, score, {}), {})
+
+    def _record(self, entry_id: str, raw: bytes, score: float | None, cache: dict[str, Any]) -> DeadLetter:
+        """A stored record as written: its base merged back, its time from its score (a record
+        of an older version keeps both in itself)."""
+        data = orjson.loads(raw)
+        ref = data.pop("base", None)
+        if isinstance(ref, str) and ref:
+            data = {**self._shared(f"{data.get('connection_id')}:{ref}", cache), **data}
+        if "dead_lettered_at" not in data and score is not None:
+            data["dead_lettered_at"] = float(score) / 1000
+        data.setdefault("direction", "")
+        data.setdefault("reason", "")
+        data.setdefault("error", "")
+        record = DeadLetter.from_dict(data)
         record.id = entry_id
-        return self._merged(record, {})
+        return record
+
+    def _shared(self, field_name: str, cache: dict[str, Any]) -> Any:
+        if field_name not in cache:
+            raw = self.client.hget(self.keys.dlq_shared, field_name)
+            cache[field_name] = orjson.loads(raw) if raw else None
+        return cache[field_name] or {}
 
     def _merged(self, record: DeadLetter, cache: dict[str, Any]) -> DeadLetter:
         """``record`` with its payload as it was mapped: the batch's objects merged back."""
         if not record.shared:
             return record
-        field_name = f"{record.connection_id}:{record.shared}"
-        if field_name not in cache:
-            raw = self.client.hget(self.keys.dlq_shared, field_name)
-            cache[field_name] = orjson.loads(raw) if raw else None
-        objects = cache[field_name]
+        objects = self._shared(f"{record.connection_id}:{record.shared}", cache)
         if objects:
             if isinstance(record.payload, dict):
                 record.payload = merge_objects(dict(record.payload), objects)
@@ -362,16 +303,18 @@ class DeadLetters:
         offset = 0
         cache: dict[str, Any] = {}
         while True:
-            ids = self.client.zrevrangebyscore(self.keys.dlq, high, low, start=offset, num=chunk)
-            if not ids:
+            scored: list[Any] = self.client.zrevrangebyscore(
+                self.keys.dlq, high, low, start=offset, num=chunk, withscores=True
+            )
+            if not scored:
                 return
-            offset += len(ids)
-            names = [_text(i) for i in ids]  # type: ignore[arg-type]
-            for entry_id, raw in zip(names, self.client.hmget(self.keys.dlq_data, names), strict=True):
+            offset += len(scored)
+            names = [_text(i) for i, _ in scored]
+            raws: list[Any] = self.client.hmget(self.keys.dlq_data, names)
+            for entry_id, raw, (_, score) in zip(names, raws, scored, strict=True):
                 if raw is None:
                     continue
-                record = DeadLetter.from_dict(orjson.loads(raw))
-                record.id = entry_id
+                record = self._record(entry_id, raw, score, cache)
                 if connection and record.connection_id != connection:
                     continue
                 if direction and record.direction != direction:

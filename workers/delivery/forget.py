@@ -28,6 +28,7 @@ import redis
 from connector import regulations, tracestore
 from connector.contract import backlog_of
 from workers.delivery.context import Context
+from workers.delivery.holdscripts import DROP, held_items
 from workers.delivery.ledger import new_token
 from workers.delivery.outbox import Outbox
 
@@ -112,13 +113,13 @@ def forget(ctx: Context, subjects: Iterable[str]) -> Forgotten:
 def _held(ctx: Context, wanted: set[str], done: Forgotten) -> None:
     keys, cid = ctx.keys, ctx.connection_id
     for subject in wanted:
-        pipe = ctx.client.pipeline(transaction=True)
-        pipe.lrange(keys.hold(cid, subject), 0, -1)
-        pipe.delete(keys.hold(cid, subject))
-        pipe.zrem(keys.holds(cid), subject)
-        raws, _, _ = pipe.execute()
-        for raw in raws:
-            item = orjson.loads(raw)
+        # The customer's field, then its list, whole again (workers.delivery.holdscripts).
+        raws = DROP(
+            ctx.client,
+            [keys.holds(cid), keys.held(cid), keys.held_bases(cid)],
+            [subject, keys.hold(cid, subject)],
+        )
+        for item in [i for raw in raws for i in held_items(raw)]:
             ctx.release_backlog(*backlog_of(item))
             done.message_ids |= _ids_of(item)
             done.held += 1

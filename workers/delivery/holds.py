@@ -5,7 +5,10 @@ Knows no system: the target says which requests may be held (``holdable``), how 
 held requests become fewer calls (``coalesce_held``), and what an upsert's digest is (for the
 unchanged skip).  Redis layout (``{p}`` the prefix, ``{c}`` the connection)::
 
-    {p}hold:{c}:{customer}       list    held delivery items (JSON), in arrival order
+    {p}held:{c}                  hash    customer -> held delivery items (JSON lines), in order
+    {p}heldbase:{c}              hash    what a batch's held items repeat, once (counted)
+    {p}hold:{c}:{customer}       list    the customer's further items past 64 KB, or an older
+                                         version's (read after the field; holdscripts says why)
     {p}holds:{c}                 zset    customer -> due (epoch ms: first held + window)
     {p}holds                     hash    connection id -> the JSON head of its delayed entries
     {p}holdout:{c}:{customer}    string  the customer's held upserts are on their way (TTL)
@@ -13,7 +16,7 @@ unchanged skip).  Redis layout (``{p}`` the prefix, ``{c}`` the connection)::
 
 ::
 
-    task ── holdable, customer has no other request here ──> HOLD (RPUSH, ZADD NX due)
+    task ── holdable, customer has no other request here ──> HOLD (field append, ZADD NX due)
          ── a custom event of a customer ──> TAKE its held items into a leased delayed entry,
             run them in front of the event (one chain: Voucherify sees them first), ack the
             lease once the chain is finished or parked
@@ -44,10 +47,10 @@ import redis
 from connector import kept, metrics
 from connector.contract import DeliveryItem
 from connector.keys import Keys
-from connector.lua import Lua
 from workers.delivery import attempts
 from workers.delivery.attempts import Step
 from workers.delivery.context import Context
+from workers.delivery.holdscripts import DEL_IF, HOLD, MAX_FIELD_BYTES, RELEASE, TAKE, held_items, lines
 from workers.delivery.store import DelayedStore
 from workers.outbound import OutboundRequest
 
@@ -89,122 +92,6 @@ def digest(body: Any) -> str:
     """A body's identity: canonical JSON (sorted keys), hashed."""
     raw = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(raw).hexdigest()[:32]
-
-
-# KEYS: the connection's zset, the index; ARGV: window ms, index head, then (hold key, item) pairs
-# grouped per customer as: customer, hold key, n, item1..itemn.  Returns each customer's due (ms).
-_HOLD = Lua(
-    """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local due = now + tonumber(ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-local i, dues = 4, {}
-while i <= #ARGV do
-  local customer, key, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  for j = 1, n do redis.call('RPUSH', key, ARGV[i + 2 + j]) end
-  redis.call('ZADD', KEYS[1], 'NX', due, customer)
-  dues[#dues + 1] = redis.call('ZSCORE', KEYS[1], customer)
-  i = i + 3 + n
-end
-return dues
-"""
-)
-
-# TAKE: KEYS: the connection's zset, delayed zset, delayed hash.  ARGV: entry id, entry head
-# (JSON up to the items), lease ms, then per customer: customer, hold key, out key.
-# Returns {entry id or '', items..., '|', busy customers...}.
-_TAKE = Lua(
-    """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local items, busy = {}, {}
-for i = 4, #ARGV, 3 do
-  local customer, key, out = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  if redis.call('EXISTS', out) == 1 then
-    busy[#busy + 1] = customer
-  else
-    local held = redis.call('LRANGE', key, 0, -1)
-    if #held > 0 then
-      for _, raw in ipairs(held) do items[#items + 1] = raw end
-      redis.call('DEL', key)
-      redis.call('ZREM', KEYS[1], customer)
-    end
-  end
-end
-local out = {}
-if #items > 0 then
-  local due = now + tonumber(ARGV[3])
-  local entry = ARGV[2] .. ',"items":[' .. table.concat(items, ',') .. '],"due":' .. (due / 1000) .. ',"reason":"held"}'
-  redis.call('HSET', KEYS[3], ARGV[1], entry)
-  redis.call('ZADD', KEYS[2], due, ARGV[1])
-  out[1] = ARGV[1]
-else
-  out[1] = ''
-end
-for _, raw in ipairs(items) do out[#out + 1] = raw end
-out[#out + 1] = '|'
-for _, c in ipairs(busy) do out[#out + 1] = c end
-return out
-"""
-)
-
-# RELEASE one connection's due customers.  KEYS: the connection's zset, delayed zset, delayed
-# hash, the index.  ARGV: connection id, key prefix, entry id base, max customers, max items per
-# entry, out marker ms, recheck ms.  Items are flagged held by the entry's head ("held":true is
-# added to each item by the worker reading it: the entry's reason says so).
-_RELEASE = Lua(
-    """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local cid, prefix = ARGV[1], ARGV[2]
-local head = redis.call('HGET', KEYS[4], cid)
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
-if not head then
-  if redis.call('ZCARD', KEYS[1]) == 0 then return 0 end
-  return -1
-end
-local entries, batch, released = 0, {}, 0
-local function emit()
-  if #batch == 0 then return end
-  entries = entries + 1
-  local id = ARGV[3] .. '-' .. entries
-  local entry = head .. ',"items":[' .. table.concat(batch, ',') .. '],"due":' .. (now / 1000) .. ',"reason":"held"}'
-  redis.call('HSET', KEYS[3], id, entry)
-  redis.call('ZADD', KEYS[2], now, id)
-  batch = {}
-end
-for _, customer in ipairs(due) do
-  local out = prefix .. 'holdout:' .. cid .. ':' .. customer
-  if redis.call('EXISTS', out) == 1 then
-    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[7]), customer)
-  else
-    local key = prefix .. 'hold:' .. cid .. ':' .. customer
-    local held = redis.call('LRANGE', key, 0, -1)
-    redis.call('DEL', key)
-    redis.call('ZREM', KEYS[1], customer)
-    if #held > 0 then
-      if #batch + #held > tonumber(ARGV[5]) then emit() end
-      for _, raw in ipairs(held) do batch[#batch + 1] = raw end
-      redis.call('SET', out, 'released', 'PX', tonumber(ARGV[6]))
-      released = released + 1
-    end
-  end
-end
-emit()
-return released
-"""
-)
-
-
-_DEL_IF = Lua(
-    """
-for _, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
-end
-return 0
-"""
-)
 
 
 class HoldTarget(Protocol):
@@ -258,11 +145,19 @@ class Holds:
         """Hold the customers' items; when each customer's window ends (epoch seconds)."""
         if not by_customer:
             return {}
-        args: list[Any] = [max(1, int(window * 1000)), self.connection_id, self.entry_head(direction, queue)]
+        bases: dict[str, list[Any]] = {}
+        held: list[Any] = []
         for customer, items in by_customer.items():
-            args += [customer, hold_key(self.keys, self.connection_id, customer), len(items)]
-            args += [orjson.dumps(i) for i in items]
-        dues = _HOLD(self.client, [holds_key(self.keys, self.connection_id), index_key(self.keys)], args)
+            held += [customer, hold_key(self.keys, self.connection_id, customer), len(items)]
+            held += lines(items, bases)
+        head = self.entry_head(direction, queue)
+        args: list[Any] = [max(1, int(window * 1000)), self.connection_id, head, MAX_FIELD_BYTES, len(bases)]
+        for ref, (text, count) in bases.items():
+            args += [ref, text, count]
+        k, cid = self.keys, self.connection_id
+        dues = HOLD(
+            self.client, [holds_key(k, cid), index_key(k), k.held(cid), k.held_bases(cid)], args + held
+        )
         return {c: float(d) / 1000 for c, d in zip(by_customer, dues, strict=True)}
 
     def take(
@@ -281,14 +176,20 @@ class Holds:
                 hold_key(self.keys, self.connection_id, customer),
                 out_key(self.keys, self.connection_id, customer),
             ]
-        flat = _TAKE(
+        flat = TAKE(
             self.client,
-            [holds_key(self.keys, self.connection_id), self.keys.delayed, self.keys.delayed_data],
+            [
+                holds_key(self.keys, self.connection_id),
+                self.keys.delayed,
+                self.keys.delayed_data,
+                self.keys.held(self.connection_id),
+                self.keys.held_bases(self.connection_id),
+            ],
             args,
         )
         taken_id = _text(flat[0]) or None
         split = [_text(x) for x in flat[1:]].index("|") + 1
-        items = [orjson.loads(raw) for raw in flat[1:split]]
+        items = [item for raw in flat[1:split] for item in held_items(raw)]
         busy = {_text(c) for c in flat[split + 1 :]}
         return taken_id, items, busy
 
@@ -300,7 +201,7 @@ class Holds:
         if only is None:
             self.client.delete(*names)
         else:
-            _DEL_IF(self.client, names, [only])
+            DEL_IF(self.client, names, [only])
 
     def mark_out(self, customers: Iterable[str], seconds: float, kind: str = "queued") -> None:
         customers = list(customers)
@@ -339,9 +240,16 @@ def release_due(client: redis.Redis, keys: Keys, *, limit: int = RELEASE_CUSTOME
     for raw in client.hkeys(index_key(keys)):
         cid = _text(raw)
         count = int(
-            _RELEASE(
+            RELEASE(
                 client,
-                [holds_key(keys, cid), keys.delayed, keys.delayed_data, index_key(keys)],
+                [
+                    holds_key(keys, cid),
+                    keys.delayed,
+                    keys.delayed_data,
+                    index_key(keys),
+                    keys.held(cid),
+                    keys.held_bases(cid),
+                ],
                 [
                     cid,
                     keys.prefix,

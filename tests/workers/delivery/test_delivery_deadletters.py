@@ -206,6 +206,12 @@ def _sharing(connection_id: str, mid: str, blob: bytes) -> DeadLetter:
     return _record(connection_id, mid=mid, shared="d1", shared_blob=blob)
 
 
+def _base_bytes(client: redis.Redis, keys: Keys, connection_id: str, ids: list[str]) -> int:
+    """The bytes of the bases (the fields letters of one failure share) of ``ids``, once each."""
+    refs = {orjson.loads(client.hget(keys.dlq_data, i) or b"{}").get("base") for i in ids}
+    return sum(len(client.hget(keys.dlq_shared, f"{connection_id}:{r}") or b"") for r in refs if r)
+
+
 def test_the_shared_copy_lives_exactly_as_long_as_its_last_letter(client: redis.Redis, keys: Keys) -> None:
     # Three letters of one batch (same digest) and one of another connection with the same
     # digest: each connection keeps its own copy (its bytes are its own bound), counted once.
@@ -215,20 +221,19 @@ def test_the_shared_copy_lives_exactly_as_long_as_its_last_letter(client: redis.
     other = store.add(_sharing("other", "o1", blob))
 
     def shared() -> dict[str, int]:
-        return (
-            {k.decode(): int(v) for k, v in client.hgetall(keys.dlq_shared_refs).items()}
-            if client.exists(keys.dlq_shared_refs)
-            else {}
-        )
+        # The references: the letters' base (per connection) and the batch objects it refers.
+        refs = client.hgetall(keys.dlq_shared_refs)
+        return {":".join(k.decode().split(":")[:2]).replace(":b", ":base"): int(v) for k, v in refs.items()}
 
-    assert shared() == {"acme:d1": 3, "other:d1": 1}
+    assert shared() == {"acme:base": 3, "acme:d1": 1, "other:base": 1, "other:d1": 1}
     assert client.hexists(keys.dlq_shared, "acme:d1")
     records = sum(len(client.hget(keys.dlq_data, i) or b"") for i in ids)
-    assert store.bytes_of("acme") == records + len(blob)  # the copy counted once, not per letter
+    # The copy counted once, not per letter (so is the letters' base: one failure's fields).
+    assert store.bytes_of("acme") == records + len(blob) + _base_bytes(client, keys, "acme", ids)
 
     # Purged: one letter fewer, the copy stays for the two left (and is still merged back).
     assert store.purge([r for r in store.select(connection="acme") if r.id == ids[0]]) == 1
-    assert shared() == {"acme:d1": 2, "other:d1": 1}
+    assert shared() == {"acme:base": 2, "acme:d1": 1, "other:base": 1, "other:d1": 1}
     kept = store.get(ids[1])
     assert kept is not None and kept.payload["context"]["traits"]["plan"].startswith("gold")
 
@@ -236,17 +241,19 @@ def test_the_shared_copy_lives_exactly_as_long_as_its_last_letter(client: redis.
     publish = Recorder()
     assert store.replay([r for r in store.select(connection="acme") if r.id == ids[1]], publish) == [ids[1]]
     assert publish.calls[0][1][1][0]["context"]["traits"]["plan"].startswith("gold")  # replayed whole
-    assert shared() == {"acme:d1": 1, "other:d1": 1}
+    assert shared() == {"acme:base": 1, "acme:d1": 1, "other:base": 1, "other:d1": 1}
     assert client.hexists(keys.dlq_shared, "acme:d1")
 
     # The last letter goes: so do the copy, its count and the connection's bytes.
     assert store.purge(store.select(connection="acme")) == 1
-    assert shared() == {"other:d1": 1}
+    assert shared() == {"other:base": 1, "other:d1": 1}
     assert not client.hexists(keys.dlq_shared, "acme:d1")
     assert store.bytes_of("acme") == 0 and not client.hexists(keys.dlq_bytes, "acme")
     # The other connection's copy never moved.
     assert client.hexists(keys.dlq_shared, "other:d1") and store.get(other) is not None
-    assert store.bytes_of("other") == len(client.hget(keys.dlq_data, other) or b"") + len(blob)
+    assert store.bytes_of("other") == len(client.hget(keys.dlq_data, other) or b"") + len(blob) + _base_bytes(
+        client, keys, "other", [other]
+    )
 
 
 def test_adding_the_same_letter_again_counts_its_shared_copy_once(client: redis.Redis, keys: Keys) -> None:
@@ -260,7 +267,8 @@ def test_adding_the_same_letter_again_counts_its_shared_copy_once(client: redis.
     again.id = first
     assert store.add(again) == first
     assert int(client.hget(keys.dlq_shared_refs, "acme:d1") or 0) == 1
-    assert store.bytes_of("acme") == len(client.hget(keys.dlq_data, first) or b"") + len(blob)
+    base = _base_bytes(client, keys, "acme", [first])
+    assert store.bytes_of("acme") == len(client.hget(keys.dlq_data, first) or b"") + len(blob) + base
 
     # Written again without its shared objects (they expired): the old reference is released.
     bare = _sharing("acme", "m1", blob)
@@ -272,3 +280,87 @@ def test_adding_the_same_letter_again_counts_its_shared_copy_once(client: redis.
     assert store.purge(store.select(connection="acme")) == 1
     assert not client.exists(keys.dlq_shared, keys.dlq_shared_refs)
     assert store.bytes_of("acme") == 0 and not client.hexists(keys.dlq_bytes, "acme")
+
+
+# --- the fields letters of one failure share: stored once ---------------------------------------
+
+
+def test_letters_of_one_failure_store_their_shared_fields_once_and_read_whole(
+    client: redis.Redis, keys: Keys
+) -> None:
+    # 2,000 invalid events of a batch made 2,000 records each repeating the direction, queue,
+    # reason and error (~200 B) and the time (the index's score): test_memory_budget_e2e.
+    store = DeadLetters(client, keys)
+    ids = [store.add(_record(mid=f"m{i}", age=i)) for i in range(3)]
+    raw = orjson.loads(client.hget(keys.dlq_data, ids[0]) or b"{}")
+    assert not {"direction", "queue", "reason", "error", "dead_lettered_at"} & set(raw)
+    [base] = {orjson.loads(client.hget(keys.dlq_data, i) or b"{}")["base"] for i in ids}
+    assert int(client.hget(keys.dlq_shared_refs, f"acme:{base}") or 0) == 3
+    records = sum(len(client.hget(keys.dlq_data, i) or b"") for i in ids)
+    assert store.bytes_of("acme") == records + _base_bytes(client, keys, "acme", ids)
+
+    # Read whole: by id, listed (newest first), filtered by what the base holds.
+    got = store.get(ids[2])
+    assert got is not None and (got.direction, got.reason, got.error, got.queue) == (
+        DESTINATION,
+        "rejected",
+        "HTTP 400",
+        "voucherify.eu",
+    )
+    assert abs(got.dead_lettered_at - (time.time() - 2)) < 1.5
+    assert [r.id for r in store.select(reason="rejected", direction=DESTINATION)] == ids
+    assert store.select(reason="mapping_error") == []
+    assert [r.id for r in store.select(older_than=1.5)] == [ids[2]]
+
+    # A letter of another failure has its own base; the last letter of one takes its base along.
+    other = store.add(_record(mid="x", reason="mapping_error"))
+    assert store.counts() == {"acme": 4}
+    assert store.purge(store.select(reason="rejected")) == 3
+    assert not client.hexists(keys.dlq_shared, f"acme:{base}")
+    assert store.bytes_of("acme") == len(client.hget(keys.dlq_data, other) or b"") + _base_bytes(
+        client, keys, "acme", [other]
+    )
+    assert store.purge(store.select()) == 1
+    assert not client.exists(keys.dlq_shared, keys.dlq_shared_refs, keys.dlq_data)
+    assert store.bytes_of("acme") == 0 and store.counts() == {}
+
+
+def test_a_letter_of_the_previous_format_still_reads_counts_and_goes(client: redis.Redis, keys: Keys) -> None:
+    # An upgrade keeps the dead letters written before bases: whole records, their own time,
+    # their own reference to the batch objects (shared with a new letter's base here).
+    store = DeadLetters(client, keys)
+    blob = orjson.dumps({"context": {"traits": {"plan": "gold"}}})
+    old = {
+        "connection_id": "acme",
+        "direction": DESTINATION,
+        "reason": "rejected",
+        "error": "HTTP 400",
+        "queue": "voucherify.eu",
+        "payload": {"messageId": "m0", "type": "track", "userId": "u1"},
+        "status": 400,
+        "dead_lettered_at": 1700000000.5,
+        "shared": "d1",
+    }
+    raw = orjson.dumps(old)
+    client.zadd(keys.dlq, {"old-1": 1700000000500})
+    client.hset(keys.dlq_data, "old-1", raw)
+    client.hset(keys.dlq_shared, "acme:d1", blob)
+    client.hset(keys.dlq_shared_refs, "acme:d1", 1)
+    client.hset(keys.dlq_counts, "acme", 1)
+    client.hset(keys.dlq_bytes, "acme", len(raw) + len(blob))
+    new = store.add(_sharing("acme", "m1", blob))
+    assert int(client.hget(keys.dlq_shared_refs, "acme:d1") or 0) == 2  # the old letter, the new base
+
+    got = store.get("old-1")
+    assert got is not None and got.dead_lettered_at == 1700000000.5 and got.error == "HTTP 400"
+    assert got.payload["context"]["traits"]["plan"] == "gold"
+    assert [r.id for r in store.select(reason="rejected")] == [new, "old-1"]
+    assert store.counts() == {"acme": 2}
+    assert store.purge([got]) == 1
+    assert store.bytes_of("acme") == len(client.hget(keys.dlq_data, new) or b"") + len(blob) + _base_bytes(
+        client, keys, "acme", [new]
+    )
+    fresh = store.get(new)
+    assert fresh is not None and fresh.payload["context"]["traits"]["plan"] == "gold"
+    assert store.purge([fresh]) == 1
+    assert not client.exists(keys.dlq_shared, keys.dlq_shared_refs, keys.dlq_data, keys.dlq_bytes)
