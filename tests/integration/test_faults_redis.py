@@ -88,12 +88,17 @@ class AofRedis:
 
 
 def aof_stack(
-    tmp_path: Path, stack_factory: list, voucherify: FakeVoucherify, server: AofRedis, web_workers: int
+    tmp_path: Path,
+    stack_factory: list,
+    voucherify: FakeVoucherify,
+    server: AofRedis,
+    web_workers: int,
+    concurrency: int = 8,
 ) -> Stack:
     """web, one worker (8 tasks, ``INFLIGHT`` send slots) and the scheduler on ``server``."""
     stack = make_stack(stack_factory, tmp_path, server.url, write_connections(tmp_path, voucherify), **ENV)
     stack.web(workers=web_workers)
-    stack.worker("worker", concurrency=8)
+    stack.worker("worker", concurrency=concurrency)
     stack.scheduler()
     return stack
 
@@ -170,5 +175,45 @@ def test_redis_restart_during_identify_heavy_traffic_applies_every_upsert_once(
         server.start()
         up_at = caught_up(voucherify)  # the fake's clock: what was sent before is in
         check_identify_traffic(voucherify, server.url, sender, traffic, [(down_at, up_at)], INFLIGHT)
+    finally:
+        server.stop()
+
+
+def test_worker_resumes_after_every_task_slot_failed_to_requeue_during_the_outage(
+    tmp_path: Path, stack_factory: list, voucherify: FakeVoucherify
+) -> None:
+    """The flaky case of the identify test above, made certain.  A worker whose every task slot is
+    busy has no BRPOP out, so it does not see Redis go away; its tasks then fail on Redis and
+    reject (requeue) their messages while Redis is still down, and each failed reject used to
+    keep its slot taken for good -- a worker with no slot left never asked for work again, and
+    what it had taken came back to the queue (the visibility sweep) for nobody."""
+    voucherify.set_faults(latency_ms=2500)  # both tasks on the wire for the whole cut
+    server = AofRedis(tmp_path / "redis")
+    server.start()
+    try:
+        stack = aof_stack(tmp_path, stack_factory, voucherify, server, web_workers=1, concurrency=2)
+        sender = Sender(stack.web_url)
+        for n in range(12):  # one message each: more than the worker's two slots
+            assert sender.batch([track(f"slot-{n:02d}")]) == 200
+
+        def both_slots_busy_again() -> bool:
+            # The first two delivered and the next two taken: no credit left, no BRPOP out.
+            return len(delivered_ids(voucherify)) >= 2 and broker_state(server.url)["unacked"] >= 2
+
+        wait_until(both_slots_busy_again, timeout=60, interval=0.02, what="the next two tasks taken")
+        server.shutdown()
+        # Longer than a call plus the requeue pause: every task's reject meets Redis down.
+        time.sleep(6.0)
+        server.start()
+        worker_log = next(p for p in stack.procs if p.name == "worker").log_path
+        try:
+            wait_until(lambda: delivered_ids(voucherify) >= set(sender.accepted), timeout=90, interval=0.5)
+        except AssertionError:
+            missing = set(sender.accepted) - delivered_ids(voucherify)
+            rejects = worker_log.read_text(errors="replace").count("Couldn't reject")
+            raise AssertionError(
+                f"{len(missing)} not delivered, {rejects} failed rejects; redis: {broker_state(server.url)}"
+            ) from None
+        assert dead_letters(server.url) == []
     finally:
         server.stop()
