@@ -187,7 +187,7 @@ def test_worker_resumes_after_every_task_slot_failed_to_requeue_during_the_outag
     reject (requeue) their messages while Redis is still down, and each failed reject used to
     keep its slot taken for good -- a worker with no slot left never asked for work again, and
     what it had taken came back to the queue (the visibility sweep) for nobody."""
-    voucherify.set_faults(latency_ms=2500)  # both tasks on the wire for the whole cut
+    voucherify.set_faults(latency_ms=2500)  # the next two tasks are mid-call when Redis goes
     server = AofRedis(tmp_path / "redis")
     server.start()
     try:
@@ -197,22 +197,33 @@ def test_worker_resumes_after_every_task_slot_failed_to_requeue_during_the_outag
             assert sender.batch([track(f"slot-{n:02d}")]) == 200
 
         def both_slots_busy_again() -> bool:
-            # The first two delivered and the next two taken: no credit left, no BRPOP out.
-            return len(delivered_ids(voucherify)) >= 2 and broker_state(server.url)["unacked"] >= 2
+            # Two messages taken after the first two calls ended (kombu's unacked index is scored
+            # with the time a message was taken): no credit left, no BRPOP out.
+            done = calls(voucherify)
+            if len(done) < 2:
+                return False
+            ended = max(r["time"] + r["duration_ms"] / 1000 for r in done)
+            taken = redis.Redis.from_url(server.url).zrange("unacked_index", 0, -1, withscores=True)
+            return len([tag for tag, at in taken if at > ended]) >= 2
 
         wait_until(both_slots_busy_again, timeout=60, interval=0.02, what="the next two tasks taken")
-        server.shutdown()
-        # Longer than a call plus the requeue pause: every task's reject meets Redis down.
-        time.sleep(6.0)
-        server.start()
         worker_log = next(p for p in stack.procs if p.name == "worker").log_path
+
+        def failed_acks() -> int:
+            text = worker_log.read_text(errors="replace")
+            return text.count("Couldn't reject") + text.count("Couldn't ack")
+
+        server.shutdown()
+        # Down until both tasks have given up on Redis (redis-py's retries, the requeue pause) and
+        # their rejects (or acks) have failed: how long that takes varies, so it is watched for.
+        wait_until(lambda: failed_acks() >= 2, timeout=60, interval=0.2, what="both slots' acks failing")
+        server.start()
         try:
             wait_until(lambda: delivered_ids(voucherify) >= set(sender.accepted), timeout=90, interval=0.5)
         except AssertionError:
             missing = set(sender.accepted) - delivered_ids(voucherify)
-            rejects = worker_log.read_text(errors="replace").count("Couldn't reject")
             raise AssertionError(
-                f"{len(missing)} not delivered, {rejects} failed rejects; redis: {broker_state(server.url)}"
+                f"{len(missing)} not delivered, {failed_acks()} failed acks; redis: {broker_state(server.url)}"
             ) from None
         assert dead_letters(server.url) == []
     finally:
