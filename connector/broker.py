@@ -19,6 +19,15 @@ connection so far: exactly the published message.  Fewer raise :class:`NotReplic
 ingest answers with 503 + Retry-After (the message may still be on the master: a retry can
 deliver twice, which the idempotency ledger absorbs; losing it could not be undone).
 
+A failed acknowledgement (Redis away): kombu's QoS forgets a delivered message only once its
+ack or reject reached Redis, and until then the message holds one of the channel's prefetch
+slots.  A worker whose every slot is busy has no BRPOP out, so it does not notice Redis going
+away; if its tasks then fail on Redis and their rejects (or acks) fail too, every slot stays
+taken for good and the worker never asks for work again (seen in a suite run: the identify fault test left
+33 messages in the queue).  :class:`QoS` gives the slot back when the ack or reject fails: the
+message is still in kombu's unacked hash (the restore is one MULTI), so the visibility sweep
+(:mod:`workers.restore`) brings it back, as for a killed worker.
+
 Sentinel: kombu's ``SentinelChannel`` asks the sentinels for the master each time it opens a
 connection, so a reconnect after a failover reaches the new master.  What kombu 5.7 lacks or
 gets wrong here:
@@ -40,11 +49,39 @@ from typing import Any
 import orjson
 import redis
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual as kombu_virtual
 from redis.sentinel import Sentinel
 
 # The type stubs of kombu leave out the channel's private API overridden here.
 _RedisChannel: Any = kombu_redis.Channel
 _SentinelChannel: Any = kombu_redis.SentinelChannel
+_RedisQoS: Any = kombu_redis.QoS
+_VirtualQoS: Any = kombu_virtual.QoS
+# What an ack or reject meets when Redis is away (kombu's connection errors are these).
+_FAILED_ACK = (redis.RedisError, OSError)
+
+
+class QoS(_RedisQoS):  # type: ignore[misc]  # kombu is untyped here
+    """kombu's Redis QoS whose failed ack or reject still frees the prefetch slot (module doc)."""
+
+    def ack(self, delivery_tag: str) -> None:
+        try:
+            super().ack(delivery_tag)
+        except _FAILED_ACK:
+            self._forget(delivery_tag)
+            raise  # Celery logs "Couldn't ack" as before
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        try:
+            super().reject(delivery_tag, requeue=requeue)
+        except _FAILED_ACK:
+            self._forget(delivery_tag)
+            raise  # Celery logs "Couldn't reject" as before
+
+    def _forget(self, delivery_tag: str) -> None:
+        # The in-memory half of an ack only (kombu's virtual QoS): nothing is sent to Redis,
+        # where the message stays unacknowledged until the visibility sweep restores it.
+        _VirtualQoS.ack(self, delivery_tag)
 
 
 class NotReplicated(redis.RedisError):
@@ -97,10 +134,12 @@ _OPTIONS = ("min_replicas", "replica_wait_ms")
 
 
 class Channel(_Publishing, _RedisChannel):  # type: ignore[misc]  # kombu is untyped here (see above)
+    QoS = QoS
     from_transport_options = _RedisChannel.from_transport_options + _OPTIONS
 
 
 class SentinelChannel(_Publishing, _SentinelChannel):  # type: ignore[misc]
+    QoS = QoS
     from_transport_options = (
         *_SentinelChannel.from_transport_options,
         *_OPTIONS,

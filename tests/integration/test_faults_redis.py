@@ -88,12 +88,17 @@ class AofRedis:
 
 
 def aof_stack(
-    tmp_path: Path, stack_factory: list, voucherify: FakeVoucherify, server: AofRedis, web_workers: int
+    tmp_path: Path,
+    stack_factory: list,
+    voucherify: FakeVoucherify,
+    server: AofRedis,
+    web_workers: int,
+    concurrency: int = 8,
 ) -> Stack:
     """web, one worker (8 tasks, ``INFLIGHT`` send slots) and the scheduler on ``server``."""
     stack = make_stack(stack_factory, tmp_path, server.url, write_connections(tmp_path, voucherify), **ENV)
     stack.web(workers=web_workers)
-    stack.worker("worker", concurrency=8)
+    stack.worker("worker", concurrency=concurrency)
     stack.scheduler()
     return stack
 
@@ -170,5 +175,56 @@ def test_redis_restart_during_identify_heavy_traffic_applies_every_upsert_once(
         server.start()
         up_at = caught_up(voucherify)  # the fake's clock: what was sent before is in
         check_identify_traffic(voucherify, server.url, sender, traffic, [(down_at, up_at)], INFLIGHT)
+    finally:
+        server.stop()
+
+
+def test_worker_resumes_after_every_task_slot_failed_to_requeue_during_the_outage(
+    tmp_path: Path, stack_factory: list, voucherify: FakeVoucherify
+) -> None:
+    """The flaky case of the identify test above, made certain.  A worker whose every task slot is
+    busy has no BRPOP out, so it does not see Redis go away; its tasks then fail on Redis and
+    reject (requeue) their messages while Redis is still down, and each failed reject used to
+    keep its slot taken for good -- a worker with no slot left never asked for work again, and
+    what it had taken came back to the queue (the visibility sweep) for nobody."""
+    voucherify.set_faults(latency_ms=2500)  # the next two tasks are mid-call when Redis goes
+    server = AofRedis(tmp_path / "redis")
+    server.start()
+    try:
+        stack = aof_stack(tmp_path, stack_factory, voucherify, server, web_workers=1, concurrency=2)
+        sender = Sender(stack.web_url)
+        for n in range(12):  # one message each: more than the worker's two slots
+            assert sender.batch([track(f"slot-{n:02d}")]) == 200
+
+        def both_slots_busy_again() -> bool:
+            # Two messages taken after the first two calls ended (kombu's unacked index is scored
+            # with the time a message was taken): no credit left, no BRPOP out.
+            done = calls(voucherify)
+            if len(done) < 2:
+                return False
+            ended = max(r["time"] + r["duration_ms"] / 1000 for r in done)
+            taken = redis.Redis.from_url(server.url).zrange("unacked_index", 0, -1, withscores=True)
+            return len([tag for tag, at in taken if at > ended]) >= 2
+
+        wait_until(both_slots_busy_again, timeout=60, interval=0.02, what="the next two tasks taken")
+        worker_log = next(p for p in stack.procs if p.name == "worker").log_path
+
+        def failed_acks() -> int:
+            text = worker_log.read_text(errors="replace")
+            return text.count("Couldn't reject") + text.count("Couldn't ack")
+
+        server.shutdown()
+        # Down until both tasks have given up on Redis (redis-py's retries, the requeue pause) and
+        # their rejects (or acks) have failed: how long that takes varies, so it is watched for.
+        wait_until(lambda: failed_acks() >= 2, timeout=60, interval=0.2, what="both slots' acks failing")
+        server.start()
+        try:
+            wait_until(lambda: delivered_ids(voucherify) >= set(sender.accepted), timeout=90, interval=0.5)
+        except AssertionError:
+            missing = set(sender.accepted) - delivered_ids(voucherify)
+            raise AssertionError(
+                f"{len(missing)} not delivered, {failed_acks()} failed acks; redis: {broker_state(server.url)}"
+            ) from None
+        assert dead_letters(server.url) == []
     finally:
         server.stop()
