@@ -2,7 +2,8 @@
 
 Starts its own Redis (own port and directory), nginx fakes (bench/nginx.py), gunicorn, Celery
 workers and the scheduler; runs bounded loads on loopback; stops everything; prints one table and
-writes bench/results.json and bench/results.png.  About 5 minutes; hard stop at 10.
+writes bench/results.json and bench/results.png.  About 8 minutes; hard stop at 13.
+BENCH_QUICK=1: only the fleet and Redis-cost phases, small (bench/fleet.py).
 
 Load generators run in their own processes: `wrk` (Debian) for the ingest figures, a gevent
 `requests` loop for the delivery baseline, a paced multi-threaded sender for the end to end.
@@ -28,7 +29,9 @@ import orjson
 import redis
 import requests
 
+from bench import fleet as fleet_mod
 from bench import nginx as nginx_mod
+from bench import redis_cost
 from bench.payloads import batch_body, identify_heavy_stream, mixed_stream, track
 from bench.payloads import now_iso as payloads_now
 from ops.embedded import free_port, start_redis
@@ -37,15 +40,38 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 OUT_JSON = ROOT / "bench" / "results.json"
 OUT_PNG = ROOT / "bench" / "results.png"
-HARD_LIMIT_SECONDS = 600
+if fleet_mod.QUICK:  # a quick run never overwrites the full run's committed results
+    OUT_JSON = ROOT / ".run" / "bench-quick.json"
+    OUT_PNG = ROOT / ".run" / "bench-quick.png"
+HARD_LIMIT_SECONDS = 780
 
+# BENCH_QUICK=1: the fleet and Redis-cost rows only (end to end, rest quota mix, fleet, Redis
+# capacity), small sizes: for working on them without loading the machine for 10 minutes.
+QUICK = fleet_mod.QUICK
+PHASES = ("ingest", "delivery", "end_to_end", "mixed", "quota", "fleet", "redis_capacity")
+QUICK_PHASES = "end_to_end,quota,fleet,redis_capacity"
 INGEST_SECONDS = float(os.environ.get("BENCH_INGEST_SECONDS", "8"))
-DELIVERY_EVENTS = int(os.environ.get("BENCH_DELIVERY_EVENTS", "12000"))
-E2E_SECONDS = float(os.environ.get("BENCH_E2E_SECONDS", "20"))
+DELIVERY_EVENTS = int(os.environ.get("BENCH_DELIVERY_EVENTS", "3000" if QUICK else "12000"))
+E2E_SECONDS = float(os.environ.get("BENCH_E2E_SECONDS", "6" if QUICK else "20"))
 MIXED_EVENTS = int(os.environ.get("BENCH_MIXED_EVENTS", "3000"))
 MIXED_RATE_PER_MINUTE = int(os.environ.get("BENCH_MIXED_RATE_PER_MINUTE", "3000"))
 # The identify-heavy mix of SPEC 8's quota row: events, customers, events per second sent.
-QUOTA_EVENTS = int(os.environ.get("BENCH_QUOTA_EVENTS", "3000"))
+QUOTA_EVENTS = int(os.environ.get("BENCH_QUOTA_EVENTS", "800" if QUICK else "3000"))
+# Which of its runs: mode-hold ("rest-on": hold and skip on; "-off": the in-run baseline).
+QUOTA_RUNS = os.environ.get(
+    "BENCH_QUOTA_RUNS", "rest-on" if QUICK else "rest-on,rest-off,segmentio-on,segmentio-off"
+)
+# SPEC 16 / issue #19 targets: Redis commands per event, end to end (ingest, delivery, traces).
+REDIS_PER_CUSTOM_EVENT_TARGET = 6
+REDIS_PER_IDENTIFY_TARGET = 3
+# Before each such window the processes run this long with no events: their background commands
+# (scheduler ticks, workers' polling) are reported apart, per second.
+REDIS_IDLE_SECONDS = float(os.environ.get("BENCH_REDIS_IDLE_SECONDS", "3"))
+# BENCH_REDIS_MONITOR=1: also split those commands into round trips and script calls (MONITOR;
+# it slows Redis, so the same run's latency and Redis CPU rows are then not comparable).
+REDIS_MONITOR = os.environ.get("BENCH_REDIS_MONITOR") == "1"
+# Issue #23: a worker draining the 12,000-event backlog stays under this peak RSS.
+WORKER_RSS_TARGET_MB = 200
 QUOTA_CUSTOMERS = int(os.environ.get("BENCH_QUOTA_CUSTOMERS", "150"))
 QUOTA_RATE = int(os.environ.get("BENCH_QUOTA_RATE", "200"))
 # The delivery worker runs as production does (the Procfile's line): --concurrency 100 Celery
@@ -146,6 +172,7 @@ class Bench:
     def start_infra(self) -> None:
         self.redis_proc, self.redis_url = start_redis(self.tmp / "redis", free_port(), appendonly=True)
         self.r = redis.Redis.from_url(self.redis_url)
+        self.meter = redis_cost.CommandMeter(self.r, self.redis_proc.pid)
         ok, note = nginx_mod.available()
         if ok:
             self.nginx = nginx_mod.Nginx(self.tmp / "nginx", {"fast": 0, "slow": 50, "mixed": 50}).start()
@@ -405,6 +432,7 @@ class Bench:
     def backlog_of(self, conn: str) -> int:
         from connector import backlog
 
+        self.meter.note_own("get")  # the bench's polling is not the connector's cost
         return backlog.current(self.r, f"bench-{conn}")
 
     def delivery_run(self, conn: str, count: int) -> float:
@@ -470,6 +498,10 @@ class Bench:
         worker = self.worker("e2e", "voucherify.us1")
         sched = self.add("scheduler", [str(BIN / "connector"), "scheduler"])
         self.warm_up(url, "wk_bench_slow", "slow")
+        self.meter.start()
+        monitor = self.monitor("custom")
+        time.sleep(REDIS_IDLE_SECONDS)
+        idle = self.meter.read()
         out = subprocess.run(
             [sys.executable, "-m", "bench.loadgen", url, "wk_bench_slow", "500", str(E2E_SECONDS), "10"],
             capture_output=True,
@@ -480,6 +512,7 @@ class Bench:
         ).stdout
         sent = orjson.loads(out.strip().splitlines()[-1])
         wait_until(lambda: self.backlog_of("slow") <= 0, 60, "e2e drained")
+        self.record_redis_cost("custom", idle, self.meter.read(), int(sent["sent"]), monitor=monitor)
         time.sleep(0.6)  # nginx flushes its log every 200 ms
         self.note_rss("web (connector)", web)
         self.stop(sched)
@@ -506,6 +539,75 @@ class Bench:
         self.row("end to end p50, steady 500 events/s", p50, "ms", None, "(info)", None)
         self.row("end to end p99, steady 500 events/s", p99, "ms", None, "< 250 ms", p99 < 250)
         self.results["e2e_hist"] = [round(x * 1000, 2) for x in latencies[:: max(1, len(latencies) // 2000)]]
+
+    def record_redis_cost(
+        self,
+        key: str,
+        idle: redis_cost.Window,
+        total: redis_cost.Window,
+        events: int,
+        identifies: int | None = None,
+        monitor: redis_cost.Monitor | None = None,
+    ) -> None:
+        """One end-to-end window's Redis commands (bench/redis_cost.py) as a row beside its
+        target -- every command from the first request to the last delivery, background
+        included --, the top commands and the idle background as notes (where to look)."""
+        loaded, background = redis_cost.split_idle(idle, total)
+        commands = sum(loaded.counts.values())
+        per = redis_cost.per_event(loaded.counts, events)
+        # The background's share, were it the same under load as idle (an estimate).
+        net = (commands - sum(background.values()) * loaded.seconds) / events if events else 0.0
+        top = redis_cost.top_commands(loaded.counts, events, 10)
+        idle_top = sorted(background.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+        self.results.setdefault("redis_cost", {})[key] = {
+            "events": events,
+            "identifies": identifies,
+            "commands": commands,
+            "seconds": round(loaded.seconds, 2),
+            "per_event": round(per, 3),
+            "per_event_less_idle_background": round(net, 3),
+            "per_identify": round(commands / identifies, 3) if identifies else None,
+            "cpu_seconds_per_event": loaded.cpu_seconds / events if events else 0.0,
+            "idle_commands_per_second": round(sum(background.values()), 1),
+            "idle_top": [(name, round(rate, 1)) for name, rate in idle_top],
+            "counts": loaded.counts,
+            "top": top,
+        }
+        what = (
+            "per custom event (track), end to end at 500 events/s"
+            if key == "custom"
+            else "per event of the identify-heavy mix, rest, hold+skip on"
+        )
+        target = REDIS_PER_CUSTOM_EVENT_TARGET if key == "custom" else REDIS_PER_IDENTIFY_TARGET
+        self.row(f"Redis commands {what}", per, "commands/event", None, f"<= {target}", per <= target)
+        cpu_us = loaded.cpu_seconds / events * 1e6 if events else 0.0
+        self.row(f"Redis CPU {what}", cpu_us, "us/event", None, "(info)", None)
+        listed = ", ".join(f"{name} {each:.2f}" for name, _, each in top)
+        idle_listed = ", ".join(f"{name} {rate:.1f}" for name, rate in idle_top)
+        self.results["notes"].append(
+            f"Redis {what}: {per:.2f} commands/event ({commands} for {events} events in "
+            f"{loaded.seconds:.1f} s), {net:.2f} less the idle background of "
+            f"{sum(background.values()):.0f} commands/s ({idle_listed}); top per event: {listed}"
+        )
+        log(self.results["notes"][-1])
+        if monitor is not None:
+            sent, scripted = monitor.stop()
+            self.results["redis_cost"][key]["monitor"] = {"sent": sent, "scripted": scripted}
+            for kind, counts in (("round trips (client commands)", sent), ("script calls", scripted)):
+                listed = ", ".join(
+                    f"{n} {c / events:.2f}" for n, c, _ in redis_cost.top_commands(counts, events)
+                )
+                self.results["notes"].append(
+                    f"Redis {what}, MONITOR: {sum(counts.values()) / events:.2f} {kind} per event "
+                    f"(idle lead-in included): {listed}"
+                )
+                log(self.results["notes"][-1])
+
+    def monitor(self, key: str) -> redis_cost.Monitor | None:
+        if not REDIS_MONITOR:
+            return None
+        port = int(self.redis_url.rsplit(":", 1)[1].split("/", 1)[0])
+        return redis_cost.Monitor(port, self.tmp / f"monitor-{key}.log")
 
     def warm_up(self, url: str, write_key: str, conn: str) -> None:
         """One event through the whole path: the worker is consuming once it lands."""
@@ -577,15 +679,19 @@ class Bench:
         call was refused (429) and whether every customer ended with its newest traits."""
         events = identify_heavy_stream(QUOTA_CUSTOMERS, QUOTA_EVENTS)
         figures: dict[str, dict[str, Any]] = {}
+        runs = set(filter(None, QUOTA_RUNS.split(",")))
         for mode in ("rest", "segmentio"):
             for label, window, memory in (("on", 5, 7), ("off", 0, 0)):
-                figures[f"{mode}-{label}"] = self.quota_run(mode, events, window, memory)
+                if f"{mode}-{label}" in runs:
+                    figures[f"{mode}-{label}"] = self.quota_run(mode, events, window, memory)
         self.results["quota"] = figures
         kinds: dict[str, int] = {}
         for e in events:
             kinds[e["type"]] = kinds.get(e["type"], 0) + 1
         self.results["quota_mix"] = kinds
         for mode, target in (("rest", 0.2), ("segmentio", 0.5)):
+            if f"{mode}-on" not in figures or f"{mode}-off" not in figures:
+                continue  # BENCH_QUOTA_RUNS left one out: no row without its baseline
             on, off = figures[f"{mode}-on"], figures[f"{mode}-off"]
             ok = on["per_event"] <= target and on["refused"] == 0 and on["stale_customers"] == 0
             self.row(
@@ -640,6 +746,12 @@ class Bench:
         sched = self.add(f"scheduler-quota-{mode}-{window}", [str(BIN / "connector"), "scheduler"], **env)
         session = requests.Session()
         session.auth = ("wk_bench_quota", "")
+        measured = mode == "rest" and window > 0  # the identify row: production's settings
+        self.meter.start()
+        monitor = self.monitor("identify") if measured else None
+        if measured:
+            time.sleep(REDIS_IDLE_SECONDS)
+        idle = self.meter.read()
         started = time.monotonic()
         per_request = max(1, QUOTA_RATE // 10)  # ten requests a second: as the libraries flush
         for n, start in enumerate(range(0, len(events), per_request)):
@@ -651,6 +763,11 @@ class Bench:
             lambda: self.backlog_of("quota") <= 0, 240, f"quota mix delivered ({mode}, window {window})"
         )
         elapsed = time.monotonic() - started
+        total = self.meter.read()
+        counts = redis_cost.difference(total.counts, idle.counts)
+        if measured:
+            identifies = sum(1 for e in events if e["type"] == "identify")
+            self.record_redis_cost("identify", idle, total, len(events), identifies, monitor=monitor)
         records = requests.get(fake_url + "/__fake/requests", timeout=30).json()
         records = records.get("requests", records) if isinstance(records, dict) else records
         customers = requests.get(fake_url + "/__fake/customers", timeout=30).json()
@@ -678,6 +795,7 @@ class Bench:
             "refused": refused,
             "stale_customers": stale,
             "seconds": round(elapsed, 1),
+            "redis_commands_per_event": round(redis_cost.per_event(counts, len(events)), 3),
         }
         log(f"quota mix {mode}, hold {window}s/skip {memory}d: {figure}")
         return figure
@@ -686,13 +804,24 @@ class Bench:
 
     def finish(self) -> None:
         for label, mb in sorted(self.rss.items()):
-            self.row(f"peak RSS {label}", mb, "MB", None, "(info)", None)
+            if label == "worker (delivery)":  # issue #23: draining the 12,000-event backlog
+                self.row(
+                    f"peak RSS {label}, {DELIVERY_EVENTS:,} events queued first",
+                    mb,
+                    "MB",
+                    None,
+                    f"< {WORKER_RSS_TARGET_MB} MB",
+                    mb < WORKER_RSS_TARGET_MB,
+                )
+            else:
+                self.row(f"peak RSS {label}", mb, "MB", None, "(info)", None)
         self.results["machine"] = machine()
         self.results["fake"] = self.fake_note
         self.results["load_generators"] = (
             "wrk 4.1 (Debian), 2 threads, keep-alive (gunicorn gevent workers keep connections open); "
             "gevent requests loop; paced 16-thread requests sender"
         )
+        OUT_JSON.parent.mkdir(exist_ok=True)
         OUT_JSON.write_text(orjson.dumps(self.results, option=orjson.OPT_INDENT_2).decode())
         print()
         print(table(self.results["rows"]))
@@ -745,7 +874,7 @@ def machine() -> dict[str, Any]:
 def fmt(value: float | None, unit: str = "") -> str:
     if value is None:
         return "-"
-    if unit in ("ms", "MB", "calls/event") or abs(value) < 10:
+    if unit in ("ms", "MB", "calls/event", "commands/event") or abs(value) < 10:
         return f"{value:,.2f}" if unit != "ms" else f"{value:,.0f}"
     return f"{value:,.0f}"
 
@@ -817,13 +946,16 @@ def main() -> None:
     started = time.monotonic()
     load = os.getloadavg()
     log(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; work dir {bench.tmp}")
-    only = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
+    only = set(filter(None, os.environ.get("BENCH_ONLY", QUICK_PHASES if QUICK else "").split(",")))
     try:
         bench.start_infra()
-        for phase in ("ingest", "delivery", "end_to_end", "mixed", "quota"):
+        for phase in PHASES:
             if not only or phase in only:
                 log(f"phase {phase}")
-                getattr(bench, phase)()
+                if phase in ("fleet", "redis_capacity"):  # bench/fleet.py
+                    getattr(fleet_mod, phase)(bench)
+                else:
+                    getattr(bench, phase)()
         bench.results["seconds"] = round(time.monotonic() - started, 1)
         bench.results["load_average_before"] = load
         bench.results["load_average_after"] = os.getloadavg()
