@@ -16,8 +16,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from bench import redis_cost
 from bench.payloads import track
@@ -30,6 +34,10 @@ FLEET_EVENTS = int(os.environ.get("BENCH_FLEET_EVENTS", "3000" if QUICK else "12
 FLEET_SIZES = tuple(int(x) for x in os.environ.get("BENCH_FLEET_SIZES", "1,2,4").split(",") if x)
 BENCHMARK_REQUESTS = int(os.environ.get("BENCH_REDIS_REQUESTS", "20000" if QUICK else "100000"))
 BENCHMARK_CLIENTS = 50
+# The MONITOR passes (round trips vs script calls): custom events at 500/s for this long, and
+# this many events of the identify-heavy mix.
+TRIP_SECONDS = float(os.environ.get("BENCH_TRIP_SECONDS", "3" if QUICK else "4"))
+TRIP_IDENTIFY_EVENTS = int(os.environ.get("BENCH_TRIP_IDENTIFY_EVENTS", "600" if QUICK else "1000"))
 
 
 def log(msg: str) -> None:
@@ -64,13 +72,15 @@ def fleet(bench: Bench) -> None:
 
 
 def fleet_run(bench: Bench, processes: int, count: int) -> dict[str, Any]:
-    from bench.run import wait_until
+    from bench.run import BIN, wait_until
 
     bench.r.flushdb()
     run_id = f"fleet{processes}-{int(time.time())}"
     events = [track(f"d-{run_id}-{i}", i) for i in range(count)]
     logged_before = len(bench.nginx.lines("slow")) if bench.nginx else 0
     workers = [bench.worker(f"fleet{processes}-{k}", "voucherify.us1") for k in range(processes)]
+    # The scheduler as production runs it (parked work comes back: bench/run.py delivery_run).
+    sched = bench.add(f"scheduler-fleet{processes}", [str(BIN / "connector"), "scheduler"])
     # Celery logs "<name> ready." once it consumes; the queue is empty until then.
     for w in workers:
         wait_until(lambda w=w: " ready." in w.text(), 60, f"{w.name} ready")
@@ -83,6 +93,7 @@ def fleet_run(bench: Bench, processes: int, count: int) -> dict[str, Any]:
     elapsed = time.monotonic() - started
     time.sleep(0.6)  # nginx flushes its log every 200 ms
     calls = (len(bench.nginx.lines("slow")) if bench.nginx else 0) - logged_before
+    bench.stop(sched)
     for w in workers:
         bench.stop(w, f"worker (fleet, {processes} processes)")
     figure = {
@@ -99,6 +110,38 @@ def fleet_run(bench: Bench, processes: int, count: int) -> dict[str, Any]:
         f"(queued in {queued:.1f} s)"
     )
     return figure
+
+
+def redis_round_trips(bench: Bench) -> None:
+    """Which of the commands counted end to end clients send (round trips, pipelined or not)
+    and which their Lua scripts call (Redis counts both in INFO commandstats), by key family:
+    short passes of their own under MONITOR, which slows Redis (so never in a timed window)."""
+    from bench.payloads import identify_heavy_stream
+    from bench.run import BIN, QUOTA_CUSTOMERS, ROOT, wait_until
+
+    bench.r.flushdb()
+    web, url = bench.web("ops.wsgi:app", int(os.environ.get("WEB_CONCURRENCY", "2")))
+    worker = bench.worker("trips", "voucherify.us1")
+    sched = bench.add("scheduler-trips", [str(BIN / "connector"), "scheduler"])
+    bench.warm_up(url, "wk_bench_slow", "slow")
+    bench.meter.start()  # counts the bench's own polling, taken off the MONITOR's GETs
+    monitor = bench.monitor("custom-pass", force=True)
+    assert monitor is not None
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.loadgen", url, "wk_bench_slow", "500", str(TRIP_SECONDS), "10"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=TRIP_SECONDS + 60,
+        cwd=ROOT,
+    ).stdout
+    sent = int(orjson.loads(out.strip().splitlines()[-1])["sent"])
+    wait_until(lambda: bench.backlog_of("slow") <= 0, 60, "round-trip pass drained")
+    bench.record_round_trips("custom", monitor, sent)
+    for proc in (sched, worker, web):
+        bench.stop(proc)
+    events = identify_heavy_stream(QUOTA_CUSTOMERS, TRIP_IDENTIFY_EVENTS)
+    bench.quota_run("rest", events, 5, 7, monitor_pass=True)
 
 
 def redis_capacity(bench: Bench) -> None:

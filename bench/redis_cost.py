@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import shutil
 import subprocess
 import time
@@ -231,8 +232,51 @@ def split_idle(idle: Window, total: Window) -> tuple[Window, dict[str, float]]:
     return loaded, rate
 
 
+# Key segments that name a kind of key, not an id (connector/keys.py's layout).
+KEY_MARKERS = frozenset(
+    {
+        "h",
+        "s",
+        "c",
+        "m",
+        "sz",
+        "bytes",
+        "data",
+        "counts",
+        "shared",
+        "refs",
+        "state",
+        "lock",
+        "swept",
+        "idle",
+        "queues",
+        "n",
+        "hint",
+        "pause",
+        "slow",
+        "seen",
+    }
+)
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_NO_KEY = frozenset(
+    {"ping", "info", "time", "multi", "exec", "client", "select", "hello", "script", "config"}
+)
+
+
+def key_family(key: str, prefix: str = "connector:") -> str:
+    """A key without its ids: ``connector:trace:h:bench-slow:e2e-1`` -> ``trace:h``,
+    ``connector:ledger:bench-slow:k`` -> ``ledger``, ``voucherify.us1`` -> ``voucherify.us1``
+    (kombu's queues and keys carry no prefix)."""
+    if not key.startswith(prefix):
+        return key.split(":", 1)[0] if key.startswith("_kombu") else key
+    parts = key[len(prefix) :].split(":")
+    return ":".join([parts[0], *(p for p in parts[1:] if p in KEY_MARKERS)])
+
+
 def parse_monitor(lines: Any) -> tuple[dict[str, int], dict[str, int]]:
-    """``MONITOR`` output -> (commands clients sent, commands scripts called), by lower-case name.
+    """``MONITOR`` output -> (commands clients sent, commands scripts called), each counted by
+    ``command key-family`` (``rpush trace:h``; a script by its first key, a command without
+    keys by its name alone).
 
     A line is ``1700000000.123456 [0 127.0.0.1:51234] "SET" "k" "v"``; a script's call shows
     ``[0 lua]`` as its source.  Other lines (``OK``, blanks) are skipped."""
@@ -242,10 +286,20 @@ def parse_monitor(lines: Any) -> tuple[dict[str, int], dict[str, int]]:
         head, sep, rest = str(line).partition("] ")
         if not sep or "[" not in head or not rest.startswith('"'):
             continue
-        name = rest[1:].split('"', 1)[0].lower()
+        args = _QUOTED.findall(rest)
+        if not args:
+            continue
+        name = args[0].lower()
+        key = None
+        if name in ("eval", "evalsha", "evalsha_ro", "eval_ro", "fcall"):
+            if len(args) > 3 and args[2].isdigit() and int(args[2]) > 0:
+                key = args[3]
+        elif name not in _NO_KEY and len(args) > 1:
+            key = args[1]
+        label = f"{name} {key_family(key)}" if key is not None else name
         source = head.split("[", 1)[1].split(" ", 1)[-1]
         into = scripted if source == "lua" else sent
-        into[name] = into.get(name, 0) + 1
+        into[label] = into.get(label, 0) + 1
     return sent, scripted
 
 

@@ -108,13 +108,32 @@ def test_idle_lead_in_is_split_off() -> None:
 def test_monitor_lines_split_client_commands_from_script_calls() -> None:
     lines = [
         "OK",
-        '1765072800.123456 [0 127.0.0.1:51234] "EVALSHA" "abc" "1" "k"',
-        '1765072800.123460 [0 lua] "incrby" "k" "1"',
-        '1765072800.123461 [0 lua] "EXPIRE" "k" "60"',
-        '1765072800.123470 [0 127.0.0.1:51235] "get" "k"',
-        '1765072800.123480 [0 unix:/tmp/r.sock] "GET" "k with ] bracket"',
+        '1765072800.123456 [0 127.0.0.1:51234] "EVALSHA" "abc" "1" "connector:ledger:bench-slow:k1" "x"',
+        '1765072800.123460 [0 lua] "incrby" "connector:backlog:bench-slow" "1"',
+        '1765072800.123461 [0 lua] "EXPIRE" "connector:trace:h:bench-slow:e-1" "60"',
+        '1765072800.123470 [0 127.0.0.1:51235] "get" "connector:backlog:bench-slow"',
+        '1765072800.123480 [0 unix:/tmp/r.sock] "GET" "connector:backlog:with \\"quote\\" ] x"',
+        '1765072800.123490 [0 127.0.0.1:51235] "MULTI"',
+        '1765072800.123491 [0 127.0.0.1:51235] "BRPOP" "voucherify.us1" "1"',
         "",
     ]
     sent, scripted = redis_cost.parse_monitor(lines)
-    assert sent == {"evalsha": 1, "get": 2}
-    assert scripted == {"incrby": 1, "expire": 1}
+    assert sent == {"evalsha ledger": 1, "get backlog": 2, "multi": 1, "brpop voucherify.us1": 1}
+    assert scripted == {"incrby backlog": 1, "expire trace:h": 1}
+
+
+@pytest.mark.parametrize(
+    ("key", "family"),
+    [
+        ("connector:trace:h:bench-slow:e2e-1-2", "trace:h"),
+        ("connector:trace:c:e2e-1-2", "trace:c"),
+        ("connector:ov:bench-slow:m:29433", "ov:m"),
+        ("connector:ledger:bench-slow:idem-1", "ledger"),
+        ("connector:rl:bench-slow:api:n", "rl:n"),
+        ("connector:dlq:data", "dlq:data"),
+        ("unacked_index", "unacked_index"),
+        ("_kombu.binding.voucherify.us1", "_kombu.binding.voucherify.us1"),
+    ],
+)
+def test_key_family_drops_ids(key: str, family: str) -> None:
+    assert redis_cost.key_family(key) == family
