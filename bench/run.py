@@ -957,7 +957,12 @@ def plot(results: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in results["rows"] if r["unit"] in ("events/s", "requests/s")]
+    # Measured throughput only: the fleet's ceilings are derived figures, shown in the table.
+    rows = [
+        r
+        for r in results["rows"]
+        if r["unit"] in ("events/s", "requests/s") and not r["figure"].startswith("fleet ceiling")
+    ]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 6))
     labels = [r["figure"].replace(", ", "\n", 1) for r in rows]
     xs = range(len(rows))
