@@ -29,6 +29,7 @@ import orjson
 import redis
 import requests
 
+from bench import backfill as backfill_mod
 from bench import fleet as fleet_mod
 from bench import nginx as nginx_mod
 from bench import redis_cost
@@ -57,6 +58,7 @@ PHASES = (
     "fleet",
     "redis_round_trips",
     "redis_capacity",
+    "backfill",
 )
 QUICK_PHASES = "end_to_end,quota,fleet,redis_round_trips,redis_capacity"
 INGEST_SECONDS = float(os.environ.get("BENCH_INGEST_SECONDS", "8"))
@@ -1013,6 +1015,8 @@ def main() -> None:
                 log(f"phase {phase}")
                 if phase in ("fleet", "redis_round_trips", "redis_capacity"):  # bench/fleet.py
                     getattr(fleet_mod, phase)(bench)
+                elif phase == "backfill":  # bench/backfill.py
+                    backfill_mod.backfill(bench)
                 else:
                     getattr(bench, phase)()
         bench.results["seconds"] = round(time.monotonic() - started, 1)
