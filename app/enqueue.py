@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 from celery import Celery
@@ -97,31 +97,24 @@ class Enqueuer:
             )
         dead = int(self.redis.hget(self.keys.dlq_bytes, connection.id) or 0)
         if dead >= connection.dead_letter_bytes_limit:
-            log.warning(
-                "dead letters over their bound: refusing new work",
-                extra={"connection": connection.id, "bytes": dead},
-            )
-            raise ApiError(
-                429,
+            _full(
+                connection.id,
+                "dead letters",
+                dead,
                 "dead_letters_full",
-                "this connection holds too many dead letters "
-                "(replay or purge them: connector dlq); retry later",
-                headers={"Retry-After": RETRY_AFTER_BACKLOG},
+                "this connection holds too many dead letters (replay or purge them: connector dlq)",
             )
         # The ledger, stale times and unchanged digests outlive the backlog by days (keyed by the
         # client's ids: a flood of distinct userIds makes them); their bound (connector.kept).
         records = self.kept.over(connection.id) if self.kept is not None else None
         if records is not None:
-            log.warning(
-                "customer records over their bound: refusing new work",
-                extra={"connection": connection.id, "bytes": records},
-            )
-            raise ApiError(
-                429,
+            _full(
+                connection.id,
+                "customer records",
+                records,
                 "customer_records_full",
                 "this connection keeps too many per-customer records "
-                "(CUSTOMER_RECORDS_MB; they expire by themselves); retry later",
-                headers={"Retry-After": RETRY_AFTER_BACKLOG},
+                "(CUSTOMER_RECORDS_MB; they expire by themselves)",
             )
 
     def _reserve(self, connection: Connection, count: int, stored_bytes: int, *, flow: bool = False) -> None:
@@ -233,3 +226,12 @@ class Enqueuer:
                 "broker unavailable while publishing a regulation", extra={"connection": connection.id}
             )
             raise unavailable() from None
+
+
+def _full(connection_id: str, what: str, used: int, code: str, message: str) -> NoReturn:
+    """A bound of the connection's is reached: said in the log (with the connection id) and in a
+    429 naming the cause -- but not the connection (a browser's write key is public)."""
+    log.warning(
+        f"{what} over their bound: refusing new work", extra={"connection": connection_id, "bytes": used}
+    )
+    raise ApiError(429, code, f"{message}; retry later", headers={"Retry-After": RETRY_AFTER_BACKLOG})

@@ -91,7 +91,7 @@ class Forecast:
         if self.growth_per_hour is not None:
             out.append(f"backlog grows by {self.growth_per_hour:,.0f}/h: raise the plan or the share")
         elif self.drain_seconds is not None and self.backlog:
-            out.append(f"backlog drains in {_duration(self.drain_seconds)}")
+            out.append(f"backlog drains in {duration(self.drain_seconds)}")
         if self.calls_per_event is not None:
             out.append(f"{self.calls_per_event:.2f} calls per event over the last hour")
         return out
@@ -101,7 +101,8 @@ def _day(epoch: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """A duration as an operator reads it: seconds, minutes, hours or days."""
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 
 from connector.config import Connection
+from connector.forecast import duration
 from connector.quotas import ASSUMED_PLAN, PLANS, QuotaSettings, budget_specs
 from workers.targets.voucherify_coalesce import MAX_BULK
 
@@ -113,13 +114,7 @@ def backfill_table(customers: int = 1_000_000, share: float = 0.5) -> list[dict[
 def human(seconds: float | None) -> str:
     if seconds is None:
         return "unbounded by the budgets"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
+    return duration(seconds)
 
 
 def describe(customers: int, custom_events: int, connection: Connection) -> list[str]:
