@@ -13,7 +13,7 @@ from connector.redisconn import SentinelTarget
 
 PASSWORD = "pw-sentinel-7d2e91"
 SENTINEL_ENV = {
-    "REDIS_SENTINELS": "sentinel-a.invalid:26379, sentinel-b.invalid:26380,[::1]:26381",
+    "REDIS_SENTINELS": "sentinel-a.invalid:26400, sentinel-b.invalid:26401,[2001:db8::1]:26402",
     "REDIS_SENTINEL_MASTER": "mymaster",
     "REDIS_SENTINEL_PASSWORD": PASSWORD,
     "REDIS_URL": "redis://ignored.invalid:6390/0",
@@ -34,7 +34,11 @@ def test_sentinels_are_parsed_and_redis_url_is_ignored() -> None:
     got = settings(SENTINEL_ENV)
     target = got.redis
     assert isinstance(target, SentinelTarget)
-    assert target.nodes == (("sentinel-a.invalid", 26379), ("sentinel-b.invalid", 26380), ("::1", 26381))
+    assert target.nodes == (
+        ("sentinel-a.invalid", 26400),
+        ("sentinel-b.invalid", 26401),
+        ("2001:db8::1", 26402),
+    )
     assert target.master == "mymaster"
     assert target.password is not None and target.password.reveal() == PASSWORD
     assert redisenv.redis_target(SENTINEL_ENV) == target  # the commands without connections too
@@ -53,8 +57,8 @@ def test_without_sentinels_redis_url_is_the_target() -> None:
         ({"REDIS_SENTINELS": "sentinel-a.invalid", "REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINELS"),
         ({"REDIS_SENTINELS": "h:notaport", "REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINELS"),
         ({"REDIS_SENTINELS": "h:70000", "REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINELS"),
-        ({"REDIS_SENTINELS": "h:26379"}, "REDIS_SENTINEL_MASTER"),
-        ({"REDIS_SENTINELS": "h:26379", "REDIS_SENTINEL_MASTER": "bad name!"}, "REDIS_SENTINEL_MASTER"),
+        ({"REDIS_SENTINELS": "h:26400"}, "REDIS_SENTINEL_MASTER"),
+        ({"REDIS_SENTINELS": "h:26400", "REDIS_SENTINEL_MASTER": "bad name!"}, "REDIS_SENTINEL_MASTER"),
         ({"REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINEL_MASTER"),
         ({"REDIS_SENTINEL_PASSWORD": PASSWORD}, "REDIS_SENTINEL_PASSWORD"),
         ({"REDIS_MIN_REPLICAS": "two"}, "REDIS_MIN_REPLICAS"),
@@ -83,7 +87,7 @@ def test_the_password_is_never_shown() -> None:
     assert isinstance(target, SentinelTarget)
     for text in (repr(got), str(got), repr(target), target.describe(), redisconn.describe(target)):
         assert PASSWORD not in text
-    assert "sentinel-a.invalid:26379" in target.describe() and "mymaster" in target.describe()
+    assert "sentinel-a.invalid:26400" in target.describe() and "mymaster" in target.describe()
     conf = celery_config(target, "required", got.broker, "p:")
     # Neither the URL nor any printable form of the configuration holds it (a Secret object).
     assert PASSWORD not in conf["broker_url"]
