@@ -19,17 +19,15 @@ import os
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from bench import redis_cost
+from bench.common import BIN, GREENLETS, QUICK, QUOTA_CUSTOMERS, ROOT, wait_until
+from bench.common import Harness as Bench
 from bench.payloads import track
 
-if TYPE_CHECKING:
-    from bench.run import Bench
-
-QUICK = os.environ.get("BENCH_QUICK") == "1"
 FLEET_EVENTS = int(os.environ.get("BENCH_FLEET_EVENTS", "3000" if QUICK else "12000"))
 FLEET_SIZES = tuple(int(x) for x in os.environ.get("BENCH_FLEET_SIZES", "1,2,4").split(",") if x)
 BENCHMARK_REQUESTS = int(os.environ.get("BENCH_REDIS_REQUESTS", "20000" if QUICK else "100000"))
@@ -45,7 +43,6 @@ def log(msg: str) -> None:
 
 
 def fleet(bench: Bench) -> None:
-    from bench.run import GREENLETS
 
     figures = {n: fleet_run(bench, n, FLEET_EVENTS) for n in FLEET_SIZES}
     bench.results["fleet"] = {str(n): fig for n, fig in figures.items()}
@@ -72,7 +69,6 @@ def fleet(bench: Bench) -> None:
 
 
 def fleet_run(bench: Bench, processes: int, count: int) -> dict[str, Any]:
-    from bench.run import BIN, wait_until
 
     bench.r.flushdb()
     run_id = f"fleet{processes}-{int(time.time())}"
@@ -124,7 +120,6 @@ def redis_round_trips(bench: Bench) -> None:
     and which their Lua scripts call (Redis counts both in INFO commandstats), by key family:
     short passes of their own under MONITOR, which slows Redis (so never in a timed window)."""
     from bench.payloads import identify_heavy_stream
-    from bench.run import BIN, QUOTA_CUSTOMERS, ROOT, wait_until
 
     bench.r.flushdb()
     web, url = bench.web("ops.wsgi:app", int(os.environ.get("WEB_CONCURRENCY", "2")))

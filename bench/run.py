@@ -33,22 +33,20 @@ from bench import backfill as backfill_mod
 from bench import fleet as fleet_mod
 from bench import nginx as nginx_mod
 from bench import redis_cost
+from bench.common import BIN, GREENLETS, INFLIGHT, QUICK, QUOTA_CUSTOMERS, ROOT, wait_until
 from bench.payloads import batch_body, identify_heavy_stream, mixed_stream, track
 from bench.payloads import now_iso as payloads_now
 from ops.embedded import free_port, start_redis
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 OUT_JSON = ROOT / "bench" / "results.json"
 OUT_PNG = ROOT / "bench" / "results.png"
-if fleet_mod.QUICK:  # a quick run never overwrites the full run's committed results
+if QUICK:  # a quick run never overwrites the full run's committed results
     OUT_JSON = ROOT / ".run" / "bench-quick.json"
     OUT_PNG = ROOT / ".run" / "bench-quick.png"
 HARD_LIMIT_SECONDS = float(os.environ.get("BENCH_HARD_LIMIT_SECONDS", "900"))
 
 # BENCH_QUICK=1: the fleet and Redis-cost rows only (end to end, rest quota mix, fleet, Redis
 # capacity), small sizes: for working on them without loading the machine for 10 minutes.
-QUICK = fleet_mod.QUICK
 PHASES = (
     "ingest",
     "delivery",
@@ -83,7 +81,6 @@ REDIS_IDLE_SECONDS = float(os.environ.get("BENCH_REDIS_IDLE_SECONDS", "3"))
 REDIS_MONITOR = os.environ.get("BENCH_REDIS_MONITOR") == "1"
 # Issue #23: a worker draining the 12,000-event backlog stays under this peak RSS.
 WORKER_RSS_TARGET_MB = 200
-QUOTA_CUSTOMERS = int(os.environ.get("BENCH_QUOTA_CUSTOMERS", "150"))
 QUOTA_RATE = int(os.environ.get("BENCH_QUOTA_RATE", "200"))
 # The delivery worker runs as production does (the Procfile's line): --concurrency 100 Celery
 # greenlets (tasks), CONNECTOR_DELIVERY_CONCURRENCY customers each (default 32), and at most
@@ -91,8 +88,6 @@ QUOTA_RATE = int(os.environ.get("BENCH_QUOTA_RATE", "200"))
 # The baseline loop runs that many greenlets.  BENCH_* override them.
 WORKER_TASKS = int(os.environ.get("BENCH_WORKER_TASKS", "100"))
 TASK_CONCURRENCY = os.environ.get("BENCH_TASK_CONCURRENCY", "")
-INFLIGHT = int(os.environ.get("BENCH_WORKER_INFLIGHT", "100"))
-GREENLETS = INFLIGHT
 
 CONNS = {  # name -> (write key, region (queue), nginx server, rate limit per minute)
     "fast": ("wk_bench_fast", "eu", "fast", None),
@@ -156,16 +151,6 @@ def peak_rss_mb(pid: int) -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024.0
     return 0.0
-
-
-def wait_until(pred: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            if pred():
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out waiting for {what}")
 
 
 class Bench:

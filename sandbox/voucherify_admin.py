@@ -30,18 +30,33 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from sandbox.async_actions import AsyncActions
+from sandbox.customers import CustomerStore, MetadataSchemas
 from sandbox.plans import LIMIT_KEYS, PLANS, QuotaConfig
-from sandbox.quota import KINDS
+from sandbox.quota import KINDS, Quota
 from sandbox.wire import FakeRequest, FakeResponse
-
-if TYPE_CHECKING:
-    from sandbox.fake_voucherify import FakeVoucherify
 
 AUTH_STATES = {"ok": None, "revoked": 401, "forbidden": 403}
 MAX_BURST = 100_000
+
+
+class AdminApp(Protocol):
+    """What the control endpoints need of the fake (``sandbox.fake_voucherify`` is one): named
+    here rather than imported, so the fake and its control surface import in one direction only."""
+
+    lock: threading.Lock
+    customers: CustomerStore
+    metadata: MetadataSchemas
+    actions: AsyncActions
+    quota: Quota
+    initial_quota: QuotaConfig
+    access: AccessSwitch
+
+    def finish_due_actions(self, now: float) -> None: ...
 
 
 class AccessSwitch:
@@ -91,7 +106,7 @@ def _used(raw: Any) -> dict[str, int]:
     return raw
 
 
-def update_quota(app: FakeVoucherify, body: Any, now: float) -> dict[str, Any]:
+def update_quota(app: AdminApp, body: Any, now: float) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ValueError("body must be a JSON object")
     spec = dict(body)
@@ -106,7 +121,7 @@ def update_quota(app: FakeVoucherify, body: Any, now: float) -> dict[str, Any]:
         return app.quota.view(now)
 
 
-def shop_burst(app: FakeVoucherify, body: Any, now: float) -> dict[str, Any]:
+def shop_burst(app: AdminApp, body: Any, now: float) -> dict[str, Any]:
     body = body if isinstance(body, dict) else {}
     calls, kind = body.get("calls"), body.get("kind", "rest")
     if isinstance(calls, bool) or not isinstance(calls, int) or not 0 <= calls <= MAX_BURST:
@@ -117,7 +132,7 @@ def shop_burst(app: FakeVoucherify, body: Any, now: float) -> dict[str, Any]:
         return app.quota.burst(kind, calls, now)
 
 
-def control(app: FakeVoucherify, req: FakeRequest) -> FakeResponse | None:
+def control(app: AdminApp, req: FakeRequest) -> FakeResponse | None:
     now = time.time()
     route = (req.method, req.path.rstrip("/"))
     if route == ("GET", "/__fake/customers"):
