@@ -9,7 +9,8 @@ Profiled on the ingest (one broker message per request of 100 events, ~60 KB):
 - kombu serializes the envelope (headers, properties and the base64 body) with the stdlib json
   encoder, about 0.3 ms for a 60 KB batch; orjson writes the same JSON in a tenth of that.
 Both keep the wire format byte-compatible: workers and web processes of any version read it.
-Everything else (BRPOP, acknowledgements, the unacked index, restores) is kombu's own.
+Everything else (BRPOP, acknowledgements, the unacked index, restores) is kombu's own, bar
+what Redis going away breaks (below).
 
 Replication (SPEC 16): Redis replicates asynchronously, so a master that dies right after a
 publish can take the message with it -- after the web answered 200.  With ``min_replicas`` the
@@ -28,6 +29,20 @@ taken for good and the worker never asks for work again (seen in a suite run: th
 message is still in kombu's unacked hash (the restore is one MULTI), so the visibility sweep
 (:mod:`workers.restore`) brings it back, as for a killed worker.
 
+A message taken but not recorded (Redis away): BRPOP removes a message from its queue as it
+answers, and only then does kombu record it in the unacked hash (ZADD + HSET).  Redis stopping
+in between (seen in the identify fault test: the last command of the AOF before a restart was
+that RPOP, the worker logged the record's ConnectionError) left the message in no queue, no
+unacked hash -- only in the worker's memory, which kombu dropped with the exception: 13 upserts
+never applied.  :class:`QoS` keeps such a message in the process (:data:`ORPHANS`) and the
+channel puts it back at the head of its queue before its next BRPOP (or get), once Redis
+answers again (one MULTI, which also drops any unacked record of it: the record may have
+reached Redis with only its reply lost).  The message was never handed to a task, so it runs
+once.  A process that exits first logs how many it could not put back.  What no client can
+get back: a BRPOP that Redis serves in the same event-loop turn as its SHUTDOWN (or just before
+a crash) -- the pop reaches the AOF, the answer never leaves (measured with redis-server 6.2
+and 7.0); only a reliable queue (BLMOVE into a list per consumer) would close that.
+
 Sentinel: kombu's ``SentinelChannel`` asks the sentinels for the master each time it opens a
 connection, so a reconnect after a failover reaches the new master.  What kombu 5.7 lacks or
 gets wrong here:
@@ -44,6 +59,9 @@ gets wrong here:
 
 from __future__ import annotations
 
+import atexit
+import logging
+import threading
 from typing import Any
 
 import orjson
@@ -61,8 +79,90 @@ _VirtualQoS: Any = kombu_virtual.QoS
 _FAILED_ACK = (redis.RedisError, OSError)
 
 
+log = logging.getLogger("connector.broker")
+
+
+class Orphans:
+    """Messages this process took from a queue but could not record as unacknowledged (module
+    doc): kept here until a channel puts them back."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # (kombu's raw message, exchange, routing key), in the order they were taken.
+        self._kept: list[tuple[dict[str, Any], str, str]] = []
+        self._watching = False
+
+    def keep(self, raw: dict[str, Any], exchange: str, routing_key: str) -> None:
+        with self._lock:
+            self._kept.append((raw, exchange, routing_key))
+            if not self._watching:
+                self._watching = True
+                atexit.register(self._report_lost)
+        log.warning(
+            "a message taken from the broker could not be recorded as unacknowledged (Redis away): "
+            "kept in this process, back to its queue once Redis answers",
+            extra={"task": _header(raw, "task"), "task_id": _header(raw, "id"), "queue": routing_key},
+        )
+
+    def put_back(self, channel: Any) -> None:
+        """Every kept message back at the head of its queue through ``channel``; a Redis error
+        keeps those not yet put back (and is raised: the caller's Redis is away too)."""
+        with self._lock:
+            kept, self._kept = self._kept, []
+        while kept:
+            raw, exchange, routing_key = kept[0]
+            tag = raw["properties"]["delivery_tag"]
+            try:
+                with channel.conn_or_acquire() as client:
+                    pipe = client.pipeline()  # MULTI: the unacked record (if any) and the message
+                    pipe.zrem(channel.unacked_index_key, tag).hdel(channel.unacked_key, tag)
+                    channel._do_restore_message(raw, exchange, routing_key, pipe, leftmost=False)
+                    pipe.execute()
+            except BaseException:  # Redis away again (or anything else): none of them dropped
+                with self._lock:
+                    self._kept[:0] = kept
+                raise
+            kept.pop(0)
+            log.warning(
+                "a message kept while Redis was away is back in its queue",
+                extra={"task": _header(raw, "task"), "task_id": _header(raw, "id"), "queue": routing_key},
+            )
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._kept)
+
+    def _report_lost(self) -> None:
+        with self._lock:
+            ids = [_header(raw, "id") for raw, _, _ in self._kept]
+        if ids:
+            log.error(
+                "exiting with messages taken from the broker that Redis never got back: lost",
+                extra={"count": len(ids), "task_ids": ids},
+            )
+
+
+def _header(raw: dict[str, Any], name: str) -> Any:
+    headers = raw.get("headers")
+    return headers.get(name) if isinstance(headers, dict) else None
+
+
+# One per process: a kept message outlives the connection (and channel) that took it.
+ORPHANS = Orphans()
+
+
 class QoS(_RedisQoS):  # type: ignore[misc]  # kombu is untyped here
-    """kombu's Redis QoS whose failed ack or reject still frees the prefetch slot (module doc)."""
+    """kombu's Redis QoS whose failed ack or reject still frees the prefetch slot, and whose
+    failed record of a message taken keeps the message (module doc)."""
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        try:
+            super().append(message, delivery_tag)
+        except _FAILED_ACK:
+            # Taken from its queue, recorded nowhere: this process holds the only copy.
+            info = message.delivery_info or {}
+            ORPHANS.keep(message._raw, info.get("exchange", ""), info.get("routing_key", ""))
+            raise  # the consumer reconnects, as for any broker connection error
 
     def ack(self, delivery_tag: str) -> None:
         try:
@@ -88,7 +188,7 @@ class NotReplicated(redis.RedisError):
     """A publish that fewer replicas than ``REDIS_MIN_REPLICAS`` acknowledged in time."""
 
 
-class _Publishing:
+class _Overrides:
     """The overrides shared by the plain and the Sentinel channel (a mixin before kombu's)."""
 
     _shared_client: redis.Redis | None = None
@@ -104,6 +204,17 @@ class _Publishing:
         if client is None or client.connection_pool is not self.pool:
             client = self._shared_client = super()._create_client()  # type: ignore[misc]
         return client
+
+    def _brpop_start(self, timeout: Any = None) -> Any:
+        # Messages taken while Redis went away go back to their queues before taking more.
+        if len(ORPHANS):
+            ORPHANS.put_back(self)
+        return super()._brpop_start(timeout)  # type: ignore[misc]
+
+    def _get(self, queue: str) -> Any:
+        if len(ORPHANS):
+            ORPHANS.put_back(self)
+        return super()._get(queue)  # type: ignore[misc]
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         # The common case (no batch publishing, no per-queue expiry: the connector uses neither)
@@ -133,12 +244,12 @@ class _Publishing:
 _OPTIONS = ("min_replicas", "replica_wait_ms")
 
 
-class Channel(_Publishing, _RedisChannel):  # type: ignore[misc]  # kombu is untyped here (see above)
+class Channel(_Overrides, _RedisChannel):  # type: ignore[misc]  # kombu is untyped here (see above)
     QoS = QoS
     from_transport_options = _RedisChannel.from_transport_options + _OPTIONS
 
 
-class SentinelChannel(_Publishing, _SentinelChannel):  # type: ignore[misc]
+class SentinelChannel(_Overrides, _SentinelChannel):  # type: ignore[misc]
     QoS = QoS
     from_transport_options = (
         *_SentinelChannel.from_transport_options,

@@ -1,4 +1,5 @@
-"""connector.broker.QoS: an ack or reject that cannot reach Redis still frees its prefetch slot.
+"""connector.broker.QoS: an ack or reject that cannot reach Redis still frees its prefetch slot,
+and a message taken just as Redis goes away (BRPOP answered, the unacked record refused) is not lost.
 
 A redis-server of the test's own, with AOF: "Redis away" is that server shut down (the ack or
 reject fails as in an outage), and started again on the same files to see what it kept.
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import redis
 from kombu import Connection
+from kombu.transport import redis as kombu_redis
 
 from ops.embedded import free_port, start_redis
 
@@ -112,3 +114,89 @@ def test_acks_and_rejects_that_reach_redis_are_kombus(channel: Any, server: Serv
     channel.basic_ack(again.delivery_tag)
     assert channel.qos.can_consume()
     assert client.llen(QUEUE) == 0 and client.hlen("unacked") == 0
+
+
+def test_a_message_taken_as_redis_goes_away_is_delivered_once_redis_is_back(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The identify fault test's loss, made certain: BRPOP has taken the message off its queue and
+    Redis stops before kombu records it as unacknowledged (its ZADD + HSET refused).  The AOF
+    keeps the pop, so after the restart the message is in no queue and no unacked hash: only
+    the worker process holds it, and the next consumer (as Celery's after reconnecting) must
+    get it."""
+    first = Connection(server.url, transport="connector.broker:Transport")
+    chan = first.channel()
+    chan.queue_declare(QUEUE)
+    chan.basic_publish(chan.prepare_message('{"n": 1}'), exchange="", routing_key=QUEUE)
+
+    record = kombu_redis.QoS.append  # kombu's record of a taken message (ZADD + HSET)
+
+    def redis_goes_first(qos: Any, message: Any, delivery_tag: str) -> None:
+        monkeypatch.setattr(kombu_redis.QoS, "append", record)  # once
+        server.shutdown()
+        record(qos, message, delivery_tag)
+
+    monkeypatch.setattr(kombu_redis.QoS, "append", redis_goes_first)
+    taken: list[Any] = []
+    chan.basic_consume(QUEUE, no_ack=False, callback=taken.append, consumer_tag="t")
+    with pytest.raises(first.connection_errors):
+        first.drain_events(timeout=5)
+    assert taken == []  # never handed to the consumer
+    with contextlib.suppress(Exception):
+        first.release()
+
+    client = server.kept()  # restarted on its AOF: the pop was kept, the record never made
+    assert client.llen(QUEUE) == 0 and client.hlen("unacked") == 0
+
+    again = Connection(server.url, transport="connector.broker:Transport")
+    try:
+        chan = again.channel()
+        chan.basic_consume(QUEUE, no_ack=False, callback=taken.append, consumer_tag="t")
+        again.drain_events(timeout=5)
+        assert [m.body for m in taken] == [b'{"n": 1}']
+        taken[0].ack()
+        # Delivered once: nothing left in the queue or unacknowledged.
+        assert client.llen(QUEUE) == 0 and client.hlen("unacked") == 0
+    finally:
+        again.release()
+
+
+def test_a_kept_message_that_cannot_go_back_yet_stays_kept(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Putting a kept message back while Redis is still away fails and keeps it for the next
+    try (the consumer's next BRPOP, after its next reconnect)."""
+    from connector import broker
+
+    first = Connection(server.url, transport="connector.broker:Transport")
+    chan = first.channel()
+    chan.queue_declare(QUEUE)
+    chan.basic_publish(chan.prepare_message('{"n": 2}'), exchange="", routing_key=QUEUE)
+    record = kombu_redis.QoS.append
+
+    def redis_goes_first(qos: Any, message: Any, delivery_tag: str) -> None:
+        monkeypatch.setattr(kombu_redis.QoS, "append", record)
+        server.shutdown()
+        record(qos, message, delivery_tag)
+
+    monkeypatch.setattr(kombu_redis.QoS, "append", redis_goes_first)
+    chan.basic_consume(QUEUE, no_ack=False, callback=lambda m: None, consumer_tag="t")
+    with pytest.raises(first.connection_errors):
+        first.drain_events(timeout=5)
+    assert len(broker.ORPHANS) == 1
+    with pytest.raises(first.connection_errors):
+        broker.ORPHANS.put_back(chan)  # Redis still away
+    assert len(broker.ORPHANS) == 1
+    with contextlib.suppress(Exception):
+        first.release()
+
+    client = server.kept()
+    again = Connection(server.url, transport="connector.broker:Transport")
+    try:
+        message = again.channel().basic_get(QUEUE, no_ack=False)  # puts it back, then takes it
+        assert message is not None and message.body == b'{"n": 2}'
+        assert len(broker.ORPHANS) == 0
+        message.ack()
+        assert client.llen(QUEUE) == 0 and client.hlen("unacked") == 0
+    finally:
+        again.release()
