@@ -37,7 +37,7 @@ class EventGate:
     def __init__(self, limit: int) -> None:
         self.limit = max(0, int(limit))
         self.in_work = 0  # events of the tasks past the gate
-        self.peak = 0  # the most that ever were (tests, the bench)
+        self.peak = 0  # the most that ever were (tests)
         self.overruns = 0  # tasks that entered over the bound after waiting max_wait
         self._lock = threading.Lock()
         self._queue: deque[tuple[int, threading.Event]] = deque()
@@ -72,8 +72,7 @@ class EventGate:
                 return weight  # admitted: _admit took the weight for it (even at the time-out)
             # Out of time or stopping: leave the line and enter as it is -- a stopping task
             # gives its message back at once; a late one must not outlive the visibility timeout.
-            if ticket in self._queue:
-                self._queue.remove(ticket)
+            self._queue.remove(ticket)
             if not shutdown.stopping():
                 self.overruns += 1
             self._take(weight)

@@ -46,10 +46,10 @@ def test_waiters_enter_in_arrival_order_and_a_small_one_does_not_overtake_a_big_
     first = threading.Thread(target=_task, args=(gate, 60, order, 0, 0.3))
     first.start()
     time.sleep(0.05)
-    big = threading.Thread(target=_task, args=(gate, 80, order, 1, 0.0))
+    big = threading.Thread(target=_task, args=(gate, 95, order, 1, 0.1))
     big.start()
     time.sleep(0.05)
-    small = threading.Thread(target=_task, args=(gate, 10, order, 2, 0.0))  # would fit now
+    small = threading.Thread(target=_task, args=(gate, 10, order, 2, 0.0))  # would fit beside the first
     small.start()
     for thread in (first, big, small):
         thread.join(5)
