@@ -441,10 +441,15 @@ class Bench:
         # what it has not started for the scheduler to queue again; without one it would wait
         # forever.
         sched = self.add(f"scheduler-deliver-{conn}", [str(BIN / "connector"), "scheduler"])
+        # Celery logs "<name> ready." when it starts consuming: the drain is timed from there.
+        # (Timed from the first task's end, a worker that starts every message at once had mapped
+        # most events before the clock started: a bound on events in work looked slower.)
+        wait_until(lambda: " ready." in worker.text(), 60, f"{worker.name} ready")
+        ready = time.monotonic()
         wait_until(lambda: self.backlog_of(conn) < count, 60, "first deliveries")
         started, first_left = time.monotonic(), self.backlog_of(conn)
         wait_until(lambda: self.backlog_of(conn) <= 0, 300, "all deliveries")
-        elapsed = time.monotonic() - started
+        end = time.monotonic()
         self.stop(sched)
         self.stop(worker, "worker (delivery)")
         if worker.text().strip():
@@ -455,7 +460,8 @@ class Bench:
                 self.results["notes"].append(
                     f"worker {conn}: {len(errors)} error lines, first: {errors[0][:300]}"
                 )
-        return first_left / elapsed
+        self.results.setdefault("delivery_from_first_task", {})[conn] = round(first_left / (end - started))
+        return count / (end - ready)
 
     def requests_loop(self, server: str, seconds: float = 8.0) -> float:
         out = subprocess.run(
@@ -479,7 +485,11 @@ class Bench:
         for conn, label, ms in (("fast", "0 ms", 0), ("slow", "50 ms", 50)):
             rate = self.delivery_run(conn, DELIVERY_EVENTS)
             base = self.requests_loop(CONNS[conn][2])
-            log(f"delivery {label}: {rate:,.0f} events/s per worker process; requests loop {base:,.0f} req/s")
+            first = self.results["delivery_from_first_task"][conn]
+            log(
+                f"delivery {label}: {rate:,.0f} events/s per worker process (from the first task's end:"
+                f" {first:,.0f}); requests loop {base:,.0f} req/s"
+            )
             target = ">= 800/s and >= 0.7x loop" if ms else ">= 0.7x loop"
             ok = (rate >= 800 and rate >= 0.7 * base) if ms else rate >= 0.7 * base
             self.row(

@@ -38,10 +38,10 @@ import zlib
 from collections.abc import Iterable, Sequence, Set
 from typing import Any, Final
 
-import orjson
 import redis
 
 from connector import overview, tracestore
+from connector.jsonvalues import dumps_kept
 from connector.keys import Keys
 from connector.traceexcerpt import EXCERPT_CHARS as EXCERPT_CHARS
 from connector.traceexcerpt import MAX_ID_CHARS as MAX_ID_CHARS
@@ -126,7 +126,7 @@ class Recorder:
             "kind": kind,
             **{k: v for k, v in fields.items() if v is not None},
         }
-        data = orjson.dumps(record)
+        data = dumps_kept(record)  # held until the task's flush: right-sized
         clean = [i for i in (clean_id(x) for x in ids) if i is not None]
         with self._lock:
             section.extend(((connection, i), data) for i in dict.fromkeys(clean))

@@ -16,6 +16,7 @@ Delivery (:class:`Tuning`):
 | ``CONNECTOR_CONNECT_TIMEOUT`` / ``CONNECTOR_READ_TIMEOUT`` | 3 / 10 | HTTP timeouts, seconds |
 | ``CONNECTOR_DELIVERY_CONCURRENCY`` | 32 | concurrent customers per task |
 | ``CONNECTOR_WORKER_INFLIGHT`` | 100 | calls a worker process has in flight per target origin (send slots, shared by its tasks; also its HTTP pool size) |
+| ``CONNECTOR_WORKER_EVENTS`` | 3000 | events a worker process works on at once (its memory bound); a task that would pass it waits before it starts; 0: no bound |
 | ``CONNECTOR_TASK_BUDGET_SECONDS`` | 20 | a task parks what is left after this |
 | ``CONNECTOR_STALE_TTL_SECONDS`` | 604800 | how long the newest upsert time per customer is kept |
 | ``CONNECTOR_AUTH_PROBE_SECONDS`` | 300 | a connection paused on refused credentials is probed this often |
@@ -98,6 +99,8 @@ class Tuning:
     read_timeout: float = knob(10.0, "CONNECTOR_READ_TIMEOUT")
     concurrency: int = knob(32, "CONNECTOR_DELIVERY_CONCURRENCY", minimum=1)
     inflight: int = knob(100, "CONNECTOR_WORKER_INFLIGHT", minimum=1)
+    # Events in work at once per worker process (workers.inwork): its peak memory, by design.
+    worker_events: int = knob(3000, "CONNECTOR_WORKER_EVENTS", minimum=0)
     task_budget: float = knob(float(TASK_TIME_BUDGET_SECONDS), "CONNECTOR_TASK_BUDGET_SECONDS")
     stale_ttl: float = knob(7 * 86400.0, "CONNECTOR_STALE_TTL_SECONDS")
     slowdown_seconds: float = knob(60.0, "CONNECTOR_SLOWDOWN_SECONDS")

@@ -13,10 +13,8 @@ body (any envelope version), auto-detected, it reports:
   replaced by ``<redacted>``, body (the Voucherify call, or the Segment ``/v1/batch`` the
   outbox would send).
 
-``--send`` performs those requests through the workers' own transport and credentials and
-shows each answer.  It takes a grant from the connection's shared rate-limit budget first (a
-manual call spends the same Voucherify quota as the workers) and touches nothing else: no
-queue, no retry, no idempotency ledger, no dead letter.
+``--send`` performs those requests (:mod:`ops.mapsend`, the only part that reaches Redis or the
+network) through the workers' own transport and credentials and shows each answer.
 
 Self-contained on purpose (the CLI only wires it): everything comes from the mapping and
 delivery modules the workers use, so the dry run cannot drift from what they do.
@@ -30,19 +28,16 @@ from typing import Any
 
 import click
 import orjson
-import redis
 
 from app.errors import ApiError
 from app.ingest import ingest_body
-from connector import USER_AGENT
-from connector.config import Connection, Settings
-from connector.contract import DESTINATION, SOURCE
-from connector.errors import MappingError, SkipEvent, TransportFailure
+from connector.config import Connection
+from connector.errors import MappingError, SkipEvent
 from connector.tuning import Tuning
 from ops.common import pick_connection, print_json, settings_or_exit
 from ops.mapreport import SEGMENT_KIND, WEBHOOK_KIND, EventReport, MapReport, Request, render
+from ops.mapsend import send_requests, wire_headers
 from workers.delivery.attempts import new_item
-from workers.delivery.classify import classify
 from workers.mapping.destination import map_event_detailed
 from workers.mapping.destination.subscriptions import parse_subscription, preset_subscriptions
 from workers.mapping.source import (
@@ -54,7 +49,6 @@ from workers.mapping.source import (
     segment_event_name,
     to_outbound,
 )
-from workers.runtime import build_runtime, context_for
 from workers.targets import segment, voucherify
 
 SEGMENT_TYPES = ("identify", "track", "page", "screen", "group", "alias")
@@ -95,12 +89,7 @@ def detect(body: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Headers: exactly what the workers send, credentials shown redacted
-
-
-def _headers(request_headers: Mapping[str, str], auth: Mapping[str, str]) -> dict[str, str]:
-    # As workers.delivery.engine._send and the Segment outbox compose them.
-    return {"Content-Type": "application/json", "User-Agent": USER_AGENT, **request_headers, **auth}
+# Headers: exactly what the workers send (ops.mapsend.wire_headers), credentials shown redacted
 
 
 def _redacted(headers: Mapping[str, str], auth: Mapping[str, str]) -> dict[str, str]:
@@ -228,7 +217,7 @@ def _map_segment(
             if error is not None and entry["status"] == "matched":
                 entry |= {"status": "mapping_failed", "why": error.message}
         for request in result.requests:
-            headers = _headers(request.headers, auth)
+            headers = wire_headers(request.headers, auth)
             report.requests.append(
                 Request(
                     method=request.method,
@@ -324,7 +313,7 @@ def _map_webhook(
             "the track call is over Segment's 32 KB: the worker dead-letters it (too_large)"
         )
         return [report]
-    headers = _headers({}, auth)
+    headers = wire_headers({}, auth)
     report.requests.append(
         Request(
             method="POST",
@@ -365,67 +354,6 @@ def dry_run(
             connection, body, segment.auth_headers(connection.segment), now, tuning or Tuning()
         )
     return MapReport(connection.id, connection.voucherify.mode, kind, target, events, notes=notes)
-
-
-def send_requests(report: MapReport, settings: Settings, connection: Connection) -> None:
-    """Perform the report's requests with the workers' transport; each answer goes in its request."""
-    direction = DESTINATION if report.kind == SEGMENT_KIND else SOURCE
-    ctx = context_for(build_runtime(settings), connection, direction)
-    for event in report.events:
-        for shown in event.requests:
-            if event.rejected:
-                # What the connector would never send (the ingest refuses it) is not sent here either.
-                shown.answer = {
-                    "sent": False,
-                    "error": f"the ingest refuses this event ({event.rejected['code']})",
-                }
-            else:
-                shown.answer = _send_one(ctx, shown)
-    report.sent = True
-
-
-def _send_one(ctx: Any, shown: Request) -> dict[str, Any]:
-
-    try:
-        grant = ctx.budgets.acquire(ctx.target.budgets_for(None), parks=False)  # nothing parks here
-    except redis.RedisError as exc:
-        return {"sent": False, "error": f"Redis (rate-limit budget): {type(exc).__name__}: {exc}"}
-    if not grant.granted:
-        return {
-            "sent": False,
-            "error": f"the connection's {ctx.target.name} budget is spent: next call in {grant.wait:.1f}s",
-        }
-    try:
-        result = ctx.transport.send(
-            shown.method,
-            shown.url,
-            _headers(shown.request_headers, ctx.target.auth_headers()),
-            orjson.dumps(shown.body),
-            (ctx.tuning.connect_timeout, ctx.tuning.read_timeout),
-        )
-    except TransportFailure as exc:
-        return {
-            "sent": True,
-            "status": None,
-            "verdict": classify(exc).value,
-            "error": exc.message,
-            "latency_ms": int(exc.latency * 1000),
-        }
-    return {
-        "sent": True,
-        "status": result.status,
-        "verdict": classify(result).value,
-        "latency_ms": int(result.latency * 1000),
-        "headers": result.headers,
-        "body": _maybe_json(result.body),
-    }
-
-
-def _maybe_json(text: str) -> Any:
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return text
 
 
 @click.command("map")

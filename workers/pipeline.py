@@ -91,7 +91,7 @@ def process_segment_events(
         _drop(rt, connection_id, "segment_events", len(events), len(events), stored_bytes)
         return
     shares = backlog_shares(stored_bytes, len(events))
-    with _task(rt, connection, connection_id, DESTINATION) as ctx:
+    with _task(rt, connection, connection_id, DESTINATION, events=len(events)) as ctx:
         items: list[DeliveryItem] = []
         door = str((shared or {}).get("door") or "segment")
         # The batch's objects (a context of tens of KB) are merged for the mapping only: what is
@@ -137,7 +137,7 @@ def process_deliveries(
     if connection is None or not targets.configured(connection, direction):
         _drop(rt, connection_id, "deliveries", len(items), units, stored)
         return
-    with _task(rt, connection, connection_id, direction) as ctx:
+    with _task(rt, connection, connection_id, direction, events=len(items)) as ctx:
         if hasattr(ctx.target, "pack"):  # a batch target: its work waits in the outbox
             now = time.time()
             for item in items:
@@ -174,7 +174,7 @@ def process_voucherify_webhook(
         outcomes.skipped(connection_id, SOURCE, "segment_not_configured")
         backlog.release(rt.redis, connection_id, 1, stored_bytes, keys=rt.keys)
         return
-    with _task(rt, connection, connection_id, SOURCE) as ctx:
+    with _task(rt, connection, connection_id, SOURCE, events=1) as ctx:
         bare = {"payload": payload, "received_at": received_at, "backlog": 1, "backlog_bytes": stored_bytes}
         event_id, event_type = mapped.webhook_ident(payload)
         ctx.trace.received(
@@ -272,20 +272,25 @@ def process_regulation(
 
 
 @contextlib.contextmanager
-def _task(rt: Runtime, connection: Connection, connection_id: str, direction: str) -> Iterator[Context]:
+def _task(
+    rt: Runtime, connection: Connection, connection_id: str, direction: str, events: int = 0
+) -> Iterator[Context]:
     """A task's context; backlog units of finished events are released when it ends normally.
 
     Not on a Redis error: the task is requeued and its finished events, found again as
-    duplicates, release their units then.
+    duplicates, release their units then.  ``events``: what the task works on, within the
+    process's bound (:mod:`workers.inwork`): it waits for room first, before its time budget
+    starts, its message still unacknowledged.
     """
-    if shutdown.stopping():
-        # A message the stopping worker had taken but not started goes back to its queue as it
-        # came (another worker takes it): nothing mapped, nothing traced twice.
-        raise Reject("worker stopping", requeue=True)
-    with _requeue_on_redis_error(connection_id):
-        ctx = context_for(rt, connection, direction)
-        yield ctx
-        ctx.flush_backlog()
+    with rt.events().held(events, rt.gate_wait()):
+        if shutdown.stopping():
+            # A message the stopping worker had taken but not started goes back to its queue as
+            # it came (another worker takes it): nothing mapped, nothing traced twice.
+            raise Reject("worker stopping", requeue=True)
+        with _requeue_on_redis_error(connection_id):
+            ctx = context_for(rt, connection, direction)
+            yield ctx
+            ctx.flush_backlog()
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from workers.delivery.budgets import Budgets, GrantPools
 from workers.delivery.context import Context
 from workers.delivery.fairslots import FairSlots
 from workers.delivery.transport import RequestsTransport, Transport
+from workers.inwork import EventGate, max_wait_seconds
 from workers.targets.voucherify_schema import MAX_LISTING_BYTES
 
 
@@ -41,6 +42,8 @@ class Runtime:
     # Budget grants taken ahead, for the process's calls of the next second (one round trip per
     # burst, not per call).
     grant_pools: GrantPools = field(default_factory=GrantPools)
+    # The process's bound on events in work at once (built on first use, from the tuning).
+    event_gate: EventGate | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def delivery_transport(self) -> Transport:
@@ -49,6 +52,15 @@ class Runtime:
                 # One connection per send slot, and some for the Segment outbox's flushes.
                 self.transport = RequestsTransport(pool_size=max(16, self.tuning.inflight + 16))
             return self.transport
+
+    def events(self) -> EventGate:
+        with self._lock:
+            if self.event_gate is None:
+                self.event_gate = EventGate(self.tuning.worker_events)
+            return self.event_gate
+
+    def gate_wait(self) -> float:
+        return max_wait_seconds(self.settings.broker.visibility_timeout, self.tuning.task_budget)
 
     def schema_reader(self) -> Transport:
         with self._lock:

@@ -24,11 +24,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from connector import USER_AGENT, metrics, overview, regulations
 from connector.contract import DeliveryItem, backlog_of
 from connector.errors import TransportFailure
+from connector.jsonvalues import dumps_kept
 from workers.delivery import forget, outcomes, pauses
 from workers.delivery.budgets import Budget, Observation
 from workers.delivery.context import Context
@@ -165,7 +164,7 @@ def record_attempt(ctx: Context, ids: Sequence[str], method: str, path: str, ans
 
 def attempt(ctx: Context, request: OutboundRequest, item: DeliveryItem) -> Answer:
     """Send ``request`` for ``item`` and record the attempt on the item (and its trace)."""
-    body = orjson.dumps(request.body) if request.body is not None else None
+    body = dumps_kept(request.body) if request.body is not None else None  # held for a send slot
     now = time.time()
     if not item.get("first_attempt_at"):
         item["first_attempt_at"] = now
