@@ -65,7 +65,15 @@ BUSY_PARK_SECONDS = 0.5
 # A customer whose earlier upserts are still on their way is looked at again this much later.
 RECHECK_MS = 500
 MAX_ITEMS_PER_ENTRY = 500
-RELEASE_CUSTOMERS_PER_CALL = 1000
+# Replayed customers (SPEC 15) are released in entries of their own of up to this many
+# customers, whatever their items: a deliver task coalesces one entry, so this is the largest
+# bulk a backfill can form (the byte bound and the count cap then cut it).
+REPLAY_CUSTOMERS_PER_ENTRY = 5_000  # the Voucherify target's REPLAY_MAX_BULK
+RELEASE_CUSTOMERS_PER_CALL = REPLAY_CUSTOMERS_PER_ENTRY
+# Replayed customers' dues are rounded up to a multiple of this: those held within the same
+# stretch fall due at once (a replay reads a few hundred to thousands of lines a second: one
+# scheduler tick would otherwise release only a tick's worth of them, and bulk only those).
+REPLAY_ALIGN_SECONDS = 10.0
 
 
 def hold_key(keys: Keys, connection_id: str, customer: str) -> str:
@@ -140,9 +148,15 @@ class Holds:
         return head.decode()[:-1]  # without the closing brace: the scripts add items, due, reason
 
     def hold(
-        self, direction: str, queue: str, by_customer: Mapping[str, list[DeliveryItem]], window: float
+        self,
+        direction: str,
+        queue: str,
+        by_customer: Mapping[str, list[DeliveryItem]],
+        window: float,
+        align: float = 0.0,
     ) -> dict[str, float]:
-        """Hold the customers' items; when each customer's window ends (epoch seconds)."""
+        """Hold the customers' items; when each customer's window ends (epoch seconds), rounded
+        up to a multiple of ``align`` seconds when it is given."""
         if not by_customer:
             return {}
         bases: dict[str, list[Any]] = {}
@@ -152,6 +166,7 @@ class Holds:
             held += lines(items, bases)
         head = self.entry_head(direction, queue)
         args: list[Any] = [max(1, int(window * 1000)), self.connection_id, head, MAX_FIELD_BYTES, len(bases)]
+        args.append(max(0, int(align * 1000)))
         for ref, (text, count) in bases.items():
             args += [ref, text, count]
         k, cid = self.keys, self.connection_id
@@ -258,6 +273,7 @@ def release_due(client: redis.Redis, keys: Keys, *, limit: int = RELEASE_CUSTOME
                     MAX_ITEMS_PER_ENTRY,
                     int(OUT_MARKER_SECONDS * 1000),
                     RECHECK_MS,
+                    REPLAY_CUSTOMERS_PER_ENTRY,
                 ],
             )
         )
@@ -326,7 +342,11 @@ def intercept(ctx: Context, items: list[DeliveryItem], *, fresh: bool) -> Interc
     for mine in to_hold.values():
         for item in mine:
             item["held"] = True
-    dues = holds.hold(ctx.direction, ctx.queue, to_hold, target.hold_window())
+    holding = [i for mine in to_hold.values() for i in mine]
+    # A backfill's customers fall due together (REPLAY_ALIGN_SECONDS), whatever pace the replay
+    # reads at: one tick releases them all, and their bulks fill.
+    align = REPLAY_ALIGN_SECONDS if holding and all(i.get("replay") for i in holding) else 0.0
+    dues = holds.hold(ctx.direction, ctx.queue, to_hold, target.hold_window(), align)
     for customer, due in dues.items():  # a "held" line in their traces, not a silent gap
         ids = [i for item in to_hold[customer] for i in attempts.trace_ids(item)]
         ctx.trace.wait(ids, connection=ctx.connection_id, reason=HELD_REASON, until=due)

@@ -31,12 +31,15 @@ from workers.delivery.attempts import keep_shared, new_item
 from workers.delivery.budgets import Budget, Budgets
 from workers.delivery.holds import Holds, digest
 from workers.delivery.pending import ActionState
-from workers.delivery.target import Answer
+from workers.delivery.target import Answer, Wait
 from workers.delivery.transport import HTTPResult, Transport
 from workers.outbound import OutboundRequest
+from workers.targets import voucherify_bulksize as bulksize
 from workers.targets.voucherify_coalesce import (
     BULK_PATH,
     CUSTOMERS_PATH,
+    MAX_BULK,
+    REPLAY_MAX_BULK,
     _customers_in_order,
     _merged_customer_body,
     build,
@@ -48,8 +51,9 @@ from workers.targets.voucherify_coalesce import (
 SEGMENTIO_CUSTOMER_PATH = "/segmentio/customer-processing"
 ASYNC_ACTIONS_PATH = "/v1/async-actions/"
 ACTION_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,100}")
-# The per-customer errors read from one action (a bulk holds at most 100 customers).
-MAX_ACTION_ERRORS = 1_000
+# The per-customer errors read from one action: as many as a bulk has customers (a replay's holds
+# up to REPLAY_MAX_BULK; an error not read would count its customer delivered).
+MAX_ACTION_ERRORS = REPLAY_MAX_BULK
 BULK_BUDGET = "bulk_calls_hour"
 
 
@@ -97,8 +101,18 @@ class FewerCalls:
     def coalesce_held(self, items: list[DeliveryItem], bulk: bool) -> list[DeliveryItem]:
         if self.connection.voucherify.mode == "rest":
             allow = self.allow_bulk if bulk else (lambda: False)
-            return coalesce_items(items, allow_bulk=allow)
+            # A backfill's customers (all of them replayed: RELEASE keeps them in entries of
+            # their own) in bulks as large as Voucherify takes; live ones in bulks of 100.
+            replayed = bulk and bool(items) and all(i.get("replay") for i in items)
+            cap = bulksize.replay_cap(self.client, self.keys, self.connection.id) if replayed else MAX_BULK
+            return coalesce_items(items, allow_bulk=allow, max_bulk=cap)
         return merge_per_customer(items)
+
+    def fit(self, items: list[DeliveryItem]) -> list[DeliveryItem]:
+        return bulksize.split(self.client, self.keys, self.connection.id, items)
+
+    def refused_for_size(self, answer: Answer, item: DeliveryItem) -> Wait | None:
+        return bulksize.refused_for_size(self.client, self.keys, self.connection.id, answer, item)
 
     def allow_bulk(self) -> bool:
         """One bulk call's budgets, taken now (True), or bulk not possible now (singles)."""
