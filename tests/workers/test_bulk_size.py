@@ -30,7 +30,7 @@ from tests.support.delivery import (  # noqa: F401 - fixtures
 from workers import mapped, pipeline
 from workers.delivery import holds
 from workers.delivery.deadletters import DeadLetters
-from workers.delivery.store import DelayedStore
+from workers.delivery.store import DelayedStore, Parked
 from workers.delivery.transport import HTTPResult
 from workers.outbound import OutboundRequest
 from workers.runtime import Runtime
@@ -147,13 +147,18 @@ def test_live_upserts_bulk_by_100_and_a_replays_in_one_bulk_past_it(
 
     # 300 replayed customers with three versions each (900 items: more than a live entry holds):
     # one bulk of all of them, each customer's newest version in it, read back.
+    # A newer live identify of one of them meanwhile: that customer is not the replay's alone any
+    # more (it goes its own way), the 299 others still go in one bulk.
     events = customers(300, 3, "cust")
     for start in range(0, len(events), 100):  # as the replay publishes: chunks of 100 events
         ingest(rt, events[start : start + 100], door="replay")
+    ingest(rt, [ident("live-newer", "cust0", 30, name="cust0 live")])
     drain(rt)
-    assert bulk_sizes(transport) == [300]
+    assert bulk_sizes(transport) == [299]
     sent = bulk_customers(transport)
-    assert {sent[f"cust{k}"]["name"] for k in range(300)} == {f"cust{k} v3" for k in range(300)}
+    assert {sent[f"cust{k}"]["name"] for k in range(1, 300)} == {f"cust{k} v3" for k in range(1, 300)}
+    singles = [c.body for c in transport.calls if c.url == "http://vf.test/v1/customers"]
+    assert singles == [{"source_id": "cust0", "name": "cust0 live"}]
     assert [c.url for c in transport.calls].count("http://vf.test/v1/async-actions/aa_1") >= 1
     assert int(rt.redis.get(rt.keys.backlog("acme")) or 0) == 0
     assert DeadLetters(rt.redis, rt.keys).counts().get("acme", 0) == 0
@@ -231,3 +236,37 @@ def test_what_counts_as_a_refusal_for_size() -> None:
     assert bulksize.is_size_refusal(answer(400, '{"message": "Request body too large: exceeds 10 MB"}'))
     assert not bulksize.is_size_refusal(answer(400, '{"details": "$[3].email: must be a valid email"}'))
     assert not bulksize.is_size_refusal(answer(422, "too many"))
+
+
+def test_a_replays_customers_wait_for_the_bulk_budget_rather_than_go_singly(
+    client: redis.Redis, redis_db_url: str, keys: Keys, transport: FakeTransport
+) -> None:
+    # One bulk call an hour: the first replayed batch takes it; the next one's customers wait,
+    # held, for the next bulk call -- not 200 single calls of the ordinary budget.
+    quota = QuotaSettings(
+        coalesce_window_seconds=WINDOW, unchanged_memory_days=7, bulk_calls_per_hour=1, share=1.0
+    )
+    conn: Connection = make_connection(quota=quota)
+    settings = Settings(redis_url=redis_db_url, connections=(conn,), _by_id={conn.id: conn})
+    transport.default = DONE
+    transport.by_url[BULK_URL] = deque([ACCEPTED] * 3)
+    rt = Runtime(
+        settings=settings,
+        redis=client,
+        keys=keys,
+        transport=transport,
+        schema_transport=transport,
+        tuning=FAST,
+    )
+    ingest(rt, customers(150, 1, "first"), door="replay")
+    drain(rt)
+    assert bulk_sizes(transport) == [150]
+    ingest(rt, customers(200, 2, "second"), door="replay")
+    drain(rt)
+    assert bulk_sizes(transport) == [150]
+    assert [c.url for c in transport.calls if c.url.endswith("/v1/customers")] == []  # no singles
+    entries = [Parked.from_json(k.decode(), v) for k, v in rt.redis.hgetall(rt.keys.delayed_data).items()]
+    waiting = [e for e in entries if e.reason == "bulk_budget"]
+    assert len(waiting) == 1 and len(waiting[0].items) == 400  # one entry: one bulk when back
+    assert all(i.get("held") for i in waiting[0].items)
+    assert waiting[0].due > time.time() + 60  # when the hour's bulk budget grants again

@@ -55,6 +55,7 @@ from workers.delivery.store import DelayedStore
 from workers.outbound import OutboundRequest
 
 HELD_REASON = "held"
+BULK_WAIT_REASON = "bulk_budget"  # a replay's customers wait for a bulk call, not singles
 # Taken items live in a delayed entry due this long after the take: the taking task acks it
 # when done; a dead task's items come back then.
 TAKE_LEASE_SECONDS = 60.0
@@ -121,9 +122,12 @@ class HoldTarget(Protocol):
         """How long the digest of an accepted upsert is remembered (0: no unchanged skip)."""
         ...
 
-    def coalesce_held(self, items: list[DeliveryItem], bulk: bool) -> list[DeliveryItem]:
+    def coalesce_held(
+        self, items: list[DeliveryItem], bulk: bool
+    ) -> tuple[list[DeliveryItem], list[DeliveryItem], float]:
         """Held items (many customers) as fewer calls: merged, in bulk when ``bulk`` and the
-        bulk budget allows."""
+        bulk budget allows; and the items that wait (still held) that many seconds for a bulk
+        budget rather than going singly (a replay's: SPEC 15)."""
         ...
 
 
@@ -360,22 +364,36 @@ def intercept(ctx: Context, items: list[DeliveryItem], *, fresh: bool) -> Interc
         for _step, chain in parked:
             attempts.parked(ctx, OutboundRequest.from_dict(chain[0]["request"]), chain[0], "busy", due)
     waiting = {id(i) for c in busy for i in by_customer[c]}
-    run = _prepare_held(ctx, target, taken, bulk=False) + _prepare_held(ctx, target, released, bulk=True)
+    run = _prepare_held(ctx, target, taken, bulk=False) + _prepare_held(
+        ctx, target, released, bulk=True, parked=parked
+    )
     run += [i for i in rest if id(i) not in held_now and id(i) not in waiting]
     customers = {str((i.get("request") or {}).get("customer")) for i in released}
     return Intercepted(run, parked, taken_id, customers)
 
 
 def _prepare_held(
-    ctx: Context, target: HoldTarget, items: list[DeliveryItem], *, bulk: bool
+    ctx: Context,
+    target: HoldTarget,
+    items: list[DeliveryItem],
+    *,
+    bulk: bool,
+    parked: list[tuple[Step, list[DeliveryItem]]] | None = None,
 ) -> list[DeliveryItem]:
-    """Held items without the customers whose merged upsert is unchanged, coalesced."""
+    """Held items without the customers whose merged upsert is unchanged, coalesced; those that
+    wait for a bulk budget added to ``parked`` as ONE chain (one delayed entry: back together,
+    they make one bulk again), still held."""
     if not items:
         return []
     kept = skip_unchanged(ctx, target, items)
-    out = target.coalesce_held(kept, bulk) if kept else []
+    out, later, wait = target.coalesce_held(kept, bulk) if kept else ([], [], 0.0)
     for item in out:
         item.pop("held", None)  # from here on an ordinary item (a retry comes back as one)
+    if later and parked is not None:
+        due = time.time() + wait
+        ids = [i for item in later for i in attempts.trace_ids(item)]
+        ctx.trace.wait(ids, connection=ctx.connection_id, reason=BULK_WAIT_REASON, until=due)
+        parked.append((Step.parked(BULK_WAIT_REASON, due), later))
     return out
 
 
