@@ -270,3 +270,18 @@ def test_a_replays_customers_wait_for_the_bulk_budget_rather_than_go_singly(
     assert len(waiting) == 1 and len(waiting[0].items) == 400  # one entry: one bulk when back
     assert all(i.get("held") for i in waiting[0].items)
     assert waiting[0].due > time.time() + 60  # when the hour's bulk budget grants again
+
+
+def test_a_replays_bulk_is_bounded_by_the_held_upserts_it_carries(
+    rt: Runtime, transport: FakeTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker's memory follows the held upserts (events) a bulk carries, not its customers:
+    # customers of three versions, 300 items an entry at the most -> bulks of 100 customers.
+    monkeypatch.setattr(holds, "REPLAY_ITEMS_PER_ENTRY", 300)
+    transport.by_url[BULK_URL] = deque([ACCEPTED] * 5)
+    events = customers(200, 3, "cust")
+    for start in range(0, len(events), 100):
+        ingest(rt, events[start : start + 100], door="replay")
+    drain(rt)
+    assert bulk_sizes(transport) == [100, 100]
+    assert len(bulk_customers(transport)) == 200

@@ -67,9 +67,14 @@ BUSY_PARK_SECONDS = 0.5
 RECHECK_MS = 500
 MAX_ITEMS_PER_ENTRY = 500
 # Replayed customers (SPEC 15) are released in entries of their own of up to this many
-# customers, whatever their items: a deliver task coalesces one entry, so this is the largest
-# bulk a backfill can form (the byte bound and the count cap then cut it).
+# customers and items: a deliver task coalesces one entry, so this is the largest bulk a
+# backfill can form (the byte bound then cuts it).  The items bound is the worker's memory,
+# which follows the held upserts it holds (measured on a gevent worker, idle at 70 MB: 5,000
+# customers of one version in one entry, 154 MB at the peak; of four versions, 20,000 items in
+# one entry, 387 MB; bounded to 8,000 items an entry, 223 MB): a customer with several versions
+# in the window makes the bulks that much smaller.
 REPLAY_CUSTOMERS_PER_ENTRY = 5_000  # the Voucherify target's REPLAY_MAX_BULK
+REPLAY_ITEMS_PER_ENTRY = 8_000
 RELEASE_CUSTOMERS_PER_CALL = REPLAY_CUSTOMERS_PER_ENTRY
 # Replayed customers' dues are rounded up to a multiple of this: those held within the same
 # stretch fall due at once (a replay reads a few hundred to thousands of lines a second: one
@@ -278,6 +283,7 @@ def release_due(client: redis.Redis, keys: Keys, *, limit: int = RELEASE_CUSTOME
                     int(OUT_MARKER_SECONDS * 1000),
                     RECHECK_MS,
                     REPLAY_CUSTOMERS_PER_ENTRY,
+                    REPLAY_ITEMS_PER_ENTRY,
                 ],
             )
         )

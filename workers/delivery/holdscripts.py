@@ -155,9 +155,10 @@ return items
 # RELEASE one connection's due customers.  KEYS: the connection's zset, delayed zset, delayed
 # hash, the index, the held hash, the bases hash.  ARGV: connection id, key prefix, entry id
 # base, max customers, max items per entry, out marker ms, recheck ms, max customers per
-# replay entry.  Each item carries its "held" flag.  A customer whose first item starts with
-# the replay mark (``new_item`` puts it first) goes into entries of its own, bounded by
-# customers rather than items: one such entry is what one big bulk of a backfill is made of.
+# replay entry, max items per replay entry.  Each item carries its "held" flag.  A customer
+# whose first item starts with the replay mark (``new_item`` puts it first) goes into entries
+# of their own, with bounds of their own: one such entry is what one big bulk of a backfill is
+# made of.
 RELEASE = Lua(
     _TAKE_ONE
     + """
@@ -189,9 +190,9 @@ for _, customer in ipairs(due) do
     local key = prefix .. 'hold:' .. cid .. ':' .. customer
     local items = take_one(KEYS[5], KEYS[6], customer, key, KEYS[1], cache, used)
     if #items > 0 then
-      local b = live
-      if string.sub(items[1], 1, 15) == '{"replay":true,' then b = replay end
-      if (b == live and #b.items + #items > tonumber(ARGV[5])) or b.n >= tonumber(ARGV[8]) then emit(b) end
+      local b, most = live, tonumber(ARGV[5])
+      if string.sub(items[1], 1, 15) == '{"replay":true,' then b, most = replay, tonumber(ARGV[9]) end
+      if #b.items + #items > most or b.n >= tonumber(ARGV[8]) then emit(b) end
       for _, item in ipairs(items) do b.items[#b.items + 1] = item end
       b.n = b.n + 1
       redis.call('SET', out, 'released', 'PX', tonumber(ARGV[6]))
