@@ -202,6 +202,9 @@ def test_forecast_of_a_million_customers() -> None:
     calls = fc.calls_for(1_000_000, 0, professional)
     assert (calls.bulk, calls.single) == (200, 200)  # each bulk read back once
     assert fc.seconds_for(calls, professional) == pytest.approx(200 / 25 * 3600)
+    # Four identifies a customer: a bulk carries at most 8,000 of them (the worker's memory).
+    versions = fc.calls_for(1_000_000, 0, professional, upserts=4_000_000)
+    assert (versions.bulk, versions.single) == (500, 500)
     webhook = fc.calls_for(1_000_000, 0, business, "segmentio")
     assert fc.seconds_for(webhook, business) == pytest.approx(1_000_000 / 72_000 * 86400)
     assert fc.seconds_for(fc.Calls(10, 0), QuotaSettings()) is None

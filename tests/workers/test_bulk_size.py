@@ -35,7 +35,12 @@ from workers.delivery.transport import HTTPResult
 from workers.outbound import OutboundRequest
 from workers.runtime import Runtime
 from workers.targets import voucherify_bulksize as bulksize
-from workers.targets.voucherify_coalesce import BULK_PATH, MAX_BULK_BYTES, coalesce
+from workers.targets.voucherify_coalesce import (
+    BULK_PATH,
+    MAX_BULK_BYTES,
+    VOUCHERIFY_MAX_BODY_BYTES,
+    coalesce,
+)
 
 WINDOW = 0.3
 BULK_URL = "http://vf.test" + BULK_PATH
@@ -212,6 +217,7 @@ def test_bulks_are_cut_by_their_bytes_under_voucherifys_10_mb() -> None:
         upsert(f"m{k}", f"c{k}", "2024-05-01T10:00:00.000Z", metadata={"blob": blob, "k": k})
         for k in range(60)
     ]
+    assert MAX_BULK_BYTES < VOUCHERIFY_MAX_BODY_BYTES - 300_000  # room for headers and rounding
     plan = coalesce(requests, max_bulk=5000, max_bytes=MAX_BULK_BYTES)
     bulks = [p.request for p in plan if p.request.path == BULK_PATH]
     assert len(bulks) == 3

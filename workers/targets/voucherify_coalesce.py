@@ -22,7 +22,7 @@ Voucherify accepts -- 10 MB of request body -- kept under ``MAX_BULK_BYTES`` (a 
 headers and for what the metadata schema filter leaves out) and under ``REPLAY_MAX_BULK``
 customers (a cap for the worker's memory: a bulk item carries every part and event of its
 customers until it is read back).  A connection whose Voucherify refused a big bulk for its
-size is back at ``MAX_BULK`` for a day (``workers.targets.voucherify_fewer``).
+size is back at ``MAX_BULK`` for a day (``workers.targets.voucherify_bulksize``).
 
 A coalesced request keeps every original request as a *part* (idempotency key, customer, event
 time, action, body): the engine drops parts already delivered (ledger) or stale, rebuilds the
@@ -52,7 +52,7 @@ BULK_ACTION = "upsert_customers_bulk"
 MAX_BULK = 100  # a live bulk's customers (SPEC 10)
 REPLAY_MAX_BULK = 5_000  # a replay bulk's customers: the worker's memory, not Voucherify's limit
 VOUCHERIFY_MAX_BODY_BYTES = 10 * 1024 * 1024  # "The request can include up to 10 MB of data"
-MAX_BULK_BYTES = 9_500_000  # a bulk's JSON body at the most (a margin under Voucherify's 10 MB)
+MAX_BULK_BYTES = 9_500_000  # a bulk's JSON body at the most: a margin under VOUCHERIFY_MAX_BODY_BYTES
 _OBJECTS = ("address", "metadata")
 
 
