@@ -52,6 +52,10 @@ TASK_TIME_BUDGET_SECONDS: Final = 20
 # mapping shrinks a track call under it, the Segment outbox dead-letters one over it.
 SEGMENT_MAX_EVENT_BYTES: Final = 32 * 1024
 
+# The ``door`` of the events ``connector replay`` publishes (the ``shared`` field below): their
+# items carry the ``replay`` mark (DeliveryItem).
+REPLAY_DOOR: Final = "replay"
+
 # --- directions ----------------------------------------------------------------------------
 DESTINATION: Final = "segment_to_voucherify"
 SOURCE: Final = "voucherify_to_segment"
@@ -162,6 +166,9 @@ class DeliveryItem(TypedDict, total=False):
     schema_waits: int  # attempts that found no readable metadata schema (bounded, then none)
     trace_id: str  # the event id its trace records go under (a Voucherify event id)
     held: bool  # an upsert that waited in the hold window (workers.delivery.holds)
+    # From ``connector replay`` (SPEC 15): its upserts may go in bulks past the live 100; the
+    # item's first key when present (workers.delivery.attempts.new_item says why).
+    replay: bool
     pregranted: bool  # its budgets were granted when the call was planned (one attempt)
     async_action: dict[str, Any]  # a queued call being read back (workers.delivery.pending)
     # The digest of the batch's shared objects (``shared_objects``) the payload was mapped with:

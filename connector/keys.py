@@ -14,6 +14,7 @@ Layout (``{p}`` is the prefix, ``{c}`` a connection id)::
     {p}probe_ok:{c}:{system}            string  "1" (TTL): the credentials probe was just accepted
     {p}quota:{c}:seen                   hash    the last X-Rate-Limit-* headers per budget (forecast)
     {p}quota:{c}:h:{hour}               hash    calls and events finished in that hour (forecast)
+    {p}quota:{c}:bulk_max               string  customers per bulk Voucherify was seen to accept (TTL a day)
     {p}rl:{c}:{budget}:hint             string  next parking slot handed to throttled work (epoch ms)
     {p}rl:{c}:{budget}:pause            string  epoch ms until which the target asked us to stop
     {p}rl:{c}:{budget}:slow             string  factor (0..1] applied to the budget after low remaining
@@ -139,6 +140,9 @@ class Keys:
 
     def quota_seen(self, connection_id: str) -> str:
         return f"{self.prefix}quota:{connection_id}:seen"
+
+    def bulk_max(self, connection_id: str) -> str:
+        return f"{self.prefix}quota:{connection_id}:bulk_max"
 
     def quota_hour(self, connection_id: str, hour: int) -> str:
         return f"{self.prefix}quota:{connection_id}:h:{hour}"

@@ -112,6 +112,7 @@ class Progress:
             int(tally.custom_events * scale),
             connection.voucherify.quota,
             connection.voucherify.mode,
+            int(upserts_of([tally]) * scale),
         )
         seconds = fc.seconds_for(calls, connection.voucherify.quota)
         return "" if seconds is None else f", quota time for the file ~{fc.human(seconds)}"
@@ -251,11 +252,17 @@ def replay(
         raise click.exceptions.Exit(1)
 
 
+def upserts_of(tallies: list[Tally]) -> int:
+    """The upsert events (identify, group) accepted: what a replay's bulks carry."""
+    return sum(t.kinds.get("identify", 0) + t.kinds.get("group", 0) for t in tallies)
+
+
 def _report(results: list[tuple[str, Tally]], engine: Replay, options: Options, as_json: bool) -> None:
     customers = engine.distinct_customers()
     custom = sum(t.custom_events for _, t in results)
+    upserts = upserts_of([t for _, t in results])
     quota = options.connection.voucherify.quota
-    calls = fc.calls_for(customers, custom, quota, options.connection.voucherify.mode)
+    calls = fc.calls_for(customers, custom, quota, options.connection.voucherify.mode, upserts)
     if as_json:
         print_json(
             {
@@ -279,5 +286,5 @@ def _report(results: list[tuple[str, Tally]], engine: Replay, options: Options, 
     if options.report is not None and any(t.rejected for _, t in results):
         click.echo(f"rejected lines (with their line numbers): {options.report}")
     if options.dry_run:
-        for line in fc.describe(customers, custom, options.connection):
+        for line in fc.describe(customers, custom, options.connection, upserts):
             click.echo(line)

@@ -1,12 +1,15 @@
 """What a replay will cost in Voucherify calls and how long the connection's budgets make it take
 (SPEC 15 ``--dry-run``, the progress bar's ETA, docs/backfill.md's table).  Pure arithmetic on
-the quota table (:mod:`connector.quotas`) and the bulk size of the delivery
-(:data:`workers.targets.voucherify_coalesce.MAX_BULK`).
+the quota table (:mod:`connector.quotas`) and the size of a replay's bulks in the delivery
+(:data:`workers.targets.voucherify_coalesce.REPLAY_MAX_BULK` customers and
+:data:`workers.delivery.holds.REPLAY_ITEMS_PER_ENTRY` upserts; fewer when their bodies pass
+``MAX_BULK_BYTES``, about 9.5 MB: customers of ~2 KB each or more).
 
 The estimate is the coalesced one: every customer's upserts of a replay become one upsert
 (the hold merges them when they arrive within the hold window; the stale rule drops older ones
-arriving later), a custom event is always its own call.  Upserts go in bulks of ``MAX_BULK`` when
-the connection may bulk (``rest`` mode, a bulk budget), each bulk read back with one
+arriving later), a custom event is always its own call.  Upserts go in bulks of
+``REPLAY_MAX_BULK`` when the connection may bulk (``rest`` mode, a bulk budget: the older plans
+have one, Business and Organization none unless ``bulk_calls_per_hour`` is set), each read back with one
 async-action call (an ordinary API call); otherwise one call per customer.  In ``segmentio``
 mode every call counts in the daily integration-webhook budget instead.
 """
@@ -21,7 +24,8 @@ from dataclasses import dataclass
 from connector.config import Connection
 from connector.forecast import duration
 from connector.quotas import ASSUMED_PLAN, PLANS, QuotaSettings, budget_specs
-from workers.targets.voucherify_coalesce import MAX_BULK
+from workers.delivery.holds import REPLAY_ITEMS_PER_ENTRY
+from workers.targets.voucherify_coalesce import REPLAY_MAX_BULK
 
 API_BUDGETS = ("api_calls_minute", "api_calls_hour")
 
@@ -37,13 +41,17 @@ class Calls:
         return self.single + self.bulk + self.webhook
 
 
-def calls_for(customers: int, custom_events: int, quota: QuotaSettings, mode: str = "rest") -> Calls:
+def calls_for(
+    customers: int, custom_events: int, quota: QuotaSettings, mode: str = "rest", upserts: int = 0
+) -> Calls:
+    """``upserts``: the identify and group events (a bulk also carries at most
+    ``REPLAY_ITEMS_PER_ENTRY`` of them: several versions of a customer make bulks smaller)."""
     if mode == "segmentio":
         return Calls(0, 0, customers + custom_events)
     specs = budget_specs(quota)
     bulk_budget = specs.get("bulk_calls_hour")
     if bulk_budget is not None and bulk_budget.limit and customers:
-        bulks = math.ceil(customers / MAX_BULK)
+        bulks = max(math.ceil(customers / REPLAY_MAX_BULK), math.ceil(upserts / REPLAY_ITEMS_PER_ENTRY))
         return Calls(custom_events + bulks, bulks)
     return Calls(custom_events + customers, 0)
 
@@ -117,14 +125,18 @@ def human(seconds: float | None) -> str:
     return duration(seconds)
 
 
-def describe(customers: int, custom_events: int, connection: Connection) -> list[str]:
+def describe(customers: int, custom_events: int, connection: Connection, upserts: int = 0) -> list[str]:
     """The dry run's forecast in words."""
     quota = connection.voucherify.quota
-    calls = calls_for(customers, custom_events, quota, connection.voucherify.mode)
+    calls = calls_for(customers, custom_events, quota, connection.voucherify.mode, upserts)
     out = [
         f"Voucherify calls expected: {calls.total:,} for ~{customers:,} customers and "
         f"{custom_events:,} custom events"
-        + (f" ({calls.bulk:,} bulk upserts of up to {MAX_BULK}, read back)" if calls.bulk else ""),
+        + (
+            f" ({calls.bulk:,} bulk upserts of up to {REPLAY_MAX_BULK:,} customers, read back)"
+            if calls.bulk
+            else ""
+        ),
         f"at {int(quota.share * 100)}% of the {quota.plan or ASSUMED_PLAN + ' (assumed)'} plan's budgets: "
         f"about {human(seconds_for(calls, quota))}",
     ]

@@ -45,6 +45,7 @@ from app.ingest import encode_checked, iso
 from app.schemas import parse_utc
 from connector import regulations
 from connector.config import Connection
+from connector.contract import REPLAY_DOOR
 from connector.errors import MappingError, SkipEvent
 from connector.keys import Keys
 from ops import replay_read as rr
@@ -58,7 +59,7 @@ log = logging.getLogger("connector.replay")
 CHUNK_EVENTS = 100  # one broker message, as one Tracking API batch of 100
 CHECKPOINT_LINES = 5_000  # a checkpoint at least this often when lines are only skipped
 CHECKPOINT_TTL = 30 * 86400
-DOOR = "replay"
+DOOR = REPLAY_DOOR  # the items it makes carry the replay mark (bigger bulks)
 PACE_POLL_SECONDS = 0.5
 NOTICE_SECONDS = 30.0
 

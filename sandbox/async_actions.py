@@ -11,6 +11,8 @@ Control (``POST /__fake/async-actions``, every key optional)::
 
     {"delay_s": 2.0,                 # acceptance -> DONE (default 0: done at once)
      "fail_next": 1,                 # the next N actions end FAILED, nothing applied
+     "max_customers": 100,           # a bulk of more is refused with a 400 (default null:
+                                     # only Voucherify's documented limit, 10 MB of body)
      "failures": [                   # customers that fail inside a DONE action
         {"source_ids": ["bad-1", "bad-*"],   # exact, or a prefix ending in "*"
          "key": "customer_rejected", "message": "...", "details": "..."}]}
@@ -27,11 +29,13 @@ from typing import Any
 from sandbox.customers import iso_time, random_id
 from sandbox.faults import number, path_matches
 
-MAX_CUSTOMERS = 100  # per bulk call (SPEC 10)
+# Voucherify documents one limit for a bulk: "The request can include up to 10 MB of data"
+# (the fake's body bound, sandbox.core, answers 413 past it).  A stricter count is a setting.
+DEFAULT_MAX_CUSTOMERS: int | None = None
 MAX_ACTIONS = 10_000  # the oldest finished actions are forgotten beyond this
 REPORTS_KEPT_S = 7 * 86400
 FAILED_MESSAGE = "The bulk update failed (scripted by the fake)"
-CONFIG_KEYS = ("delay_s", "fail_next", "failures")
+CONFIG_KEYS = ("delay_s", "fail_next", "failures", "max_customers")
 RULE_KEYS = ("source_ids", "key", "message", "details")
 
 
@@ -143,6 +147,7 @@ class AsyncActions:
     def reset(self) -> None:
         self.delay_s = self.initial_delay_s
         self.fail_next = 0
+        self.max_customers = DEFAULT_MAX_CUSTOMERS
         self.failures: list[FailureRule] = []
         self.actions: OrderedDict[str, AsyncAction] = OrderedDict()
         self.pending: deque[AsyncAction] = deque()  # not finished yet, by due time
@@ -155,6 +160,9 @@ class AsyncActions:
         fail_next = spec.get("fail_next", self.fail_next)
         if isinstance(fail_next, bool) or not isinstance(fail_next, int) or fail_next < 0:
             raise ValueError("fail_next must be an integer >= 0")
+        most = spec.get("max_customers", self.max_customers)
+        if most is not None and (isinstance(most, bool) or not isinstance(most, int) or most < 1):
+            raise ValueError("max_customers must be null or an integer >= 1")
         failures = self.failures
         if "failures" in spec:
             raw = spec["failures"] or []
@@ -162,11 +170,13 @@ class AsyncActions:
                 raise ValueError("failures must be a list of rules")
             failures = [_rule(r) for r in raw]
         self.delay_s, self.fail_next, self.failures = delay, fail_next, failures
+        self.max_customers = most
 
     def describe(self, now: float) -> dict[str, Any]:
         return {
             "delay_s": self.delay_s,
             "fail_next": self.fail_next,
+            "max_customers": self.max_customers,
             "failures": [rule.describe() for rule in self.failures],
             "actions": [{**a.view(now), "source_ids": a.source_ids} for a in self.actions.values()],
         }

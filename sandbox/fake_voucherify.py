@@ -6,7 +6,9 @@
 REST (``X-App-Id`` / ``X-App-Token``; bodies validated against Voucherify's request schemas):
 ``POST /v1/customers`` (upsert by ``id`` or ``source_id``), ``GET /v1/customers[?limit=]``,
 ``GET /v1/customers/{id or source_id}``, ``POST /v1/events``, ``POST /v1/customers/bulk/async``
-(1 to 100 customers, each with a ``source_id``; 202 ``{"async_action_id"}``; each customer's
+(any number of customers up to the 10 MB body Voucherify documents -- a stricter
+``max_customers`` is a setting of ``/__fake/async-actions`` --, each with a ``source_id``; 202
+``{"async_action_id"}``; each customer's
 schema or metadata failure is reported by its async action, ``sandbox.async_actions``),
 ``GET /v1/async-actions/{id}``, ``GET /v1/metadata-schemas``.
 

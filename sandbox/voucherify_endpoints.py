@@ -10,7 +10,7 @@ import threading
 import time
 from typing import Any
 
-from sandbox.async_actions import MAX_CUSTOMERS, AsyncActions, customer_error
+from sandbox.async_actions import AsyncActions, customer_error
 from sandbox.core import FakeApp
 from sandbox.customers import (
     CUSTOMER_FIELDS,
@@ -38,12 +38,13 @@ ERROR_MESSAGES = {
 PERMANENT_DELETION = "/permanent-deletion"
 
 
-def _bulk_problem(body: Any) -> str | None:
-    """Why a bulk request is refused as a whole (400), or None."""
+def _bulk_problem(body: Any, most: int | None) -> str | None:
+    """Why a bulk request is refused as a whole (400), or None.  ``most``: the stricter count
+    set on the fake (None: only the 10 MB body bound, answered 413 before this)."""
     if not isinstance(body, list) or not body:
         return "Body must be a non-empty array of customers"
-    if len(body) > MAX_CUSTOMERS:
-        return f"At most {MAX_CUSTOMERS} customers per request, got {len(body)}"
+    if most is not None and len(body) > most:
+        return f"At most {most} customers per request, got {len(body)}"
     for index, item in enumerate(body):
         if not isinstance(item, dict) or not isinstance(item.get("source_id"), str) or not item["source_id"]:
             return f"$[{index}].source_id: every customer needs a source_id (a non-empty string)"
@@ -205,7 +206,9 @@ class VoucherifyEndpoints(FakeApp):
 
     def bulk_async(self, req: FakeRequest) -> FakeResponse:
         body = req.body
-        problem = _bulk_problem(body)
+        with self.lock:
+            most = self.actions.max_customers
+        problem = _bulk_problem(body, most)
         if problem is not None:
             return self.error(
                 400, problem, "invalid_payload", schema_valid=False, validation_errors=[problem]

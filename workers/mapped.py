@@ -16,6 +16,7 @@ import redis
 from connector.config import Connection
 from connector.contract import (
     DESTINATION,
+    REPLAY_DOOR,
     DeliveryItem,
 )
 from connector.errors import MappingError, SkipEvent
@@ -110,8 +111,11 @@ def map_segment_event(
     # The event's backlog (one event, its bytes) rides on its last request: released when the
     # event is finished.
     last = len(requests) - 1
+    replay = door == REPLAY_DOOR  # a backfill's upserts may go in bigger bulks (SPEC 15)
     items = [
-        new_item(r, stored, received_at, 1 if i == last else 0, stored_bytes if i == last else 0)
+        new_item(
+            r, stored, received_at, 1 if i == last else 0, stored_bytes if i == last else 0, replay=replay
+        )
         for i, r in enumerate(requests)
     ]
     if ref is not None:

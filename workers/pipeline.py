@@ -153,7 +153,9 @@ def process_deliveries(
             resent.extend(again)
             if step is not None:
                 waiting.append((step, [item]))
-        hold = holds.intercept(ctx, [i for i in items if not pending.is_pending(i)], fresh=False)
+        # A bulk refused for its size comes back here: cut to what the system takes now.
+        back = ctx.target.fit([i for i in items if not pending.is_pending(i)])
+        hold = holds.intercept(ctx, back, fresh=False)
         runner.run(ctx, hold.run + resent)
         runner.park(ctx, hold.parked + waiting)
         hold.finish(ctx)

@@ -408,13 +408,20 @@ def test_bulk_failed_action_unknown_id_and_bounds(vf: FakeVoucherify) -> None:
     assert get(vf, f"/v1/async-actions/{next_id}").json()["status"] == "DONE"  # fail_next used up
     missing = get(vf, "/v1/async-actions/aa_nope")
     assert missing.status_code == 404 and missing.json()["key"] == "not_found"
+    # Voucherify's documented bound is the body's 10 MB (413 past it), not a count: a stricter
+    # count is the fake's setting (what the connector's fallback to 100 is tested against).
+    assert bulk(vf, [{"source_id": f"big{i}"} for i in range(2000)]).status_code == 202
+    over = bulk(vf, [{"source_id": f"x{i}", "metadata": {"blob": "x" * 100_000}} for i in range(110)])
+    assert over.status_code == 413
+    vf.set_async_actions(max_customers=100)
     too_many = bulk(vf, [{"source_id": f"m{i}"} for i in range(101)])
     assert too_many.status_code == 400 and "100" in too_many.json()["details"]
     assert bulk(vf, [{"source_id": f"m{i}"} for i in range(100)]).status_code == 202
     for body in ([], {"source_id": "x"}, [{"source_id": ""}], [{"source_id": "a"}, "b"]):
         assert bulk(vf, body).status_code == 400, body
     listed = vf.async_actions()
-    assert [a["source_ids"][:1] for a in listed["actions"]] == [["f1"], ["f2"], ["m0"]]
+    assert [a["source_ids"][:1] for a in listed["actions"]] == [["f1"], ["f2"], ["big0"], ["m0"]]
+    assert listed["max_customers"] == 100
 
 
 @integration

@@ -65,7 +65,12 @@ def new_item(
     received_at: float | None,
     backlog_units: int,
     backlog_bytes: int = 0,
+    *,
+    replay: bool = False,
 ) -> DeliveryItem:
+    """A new item.  ``replay``: it comes from ``connector replay`` (its upserts may go in the
+    big bulks of a backfill, SPEC 15); the mark is the item's FIRST key, which is how the hold's
+    RELEASE script tells a replayed customer's items from live ones without parsing them."""
     item: DeliveryItem = {
         "request": request.to_dict(),
         "payload": payload,
@@ -79,6 +84,8 @@ def new_item(
     }
     if backlog_bytes:
         item["backlog_bytes"] = backlog_bytes
+    if replay:
+        item = {"replay": True, **item}
     return item
 
 

@@ -55,6 +55,7 @@ from workers.delivery.store import DelayedStore
 from workers.outbound import OutboundRequest
 
 HELD_REASON = "held"
+BULK_WAIT_REASON = "bulk_budget"  # a replay's customers wait for a bulk call, not singles
 # Taken items live in a delayed entry due this long after the take: the taking task acks it
 # when done; a dead task's items come back then.
 TAKE_LEASE_SECONDS = 60.0
@@ -65,7 +66,20 @@ BUSY_PARK_SECONDS = 0.5
 # A customer whose earlier upserts are still on their way is looked at again this much later.
 RECHECK_MS = 500
 MAX_ITEMS_PER_ENTRY = 500
-RELEASE_CUSTOMERS_PER_CALL = 1000
+# Replayed customers (SPEC 15) are released in entries of their own of up to this many
+# customers and items: a deliver task coalesces one entry, so this is the largest bulk a
+# backfill can form (the byte bound then cuts it).  The items bound is the worker's memory,
+# which follows the held upserts it holds (measured on a gevent worker, idle at 70 MB: 5,000
+# customers of one version in one entry, 154 MB at the peak; of four versions, 20,000 items in
+# one entry, 387 MB; bounded to 8,000 items an entry, 223 MB): a customer with several versions
+# in the window makes the bulks that much smaller.
+REPLAY_CUSTOMERS_PER_ENTRY = 5_000  # the Voucherify target's REPLAY_MAX_BULK
+REPLAY_ITEMS_PER_ENTRY = 8_000
+RELEASE_CUSTOMERS_PER_CALL = REPLAY_CUSTOMERS_PER_ENTRY
+# Replayed customers' dues are rounded up to a multiple of this: those held within the same
+# stretch fall due at once (a replay reads a few hundred to thousands of lines a second: one
+# scheduler tick would otherwise release only a tick's worth of them, and bulk only those).
+REPLAY_ALIGN_SECONDS = 10.0
 
 
 def hold_key(keys: Keys, connection_id: str, customer: str) -> str:
@@ -113,9 +127,12 @@ class HoldTarget(Protocol):
         """How long the digest of an accepted upsert is remembered (0: no unchanged skip)."""
         ...
 
-    def coalesce_held(self, items: list[DeliveryItem], bulk: bool) -> list[DeliveryItem]:
+    def coalesce_held(
+        self, items: list[DeliveryItem], bulk: bool
+    ) -> tuple[list[DeliveryItem], list[DeliveryItem], float]:
         """Held items (many customers) as fewer calls: merged, in bulk when ``bulk`` and the
-        bulk budget allows."""
+        bulk budget allows; and the items that wait (still held) that many seconds for a bulk
+        budget rather than going singly (a replay's: SPEC 15)."""
         ...
 
 
@@ -140,9 +157,15 @@ class Holds:
         return head.decode()[:-1]  # without the closing brace: the scripts add items, due, reason
 
     def hold(
-        self, direction: str, queue: str, by_customer: Mapping[str, list[DeliveryItem]], window: float
+        self,
+        direction: str,
+        queue: str,
+        by_customer: Mapping[str, list[DeliveryItem]],
+        window: float,
+        align: float = 0.0,
     ) -> dict[str, float]:
-        """Hold the customers' items; when each customer's window ends (epoch seconds)."""
+        """Hold the customers' items; when each customer's window ends (epoch seconds), rounded
+        up to a multiple of ``align`` seconds when it is given."""
         if not by_customer:
             return {}
         bases: dict[str, list[Any]] = {}
@@ -152,6 +175,7 @@ class Holds:
             held += lines(items, bases)
         head = self.entry_head(direction, queue)
         args: list[Any] = [max(1, int(window * 1000)), self.connection_id, head, MAX_FIELD_BYTES, len(bases)]
+        args.append(max(0, int(align * 1000)))
         for ref, (text, count) in bases.items():
             args += [ref, text, count]
         k, cid = self.keys, self.connection_id
@@ -258,6 +282,8 @@ def release_due(client: redis.Redis, keys: Keys, *, limit: int = RELEASE_CUSTOME
                     MAX_ITEMS_PER_ENTRY,
                     int(OUT_MARKER_SECONDS * 1000),
                     RECHECK_MS,
+                    REPLAY_CUSTOMERS_PER_ENTRY,
+                    REPLAY_ITEMS_PER_ENTRY,
                 ],
             )
         )
@@ -326,7 +352,11 @@ def intercept(ctx: Context, items: list[DeliveryItem], *, fresh: bool) -> Interc
     for mine in to_hold.values():
         for item in mine:
             item["held"] = True
-    dues = holds.hold(ctx.direction, ctx.queue, to_hold, target.hold_window())
+    holding = [i for mine in to_hold.values() for i in mine]
+    # A backfill's customers fall due together (REPLAY_ALIGN_SECONDS), whatever pace the replay
+    # reads at: one tick releases them all, and their bulks fill.
+    align = REPLAY_ALIGN_SECONDS if holding and all(i.get("replay") for i in holding) else 0.0
+    dues = holds.hold(ctx.direction, ctx.queue, to_hold, target.hold_window(), align)
     for customer, due in dues.items():  # a "held" line in their traces, not a silent gap
         ids = [i for item in to_hold[customer] for i in attempts.trace_ids(item)]
         ctx.trace.wait(ids, connection=ctx.connection_id, reason=HELD_REASON, until=due)
@@ -340,22 +370,36 @@ def intercept(ctx: Context, items: list[DeliveryItem], *, fresh: bool) -> Interc
         for _step, chain in parked:
             attempts.parked(ctx, OutboundRequest.from_dict(chain[0]["request"]), chain[0], "busy", due)
     waiting = {id(i) for c in busy for i in by_customer[c]}
-    run = _prepare_held(ctx, target, taken, bulk=False) + _prepare_held(ctx, target, released, bulk=True)
+    run = _prepare_held(ctx, target, taken, bulk=False) + _prepare_held(
+        ctx, target, released, bulk=True, parked=parked
+    )
     run += [i for i in rest if id(i) not in held_now and id(i) not in waiting]
     customers = {str((i.get("request") or {}).get("customer")) for i in released}
     return Intercepted(run, parked, taken_id, customers)
 
 
 def _prepare_held(
-    ctx: Context, target: HoldTarget, items: list[DeliveryItem], *, bulk: bool
+    ctx: Context,
+    target: HoldTarget,
+    items: list[DeliveryItem],
+    *,
+    bulk: bool,
+    parked: list[tuple[Step, list[DeliveryItem]]] | None = None,
 ) -> list[DeliveryItem]:
-    """Held items without the customers whose merged upsert is unchanged, coalesced."""
+    """Held items without the customers whose merged upsert is unchanged, coalesced; those that
+    wait for a bulk budget added to ``parked`` as ONE chain (one delayed entry: back together,
+    they make one bulk again), still held."""
     if not items:
         return []
     kept = skip_unchanged(ctx, target, items)
-    out = target.coalesce_held(kept, bulk) if kept else []
+    out, later, wait = target.coalesce_held(kept, bulk) if kept else ([], [], 0.0)
     for item in out:
         item.pop("held", None)  # from here on an ordinary item (a retry comes back as one)
+    if later and parked is not None:
+        due = time.time() + wait
+        ids = [i for item in later for i in attempts.trace_ids(item)]
+        ctx.trace.wait(ids, connection=ctx.connection_id, reason=BULK_WAIT_REASON, until=due)
+        parked.append((Step.parked(BULK_WAIT_REASON, due), later))
     return out
 
 

@@ -30,17 +30,19 @@ from connector.lua import Lua
 MAX_FIELD_BYTES = 64 * 1024
 
 # KEYS: the connection's zset, the index, the held hash, the bases hash.  ARGV: window ms,
-# connection id, index head, max field bytes, number of bases, then per base: reference, text,
-# items referring it; then per customer: customer, list key, n, line1..linen.  Returns each
-# customer's due (ms).
+# connection id, index head, max field bytes, number of bases, align ms (0: none), then per
+# base: reference, text, items referring it; then per customer: customer, list key, n,
+# line1..linen.  Returns each customer's due (ms).  ``align``: the due rounded up to a multiple
+# of it, so that customers held over a stretch of that long fall due at the same instant.
 HOLD = Lua(
     """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local due = now + tonumber(ARGV[1])
+local due, align = now + tonumber(ARGV[1]), tonumber(ARGV[6])
+if align > 0 then due = math.ceil(due / align) * align end
 local most = tonumber(ARGV[4])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-local i, dues = 6, {}
+local i, dues = 7, {}
 for _ = 1, tonumber(ARGV[5]) do
   redis.call('HSETNX', KEYS[4], ARGV[i], ARGV[i + 1])
   redis.call('HINCRBY', KEYS[4], 'n:' .. ARGV[i], tonumber(ARGV[i + 2]))
@@ -152,8 +154,11 @@ return items
 
 # RELEASE one connection's due customers.  KEYS: the connection's zset, delayed zset, delayed
 # hash, the index, the held hash, the bases hash.  ARGV: connection id, key prefix, entry id
-# base, max customers, max items per entry, out marker ms, recheck ms.  Each item carries its
-# "held" flag.
+# base, max customers, max items per entry, out marker ms, recheck ms, max customers per
+# replay entry, max items per replay entry.  Each item carries its "held" flag.  A customer
+# whose first item starts with the replay mark (``new_item`` puts it first) goes into entries
+# of their own, with bounds of their own: one such entry is what one big bulk of a backfill is
+# made of.
 RELEASE = Lua(
     _TAKE_ONE
     + """
@@ -166,15 +171,16 @@ if not head then
   if redis.call('ZCARD', KEYS[1]) == 0 then return 0 end
   return -1
 end
-local entries, batch, released, cache, used = 0, {}, 0, {}, {}
-local function emit()
-  if #batch == 0 then return end
+local entries, released, cache, used = 0, 0, {}, {}
+local live, replay = {items = {}, n = 0}, {items = {}, n = 0}
+local function emit(b)
+  if #b.items == 0 then return end
   entries = entries + 1
   local id = ARGV[3] .. '-' .. entries
-  local entry = head .. ',"items":[' .. table.concat(batch, ',') .. '],"due":' .. (now / 1000) .. ',"reason":"held"}'
+  local entry = head .. ',"items":[' .. table.concat(b.items, ',') .. '],"due":' .. (now / 1000) .. ',"reason":"held"}'
   redis.call('HSET', KEYS[3], id, entry)
   redis.call('ZADD', KEYS[2], now, id)
-  batch = {}
+  b.items, b.n = {}, 0
 end
 for _, customer in ipairs(due) do
   local out = prefix .. 'holdout:' .. cid .. ':' .. customer
@@ -184,14 +190,18 @@ for _, customer in ipairs(due) do
     local key = prefix .. 'hold:' .. cid .. ':' .. customer
     local items = take_one(KEYS[5], KEYS[6], customer, key, KEYS[1], cache, used)
     if #items > 0 then
-      if #batch + #items > tonumber(ARGV[5]) then emit() end
-      for _, item in ipairs(items) do batch[#batch + 1] = item end
+      local b, most = live, tonumber(ARGV[5])
+      if string.sub(items[1], 1, 15) == '{"replay":true,' then b, most = replay, tonumber(ARGV[9]) end
+      if #b.items + #items > most or b.n >= tonumber(ARGV[8]) then emit(b) end
+      for _, item in ipairs(items) do b.items[#b.items + 1] = item end
+      b.n = b.n + 1
       redis.call('SET', out, 'released', 'PX', tonumber(ARGV[6]))
       released = released + 1
     end
   end
 end
-emit()
+emit(live)
+emit(replay)
 release_bases(KEYS[6], used)
 return released
 """
@@ -226,7 +236,8 @@ def compact(item: DeliveryItem) -> dict[str, Any]:
 # What the items of one task's batch repeat (when they were received, their batch objects, the
 # request's method, path, action and headers): stored once per connection as a base the lines
 # refer to, counted, and made whole again by the scripts when the items leave the hold.
-_BASE_TOP = ("received_at", "backlog", "shared", "held")
+# ``replay`` first: a held line made whole again starts with it (the RELEASE script looks there).
+_BASE_TOP = ("replay", "received_at", "backlog", "shared", "held")
 _BASE_REQUEST = ("method", "path", "action", "headers")
 
 

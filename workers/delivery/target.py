@@ -92,6 +92,11 @@ class Target(Protocol):
         """A task's items as fewer calls with the same effects (or as they are)."""
         ...
 
+    def fit(self, items: list[DeliveryItem]) -> list[DeliveryItem]:
+        """Items back from the delayed store as calls the system accepts now (e.g. a bulk
+        refused for its size, cut into smaller ones); as they are when nothing changed."""
+        ...
+
     def queued_as(self, request: OutboundRequest, answer: HTTPResult) -> str | None:
         """The id of the work a 2xx only queued (read back by :mod:`workers.delivery.pending`
         before anything is delivered); None: the answer is the delivery."""

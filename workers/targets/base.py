@@ -87,6 +87,9 @@ class HttpTarget:
     def coalesce(self, items: list[DeliveryItem]) -> list[DeliveryItem]:
         return items
 
+    def fit(self, items: list[DeliveryItem]) -> list[DeliveryItem]:
+        return items
+
     def queued_as(self, request: OutboundRequest, answer: HTTPResult) -> str | None:
         return None
 

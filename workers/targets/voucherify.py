@@ -267,6 +267,9 @@ class VoucherifyTarget(FewerCalls, HttpTarget):
         return schema
 
     def after_refusal(self, answer: Answer, item: DeliveryItem) -> Wait | None:
+        too_large = self.refused_for_size(answer, item)  # a big bulk: cut, never dead-lettered
+        if too_large is not None:
+            return too_large
         if self.schemas is None or not is_metadata_refusal(answer) or item.get("metadata_refreshed"):
             return None
         # The schema changed since it was read: refresh it, and try once more with it.

@@ -12,9 +12,17 @@ the ``rest`` mode, where an upsert is ``POST /v1/customers`` (identify *and* gro
    cannot be said in one body: such a pair is not merged.
 2. **Bulk.**  Customers whose only request in the task is one (possibly merged) upsert are sent
    together in ``POST /v1/customers/bulk/async`` (a JSON array of customers, up to
-   ``MAX_BULK``).  Bulk is asynchronous at Voucherify, so a customer with any other request in
-   the task (a custom event that may rely on the upsert having happened) keeps its synchronous
-   upsert.
+   ``max_bulk`` of them and ``max_bytes`` of body).  Bulk is asynchronous at Voucherify, so a
+   customer with any other request in the task (a custom event that may rely on the upsert
+   having happened) keeps its synchronous upsert.
+
+Bulk sizes (SPEC 10 and 15): live traffic keeps bulks of at most ``MAX_BULK`` (100) customers;
+upserts that come from ``connector replay`` (items marked ``replay``) are bulked up to what
+Voucherify accepts -- 10 MB of request body -- kept under ``MAX_BULK_BYTES`` (a margin for the
+headers and for what the metadata schema filter leaves out) and under ``REPLAY_MAX_BULK``
+customers (a cap for the worker's memory: a bulk item carries every part and event of its
+customers until it is read back).  A connection whose Voucherify refused a big bulk for its
+size is back at ``MAX_BULK`` for a day (``workers.targets.voucherify_bulksize``).
 
 A coalesced request keeps every original request as a *part* (idempotency key, customer, event
 time, action, body): the engine drops parts already delivered (ledger) or stale, rebuilds the
@@ -30,6 +38,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from connector.contract import DeliveryItem, backlog_of
 from workers.delivery.attempts import keep_shared, new_item
 from workers.delivery.stale import event_time_ms
@@ -39,7 +49,10 @@ CUSTOMERS_PATH = "/v1/customers"
 BULK_PATH = "/v1/customers/bulk/async"
 UPSERT_ACTIONS = frozenset({"upsert_customer", "assign_group"})
 BULK_ACTION = "upsert_customers_bulk"
-MAX_BULK = 100
+MAX_BULK = 100  # a live bulk's customers (SPEC 10)
+REPLAY_MAX_BULK = 5_000  # a replay bulk's customers: the worker's memory, not Voucherify's limit
+VOUCHERIFY_MAX_BODY_BYTES = 10 * 1024 * 1024  # "The request can include up to 10 MB of data"
+MAX_BULK_BYTES = 9_500_000  # a bulk's JSON body at the most: a margin under VOUCHERIFY_MAX_BODY_BYTES
 _OBJECTS = ("address", "metadata")
 
 
@@ -211,14 +224,40 @@ def rebuild(request: OutboundRequest, live: Sequence[Mapping[str, Any]]) -> Outb
     )
 
 
+def body_bytes(body: Any) -> int:
+    """A customer's bytes in a bulk's JSON array (as the transport sends it: orjson, compact)."""
+    return len(orjson.dumps(body))
+
+
+def bulk_chunks(sizes: Sequence[int], max_count: int, max_bytes: int) -> list[list[int]]:
+    """Consecutive runs of indices into ``sizes`` (each customer's body bytes), each run a bulk
+    of at most ``max_count`` customers whose JSON array (brackets and commas counted) stays
+    within ``max_bytes``; a customer over the bound alone is a run of its own."""
+    runs: list[list[int]] = []
+    current: list[int] = []
+    used = 2  # "[" and "]"
+    for index, size in enumerate(sizes):
+        extra = size + (1 if current else 0)
+        if current and (len(current) >= max_count or used + extra > max_bytes):
+            runs.append(current)
+            current, used, extra = [], 2, size
+        current.append(index)
+        used += extra
+    if current:
+        runs.append(current)
+    return runs
+
+
 def coalesce(
     requests: Sequence[OutboundRequest],
     *,
     max_bulk: int = MAX_BULK,
+    max_bytes: int = MAX_BULK_BYTES,
     allow_bulk: Callable[[], bool] | None = None,
 ) -> list[Coalesced]:
-    """The requests of one task, coalesced; per-customer order is kept.  ``allow_bulk``: asked
-    once per bulk call before it is planned (its budgets); False: those customers go singly."""
+    """The requests of one task, coalesced; per-customer order is kept.  A bulk holds at most
+    ``max_bulk`` customers and ``max_bytes`` of JSON body.  ``allow_bulk``: asked once per bulk
+    call before it is planned (its budgets); False: those customers go singly."""
     # 1. Runs of consecutive upserts within each customer's subsequence.
     units: list[tuple[list[dict[str, Any]], list[int], OutboundRequest]] = []  # parts, sources, template
     open_run: dict[str, int] = {}  # customer -> index in units of its run still open for merging
@@ -254,13 +293,16 @@ def coalesce(
     in_bulk: dict[int, int] = {}  # unit index -> bulk group number
     groups: list[list[int]] = []
     if len(bulk_units) >= 2:
-        for start in range(0, len(bulk_units), max_bulk):
-            chunk = bulk_units[start : start + max_bulk]
-            if len(chunk) < 2 or (allow_bulk is not None and not allow_bulk()):
+        sizes = [body_bytes(_merged_customer_body(units[i][0])) for i in bulk_units]
+        for chunk in bulk_chunks(sizes, max_bulk, max_bytes):
+            if len(chunk) < 2:
+                continue  # one customer alone (a body near the bound): a single upsert
+            if allow_bulk is not None and not allow_bulk():
                 break
-            for i in chunk:
+            members = [bulk_units[k] for k in chunk]
+            for i in members:
                 in_bulk[i] = len(groups)
-            groups.append(chunk)
+            groups.append(members)
 
     out: list[Coalesced] = []
     emitted: set[int] = set()
@@ -293,14 +335,24 @@ def coalesce(
 
 
 def coalesce_items(
-    items: list[DeliveryItem], allow_bulk: Callable[[], bool] | None = None
+    items: list[DeliveryItem],
+    allow_bulk: Callable[[], bool] | None = None,
+    *,
+    max_bulk: int = MAX_BULK,
+    max_bytes: int = MAX_BULK_BYTES,
 ) -> list[DeliveryItem]:
     """A task's items with their requests coalesced: a coalesced item carries the payloads of
-    all its events (for dead letters and replays) and all their backlog units.  A bulk call
-    planned with ``allow_bulk`` (which took its budgets) is marked ``pregranted``."""
+    all its events (for dead letters and replays) and all their backlog units, and the replay
+    mark when all of them carry it.  A bulk call planned with ``allow_bulk`` (which took its
+    budgets) is marked ``pregranted``."""
     if len(items) < 2:
         return items
-    plan = coalesce([OutboundRequest.from_dict(i["request"]) for i in items], allow_bulk=allow_bulk)
+    plan = coalesce(
+        [OutboundRequest.from_dict(i["request"]) for i in items],
+        max_bulk=max_bulk,
+        max_bytes=max_bytes,
+        allow_bulk=allow_bulk,
+    )
     if len(plan) == len(items):
         return items
     out: list[DeliveryItem] = []
@@ -318,6 +370,7 @@ def coalesce_items(
                 min(times) if times else None,
                 sum(u for u, _ in held),
                 sum(b for _, b in held),
+                replay=all(s.get("replay") for s in sources),
             ),
             sources,
         )

@@ -28,15 +28,17 @@ from connector.contract import DeliveryItem, backlog_of
 from connector.keys import Keys
 from connector.tuning import Tuning
 from workers.delivery.attempts import keep_shared, new_item
-from workers.delivery.budgets import Budget, Budgets
+from workers.delivery.budgets import Budget, Budgets, Grant
 from workers.delivery.holds import Holds, digest
 from workers.delivery.pending import ActionState
-from workers.delivery.target import Answer
+from workers.delivery.target import Answer, Wait
 from workers.delivery.transport import HTTPResult, Transport
 from workers.outbound import OutboundRequest
+from workers.targets import voucherify_bulksize as bulksize
 from workers.targets.voucherify_coalesce import (
     BULK_PATH,
     CUSTOMERS_PATH,
+    REPLAY_MAX_BULK,
     _customers_in_order,
     _merged_customer_body,
     build,
@@ -48,8 +50,9 @@ from workers.targets.voucherify_coalesce import (
 SEGMENTIO_CUSTOMER_PATH = "/segmentio/customer-processing"
 ASYNC_ACTIONS_PATH = "/v1/async-actions/"
 ACTION_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,100}")
-# The per-customer errors read from one action (a bulk holds at most 100 customers).
-MAX_ACTION_ERRORS = 1_000
+# The per-customer errors read from one action: as many as a bulk has customers (a replay's holds
+# up to REPLAY_MAX_BULK; an error not read would count its customer delivered).
+MAX_ACTION_ERRORS = REPLAY_MAX_BULK
 BULK_BUDGET = "bulk_calls_hour"
 
 
@@ -94,23 +97,59 @@ class FewerCalls:
             return None
         return _merged_customer_body([part_of(r) for r in requests])
 
-    def coalesce_held(self, items: list[DeliveryItem], bulk: bool) -> list[DeliveryItem]:
-        if self.connection.voucherify.mode == "rest":
-            allow = self.allow_bulk if bulk else (lambda: False)
-            return coalesce_items(items, allow_bulk=allow)
-        return merge_per_customer(items)
+    def coalesce_held(
+        self, items: list[DeliveryItem], bulk: bool
+    ) -> tuple[list[DeliveryItem], list[DeliveryItem], float]:
+        if self.connection.voucherify.mode != "rest":
+            return merge_per_customer(items), [], 0.0
+        allow = self.allow_bulk if bulk else (lambda: False)
+        # A backfill's customers (every held upsert of theirs replayed) in bulks as large as
+        # Voucherify takes; the others -- a live identify among theirs too -- in bulks of 100.
+        replayed, live = split_replayed(items) if bulk else ([], items)
+        out = coalesce_items(live, allow_bulk=allow) if live else []
+        if not replayed:
+            return out, [], 0.0
+        denied: list[float] = []
+
+        def allow_replay() -> bool:
+            grant = self.bulk_grant()
+            if grant is not None and not grant.granted:
+                denied.append(grant.wait)
+            return grant is not None and grant.granted
+
+        cap = bulksize.replay_cap(self.client, self.keys, self.connection.id)
+        planned = coalesce_items(replayed, allow_bulk=allow_replay, max_bulk=cap)
+        if not denied:
+            return out + planned, [], 0.0
+        # The bulk budget is spent for now: the customers not in a bulk wait for it, held --
+        # as singles they would spend a call each of the ordinary budget (SPEC 15's 0.02).
+        bulks = [i for i in planned if (i.get("request") or {}).get("path") == BULK_PATH]
+        in_bulk = {p.get("customer") for i in bulks for p in (i.get("request") or {}).get("parts") or ()}
+        later = [i for i in replayed if (i.get("request") or {}).get("customer") not in in_bulk]
+        return out + bulks, later, min(max(1.0, denied[0]), 3600.0)
+
+    def fit(self, items: list[DeliveryItem]) -> list[DeliveryItem]:
+        return bulksize.split(self.client, self.keys, self.connection.id, items)
+
+    def refused_for_size(self, answer: Answer, item: DeliveryItem) -> Wait | None:
+        return bulksize.refused_for_size(self.client, self.keys, self.connection.id, answer, item)
 
     def allow_bulk(self) -> bool:
         """One bulk call's budgets, taken now (True), or bulk not possible now (singles)."""
+        grant = self.bulk_grant()
+        return grant is not None and grant.granted
+
+    def bulk_grant(self) -> Grant | None:
+        """One bulk call's budgets asked for now; None: the connection has no bulk budget."""
         template = OutboundRequest(
             method="POST", path=BULK_PATH, body=None, idempotency_key="", action="upsert_customers_bulk"
         )
         budgets = self.budgets_for(template)
         if not any(b.name == BULK_BUDGET and b.limit for b in budgets):
-            return False  # the plan has no bulk API, or bulk_calls_per_hour = 0
-        # A refusal here parks nothing (the customers go singly): no slot reserved, and the
+            return None  # the plan has no bulk API, or bulk_calls_per_hour = 0
+        # A refusal here parks nothing (singles, or a replay's wait): no slot reserved, and the
         # parking queue's hint is not ours to wait on.
-        return self.budgets.acquire(budgets, parks=False).granted
+        return self.budgets.acquire(budgets, parks=False)
 
     # --- after a success --------------------------------------------------------------------
 
@@ -179,6 +218,16 @@ class FewerCalls:
             if single is not None:
                 out.append(single)
         return out
+
+
+def split_replayed(items: list[DeliveryItem]) -> tuple[list[DeliveryItem], list[DeliveryItem]]:
+    """(items of customers whose every item is replayed, the others): two sets of customers,
+    each customer's items in their order."""
+    live_customers = {(i.get("request") or {}).get("customer") for i in items if not i.get("replay")}
+    replayed = [i for i in items if (i.get("request") or {}).get("customer") not in live_customers]
+    if len(replayed) == len(items):
+        return items, []
+    return replayed, [i for i in items if (i.get("request") or {}).get("customer") in live_customers]
 
 
 def _is_customer_upsert(request: OutboundRequest) -> bool:

@@ -11,7 +11,8 @@ from connector.quotas import QuotaSettings
 from workers.delivery.transport import HTTPResult
 from workers.outbound import OutboundRequest
 from workers.targets.voucherify import server_wait
-from workers.targets.voucherify_fewer import FewerCalls, read_state
+from workers.targets.voucherify_coalesce import REPLAY_MAX_BULK
+from workers.targets.voucherify_fewer import MAX_ACTION_ERRORS, FewerCalls, read_state
 from workers.targets.voucherify_quota import DEFAULT_PAUSE_SECONDS, reading
 
 BULK = OutboundRequest(
@@ -38,9 +39,14 @@ def test_an_async_action_with_unreadable_errors_is_read_without_a_crash(body: st
 
 
 def test_per_customer_errors_read_are_bounded() -> None:
-    errors = ",".join(f'{{"source_id": "c{i}", "key": "k", "message": "m"}}' for i in range(5000))
+    # Bounded by the largest bulk's customers (a replay's): never fewer, or a failed customer
+    # past the bound would count as delivered.
+    assert MAX_ACTION_ERRORS >= REPLAY_MAX_BULK
+    errors = ",".join(
+        f'{{"source_id": "c{i}", "key": "k", "message": "m"}}' for i in range(2 * MAX_ACTION_ERRORS)
+    )
     state = read_state(f'{{"status": "DONE", "result": {{"errors": [{errors}]}}}}')
-    assert state is not None and len(state.errors) == 1000
+    assert state is not None and len(state.errors) == MAX_ACTION_ERRORS
 
 
 @pytest.mark.parametrize(
