@@ -17,11 +17,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from connector.quotas import PLANS
+
 ROOT = Path(__file__).resolve().parents[1]
 # Voucherify's initial sync (a script reading Segment's Profile API): 100 customers every 4 s.
 VOUCHERIFY_TOOL_PER_SECOND = 25.0
-# (plan, customers, scale): sizes that take about a minute each on the fast clock.
-RUNS = (("business", 300, 0.05), ("organization", 1000, 0.5))
+# (plan, customers, scale): about a minute or less each on the fast clock, and long enough that
+# the fixed start (CLI, hold window, first answers: seconds that the fast clock does not shorten)
+# is a small part of the pace.  Business and Organization have no bulk budget (single calls);
+# Professional (an older plan) bulks.
+RUNS = (("business", 1000, 0.05), ("organization", 3000, 0.1), ("professional", 10000, 0.05))
+# SPEC 15's targets: calls per customer where the plan bulks, and the pace against the budgets.
+BULK_CALLS_PER_CUSTOMER_TARGET = 0.02
+PACE_TARGET = 1.2
 
 
 def backfill(bench: Any) -> None:
@@ -44,11 +52,23 @@ def backfill(bench: Any) -> None:
             "Voucherify's own sync: 25/s",
             None,
         )
+        bulk = bool(PLANS[plan].get("bulk_calls_per_hour"))
+        most = BULK_CALLS_PER_CUSTOMER_TARGET if bulk else 1.0
         bench.row(
             f"backfill, customer calls per customer, {plan} limits",
             result["customer_calls_per_customer"],
             "calls/customer",
             1.0,
-            "<= 1, no 429",
-            result["customer_calls_per_customer"] <= 1.0 and result["answers_429"] == 0,
+            f"<= {most:g}, no 429",
+            result["customer_calls_per_customer"] <= most and result["answers_429"] == 0,
         )
+        pace = result.get("time_over_budget_time")
+        if pace is not None:
+            bench.row(
+                f"backfill, time / the time its budgets allow, {plan} limits",
+                pace,
+                "x",
+                1.0,
+                f"<= {PACE_TARGET:g}",
+                pace <= PACE_TARGET,
+            )

@@ -15,12 +15,15 @@ is ``scale`` of its real length), and Voucherify calls per customer.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from connector.quotas import QuotaSettings
+from ops.replay_forecast import calls_for, plan_quota, seconds_for
 from tests.support.fakes import FakeVoucherify
 from tests.support.faultkit import FAST_ENV, calls, connections_toml, connector_cli
 from tests.support.processes import Stack, base_env, wait_until
@@ -91,6 +94,8 @@ def measure(
         finally:
             stack.close()
     rate = customers / seconds
+    allowed = budgets_allow(customers, plan, bulk_calls_per_hour)
+    real_seconds = seconds / scale
     return {
         "plan": plan,
         "bulk_calls_per_hour": bulk_calls_per_hour,
@@ -101,7 +106,19 @@ def measure(
         "customer_calls_per_customer": round(made / customers, 4),
         "answers_429": refused,
         "scale": scale,
+        # SPEC 15's pace: the real time taken against what the connector's share of the plan's
+        # budgets allows for these customers (ops.replay_forecast, the --dry-run's figure).
+        "budget_seconds_real": None if allowed is None else round(allowed, 1),
+        "time_over_budget_time": None if not allowed else round(real_seconds / allowed, 2),
     }
+
+
+def budgets_allow(customers: int, plan: str, bulk_calls_per_hour: int | None) -> float | None:
+    """Real seconds the share of ``plan``'s budgets needs for ``customers`` (one version each)."""
+    quota: QuotaSettings = plan_quota(plan)
+    if bulk_calls_per_hour:
+        quota = dataclasses.replace(quota, bulk_calls_per_hour=bulk_calls_per_hour)
+    return seconds_for(calls_for(customers, 0, quota, upserts=customers), quota)
 
 
 def main() -> None:
