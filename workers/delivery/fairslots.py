@@ -40,10 +40,6 @@ class FairSlots:
             if self._inflight.get(conn, 0) > 0 or mono - asked < ACTIVE_SECONDS
         )
 
-    def share(self, connection_id: str) -> int:
-        with self._cond:
-            return max(1, self.total // max(1, self._active(time.monotonic())))
-
     def in_flight(self, connection_id: str) -> int:
         with self._cond:
             return self._inflight.get(connection_id, 0)

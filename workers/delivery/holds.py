@@ -82,26 +82,6 @@ RELEASE_CUSTOMERS_PER_CALL = REPLAY_CUSTOMERS_PER_ENTRY
 REPLAY_ALIGN_SECONDS = 10.0
 
 
-def hold_key(keys: Keys, connection_id: str, customer: str) -> str:
-    return keys.hold(connection_id, customer)
-
-
-def holds_key(keys: Keys, connection_id: str) -> str:
-    return keys.holds(connection_id)
-
-
-def index_key(keys: Keys) -> str:
-    return keys.holds_index
-
-
-def out_key(keys: Keys, connection_id: str, customer: str) -> str:
-    return keys.hold_out(connection_id, customer)
-
-
-def unchanged_key(keys: Keys, connection_id: str, customer: str) -> str:
-    return keys.unchanged(connection_id, customer)
-
-
 def digest(body: Any) -> str:
     """A body's identity: canonical JSON (sorted keys), hashed."""
     raw = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
@@ -171,7 +151,7 @@ class Holds:
         bases: dict[str, list[Any]] = {}
         held: list[Any] = []
         for customer, items in by_customer.items():
-            held += [customer, hold_key(self.keys, self.connection_id, customer), len(items)]
+            held += [customer, self.keys.hold(self.connection_id, customer), len(items)]
             held += lines(items, bases)
         head = self.entry_head(direction, queue)
         args: list[Any] = [max(1, int(window * 1000)), self.connection_id, head, MAX_FIELD_BYTES, len(bases)]
@@ -179,9 +159,7 @@ class Holds:
         for ref, (text, count) in bases.items():
             args += [ref, text, count]
         k, cid = self.keys, self.connection_id
-        dues = HOLD(
-            self.client, [holds_key(k, cid), index_key(k), k.held(cid), k.held_bases(cid)], args + held
-        )
+        dues = HOLD(self.client, [k.holds(cid), k.holds_index, k.held(cid), k.held_bases(cid)], args + held)
         return {c: float(d) / 1000 for c, d in zip(by_customer, dues, strict=True)}
 
     def take(
@@ -197,13 +175,13 @@ class Holds:
         for customer in customers:
             args += [
                 customer,
-                hold_key(self.keys, self.connection_id, customer),
-                out_key(self.keys, self.connection_id, customer),
+                self.keys.hold(self.connection_id, customer),
+                self.keys.hold_out(self.connection_id, customer),
             ]
         flat = TAKE(
             self.client,
             [
-                holds_key(self.keys, self.connection_id),
+                self.keys.holds(self.connection_id),
                 self.keys.delayed,
                 self.keys.delayed_data,
                 self.keys.held(self.connection_id),
@@ -219,7 +197,7 @@ class Holds:
 
     def clear_out(self, customers: Iterable[str], only: str | None = None) -> None:
         """Forget the customers' ``out`` markers (``only``: those of that kind)."""
-        names = [out_key(self.keys, self.connection_id, c) for c in customers]
+        names = [self.keys.hold_out(self.connection_id, c) for c in customers]
         if not names:
             return
         if only is None:
@@ -233,18 +211,18 @@ class Holds:
             return
         pipe = self.client.pipeline(transaction=False)
         for customer in customers:
-            pipe.set(out_key(self.keys, self.connection_id, customer), kind, px=max(1, int(seconds * 1000)))
+            pipe.set(self.keys.hold_out(self.connection_id, customer), kind, px=max(1, int(seconds * 1000)))
         pipe.execute()
 
     def size(self) -> int:
-        return int(self.client.zcard(holds_key(self.keys, self.connection_id)))
+        return int(self.client.zcard(self.keys.holds(self.connection_id)))
 
     # --- unchanged skip ---------------------------------------------------------------------
 
     def digests(self, customers: list[str]) -> list[str | None]:
         if not customers:
             return []
-        raw = self.client.mget([unchanged_key(self.keys, self.connection_id, c) for c in customers])
+        raw = self.client.mget([self.keys.unchanged(self.connection_id, c) for c in customers])
         return [_text(v) if v is not None else None for v in raw]
 
     def remember(self, digests: Mapping[str, str], days: int) -> None:
@@ -252,7 +230,7 @@ class Holds:
             return
         pipe = self.client.pipeline(transaction=False)
         for customer, value in digests.items():
-            pipe.set(unchanged_key(self.keys, self.connection_id, customer), value, ex=int(days * 86400))
+            pipe.set(self.keys.unchanged(self.connection_id, customer), value, ex=int(days * 86400))
         kept.charge_customers(pipe, self.keys, self.connection_id, list(digests), days * 86400)
         pipe.execute()
 
@@ -261,16 +239,16 @@ def release_due(client: redis.Redis, keys: Keys, *, limit: int = RELEASE_CUSTOME
     """Move every connection's due holds into the delayed store (due now); the number of
     customers released.  Atomic per connection: safe with several schedulers."""
     released = 0
-    for raw in client.hkeys(index_key(keys)):
+    for raw in client.hkeys(keys.holds_index):
         cid = _text(raw)
         count = int(
             RELEASE(
                 client,
                 [
-                    holds_key(keys, cid),
+                    keys.holds(cid),
                     keys.delayed,
                     keys.delayed_data,
-                    index_key(keys),
+                    keys.holds_index,
                     keys.held(cid),
                     keys.held_bases(cid),
                 ],
@@ -289,13 +267,6 @@ def release_due(client: redis.Redis, keys: Keys, *, limit: int = RELEASE_CUSTOME
         )
         released += max(0, count)
     return released
-
-
-def held_count(client: redis.Redis, keys: Keys) -> dict[str, int]:
-    """Customers with held upserts, per connection (the ``connector_upserts_held`` gauge)."""
-    return {
-        _text(raw): int(client.zcard(holds_key(keys, _text(raw)))) for raw in client.hkeys(index_key(keys))
-    }
 
 
 def ack_taken(store: DelayedStore, entry_id: str | None) -> None:
