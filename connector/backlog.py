@@ -30,71 +30,18 @@ The bound protects Redis memory; it is a fence, not an accounting ledger.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import redis
 
 from connector.keys import Keys
 from connector.lua import Lua
 
-# KEYS: events, bytes[, the hour's flow counters].  ARGV: events, bytes, event limit, byte limit,
-# the flow counters' TTL.
-_RESERVE = Lua(
-    """
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
-local cur_bytes = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
-local n = tonumber(ARGV[1])
-local b = tonumber(ARGV[2])
--- An empty backlog always admits one request, or a request larger than a bound never could.
-if cur > 0 and cur + n > tonumber(ARGV[3]) then return 0 end
-if cur_bytes > 0 and cur_bytes + b > tonumber(ARGV[4]) then return 0 end
-redis.call('INCRBY', KEYS[1], n)
-redis.call('PERSIST', KEYS[1])
-if b > 0 then
-  redis.call('INCRBY', KEYS[2], b)
-  redis.call('PERSIST', KEYS[2])
-end
-if KEYS[3] then
-  redis.call('HINCRBY', KEYS[3], 'in', n)
-  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[5]))
-end
-return 1
-"""
-)
-
-# KEYS: events, bytes[, the hour's flow counters].  ARGV: events, bytes[, calls made, TTL].  Each
-# counter is clamped at zero (and deleted).
-_RELEASE = Lua(
-    """
-local left = 0
-if KEYS[3] then
-  if tonumber(ARGV[1]) > 0 then redis.call('HINCRBY', KEYS[3], 'out', ARGV[1]) end
-  if tonumber(ARGV[3]) > 0 then redis.call('HINCRBY', KEYS[3], 'calls', ARGV[3]) end
-  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[4]))
-end
-for i = 1, 2 do
-  local n = tonumber(ARGV[i])
-  if n > 0 then
-    local v = redis.call('DECRBY', KEYS[i], n)
-    if v <= 0 then redis.call('DEL', KEYS[i]) elseif i == 1 then left = v end
-  elseif i == 1 then
-    left = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
-  end
-end
-return left
-"""
-)
-
-# KEYS: events, bytes.  ARGV: the events and bytes seen at the first look.  Resets both only if
-# neither moved since.
-_RESET_IF = Lua(
-    """
-local e = redis.call('GET', KEYS[1]) or '0'
-local b = redis.call('GET', KEYS[2]) or '0'
-if e ~= ARGV[1] or b ~= ARGV[2] then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2])
-return 1
-"""
-)
+# The scripts (connector/lua/backlog_*.lua name their keys and arguments).
+_LUA = Path(__file__).parent / "lua"
+_RESERVE = Lua.files(_LUA, "backlog_reserve.lua")
+_RELEASE = Lua.files(_LUA, "backlog_release.lua")
+_RESET_IF = Lua.files(_LUA, "backlog_reset_if.lua")
 
 UNLIMITED = 2**62
 

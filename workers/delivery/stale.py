@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import redis
 
@@ -29,53 +30,11 @@ from connector import kept
 from connector.keys import Keys
 from connector.lua import Lua
 
-# KEYS: the stale record, the connection's customers of the day (connector.kept: the record is
-# counted against the connection's bound).  ARGV: event ms, TTL (s), customer, the count's TTL.
-_RAISE = Lua(
-    """
-redis.call('PFADD', KEYS[2], ARGV[3])
-if redis.call('TTL', KEYS[2]) < tonumber(ARGV[4]) then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
-local cur = tonumber(redis.call('GET', KEYS[1]) or '-1') or -1
-if tonumber(ARGV[1]) > cur then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-  return 1
-end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return 0
-"""
-)
-
-
-# KEYS: the stale record, the customer's send lock, its hold ``out`` marker.  ARGV: event ms
-# (-1: no time to compare), token, lock TTL (ms), the request's newest event ms (-1: none).
-# -> {0, 0} locked | {1, 0} stale | {2, pttl} another attempt holds it | {3, pttl} a bulk of
-# the customer's is still running at Voucherify and this upsert is newer than it.
-_CHECK_LOCK = Lua(
-    """
-local ms = tonumber(ARGV[1])
-local cur = tonumber(redis.call('GET', KEYS[1]) or '-1') or -1
-if ms >= 0 and ms < cur then return {1, 0} end
-local newest = tonumber(ARGV[4])
-if newest > cur and redis.call('GET', KEYS[3]) == 'queued' then
-  return {3, redis.call('PTTL', KEYS[3])}
-end
-local owner = redis.call('GET', KEYS[2])
-if owner and owner ~= ARGV[2] then
-  return {2, redis.call('PTTL', KEYS[2])}
-end
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-return {0, 0}
-"""
-)
-
-_UNLOCK = Lua(
-    """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-)
+# The scripts (workers/delivery/lua/stale_*.lua name their keys and arguments).
+_LUA = Path(__file__).parent / "lua"
+_RAISE = Lua.files(_LUA, "stale_raise.lua")
+_CHECK_LOCK = Lua.files(_LUA, "stale_check_lock.lua")
+_UNLOCK = Lua.files(_LUA, "stale_unlock.lua")
 
 
 def event_time_ms(value: str | None) -> int | None:

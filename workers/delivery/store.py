@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
 import redis
@@ -30,23 +31,8 @@ from connector.contract import DeliveryItem
 from connector.keys import Keys
 from connector.lua import Lua
 
-_CLAIM_DUE = Lua(
-    """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-local out = {}
-for _, id in ipairs(ids) do
-  local data = redis.call('HGET', KEYS[2], id)
-  if data then
-    redis.call('ZADD', KEYS[1], ARGV[3], id)
-    out[#out + 1] = id
-    out[#out + 1] = data
-  else
-    redis.call('ZREM', KEYS[1], id)
-  end
-end
-return out
-"""
-)
+# Claims the due entries (workers/delivery/lua/store_claim_due.lua).
+_CLAIM_DUE = Lua.files(Path(__file__).parent / "lua", "store_claim_due.lua")
 
 
 @dataclass(frozen=True)

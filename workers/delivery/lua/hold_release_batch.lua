@@ -1,0 +1,22 @@
+-- Library of hold_release.lua: the released customers' items gathered into delayed entries, a
+-- batch at a time.  Local functions only; no KEYS or ARGV of their own.
+--
+-- s (the release): delayed, delayed_data (keys), id_base, head, now, customers (per entry),
+--   entries (the entries written so far: each one's id is id_base-<n>).
+-- emit(b, s): batch b's items as one delayed entry, due now, and b emptied (nothing if empty).
+-- add(b, items, s): one customer's items into batch b (b.most items, s.customers customers at
+--   most per entry: b emitted first when they would not fit).
+local function emit(b, s)
+  if #b.items == 0 then return end
+  s.entries = s.entries + 1
+  local id = s.id_base .. '-' .. s.entries
+  local entry = s.head .. ',"items":[' .. table.concat(b.items, ',') .. '],"due":' .. (s.now / 1000) .. ',"reason":"held"}'
+  redis.call('HSET', s.delayed_data, id, entry)
+  redis.call('ZADD', s.delayed, s.now, id)
+  b.items, b.n = {}, 0
+end
+local function add(b, items, s)
+  if #b.items + #items > b.most or b.n >= s.customers then emit(b, s) end
+  for _, item in ipairs(items) do b.items[#b.items + 1] = item end
+  b.n = b.n + 1
+end
