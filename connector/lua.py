@@ -4,6 +4,7 @@ which forgets loaded scripts)."""
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -14,6 +15,12 @@ class Lua:
     def __init__(self, source: str) -> None:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+
+    @classmethod
+    def files(cls, directory: Path, *names: str) -> Lua:
+        """One script of several ``.lua`` files, in this order (libraries of local functions
+        first, the script that uses them last): atomic as one, each file short and documented."""
+        return cls("\n".join((directory / name).read_text() for name in names))
 
     def __call__(self, client: redis.Redis, keys: list[str], args: list[Any]) -> Any:
         try:

@@ -129,7 +129,7 @@ def settle(ctx: Context, item: DeliveryItem) -> tuple[list[DeliveryItem], Step |
         attempts.throttled(ctx)
         return [], Step.parked("throttled", now + grant.wait)
     answer, state = target.read_action(str(info["id"]))
-    observation = attempts.observe(ctx, budgets, answer)
+    observation = attempts.observe(ctx, budgets, answer, grant)
     polls = int(info.get("polls") or 0) + 1
     # A refused read-back: the credentials (the connection pauses; the read-back waits for its
     # resume), or only the read-back (a key without async-actions: it counts as an unfinished
