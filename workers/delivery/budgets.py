@@ -36,7 +36,6 @@ wait, or a few seconds) and halve them for a while (``slow`` key).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import threading
 import time
@@ -117,14 +116,11 @@ class Observation:
     live_budget: tuple[str, ...] | None = None
 
     def names(self) -> tuple[str, ...] | None:
-        if self.budget is None:
-            return None
         return (self.budget,) if isinstance(self.budget, str) else self.budget
 
 
 def _fields(budget: Budget, now: float, lease: float) -> tuple[str, str, int]:
-    """A cycle budget's counter fields (the cycle now, the cycle at the lease's end: a lease
-    across the boundary counts in both) and the current cycle's end (epoch ms)."""
+    """A cycle budget's counter fields (now, at the lease's end: both count) and its end (ms)."""
     if budget.cycle_start_day is None:
         return "", "", 0
     start, end = cycle_window(now, budget.cycle_start_day, budget.cycle_scale)
@@ -150,8 +146,8 @@ class _Pool:
 
 
 class GrantPools:
-    """A worker process's grants taken ahead (per connection and budget set): one Redis round
-    trip per burst of calls, not per call.  Shared by the process's tasks and greenlets."""
+    """A worker process's grants taken ahead, denials and answers (per connection and budgets):
+    shared by the process's tasks and greenlets, so a burst costs a round trip, not one each."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -258,10 +254,12 @@ class Budgets:
                 )
         return limiter
 
-    def acquire(self, budgets: tuple[Budget, ...], *, has_slot: bool = False, parks: bool = True) -> Grant:
+    def acquire(
+        self, budgets: tuple[Budget, ...], *, has_slot: bool = False, parks: bool = True, probe: bool = True
+    ) -> Grant:
         """One call's grant from every budget of ``budgets`` at once, or how long to park.
-        ``parks=False``: the caller will not park at a parking slot when denied (a try: bulk or
-        singles, a probe) -- none is reserved, so later work does not wait behind a ghost."""
+        ``parks=False``: a try that parks nothing when denied (bulk or singles, a probe): no slot
+        reserved for it.  ``probe=False``: not held to the probe (the credentials check)."""
         if not budgets:
             return Grant(True, 0.0, int(time.time() * 1000))
         never = [b for b in budgets if b.limit == 0]
@@ -282,11 +280,10 @@ class Budgets:
             want = max(1, min(want, MAX_LEASE, *caps)) if caps else min(want, MAX_LEASE)
         granules = [b.granule for b in budgets if b.granule > 0]
         lease = min([LEASE_SECONDS, *granules]) if want > 1 else 0.0
-        started = time.monotonic()
-        now = time.time()
+        started, now = time.monotonic(), time.time()
         mode = "2" if not parks else "1" if has_slot else "0"  # see budget_acquire.lua
         args: list[object] = [len(budgets), want, int(lease * 1000), mode]
-        args += [expired.count if expired is not None else 0, PROBE_CALLS]
+        args += [expired.count if expired is not None else 0, PROBE_CALLS if probe else 1 << 30]
         args += [int(PROBE_ROUND_SECONDS * 1000), int(PROBE_WAIT_SECONDS * 1000)]
         redis_keys = [self.keys.paused(self.connection_id, self.system)]
         for i, budget in enumerate(budgets):
@@ -301,8 +298,8 @@ class Budgets:
         out = _ACQUIRE(self.client, redis_keys, args)
         granted, at, slot, paused = int(out[0]), int(out[1]), int(out[2]), int(out[3])
         if granted <= 0:
-            grant = Grant(False, max(0.0, (slot - at) / 1000.0), at, "paused" if paused else "throttled")
-            grant = dataclasses.replace(grant, slot=bool(int(out[4])))
+            reason, slotted = "paused" if paused else "throttled", bool(int(out[4]))
+            grant = Grant(False, max(0.0, (slot - at) / 1000.0), at, reason, slot=slotted)
             if self.pools is not None and not grant.slot and parks:
                 self.pools.deny(key, grant)
             return grant
@@ -339,6 +336,11 @@ class Budgets:
             for budget, seq in zip(budgets, seqs, strict=True):
                 if budget.live:
                     self.pools.readings.granted(self.connection_id, budget.name, seq, budget.name in probes)
+
+    def release(self, grant: Grant) -> None:
+        """A call answered with no word on its window (refused, failed, not read): out of the probe."""
+        for name in grant.probes:
+            _OBSERVE(self.client, [self.keys.ratelimit(self.connection_id, name) + ":live"], ["-", 0, 0])
 
     def observe(self, budgets: tuple[Budget, ...], observation: Observation, grant: Grant | None) -> None:
         """Store what an answer said about the live budgets it speaks of: at once when it
@@ -377,9 +379,8 @@ class Budgets:
         slowed them down.  ``grant``: the call's (its grant numbers)."""
         if observation.live:
             self.observe(budgets, observation, grant)
-        elif grant is not None:
-            for name in grant.probes:  # a probe answered with no word on the window: it is over
-                _OBSERVE(self.client, [self.keys.ratelimit(self.connection_id, name) + ":live"], ["-", 0, 0])
+        elif grant is not None and not observation.auth_refused:  # a refusal: the judge's to free
+            self.release(grant)
         names = observation.names()
         touched = False
         for budget in budgets:

@@ -214,6 +214,8 @@ def _send(
     if observation.auth_refused:
         whose = refusals.judge(ctx, int(item.get("attempts") or 0))
         if whose == refusals.CALL:  # this kind of call's refusal, not the credentials'
+            if grant is not None:
+                ctx.budgets.release(grant)  # judged: its probe place (if any) is free again
             ctx.ledger.release(key, token, *held)
             return _refused(ctx, request, item, answer, observation.wait)
         if whose == refusals.UNDECIDED:  # no verdict yet (another worker probes): look again
@@ -227,6 +229,8 @@ def _send(
         ctx.ledger.release(key, token, *held)
         if observation.auth_refused:
             attempts.auth_refused(ctx, answer)
+            if grant is not None:
+                ctx.budgets.release(grant)  # paused now: its probe place can go
             return _wait(ctx, request, item, Wait(PAUSED_REASON, ctx.tuning.auth_probe))
         return _wait(ctx, request, item, Wait("throttled", observation.wait or observation.pause or 1.0))
     if verdict is Verdict.SUCCESS:

@@ -137,6 +137,9 @@ def settle(ctx: Context, item: DeliveryItem) -> tuple[list[DeliveryItem], Step |
     whose = refusals.judge(ctx, min(polls, refusals.REFUSAL_ATTEMPTS - 1)) if observation.auth_refused else ""
     if whose == refusals.PAUSE:
         attempts.auth_refused(ctx, answer)
+    if whose:  # a refusal judged (once paused): its probe place, if any, is free again
+        ctx.budgets.release(grant)
+    if whose == refusals.PAUSE:
         return [], Step.parked(PAUSED_REASON, now + ctx.tuning.auth_probe)
     info["polls"] = polls
     unknown = state is None and isinstance(answer, HTTPResult) and answer.status == 404

@@ -18,9 +18,11 @@ Answers:
 - ``429`` pauses only the budgets its ``X-Rate-Limit-Type`` names, until ``X-Rate-Limit-Retry``
   / ``Retry-After``: a spent bulk budget never stops single calls; the call waits for its
   budget in the delayed store (a quota wait, not a failed attempt).
-- Any answer's ``X-Rate-Limit-Remaining`` below ``(1 - share) x X-Rate-Limit-Limit``: the
-  shop's reserve is reached (its own traffic is invisible otherwise), so the budget the
-  headers speak of is paused until ``X-Rate-Limit-Retry``, whatever our own counters say.
+- Any answer's headers are the live state of the budget they speak of (the first of the call's
+  kind: ``live``): its credit is ``X-Rate-Limit-Remaining - (1 - share) x X-Rate-Limit-Limit``
+  until ``X-Rate-Limit-Retry``, and only calls within it are granted
+  (:mod:`workers.delivery.budgets`); below the reserve (the shop's traffic, invisible otherwise)
+  the budget is also paused until then, whatever our own counters say.
 - ``401`` / ``403``: the credentials are refused -- the connection is paused
   (:mod:`workers.delivery.pauses`), nothing is dead-lettered.
 """

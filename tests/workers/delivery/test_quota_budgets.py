@@ -196,8 +196,18 @@ def test_with_no_answer_of_the_window_at_most_two_calls_go(client: redis.Redis, 
     # Denied until the probe's answer is near: no parking slot handed out for it.
     assert not denied.granted and denied.wait <= budgets_module.PROBE_WAIT_SECONDS
     assert client.get(keys.ratelimit("acme", "api_calls_minute") + ":hint") is None
-    # A refused probe (a 401: no word on the window) frees its place; the next one may go.
+    # A refused probe (401) keeps its place until its refusal is judged (a revoked key gets no
+    # third call meanwhile); the credentials check itself is not held to the probe.
     b.apply((budget,), Observation(auth_refused=True), slowdown_seconds=1.0, grant=probes[0])
+    assert not b.acquire((budget,)).granted
+    check = b.acquire((budget,), parks=False, probe=False)
+    assert check.granted
+    b.release(check)  # its answer is not read: its place goes with it
+    assert not b.acquire((budget,)).granted
+    b.release(probes[0])  # judged: the place is free, the next call may go
+    assert b.acquire((budget,)).granted and not b.acquire((budget,)).granted
+    # A failed probe (a 5xx, no word on the window) frees its place at once.
+    b.apply((budget,), Observation(), slowdown_seconds=1.0, grant=probes[1])
     assert b.acquire((budget,)).granted and not b.acquire((budget,)).granted
 
 
