@@ -21,6 +21,7 @@ local function budget_check(k, a, mode, want, lease, now, pmax, pround, pwait)
                       ARGV[a + 4], tonumber(ARGV[a + 5]))
     if w > 0 then return w, 0, true, false, eff, window end
   end
+  if ARGV[a + 8] ~= '1' then return 0, r, false, false, eff, window end  -- no live state kept
   -- The live state: a denial waits for the window's end or the probe's answer, with no slot.
   local lw, lr, probing = live_room(KEYS[k + 5], ARGV[a + 8], now, pmax, pround, pwait)
   return lw, math.min(r, lr), false, probing, eff, window

@@ -54,6 +54,6 @@ local function live_grant(key, n, probing, now, pround)
   if probing and (tonumber(redis.call('HGET', key, 'r') or '0') or 0) + pround <= now then
     redis.call('HSET', key, 'p', n, 'r', now)
   elseif probing then redis.call('HINCRBY', key, 'p', n) end
-  redis.call('PEXPIRE', key, LIVE_TTL)
+  if probing then redis.call('PEXPIRE', key, LIVE_TTL) end  -- else live_store set it this window
   return g - n + 1
 end
