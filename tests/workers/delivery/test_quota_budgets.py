@@ -252,6 +252,9 @@ def test_a_window_over_means_a_new_probe(client: redis.Redis, keys: Keys) -> Non
     assert sum(b.acquire((budget,)).granted for _ in range(5)) == 5
     time.sleep(0.35)  # that answer's window is over: nothing is known of this one
     assert sum(b.acquire((budget,)).granted for _ in range(5)) == 2
+    # A late answer of the window that is over says nothing of this one: no new probe for it.
+    b.apply((budget,), answer(25.0, time.time() - 0.05), slowdown_seconds=1.0, grant=first)
+    assert not b.acquire((budget,)).granted
 
 
 def test_a_process_stores_what_changes_grants_at_once_and_refinements_with_its_next_call(

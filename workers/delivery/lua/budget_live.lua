@@ -9,7 +9,7 @@
 -- server after that answer); with no answer of the window, pmax calls per pround ms (a probe).
 local LIVE_TTL = 86400000  -- ms; the state goes with a day's silence
 -- One answer (credit '' = no headers; seq 0 = unknown: the latest grant).  An answer of an
--- earlier window is ignored; of the same window, the lower estimate wins.
+-- earlier or ended window is ignored; of the same window, the lower estimate wins.
 local function live_store(key, credit, seq, wend, now)
   local st = redis.call('HMGET', key, 'c', 's', 'e', 'h', 'g')
   local g = tonumber(st[5]) or 0
@@ -21,11 +21,9 @@ local function live_store(key, credit, seq, wend, now)
     redis.call('HSET', key, 'c', 0, 's', seq, 'e', now, 'h', '0', 'p', 0)
   else
     local c, e = tonumber(credit), tonumber(wend)
-    if known then
-      local old = tonumber(st[3])
-      if e < old - 500 then return 0 end
-      if e <= old + 500 and c + seq >= tonumber(st[1]) + tonumber(st[2]) then return 0 end
-    end
+    if e <= now then return 0 end  -- a window already over says nothing of this one
+    local old = known and tonumber(st[3]) or 0
+    if known and (e < old - 500 or (e <= old + 500 and c + seq >= st[1] + st[2])) then return 0 end
     redis.call('HSET', key, 'c', c, 's', seq, 'e', e, 'h', '1', 'p', 0)
   end
   redis.call('PEXPIRE', key, LIVE_TTL)
