@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -312,12 +313,11 @@ class Budgets:
             self.pools.add(key, _Lease(granted - 1, started + lease, fields, seqs, probes))
         return Grant(True, 0.0, at, seqs=seqs, probes=probes)
 
-    def acquire_soon(self, budgets: tuple[Budget, ...], *, has_slot: bool, until: float) -> Grant:
-        """:meth:`acquire`, waiting in the process for a probe's answer (it is near) while before
-        ``until`` (monotonic), not parked for it; any other denial is the caller's to park."""
+    def acquire_soon(self, budgets: tuple[Budget, ...], *, has_slot: bool, stop: Callable[[], bool]) -> Grant:
+        """:meth:`acquire`, waiting in-process for a probe's answer (near) until ``stop()``."""
         grant = self.acquire(budgets, has_slot=has_slot)
         while not (grant.granted or grant.slot or grant.reason != "throttled"):
-            if grant.wait > PROBE_WAIT_SECONDS or time.monotonic() + grant.wait >= until:
+            if grant.wait > PROBE_WAIT_SECONDS or stop():
                 break
             time.sleep(max(0.01, min(grant.wait, PROBE_WAIT_SECONDS / 5)))
             grant = self.acquire(budgets, has_slot=has_slot)

@@ -198,7 +198,7 @@ def _send(
     budgets = ctx.target.budgets_for(request)
     grant = None  # a pregranted call's numbers are unknown: its answer counts the latest grant
     if not pregranted:
-        grant = ctx.budgets.acquire_soon(budgets, has_slot=bool(item.get("parked")), until=ctx.deadline)
+        grant = ctx.budgets.acquire_soon(budgets, has_slot=bool(item.get("parked")), stop=ctx.out_of_time)
         if not grant.granted:
             ctx.ledger.release(key, token, *held)
             if grant.reason == PAUSED_REASON:
