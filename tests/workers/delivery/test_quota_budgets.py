@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from unittest import mock
 
 import redis
@@ -283,3 +284,16 @@ def test_a_process_stores_what_changes_grants_at_once_and_refinements_with_its_n
     assert not b.acquire((budget,)).granted
     with mock.patch.object(type(budgets_module._ACQUIRE), "__call__", side_effect=AssertionError):
         assert not b.acquire((budget,)).granted
+
+
+def test_the_budget_scripts_are_short_files_that_name_their_arguments() -> None:
+    scripts = sorted((Path(budgets_module.__file__).parent / "lua").glob("budget_*.lua"))
+    assert len(scripts) >= 5
+    for script in scripts:
+        lines = script.read_text().splitlines()
+        assert len(lines) < 60, script.name
+        # The header comment says what it is and names its arguments (a library: its functions').
+        header = " ".join(
+            line for line in lines[: next(i for i, x in enumerate(lines) if not x.startswith("--"))]
+        )
+        assert "Library" in header or ("KEYS" in header and "ARGV" in header), script.name
