@@ -235,6 +235,19 @@ def test_a_budget_grants_only_what_the_headers_leave_beyond_the_reserve(
     assert sum(b.acquire((budget,)).granted for _ in range(10)) == 5
 
 
+def test_the_windows_first_answer_may_not_count_the_probe_sent_before_it(
+    client: redis.Redis, keys: Keys
+) -> None:
+    b = Budgets(client, keys, "acme")
+    budget = live_budget()
+    b.acquire((budget,))
+    second = b.acquire((budget,))
+    # The second probe reached the server first: 79 of 120 remain (the first one not counted
+    # yet), a credit of 19; the first one still counts against it: 18 more, 20 in all.
+    b.apply((budget,), answer(19.0, time.time() + 30), slowdown_seconds=1.0, grant=second)
+    assert sum(b.acquire((budget,)).granted for _ in range(25)) == 18
+
+
 def test_an_answer_without_rate_headers_leaves_the_own_counters_alone(
     client: redis.Redis, keys: Keys
 ) -> None:
