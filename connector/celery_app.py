@@ -88,8 +88,6 @@ def celery_config(
         # --concurrency 100), so one each already keeps it busy; more would only hold messages
         # unacknowledged for longer (a reserved message counts against the visibility timeout).
         "worker_prefetch_multiplier": options.prefetch,
-        # Celery's blocking loop waits 2 s per turn; capped, a freed slot fetches work at once.
-        "worker_consumer": "connector.drainloop:Consumer",
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "broker_connection_retry_on_startup": True,
         "broker_connection_retry": True,
