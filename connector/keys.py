@@ -16,6 +16,8 @@ Layout (``{p}`` is the prefix, ``{c}`` a connection id)::
     {p}quota:{c}:h:{hour}               hash    calls and events finished in that hour (forecast)
     {p}quota:{c}:bulk_max               string  customers per bulk Voucherify was seen to accept (TTL a day)
     {p}rl:{c}:{budget}:hint             string  next parking slot handed to throttled work (epoch ms)
+    {p}rl:{c}:{budget}:live             hash    what the answers' headers said: credit, its grant
+                                                number, window end, grants numbered, probe calls
     {p}rl:{c}:{budget}:pause            string  epoch ms until which the target asked us to stop
     {p}rl:{c}:{budget}:slow             string  factor (0..1] applied to the budget after low remaining
     {p}stale:{c}:{customer}             string  epoch ms of the newest applied customer upsert

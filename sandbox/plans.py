@@ -74,7 +74,11 @@ CONFIG_KEYS = (
     "periods",
     "align",
     "shop",
+    "shop_at",
 )
+# When the shop's calls of a window come: spread evenly, or all as the window starts (the
+# headers then show them before any connector call of that window).
+SHOP_AT = ("even", "window_start")
 
 
 def _count(value: Any, name: str) -> int:
@@ -126,6 +130,7 @@ class QuotaConfig:
     align: str = "clock"  # windows from the Unix epoch (the clock) or from ``origin``
     origin: float = 0.0
     shop: dict[str, float] = field(default_factory=dict)
+    shop_at: str = "even"  # SHOP_AT
     # ``rate_limit_per_minute`` / ``rate_limit_window_s`` set through ``/__fake/faults``.
     legacy_limit: int | None = None
     legacy_window_s: float | None = None
@@ -169,6 +174,7 @@ class QuotaConfig:
             "align": self.align,
             "origin": self.window_origin(),
             "shop": {key: self.shop.get(key, 0.0) for key in SHOP_KEYS},
+            "shop_at": self.shop_at,
             "rate_limit_per_minute": self.legacy_limit,
         }
 
@@ -207,6 +213,10 @@ class QuotaConfig:
             changes["origin"] = now  # "now" again restarts every window at this moment
         if "shop" in spec:
             changes["shop"] = _merged(self.shop, spec["shop"], "shop", SHOP_KEYS, _rate)
+        if "shop_at" in spec:
+            if spec["shop_at"] not in SHOP_AT:
+                raise ValueError(f"shop_at must be one of {', '.join(SHOP_AT)}")
+            changes["shop_at"] = spec["shop_at"]
         config = dataclasses.replace(self, **changes)
         config.check()
         return config

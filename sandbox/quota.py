@@ -20,8 +20,9 @@ only ever touch the daily webhook bucket. Windows are fixed: aligned to the cloc
 their length since the Unix epoch, i.e. whole UTC minutes/hours/days; the cycle from
 ``cycle_start_day`` 00:00 UTC, a shorter month's last day standing in) or, with ``align:
 "now"``, to the moment of configuration. A refused call is not counted. The shop's simulated
-calls (``sandbox.plans``: ``shop``) go through the same buckets at their own times, so the shop
-is refused too while a bucket is spent; its refusals are counted apart from the connector's.
+calls (``sandbox.plans``: ``shop``; ``shop_at``: spread evenly, or each window's all as it
+starts) go through the same buckets at their own times, so the shop is refused too while a
+bucket is spent; its refusals are counted apart from the connector's.
 
 Headers (all times real, whatever the period lengths): ``X-Rate-Limit-Limit`` / ``-Remaining``
 of the answer's own bucket (rest: the per-minute bucket, else per-hour, else cycle; bulk: the
@@ -268,6 +269,9 @@ class Quota:
             if due is None or not rate:
                 continue
             length = self.config.length(SHOP_PERIODS[key]) or 60.0
+            if self.config.shop_at == "window_start":
+                self.shop_next[key] = self._shop_at_starts(kind, SHOP_PERIODS[key], rate, due, now)
+                continue
             interval = length / rate
             replayed = 0
             while due <= now and replayed < MAX_CATCH_UP:
@@ -279,6 +283,14 @@ class Quota:
                 self.shop_skipped += skipped
                 due += skipped * interval
             self.shop_next[key] = due
+
+    def _shop_at_starts(self, kind: str, period: str, rate: float, due: float, now: float) -> float:
+        """The shop's calls of each window due by ``now``, all as it starts; the next start."""
+        while due <= now:
+            for _ in range(min(MAX_CATCH_UP, round(rate))):
+                self.admit(kind, "shop", due)
+            due = self._window(period, due)[1]
+        return due
 
     def burst(self, kind: str, calls: int, now: float) -> dict[str, int]:
         """``calls`` shop calls of ``kind`` at once (a checkout rush)."""

@@ -12,6 +12,7 @@
   ``webhook_calls_per_day``: an integer, or null for the plan's value), ``cycle_start_day``,
   ``period_scale``, ``periods`` (``{"minute": s, "hour": s, "day": s, "cycle": s}``),
   ``align`` (``"clock"`` | ``"now"``), ``shop`` (``{"calls_per_minute", "bulk_calls_per_hour"}``),
+  ``shop_at`` (``"even"``, the default, or ``"window_start"``: each window's shop calls at once),
   ``used`` (``{bucket: n}``: this window already holds n calls) and ``reset_counters``.
   Answers like ``GET``.
 - ``DELETE /__fake/quota`` -> back to the start-up configuration, every counter emptied.

@@ -29,7 +29,7 @@ from connector.contract import DeliveryItem, backlog_of
 from connector.errors import TransportFailure
 from connector.jsonvalues import dumps_kept
 from workers.delivery import forget, outcomes, pauses
-from workers.delivery.budgets import Budget, Observation
+from workers.delivery.budgets import Budget, Grant, Observation
 from workers.delivery.context import Context
 from workers.delivery.deadletters import MAX_HISTORY, DeadLetter
 from workers.delivery.target import Answer
@@ -182,10 +182,10 @@ def attempt(ctx: Context, request: OutboundRequest, item: DeliveryItem) -> Answe
     return answer
 
 
-def observe(ctx: Context, budgets: tuple[Budget, ...], answer: Answer) -> Observation:
-    """The target's reading of ``answer``, applied to the budgets the call spent."""
-    observation = ctx.target.interpret(answer, budgets)
-    if ctx.budgets.apply(budgets, observation, slowdown_seconds=ctx.tuning.slowdown_seconds):
+def observe(ctx: Context, spent: tuple[Budget, ...], answer: Answer, grant: Grant | None) -> Observation:
+    """The target's reading of ``answer``, applied to the budgets the call spent (``grant``'s)."""
+    observation = ctx.target.interpret(answer, spent)
+    if ctx.budgets.apply(spent, observation, slowdown_seconds=ctx.tuning.slowdown_seconds, grant=grant):
         metrics.child(metrics.RATE_LIMIT_SLOWDOWNS, ctx.connection_id, ctx.target.name).inc()
     return observation
 

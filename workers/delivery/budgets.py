@@ -2,40 +2,33 @@
 
 A :class:`Budget` is ``limit`` requests per ``window`` for one connection, under a *name*; which
 budgets a call spends, and what an answer says about them, is the target's to say
-(``Target.budgets_for`` / ``Target.interpret``): Voucherify's quotas are the budgets
-``api_calls_minute`` / ``_hour`` / ``_cycle``, ``bulk_calls_hour`` and ``webhook_calls_day``,
-Segment's ``requests_per_second`` the budget ``segment``.  This module knows no system and no
-header.
-
-One Lua script decides atomically, on Redis's clock (workers' clocks do not matter), for ALL the
-budgets of a call at once (a call denied by its second budget spends nothing of the first):
+(``Target.budgets_for`` / ``Target.interpret``).  This module knows no system and no header.
+One Lua script (``lua/budget_*.lua``) decides atomically, on Redis's clock, for ALL the budgets
+of a call at once (a call denied by its second budget spends nothing of the first):
 
 1. the connection is paused (:mod:`workers.delivery.pauses`, e.g. its credentials refused)
    -> deny, reason ``paused``;
-2. a budget's ``pause`` key is set (a 429 of that quota type, or the live headers said the
-   shop's reserve is reached) -> deny until it ends;
-3. every budget has room -> grant (up to ``want`` calls at once, see below) and count;
-4. otherwise deny, and hand out a *parking slot*: ``hint`` advances by ``window / limit`` per
-   denial, so throttled work parks in the delayed store spread over the time the budget needs
-   instead of stampeding back all at once.  Work coming back from such a slot (``has_slot``)
-   competes only on the counts; fresh work waits behind the queue while the hint lies in the
-   future, which keeps throttled work from being starved by newer events.
+2. a budget's ``pause`` key is set (a 429 of that quota type, or the shop's reserve reached)
+   -> deny until it ends;
+3. the budget's own count (the connector's share per window) is full -> deny until enough of
+   it leaves the window, with a *parking slot*: ``hint`` advances by ``window / limit`` per
+   denial, so throttled work comes back spread at the budget's rate -- never past the window's
+   end (or the pause's), so no reservation outlives its window;
+4. the *live state* (what the answers' headers said, for a budget with ``live``): a call goes
+   only while ``credit - calls granted since that answer > 0`` (credit: the calls the answer
+   said remain, less the shop's reserve), else it waits for that window's end; with no answer
+   of the current window known, at most ``PROBE_CALLS`` calls are out (a probe), so a new or
+   resumed connection never bursts past the reserve or at a revoked key;
+5. otherwise grant (up to ``want`` calls at once, see below) and count.
 
-Counting, cheap for any limit (a log of a million grants is not an option): a *sliding window of
-sub-window counters*.  A budget's window is cut into ``SUBWINDOWS`` granules; a grant increments
-its granule's counter (a hash field), and a call is allowed while the granules overlapping the
-last ``window`` -- the oldest one counted whole -- hold fewer than the limit.  Counting the
-partly expired granule whole over-counts, never under-counts: the limit holds in EVERY window
-of that length, sliding or fixed, so also in Voucherify's own windows whatever their alignment
-(it blocks the shop's whole API when one is exceeded).  A billing cycle is a calendar window,
-not a sliding one: a counter per cycle (:func:`connector.quotas.cycle_window`).
-
-Grants for a whole burst at once (:class:`GrantPools`): a worker process asks for several grants
-in one round trip and spends them locally within ``LEASE_SECONDS``.  They are counted in the
-granule of the lease's END, so a grant used late in its lease is still counted for a whole
-window after its use; every grant path (one grant, a lease, a bulk call's) therefore counts the
-granules ahead of now as well, or it would miss what other processes leased there.  Grants not
-used in time are handed back on the next round trip.
+Counting: a *sliding window of sub-window counters* (``SUBWINDOWS`` granules, the oldest
+counted whole: the limit holds in EVERY window of that length, also in Voucherify's own), a
+billing cycle a counter per cycle.  Grants are numbered per live budget: an answer is stored
+with its call's number, so the grants made after it are known exactly.  A worker process takes
+grants for a burst in one round trip (:class:`GrantPools`, spent within ``LEASE_SECONDS``,
+counted at the lease's END, leftovers handed back), remembers a denial until its wait ends, and
+sends an answer that only refines the live state with its next round trip
+(:mod:`workers.delivery.readings`): no round trip per event for any of them.
 
 Adaptive slow-down: an :class:`Observation` may pause the budgets of a call (for the server's
 wait, or a few seconds) and halve them for a while (``slow`` key).
@@ -46,177 +39,30 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import redis
 
 from connector.keys import Keys
 from connector.lua import Lua
 from connector.quotas import SUBWINDOWS, cycle_window
+from workers.delivery.readings import Readings
 from workers.delivery.retries import MAX_SERVER_WAIT_SECONDS
 
 LEASE_SECONDS = 1.0  # how long a process may hold grants it took for later calls
 MAX_LEASE = 64  # grants taken in one round trip at the most
 LEASE_SHARE = 100  # ...and at most this part of a budget (1 / 100)
-PER_BUDGET_ARGS = 8
+PROBE_CALLS = 2  # calls out for a live budget while no answer of its window is known
+PROBE_ROUND_SECONDS = 10.0  # a probe's grants count this long (an answer lost frees them then)
+PROBE_WAIT_SECONDS = 0.25  # work denied by the probe looks again this soon (the answer is near)
+PAUSE_RECHECK_SECONDS = 0.25
 
-# KEYS: [connection pause] + per budget [counts, hint, pause, slow]
-# ARGV: n, want, lease_ms, has_slot, refund, then per budget:
-#   limit (0: unbounded), window_ms, granule_ms (0: fixed window), fixed field now, fixed field at
-#   lease end, fixed window end ms, refund field a, refund field b
-_ACQUIRE = Lua(
-    """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = tonumber(ARGV[1])
-local want = tonumber(ARGV[2])
-local lease = tonumber(ARGV[3])
--- '0' fresh (waits behind the hint), '1' back from a slot, '2' a try that parks nothing (no slot)
-local has_slot = ARGV[4] ~= '0'
-local reserve = ARGV[4] ~= '2'
-local refund = tonumber(ARGV[5])
-if refund > 0 then
-  for i = 0, n - 1 do
-    local a = 6 + i * 8
-    local key = KEYS[2 + i * 4]
-    for _, f in ipairs({ARGV[a + 6], ARGV[a + 7]}) do
-      if f ~= '' then
-        local v = tonumber(redis.call('HGET', key, f) or '0') or 0
-        if v > 0 then redis.call('HINCRBY', key, f, -math.min(v, refund)) end
-      end
-    end
-  end
-end
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return {0, now, now, 1}
-end
-local wait = 0
-local worst = -1
-local worst_eff = 1
-local room = want
-local worst_limit = 0
-for i = 0, n - 1 do
-  local a = 6 + i * 8
-  local limit = tonumber(ARGV[a])
-  local window = tonumber(ARGV[a + 1])
-  local gran = tonumber(ARGV[a + 2])
-  local key = KEYS[2 + i * 4]
-  local pause = tonumber(redis.call('GET', KEYS[4 + i * 4]) or '0') or 0
-  local w = 0
-  local eff = 1
-  if limit > 0 then
-    -- also while paused: the parking slots handed out then are spaced at the budget's rate
-    local slow = tonumber(redis.call('GET', KEYS[5 + i * 4]) or '1') or 1
-    eff = math.max(1, math.floor(limit * slow))
-  end
-  if pause > now then
-    w = pause - now
-  elseif limit > 0 then
-    local hint = tonumber(redis.call('GET', KEYS[3 + i * 4]) or '0') or 0
-    if (not has_slot) and hint > now then
-      w = hint - now
-    elseif gran > 0 then
-      -- Count every granule from the window's oldest on, those AHEAD of now included: a lease
-      -- (ours or another process's) is counted at its end, a granule ahead, and a call asking
-      -- for one grant must see it too.  Older granules are pruned, so the hash stays small.
-      local first = math.floor((now - window) / gran)
-      local last = math.floor((now + lease) / gran)
-      local counts = {}
-      local used = 0
-      local all = redis.call('HGETALL', key)
-      for j = 1, #all, 2 do
-        local b = tonumber(all[j])
-        if b and b >= first then
-          local v = tonumber(all[j + 1]) or 0
-          counts[b] = v
-          used = used + v
-          if b > last then last = b end
-        end
-      end
-      if used >= eff then
-        -- wait until enough of the oldest granules have left the window
-        local need = used + 1 - eff
-        local freed = 0
-        w = (last + 1) * gran + window - now
-        for b = first, last do
-          freed = freed + (counts[b] or 0)
-          if freed >= need then
-            w = (b + 1) * gran + window - now
-            break
-          end
-        end
-      else
-        room = math.min(room, eff - used)
-      end
-    else
-      local used = math.max(tonumber(redis.call('HGET', key, ARGV[a + 3]) or '0') or 0,
-                            tonumber(redis.call('HGET', key, ARGV[a + 4]) or '0') or 0)
-      if used >= eff then
-        w = math.max(1, tonumber(ARGV[a + 5]) - now)
-      else
-        room = math.min(room, eff - used)
-      end
-    end
-  end
-  if w > wait then
-    wait = w
-    worst = i
-    worst_eff = eff
-    worst_limit = limit
-  end
-end
-if wait > 0 and (worst_limit == 0 or not reserve) then
-  return {0, now, now + wait, 0}
-end
-if wait > 0 then
-  local hkey = KEYS[3 + worst * 4]
-  local hint = tonumber(redis.call('GET', hkey) or '0') or 0
-  local window = tonumber(ARGV[6 + worst * 8 + 1])
-  local interval = math.max(1, math.ceil(window / worst_eff))
-  local slot = math.max(hint + interval, now + wait)
-  redis.call('SET', hkey, slot, 'PX', math.max(1, slot - now + window))
-  return {0, now, slot, 0}
-end
-local g = math.max(1, room)
-local out = {g, now, now, 0}
-for i = 0, n - 1 do
-  local a = 6 + i * 8
-  local window = tonumber(ARGV[a + 1])
-  local gran = tonumber(ARGV[a + 2])
-  local key = KEYS[2 + i * 4]
-  if gran > 0 then
-    local b = math.floor((now + lease) / gran)
-    if redis.call('HINCRBY', key, tostring(b), g) == g then
-      local first = math.floor((now - window) / gran)
-      for _, f in ipairs(redis.call('HKEYS', key)) do
-        if (tonumber(f) or 0) < first then redis.call('HDEL', key, f) end
-      end
-    end
-    redis.call('PEXPIRE', key, window + lease + gran + 1000)
-    out[#out + 1] = tostring(b)
-  else
-    redis.call('HINCRBY', key, ARGV[a + 3], g)
-    if ARGV[a + 4] ~= ARGV[a + 3] then redis.call('HINCRBY', key, ARGV[a + 4], g) end
-    redis.call('PEXPIRE', key, math.max(1000, tonumber(ARGV[a + 5]) - now) + window)
-    out[#out + 1] = ARGV[a + 4]
-  end
-end
-return out
-"""
-)
-
-_PAUSE = Lua(
-    """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local untl = now + tonumber(ARGV[1])
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
-if untl > cur then
-  redis.call('SET', KEYS[1], untl, 'PX', tonumber(ARGV[1]) + 1000)
-end
-return untl
-"""
-)
+_LUA = Path(__file__).parent / "lua"
+_ACQUIRE = Lua.files(_LUA, "budget_counts.lua", "budget_live.lua", "budget_check.lua", "budget_acquire.lua")
+_OBSERVE = Lua.files(_LUA, "budget_live.lua", "budget_observe.lua")
+_PAUSE = Lua.files(_LUA, "budget_pause.lua")
 
 
 @dataclass(frozen=True)
@@ -226,6 +72,10 @@ class Grant:
     at_ms: int = 0  # Redis server time of the decision (epoch ms)
     # Why denied: "throttled" (a budget) or "paused" (the connection, e.g. refused credentials).
     reason: str = "throttled"
+    # Per budget of the call: the grant's number (live budgets; 0 otherwise), for its answer.
+    seqs: tuple[int, ...] = ()
+    probes: tuple[str, ...] = ()  # the budgets it was a probe of (no answer of the window known)
+    slot: bool = False  # a denial with a parking slot (due then), not the probe's or a window's
 
 
 @dataclass(frozen=True)
@@ -236,6 +86,8 @@ class Budget:
     # A billing cycle (fixed calendar windows from this day, UTC) instead of a sliding window.
     cycle_start_day: int | None = None
     cycle_scale: float = 1.0  # a test clock's speed (CONNECTOR_QUOTA_PERIOD_SCALE)
+    # The server's answers tell this budget's live state (headers): probed, then held to them.
+    live: bool = False
 
     @property
     def granule(self) -> float:
@@ -256,19 +108,20 @@ class Observation:
     quota: bool = False
     # The connection's credentials were refused (401/403): pause the whole connection.
     auth_refused: bool = False
+    # The live state: the answer is the server's word on its window (``live``); ``credit``:
+    # the calls it said remain less the shop's reserve (None: it sent no such headers), until
+    # ``live_until`` (epoch seconds), for ``live_budget`` (None: the call's first live budget).
+    live: bool = False
+    credit: float | None = None
+    live_until: float | None = None
+    live_budget: tuple[str, ...] | None = None
 
     def names(self) -> tuple[str, ...] | None:
-        if self.budget is None:
-            return None
         return (self.budget,) if isinstance(self.budget, str) else self.budget
 
 
-PAUSE_RECHECK_SECONDS = 0.25
-
-
 def _fields(budget: Budget, now: float, lease: float) -> tuple[str, str, int]:
-    """A cycle budget's counter fields (the cycle now, the cycle at the lease's end: a lease
-    across the boundary counts in both) and the current cycle's end (epoch ms)."""
+    """A cycle budget's counter fields (now, at the lease's end: both count) and its end (ms)."""
     if budget.cycle_start_day is None:
         return "", "", 0
     start, end = cycle_window(now, budget.cycle_start_day, budget.cycle_scale)
@@ -281,6 +134,8 @@ class _Lease:
     count: int  # grants left
     expires: float  # monotonic
     fields: list[str]  # per budget: the counter the grants were counted in (refund)
+    seqs: tuple[int, ...] = ()  # per budget: the lease's first grant number (its calls' answers)
+    probes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -288,18 +143,23 @@ class _Pool:
     leases: list[_Lease] = field(default_factory=list)
     want: int = 1  # grants the next round trip asks for
     asked_at: float = -1e9  # monotonic time of the last round trip
+    denied: tuple[float, Grant] | None = None  # a non-slotted denial, until (monotonic)
 
 
 class GrantPools:
-    """A worker process's grants taken ahead (per connection and budget set): one Redis round
-    trip per burst of calls, not per call.  Shared by the process's tasks and greenlets."""
+    """A worker process's grants taken ahead, denials and answers (per connection and budgets):
+    shared by the process's tasks and greenlets, so a burst costs a round trip, not one each."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pools: dict[tuple[str, tuple[str, ...]], _Pool] = {}
+        self.readings = Readings()
 
-    def take(self, key: tuple[str, tuple[str, ...]]) -> tuple[bool, _Lease | None, int]:
-        """(granted locally, an expired lease to hand back, how many grants to ask for)."""
+    def take(
+        self, key: tuple[str, tuple[str, ...]], denials: bool
+    ) -> tuple[Grant | None, _Lease | None, int]:
+        """(a grant or -- ``denials`` -- a remembered denial, an expired lease to hand back,
+        grants to ask for)."""
         with self._lock:
             pool = self._pools.setdefault(key, _Pool())
             mono = time.monotonic()
@@ -315,7 +175,18 @@ class GrantPools:
             for lease in live:
                 if lease.count > 0:
                     lease.count -= 1
-                    return True, None, 0
+                    return (
+                        Grant(True, 0.0, int(time.time() * 1000), seqs=lease.seqs, probes=lease.probes),
+                        None,
+                        0,
+                    )
+            if pool.denied is not None and denials:
+                until, grant = pool.denied
+                if mono < until:
+                    if expired is not None:
+                        pool.leases.append(expired)  # handed back with the next round trip
+                    return Grant(False, until - mono, int(time.time() * 1000), grant.reason), None, 0
+                pool.denied = None
             # Size the next lease by the demand: it doubles while leases run dry within their
             # time, halves when one expired unused, and starts at one after a quiet while.
             if expired is not None:
@@ -325,13 +196,26 @@ class GrantPools:
             elif mono - pool.asked_at > 10 * LEASE_SECONDS:
                 pool.want = 1
             pool.asked_at = mono
-            return False, expired, pool.want
+            return None, expired, pool.want
 
     def add(self, key: tuple[str, tuple[str, ...]], lease: _Lease) -> None:
         if lease.count <= 0:
             return
         with self._lock:
             self._pools.setdefault(key, _Pool()).leases.append(lease)
+
+    def deny(self, key: tuple[str, tuple[str, ...]], grant: Grant) -> None:
+        """Remember a denial that hands out no slot: the process's next calls of these budgets
+        wait as long without a round trip each."""
+        with self._lock:
+            self._pools.setdefault(key, _Pool()).denied = (time.monotonic() + grant.wait, grant)
+
+    def forget_denials(self, connection_id: str) -> None:
+        """An answer changed what the budgets may grant: ask Redis again."""
+        with self._lock:
+            for (conn, _), pool in self._pools.items():
+                if conn == connection_id:
+                    pool.denied = None
 
     def drop(self, connection_id: str, names: tuple[str, ...] | None) -> None:
         """Forget grants of these budgets (paused: the leftovers must not be spent)."""
@@ -340,6 +224,7 @@ class GrantPools:
                 if conn == connection_id and (names is None or set(names) & set(budget_names)):
                     pool.leases = []
                     pool.want = 1
+                    pool.denied = None
 
 
 class Budgets:
@@ -370,10 +255,12 @@ class Budgets:
                 )
         return limiter
 
-    def acquire(self, budgets: tuple[Budget, ...], *, has_slot: bool = False, parks: bool = True) -> Grant:
+    def acquire(
+        self, budgets: tuple[Budget, ...], *, has_slot: bool = False, parks: bool = True, probe: bool = True
+    ) -> Grant:
         """One call's grant from every budget of ``budgets`` at once, or how long to park.
-        ``parks=False``: the caller will not park at a parking slot when denied (a try: bulk or
-        singles, a probe) -- none is reserved, so later work does not wait behind a ghost."""
+        ``parks=False``: a try that parks nothing when denied (bulk or singles, a probe): no slot
+        reserved for it.  ``probe=False``: not held to the probe (the credentials check)."""
         if not budgets:
             return Grant(True, 0.0, int(time.time() * 1000))
         never = [b for b in budgets if b.limit == 0]
@@ -384,9 +271,9 @@ class Budgets:
         expired: _Lease | None = None
         want = 1
         if self.pools is not None:
-            local, expired, want = self.pools.take(key)
-            if local:
-                return Grant(True, 0.0, int(time.time() * 1000))
+            local, expired, want = self.pools.take(key, parks)  # a try asks Redis itself
+            if local is not None:
+                return local
             # Grants taken ahead are held from the other processes until used or handed back:
             # only for budgets large enough that a lease is a small part of them (a small budget
             # is shared call by call, or hoarded grants would leave the others waiting).
@@ -394,42 +281,106 @@ class Budgets:
             want = max(1, min(want, MAX_LEASE, *caps)) if caps else min(want, MAX_LEASE)
         granules = [b.granule for b in budgets if b.granule > 0]
         lease = min([LEASE_SECONDS, *granules]) if want > 1 else 0.0
-        started = time.monotonic()
-        now = time.time()
-        mode = "2" if not parks else "1" if has_slot else "0"  # see the script's has_slot
+        started, now = time.monotonic(), time.time()
+        mode = "2" if not parks else "1" if has_slot else "0"  # see budget_acquire.lua
         args: list[object] = [len(budgets), want, int(lease * 1000), mode]
-        args.append(expired.count if expired is not None else 0)
+        args += [expired.count if expired is not None else 0, PROBE_CALLS if probe else 1 << 30]
+        args += [int(PROBE_ROUND_SECONDS * 1000), int(PROBE_WAIT_SECONDS * 1000)]
         redis_keys = [self.keys.paused(self.connection_id, self.system)]
         for i, budget in enumerate(budgets):
             base = self.keys.ratelimit(self.connection_id, budget.name)
             # ":n": the counters (a new key: the old layout was a zset under the bare name).
-            redis_keys += [f"{base}:n", f"{base}:hint", f"{base}:pause", f"{base}:slow"]
+            redis_keys += [f"{base}:n", f"{base}:hint", f"{base}:pause", f"{base}:slow", f"{base}:live"]
             fixed_now, fixed_later, fixed_end = _fields(budget, now, lease)
             refund = expired.fields[i] if expired is not None and i < len(expired.fields) else ""
-            args += [
-                budget.limit or 0,
-                max(1, int(budget.window * 1000)),
-                int(budget.granule * 1000),
-                fixed_now,
-                fixed_later,
-                fixed_end,
-                refund,
-                "",
-            ]
+            args += [budget.limit or 0, max(1, int(budget.window * 1000)), int(budget.granule * 1000)]
+            args += [fixed_now, fixed_later, fixed_end, refund, "", "1" if budget.live else "0"]
+            args += self._pending(budget)
         out = _ACQUIRE(self.client, redis_keys, args)
         granted, at, slot, paused = int(out[0]), int(out[1]), int(out[2]), int(out[3])
         if granted <= 0:
-            reason = "paused" if paused else "throttled"
-            return Grant(False, max(0.0, (slot - at) / 1000.0), at, reason)
+            reason, slotted = "paused" if paused else "throttled", bool(int(out[4]))
+            grant = Grant(False, max(0.0, (slot - at) / 1000.0), at, reason, slot=slotted)
+            if self.pools is not None and not grant.slot and parks:
+                self.pools.deny(key, grant)
+            return grant
+        per = [out[5 + 3 * i : 8 + 3 * i] for i in range(len(budgets))]
+        seqs = tuple(int(p[1]) for p in per)
+        probes = tuple(b.name for b, p in zip(budgets, per, strict=True) if int(p[2]) == 1)
+        self._granted(budgets, seqs, probes)
         if self.pools is not None and granted > 1:
-            fields = [f.decode() if isinstance(f, bytes) else str(f) for f in out[4:]]
-            self.pools.add(key, _Lease(granted - 1, started + lease, fields))
-        return Grant(True, 0.0, at)
+            fields = [f.decode() if isinstance(f, bytes) else str(f) for f, _, _ in per]
+            self.pools.add(key, _Lease(granted - 1, started + lease, fields, seqs, probes))
+        return Grant(True, 0.0, at, seqs=seqs, probes=probes)
+
+    def acquire_soon(self, budgets: tuple[Budget, ...], *, has_slot: bool, stop: Callable[[], bool]) -> Grant:
+        """:meth:`acquire`, waiting in-process for a probe's answer (near) until ``stop()``."""
+        grant = self.acquire(budgets, has_slot=has_slot)
+        while not (grant.granted or grant.slot or grant.reason != "throttled"):
+            if grant.wait > PROBE_WAIT_SECONDS or stop():
+                break
+            time.sleep(max(0.01, min(grant.wait, PROBE_WAIT_SECONDS / 5)))
+            grant = self.acquire(budgets, has_slot=has_slot)
+        return grant
+
+    # --- the live state -------------------------------------------------------------------
+
+    def _pending(self, budget: Budget) -> list[object]:
+        """An answer this process holds for ``budget``, to store with this round trip."""
+        if self.pools is None or not budget.live:
+            return ["-", 0, 0]
+        return self.pools.readings.take_pending(self.connection_id, budget.name)
+
+    def _granted(self, budgets: tuple[Budget, ...], seqs: tuple[int, ...], probes: tuple[str, ...]) -> None:
+        if self.pools is not None:
+            for budget, seq in zip(budgets, seqs, strict=True):
+                if budget.live:
+                    self.pools.readings.granted(self.connection_id, budget.name, seq, budget.name in probes)
+
+    def release(self, grant: Grant) -> None:
+        """A call answered with no word on its window (refused, failed, not read): out of the probe."""
+        for name in grant.probes:
+            _OBSERVE(self.client, [self.keys.ratelimit(self.connection_id, name) + ":live"], ["-", 0, 0])
+
+    def observe(self, budgets: tuple[Budget, ...], observation: Observation, grant: Grant | None) -> None:
+        """Store what an answer said about the live budgets it speaks of: at once when it
+        changes what may be granted (a new window, the credit spent, none known yet), else with
+        the process's next round trip."""
+        names = observation.live_budget or tuple(b.name for b in budgets if b.live)[:1]
+        seqs = dict(zip((b.name for b in budgets), grant.seqs if grant else (), strict=False))
+        for budget in budgets:
+            if budget.name not in names or not budget.live:
+                continue
+            name, seq = budget.name, seqs.get(budget.name, 0)
+            if observation.credit is None:
+                credit, end_ms = "", 0
+            else:
+                credit = f"{observation.credit:.3f}"
+                end_ms = int((observation.live_until or time.time() + budget.window) * 1000)
+            if self.pools is not None and not self.pools.readings.store_now(
+                self.connection_id, name, credit, seq, end_ms
+            ):
+                continue
+            _OBSERVE(
+                self.client, [self.keys.ratelimit(self.connection_id, name) + ":live"], [credit, seq, end_ms]
+            )
+            if self.pools is not None:
+                self.pools.forget_denials(self.connection_id)
 
     def apply(
-        self, budgets: tuple[Budget, ...], observation: Observation, *, slowdown_seconds: float
+        self,
+        budgets: tuple[Budget, ...],
+        observation: Observation,
+        *,
+        slowdown_seconds: float,
+        grant: Grant | None = None,
     ) -> bool:
-        """Pause and slow the budgets an answer speaks of; True when it slowed them down."""
+        """Pause and slow the budgets an answer speaks of, store its live state; True when it
+        slowed them down.  ``grant``: the call's (its grant numbers)."""
+        if observation.live:
+            self.observe(budgets, observation, grant)
+        elif grant is not None and not observation.auth_refused:  # a refusal: the judge's to free
+            self.release(grant)
         names = observation.names()
         touched = False
         for budget in budgets:
@@ -469,11 +420,8 @@ class RateLimiter:
         self._pause_lock = threading.Lock()
 
     def acquire(self, budget: Budget | None, *, has_slot: bool = False) -> Grant:
-        """Take one request from the budget, or learn how long to park.
-
-        With no budget only a pause (429) can deny; it is then read at most every
-        ``PAUSE_RECHECK_SECONDS`` per limiter instead of once per request.
-        """
+        """Take one request from the budget, or learn how long to park.  With no budget only a
+        pause (429) can deny, read at most every ``PAUSE_RECHECK_SECONDS`` per limiter."""
         if budget is None:
             return self._pause_only()
         named = Budget(budget.limit, budget.window, self.name, budget.cycle_start_day, budget.cycle_scale)

@@ -196,8 +196,9 @@ def _send(
         return _wait(ctx, request, item, prepared)
     request = prepared
     budgets = ctx.target.budgets_for(request)
+    grant = None  # a pregranted call's numbers are unknown: its answer counts the latest grant
     if not pregranted:
-        grant = ctx.budgets.acquire(budgets, has_slot=bool(item.get("parked")))
+        grant = ctx.budgets.acquire_soon(budgets, has_slot=bool(item.get("parked")), stop=ctx.out_of_time)
         if not grant.granted:
             ctx.ledger.release(key, token, *held)
             if grant.reason == PAUSED_REASON:
@@ -209,10 +210,12 @@ def _send(
     verdict = classify(answer)
     if request.action == DELETE_ACTION and attempts.status_of(answer) == 404:
         verdict = Verdict.SUCCESS  # a regulation's deletion of a customer never seen: nothing to forget
-    observation = attempts.observe(ctx, budgets, answer)
+    observation = attempts.observe(ctx, budgets, answer, grant)
     if observation.auth_refused:
         whose = refusals.judge(ctx, int(item.get("attempts") or 0))
         if whose == refusals.CALL:  # this kind of call's refusal, not the credentials'
+            if grant is not None:
+                ctx.budgets.release(grant)  # judged: its probe place (if any) is free again
             ctx.ledger.release(key, token, *held)
             return _refused(ctx, request, item, answer, observation.wait)
         if whose == refusals.UNDECIDED:  # no verdict yet (another worker probes): look again
@@ -226,6 +229,8 @@ def _send(
         ctx.ledger.release(key, token, *held)
         if observation.auth_refused:
             attempts.auth_refused(ctx, answer)
+            if grant is not None:
+                ctx.budgets.release(grant)  # paused now: its probe place can go
             return _wait(ctx, request, item, Wait(PAUSED_REASON, ctx.tuning.auth_probe))
         return _wait(ctx, request, item, Wait("throttled", observation.wait or observation.pause or 1.0))
     if verdict is Verdict.SUCCESS:

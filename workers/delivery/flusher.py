@@ -134,7 +134,7 @@ def _flush_locked(ctx: Context, target: BatchTarget, outbox: Outbox, token: str,
         ids = [i for item in batch.items for i in attempts.trace_ids(item)]
         attempts.record_attempt(ctx, ids, "POST", target.batch_path, answer)
         verdict = classify(answer)
-        observation = attempts.observe(ctx, budgets, answer)
+        observation = attempts.observe(ctx, budgets, answer, grant)
         if observation.auth_refused and refusals.judge(ctx, 1) != refusals.CALL:
             # The write key refused: Segment delivery pauses (nothing dead-lettered, no retry
             # spent); the outbox is not due before the next probe, so no flush task is published

@@ -129,7 +129,7 @@ def settle(ctx: Context, item: DeliveryItem) -> tuple[list[DeliveryItem], Step |
         attempts.throttled(ctx)
         return [], Step.parked("throttled", now + grant.wait)
     answer, state = target.read_action(str(info["id"]))
-    observation = attempts.observe(ctx, budgets, answer)
+    observation = attempts.observe(ctx, budgets, answer, grant)
     polls = int(info.get("polls") or 0) + 1
     # A refused read-back: the credentials (the connection pauses; the read-back waits for its
     # resume), or only the read-back (a key without async-actions: it counts as an unfinished
@@ -137,6 +137,9 @@ def settle(ctx: Context, item: DeliveryItem) -> tuple[list[DeliveryItem], Step |
     whose = refusals.judge(ctx, min(polls, refusals.REFUSAL_ATTEMPTS - 1)) if observation.auth_refused else ""
     if whose == refusals.PAUSE:
         attempts.auth_refused(ctx, answer)
+    if whose:  # a refusal judged (once paused): its probe place, if any, is free again
+        ctx.budgets.release(grant)
+    if whose == refusals.PAUSE:
         return [], Step.parked(PAUSED_REASON, now + ctx.tuning.auth_probe)
     info["polls"] = polls
     unknown = state is None and isinstance(answer, HTTPResult) and answer.status == 404

@@ -254,6 +254,7 @@ class VoucherifyTarget(FewerCalls, HttpTarget):
         try:
             schema = fetch(self.schema_transport, self.base_url, headers, timeouts)
         except SchemaUnavailable as exc:
+            self.budgets.release(grant)  # its answer's headers are not read: no probe's word
             outcomes.report(
                 connection=self.connection.id,
                 direction=self.direction,
@@ -263,6 +264,7 @@ class VoucherifyTarget(FewerCalls, HttpTarget):
                 error=str(exc),
             )
             return exc
+        self.budgets.release(grant)
         schemas.store(schema)
         return schema
 

@@ -18,15 +18,18 @@ Answers:
 - ``429`` pauses only the budgets its ``X-Rate-Limit-Type`` names, until ``X-Rate-Limit-Retry``
   / ``Retry-After``: a spent bulk budget never stops single calls; the call waits for its
   budget in the delayed store (a quota wait, not a failed attempt).
-- Any answer's ``X-Rate-Limit-Remaining`` below ``(1 - share) x X-Rate-Limit-Limit``: the
-  shop's reserve is reached (its own traffic is invisible otherwise), so the budget the
-  headers speak of is paused until ``X-Rate-Limit-Retry``, whatever our own counters say.
+- Any answer's headers are the live state of the budget they speak of (the first of the call's
+  kind: ``live``): its credit is ``X-Rate-Limit-Remaining - (1 - share) x X-Rate-Limit-Limit``
+  until ``X-Rate-Limit-Retry``, and only calls within it are granted
+  (:mod:`workers.delivery.budgets`); below the reserve (the shop's traffic, invisible otherwise)
+  the budget is also paused until then, whatever our own counters say.
 - ``401`` / ``403``: the credentials are refused -- the connection is paused
   (:mod:`workers.delivery.pauses`), nothing is dead-lettered.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -56,13 +59,18 @@ TYPE_BUDGETS: dict[str, tuple[str, ...]] = {
 # A 429 or a reached reserve without any time header: stop this long (scaled with the clock).
 DEFAULT_PAUSE_SECONDS = 5.0
 AUTH_STATUSES = (401, 403)
+# Per kind of call, the budgets in the order Voucherify picks the one its headers speak of.
+HEADER_ORDER = (REST_BUDGETS, BULK_BUDGETS, WEBHOOK_BUDGETS)
 
 
 def quota_budgets(quota: QuotaSettings) -> dict[str, Budget]:
-    """Every budget the connection has, by name (:func:`connector.quotas.budget_specs`)."""
+    """Every budget the connection has, by name (:func:`connector.quotas.budget_specs`); those
+    whose state the answers' headers tell (the first of each kind of call's) are ``live``."""
+    specs = budget_specs(quota)
+    live = {next((n for n in kind if n in specs and specs[n].limit != 0), "") for kind in HEADER_ORDER}
     return {
-        name: Budget(spec.limit, spec.window, name, spec.cycle_start_day, spec.cycle_scale)
-        for name, spec in budget_specs(quota).items()
+        name: Budget(spec.limit, spec.window, name, spec.cycle_start_day, spec.cycle_scale, name in live)
+        for name, spec in specs.items()
     }
 
 
@@ -129,15 +137,23 @@ def reading(
         return Observation(wait=wait, pause=wait or default, slow=True, budget=names, quota=True)
     limit = header_number(headers.get("x-rate-limit-limit"))
     remaining = header_number(headers.get("x-rate-limit-remaining"))
+    # The server's word on its window (not a failure of its own): the live state.
+    live = answer.status < 500
     if limit is None or remaining is None or limit <= 0:
-        return Observation(wait=wait)
+        return Observation(wait=wait, live=live)
     limit = min(limit, 1e12)
+    until = parse_rate_limit_retry(headers.get("x-rate-limit-retry"), now)
+    names = header_budgets(quota, limit, path)
+    # The headers are credit: what remains beyond the shop's reserve may be granted, no more.
+    credit = min(remaining, 1e12) - (1.0 - quota.share) * limit
+    seen = Observation(
+        wait=wait, live=True, credit=credit, live_until=now + until if until else None, live_budget=names
+    )
     if remaining < (1.0 - quota.share) * limit:
         # The shop's reserve is reached: stop until the period ends (the shop's traffic is
         # invisible to our counters, the headers are the only word on it).
-        until = parse_rate_limit_retry(headers.get("x-rate-limit-retry"), now)
-        return Observation(wait=wait, pause=until or default, budget=header_budgets(quota, limit, path))
-    return Observation(wait=wait)
+        return dataclasses.replace(seen, pause=until or default, budget=names)
+    return seen
 
 
 # --- the last headers seen, for the forecast (the shop's reserve) --------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from unittest import mock
 
 import redis
@@ -17,7 +18,7 @@ from connector.quotas import cycle_window
 from tests.support.delivery import client, keys, redis_db_url  # noqa: F401 - fixtures
 from workers.delivery import budgets as budgets_module
 from workers.delivery import quota_waits
-from workers.delivery.budgets import Budget, Budgets, GrantPools
+from workers.delivery.budgets import Budget, Budgets, GrantPools, Observation
 
 
 def test_a_call_denied_by_one_budget_spends_none_of_the_others(client: redis.Redis, keys: Keys) -> None:
@@ -174,3 +175,138 @@ def test_quota_waits_do_not_run_the_retry_window() -> None:
     fresh = {"first_attempt_at": 2000.0, "attempts": 1}
     quota_waits.not_an_attempt(fresh, None)
     assert fresh == {"first_attempt_at": None, "attempts": 0}
+
+
+# --- the live state: the answers' headers are credit (SPEC 13, "Quota, exact under bursts") ----
+
+
+def live_budget(limit: int = 60) -> Budget:
+    return Budget(limit, 60.0, "api_calls_minute", live=True)
+
+
+def answer(credit: float | None, until: float | None = None) -> Observation:
+    return Observation(live=True, credit=credit, live_until=until)
+
+
+def test_with_no_answer_of_the_window_at_most_two_calls_go(client: redis.Redis, keys: Keys) -> None:
+    b = Budgets(client, keys, "acme")
+    budget = live_budget()
+    probes = [b.acquire((budget,)) for _ in range(2)]
+    assert all(g.granted and g.probes == ("api_calls_minute",) for g in probes)
+    denied = b.acquire((budget,))
+    # Denied until the probe's answer is near: no parking slot handed out for it.
+    assert not denied.granted and denied.wait <= budgets_module.PROBE_WAIT_SECONDS
+    assert client.get(keys.ratelimit("acme", "api_calls_minute") + ":hint") is None
+    # A refused probe (401) keeps its place until its refusal is judged (a revoked key gets no
+    # third call meanwhile); the credentials check itself is not held to the probe.
+    b.apply((budget,), Observation(auth_refused=True), slowdown_seconds=1.0, grant=probes[0])
+    assert not b.acquire((budget,)).granted
+    check = b.acquire((budget,), parks=False, probe=False)
+    assert check.granted
+    b.release(check)  # its answer is not read: its place goes with it
+    assert not b.acquire((budget,)).granted
+    b.release(probes[0])  # judged: the place is free, the next call may go
+    assert b.acquire((budget,)).granted and not b.acquire((budget,)).granted
+    # A failed probe (a 5xx, no word on the window) frees its place at once.
+    b.apply((budget,), Observation(), slowdown_seconds=1.0, grant=probes[1])
+    assert b.acquire((budget,)).granted and not b.acquire((budget,)).granted
+
+
+def test_a_budget_grants_only_what_the_headers_leave_beyond_the_reserve(
+    client: redis.Redis, keys: Keys
+) -> None:
+    b = Budgets(client, keys, "acme")
+    budget = live_budget()
+    first, second = b.acquire((budget,)), b.acquire((budget,))
+    until = time.time() + 30
+    # The first call's answer: 80 remain of 120, the reserve is 60 -> a credit of 20, of which
+    # the second probe (granted after the first) may not be counted yet: 19 more calls.
+    b.apply((budget,), answer(20.0, until), slowdown_seconds=1.0, grant=first)
+    assert sum(b.acquire((budget,)).granted for _ in range(25)) == 19
+    denied = b.acquire((budget,))
+    assert not denied.granted and 28 < denied.wait <= 30.5  # until the window's end, not later
+    # An answer of the same window that says more (an older call's) raises nothing...
+    b.apply((budget,), answer(19.0, until), slowdown_seconds=1.0, grant=second)
+    assert not b.acquire((budget,)).granted
+    # ...an answer of an earlier window neither; the next window's answer is the word.
+    b.apply((budget,), answer(50.0, until - 60), slowdown_seconds=1.0, grant=second)
+    assert not b.acquire((budget,)).granted
+    b.apply((budget,), answer(5.0, until + 60), slowdown_seconds=1.0)
+    assert sum(b.acquire((budget,)).granted for _ in range(10)) == 5
+
+
+def test_the_windows_first_answer_may_not_count_the_probe_sent_before_it(
+    client: redis.Redis, keys: Keys
+) -> None:
+    b = Budgets(client, keys, "acme")
+    budget = live_budget()
+    b.acquire((budget,))
+    second = b.acquire((budget,))
+    # The second probe reached the server first: 79 of 120 remain (the first one not counted
+    # yet), a credit of 19; the first one still counts against it: 18 more, 20 in all.
+    b.apply((budget,), answer(19.0, time.time() + 30), slowdown_seconds=1.0, grant=second)
+    assert sum(b.acquire((budget,)).granted for _ in range(25)) == 18
+
+
+def test_an_answer_without_rate_headers_leaves_the_own_counters_alone(
+    client: redis.Redis, keys: Keys
+) -> None:
+    b = Budgets(client, keys, "acme")
+    budget = live_budget(limit=10)
+    first = b.acquire((budget,))
+    b.apply((budget,), answer(None), slowdown_seconds=1.0, grant=first)
+    assert sum(b.acquire((budget,)).granted for _ in range(20)) == 9  # the share's counters only
+
+
+def test_a_window_over_means_a_new_probe(client: redis.Redis, keys: Keys) -> None:
+    b = Budgets(client, keys, "acme")
+    budget = live_budget()
+    first = b.acquire((budget,))
+    b.apply((budget,), answer(30.0, time.time() + 0.3), slowdown_seconds=1.0, grant=first)
+    assert sum(b.acquire((budget,)).granted for _ in range(5)) == 5
+    time.sleep(0.35)  # that answer's window is over: nothing is known of this one
+    assert sum(b.acquire((budget,)).granted for _ in range(5)) == 2
+    # A late answer of the window that is over says nothing of this one: no new probe for it.
+    b.apply((budget,), answer(25.0, time.time() - 0.05), slowdown_seconds=1.0, grant=first)
+    assert not b.acquire((budget,)).granted
+
+
+def test_a_process_stores_what_changes_grants_at_once_and_refinements_with_its_next_call(
+    client: redis.Redis, keys: Keys
+) -> None:
+    pools = GrantPools()
+    b = Budgets(client, keys, "acme", pools)
+    other = Budgets(client, keys, "acme")  # another process: Redis's word only
+    budget = live_budget()
+    first = b.acquire((budget,))
+    until = time.time() + 30
+    b.apply((budget,), answer(10.0, until), slowdown_seconds=1.0, grant=first)  # the probe over
+    live = keys.ratelimit("acme", "api_calls_minute") + ":live"
+    assert client.hget(live, "c") == b"10"
+    grants = [b.acquire((budget,)) for _ in range(3)]
+    # The shop spent 2 meanwhile: a refinement, kept for this process's next round trip...
+    b.apply((budget,), answer(6.0, until), slowdown_seconds=1.0, grant=grants[0])
+    assert client.hget(live, "c") == b"10"
+    assert b.acquire((budget,)).granted
+    assert client.hget(live, "c") == b"6"  # ...which carried it
+    # An answer that says the credit is spent is stored at once: every process stops.
+    last = b.acquire((budget,))
+    b.apply((budget,), answer(0.0, until), slowdown_seconds=1.0, grant=last)
+    assert not other.acquire((budget,)).granted
+    # The denial is remembered by the process: no round trip per throttled call.
+    assert not b.acquire((budget,)).granted
+    with mock.patch.object(type(budgets_module._ACQUIRE), "__call__", side_effect=AssertionError):
+        assert not b.acquire((budget,)).granted
+
+
+def test_the_budget_scripts_are_short_files_that_name_their_arguments() -> None:
+    scripts = sorted((Path(budgets_module.__file__).parent / "lua").glob("budget_*.lua"))
+    assert len(scripts) >= 5
+    for script in scripts:
+        lines = script.read_text().splitlines()
+        assert len(lines) < 60, script.name
+        # The header comment says what it is and names its arguments (a library: its functions').
+        header = " ".join(
+            line for line in lines[: next(i for i, x in enumerate(lines) if not x.startswith("--"))]
+        )
+        assert "Library" in header or ("KEYS" in header and "ARGV" in header), script.name
