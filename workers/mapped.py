@@ -21,9 +21,10 @@ from connector.contract import (
 )
 from connector.errors import MappingError, SkipEvent
 from connector.regulations import subject_digest
-from workers.delivery.attempts import finish_dead, finish_skipped, new_item
+from workers.delivery.attempts import new_item
 from workers.delivery.context import Context
 from workers.delivery.deadletters import INTERNAL_ERROR, MAPPING_ERROR
+from workers.delivery.endings import finish_dead, finish_skipped
 from workers.outbound import OutboundRequest
 
 log = logging.getLogger("connector.pipeline")

@@ -56,9 +56,10 @@ from connector.errors import MappingError, SkipEvent
 from connector.regulations import subject_digest
 from workers import mapped, targets
 from workers.delivery import forget, holds, outcomes, pending, runner, shutdown
-from workers.delivery.attempts import Step, finish_dead, finish_skipped, new_item
+from workers.delivery.attempts import Step, new_item
 from workers.delivery.context import Context
 from workers.delivery.deadletters import INTERNAL_ERROR, MAPPING_ERROR
+from workers.delivery.endings import finish_dead, finish_skipped
 from workers.delivery.flusher import FlushResult, flush
 from workers.delivery.outbox import Outbox
 from workers.outbound import OutboundRequest

@@ -346,7 +346,8 @@ class Budgets:
         """Store what an answer said about the live budgets it speaks of: at once when it
         changes what may be granted (a new window, the credit spent, none known yet), else with
         the process's next round trip."""
-        names = observation.live_budget or tuple(b.name for b in budgets if b.live)[:1]
+        live = tuple(b.name for b in budgets if b.live)  # no headers at all: each one's probe ends
+        names = observation.live_budget or (live if observation.credit is None else live[:1])
         seqs = dict(zip((b.name for b in budgets), grant.seqs if grant else (), strict=False))
         for budget in budgets:
             if budget.name not in names or not budget.live:

@@ -51,11 +51,12 @@ from typing import Any
 
 from connector.contract import DeliveryItem
 from connector.regulations import DELETE_ACTION, SUPPRESSED
-from workers.delivery import attempts, pending, quota_waits, refusals, shutdown, suppression
-from workers.delivery.attempts import Failure, Step, finish_dead, finish_skipped
+from workers.delivery import attempts, endings, pending, quota_waits, refusals, shutdown, suppression
+from workers.delivery.attempts import Step
 from workers.delivery.classify import Verdict, classify
 from workers.delivery.context import Context
 from workers.delivery.deadletters import REFUSED, REJECTED, RETRY_WINDOW_EXCEEDED
+from workers.delivery.endings import Failure, finish_dead, finish_skipped
 from workers.delivery.ledger import ClaimState, new_token
 from workers.delivery.pauses import PAUSED_REASON
 from workers.delivery.retries import decide
@@ -187,7 +188,7 @@ def _send(
         if rebuilt is None:
             ctx.ledger.release(key, token, *held)
             return finish_skipped(ctx, request, item, SUPPRESSED)
-        attempts.skipped_parts(ctx, [p for p in request.parts or () if p not in live], SUPPRESSED)
+        endings.skipped_parts(ctx, [p for p in request.parts or () if p not in live], SUPPRESSED)
         request = rebuilt
     merged = request  # as merged, before the target's preparation: what ``applied`` remembers
     prepared = ctx.target.prepare(request, item)
@@ -244,7 +245,7 @@ def _send(
         if event_ms is not None and request.customer:
             ctx.stale.applied(request.customer, event_ms, ctx.tuning.stale_ttl)
         ctx.target.applied([merged])
-        return attempts.finish_delivered(ctx, item, answer)
+        return endings.finish_delivered(ctx, item, answer)
 
     ctx.ledger.release(key, token, *held)
     if verdict is Verdict.PERMANENT:
@@ -288,7 +289,7 @@ def _live_parts(
 def _parts_delivered(ctx: Context, request: OutboundRequest) -> None:
     parts = request.parts or ()
     ctx.ledger.complete_many([p["idempotency_key"] for p in parts], ctx.ledger_keep)
-    attempts.raise_stale(ctx, parts)
+    endings.raise_stale(ctx, parts)
 
 
 def _refused(

@@ -38,11 +38,11 @@ import orjson
 
 from connector import metrics, regulations
 from connector.contract import DeliveryItem
-from workers.delivery import attempts, pauses, refusals, suppression
-from workers.delivery.attempts import Failure, dead_letter_for, report_dead
+from workers.delivery import attempts, endings, pauses, refusals, suppression
 from workers.delivery.classify import Verdict, classify
 from workers.delivery.context import Context
 from workers.delivery.deadletters import REJECTED, RETRY_WINDOW_EXCEEDED, TOO_LARGE
+from workers.delivery.endings import Failure, dead_letter_for, report_dead
 from workers.delivery.ledger import new_token
 from workers.delivery.outbox import Outbox
 from workers.delivery.pauses import PAUSED_REASON
@@ -193,7 +193,7 @@ def _drop_suppressed(ctx: Context, outbox: Outbox, raws: list[bytes]) -> int:
     outbox.remove([raw for raw, _ in dropped])
     for _, item in dropped:
         message_id = (item.get("request") or {}).get("message_id")
-        attempts.finish_skipped(ctx, None, item, regulations.SUPPRESSED, message_id=message_id)
+        endings.finish_skipped(ctx, None, item, regulations.SUPPRESSED, message_id=message_id)
     return len(dropped)
 
 

@@ -47,7 +47,7 @@ import redis
 from connector import kept, metrics
 from connector.contract import DeliveryItem
 from connector.keys import Keys
-from workers.delivery import attempts
+from workers.delivery import attempts, endings
 from workers.delivery.attempts import Step
 from workers.delivery.context import Context
 from workers.delivery.holdscripts import DEL_IF, HOLD, MAX_FIELD_BYTES, RELEASE, TAKE, held_items, lines
@@ -407,6 +407,6 @@ def skip_unchanged(ctx: Context, target: HoldTarget, items: list[DeliveryItem]) 
     for customer, ms in newest.items():
         ctx.stale.applied(customer, ms, ctx.tuning.stale_ttl)
     for item, r in zip(skipped, requests, strict=True):
-        attempts.skipped_unchanged(ctx, r, item)
+        endings.skipped_unchanged(ctx, r, item)
     metrics.child(metrics.UPSERTS_SKIPPED, ctx.connection_id).inc(len(same))
     return [i for i in items if (i.get("request") or {}).get("customer") not in same]

@@ -33,10 +33,11 @@ from typing import Any, Protocol
 
 from connector import metrics
 from connector.contract import DeliveryItem, backlog_of
-from workers.delivery import attempts, refusals, shutdown
-from workers.delivery.attempts import Failure, Step, finish_dead, new_item
+from workers.delivery import attempts, endings, refusals, shutdown
+from workers.delivery.attempts import Step, new_item
 from workers.delivery.context import Context
 from workers.delivery.deadletters import REJECTED
+from workers.delivery.endings import Failure, finish_dead
 from workers.delivery.holds import Holds
 from workers.delivery.pauses import PAUSED_REASON
 from workers.delivery.target import Answer
@@ -86,7 +87,7 @@ def queued(ctx: Context, request: OutboundRequest, item: DeliveryItem, action_id
     customers = {str(p["customer"]) for p in parts if p.get("customer")}
     # Raised now, as for a delivered call: Voucherify will apply these in the order accepted,
     # so an older upsert arriving meanwhile must still be skipped as stale.
-    attempts.raise_stale(ctx, parts)
+    endings.raise_stale(ctx, parts)
     # Voucherify applies the queued upserts later: a newer upsert sent meanwhile would be
     # overwritten by the older queued one, so the customers' next upserts wait for it.
     bound = ctx.tuning.async_action_bound

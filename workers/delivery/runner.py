@@ -14,10 +14,11 @@ import logging
 import redis
 
 from connector.contract import DeliveryItem
-from workers.delivery.attempts import Step, StepKind, finish_dead
+from workers.delivery.attempts import Step, StepKind
 from workers.delivery.concurrency import run_all
 from workers.delivery.context import Context
 from workers.delivery.deadletters import INTERNAL_ERROR
+from workers.delivery.endings import finish_dead
 from workers.delivery.engine import deliver_one
 from workers.delivery.store import DelayedStore, Parked
 
