@@ -185,6 +185,22 @@ def request(
     )
 
 
+def upsert(mid: str, customer: str, t: str, **fields: Any) -> OutboundRequest:
+    """The request an identify maps to (``POST /v1/customers``), as the coalescing tests build it."""
+    key = f"acme:v:{mid}:upsert_customer"
+    return OutboundRequest(
+        method="POST",
+        path="/v1/customers",
+        body={"source_id": customer, **fields},
+        idempotency_key=key,
+        action="upsert_customer",
+        headers={"Idempotency-Key": key},
+        customer=customer,
+        event_time=t,
+        message_id=mid,
+    )
+
+
 def simple_mapper(event: dict[str, Any], connection: Connection) -> list[OutboundRequest]:
     """A stand-in for workers.mapping.destination.map_event: one request per event."""
     from connector.errors import MappingError, SkipEvent

@@ -26,6 +26,7 @@ from tests.support.delivery import (  # noqa: F401 - fixtures
     make_connection,
     redis_db_url,
     transport,
+    upsert,
 )
 from workers import mapped, pipeline
 from workers.delivery import holds
@@ -46,21 +47,6 @@ WINDOW = 0.3
 BULK_URL = "http://vf.test" + BULK_PATH
 ACCEPTED = (202, {}, '{"async_action_id": "aa_1"}')
 DONE = (200, {}, orjson.dumps({"id": "aa_1", "status": "DONE", "result": {"errors": []}}).decode())
-
-
-def upsert(mid: str, customer: str, t: str, **fields: Any) -> OutboundRequest:
-    key = f"acme:v:{mid}:upsert_customer"
-    return OutboundRequest(
-        method="POST",
-        path="/v1/customers",
-        body={"source_id": customer, **fields},
-        idempotency_key=key,
-        action="upsert_customer",
-        headers={"Idempotency-Key": key},
-        customer=customer,
-        event_time=t,
-        message_id=mid,
-    )
 
 
 def mapper(event: dict[str, Any], connection: Any) -> list[OutboundRequest]:

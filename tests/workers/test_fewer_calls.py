@@ -27,6 +27,7 @@ from tests.support.delivery import (  # noqa: F401 - fixtures
     make_connection,
     redis_db_url,
     transport,
+    upsert,
 )
 from workers import mapped, pipeline
 from workers.delivery import holds
@@ -68,21 +69,6 @@ def runtime_for(
 @pytest.fixture
 def rt(client: redis.Redis, redis_db_url: str, keys: Keys, transport: FakeTransport) -> Runtime:
     return runtime_for(make_connection(quota=quota()), client, redis_db_url, keys, transport)
-
-
-def upsert(mid: str, customer: str, t: str, **fields: Any) -> OutboundRequest:
-    key = f"acme:v:{mid}:upsert_customer"
-    return OutboundRequest(
-        method="POST",
-        path="/v1/customers",
-        body={"source_id": customer, **fields},
-        idempotency_key=key,
-        action="upsert_customer",
-        headers={"Idempotency-Key": key},
-        customer=customer,
-        event_time=t,
-        message_id=mid,
-    )
 
 
 def mapper(event: dict[str, Any], connection: Any) -> list[OutboundRequest]:
