@@ -25,8 +25,8 @@ VOUCHERIFY_TOOL_PER_SECOND = 25.0
 # (plan, customers, scale): about two minutes or less each on the fast clock.  Its windows stay
 # long beside what it does not shorten (the CLI's start, the hold window, a worker's 2 s fetch
 # wait, one worker's calls per second): at 3 s "minutes" Business measured 1.46x its budget time
-# and Organization at 6 s 2.0x, which says more about the clock than about the pace.  Business and Organization have no bulk budget (single calls);
-# Professional (an older plan) bulks.
+# and Organization at 6 s 2.0x, which says more about the clock than about the pace.  Business
+# and Organization have no bulk budget (single calls); Professional (an older plan) bulks.
 RUNS = (("business", 500, 0.2), ("organization", 2000, 0.5), ("professional", 10000, 0.05))
 # SPEC 15's targets: calls per customer where the plan bulks, and the pace against the budgets.
 BULK_CALLS_PER_CUSTOMER_TARGET = 0.02
