@@ -35,10 +35,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check app workers connector ops sandbox
 	$(BIN)/mypy
 
-# Two test processes (pytest-xdist), a module's tests in one of them: most integration tests wait
-# on real processes and clocks, so two at a time fit 2 cores (each process starts its own
-# redis-servers; tests/conftest.py gathers the workers' secret and Redis-isolation findings).
-TEST_WORKERS ?= 2
+# Three test processes (pytest-xdist), a module's tests in one of them: most integration tests
+# wait on real processes and clocks (measured: the suite keeps 2 cores about half busy with two),
+# so three at a time fit 2 cores (each process starts its own redis-servers; tests/conftest.py
+# gathers the workers' secret and Redis-isolation findings).
+TEST_WORKERS ?= 3
 test: $(STAMP) lint chromium
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
