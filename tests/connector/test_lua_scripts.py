@@ -6,6 +6,7 @@ names)."""
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from connector import backlog, kept, regulations, tracestore
 from connector.lua import Lua
 
 LUA = Path(backlog.__file__).parent / "lua"
+LUA_DIRS = (LUA, Path(backlog.__file__).parents[1] / "workers" / "delivery" / "lua")
 
 
 @pytest.fixture
@@ -30,6 +32,22 @@ def test_lua_files_joins_libraries_before_the_script(tmp_path: Path) -> None:
     (tmp_path / "b.lua").write_text("return f()")
     script = Lua.files(tmp_path, "a.lua", "b.lua")
     assert script.source == "local function f() return 7 end\nreturn f()"
+
+
+def test_lua_files_sends_code_not_the_files_comments(tmp_path: Path, client: redis.Redis) -> None:
+    # The header documents KEYS/ARGV for readers; Redis gets empty lines in its place (scripts
+    # sent whole with EVAL in a pipeline would carry it on every call), line numbers kept.
+    (tmp_path / "s.lua").write_text(
+        "-- KEYS[1]  key: a counter\n  -- indented note\nreturn redis.call('INCR', KEYS[1])"
+    )
+    script = Lua.files(tmp_path, "s.lua")
+    assert script.source == "\n\nreturn redis.call('INCR', KEYS[1])"
+    key = f"lua-test:{uuid.uuid4().hex}"
+    assert script(client, [key], []) == 1
+    assert client.eval(script.source, 1, key) == 2
+    client.delete(key)
+    shipped = [Lua.files(d, p.name).source for d in LUA_DIRS for p in sorted(d.glob("*.lua"))]
+    assert shipped and not any(line.lstrip().startswith("--") for src in shipped for line in src.split("\n"))
 
 
 def test_backlog_reserve_counts_within_the_bounds_and_refuses_past_them(client: redis.Redis) -> None:
