@@ -46,10 +46,16 @@ preload_app = True
 
 
 def worker_exit(server: Any, worker: Any) -> None:
-    # In the gunicorn worker that stops: its last fleet counts go to Redis (connector.fleet).
+    # In the gunicorn worker that stops: its last fleet counts go to Redis (connector.fleet), and
+    # so do the traces and overview counts it buffered (written at most once a second: a
+    # restart would lose the last second's skips and refusals).
     from connector import fleet
 
     fleet.flush()
+    extensions = getattr(getattr(worker, "wsgi", None), "extensions", None) or {}
+    recorder = extensions.get("connector.trace")
+    if recorder is not None and "connector.redis" in extensions:
+        recorder.flush(extensions["connector.redis"])
 
 
 def child_exit(server: Any, worker: Any) -> None:
