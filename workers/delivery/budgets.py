@@ -40,7 +40,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -48,11 +48,13 @@ import redis
 from connector.keys import Keys
 from connector.lua import Lua
 from connector.quotas import SUBWINDOWS, cycle_window
-from workers.delivery.readings import Readings
+from workers.delivery.leases import LEASE_SECONDS as LEASE_SECONDS
+from workers.delivery.leases import MAX_LEASE as MAX_LEASE
+from workers.delivery.leases import Grant as Grant
+from workers.delivery.leases import GrantPools as GrantPools
+from workers.delivery.leases import Lease
 from workers.delivery.retries import MAX_SERVER_WAIT_SECONDS
 
-LEASE_SECONDS = 1.0  # how long a process may hold grants it took for later calls
-MAX_LEASE = 64  # grants taken in one round trip at the most
 LEASE_SHARE = 100  # ...and at most this part of a budget (1 / 100)
 PROBE_CALLS = 2  # calls out for a live budget while no answer of its window is known
 PROBE_ROUND_SECONDS = 10.0  # a probe's grants count this long (an answer lost frees them then)
@@ -63,19 +65,6 @@ _LUA = Path(__file__).parent / "lua"
 _ACQUIRE = Lua.files(_LUA, "budget_counts.lua", "budget_live.lua", "budget_check.lua", "budget_acquire.lua")
 _OBSERVE = Lua.files(_LUA, "budget_live.lua", "budget_observe.lua")
 _PAUSE = Lua.files(_LUA, "budget_pause.lua")
-
-
-@dataclass(frozen=True)
-class Grant:
-    granted: bool
-    wait: float  # seconds from now until the parking slot (0 when granted)
-    at_ms: int = 0  # Redis server time of the decision (epoch ms)
-    # Why denied: "throttled" (a budget) or "paused" (the connection, e.g. refused credentials).
-    reason: str = "throttled"
-    # Per budget of the call: the grant's number (live budgets; 0 otherwise), for its answer.
-    seqs: tuple[int, ...] = ()
-    probes: tuple[str, ...] = ()  # the budgets it was a probe of (no answer of the window known)
-    slot: bool = False  # a denial with a parking slot (due then), not the probe's or a window's
 
 
 @dataclass(frozen=True)
@@ -129,104 +118,6 @@ def _fields(budget: Budget, now: float, lease: float) -> tuple[str, str, int]:
     return str(int(start)), str(int(later)), int(end * 1000)
 
 
-@dataclass
-class _Lease:
-    count: int  # grants left
-    expires: float  # monotonic
-    fields: list[str]  # per budget: the counter the grants were counted in (refund)
-    seqs: tuple[int, ...] = ()  # per budget: the lease's first grant number (its calls' answers)
-    probes: tuple[str, ...] = ()
-
-
-@dataclass
-class _Pool:
-    leases: list[_Lease] = field(default_factory=list)
-    want: int = 1  # grants the next round trip asks for
-    asked_at: float = -1e9  # monotonic time of the last round trip
-    denied: tuple[float, Grant] | None = None  # a non-slotted denial, until (monotonic)
-
-
-class GrantPools:
-    """A worker process's grants taken ahead, denials and answers (per connection and budgets):
-    shared by the process's tasks and greenlets, so a burst costs a round trip, not one each."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pools: dict[tuple[str, tuple[str, ...]], _Pool] = {}
-        self.readings = Readings()
-
-    def take(
-        self, key: tuple[str, tuple[str, ...]], denials: bool
-    ) -> tuple[Grant | None, _Lease | None, int]:
-        """(a grant or -- ``denials`` -- a remembered denial, an expired lease to hand back,
-        grants to ask for)."""
-        with self._lock:
-            pool = self._pools.setdefault(key, _Pool())
-            mono = time.monotonic()
-            expired = None
-            live = []
-            for lease in pool.leases:
-                if lease.expires <= mono:
-                    if lease.count > 0:
-                        expired = lease
-                else:
-                    live.append(lease)
-            pool.leases = live
-            for lease in live:
-                if lease.count > 0:
-                    lease.count -= 1
-                    return (
-                        Grant(True, 0.0, int(time.time() * 1000), seqs=lease.seqs, probes=lease.probes),
-                        None,
-                        0,
-                    )
-            if pool.denied is not None and denials:
-                until, grant = pool.denied
-                if mono < until:
-                    if expired is not None:
-                        pool.leases.append(expired)  # handed back with the next round trip
-                    return Grant(False, until - mono, int(time.time() * 1000), grant.reason), None, 0
-                pool.denied = None
-            # Size the next lease by the demand: it doubles while leases run dry within their
-            # time, halves when one expired unused, and starts at one after a quiet while.
-            if expired is not None:
-                pool.want = max(1, pool.want // 2)
-            elif mono - pool.asked_at < LEASE_SECONDS:
-                pool.want = min(MAX_LEASE, pool.want * 2)
-            elif mono - pool.asked_at > 10 * LEASE_SECONDS:
-                pool.want = 1
-            pool.asked_at = mono
-            return None, expired, pool.want
-
-    def add(self, key: tuple[str, tuple[str, ...]], lease: _Lease) -> None:
-        if lease.count <= 0:
-            return
-        with self._lock:
-            self._pools.setdefault(key, _Pool()).leases.append(lease)
-
-    def deny(self, key: tuple[str, tuple[str, ...]], grant: Grant) -> None:
-        """Remember a denial that hands out no slot: the process's next calls of these budgets
-        wait as long without a round trip each."""
-        with self._lock:
-            self._pools.setdefault(key, _Pool()).denied = (time.monotonic() + grant.wait, grant)
-
-    def forget_denials(self, connection_id: str) -> None:
-        """An answer changed what the budgets may grant: ask Redis again."""
-        with self._lock:
-            for (conn, _), pool in self._pools.items():
-                if conn == connection_id:
-                    pool.denied = None
-
-    def drop(self, connection_id: str, names: tuple[str, ...] | None) -> None:
-        """Forget grants of these budgets (paused: the leftovers must not be spent)."""
-        with self._lock:
-            for (conn, budget_names), pool in self._pools.items():
-                if conn == connection_id and (names is None or set(names) & set(budget_names)):
-                    pool.leases = []
-                    pool.want = 1
-                    pool.denied = None
-
-
 class Budgets:
     """One connection's budgets for one task (``pools``: the process's grants taken ahead)."""
 
@@ -268,7 +159,7 @@ class Budgets:
             # A budget of nothing (bulk_calls_per_hour = 0): never granted, asked again later.
             return Grant(False, never[0].window, int(time.time() * 1000))
         key = (self.connection_id, tuple(b.name for b in budgets))
-        expired: _Lease | None = None
+        expired: Lease | None = None
         want = 1
         if self.pools is not None:
             local, expired, want = self.pools.take(key, parks)  # a try asks Redis itself
@@ -296,6 +187,8 @@ class Budgets:
             args += [budget.limit or 0, max(1, int(budget.window * 1000)), int(budget.granule * 1000)]
             args += [fixed_now, fixed_later, fixed_end, refund, "", "1" if budget.live else "0"]
             args += self._pending(budget)
+            unused = expired.unused_from() if expired is not None else ()
+            args.append(unused[i] if i < len(unused) else 0)
         out = _ACQUIRE(self.client, redis_keys, args)
         granted, at, slot, paused = int(out[0]), int(out[1]), int(out[2]), int(out[3])
         if granted <= 0:
@@ -310,7 +203,8 @@ class Budgets:
         self._granted(budgets, seqs, probes)
         if self.pools is not None and granted > 1:
             fields = [f.decode() if isinstance(f, bytes) else str(f) for f, _, _ in per]
-            self.pools.add(key, _Lease(granted - 1, started + lease, fields, seqs, probes))
+            last = tuple(seq + granted - 1 if seq > 0 else 0 for seq in seqs)
+            self.pools.add(key, Lease(granted - 1, started + lease, fields, seqs, probes, last))
         return Grant(True, 0.0, at, seqs=seqs, probes=probes)
 
     def acquire_soon(self, budgets: tuple[Budget, ...], *, has_slot: bool, stop: Callable[[], bool]) -> Grant:

@@ -310,3 +310,25 @@ def test_the_budget_scripts_are_short_files_that_name_their_arguments() -> None:
             line for line in lines[: next(i for i, x in enumerate(lines) if not x.startswith("--"))]
         )
         assert "Library" in header or ("KEYS" in header and "ARGV" in header), script.name
+
+
+def test_grants_a_lease_hands_back_are_credit_again(client: redis.Redis, keys: Keys) -> None:
+    # A process leases grants of a live budget ahead; those it does not use in time never reach
+    # the server, so the credit the headers gave must count them again -- every lease that
+    # expired, not only the last (once, a backfill sent 476 calls in a window allowing 1,000).
+    pools = GrantPools()
+    b = Budgets(client, keys, "acme", pools)
+    budget = live_budget(limit=6000)  # a lease may hold up to 60 grants
+    first = b.acquire((budget,))
+    b.acquire((budget,))  # the second probe: granted after the first, not counted by its answer
+    b.apply((budget,), answer(300.0, time.time() + 60), slowdown_seconds=1.0, grant=first)
+    used = 0
+    for _ in range(3):  # bursts whose leases expire partly unused
+        for _ in range(5):
+            used += b.acquire((budget,)).granted
+        time.sleep(budgets_module.LEASE_SECONDS + 0.05)
+    while (grant := b.acquire((budget,))).granted:
+        used += 1
+        assert used <= 299
+    assert used == 299, used  # the credit of 300, less the second probe: all of it, no more
+    assert not grant.slot and grant.wait > 50  # then denied until the window's end

@@ -5,11 +5,12 @@
 --       parking slot, epoch ms), k+3 pause (epoch ms), k+4 slow (factor), k+5 live state
 -- ARGV  [1] n budgets  [2] want  [3] lease_ms  [4] mode: '0' fresh (waits behind the hint),
 --       '1' back from a slot, '2' a try that parks nothing  [5] refund (grants handed back)
---       [6] probe_max  [7] probe_round_ms  [8] probe_wait_ms; per budget i (a = 9 + 12i):
+--       [6] probe_max  [7] probe_round_ms  [8] probe_wait_ms; per budget i (a = 9 + 13i):
 --       a limit (0: unbounded)  a+1 window_ms  a+2 granule_ms (0: a cycle)  a+3 cycle field now
 --       a+4 cycle field at the lease's end  a+5 cycle end ms  a+6, a+7 refund fields
 --       a+8 expects live headers ('1'/'0')  a+9 an answer to store first: credit ('-': none,
---       '': no headers)  a+10 its grant number  a+11 its window's end (epoch ms)
+--       '': no headers)  a+10 its grant number  a+11 its window's end (epoch ms)  a+12 the
+--       first number of the refunded grants (0: none numbered)
 -- Returns {granted, now, due ms, paused, slotted (a denial's parking slot), then per budget:
 --         counter field, first grant's number, probing (1: no answer of the window known)}
 local t = redis.call('TIME')
@@ -17,17 +18,21 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n, want, lease, mode = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local refund, pmax, pround, pwait = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 for i = 0, n - 1 do
-  local k, a = 1 + i * 5, 9 + i * 12
+  local k, a = 1 + i * 5, 9 + i * 13
   for _, f in ipairs(refund > 0 and {ARGV[a + 6], ARGV[a + 7]} or {}) do
     local v = f ~= '' and tonumber(redis.call('HGET', KEYS[k + 1], f) or '0') or 0
     if v > 0 then redis.call('HINCRBY', KEYS[k + 1], f, -math.min(v, refund)) end
   end
   if ARGV[a + 9] ~= '-' then live_store(KEYS[k + 5], ARGV[a + 9], ARGV[a + 10], ARGV[a + 11], now) end
+  -- Refunded grants never reached the server: credit again if numbered after its answer's.
+  local from, st = tonumber(ARGV[a + 12]) or 0, redis.call('HMGET', KEYS[k + 5], 's', 'e', 'h')
+  if refund > 0 and from > (tonumber(st[1]) or 0) and st[3] == '1' and (tonumber(st[2]) or 0) > now
+  then redis.call('HINCRBYFLOAT', KEYS[k + 5], 'c', refund) end
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0, now, now, 1, 0} end
 local wait, room, slotted, probing, worst, worst_eff, worst_window = 0, want, false, {}, 0, 1, 1
 for i = 0, n - 1 do
-  local w, r, slot, p, eff, window = budget_check(1 + i * 5, 9 + i * 12, mode, want, lease, now, pmax,
+  local w, r, slot, p, eff, window = budget_check(1 + i * 5, 9 + i * 13, mode, want, lease, now, pmax,
                                                   pround, pwait)
   room, probing[i] = math.min(room, r), p
   if w > wait then wait, slotted, worst, worst_eff, worst_window = w, slot, 1 + i * 5, eff, window end
@@ -44,7 +49,7 @@ end
 local g = math.max(1, room)
 local out = {g, now, now, 0, 0}
 for i = 0, n - 1 do
-  local k, a = 1 + i * 5, 9 + i * 12
+  local k, a = 1 + i * 5, 9 + i * 13
   out[#out + 1] = count_grant(KEYS[k + 1], g, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), lease, now,
                               ARGV[a + 3], ARGV[a + 4], tonumber(ARGV[a + 5]))
   out[#out + 1] = ARGV[a + 8] == '1' and live_grant(KEYS[k + 5], g, probing[i], now, pround) or 0
