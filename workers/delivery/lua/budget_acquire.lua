@@ -25,9 +25,10 @@ for i = 0, n - 1 do
   end
   if ARGV[a + 9] ~= '-' then live_store(KEYS[k + 5], ARGV[a + 9], ARGV[a + 10], ARGV[a + 11], now) end
   -- Refunded grants never reached the server: credit again if numbered after its answer's.
-  local from, st = tonumber(ARGV[a + 12]) or 0, redis.call('HMGET', KEYS[k + 5], 's', 'e', 'h')
-  if refund > 0 and from > (tonumber(st[1]) or 0) and st[3] == '1' and (tonumber(st[2]) or 0) > now
-  then redis.call('HINCRBYFLOAT', KEYS[k + 5], 'c', refund) end
+  local from = tonumber(ARGV[a + 12]) or 0
+  local st = refund > 0 and from > 0 and redis.call('HMGET', KEYS[k + 5], 's', 'e', 'h') or {}
+  if st[3] == '1' and from > (tonumber(st[1]) or 0) and (tonumber(st[2]) or 0) > now then
+    redis.call('HINCRBYFLOAT', KEYS[k + 5], 'c', refund) end
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0, now, now, 1, 0} end
 local wait, room, slotted, probing, worst, worst_eff, worst_window = 0, want, false, {}, 0, 1, 1
