@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -35,6 +38,7 @@ from workers.delivery.attempts import new_item
 from workers.delivery.deadletters import DeadLetters
 from workers.delivery.ledger import Ledger
 from workers.delivery.store import DelayedStore
+from workers.delivery.transport import HTTPResult
 from workers.outbound import OutboundRequest
 from workers.runtime import Runtime
 from workers.targets.voucherify_coalesce import BULK_PATH
@@ -517,3 +521,116 @@ def test_a_planned_bulk_parked_before_it_sends_asks_for_its_budgets_again(
     step = engine.deliver_one(ctx, item)
     assert step.reason == "deferred"
     assert "pregranted" not in item
+
+
+# ---------------------------------------------------------------------------------------------
+# A bulk and the same customers' single upserts: never the older applied last
+
+
+@dataclass
+class BulkHookTransport(FakeTransport):
+    """Runs ``during_bulk`` once, when the first bulk call is on the wire (as another worker
+    would run at that moment)."""
+
+    during_bulk: Callable[[], None] | None = None
+
+    def send(
+        self, method: str, url: str, headers: dict[str, str], body: bytes | None, timeout: tuple[float, float]
+    ) -> HTTPResult:
+        if url.endswith(BULK_PATH) and self.during_bulk is not None:
+            hook, self.during_bulk = self.during_bulk, None
+            hook()
+        return super().send(method, url, headers, body, timeout)
+
+
+def deliver_now(rt: Runtime, mid: str, customer: str, second: int, name: str) -> None:
+    """One upsert straight to the engine (as one coming back from a wait, or a redelivery)."""
+    request = upsert(mid, customer, f"2024-05-01T10:00:{second:02d}.000Z", name=name)
+    conn = rt.settings.connections[0]
+    backlog.reserve(rt.redis, conn.id, 1, 100, keys=rt.keys)
+    pipeline.process_deliveries(rt, conn, conn.id, DESTINATION, [new_item(request, None, None, 1)])
+
+
+def names_sent(transport: FakeTransport) -> list[str]:
+    return [c.body.get("name") for c in transport.calls if c.url.endswith("/v1/customers")]
+
+
+def test_a_newer_single_upsert_waits_while_a_bulk_with_its_customer_is_on_the_wire(
+    client: redis.Redis, redis_db_url: str, keys: Keys
+) -> None:
+    """The bulk holds its customers' send locks from before it reads their stale records until
+    its answer: a newer single upsert sent meanwhile could be applied before the older bulk."""
+    from collections import deque
+
+    transport = BulkHookTransport()
+    rt = bulk_rt(client, redis_db_url, keys, transport, per_hour=10)
+    transport.by_url["http://vf.test" + BULK_PATH] = deque([ACCEPTED])
+    transport.by_url[POLL_URL] = deque([action("DONE")])
+    transport.during_bulk = lambda: deliver_now(rt, "m9", "a", 9, "A9")
+    ingest(rt, ident("m1", "a", 1, name="A1"), ident("m2", "b", 1, name="B1"))
+    drain(rt)
+    assert paths(transport) == [BULK_PATH]  # A9 was not sent while the bulk was on the wire
+    for _ in range(4):
+        drain(rt, wait=0.05, later=60)  # the bulk read back DONE, then A9 goes
+    assert paths(transport) == [BULK_PATH, "/v1/async-actions/aa_1", "/v1/customers"]
+    assert names_sent(transport) == ["A9"]
+
+
+def test_a_bulk_whose_worker_died_on_the_wire_keeps_newer_upserts_behind_it(
+    client: redis.Redis, redis_db_url: str, keys: Keys
+) -> None:
+    """A worker killed with a bulk on the wire leaves no ``queued`` marker and its locks
+    expire; Voucherify may still run that bulk.  Its customers' ``sending`` markers keep a newer
+    upsert back (until the bound, or the bulk sent again is read back); the bulk's own versions
+    sent singly are not held back."""
+    from collections import deque
+
+    transport = BulkHookTransport()
+    rt = bulk_rt(client, redis_db_url, keys, transport, per_hour=10)
+    conn = rt.settings.connections[0]
+    transport.by_url["http://vf.test" + BULK_PATH] = deque([ACCEPTED])
+    out_a = rt.keys.hold_out(conn.id, "a")
+
+    def killed_meanwhile() -> None:
+        # As after a kill -9: the dead worker's locks expired, its marker alone is left.
+        assert rt.redis.get(out_a) == b"sending:" + str(event_ms(1)).encode()
+        ttl = rt.redis.pttl(out_a)
+        assert 0 < ttl <= rt.tuning.async_action_bound * 1000
+        rt.redis.delete(*[rt.keys.customer_lock(conn.id, c) for c in ("a", "b")])
+        deliver_now(rt, "m9", "a", 9, "A9")  # newer than the bulk's: waits
+        deliver_now(rt, "m8", "b", 1, "B1 again")  # the bulk's own version: goes
+
+    transport.during_bulk = killed_meanwhile
+    ingest(rt, ident("m1", "a", 1, name="A1"), ident("m2", "b", 1, name="B1"))
+    drain(rt)
+    assert names_sent(transport) == ["B1 again"]
+    assert rt.redis.get(out_a) == b"queued"  # the 202 came after all: queued now
+
+
+def test_a_bulk_marks_go_with_a_refusal_and_stay_while_its_fate_is_unknown(
+    client: redis.Redis, redis_db_url: str, keys: Keys
+) -> None:
+    """A bulk answered 4xx was not queued: its customers' markers go at once.  Answered 5xx it
+    may have been: they stay (bounded), and a newer upsert waits."""
+    from collections import deque
+
+    transport = BulkHookTransport()
+    rt = bulk_rt(client, redis_db_url, keys, transport, per_hour=10)
+    conn = rt.settings.connections[0]
+    transport.by_url["http://vf.test" + BULK_PATH] = deque([(503, {}, "")])
+    ingest(rt, ident("m1", "a", 1, name="A1"), ident("m2", "b", 1, name="B1"))
+    drain(rt)
+    assert paths(transport) == [BULK_PATH]
+    assert rt.redis.get(rt.keys.hold_out(conn.id, "a")) == b"sending:" + str(event_ms(1)).encode()
+    deliver_now(rt, "m9", "a", 9, "A9")
+    assert names_sent(transport) == []  # behind a bulk that may have been queued
+
+    transport.by_url["http://vf.test" + BULK_PATH] = deque([(400, {}, '{"code": 400}')])
+    ingest(rt, ident("m3", "c", 1, name="C1"), ident("m4", "d", 1, name="D1"))
+    drain(rt)
+    assert paths(transport)[-1] == BULK_PATH
+    assert not rt.redis.exists(rt.keys.hold_out(conn.id, "c"), rt.keys.hold_out(conn.id, "d"))
+
+
+def event_ms(second: int) -> int:
+    return int(datetime(2024, 5, 1, 10, 0, second, tzinfo=UTC).timestamp() * 1000)

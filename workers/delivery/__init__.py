@@ -10,8 +10,9 @@ system by name: everything system-specific is asked of the task's target
           │       no send slot before the task's deadline ──────────────> parked (deferred, due now)
           │       ledger.claim ─ duplicate ─────────────────────────────> skipped (duplicate)
           │            │ busy ──────────────────────────────────────────> parked (busy)
-          │       a merged call's parts: claimed, delivered/stale ones dropped
           │       target.stale_time ─ older than the newest applied ────> skipped (stale)
+          │       the customers' send locks (stale) ─ held elsewhere ───> parked (busy)
+          │       a merged call's parts: claimed, delivered/stale ones dropped
           │       target.prepare ─ a wait (no metadata schema yet) ─────> parked (its reason)
           │       budgets.acquire(target.budgets_for) ─ denied ─────────> parked (throttled, no attempt)
           │       attempts.attempt (transport) + classify + target.interpret -> budgets

@@ -7,10 +7,11 @@
       no send slot before the deadline ────────────────────────────> PARKED deferred (due now)
       ledger.claim ── DUPLICATE ───────────────────────────────────> DONE   skipped/duplicate
                    ── BUSY (another attempt in flight) ────────────> PARKED busy (claim's TTL)
+      older than the newest applied call of its customer? ─────────> DONE   skipped/stale
+      newer than a bulk of its customer (maybe) still running ─────> PARKED bulk_in_progress
+      its customer's send lock (a bulk: all of them) held elsewhere > PARKED busy
       merged call: each part's key claimed too ── a part BUSY ─────> PARKED busy (nothing sent)
                    every part delivered or stale ──────────────────> DONE   skipped
-      older than the newest applied call of its customer? ─────────> DONE   skipped/stale
-      newer than a bulk of its customer still running (``queued``) ─> PARKED bulk_in_progress
       its subject suppressed (SPEC 14; a merged call: its parts) ──> DONE   skipped/suppressed
       target.prepare ── a wait (e.g. no metadata schema yet) ──────> PARKED (its reason)
       budgets.acquire ── denied (no attempt counted) ──────────────> PARKED throttled (slot)
@@ -19,6 +20,7 @@
                  (not an attempt: no retry spent, the window's clock stopped, quota_waits)
               └─ 401, 403 but the credentials probe is accepted ──> PARKED retry, then DONE
                  (this kind of call's refusal, workers.delivery.refusals)   dead letter refused
+      (a call that may only be queued: its customers marked ``sending`` first, pending.sending)
       attempt ── classify ── SUCCESS ─ only queued (202 bulk) ─────> PARKED async_action (pending)
                                    └ ledger done, stale raised ──> DONE   delivered
                           ── RETRY ── retries.decide ── in window ─> PARKED retry (backoff)
@@ -128,44 +130,57 @@ def _deliver(ctx: Context, request: OutboundRequest, item: DeliveryItem, pregran
     if claim.state is ClaimState.BUSY:
         return _park(ctx, request, item, "busy", time.time() + claim.wait + 0.05)
 
-    held: list[str] = []  # the parts' keys this attempt claimed (a coalesced request)
-    if request.parts:
-        # A coalesced request: its key is its own, so each part (one event) is claimed too -- a
-        # duplicate of the event grouped differently elsewhere has another merged key, and only
-        # the part's claim keeps the two from both sending it.  A part in flight elsewhere parks
-        # the whole request until that claim ends (done then, or free again if its owner died).
-        live, why, held, busy = _live_parts(ctx, request, token)
-        if busy is not None:
-            ctx.ledger.release(key, token, *held)
-            return _park(ctx, request, item, "busy", time.time() + busy + 0.05)
-        if live is None:
-            ctx.ledger.complete(key, ctx.ledger_keep)
-            ctx.ledger.complete_many([p["idempotency_key"] for p in request.parts], ctx.ledger_keep)
-            return finish_skipped(ctx, request, item, why)
-        request = live
+    # One customer's upserts are sent one at a time: its send lock, taken before its stale
+    # record is read and held until the answer (two in flight together could be applied
+    # older-last, workers.delivery.stale).  A call of several customers (a bulk) takes them all.
     event_ms = None if request.parts else ctx.target.stale_time(request.action, request.event_time)
-    customer = request.customer if (event_ms is not None or request.parts) else None
-    if customer:
-        # One customer's upserts are sent one at a time (the stale check and the send lock in
-        # one step): two in flight together could be applied older-last (workers.delivery.stale).
+    customers = _locked_customers(ctx, request, event_ms)
+    if len(customers) == 1:
         newest = _newest_ms(ctx, request, event_ms)
-        state, wait = ctx.stale.check_and_lock(customer, event_ms, token, ctx.tuning.claim_ttl, newest)
+        state, wait = ctx.stale.check_and_lock(customers[0], event_ms, token, ctx.tuning.claim_ttl, newest)
         if state == "stale":
             ctx.ledger.complete(key, ctx.ledger_keep)
             return finish_skipped(ctx, request, item, "stale")
         if state == "queued":  # an older bulk of the customer's still runs: land after it
-            ctx.ledger.release(key, token, *held)
+            ctx.ledger.release(key, token)
             return _park(
                 ctx, request, item, BULK_RUNNING, time.time() + min(wait, BULK_RUNNING_SECONDS) + 0.05
             )
         if state == "busy":
-            ctx.ledger.release(key, token, *held)
+            ctx.ledger.release(key, token)
+            return _park(ctx, request, item, "busy", time.time() + min(wait, BUSY_CUSTOMER_SECONDS) + 0.05)
+    elif customers:
+        wait = ctx.stale.lock_many(customers, token, ctx.tuning.claim_ttl)
+        if wait > 0:
+            ctx.ledger.release(key, token)
             return _park(ctx, request, item, "busy", time.time() + min(wait, BUSY_CUSTOMER_SECONDS) + 0.05)
     try:
+        held: list[str] = []  # the parts' keys this attempt claimed (a coalesced request)
+        if request.parts:
+            # A coalesced request: its key is its own, so each part (one event) is claimed too -- a
+            # duplicate of the event grouped differently elsewhere has another merged key, and only
+            # the part's claim keeps the two from both sending it.  A part in flight elsewhere parks
+            # the whole request until that claim ends (done then, or free again if its owner died).
+            live, why, held, busy = _live_parts(ctx, request, token)
+            if busy is not None:
+                ctx.ledger.release(key, token, *held)
+                return _park(ctx, request, item, "busy", time.time() + busy + 0.05)
+            if live is None:
+                ctx.ledger.complete(key, ctx.ledger_keep)
+                ctx.ledger.complete_many([p["idempotency_key"] for p in request.parts], ctx.ledger_keep)
+                return finish_skipped(ctx, request, item, why)
+            request = live
         return _send(ctx, request, item, key, token, held, event_ms, pregranted)
     finally:
-        if customer:
-            ctx.stale.unlock(customer, token)
+        ctx.stale.unlock_many(customers, token)
+
+
+def _locked_customers(ctx: Context, request: OutboundRequest, event_ms: int | None) -> list[str]:
+    """The customers whose send locks the call takes: an upsert's (timed, or coalesced) one, or
+    every customer of a coalesced call of several (a bulk); none for other calls."""
+    if request.customer:
+        return [request.customer] if (event_ms is not None or request.parts) else []
+    return sorted({str(p["customer"]) for p in request.parts or () if p.get("customer")})
 
 
 def _send(
@@ -207,7 +222,9 @@ def _send(
             return _wait(ctx, request, item, Wait("throttled", grant.wait))
 
     first_before = item.get("first_attempt_at")
+    marks = pending.sending(ctx, request)  # a call that may only be queued: its customers marked
     answer = attempts.attempt(ctx, request, item)
+    pending.answered(ctx, request, marks, answer)
     verdict = classify(answer)
     if request.action == DELETE_ACTION and attempts.status_of(answer) == 404:
         verdict = Verdict.SUCCESS  # a regulation's deletion of a customer never seen: nothing to forget

@@ -50,7 +50,7 @@ from connector.keys import Keys
 from workers.delivery import attempts, endings
 from workers.delivery.attempts import Step
 from workers.delivery.context import Context
-from workers.delivery.holdscripts import DEL_IF, HOLD, MAX_FIELD_BYTES, RELEASE, TAKE, held_items, lines
+from workers.delivery.holdscripts import DEL_IF, HOLD, MARK, MAX_FIELD_BYTES, RELEASE, TAKE, held_items, lines
 from workers.delivery.store import DelayedStore
 from workers.outbound import OutboundRequest
 
@@ -204,6 +204,20 @@ class Holds:
             self.client.delete(*names)
         else:
             DEL_IF(self.client, names, [only])
+
+    def mark_sending(self, marks: Mapping[str, str], seconds: float) -> None:
+        """Before a call that may only be queued: each customer's marker set to its value
+        (``sending:<ms>``), but where a ``queued`` one already waits for an older bulk."""
+        if marks:
+            names = [self.keys.hold_out(self.connection_id, c) for c in marks]
+            MARK(self.client, names, [max(1, int(seconds * 1000)), *marks.values()])
+
+    def clear_marks(self, marks: Mapping[str, str]) -> None:
+        """Forget the customers' markers that still hold the value given for each."""
+        if marks:
+            DEL_IF(
+                self.client, [self.keys.hold_out(self.connection_id, c) for c in marks], list(marks.values())
+            )
 
     def mark_out(self, customers: Iterable[str], seconds: float, kind: str = "queued") -> None:
         customers = list(customers)

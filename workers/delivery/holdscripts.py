@@ -32,13 +32,14 @@ MAX_FIELD_BYTES = 64 * 1024
 
 # The scripts (workers/delivery/lua/hold_*.lua name their keys and arguments): HOLD items, TAKE
 # customers into an entry, DROP a customer's items (a forgotten subject, SPEC 14), RELEASE the due
-# customers, and DEL_IF (the ``out`` markers of one kind).  hold_take_one.lua is their library
+# customers, MARK a bulk's customers ``sending`` and DEL_IF (``out`` markers still as set).  hold_take_one.lua is their library
 # (what one customer holds, removed), hold_release_batch.lua RELEASE's (its entries).
 _LUA = Path(__file__).parent / "lua"
 HOLD = Lua.files(_LUA, "hold_hold.lua")
 TAKE = Lua.files(_LUA, "hold_take_one.lua", "hold_take.lua")
 DROP = Lua.files(_LUA, "hold_take_one.lua", "hold_drop.lua")
 RELEASE = Lua.files(_LUA, "hold_take_one.lua", "hold_release_batch.lua", "hold_release.lua")
+MARK = Lua.files(_LUA, "hold_mark.lua")
 DEL_IF = Lua.files(_LUA, "hold_del_if.lua")
 
 

@@ -5,6 +5,10 @@ Knows no system: the target says whether an answer only queued the work (``queue
 read the queued work's state (``poll_request`` for the budgets, ``read_action`` for the call),
 and how a queued request splits per customer (``per_customer``)::
 
+    engine: before the call (target.may_queue) ── the customers' ``out`` markers ``sending:<ms>``
+           (a process killed with the call on the wire leaves them, for at most the bound: a
+           newer upsert does not land before a bulk Voucherify may still run); cleared after
+           an answer that did not queue it, kept (to expire) when its fate is unknown (5xx)
     engine: 2xx, target.queued_as -> an action id
         ── every part's key recorded done (nothing is sent twice while it runs), the customers'
            ``out`` markers set (no newer upsert overtakes the queued one), the item PARKED
@@ -63,6 +67,10 @@ class ActionState:
 
 
 class QueuingTarget(Protocol):
+    def may_queue(self, request: OutboundRequest) -> bool: ...
+
+    def stale_time(self, action: str | None, event_time: str | None) -> int | None: ...
+
     def queued_as(self, request: OutboundRequest, answer: HTTPResult) -> str | None: ...
 
     def poll_request(self, action_id: str) -> OutboundRequest: ...
@@ -76,6 +84,37 @@ class QueuingTarget(Protocol):
 
 def is_pending(item: Mapping[str, Any]) -> bool:
     return isinstance(item.get(ASYNC_KEY), dict)
+
+
+SENDING = "sending:"  # an ``out`` marker's value before the call: ``sending:<newest event ms>``
+
+
+def sending(ctx: Context, request: OutboundRequest) -> dict[str, str]:
+    """Before a call that may only be queued: mark its customers (``sending:<ms>``, the newest
+    event time of each one's upserts in it) for at most the bound, and return the marks."""
+    target: QueuingTarget = ctx.target  # type: ignore[assignment]
+    if not request.parts or not target.may_queue(request):
+        return {}
+    newest: dict[str, int] = {}
+    for part in request.parts:
+        customer = str(part.get("customer") or "")
+        if customer:
+            ms = target.stale_time(part.get("action"), part.get("event_time"))
+            newest[customer] = max(newest.get(customer, -1), -1 if ms is None else ms)
+    marks = {customer: f"{SENDING}{ms}" for customer, ms in newest.items()}
+    Holds(ctx.client, ctx.keys, ctx.connection_id).mark_sending(marks, ctx.tuning.async_action_bound)
+    return marks
+
+
+def answered(ctx: Context, request: OutboundRequest, marks: dict[str, str], answer: Answer) -> None:
+    """After the call: its marks go, unless it may have been queued (``queued`` then replaces
+    them) or its fate is unknown (no answer, a 5xx: Voucherify may have queued it, so they
+    stay until the bound, or until the call, sent again, is read back)."""
+    if not marks or not isinstance(answer, HTTPResult) or answer.status >= 500:
+        return
+    if 200 <= answer.status < 300 and ctx.target.queued_as(request, answer) is not None:
+        return
+    Holds(ctx.client, ctx.keys, ctx.connection_id).clear_marks(marks)
 
 
 def queued(ctx: Context, request: OutboundRequest, item: DeliveryItem, action_id: str) -> Step:

@@ -10,6 +10,9 @@ customer's upserts coming due together, a retry and a fresh one) two upserts of 
 could otherwise be in flight together, the older applied last.  So the check and a per-customer
 *send lock* are one atomic step (:meth:`StaleGuard.check_and_lock`): the second attempt parks
 ``busy`` until the first one's answer raised the record, and then finds itself stale (or newer).
+A call of several customers (a bulk) takes every one of their locks, all or none
+(:meth:`StaleGuard.lock_many`), before it reads their records: no single upsert of theirs is
+applied between that read and the bulk's answer.
 The lock lives at most the ledger's claim TTL, so a killed worker never blocks a customer long.
 An upsert without a usable time is never called stale (nothing to compare).
 
@@ -34,6 +37,7 @@ from connector.lua import Lua
 _LUA = Path(__file__).parent / "lua"
 _RAISE = Lua.files(_LUA, "stale_raise.lua")
 _CHECK_LOCK = Lua.files(_LUA, "stale_check_lock.lua")
+_LOCK_MANY = Lua.files(_LUA, "stale_lock_many.lua")
 _UNLOCK = Lua.files(_LUA, "stale_unlock.lua")
 
 
@@ -115,5 +119,20 @@ class StaleGuard:
             return "queued", max(0.0, int(wait_ms) / 1000.0)
         return "locked", 0.0
 
+    def lock_many(self, customers: list[str], token: str, ttl: float) -> float:
+        """Take the send locks of all ``customers`` (a bulk's): 0 when taken, else how long (s)
+        another attempt's lock on one of them still lives (then none is taken)."""
+        if not customers:
+            return 0.0
+        locks = [self.keys.customer_lock(self.connection_id, c) for c in customers]
+        wait_ms = int(_LOCK_MANY(self.client, locks, [token, max(1, int(ttl * 1000))]))
+        return wait_ms / 1000.0
+
     def unlock(self, customer: str, token: str) -> None:
-        _UNLOCK(self.client, [self.keys.customer_lock(self.connection_id, customer)], [token])
+        self.unlock_many([customer], token)
+
+    def unlock_many(self, customers: list[str], token: str) -> None:
+        """Give back the customers' send locks that are still ``token``'s."""
+        if customers:
+            locks = [self.keys.customer_lock(self.connection_id, c) for c in customers]
+            _UNLOCK(self.client, locks, [token])

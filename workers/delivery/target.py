@@ -97,6 +97,11 @@ class Target(Protocol):
         refused for its size, cut into smaller ones); as they are when nothing changed."""
         ...
 
+    def may_queue(self, request: OutboundRequest) -> bool:
+        """Whether a 2xx of this call may only queue it (its customers are marked while it is
+        sent, :func:`workers.delivery.pending.sending`)."""
+        ...
+
     def queued_as(self, request: OutboundRequest, answer: HTTPResult) -> str | None:
         """The id of the work a 2xx only queued (read back by :mod:`workers.delivery.pending`
         before anything is delivered); None: the answer is the delivery."""

@@ -90,6 +90,9 @@ class HttpTarget:
     def fit(self, items: list[DeliveryItem]) -> list[DeliveryItem]:
         return items
 
+    def may_queue(self, request: OutboundRequest) -> bool:
+        return False
+
     def queued_as(self, request: OutboundRequest, answer: HTTPResult) -> str | None:
         return None
 

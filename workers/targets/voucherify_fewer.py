@@ -163,6 +163,9 @@ class FewerCalls:
                 digests[request.customer] = digest(request.body)
         Holds(self.client, self.keys, self.connection.id).remember(digests, days)
 
+    def may_queue(self, request: OutboundRequest) -> bool:
+        return request.path == BULK_PATH
+
     def queued_as(self, request: OutboundRequest, answer: HTTPResult) -> str | None:
         """A bulk call's async action id; ``""`` when its 202 names none we can read back (the
         customers are then sent singly: a queued bulk is never counted delivered unread)."""

@@ -56,12 +56,41 @@ def test_stale_check_lock_answers_stale_busy_queued_or_locked(client: redis.Redi
     assert stale._CHECK_LOCK(client, keys, [-1, "a", 5000, 1500]) == [0, 0]  # not newer: ours
 
 
+def test_stale_check_lock_holds_back_only_what_is_newer_than_a_bulk_sending(client: redis.Redis) -> None:
+    keys = ["t:stale", "t:lock", "t:out"]
+    client.set("t:stale", 1000)
+    client.set("t:out", "sending:2000", px=7000)
+    state, wait = stale._CHECK_LOCK(client, keys, [2500, "a", 5000, 2500])
+    assert state == 3 and 5000 < wait <= 7000  # newer than the bulk's upsert: after it
+    assert stale._CHECK_LOCK(client, keys, [2000, "a", 5000, 2000]) == [0, 0]  # the bulk's own
+    # Edge: a bulk's upsert without a time ('sending:-1') holds back every newer timed one.
+    client.set("t:out", "sending:-1", px=7000)
+    assert stale._CHECK_LOCK(client, keys, [1500, "b", 5000, 1500])[0] == 3
+
+
+def test_stale_lock_many_takes_every_lock_or_none(client: redis.Redis) -> None:
+    locks = ["t:l1", "t:l2", "t:l3"]
+    assert stale._LOCK_MANY(client, locks, ["a", 5000]) == 0
+    assert [client.get(k) for k in locks] == [b"a"] * 3 and 0 < client.pttl("t:l3") <= 5000
+    assert stale._LOCK_MANY(client, locks, ["a", 5000]) == 0  # ours already: taken again
+    client.set("t:l4", "b", px=3000)
+    wait = stale._LOCK_MANY(client, ["t:l5", "t:l4"], ["a", 5000])
+    assert 0 < wait <= 3000 and client.exists("t:l5") == 0  # one is another's: none taken
+    # Edge: a lock without a TTL still answers a wait of at least 1 ms.
+    client.set("t:l6", "b")
+    assert stale._LOCK_MANY(client, ["t:l6"], ["a", 5000]) == 1
+
+
 def test_stale_unlock_deletes_only_our_lock(client: redis.Redis) -> None:
     client.set("t:lock", "a")
     assert stale._UNLOCK(client, ["t:lock"], ["b"]) == 0
     assert client.get("t:lock") == b"a"
     assert stale._UNLOCK(client, ["t:lock"], ["a"]) == 0
     assert client.exists("t:lock") == 0
+    # Several locks: ours go, another's stays.
+    client.mset({"t:l1": "a", "t:l2": "b", "t:l3": "a"})
+    assert stale._UNLOCK(client, ["t:l1", "t:l2", "t:l3"], ["a"]) == 0
+    assert client.exists("t:l1", "t:l3") == 0 and client.get("t:l2") == b"b"
 
 
 # --- ledger and delayed store --------------------------------------------------------------------
@@ -241,6 +270,19 @@ def test_del_if_deletes_only_the_keys_holding_the_value(client: redis.Redis) -> 
     client.mset({"t:a": "queued", "t:b": "released"})
     assert holdscripts.DEL_IF(client, ["t:a", "t:b", "t:none"], ["queued"]) == 0
     assert client.exists("t:a") == 0 and client.get("t:b") == b"released"
+    # A value per key: each key is compared with its own.
+    client.mset({"t:a": "sending:1", "t:b": "sending:2", "t:c": "queued"})
+    assert holdscripts.DEL_IF(client, ["t:a", "t:b", "t:c"], ["sending:1", "sending:9", "sending:3"]) == 0
+    assert client.exists("t:a") == 0 and client.get("t:b") == b"sending:2" and client.get("t:c") == b"queued"
+
+
+def test_mark_sets_each_marker_but_a_queued_one(client: redis.Redis) -> None:
+    client.set("t:b", "queued", px=90000)
+    client.set("t:c", "released", px=500)
+    assert holdscripts.MARK(client, ["t:a", "t:b", "t:c"], [7000, "sending:1", "sending:2", "sending:3"]) == 2
+    assert client.get("t:a") == b"sending:1" and 0 < client.pttl("t:a") <= 7000
+    assert client.get("t:b") == b"queued" and client.pttl("t:b") > 7000  # an older bulk's: kept
+    assert client.get("t:c") == b"sending:3" and client.pttl("t:c") > 500
 
 
 # --- dead letters --------------------------------------------------------------------------------
