@@ -107,6 +107,10 @@ class HoldTarget(Protocol):
         """How long the digest of an accepted upsert is remembered (0: no unchanged skip)."""
         ...
 
+    def bulk_possible(self) -> bool:
+        """Whether held customers may go in bulk calls (a plan with a bulk budget)."""
+        ...
+
     def coalesce_held(
         self, items: list[DeliveryItem], bulk: bool
     ) -> tuple[list[DeliveryItem], list[DeliveryItem], float]:
@@ -339,8 +343,10 @@ def intercept(ctx: Context, items: list[DeliveryItem], *, fresh: bool) -> Interc
             item["held"] = True
     holding = [i for mine in to_hold.values() for i in mine]
     # A backfill's customers fall due together (REPLAY_ALIGN_SECONDS), whatever pace the replay
-    # reads at: one tick releases them all, and their bulks fill.
-    align = REPLAY_ALIGN_SECONDS if holding and all(i.get("replay") for i in holding) else 0.0
+    # reads at: one tick releases them all, and their bulks fill.  Without a bulk budget they
+    # go singly: aligned, they would only start later.
+    replayed = holding and all(i.get("replay") for i in holding)
+    align = REPLAY_ALIGN_SECONDS if replayed and target.bulk_possible() else 0.0
     dues = holds.hold(ctx.direction, ctx.queue, to_hold, target.hold_window(), align)
     for customer, due in dues.items():  # a "held" line in their traces, not a silent gap
         ids = [i for item in to_hold[customer] for i in attempts.trace_ids(item)]

@@ -81,15 +81,22 @@ class GrantPools:
             pool = self._pools.setdefault(key, _Pool())
             mono = time.monotonic()
             expired = None
-            live = []
+            live, later = [], []
             for lease in pool.leases:
-                if lease.expires <= mono:
-                    if lease.count > 0:  # every expired lease's leftovers go back, not the last's
-                        expired = lease if expired is None else expired.merged(lease)
-                else:
+                if lease.expires > mono:
                     live.append(lease)
-            pool.leases = live
-            for lease in live:
+                elif lease.count <= 0:
+                    continue
+                elif expired is None:
+                    expired = lease
+                elif expired.fields == lease.fields:
+                    expired = expired.merged(lease)  # every expired lease's leftovers go back
+                else:
+                    # Counted in another counter (granule): a refund names one, and taking the
+                    # sum from one would un-count grants that were used.  The next round trip.
+                    later.append(lease)
+            pool.leases = live + later
+            for lease in live:  # not ``later``: expired, only to be handed back
                 if lease.count > 0:
                     lease.count -= 1
                     return (

@@ -139,14 +139,22 @@ class FewerCalls:
         grant = self.bulk_grant()
         return grant is not None and grant.granted
 
-    def bulk_grant(self) -> Grant | None:
-        """One bulk call's budgets asked for now; None: the connection has no bulk budget."""
+    def bulk_budgets(self) -> tuple[Budget, ...] | None:
+        """A bulk call's budgets; None: the plan has no bulk API, or bulk_calls_per_hour = 0."""
         template = OutboundRequest(
             method="POST", path=BULK_PATH, body=None, idempotency_key="", action="upsert_customers_bulk"
         )
         budgets = self.budgets_for(template)
-        if not any(b.name == BULK_BUDGET and b.limit for b in budgets):
-            return None  # the plan has no bulk API, or bulk_calls_per_hour = 0
+        return budgets if any(b.name == BULK_BUDGET and b.limit for b in budgets) else None
+
+    def bulk_possible(self) -> bool:
+        return self.connection.voucherify.mode == "rest" and self.bulk_budgets() is not None
+
+    def bulk_grant(self) -> Grant | None:
+        """One bulk call's budgets asked for now; None: the connection has no bulk budget."""
+        budgets = self.bulk_budgets()
+        if budgets is None:
+            return None
         # A refusal here parks nothing (singles, or a replay's wait): no slot reserved, and the
         # parking queue's hint is not ours to wait on.
         return self.budgets.acquire(budgets, parks=False)

@@ -19,6 +19,7 @@ from tests.support.delivery import client, keys, redis_db_url  # noqa: F401 - fi
 from workers.delivery import budgets as budgets_module
 from workers.delivery import quota_waits
 from workers.delivery.budgets import Budget, Budgets, GrantPools, Observation
+from workers.delivery.leases import Lease
 
 
 def test_a_call_denied_by_one_budget_spends_none_of_the_others(client: redis.Redis, keys: Keys) -> None:
@@ -123,6 +124,24 @@ def test_leased_grants_not_used_in_time_are_handed_back(client: redis.Redis, key
     assert b.acquire((budget,)).granted  # the expired lease's leftovers go back with this call
     counted_after = sum(int(v) for v in client.hvals(keys.ratelimit("acme", "api_calls_minute") + ":n"))
     assert counted_after <= 21 + 40  # the refund: only what was used, and the new lease
+
+
+def test_expired_leases_counted_in_different_granules_go_back_one_at_a_time() -> None:
+    # A refund names one counter (the granule its lease was counted in): two leases of different
+    # granules handed back as one sum took it all from one granule, un-counting grants that had
+    # been used there -- and the budget then let more calls through than its limit.
+    pools = GrantPools()
+    key = ("acme", ("api_calls_minute",))
+    gone = time.monotonic() - 1.0
+    pools.add(key, Lease(5, gone, ["100", ""], (1,), (), (10,)))
+    pools.add(key, Lease(3, gone, ["101", ""], (11,), (), (20,)))
+    pools.add(key, Lease(2, gone, ["101", ""], (21,), (), (30,)))
+    handed = [pools.take(key, True)[1] for _ in range(3)]
+    assert handed[0] is not None and (handed[0].count, handed[0].fields) == (5, ["100", ""])
+    # The two of the same granule together (one refund of 5 from granule 101), then nothing.
+    assert handed[1] is not None and (handed[1].count, handed[1].fields) == (5, ["101", ""])
+    assert handed[1].unused_from() == (18,)  # the lower first unused number: 18 (20 - 3 + 1)
+    assert handed[2] is None
 
 
 def test_a_budget_of_nothing_is_never_granted(client: redis.Redis, keys: Keys) -> None:
