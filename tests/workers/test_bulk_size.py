@@ -286,3 +286,31 @@ def test_a_replays_bulk_is_bounded_by_the_held_upserts_it_carries(
     drain(rt)
     assert bulk_sizes(transport) == [100, 100]
     assert len(bulk_customers(transport)) == 200
+
+
+def test_a_replays_dues_are_aligned_only_where_its_customers_may_go_in_bulk(
+    rt: Runtime, client: redis.Redis, redis_db_url: str, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Aligned dues fill bulks; without a bulk budget (Organization, Business) the customers go
+    # singly, and an alignment would only start the backfill later (up to 10 s, every run).
+    monkeypatch.setattr(holds, "REPLAY_ALIGN_SECONDS", 3600.0)
+    ingest(rt, customers(3, 1, "bulk"), door="replay")
+    single_conn: Connection = make_connection(
+        quota=QuotaSettings(assumed=True, coalesce_window_seconds=WINDOW, bulk_calls_per_hour=0)
+    )
+    single = Runtime(
+        settings=Settings(
+            redis_url=redis_db_url, connections=(single_conn,), _by_id={single_conn.id: single_conn}
+        ),
+        redis=client,
+        keys=Keys(prefix="single:"),
+        transport=FakeTransport(),
+        schema_transport=FakeTransport(),
+        tuning=FAST,
+    )
+    ingest(single, customers(3, 1, "one"), door="replay")
+    now_ms = time.time() * 1000
+    aligned = [due for _, due in client.zrange(rt.keys.holds("acme"), 0, -1, withscores=True)]
+    plain = [due for _, due in client.zrange(single.keys.holds("acme"), 0, -1, withscores=True)]
+    assert len(aligned) == 3 and all(due % 3_600_000 == 0 for due in aligned)
+    assert len(plain) == 3 and all(now_ms < due <= now_ms + WINDOW * 1000 + 50 for due in plain)
