@@ -134,7 +134,7 @@ def _deliver(ctx: Context, request: OutboundRequest, item: DeliveryItem, pregran
     # record is read and held until the answer (two in flight together could be applied
     # older-last, workers.delivery.stale).  A call of several customers (a bulk) takes them all.
     event_ms = None if request.parts else ctx.target.stale_time(request.action, request.event_time)
-    customers = _locked_customers(ctx, request, event_ms)
+    customers = _locked_customers(request, event_ms)
     if len(customers) == 1:
         newest = _newest_ms(ctx, request, event_ms)
         state, wait = ctx.stale.check_and_lock(customers[0], event_ms, token, ctx.tuning.claim_ttl, newest)
@@ -175,7 +175,7 @@ def _deliver(ctx: Context, request: OutboundRequest, item: DeliveryItem, pregran
         ctx.stale.unlock_many(customers, token)
 
 
-def _locked_customers(ctx: Context, request: OutboundRequest, event_ms: int | None) -> list[str]:
+def _locked_customers(request: OutboundRequest, event_ms: int | None) -> list[str]:
     """The customers whose send locks the call takes: an upsert's (timed, or coalesced) one, or
     every customer of a coalesced call of several (a bulk); none for other calls."""
     if request.customer:
