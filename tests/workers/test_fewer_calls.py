@@ -634,3 +634,28 @@ def test_a_bulk_marks_go_with_a_refusal_and_stay_while_its_fate_is_unknown(
 
 def event_ms(second: int) -> int:
     return int(datetime(2024, 5, 1, 10, 0, second, tzinfo=UTC).timestamp() * 1000)
+
+
+def test_a_bulk_never_parks_for_a_lock_held_past_its_patience(
+    client: redis.Redis, redis_db_url: str, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parked, a bulk loses the bulk budget it was planned with (measured: bulks then waited an
+    hour for the next one): it waits for its customers' locks a call's time at the most, then
+    goes."""
+    from collections import deque
+
+    from workers.delivery import engine
+
+    monkeypatch.setattr(engine, "BULK_LOCK_PATIENCE_SECONDS", 0.2)
+    transport = BulkHookTransport()
+    rt = bulk_rt(client, redis_db_url, keys, transport, per_hour=2)  # one bulk an hour
+    transport.by_url["http://vf.test" + BULK_PATH] = deque([ACCEPTED])
+    conn = rt.settings.connections[0]
+    rt.redis.set(rt.keys.customer_lock(conn.id, "b"), "a stuck attempt", px=60_000)
+    began = time.monotonic()
+    ingest(rt, ident("m1", "a", 1, name="A1"), ident("m2", "b", 1, name="B1"))
+    drain(rt)
+    assert paths(transport) == [BULK_PATH]
+    assert time.monotonic() - began >= 0.2  # it did wait for the lock first
+    assert rt.redis.get(rt.keys.customer_lock(conn.id, "b")) == b"a stuck attempt"  # not taken
+    assert not rt.redis.exists(rt.keys.customer_lock(conn.id, "a"))  # its own given back

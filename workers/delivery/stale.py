@@ -10,9 +10,10 @@ customer's upserts coming due together, a retry and a fresh one) two upserts of 
 could otherwise be in flight together, the older applied last.  So the check and a per-customer
 *send lock* are one atomic step (:meth:`StaleGuard.check_and_lock`): the second attempt parks
 ``busy`` until the first one's answer raised the record, and then finds itself stale (or newer).
-A call of several customers (a bulk) takes every one of their locks, all or none
-(:meth:`StaleGuard.lock_many`), before it reads their records: no single upsert of theirs is
-applied between that read and the bulk's answer.
+A call of several customers (a bulk) takes every one of their locks, in one order, before it
+reads their records (:meth:`StaleGuard.lock_many`; none after a short wait): no single upsert
+of theirs is applied between that read and the bulk's answer, and two bulks never wait for
+each other.
 The lock lives at most the ledger's claim TTL, so a killed worker never blocks a customer long.
 An upsert without a usable time is never called stale (nothing to compare).
 
@@ -55,6 +56,9 @@ def event_time_ms(value: str | None) -> int | None:
 
 
 FUTURE_SKEW_SECONDS = 60.0
+# A bulk waiting for its customers' locks asks again this often (a single upsert's call ends
+# within a few of these; one that comes meanwhile finds the bulk's lock and waits).
+LOCK_RETRY_SECONDS = 0.05
 
 
 class StaleGuard:
@@ -119,14 +123,24 @@ class StaleGuard:
             return "queued", max(0.0, int(wait_ms) / 1000.0)
         return "locked", 0.0
 
-    def lock_many(self, customers: list[str], token: str, ttl: float) -> float:
-        """Take the send locks of all ``customers`` (a bulk's): 0 when taken, else how long (s)
-        another attempt's lock on one of them still lives (then none is taken)."""
+    def lock_many(self, customers: list[str], token: str, ttl: float, patience: float) -> float:
+        """Take the send locks of all ``customers`` (a bulk's), in their sorted order, each as
+        the call holding it ends, for at most ``patience`` seconds.  0 when all are ours; else
+        how long (s) the lock that stopped it still lives (the ones taken released)."""
         if not customers:
             return 0.0
-        locks = [self.keys.customer_lock(self.connection_id, c) for c in customers]
-        wait_ms = int(_LOCK_MANY(self.client, locks, [token, max(1, int(ttl * 1000))]))
-        return wait_ms / 1000.0
+        ordered = sorted(set(customers))
+        locks = [self.keys.customer_lock(self.connection_id, c) for c in ordered]
+        give_up = time.monotonic() + patience
+        while True:
+            at, pttl = _LOCK_MANY(self.client, locks, [token, max(1, int(ttl * 1000))])
+            if int(at) == 0:
+                return 0.0
+            if time.monotonic() >= give_up:
+                self.unlock_many(ordered, token)
+                return max(0.001, int(pttl) / 1000.0)
+            time.sleep(LOCK_RETRY_SECONDS)
+            locks = locks[int(at) - 1 :]  # those before it are ours (and stay ours)
 
     def unlock(self, customer: str, token: str) -> None:
         self.unlock_many([customer], token)

@@ -68,17 +68,22 @@ def test_stale_check_lock_holds_back_only_what_is_newer_than_a_bulk_sending(clie
     assert stale._CHECK_LOCK(client, keys, [1500, "b", 5000, 1500])[0] == 3
 
 
-def test_stale_lock_many_takes_every_lock_or_none(client: redis.Redis) -> None:
+def test_stale_lock_many_takes_the_locks_in_order_up_to_anothers(client: redis.Redis) -> None:
     locks = ["t:l1", "t:l2", "t:l3"]
-    assert stale._LOCK_MANY(client, locks, ["a", 5000]) == 0
+    assert stale._LOCK_MANY(client, locks, ["a", 5000]) == [0, 0]
     assert [client.get(k) for k in locks] == [b"a"] * 3 and 0 < client.pttl("t:l3") <= 5000
-    assert stale._LOCK_MANY(client, locks, ["a", 5000]) == 0  # ours already: taken again
-    client.set("t:l4", "b", px=3000)
-    wait = stale._LOCK_MANY(client, ["t:l5", "t:l4"], ["a", 5000])
-    assert 0 < wait <= 3000 and client.exists("t:l5") == 0  # one is another's: none taken
-    # Edge: a lock without a TTL still answers a wait of at least 1 ms.
-    client.set("t:l6", "b")
-    assert stale._LOCK_MANY(client, ["t:l6"], ["a", 5000]) == 1
+    assert stale._LOCK_MANY(client, locks, ["a", 5000]) == [0, 0]  # ours already: taken again
+    client.set("t:l5", "b", px=3000)
+    at, wait = stale._LOCK_MANY(client, ["t:l4", "t:l5", "t:l6"], ["a", 5000])
+    assert at == 2 and 0 < wait <= 3000  # stopped at the second, another's
+    assert client.get("t:l4") == b"a" and client.exists("t:l6") == 0  # before it ours, after it untouched
+    # Edge: another's lock without a TTL still answers a wait of at least 1 ms; once it is gone,
+    # asking again from there takes the rest.
+    client.persist("t:l5")
+    assert stale._LOCK_MANY(client, ["t:l5", "t:l6"], ["a", 5000]) == [1, 1]
+    client.delete("t:l5")
+    assert stale._LOCK_MANY(client, ["t:l5", "t:l6"], ["a", 5000]) == [0, 0]
+    assert client.get("t:l6") == b"a"
 
 
 def test_stale_unlock_deletes_only_our_lock(client: redis.Redis) -> None:
