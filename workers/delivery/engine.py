@@ -107,7 +107,7 @@ def _wait(ctx: Context, request: OutboundRequest, item: DeliveryItem, wait: Wait
 
 # A customer's upsert in flight elsewhere: look again this soon (the lock lives one call).
 BUSY_CUSTOMER_SECONDS = 0.5
-# How long a bulk waits for its customers' send locks before it parks (busy).
+# How long a bulk waits for its customers' send locks before it goes without them.
 BULK_LOCK_PATIENCE_SECONDS = 2.0
 # A newer upsert of a customer whose bulk still runs at Voucherify looks again this often (the
 # bulk's read-back lifts the marker when the action has finished).
@@ -158,7 +158,7 @@ def _deliver(ctx: Context, request: OutboundRequest, item: DeliveryItem, pregran
         # (an hour's, on most plans) -- measured: bulks waiting an hour.  A lock held longer
         # than that is the rare case where it goes without (as bulks did before they locked).
         patience = min(BULK_LOCK_PATIENCE_SECONDS, max(0.0, ctx.deadline - time.monotonic()))
-        if ctx.stale.lock_many(customers, token, ctx.tuning.claim_ttl, patience) > 0:
+        if not ctx.stale.lock_many(customers, token, ctx.tuning.claim_ttl, patience):
             customers = []  # none held (lock_many released what it had taken)
     try:
         held: list[str] = []  # the parts' keys this attempt claimed (a coalesced request)

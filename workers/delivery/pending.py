@@ -67,10 +67,6 @@ class ActionState:
 
 
 class QueuingTarget(Protocol):
-    def may_queue(self, request: OutboundRequest) -> bool: ...
-
-    def stale_time(self, action: str | None, event_time: str | None) -> int | None: ...
-
     def queued_as(self, request: OutboundRequest, answer: HTTPResult) -> str | None: ...
 
     def poll_request(self, action_id: str) -> OutboundRequest: ...
@@ -92,7 +88,7 @@ SENDING = "sending:"  # an ``out`` marker's value before the call: ``sending:<ne
 def sending(ctx: Context, request: OutboundRequest) -> dict[str, str]:
     """Before a call that may only be queued: mark its customers (``sending:<ms>``, the newest
     event time of each one's upserts in it) for at most the bound, and return the marks."""
-    target: QueuingTarget = ctx.target  # type: ignore[assignment]
+    target = ctx.target  # the Target protocol's own may_queue and stale_time: no cast
     if not request.parts or not target.may_queue(request):
         return {}
     newest: dict[str, int] = {}

@@ -123,22 +123,22 @@ class StaleGuard:
             return "queued", max(0.0, int(wait_ms) / 1000.0)
         return "locked", 0.0
 
-    def lock_many(self, customers: list[str], token: str, ttl: float, patience: float) -> float:
+    def lock_many(self, customers: list[str], token: str, ttl: float, patience: float) -> bool:
         """Take the send locks of all ``customers`` (a bulk's), in their sorted order, each as
-        the call holding it ends, for at most ``patience`` seconds.  0 when all are ours; else
-        how long (s) the lock that stopped it still lives (the ones taken released)."""
+        the call holding it ends, for at most ``patience`` seconds: True when all are ours;
+        False when one was still another's (the ones taken released)."""
         if not customers:
-            return 0.0
+            return True
         ordered = sorted(set(customers))
         locks = [self.keys.customer_lock(self.connection_id, c) for c in ordered]
         give_up = time.monotonic() + patience
         while True:
-            at, pttl = _LOCK_MANY(self.client, locks, [token, max(1, int(ttl * 1000))])
+            at, _ = _LOCK_MANY(self.client, locks, [token, max(1, int(ttl * 1000))])
             if int(at) == 0:
-                return 0.0
+                return True
             if time.monotonic() >= give_up:
                 self.unlock_many(ordered, token)
-                return max(0.001, int(pttl) / 1000.0)
+                return False
             time.sleep(LOCK_RETRY_SECONDS)
             locks = locks[int(at) - 1 :]  # those before it are ours (and stay ours)
 
