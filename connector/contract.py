@@ -169,7 +169,7 @@ class DeliveryItem(TypedDict, total=False):
     # From ``connector replay`` (SPEC 15): its upserts may go in bulks past the live 100; the
     # item's first key when present (workers.delivery.attempts.new_item says why).
     replay: bool
-    pregranted: bool  # its budgets were granted when the call was planned (one attempt)
+    pregranted: bool | dict[str, Any]  # budgets granted when the call was planned (one attempt)
     async_action: dict[str, Any]  # a queued call being read back (workers.delivery.pending)
     # The digest of the batch's shared objects (``shared_objects``) the payload was mapped with:
     # the payload is the event's OWN fields, the objects are stored once per batch under

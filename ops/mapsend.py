@@ -24,6 +24,7 @@ from connector.contract import DESTINATION, SOURCE
 from connector.errors import TransportFailure
 from ops.mapreport import SEGMENT_KIND, MapReport, Request
 from workers.delivery.classify import classify
+from workers.delivery.transport import HTTPResult
 from workers.runtime import build_runtime, context_for
 
 
@@ -51,7 +52,8 @@ def send_requests(report: MapReport, settings: Settings, connection: Connection)
 
 def _send_one(ctx: Any, shown: Request) -> dict[str, Any]:
     try:
-        grant = ctx.budgets.acquire(ctx.target.budgets_for(None), parks=False)  # nothing parks here
+        budgets = ctx.target.budgets_for(None)
+        grant = ctx.budgets.acquire(budgets, parks=False)  # nothing parks here
     except redis.RedisError as exc:
         return {"sent": False, "error": f"Redis (rate-limit budget): {type(exc).__name__}: {exc}"}
     if not grant.granted:
@@ -60,7 +62,7 @@ def _send_one(ctx: Any, shown: Request) -> dict[str, Any]:
             "error": f"the connection's {ctx.target.name} budget is spent: next call in {grant.wait:.1f}s",
         }
     try:
-        result = ctx.transport.send(
+        result: HTTPResult | TransportFailure = ctx.transport.send(
             shown.method,
             shown.url,
             wire_headers(shown.request_headers, ctx.target.auth_headers()),
@@ -68,12 +70,15 @@ def _send_one(ctx: Any, shown: Request) -> dict[str, Any]:
             (ctx.tuning.connect_timeout, ctx.tuning.read_timeout),
         )
     except TransportFailure as exc:
+        result = exc
+    ctx.budgets.answered(budgets, grant)  # answered late: counted again (it may have arrived late)
+    if isinstance(result, TransportFailure):
         return {
             "sent": True,
             "status": None,
-            "verdict": classify(exc).value,
-            "error": exc.message,
-            "latency_ms": int(exc.latency * 1000),
+            "verdict": classify(result).value,
+            "error": result.message,
+            "latency_ms": int(result.latency * 1000),
         }
     return {
         "sent": True,

@@ -190,7 +190,9 @@ def attempt(ctx: Context, request: OutboundRequest, item: DeliveryItem) -> Answe
 
 
 def observe(ctx: Context, spent: tuple[Budget, ...], answer: Answer, grant: Grant | None) -> Observation:
-    """The target's reading of ``answer``, applied to the budgets the call spent (``grant``'s)."""
+    """The target's reading of ``answer``, applied to the budgets the call spent (``grant``'s);
+    answered after its count's granule ended, the call is counted again (``Budgets.answered``)."""
+    ctx.budgets.answered(spent, grant)
     observation = ctx.target.interpret(answer, spent)
     if ctx.budgets.apply(spent, observation, slowdown_seconds=ctx.tuning.slowdown_seconds, grant=grant):
         metrics.child(metrics.RATE_LIMIT_SLOWDOWNS, ctx.connection_id, ctx.target.name).inc()

@@ -26,8 +26,9 @@ counted whole: the limit holds in EVERY window of that length, also in Voucherif
 billing cycle a counter per cycle.  Grants are numbered per live budget: an answer is stored
 with its call's number, so the grants made after it are known exactly.  A worker process takes
 grants for a burst in one round trip (:class:`GrantPools`, spent within ``LEASE_SECONDS``,
-counted at the lease's END, leftovers handed back), remembers a denial until its wait ends, and
-sends an answer that only refines the live state with its next round trip
+counted a little after the lease's END, leftovers and grants too late to send handed back, a
+call answered late counted again: :mod:`workers.delivery.leases`), remembers a denial until
+its wait ends, and sends an answer that only refines the live state with its next round trip
 (:mod:`workers.delivery.readings`): no round trip per event for any of them.
 
 Adaptive slow-down: an :class:`Observation` may pause the budgets of a call (for the server's
@@ -52,7 +53,7 @@ from workers.delivery.leases import LEASE_SECONDS as LEASE_SECONDS
 from workers.delivery.leases import MAX_LEASE as MAX_LEASE
 from workers.delivery.leases import Grant as Grant
 from workers.delivery.leases import GrantPools as GrantPools
-from workers.delivery.leases import Lease
+from workers.delivery.leases import Lease, ahead
 from workers.delivery.retries import MAX_SERVER_WAIT_SECONDS
 
 LEASE_SHARE = 100  # ...and at most this part of a budget (1 / 100)
@@ -65,6 +66,7 @@ _LUA = Path(__file__).parent / "lua"
 _ACQUIRE = Lua.files(_LUA, "budget_counts.lua", "budget_live.lua", "budget_check.lua", "budget_acquire.lua")
 _OBSERVE = Lua.files(_LUA, "budget_live.lua", "budget_observe.lua")
 _PAUSE = Lua.files(_LUA, "budget_pause.lua")
+_RECOUNT = Lua.files(_LUA, "budget_recount.lua")
 
 
 @dataclass(frozen=True)
@@ -172,9 +174,12 @@ class Budgets:
             want = max(1, min(want, MAX_LEASE, *caps)) if caps else min(want, MAX_LEASE)
         granules = [b.granule for b in budgets if b.granule > 0]
         lease = min([LEASE_SECONDS, *granules]) if want > 1 else 0.0
+        counted, within = ahead(min(b.window for b in budgets))
+        counted += lease  # when the last of them may reach the server
         started, now = time.monotonic(), time.time()
+        send_by = now + lease + within
         mode = "2" if not parks else "1" if has_slot else "0"  # see budget_acquire.lua
-        args: list[object] = [len(budgets), want, int(lease * 1000), mode]
+        args: list[object] = [len(budgets), want, int(counted * 1000), mode]
         args += [expired.count if expired is not None else 0, PROBE_CALLS if probe else 1 << 30]
         args += [int(PROBE_ROUND_SECONDS * 1000), int(PROBE_WAIT_SECONDS * 1000)]
         redis_keys = [self.keys.paused(self.connection_id, self.system)]
@@ -182,7 +187,7 @@ class Budgets:
             base = self.keys.ratelimit(self.connection_id, budget.name)
             # ":n": the counters (a new key: the old layout was a zset under the bare name).
             redis_keys += [f"{base}:n", f"{base}:hint", f"{base}:pause", f"{base}:slow", f"{base}:live"]
-            fixed_now, fixed_later, fixed_end = _fields(budget, now, lease)
+            fixed_now, fixed_later, fixed_end = _fields(budget, now, counted)
             refund = expired.fields[i] if expired is not None and i < len(expired.fields) else ""
             args += [budget.limit or 0, max(1, int(budget.window * 1000)), int(budget.granule * 1000)]
             args += [fixed_now, fixed_later, fixed_end, refund, "", "1" if budget.live else "0"]
@@ -201,11 +206,50 @@ class Budgets:
         seqs = tuple(int(p[1]) for p in per)
         probes = tuple(b.name for b, p in zip(budgets, per, strict=True) if int(p[2]) == 1)
         self._granted(budgets, seqs, probes)
+        fields = [f.decode() if isinstance(f, bytes) else str(f) for f, _, _ in per]
+        # When the first of the granules they were counted in ends (on this machine's clock).
+        ends = [
+            ((int(f) + 1) * int(b.granule * 1000) - at) / 1000.0
+            for b, f in zip(budgets, fields, strict=True)
+            if b.granule
+        ]
+        count_ends = now + min(ends) if ends else math.inf
         if self.pools is not None and granted > 1:
-            fields = [f.decode() if isinstance(f, bytes) else str(f) for f, _, _ in per]
             last = tuple(seq + granted - 1 if seq > 0 else 0 for seq in seqs)
-            self.pools.add(key, Lease(granted - 1, started + lease, fields, seqs, probes, last))
-        return Grant(True, 0.0, at, seqs=seqs, probes=probes)
+            lease_ = Lease(granted - 1, started + lease, fields, seqs, probes, last, send_by, count_ends)
+            self.pools.add(key, lease_)
+        return Grant(
+            True,
+            0.0,
+            at,
+            seqs=seqs,
+            probes=probes,
+            fields=tuple(fields),
+            send_by=send_by,
+            count_ends=count_ends,
+        )
+
+    def answered(self, budgets: tuple[Budget, ...], grant: Grant | None) -> None:
+        """A call answered (or given up) after the granule its grant was counted in ended: it
+        may have reached the server after it, so it is counted again in the answer's granule
+        (``lua/budget_recount.lua``) -- a round trip only for such late answers."""
+        if grant is None or not grant.fields or time.time() <= grant.count_ends:
+            return
+        keys, args = [], []
+        for budget, field in zip(budgets, grant.fields, strict=False):
+            if budget.granule and field:
+                keys.append(self.keys.ratelimit(self.connection_id, budget.name) + ":n")
+                args += [field, int(budget.granule * 1000), int(budget.window * 1000)]
+        if keys:
+            _RECOUNT(self.client, keys, args)
+
+    def hand_back(self, budgets: tuple[Budget, ...], grant: Grant) -> None:
+        """A grant that was not sent in time (``Grant.late``): never sent now.  Its probe place
+        is free at once; its count and credit go back with the process's next round trip, as a
+        lease's leftovers do (without a pool of grants it stays counted: never too few)."""
+        self.release(grant)
+        if self.pools is not None and budgets and grant.fields:
+            self.pools.add((self.connection_id, tuple(b.name for b in budgets)), grant.unsent())
 
     def acquire_soon(self, budgets: tuple[Budget, ...], *, has_slot: bool, stop: Callable[[], bool]) -> Grant:
         """:meth:`acquire`, waiting in-process for a probe's answer (near) until ``stop()``."""

@@ -17,6 +17,7 @@
       target.prepare ── a wait (e.g. no metadata schema yet) ──────> PARKED (its reason)
       budgets.acquire ── denied (no attempt counted) ──────────────> PARKED throttled (slot)
                       └─ the connection is paused ─────────────────> PARKED paused (until resumed)
+        (a grant -- a planned one too -- late by the wire: handed back, asked for again)
       attempt ── 429 (quota) / 401, 403 (pauses the connection) ───> PARKED throttled / paused
                  (not an attempt: no retry spent, the window's clock stopped, quota_waits)
               └─ 401, 403 but the credentials probe is accepted ──> PARKED retry, then DONE
@@ -56,10 +57,12 @@ from connector.contract import DeliveryItem
 from connector.regulations import DELETE_ACTION, SUPPRESSED
 from workers.delivery import attempts, endings, pending, quota_waits, refusals, shutdown, suppression
 from workers.delivery.attempts import Step
+from workers.delivery.budgets import Budget
 from workers.delivery.classify import Verdict, classify
 from workers.delivery.context import Context
 from workers.delivery.deadletters import REFUSED, REJECTED, RETRY_WINDOW_EXCEEDED
 from workers.delivery.endings import Failure, finish_dead, finish_skipped
+from workers.delivery.leases import Grant
 from workers.delivery.ledger import ClaimState, new_token
 from workers.delivery.pauses import PAUSED_REASON
 from workers.delivery.retries import decide
@@ -73,7 +76,8 @@ def deliver_one(ctx: Context, item: DeliveryItem) -> Step:
     quota_waits.resumed(item, time.time())  # type: ignore[arg-type]
     # Budgets granted when the call was planned (a bulk call: bulk or singles is decided by its
     # budgets) are good for this attempt only: an item parked before it sends asks again.
-    pregranted = bool(item.pop("pregranted", False))
+    planned = item.pop("pregranted", None)
+    pregranted = (Grant.from_item(planned) or Grant(True, 0.0)) if planned else None  # True: old plan
     if shutdown.stopping():  # the worker is stopping: nothing new on the wire, the item waits in Redis
         return _park(ctx, request, item, shutdown.REASON, time.time())
     if ctx.slots is None:
@@ -113,6 +117,8 @@ BULK_LOCK_PATIENCE_SECONDS = 2.0
 # bulk's read-back lifts the marker when the action has finished).
 BULK_RUNNING = "bulk_in_progress"
 BULK_RUNNING_SECONDS = 5.0
+# Grants asked for, one after another late by the wire, before the item waits (parked).
+LATE_GRANT_TRIES = 3
 
 
 def _newest_ms(ctx: Context, request: OutboundRequest, event_ms: int | None) -> int | None:
@@ -124,7 +130,7 @@ def _newest_ms(ctx: Context, request: OutboundRequest, event_ms: int | None) -> 
     return max(known) if known else None
 
 
-def _deliver(ctx: Context, request: OutboundRequest, item: DeliveryItem, pregranted: bool) -> Step:
+def _deliver(ctx: Context, request: OutboundRequest, item: DeliveryItem, pregranted: Grant | None) -> Step:
     token = new_token()
     key = request.idempotency_key
     claim = ctx.ledger.claim(key, token, ctx.tuning.claim_ttl)
@@ -197,7 +203,7 @@ def _send(
     token: str,
     held: list[str],
     event_ms: int | None,
-    pregranted: bool,
+    pregranted: Grant | None,
 ) -> Step:
     gone = suppression.suppressed(ctx, request, item)
     if gone:
@@ -218,17 +224,16 @@ def _send(
         return _wait(ctx, request, item, prepared)
     request = prepared
     budgets = ctx.target.budgets_for(request)
-    grant = None  # a pregranted call's numbers are unknown: its answer counts the latest grant
-    if not pregranted:
-        grant = ctx.budgets.acquire_soon(budgets, has_slot=bool(item.get("parked")), stop=ctx.out_of_time)
-        if not grant.granted:
-            ctx.ledger.release(key, token, *held)
-            if grant.reason == PAUSED_REASON:
-                return _wait(ctx, request, item, Wait(PAUSED_REASON, ctx.tuning.auth_probe))
-            return _wait(ctx, request, item, Wait("throttled", grant.wait))
+    marks = pending.sending(ctx, request)  # a call that may only be queued: its customers marked
+    grant = _on_time(ctx, budgets, item, pregranted)
+    if not grant.granted:
+        pending.unsent(ctx, marks)
+        ctx.ledger.release(key, token, *held)
+        if grant.reason == PAUSED_REASON:
+            return _wait(ctx, request, item, Wait(PAUSED_REASON, ctx.tuning.auth_probe))
+        return _wait(ctx, request, item, Wait("throttled", grant.wait))
 
     first_before = item.get("first_attempt_at")
-    marks = pending.sending(ctx, request)  # a call that may only be queued: its customers marked
     answer = attempts.attempt(ctx, request, item)
     pending.answered(ctx, request, marks, answer)
     verdict = classify(answer)
@@ -277,6 +282,23 @@ def _send(
             return _wait(ctx, request, item, again)
         return _dead(ctx, item, REJECTED, answer)
     return _retry_or_dead(ctx, request, item, answer, observation.wait)
+
+
+def _on_time(ctx: Context, budgets: tuple[Budget, ...], item: DeliveryItem, grant: Grant | None) -> Grant:
+    """The last look before the wire: the call's grant (planned with it, or asked for now), or
+    a denial.  A grant late by now is handed back and asked for again -- sent late, the call
+    could land in a window its grant was not counted in (``workers.delivery.leases``)."""
+    tries = 0
+    while grant is None or grant.late():
+        if grant is not None:
+            ctx.budgets.hand_back(budgets, grant)
+        if tries == LATE_GRANT_TRIES:  # the process stalls again and again: the item waits
+            return Grant(False, 0.0)
+        tries += 1
+        grant = ctx.budgets.acquire_soon(budgets, has_slot=bool(item.get("parked")), stop=ctx.out_of_time)
+        if not grant.granted:
+            return grant
+    return grant
 
 
 def _dead(ctx: Context, item: DeliveryItem, reason: str, answer: Answer) -> Step:

@@ -1,18 +1,41 @@
 """Grants a worker process takes ahead and shares (:mod:`workers.delivery.budgets`): a burst
 costs one round trip to Redis, not one per call.  A lease holds grants for ``LEASE_SECONDS``;
 what it did not use goes back with the process's next round trip -- to the counters, and to the
-live credit when no answer has counted them yet (they never reached the server)."""
+live credit when no answer has counted them yet (they never reached the server).
+
+A call must be counted in every window of the server's clock its arrival falls in, and it
+arrives some time after its grant.  So a grant is counted ahead of its lease's end
+(:func:`ahead`) and is good until its ``send_by``, a third of that earlier: a call not on the
+wire by then is not sent with it -- the grant is handed back like a lease's leftover and the
+call asks again (``Budgets.hand_back``).  The rest is the way to the server; a call answered
+after the granule it was counted in ended (a slow network, a stalled process or server) may
+have arrived after it, so it is counted again in its answer's (``Budgets.answered``).
+Measured: three loaded workers sent 122 calls in a window of 120 when grants were counted
+when taken; with the look before the wire alone, 141 on a machine loaded far more (answers
+taking 1.5 s)."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from workers.delivery.readings import Readings
 
 LEASE_SECONDS = 1.0  # how long a process may hold grants it took for later calls
 MAX_LEASE = 64  # grants taken in one round trip at the most
+COUNT_AHEAD_SECONDS = 0.75  # a grant is counted this long after its lease's end...
+COUNT_AHEAD_SHARE = 0.125  # ...at most this part of its shortest window (a test's tiny ones)
+
+
+def ahead(shortest_window: float) -> tuple[float, float]:
+    """(how long after its lease's end a grant is counted, how long it may go on the wire
+    after its lease's end): it holds its budget that much longer, so its rate falls by at most
+    ``COUNT_AHEAD_SHARE``; 0.75 s and 0.5 s for a window of a minute."""
+    counted = min(COUNT_AHEAD_SECONDS, max(0.0, shortest_window) * COUNT_AHEAD_SHARE)
+    return counted, counted * 2 / 3
 
 
 @dataclass(frozen=True)
@@ -26,6 +49,46 @@ class Grant:
     seqs: tuple[int, ...] = ()
     probes: tuple[str, ...] = ()  # the budgets it was a probe of (no answer of the window known)
     slot: bool = False  # a denial with a parking slot (due then), not the probe's or a window's
+    fields: tuple[str, ...] = ()  # per budget: the counter it is counted in (handed back: refund)
+    # Epoch seconds (a planned call's item carries them): on the wire by then, or handed back;
+    # answered after ``count_ends``, counted again (module doc).
+    send_by: float = math.inf
+    count_ends: float = math.inf
+
+    def late(self) -> bool:
+        """Granted, but too late now to go on the wire with this grant."""
+        return self.granted and time.time() > self.send_by
+
+    def unsent(self) -> Lease:
+        """This grant as a lease of one, expired: what handing it back refunds."""
+        return Lease(1, -math.inf, list(self.fields), self.seqs, (), self.seqs)
+
+    def as_item(self) -> dict[str, Any]:
+        """A planned call's grant as its item carries it to the attempt (``pregranted``)."""
+        return {
+            "fields": list(self.fields),
+            "seqs": list(self.seqs),
+            "send_by": self.send_by,
+            "count_ends": self.count_ends,
+        }
+
+    @classmethod
+    def from_item(cls, data: Any) -> Grant | None:
+        if not isinstance(data, dict):
+            return None  # an older plan's ``True``: granted, numbers and time unknown
+        return cls(
+            True,
+            0.0,
+            seqs=tuple(int(s) for s in data.get("seqs") or ()),
+            fields=tuple(str(f) for f in data.get("fields") or ()),
+            send_by=_seconds(data.get("send_by")),
+            count_ends=_seconds(data.get("count_ends")),
+        )
+
+
+def _seconds(value: Any) -> float:
+    """A planned grant's time as its item carried it (``None``: JSON's word for infinity)."""
+    return float(value) if isinstance(value, int | float) else math.inf
 
 
 @dataclass
@@ -36,6 +99,8 @@ class Lease:
     seqs: tuple[int, ...] = ()  # per budget: the lease's first grant number (its calls' answers)
     probes: tuple[str, ...] = ()
     last: tuple[int, ...] = ()  # per budget: the lease's last grant number (0: not numbered)
+    send_by: float = math.inf  # epoch seconds: its grants on the wire by then (module doc)
+    count_ends: float = math.inf  # epoch seconds: when the granule its grants were counted in ends
 
     def unused_from(self) -> tuple[int, ...]:
         """Per budget, the first number of the grants left (the last ``count`` of the lease),
@@ -99,11 +164,19 @@ class GrantPools:
             for lease in live:  # not ``later``: expired, only to be handed back
                 if lease.count > 0:
                     lease.count -= 1
-                    return (
-                        Grant(True, 0.0, int(time.time() * 1000), seqs=lease.seqs, probes=lease.probes),
-                        None,
-                        0,
+                    if expired is not None:
+                        pool.leases.append(expired)  # handed back with the next round trip
+                    grant = Grant(
+                        True,
+                        0.0,
+                        int(time.time() * 1000),
+                        seqs=lease.seqs,
+                        probes=lease.probes,
+                        fields=tuple(lease.fields),
+                        send_by=lease.send_by,
+                        count_ends=lease.count_ends,
                     )
+                    return grant, None, 0
             if pool.denied is not None and denials:
                 until, grant = pool.denied
                 if mono < until:

@@ -113,6 +113,12 @@ def answered(ctx: Context, request: OutboundRequest, marks: dict[str, str], answ
     Holds(ctx.client, ctx.keys, ctx.connection_id).clear_marks(marks)
 
 
+def unsent(ctx: Context, marks: dict[str, str]) -> None:
+    """The marked call did not go after all (its budgets said wait): its marks go."""
+    if marks:
+        Holds(ctx.client, ctx.keys, ctx.connection_id).clear_marks(marks)
+
+
 def queued(ctx: Context, request: OutboundRequest, item: DeliveryItem, action_id: str) -> Step:
     """``request`` was accepted for later: park it to be read back."""
     now = time.time()

@@ -56,11 +56,13 @@ def judge(ctx: Context, attempts_made: int) -> str:
         return UNDECIDED
     try:
         # Denied, the item looks again in a second rather than at a slot: none reserved.
-        grant = ctx.budgets.acquire(ctx.target.budgets_for(None), parks=False, probe=False)
+        budgets = ctx.target.budgets_for(None)
+        grant = ctx.budgets.acquire(budgets, parks=False, probe=False)
         if not grant.granted:
             return PAUSE if grant.reason == pauses.PAUSED_REASON else UNDECIDED
         method, path = probe
         answer = attempts.send(ctx, method, path, None, {"Accept": "application/json"})
+        ctx.budgets.answered(budgets, grant)  # answered late: counted again (it may have arrived late)
         ctx.budgets.release(grant)  # a probe place it took is free again (its answer is not read)
         if isinstance(answer, TransportFailure) or not 200 <= answer.status < 300:
             return PAUSE

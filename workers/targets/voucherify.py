@@ -174,7 +174,7 @@ class VoucherifyTarget(FewerCalls, HttpTarget):
 
     def coalesce(self, items: list[DeliveryItem]) -> list[DeliveryItem]:
         # Bulk only when its budgets grant it now (SPEC 10): else the customers go singly.
-        return coalesce_items(items, allow_bulk=self.allow_bulk) if self.settings.mode == "rest" else items
+        return coalesce_items(items, allow_bulk=self.pregrant_bulk) if self.settings.mode == "rest" else items
 
     # --- the metadata schema ------------------------------------------------------------------
 
@@ -239,9 +239,8 @@ class VoucherifyTarget(FewerCalls, HttpTarget):
         grant was given for it while a schema is at hand."""
         # It spends the shop's quota like any call: a grant first.
         # With a schema at hand a denial parks nothing (the one we have is used): no slot then.
-        grant = self.budgets.acquire(
-            self.budgets_for(None), has_slot=bool(item.get("parked")), parks=not have_one
-        )
+        budgets = self.budgets_for(None)
+        grant = self.budgets.acquire(budgets, has_slot=bool(item.get("parked")), parks=not have_one)
         if not grant.granted:
             if have_one:
                 return None  # keep using the one we have
@@ -252,19 +251,23 @@ class VoucherifyTarget(FewerCalls, HttpTarget):
         timeouts = (self.tuning.connect_timeout, self.tuning.read_timeout)
         assert self.schema_transport is not None
         try:
-            schema = fetch(self.schema_transport, self.base_url, headers, timeouts)
+            schema: CustomerMetadataSchema | SchemaUnavailable = fetch(
+                self.schema_transport, self.base_url, headers, timeouts
+            )
         except SchemaUnavailable as exc:
-            self.budgets.release(grant)  # its answer's headers are not read: no probe's word
+            schema = exc
+        self.budgets.answered(budgets, grant)  # answered late: counted again (it may have arrived late)
+        self.budgets.release(grant)  # its answer's headers are not read: no probe's word
+        if isinstance(schema, SchemaUnavailable):
             outcomes.report(
                 connection=self.connection.id,
                 direction=self.direction,
                 outcome="metadata_schema_unavailable",
                 message_id=request.message_id,
                 action=request.action,
-                error=str(exc),
+                error=str(schema),
             )
-            return exc
-        self.budgets.release(grant)
+            return schema
         schemas.store(schema)
         return schema
 

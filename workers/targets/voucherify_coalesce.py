@@ -60,6 +60,7 @@ _OBJECTS = ("address", "metadata")
 class Coalesced:
     request: OutboundRequest
     sources: list[int]  # indices of the input requests it stands for, in order
+    pregrant: object = None  # a bulk call's: what ``allow_bulk`` answered (its budgets' grant)
 
 
 def is_upsert(request: OutboundRequest) -> bool:
@@ -253,11 +254,12 @@ def coalesce(
     *,
     max_bulk: int = MAX_BULK,
     max_bytes: int = MAX_BULK_BYTES,
-    allow_bulk: Callable[[], bool] | None = None,
+    allow_bulk: Callable[[], object] | None = None,
 ) -> list[Coalesced]:
     """The requests of one task, coalesced; per-customer order is kept.  A bulk holds at most
     ``max_bulk`` customers and ``max_bytes`` of JSON body.  ``allow_bulk``: asked once per bulk
-    call before it is planned (its budgets); False: those customers go singly."""
+    call before it is planned (its budgets); its answer, kept as the bulk's ``pregrant``, or
+    a false one: those customers go singly."""
     # 1. Runs of consecutive upserts within each customer's subsequence.
     units: list[tuple[list[dict[str, Any]], list[int], OutboundRequest]] = []  # parts, sources, template
     open_run: dict[str, int] = {}  # customer -> index in units of its run still open for merging
@@ -292,17 +294,20 @@ def coalesce(
     ]
     in_bulk: dict[int, int] = {}  # unit index -> bulk group number
     groups: list[list[int]] = []
+    pregrants: list[object] = []  # per group
     if len(bulk_units) >= 2:
         sizes = [body_bytes(_merged_customer_body(units[i][0])) for i in bulk_units]
         for chunk in bulk_chunks(sizes, max_bulk, max_bytes):
             if len(chunk) < 2:
                 continue  # one customer alone (a body near the bound): a single upsert
-            if allow_bulk is not None and not allow_bulk():
+            pregrant = allow_bulk() if allow_bulk is not None else None
+            if allow_bulk is not None and not pregrant:
                 break
             members = [bulk_units[k] for k in chunk]
             for i in members:
                 in_bulk[i] = len(groups)
             groups.append(members)
+            pregrants.append(pregrant)
 
     out: list[Coalesced] = []
     emitted: set[int] = set()
@@ -324,7 +329,7 @@ def coalesce(
             )
             built = build(template, all_parts)
             assert built is not None
-            out.append(Coalesced(built, sorted(s for m in members for s in units[m][1])))
+            out.append(Coalesced(built, sorted(s for m in members for s in units[m][1]), pregrants[group]))
         elif len(sources) == 1:
             out.append(Coalesced(request, sources))
         else:
@@ -336,7 +341,7 @@ def coalesce(
 
 def coalesce_items(
     items: list[DeliveryItem],
-    allow_bulk: Callable[[], bool] | None = None,
+    allow_bulk: Callable[[], object] | None = None,
     *,
     max_bulk: int = MAX_BULK,
     max_bytes: int = MAX_BULK_BYTES,
@@ -344,7 +349,7 @@ def coalesce_items(
     """A task's items with their requests coalesced: a coalesced item carries the payloads of
     all its events (for dead letters and replays) and all their backlog units, and the replay
     mark when all of them carry it.  A bulk call planned with ``allow_bulk`` (which took its
-    budgets) is marked ``pregranted``."""
+    budgets) carries its answer as ``pregranted`` (a grant's ``Grant.as_item``, or ``True``)."""
     if len(items) < 2:
         return items
     plan = coalesce(
@@ -375,6 +380,6 @@ def coalesce_items(
             sources,
         )
         if allow_bulk is not None and merged.request.path == BULK_PATH:
-            item["pregranted"] = True
+            item["pregranted"] = merged.pregrant if isinstance(merged.pregrant, dict) else True
         out.append(item)
     return out

@@ -10,7 +10,7 @@ the hold (:mod:`workers.delivery.holds`) and to the read-back of bulk calls
 - **Unchanged**: the digest of the last body Voucherify accepted per customer, remembered
   ``unchanged_memory_days`` (0: never skipped).
 - **Bulk** (rest only): customers due together go in ``POST /v1/customers/bulk/async`` only
-  when the bulk call's budgets grant it now (``allow_bulk``); denied: singly.  The 202's
+  when the bulk call's budgets grant it now (``pregrant_bulk``); denied: singly.  The 202's
   async action is read back with ``GET /v1/async-actions/{id}``.
 """
 
@@ -102,7 +102,7 @@ class FewerCalls:
     ) -> tuple[list[DeliveryItem], list[DeliveryItem], float]:
         if self.connection.voucherify.mode != "rest":
             return merge_per_customer(items), [], 0.0
-        allow = self.allow_bulk if bulk else (lambda: False)
+        allow = self.pregrant_bulk if bulk else (lambda: None)
         # A backfill's customers (every held upsert of theirs replayed) in bulks as large as
         # Voucherify takes; the others -- a live identify among theirs too -- in bulks of 100.
         replayed, live = split_replayed(items) if bulk else ([], items)
@@ -111,11 +111,11 @@ class FewerCalls:
             return out, [], 0.0
         denied: list[float] = []
 
-        def allow_replay() -> bool:
+        def allow_replay() -> dict[str, Any] | None:
             grant = self.bulk_grant()
             if grant is not None and not grant.granted:
                 denied.append(grant.wait)
-            return grant is not None and grant.granted
+            return grant.as_item() if grant is not None and grant.granted else None
 
         cap = bulksize.replay_cap(self.client, self.keys, self.connection.id)
         planned = coalesce_items(replayed, allow_bulk=allow_replay, max_bulk=cap)
@@ -134,10 +134,11 @@ class FewerCalls:
     def refused_for_size(self, answer: Answer, item: DeliveryItem) -> Wait | None:
         return bulksize.refused_for_size(self.client, self.keys, self.connection.id, answer, item)
 
-    def allow_bulk(self) -> bool:
-        """One bulk call's budgets, taken now (True), or bulk not possible now (singles)."""
+    def pregrant_bulk(self) -> dict[str, Any] | None:
+        """One bulk call's budgets, taken now (the grant, as the planned item carries it), or
+        None: bulk not possible now (singles)."""
         grant = self.bulk_grant()
-        return grant is not None and grant.granted
+        return grant.as_item() if grant is not None and grant.granted else None
 
     def bulk_budgets(self) -> tuple[Budget, ...] | None:
         """A bulk call's budgets; None: the plan has no bulk API, or bulk_calls_per_hour = 0."""
