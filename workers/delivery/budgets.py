@@ -11,9 +11,10 @@ of a call at once (a call denied by its second budget spends nothing of the firs
 2. a budget's ``pause`` key is set (a 429 of that quota type, or the shop's reserve reached)
    -> deny until it ends;
 3. the budget's own count (the connector's share per window) is full -> deny until enough of
-   it leaves the window, with a *parking slot*: ``hint`` advances by ``window / limit`` per
-   denial, so throttled work comes back spread at the budget's rate -- never past the window's
-   end (or the pause's), so no reservation outlives its window;
+   it leaves the window, with a *parking slot*: ``hint`` advances per denial as the window's
+   grants leave it (a granule's grants spread over one granule from the moment it leaves; the
+   budget's mean rate past them), so throttled work comes back as room frees -- never past the
+   window's end (or the pause's), so no reservation outlives its window;
 4. the *live state* (what the answers' headers said, for a budget with ``live``): a call goes
    only while ``credit - calls granted since that answer > 0`` (credit: the calls the answer
    said remain, less the shop's reserve), else it waits for that window's end; with no answer
@@ -63,7 +64,9 @@ PROBE_WAIT_SECONDS = 0.25  # work denied by the probe looks again this soon (the
 PAUSE_RECHECK_SECONDS = 0.25
 
 _LUA = Path(__file__).parent / "lua"
-_ACQUIRE = Lua.files(_LUA, "budget_counts.lua", "budget_live.lua", "budget_check.lua", "budget_acquire.lua")
+_ACQUIRE = Lua.files(
+    _LUA, "budget_counts.lua", "budget_live.lua", "budget_check.lua", "budget_slots.lua", "budget_acquire.lua"
+)
 _OBSERVE = Lua.files(_LUA, "budget_live.lua", "budget_observe.lua")
 _PAUSE = Lua.files(_LUA, "budget_pause.lua")
 _RECOUNT = Lua.files(_LUA, "budget_recount.lua")

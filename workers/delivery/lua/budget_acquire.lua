@@ -1,6 +1,6 @@
 -- Grants a call (or a lease of up to `want`) from ALL the budgets of the call at once, or says
 -- until when to wait; atomic on Redis's clock for every worker.  Preceded, in one script, by
--- budget_counts.lua, budget_live.lua and budget_check.lua (their functions).
+-- budget_counts.lua, budget_live.lua, budget_check.lua and budget_slots.lua (their functions).
 -- KEYS  [1] the connection's pause; per budget i (k = 5i + 1): k+1 counters, k+2 hint (next
 --       parking slot, epoch ms), k+3 pause (epoch ms), k+4 slow (factor), k+5 live state
 -- ARGV  [1] n budgets  [2] want  [3] lease_ms  [4] mode: '0' fresh (waits behind the hint),
@@ -31,20 +31,20 @@ for i = 0, n - 1 do
     redis.call('HINCRBYFLOAT', KEYS[k + 5], 'c', refund) end
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0, now, now, 1, 0} end
-local wait, room, slotted, probing, worst, worst_eff, worst_window = 0, want, false, {}, 0, 1, 1
+local wait, room, slotted, probing, worst, eff_w, window_w, a_w = 0, want, false, {}, 0, 1, 1, 9
 for i = 0, n - 1 do
   local w, r, slot, p, eff, window = budget_check(1 + i * 5, 9 + i * 13, mode, want, lease, now, pmax,
                                                   pround, pwait)
   room, probing[i] = math.min(room, r), p
-  if w > wait then wait, slotted, worst, worst_eff, worst_window = w, slot, 1 + i * 5, eff, window end
+  if w > wait then wait, slotted, worst, eff_w, window_w, a_w = w, slot, 1 + i * 5, eff, window, 9 + i * 13 end
 end
 if wait > 0 and (not slotted or mode == '2') then return {0, now, now + wait, 0, 0} end
-if wait > 0 then  -- a parking slot: spaced at the budget's rate, never past the window's end
-  -- (or the pause's): those beyond it are due then, no reservation outlives its window
+if wait > 0 then  -- a parking slot: as the window's grants leave it, never past the window's
+  -- end (or the pause's); back from a slot and denied again: the next room, not the queue's end
   local hint = tonumber(redis.call('GET', KEYS[worst + 2]) or '0') or 0
-  local slot = math.max(hint + math.max(1, math.ceil(worst_window / worst_eff)), now + wait)
-  slot = math.min(slot, now + math.max(wait, worst_window))
-  redis.call('SET', KEYS[worst + 2], slot, 'PX', math.max(1, slot - now))
+  local slot = next_slot(KEYS[worst + 1], mode == '1' and 0 or hint, eff_w, window_w, tonumber(ARGV[a_w + 2]), now, wait)
+  slot = math.min(slot, now + math.max(wait, window_w))
+  if slot > hint then redis.call('SET', KEYS[worst + 2], slot, 'PX', math.max(1, slot - now)) end
   return {0, now, slot, 0, 1}
 end
 local g = math.max(1, room)
