@@ -76,8 +76,7 @@ def deliver_one(ctx: Context, item: DeliveryItem) -> Step:
     quota_waits.resumed(item, time.time())  # type: ignore[arg-type]
     # Budgets granted when the call was planned (a bulk call: bulk or singles is decided by its
     # budgets) are good for this attempt only: an item parked before it sends asks again.
-    planned = item.pop("pregranted", None)
-    pregranted = (Grant.from_item(planned) or Grant(True, 0.0)) if planned else None  # True: old plan
+    pregranted = Grant.from_item(item.pop("pregranted", None))
     if shutdown.stopping():  # the worker is stopping: nothing new on the wire, the item waits in Redis
         return _park(ctx, request, item, shutdown.REASON, time.time())
     if ctx.slots is None:

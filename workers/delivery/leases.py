@@ -74,16 +74,23 @@ class Grant:
 
     @classmethod
     def from_item(cls, data: Any) -> Grant | None:
+        """The grant an item's ``pregranted`` carries; None: none (or none readable: the call
+        asks for one).  ``True`` (a plan that kept no numbers): granted, its time unknown."""
+        if data is True:
+            return cls(True, 0.0)
         if not isinstance(data, dict):
-            return None  # an older plan's ``True``: granted, numbers and time unknown
-        return cls(
-            True,
-            0.0,
-            seqs=tuple(int(s) for s in data.get("seqs") or ()),
-            fields=tuple(str(f) for f in data.get("fields") or ()),
-            send_by=_seconds(data.get("send_by")),
-            count_ends=_seconds(data.get("count_ends")),
-        )
+            return None
+        try:
+            return cls(
+                True,
+                0.0,
+                seqs=tuple(int(s) for s in data.get("seqs") or ()),
+                fields=tuple(str(f) for f in data.get("fields") or ()),
+                send_by=_seconds(data.get("send_by")),
+                count_ends=_seconds(data.get("count_ends")),
+            )
+        except (TypeError, ValueError):
+            return None
 
 
 def _seconds(value: Any) -> float:

@@ -78,6 +78,7 @@ def park(ctx: Context, parked: list[tuple[Step, list[DeliveryItem]]]) -> None:
     for step, chain in parked:
         for item in chain:
             item["parked"] = True
+            item.pop("pregranted", None)  # a planned grant is good for the attempt it was planned for
         buckets.setdefault(int(step.due), []).append((step, chain))
     entries: list[Parked] = []
     for group in buckets.values():

@@ -35,7 +35,7 @@ from workers.delivery import budgets as budgets_module
 from workers.delivery import engine
 from workers.delivery.attempts import new_item
 from workers.delivery.budgets import Budget, Budgets, GrantPools
-from workers.delivery.leases import Lease, ahead
+from workers.delivery.leases import Grant, Lease, ahead
 from workers.runtime import Runtime, context_for
 
 MINUTE = Budget(1000, 60.0, "api_calls_minute")
@@ -234,3 +234,28 @@ def test_a_planned_call_answered_after_its_granule_is_counted_again(
     assert engine.deliver_one(ctx, item).reason == "delivered"
     [after] = counted(client, keys)
     assert counted(client, keys) == {after: 1} and after >= granule - 1
+
+
+def test_a_planned_grant_that_cannot_be_read_is_asked_for_again() -> None:
+    assert Grant.from_item(None) is None
+    assert Grant.from_item({"seqs": ["x"], "fields": ["1"]}) is None  # hostile or damaged
+    assert Grant.from_item({"fields": ["1"], "send_by": "soon"}) == Grant(True, 0.0, fields=("1",))
+    older = Grant.from_item(True)  # a plan that kept no numbers: granted, its time unknown
+    assert older is not None and older.granted and not older.late()
+    planned = Grant(True, 0.0, seqs=(3,), fields=("9",), send_by=1.5, count_ends=2.5)
+    assert Grant.from_item(planned.as_item()) == dataclasses.replace(planned, at_ms=0)
+
+
+def test_a_parked_chain_keeps_no_planned_grant(rt: Runtime, transport: FakeTransport) -> None:
+    # A grant planned for an item that parks before its attempt (behind its customer's
+    # earlier item) is not carried to Redis: back from the delayed store, it asks again.
+    from workers.delivery.attempts import Step
+    from workers.delivery.runner import park
+    from workers.delivery.store import DelayedStore
+
+    ctx = context_for(rt, rated(rt), DESTINATION)
+    first, second = (new_item(request(m), {}, time.time(), 1) for m in ("m1", "m2"))
+    second["pregranted"] = Grant(True, 0.0, fields=("1",), send_by=time.time() + 60).as_item()
+    park(ctx, [(Step.parked("busy", time.time() + 5), [first, second])])
+    [entry] = DelayedStore(rt.redis, rt.keys).claim_due(now=time.time() + 10)
+    assert [i.get("pregranted") for i in entry.items] == [None, None]
