@@ -50,17 +50,16 @@ def counted(
 
 def test_a_grant_is_counted_after_the_last_moment_it_may_go(client: redis.Redis, keys: Keys) -> None:
     b = Budgets(client, keys, "acme")
-    before = time.time()
-    sec, usec = client.time()
+    before, redis_before = time.time(), redis_ms(client)
     grant = b.acquire((MINUTE,))
-    after = time.time()
+    after, redis_after = time.time(), redis_ms(client)
     count_at, send_within = ahead(MINUTE.window)
     assert (count_at, send_within) == (0.75, 0.5)
     assert before + send_within <= grant.send_by <= after + send_within
     # Counted in the granule of (Redis's now + 0.75 s): later than the grant's deadline.
-    now_ms = sec * 1000 + usec // 1000
     granule_ms = int(MINUTE.granule * 1000)
-    assert list(counted(client, keys)) in ([(now_ms + 750) // granule_ms], [(now_ms + 760) // granule_ms])
+    [field] = counted(client, keys)
+    assert (redis_before + 750) // granule_ms <= field <= (redis_after + 750) // granule_ms
     assert grant.fields == (str(next(iter(counted(client, keys)))),)
     assert not grant.late()
     assert dataclasses.replace(grant, send_by=time.time() - 0.01).late()
@@ -125,6 +124,11 @@ def test_an_expired_lease_waits_for_the_next_round_trip_while_another_serves() -
     assert grant is None and expired is not None and (expired.count, expired.fields) == (4, ["100"])
 
 
+def redis_ms(client: redis.Redis) -> int:
+    sec, usec = client.time()
+    return int(sec) * 1000 + int(usec) // 1000
+
+
 def rated(rt: Runtime) -> Connection:
     """The runtime's connection with a budget of 50 calls a minute (too small to lease)."""
     conn = make_connection(rate=50)
@@ -156,7 +160,8 @@ def test_a_call_stalled_past_its_grants_deadline_asks_again(
     taken = _acquires(monkeypatch, stall=ahead(60.0)[1] + 0.1)
     step = engine.deliver_one(ctx, new_item(request("m1"), {}, time.time(), 1))
     assert step.reason == "delivered" and len(transport.calls) == 1
-    assert taken == [True, True]  # granted, late by the wire, granted again
+    # Granted, late by the wire, granted again (again if the machine stalled once more).
+    assert taken[:2] == [True, True] and all(taken)
     assert sum(counted(client, keys).values()) == 1  # the late one handed back with the second
 
 
@@ -166,7 +171,7 @@ def test_a_planned_calls_grant_goes_if_on_time_else_is_asked_again(
     ctx = context_for(rt, rated(rt), DESTINATION)
     taken = _acquires(monkeypatch)
     budgets = ctx.target.budgets_for(request("m1"))
-    on_time = ctx.budgets.acquire(budgets)
+    on_time = dataclasses.replace(ctx.budgets.acquire(budgets), send_by=time.time() + 60)
     item = new_item(request("m1"), {}, time.time(), 1)
     item["pregranted"] = on_time.as_item()
     assert engine.deliver_one(ctx, item).reason == "delivered"
@@ -175,7 +180,7 @@ def test_a_planned_calls_grant_goes_if_on_time_else_is_asked_again(
     item = new_item(request("m2"), {}, time.time(), 1)
     item["pregranted"] = dataclasses.replace(late, send_by=time.time() - 0.01).as_item()
     assert engine.deliver_one(ctx, item).reason == "delivered"
-    assert taken == [True, True, True]  # ...the late one was handed back and asked for again
+    assert taken[:3] == [True, True, True] and all(taken)  # ...the late one handed back, asked again
     assert len(transport.calls) == 2 and sum(counted(client, keys).values()) == 2
 
 
@@ -193,10 +198,10 @@ def test_a_call_answered_after_its_granule_ended_is_counted_again_later(
     b.answered((budget,), grant)  # answered at once: nothing moves (and no round trip)
     assert counted(client, keys) == {before: 1}
     time.sleep(max(0.0, grant.count_ends - time.time()) + 0.25)
+    answered_from = redis_ms(client) // gran_ms
     b.answered((budget,), grant)
-    sec, usec = client.time()
     [after] = counted(client, keys)
-    assert after > before and after in ((sec * 1000 + usec // 1000) // gran_ms - k for k in range(3))
+    assert after > before and answered_from <= after <= redis_ms(client) // gran_ms
     assert counted(client, keys) == {after: 1}
 
 
@@ -206,15 +211,14 @@ def test_recounting_never_moves_a_count_earlier_and_restores_one_already_gone(
     from workers.delivery.budgets import _RECOUNT
 
     name = keys.ratelimit("acme", "api_calls_minute") + ":n"
-    sec, usec = client.time()
-    now_granule = (sec * 1000 + usec // 1000) // 100
-    client.hset(name, mapping={str(now_granule + 5): 2})
-    assert _RECOUNT(client, [name], [str(now_granule + 5), 100, 3000]) == 0  # counted ahead: stays
+    now_granule = redis_ms(client) // 100
+    client.hset(name, mapping={str(now_granule + 50): 2})
+    assert _RECOUNT(client, [name], [str(now_granule + 50), 100, 3000]) == 0  # counted ahead: stays
     # Counted in a granule pruned since (it left the window): counted again, nothing taken.
     assert _RECOUNT(client, [name], [str(now_granule - 50), 100, 3000]) == 1
     values = {int(f): int(v) for f, v in client.hgetall(name).items()}
-    assert values[now_granule + 5] == 2 and sum(values.values()) == 3
-    assert 0 < client.pttl(name) <= 4100
+    assert values[now_granule + 50] == 2 and sum(values.values()) == 3
+    assert 0 < client.pttl(name) <= 4100  # kept a window (and a granule and a second) from now
 
 
 def test_a_planned_call_answered_after_its_granule_is_counted_again(
