@@ -292,6 +292,31 @@ ACCEPTED = (202, {}, '{"async_action_id": "aa_1"}')
 POLL_URL = "http://vf.test/v1/async-actions/aa_1"
 
 
+def test_a_bulk_accepted_for_later_has_its_read_back_stored_at_once(
+    client: redis.Redis, redis_db_url: str, keys: Keys, transport: FakeTransport
+) -> None:
+    # Its read-back was written with the task's other parked work at the task's end: a worker
+    # killed before then left the bulk done in the ledger (its task, run again, skipped it as a
+    # duplicate) and nothing to lift its customers' markers -- their next upserts waited for the
+    # bound (seen in CI: the kill -9 test of held upserts waiting past its two minutes).
+    from collections import deque
+
+    from workers.delivery import engine
+    from workers.delivery.attempts import StepKind
+    from workers.runtime import context_for
+    from workers.targets.voucherify_coalesce import coalesce_items
+
+    rt = bulk_rt(client, redis_db_url, keys, transport, per_hour=10)
+    transport.by_url["http://vf.test" + BULK_PATH] = deque([ACCEPTED])
+    when = "2024-05-01T10:00:00.000Z"
+    items = [new_item(upsert(f"m{i}", c, when, name=c), {}, time.time(), 1) for i, c in enumerate("abc")]
+    [bulk] = coalesce_items(items, allow_bulk=lambda: True)
+    step = engine.deliver_one(context_for(rt, rt.settings.connections[0], DESTINATION), bulk)
+    assert (step.kind, step.reason) == (StepKind.DONE, "async_action")  # nothing left to park
+    [entry] = DelayedStore(rt.redis, rt.keys).claim_due(now=time.time() + 60)  # the task not over
+    assert entry.reason == "async_action" and entry.items[0]["async_action"]["id"] == "aa_1"
+
+
 def test_bulk_is_read_back_and_each_failed_customer_dead_lettered_with_voucherifys_reason(
     client: redis.Redis, redis_db_url: str, keys: Keys, transport: FakeTransport
 ) -> None:

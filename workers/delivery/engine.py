@@ -23,7 +23,7 @@
               └─ 401, 403 but the credentials probe is accepted ──> PARKED retry, then DONE
                  (this kind of call's refusal, workers.delivery.refusals)   dead letter refused
       (a call that may only be queued: its customers marked ``sending`` first, pending.sending)
-      attempt ── classify ── SUCCESS ─ only queued (202 bulk) ─────> PARKED async_action (pending)
+      attempt ── classify ── SUCCESS ─ only queued (202 bulk) ─────> DONE   its read-back parked (pending)
                                    └ ledger done, stale raised ──> DONE   delivered
                           ── RETRY ── retries.decide ── in window ─> PARKED retry (backoff)
                                                      └─ spent ─────> DONE   dead letter

@@ -44,6 +44,7 @@ from workers.delivery.deadletters import REJECTED
 from workers.delivery.endings import Failure, finish_dead
 from workers.delivery.holds import Holds
 from workers.delivery.pauses import PAUSED_REASON
+from workers.delivery.store import DelayedStore, Parked
 from workers.delivery.target import Answer
 from workers.delivery.transport import HTTPResult
 from workers.outbound import OutboundRequest
@@ -136,7 +137,16 @@ def queued(ctx: Context, request: OutboundRequest, item: DeliveryItem, action_id
     item["async_action"] = {"id": action_id, "at": now, "polls": 0}
     metrics.child(metrics.ASYNC_ACTIONS, ctx.connection_id, "accepted").inc()
     attempts.parked(ctx, request, item, REASON, now + FIRST_POLL_SECONDS)
-    return Step.parked(REASON, now + FIRST_POLL_SECONDS)
+    # Its read-back goes to the delayed store now, not with the task's other parked work at
+    # its end: a worker killed meanwhile left the call done in the ledger (its task, run again,
+    # skips it as a duplicate) with no read-back to lift its customers' markers, and their next
+    # upserts waited for the bound (seen: a kill -9 test waiting past its two minutes).
+    item["parked"] = True
+    due = now + FIRST_POLL_SECONDS
+    DelayedStore(ctx.client, ctx.keys).add(
+        [Parked(ctx.connection_id, ctx.direction, ctx.queue, [item], due, REASON)]
+    )
+    return Step.done(REASON)
 
 
 def settle(ctx: Context, item: DeliveryItem) -> tuple[list[DeliveryItem], Step | None]:
