@@ -15,14 +15,14 @@
                    every part delivered or stale ──────────────────> DONE   skipped
       its subject suppressed (SPEC 14; a merged call: its parts) ──> DONE   skipped/suppressed
       target.prepare ── a wait (e.g. no metadata schema yet) ──────> PARKED (its reason)
-      budgets.acquire ── denied (no attempt counted) ──────────────> PARKED throttled (slot)
+      (a call that may only be queued: its customers marked ``sending`` first, pending.sending)
+      budgets.acquire ── denied (no attempt counted; marks cleared) > PARKED throttled (slot)
                       └─ the connection is paused ─────────────────> PARKED paused (until resumed)
         (a grant -- a planned one too -- late by the wire: handed back, asked for again)
       attempt ── 429 (quota) / 401, 403 (pauses the connection) ───> PARKED throttled / paused
                  (not an attempt: no retry spent, the window's clock stopped, quota_waits)
               └─ 401, 403 but the credentials probe is accepted ──> PARKED retry, then DONE
                  (this kind of call's refusal, workers.delivery.refusals)   dead letter refused
-      (a call that may only be queued: its customers marked ``sending`` first, pending.sending)
       attempt ── classify ── SUCCESS ─ only queued (202 bulk) ─────> DONE   its read-back parked (pending)
                                    └ ledger done, stale raised ──> DONE   delivered
                           ── RETRY ── retries.decide ── in window ─> PARKED retry (backoff)
