@@ -135,12 +135,16 @@ def write(
         return
     now_ms = int(time.time() * 1000)
     order = list(groups)
-    pipe = client.pipeline(transaction=False)
-    for kind, cid in order:
-        # The first writer names the bucket; every writer then reads which one it is.
-        pipe.set(keys.trace_current(kind, cid), _b36(now_ms), nx=True, ex=ttls[kind])
-        pipe.get(keys.trace_current(kind, cid))
-    pointers = pipe.execute()[1::2]
+    pointers = client.mget([keys.trace_current(kind, cid) for kind, cid in order])
+    if not all(pointers):
+        # No current bucket (the first write, or the last one's retention over): the first
+        # writer names it; every writer then reads which one it is.  It lasts its retention
+        # from then on, not renewed per write (a command per write): a new bucket follows.
+        pipe = client.pipeline(transaction=False)
+        for kind, cid in order:
+            pipe.set(keys.trace_current(kind, cid), _b36(now_ms), nx=True, ex=ttls[kind])
+            pipe.get(keys.trace_current(kind, cid))
+        pointers = pipe.execute()[1::2]
     pipe = client.pipeline(transaction=False)
     buckets: list[str] = []
     for (kind, cid), seq in zip(order, pointers, strict=True):
@@ -167,8 +171,7 @@ def write(
         seq_text = as_text(seq or _b36(now_ms))
         buckets.append(seq_text)
         pipe.eval(_WRITE_LUA, 1, keys.trace_bucket(kind, cid, seq_text), *args)
-        pipe.expire(keys.trace_current(kind, cid), ttls[kind])
-    results = pipe.execute()[0::2]
+    results = pipe.execute()
     by_class: dict[str, list[Any]] = {MAIN: [], MINOR: []}
     roll = client.pipeline(transaction=False)
     rolled = False

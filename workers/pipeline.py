@@ -292,7 +292,12 @@ def _task(
             raise Reject("worker stopping", requeue=True)
         with _requeue_on_redis_error(connection_id):
             ctx = context_for(rt, connection, direction)
-            yield ctx
+            try:
+                yield ctx
+            finally:
+                # Records written are counted (connector.kept) even when the task fails after.
+                with contextlib.suppress(redis.RedisError):
+                    ctx.ledger.flush_charges()
             ctx.flush_backlog()
 
 

@@ -133,6 +133,38 @@ def test_trace_write_keeps_the_first_head_and_last_step_lines(client: redis.Redi
     assert charged2 == 0 and size2 == size and client.hget(bucket, "z") == str(size).encode()
 
 
+def calls(client: redis.Redis) -> dict[str, int]:
+    """Commands this server ran so far, by name (``INFO commandstats``; a script's own count)."""
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in client.info("commandstats").items()}
+
+
+def test_trace_write_reads_and_writes_a_whole_batch_in_a_few_commands(client: redis.Redis) -> None:
+    """Redis counts commands: a batch's trace costs one HMGET and one HSET per thousand fields,
+    never a read and a write per event; an event twice in a batch and a body shared twice come
+    out as if written one after the other."""
+    bucket = "t:many"
+    events = 2500
+    args: list[object] = [60, 5, 5, 2, b"d:x", b"body", b"d:x", b"other"]
+    for n in range(events):
+        args += [f"i:e{n}".encode(), b"h\n", f"s{n}\n".encode()]
+    args += [b"i:e7", b"h2\n", b"again\n"]
+    before = calls(client)
+    charged, size = client.eval(tracestore._WRITE_LUA, 1, bucket, *args)
+    after = calls(client)
+    ran = {k: after.get(k, 0) - before.get(k, 0) for k in ("hget", "hset", "hsetnx", "hmget")}
+    assert ran == {"hget": 0, "hset": 3, "hsetnx": 0, "hmget": 3}  # 2,503 fields read, 2,502 written
+    assert client.hget(bucket, "d:x") == b"body"  # the first of a shared body's copies
+    assert client.hget(bucket, "i:e7") == b"h\nh2\n\x1es7\nagain\n"
+    assert client.hget(bucket, "i:e2499") == b"h\n\x1es2499\n"
+    assert client.hlen(bucket) == events + 2  # the events, the body and the size
+    stored = sum(
+        len(k) + len(v) + tracestore.FIELD_OVERHEAD_BYTES
+        for k, v in client.hgetall(bucket).items()
+        if k != b"z"
+    )
+    assert charged == size == stored
+
+
 def test_trace_budget_forgets_expired_buckets_and_gives_up_the_oldest(client: redis.Redis) -> None:
     k = ["t:zset", "t:sizes", "t:total"]
     now = 1_000_000

@@ -28,10 +28,11 @@ from tests.support.delivery import (  # noqa: F401 - fixtures
     transport,
 )
 from workers import mapped, pipeline
+from workers.delivery import suppression
 from workers.delivery.deadletters import DeadLetters
 from workers.delivery.store import DelayedStore, Parked
 from workers.delivery.transport import TransportFailure
-from workers.runtime import Runtime
+from workers.runtime import Runtime, context_for
 
 
 @pytest.fixture(autouse=True)
@@ -281,3 +282,32 @@ def test_a_failing_subscription_among_several_is_dead_lettered(
     assert dead.reason == "mapping_error" and "Order owner" in dead.error
     assert dead.payload["messageId"] == "m-partial" and dead.request is None
     assert backlog.current(rt.redis, conn.id, keys=keys) == 0
+
+
+def test_suppression_is_read_once_per_run_and_seen_within_a_second(
+    rt: Runtime, transport: FakeTransport, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis counts commands: a task's items are checked against the suppressed set in one
+    SMISMEMBER, not one per call; what a task read is trusted a second, then read again."""
+    conn = rt.settings.connections[0]
+    rt.redis.sadd(keys.suppressed(conn.id), "u3")
+
+    def smismember() -> int:
+        stats = rt.redis.info("commandstats").get("cmdstat_smismember") or {}
+        return int(stats.get("calls", 0))
+
+    before = smismember()
+    run(rt, [ev(f"m{n}", f"u{n}") for n in range(20)])
+    assert smismember() - before == 1
+    assert sorted(sent_ids(transport)) == sorted(f"m{n}" for n in range(20) if n != 3)
+    # Within a task: a regulation made after the read is seen once the second is over.
+    ctx = context_for(rt, conn, DESTINATION)
+    clock = [1000.0]
+    monkeypatch.setattr(suppression.time, "monotonic", lambda: clock[0])
+    items: list[Any] = [{"request": {"customer": c}} for c in ("u1", "u2", "u4")]
+    suppression.prefetch(ctx, items)
+    rt.redis.sadd(keys.suppressed(conn.id), "u4")
+    clock[0] += suppression.FRESH_SECONDS / 2
+    assert suppression._known(ctx, ["u4", "u3"]) == {"u3"}  # u3 unread so far: read now
+    clock[0] += suppression.FRESH_SECONDS
+    assert suppression._known(ctx, ["u1", "u4"]) == {"u4"}

@@ -26,6 +26,14 @@ from workers.delivery.transport import Transport
 
 
 @dataclass
+class SuppressionSeen:
+    """What a task read of its connection's suppressed set (workers.delivery.suppression)."""
+
+    flags: dict[str, bool] = field(default_factory=dict)  # subject -> suppressed
+    at: float = 0.0  # time.monotonic() of the read the flags date from
+
+
+@dataclass
 class Context:
     client: redis.Redis
     keys: Keys
@@ -49,6 +57,8 @@ class Context:
     # Batch-shared objects by digest (connector.contract.shared_digest), as this task knows
     # them: the mapping task puts the fresh ones here; a later stage reads them from Redis.
     _shared: dict[str, bytes | None] = field(init=False, default_factory=dict)
+    suppressed_seen: SuppressionSeen = field(init=False, default_factory=SuppressionSeen)
+    suppressed_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.ledger = Ledger(self.client, self.keys, self.connection_id)

@@ -66,6 +66,9 @@ BUSY_PARK_SECONDS = 0.5
 # A customer whose earlier upserts are still on their way is looked at again this much later.
 RECHECK_MS = 500
 MAX_ITEMS_PER_ENTRY = 500
+# Customers per HOLD call: its keyed reads and writes go in one command each, whose arguments
+# Lua unpacks (a few thousand at most).
+MAX_HOLD_CUSTOMERS = 1_000
 # Replayed customers (SPEC 15) are released in entries of their own of up to this many
 # customers and items: a deliver task coalesces one entry, so this is the largest bulk a
 # backfill can form (the byte bound then cuts it).  The items bound is the worker's memory,
@@ -152,19 +155,24 @@ class Holds:
         up to a multiple of ``align`` seconds when it is given."""
         if not by_customer:
             return {}
-        bases: dict[str, list[Any]] = {}
-        held: list[Any] = []
-        for customer, items in by_customer.items():
-            held += [customer, self.keys.hold(self.connection_id, customer), len(items)]
-            held += lines(items, bases)
         head = self.entry_head(direction, queue)
-        args: list[Any] = [max(1, int(window * 1000)), self.connection_id, head, MAX_FIELD_BYTES, len(bases)]
-        args.append(max(0, int(align * 1000)))
-        for ref, (text, count) in bases.items():
-            args += [ref, text, count]
         k, cid = self.keys, self.connection_id
-        dues = HOLD(self.client, [k.holds(cid), k.holds_index, k.held(cid), k.held_bases(cid)], args + held)
-        return {c: float(d) / 1000 for c, d in zip(by_customer, dues, strict=True)}
+        keys = [k.holds(cid), k.holds_index, k.held(cid), k.held_bases(cid)]
+        customers = list(by_customer)
+        dues: list[Any] = []
+        for start in range(0, len(customers), MAX_HOLD_CUSTOMERS):
+            bases: dict[str, list[Any]] = {}
+            held: list[Any] = []
+            for customer in customers[start : start + MAX_HOLD_CUSTOMERS]:
+                items = by_customer[customer]
+                held += [customer, self.keys.hold(self.connection_id, customer), len(items)]
+                held += lines(items, bases)
+            args: list[Any] = [max(1, int(window * 1000)), cid, head, MAX_FIELD_BYTES, len(bases)]
+            args.append(max(0, int(align * 1000)))
+            for ref, (text, count) in bases.items():
+                args += [ref, text, count]
+            dues += HOLD(self.client, keys, args + held)
+        return {c: float(d) / 1000 for c, d in zip(customers, dues, strict=True)}
 
     def take(
         self, direction: str, queue: str, customers: Iterable[str], lease: float = TAKE_LEASE_SECONDS

@@ -18,6 +18,7 @@ Completing after our claim expired still records ``done``: the call went out, an
 from __future__ import annotations
 
 import enum
+import threading
 import uuid
 import weakref
 from dataclasses import dataclass
@@ -67,25 +68,15 @@ class _Batched:
             )
             return [(int(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
 
-        def complete_many(calls: list[tuple[str, int, str, Keys]]) -> list[None]:
+        def complete_many(calls: list[tuple[str, int]]) -> list[None]:
             pipe = _alive(ref).pipeline(transaction=False)
-            for key, keep, _, _ in calls:
+            for key, keep in calls:
                 pipe.set(key, "done", ex=keep)
-            _charge(pipe, calls)
             pipe.execute()
             return [None] * len(calls)
 
         self.claim: Coalescer[tuple[str, str, int], tuple[int, int]] = Coalescer(claim_many)
-        self.complete: Coalescer[tuple[str, int, str, Keys], None] = Coalescer(complete_many)
-
-
-def _charge(pipe: redis.client.Pipeline, calls: list[tuple[str, int, str, Keys]]) -> None:
-    """Count the records against their connections' bound (connector.kept), in ``pipe``."""
-    counts: dict[tuple[str, int, Keys], int] = {}
-    for _, keep, connection_id, keys in calls:
-        counts[(connection_id, keep, keys)] = counts.get((connection_id, keep, keys), 0) + 1
-    for (connection_id, keep, keys), n in counts.items():
-        kept.charge_ledger(pipe, keys, connection_id, n, keep)
+        self.complete: Coalescer[tuple[str, int], None] = Coalescer(complete_many)
 
 
 def _alive(ref: weakref.ReferenceType[redis.Redis]) -> redis.Redis:
@@ -114,6 +105,24 @@ class Ledger:
         self.keys = keys
         self.connection_id = connection_id
         self._batched = _batched_for(client)
+        # Records completed and not yet counted against the connection's bound (connector.kept):
+        # counted once per task (flush_charges), not per call -- Redis counts commands.
+        self._uncharged: dict[int, int] = {}  # keep (s) -> records
+        self._charge_lock = threading.Lock()
+
+    def _count(self, records: int, keep: int) -> None:
+        with self._charge_lock:
+            self._uncharged[keep] = self._uncharged.get(keep, 0) + records
+
+    def flush_charges(self) -> None:
+        """Count the records completed since the last flush (connector.kept): one round trip."""
+        with self._charge_lock:
+            uncharged, self._uncharged = self._uncharged, {}
+        if uncharged:
+            pipe = self.client.pipeline(transaction=False)
+            for keep, records in uncharged.items():
+                kept.charge_ledger(pipe, self.keys, self.connection_id, records, keep)
+            pipe.execute()
 
     def _key(self, idempotency_key: str) -> str:
         return self.keys.ledger(self.connection_id, idempotency_key)
@@ -143,7 +152,8 @@ class Ledger:
         return claims
 
     def complete(self, idempotency_key: str, keep: float) -> None:
-        self._batched.complete((self._key(idempotency_key), max(1, int(keep)), self.connection_id, self.keys))
+        self._batched.complete((self._key(idempotency_key), max(1, int(keep))))
+        self._count(1, max(1, int(keep)))
 
     def release(self, idempotency_key: str, token: str, *more: str) -> None:
         """Give back our claims (``more``: further keys claimed with the same token)."""
@@ -157,8 +167,8 @@ class Ledger:
         pipe = self.client.pipeline(transaction=False)
         for key in idempotency_keys:
             pipe.set(self._key(key), "done", ex=max(1, int(keep)))
-        kept.charge_ledger(pipe, self.keys, self.connection_id, len(idempotency_keys), max(1, int(keep)))
         pipe.execute()
+        self._count(len(idempotency_keys), max(1, int(keep)))
 
     def done_many(self, idempotency_keys: list[str]) -> list[bool]:
         if not idempotency_keys:

@@ -21,6 +21,7 @@ from workers.delivery.deadletters import INTERNAL_ERROR
 from workers.delivery.endings import finish_dead
 from workers.delivery.engine import deliver_one
 from workers.delivery.store import DelayedStore, Parked
+from workers.delivery.suppression import prefetch
 
 log = logging.getLogger("connector.pipeline")
 
@@ -47,6 +48,7 @@ def chains(items: list[DeliveryItem]) -> list[list[DeliveryItem]]:
 def run(ctx: Context, items: list[DeliveryItem]) -> None:
     if not items:
         return
+    prefetch(ctx, items)
 
     def run_chain(chain: list[DeliveryItem]) -> tuple[Step, list[DeliveryItem]] | None:
         for index, item in enumerate(chain):

@@ -3,14 +3,17 @@
 A regulation suppresses a subject (a user id) from its creation on: the ingest drops new events,
 and whatever of the subject was already queued, held, parked or waiting is dropped here, never
 sent, as its turn comes -- in both directions (a Voucherify item's customer, a Segment item's
-``userId``, both the subject under the default identity mapping).  One ``SMISMEMBER`` per call.
+``userId``, both the subject under the default identity mapping).  One ``SMISMEMBER`` per task
+run (:func:`prefetch`, all its items' subjects), kept a second: Redis counts commands, and one
+per call was one of the largest per-event costs.  A regulation is seen within that second.
 
 A regulation's own deletion call concerns the subject by design and is never dropped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from connector import regulations
@@ -44,11 +47,36 @@ def subjects_of_item(item: Mapping[str, Any]) -> list[Any]:
     return [f for f in found if f]
 
 
+# How long a task trusts what it read of the suppressed set (seconds).
+FRESH_SECONDS = 1.0
+
+
+def _known(ctx: Context, subjects: Iterable[Any]) -> set[str]:
+    """Which of ``subjects`` are suppressed: read from Redis only for those the task has not
+    read within FRESH_SECONDS (all of them once that is over)."""
+    wanted = {str(s) for s in subjects if s}
+    seen = ctx.suppressed_seen
+    with ctx.suppressed_lock:
+        if time.monotonic() - seen.at > FRESH_SECONDS:
+            seen.flags.clear()
+            seen.at = time.monotonic()
+        missing = wanted - seen.flags.keys()
+        if missing:
+            gone = regulations.suppressed_among(ctx.client, ctx.keys, ctx.connection_id, missing)
+            seen.flags.update((m, m in gone) for m in missing)
+        return {w for w in wanted if seen.flags.get(w)}
+
+
+def prefetch(ctx: Context, items: Iterable[Mapping[str, Any]]) -> None:
+    """Read the suppression of all of a task run's subjects at once."""
+    _known(ctx, (s for item in items for s in subjects_of_item(item)))
+
+
 def suppressed(ctx: Context, request: OutboundRequest, item: DeliveryItem) -> set[str]:
     subjects = subjects_of(request, item)
     if not subjects:
         return set()
-    return regulations.suppressed_among(ctx.client, ctx.keys, ctx.connection_id, subjects)
+    return _known(ctx, subjects)
 
 
 def live_parts(request: OutboundRequest, gone: set[str]) -> list[Mapping[str, Any]]:

@@ -113,6 +113,30 @@ def test_ledger_claim_many_claims_absent_or_ours_and_reports_the_rest(client: re
     assert ledger._CLAIM_MANY(client, [], []) == []
 
 
+def calls(client: redis.Redis) -> dict[str, int]:
+    """Commands this server ran so far, by name (``INFO commandstats``: a script's own count)."""
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in client.info("commandstats").items()}
+
+
+def ran(client: redis.Redis, before: dict[str, int], *names: str) -> dict[str, int]:
+    after = calls(client)
+    return {n: after.get(n, 0) - before.get(n, 0) for n in names}
+
+
+def test_ledger_first_claims_cost_one_command_each(client: redis.Redis) -> None:
+    """Redis counts commands: a first claim (the common case) is a SET NX, nothing read."""
+    keys = [f"t:first:{n}" for n in range(50)]
+    before = calls(client)
+    flat = ledger._CLAIM_MANY(client, keys, [a for _ in keys for a in ("tok", 4000)])
+    assert flat == [1, 0] * 50
+    assert ran(client, before, "set", "get", "pttl") == {"set": 50, "get": 0, "pttl": 0}
+    # Claimed again by the same token (a retry of ours): read, then renewed.
+    before = calls(client)
+    assert ledger._CLAIM_MANY(client, keys[:1], ["tok", 9000]) == [1, 0]
+    assert ran(client, before, "set", "get") == {"set": 2, "get": 1}
+    assert 4000 < client.pttl(keys[0]) <= 9000
+
+
 def test_ledger_release_gives_back_only_our_claim(client: redis.Redis) -> None:
     client.set("t:claim", "inflight:tok")
     assert ledger._RELEASE(client, ["t:claim"], ["other"]) == 0
@@ -232,6 +256,64 @@ def test_take_moves_customers_into_one_entry_and_answers_the_busy(client: redis.
     # Edge: nothing to take -> '' and no entry.
     assert holdscripts.TAKE(client, keys, ["e2", "{", 5000, "u9", "t:hold:c:u9", "t:out:u9"]) == [b"", b"|"]
     assert client.hexists("t:data", "e2") == 0
+
+
+def test_hold_and_take_cost_commands_per_call_not_per_customer(client: redis.Redis) -> None:
+    """Redis counts commands: holding new customers reads and writes them all in a few commands
+    (their lists looked for only once they are held); taking a task's customers, most holding
+    nothing, reads who is held and who is busy per thousand customers."""
+    customers = [(f"u{n}", [b'{"z":%d}' % n]) for n in range(300)]
+    before = calls(client)
+    dues = hold(client, *customers)
+    assert len(dues) == 300 and len(set(dues)) == 1
+    assert ran(client, before, "hmget", "zmscore", "hset", "zadd", "exists", "hget", "zscore") == {
+        "hmget": 1,
+        "zmscore": 1,
+        "hset": 2,  # the customers' fields and the index
+        "zadd": 1,
+        "exists": 0,
+        "hget": 0,
+        "zscore": 0,
+    }
+    assert client.zcard("t:holds:c") == 300 and client.hget("t:held:c", "u7") == b'{"z":7}'
+    # Held again: the field appended to, the first due kept, each list looked for once.
+    before = calls(client)
+    assert hold(client, *customers[:10]) == dues[:10]
+    assert ran(client, before, "exists", "hset", "zadd") == {"exists": 10, "hset": 2, "zadd": 0}
+    assert client.hget("t:held:c", "u7") == b'{"z":7}\n{"z":7}'
+    # A take of 2,500 customers, three of them held, one of those busy.
+    client.set("t:out:u2", "queued")
+    args: list[Any] = ["e1", '{"head":1', 5000]
+    for n in [0, 1, 2, *range(1000, 3497)]:
+        args += [f"u{n}", f"t:hold:c:u{n}", f"t:out:u{n}"]
+    keys = ["t:holds:c", "t:delayed", "t:data", "t:held:c", "t:bases:c"]
+    before = calls(client)
+    flat = holdscripts.TAKE(client, keys, args)
+    assert flat == [b"e1", b'{"z":0}', b'{"z":0}', b'{"z":1}', b'{"z":1}', b"|", b"u2"]  # held twice
+    assert ran(client, before, "zmscore", "mget", "exists", "lrange", "hmget", "hget") == {
+        "zmscore": 3,
+        "mget": 3,
+        "exists": 0,
+        "lrange": 2,  # the two customers taken
+        "hmget": 1,
+        "hget": 0,
+    }
+    assert client.zscore("t:holds:c", "u2") and not client.zscore("t:holds:c", "u1")
+    # A release of the other 298 customers (all due: a zero window), one of them (u9) still out.
+    client.set("t:holdout:c:u9", "queued")
+    before = calls(client)
+    assert int(holdscripts.RELEASE(client, RELEASE_KEYS, ["c", "t:", "r", 1000, 1000, 7000, 3000, 1000, 1000])) == 297
+    assert ran(client, before, "mget", "hmget", "hdel", "zrem", "lrange", "set", "exists", "hget") == {
+        "mget": 1,
+        "hmget": 1,
+        "hdel": 1,
+        "zrem": 1,
+        "lrange": 297,  # a list is looked for per customer released
+        "set": 297,  # its marker
+        "exists": 0,
+        "hget": 1,  # the index's entry head
+    }
+    assert client.zrange("t:holds:c", 0, -1) == [b"u9"] and client.hkeys("t:held:c") == [b"u9"]
 
 
 def test_drop_removes_a_customers_items_field_then_list(client: redis.Redis) -> None:

@@ -1,7 +1,7 @@
 -- RELEASE one connection's due customers into delayed entries, due now (workers.delivery.holds
 -- .release_due); each item carries its "held" flag.  A customer whose first item starts with the
--- replay mark goes into entries of their own (one is what one big bulk of a backfill is made
--- of).  Atomic per connection: safe with several schedulers.  Needs hold_take_one.lua and
+-- replay mark goes into entries of their own (one is what one big bulk of a backfill is made of).
+-- Atomic per connection: safe with several schedulers.  Needs hold_take_one.lua and
 -- hold_release_batch.lua before it.
 --
 -- KEYS[1]  zset: the connection's held customers (customer -> due, ms)
@@ -21,9 +21,8 @@
 -- ARGV[9]  replay_items: items per replay entry
 -- Returns the customers released; 0: nothing held; -1: no entry head (nothing done).
 local zset, delayed, delayed_data, index, held, bases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local cid, prefix, id_base, limit = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local max_items, out_ms, recheck_ms = ARGV[5], ARGV[6], ARGV[7]
-local entry_customers, replay_items = ARGV[8], ARGV[9]
+local cid, prefix, id_base, limit, max_items = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local out_ms, recheck_ms, entry_customers, replay_items = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local head = redis.call('HGET', index, cid)
@@ -37,20 +36,15 @@ local s = {delayed = delayed, delayed_data = delayed_data, id_base = id_base, he
 local released, cache, used = 0, {}, {}
 local live = {items = {}, n = 0, most = tonumber(max_items)}
 local replay = {items = {}, n = 0, most = tonumber(replay_items)}
-for _, customer in ipairs(due) do
-  local out = prefix .. 'holdout:' .. cid .. ':' .. customer
-  if redis.call('EXISTS', out) == 1 then
-    redis.call('ZADD', zset, now + tonumber(recheck_ms), customer)
-  else
-    local key = prefix .. 'hold:' .. cid .. ':' .. customer
-    local items = take_one(held, bases, customer, key, zset, cache, used)
-    if #items > 0 then
-      local b = live
-      if string.sub(items[1], 1, 15) == '{"replay":true,' then b = replay end
-      add(b, items, s)
-      redis.call('SET', out, 'released', 'PX', tonumber(out_ms))
-      released = released + 1
-    end
+local going, lists, marks, waiting = still_out(due, prefix .. 'holdout:' .. cid .. ':', prefix .. 'hold:' .. cid .. ':')
+for _, customer in ipairs(waiting) do redis.call('ZADD', zset, now + tonumber(recheck_ms), customer) end
+for j, items in ipairs(take_many(held, bases, going, lists, zset, cache, used)) do
+  if #items > 0 then
+    local b = live
+    if string.sub(items[1], 1, 15) == '{"replay":true,' then b = replay end
+    add(b, items, s)
+    redis.call('SET', marks[j], 'released', 'PX', tonumber(out_ms))
+    released = released + 1
   end
 end
 emit(live, s)

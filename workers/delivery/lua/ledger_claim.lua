@@ -8,10 +8,12 @@
 -- another claim holds it.
 local out = {}
 for i, key in ipairs(KEYS) do
-  local v = redis.call('GET', key)
   local mine = 'inflight:' .. ARGV[2 * i - 1]
+  -- A first claim (the common case) is one command: SET NX; only a key already there is read.
+  local v = false
+  if not redis.call('SET', key, mine, 'NX', 'PX', ARGV[2 * i]) then v = redis.call('GET', key) end
   if not v or v == mine then
-    redis.call('SET', key, mine, 'PX', ARGV[2 * i])
+    if v then redis.call('SET', key, mine, 'PX', ARGV[2 * i]) end
     out[#out + 1] = 1
     out[#out + 1] = 0
   elseif v == 'done' then
