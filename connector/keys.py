@@ -53,6 +53,7 @@ Layout (``{p}`` is the prefix, ``{c}`` a connection id)::
     {p}custlock:{c}:{customer}          string  the attempt sending this customer's upsert now (TTL)
     {p}held:{c}                         hash    customer -> its held upserts (JSON lines, SPEC 10)
     {p}heldbase:{c}                     hash    what held upserts of a batch repeat, once: ref -> text, n:ref -> users
+    {p}heldlist:{c}                     hash    customer -> 1: its hold list (below) exists
     {p}hold:{c}:{customer}              list    held upserts past 64 KB, or of an older version
     {p}holds:{c}                        zset    customer -> due (epoch ms) of its held upserts
     {p}holds                            hash    connection id -> the JSON head of its delayed entries
@@ -257,6 +258,9 @@ class Keys:
 
     def held_bases(self, connection_id: str) -> str:
         return f"{self.prefix}heldbase:{connection_id}"
+
+    def held_lists(self, connection_id: str) -> str:
+        return f"{self.prefix}heldlist:{connection_id}"
 
     def hold(self, connection_id: str, customer: str) -> str:
         return f"{self.prefix}hold:{connection_id}:{customer}"

@@ -13,10 +13,11 @@
 local flow = KEYS[3]
 local n_events, calls, flow_ttl = ARGV[1], ARGV[3], ARGV[4]
 local left = 0
-if flow then
-  if tonumber(n_events) > 0 then redis.call('HINCRBY', flow, 'out', n_events) end
-  if tonumber(calls) > 0 then redis.call('HINCRBY', flow, 'calls', calls) end
-  redis.call('EXPIRE', flow, tonumber(flow_ttl))
+if flow then -- the TTL set by a field's first write (see backlog_reserve.lua)
+  local first = false
+  if tonumber(n_events) > 0 then first = redis.call('HINCRBY', flow, 'out', n_events) == tonumber(n_events) end
+  if tonumber(calls) > 0 and redis.call('HINCRBY', flow, 'calls', calls) == tonumber(calls) then first = true end
+  if first then redis.call('EXPIRE', flow, tonumber(flow_ttl)) end
 end
 -- i = 1: the events (KEYS[1], ARGV[1]); i = 2: the bytes (KEYS[2], ARGV[2]).
 for i = 1, 2 do

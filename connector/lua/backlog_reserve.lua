@@ -25,8 +25,7 @@ if b > 0 then
   redis.call('INCRBY', stored, b)
   redis.call('PERSIST', stored)
 end
-if flow then
-  redis.call('HINCRBY', flow, 'in', n)
-  redis.call('EXPIRE', flow, tonumber(flow_ttl))
-end
+-- The hour's TTL is set by the first write of its field (a command, not one per batch): the
+-- count lives flow_ttl from then, past the hour by far more than anyone reads it.
+if flow and redis.call('HINCRBY', flow, 'in', n) == n then redis.call('EXPIRE', flow, tonumber(flow_ttl)) end
 return 1

@@ -116,7 +116,7 @@ def _held(ctx: Context, wanted: set[str], done: Forgotten) -> None:
         # The customer's field, then its list, whole again (workers.delivery.holdscripts).
         raws = DROP(
             ctx.client,
-            [keys.holds(cid), keys.held(cid), keys.held_bases(cid)],
+            [keys.holds(cid), keys.held(cid), keys.held_bases(cid), keys.held_lists(cid)],
             [subject, keys.hold(cid, subject)],
         )
         for item in [i for raw in raws for i in held_items(raw)]:

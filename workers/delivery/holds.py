@@ -6,6 +6,7 @@ held requests become fewer calls (``coalesce_held``), and what an upsert's diges
 unchanged skip).  Redis layout (``{p}`` the prefix, ``{c}`` the connection)::
 
     {p}held:{c}                  hash    customer -> held delivery items (JSON lines), in order
+    {p}heldlist:{c}              hash    customer -> 1: its list below exists (this version's)
     {p}heldbase:{c}              hash    what a batch's held items repeat, once (counted)
     {p}hold:{c}:{customer}       list    the customer's further items past 64 KB, or an older
                                          version's (read after the field; holdscripts says why)
@@ -157,7 +158,7 @@ class Holds:
             return {}
         head = self.entry_head(direction, queue)
         k, cid = self.keys, self.connection_id
-        keys = [k.holds(cid), k.holds_index, k.held(cid), k.held_bases(cid)]
+        keys = [k.holds(cid), k.holds_index, k.held(cid), k.held_bases(cid), k.held_lists(cid)]
         customers = list(by_customer)
         dues: list[Any] = []
         for start in range(0, len(customers), MAX_HOLD_CUSTOMERS):
@@ -198,6 +199,7 @@ class Holds:
                 self.keys.delayed_data,
                 self.keys.held(self.connection_id),
                 self.keys.held_bases(self.connection_id),
+                self.keys.held_lists(self.connection_id),
             ],
             args,
         )
@@ -277,6 +279,7 @@ def release_due(client: redis.Redis, keys: Keys, *, limit: int = RELEASE_CUSTOME
                     keys.holds_index,
                     keys.held(cid),
                     keys.held_bases(cid),
+                    keys.held_lists(cid),
                 ],
                 [
                     cid,

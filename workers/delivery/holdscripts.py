@@ -7,7 +7,9 @@ own (key, object, list header and node) and 2,000 customers of one batch made 2,
 customer's list ``{p}hold:{c}:{customer}``, always read after the field (it holds the newer
 items): a customer whose field passed ``MAX_FIELD_BYTES`` (appending rewrites the field: the
 list bounds that cost), and lists written by a version before the hash (an upgrade keeps them;
-while one exists, new items go behind it so that order is kept).
+while one exists, new items go behind it so that order is kept).  A list this version starts
+is marked in ``{p}heldlist:{c}`` (customer -> 1, while it may exist), so that holding a customer
+again needs no look for it: Redis counts commands, and every identify is held.
 
 A line leaves out what the items of its batch repeat (``lines``): they refer to a base in
 ``{p}heldbase:{c}`` (reference -> text, ``n:``reference -> lines referring it), which the

@@ -218,7 +218,7 @@ def test_outbox_sweep_marks_an_outbox_that_wants_a_flush(client: redis.Redis) ->
 
 # --- hold window ---------------------------------------------------------------------------------
 
-HOLD_KEYS = ["t:holds:c", "t:index", "t:held:c", "t:bases:c"]
+HOLD_KEYS = ["t:holds:c", "t:index", "t:held:c", "t:bases:c", "t:lists:c"]
 BASE = b'"received_at":1\n"method":"POST"'
 SHORT = b'{"b":"b1","request":{"x":1},"y":2}'
 WHOLE = b'{"received_at":1,"request":{"method":"POST","x":1},"y":2}'
@@ -247,7 +247,7 @@ def test_take_moves_customers_into_one_entry_and_answers_the_busy(client: redis.
     hold(client, ("u1", [SHORT]), ("u2", [b'{"z":1}']))
     client.set("t:out:u2", "queued")
     args = ["e1", '{"head":1', 5000, "u1", "t:hold:c:u1", "t:out:u1", "u2", "t:hold:c:u2", "t:out:u2"]
-    keys = ["t:holds:c", "t:delayed", "t:data", "t:held:c", "t:bases:c"]
+    keys = ["t:holds:c", "t:delayed", "t:data", "t:held:c", "t:bases:c", "t:lists:c"]
     assert holdscripts.TAKE(client, keys, args) == [b"e1", WHOLE, b"|", b"u2"]
     entry = json.loads(client.hget("t:data", "e1"))
     assert entry["head"] == 1 and entry["items"] == [json.loads(WHOLE)] and entry["reason"] == "held"
@@ -267,7 +267,7 @@ def test_hold_and_take_cost_commands_per_call_not_per_customer(client: redis.Red
     dues = hold(client, *customers)
     assert len(dues) == 300 and len(set(dues)) == 1
     assert ran(client, before, "hmget", "zmscore", "hset", "zadd", "exists", "hget", "zscore") == {
-        "hmget": 1,
+        "hmget": 2,  # the fields and the list marks
         "zmscore": 1,
         "hset": 2,  # the customers' fields and the index
         "zadd": 1,
@@ -276,20 +276,38 @@ def test_hold_and_take_cost_commands_per_call_not_per_customer(client: redis.Red
         "zscore": 0,
     }
     assert client.zcard("t:holds:c") == 300 and client.hget("t:held:c", "u7") == b'{"z":7}'
-    # Held again: the field appended to, the first due kept, each list looked for once.
+    # Held again: the field appended to, the first due kept, no list looked for.
     before = calls(client)
     assert hold(client, *customers[:10]) == dues[:10]
-    assert ran(client, before, "exists", "hset", "zadd") == {"exists": 10, "hset": 2, "zadd": 0}
+    assert ran(client, before, "exists", "hset", "zadd") == {"exists": 0, "hset": 2, "zadd": 0}
     assert client.hget("t:held:c", "u7") == b'{"z":7}\n{"z":7}'
+    # A field past ``most``: its list is started and marked, and followed with no look for it.
+    hold(client, ("u1", [b'{"z":"a"}']), most=5)
+    assert client.hget("t:lists:c", "u1") == b"1" and client.llen("t:hold:c:u1") == 1
+    client.hset("t:held:c", "u1", '{"z":1}\n{"z":1}')  # short again: the mark still sends it on
+    before = calls(client)
+    hold(client, ("u1", [b'{"z":"b"}']))
+    assert ran(client, before, "exists", "rpush") == {"exists": 0, "rpush": 1}
+    assert client.lrange("t:hold:c:u1", 0, -1) == [b'{"z":"a"}', b'{"z":"b"}']
     # A take of 2,500 customers, three of them held, one of those busy.
     client.set("t:out:u2", "queued")
     args: list[Any] = ["e1", '{"head":1', 5000]
     for n in [0, 1, 2, *range(1000, 3497)]:
         args += [f"u{n}", f"t:hold:c:u{n}", f"t:out:u{n}"]
-    keys = ["t:holds:c", "t:delayed", "t:data", "t:held:c", "t:bases:c"]
+    keys = ["t:holds:c", "t:delayed", "t:data", "t:held:c", "t:bases:c", "t:lists:c"]
     before = calls(client)
     flat = holdscripts.TAKE(client, keys, args)
-    assert flat == [b"e1", b'{"z":0}', b'{"z":0}', b'{"z":1}', b'{"z":1}', b"|", b"u2"]  # held twice
+    assert flat == [
+        b"e1",
+        b'{"z":0}',
+        b'{"z":0}',
+        b'{"z":1}',
+        b'{"z":1}',
+        b'{"z":"a"}',
+        b'{"z":"b"}',
+        b"|",
+        b"u2",
+    ]
     assert ran(client, before, "zmscore", "mget", "exists", "lrange", "hmget", "hget") == {
         "zmscore": 3,
         "mget": 3,
@@ -299,14 +317,18 @@ def test_hold_and_take_cost_commands_per_call_not_per_customer(client: redis.Red
         "hget": 0,
     }
     assert client.zscore("t:holds:c", "u2") and not client.zscore("t:holds:c", "u1")
+    assert not client.exists("t:lists:c", "t:hold:c:u1")  # u1's list taken, its mark gone
     # A release of the other 298 customers (all due: a zero window), one of them (u9) still out.
     client.set("t:holdout:c:u9", "queued")
     before = calls(client)
-    assert int(holdscripts.RELEASE(client, RELEASE_KEYS, ["c", "t:", "r", 1000, 1000, 7000, 3000, 1000, 1000])) == 297
+    assert (
+        int(holdscripts.RELEASE(client, RELEASE_KEYS, ["c", "t:", "r", 1000, 1000, 7000, 3000, 1000, 1000]))
+        == 297
+    )
     assert ran(client, before, "mget", "hmget", "hdel", "zrem", "lrange", "set", "exists", "hget") == {
         "mget": 1,
         "hmget": 1,
-        "hdel": 1,
+        "hdel": 2,  # the fields and the list marks
         "zrem": 1,
         "lrange": 297,  # a list is looked for per customer released
         "set": 297,  # its marker
@@ -319,14 +341,14 @@ def test_hold_and_take_cost_commands_per_call_not_per_customer(client: redis.Red
 def test_drop_removes_a_customers_items_field_then_list(client: redis.Redis) -> None:
     hold(client, ("u1", [SHORT]))
     client.rpush("t:hold:c:u1", b'{"late":1}')
-    keys = ["t:holds:c", "t:held:c", "t:bases:c"]
+    keys = ["t:holds:c", "t:held:c", "t:bases:c", "t:lists:c"]
     assert holdscripts.DROP(client, keys, ["u1", "t:hold:c:u1"]) == [WHOLE, b'{"late":1}']
     assert client.exists("t:held:c", "t:hold:c:u1", "t:bases:c", "t:holds:c") == 0
     # Edge: a customer holding nothing -> no items.
     assert holdscripts.DROP(client, keys, ["u1", "t:hold:c:u1"]) == []
 
 
-RELEASE_KEYS = ["t:holds:c", "t:delayed", "t:data", "t:index", "t:held:c", "t:bases:c"]
+RELEASE_KEYS = ["t:holds:c", "t:delayed", "t:data", "t:index", "t:held:c", "t:bases:c", "t:lists:c"]
 
 
 def release(client: redis.Redis, entry_customers: int = 100) -> int:

@@ -10,6 +10,7 @@
 -- KEYS[4]  index: the hold index (connection id -> entry head)
 -- KEYS[5]  held: the connection's held hash
 -- KEYS[6]  bases: the connection's bases hash
+-- KEYS[7]  lists: the connection's list marks
 -- ARGV[1]  cid: the connection id
 -- ARGV[2]  prefix: the key prefix (the customers' list and out keys)
 -- ARGV[3]  id_base: the entries' id base
@@ -21,6 +22,7 @@
 -- ARGV[9]  replay_items: items per replay entry
 -- Returns the customers released; 0: nothing held; -1: no entry head (nothing done).
 local zset, delayed, delayed_data, index, held, bases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local list_marks = KEYS[7]
 local cid, prefix, id_base, limit, max_items = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local out_ms, recheck_ms, entry_customers, replay_items = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local t = redis.call('TIME')
@@ -38,7 +40,7 @@ local live = {items = {}, n = 0, most = tonumber(max_items)}
 local replay = {items = {}, n = 0, most = tonumber(replay_items)}
 local going, lists, marks, waiting = still_out(due, prefix .. 'holdout:' .. cid .. ':', prefix .. 'hold:' .. cid .. ':')
 for _, customer in ipairs(waiting) do redis.call('ZADD', zset, now + tonumber(recheck_ms), customer) end
-for j, items in ipairs(take_many(held, bases, going, lists, zset, cache, used)) do
+for j, items in ipairs(take_many(held, list_marks, bases, going, lists, zset, cache, used)) do
   if #items > 0 then
     local b = live
     if string.sub(items[1], 1, 15) == '{"replay":true,' then b = replay end

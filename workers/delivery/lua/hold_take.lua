@@ -9,12 +9,13 @@
 -- KEYS[3]  delayed_data: the delayed hash (entry id -> entry JSON)
 -- KEYS[4]  held: the connection's held hash
 -- KEYS[5]  bases: the connection's bases hash
+-- KEYS[6]  lists: the connection's list marks
 -- ARGV[1]  entry_id: the new entry's id
 -- ARGV[2]  head: the entry head (JSON up to the items)
 -- ARGV[3]  lease_ms: the entry's due from now (ms)
 -- ARGV[4..]  per customer: customer, list key, out key
 -- Returns {entry id or '', items..., '|', busy customers...}.
-local zset, delayed, delayed_data, held, bases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local zset, delayed, delayed_data, held, bases, marks = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local entry_id, head, lease_ms = ARGV[1], ARGV[2], ARGV[3]
 local items, busy, cache, used = {}, {}, {}, {}
 -- Who is held (ZMSCORE: held items always have their due) and who has a marker (MGET).
@@ -37,7 +38,7 @@ for j, customer in ipairs(customers) do
     taking[#taking + 1], lists[#lists + 1] = customer, ARGV[3 * j + 2]
   end
 end
-for _, mine in ipairs(take_many(held, bases, taking, lists, zset, cache, used)) do
+for _, mine in ipairs(take_many(held, marks, bases, taking, lists, zset, cache, used)) do
   for _, item in ipairs(mine) do items[#items + 1] = item end
 end
 release_bases(bases, used)

@@ -4,9 +4,10 @@
 --
 -- expand(bases, line, cache, used): a held line made whole again from the base it refers to
 --   (bases: the bases hash; cache: reference -> base text, per call; used: reference -> lines).
--- take_one(held_hash, bases, customer, key, zset, cache, used): the customer's items' JSON, in
---   order, the field's before the list's (key); removed from the hold (and from zset).
--- take_many(held_hash, bases, customers, lists, zset, cache, used): take_one of several
+-- take_one(held_hash, marks, bases, customer, key, zset, cache, used): the customer's items'
+--   JSON, in order, the field's before the list's (key); removed from the hold (the field, the
+--   list's mark in marks, the due in zset).
+-- take_many(held_hash, marks, bases, customers, lists, zset, cache, used): take_one of several
 --   customers (lists[j]: customers[j]'s list key), their items per customer; the fields read
 --   and deleted and the dues dropped in one command each per thousand (Redis counts commands).
 -- release_bases(bases, used): the references counted in `used` given up (once per call); a
@@ -21,7 +22,7 @@ local function expand(bases, line, cache, used)
   local nl = string.find(base, '\n', 1, true)
   return '{' .. string.sub(base, 1, nl - 1) .. ',"request":{' .. string.sub(base, nl + 1) .. ',' .. tail
 end
-local function take_many(held_hash, bases, customers, lists, zset, cache, used)
+local function take_many(held_hash, marks, bases, customers, lists, zset, cache, used)
   local out, seen = {}, {}
   for c = 1, #customers, 1000 do
     local e = math.min(c + 999, #customers)
@@ -36,12 +37,13 @@ local function take_many(held_hash, bases, customers, lists, zset, cache, used)
       out[j], seen[customers[j]] = items, true
     end
     redis.call('HDEL', held_hash, unpack(customers, c, e))
+    redis.call('HDEL', marks, unpack(customers, c, e))
     redis.call('ZREM', zset, unpack(customers, c, e))
   end
   return out
 end
-local function take_one(held_hash, bases, customer, key, zset, cache, used)
-  return take_many(held_hash, bases, {customer}, {key}, zset, cache, used)[1]
+local function take_one(held_hash, marks, bases, customer, key, zset, cache, used)
+  return take_many(held_hash, marks, bases, {customer}, {key}, zset, cache, used)[1]
 end
 local function release_bases(bases, used)
   for ref, n in pairs(used) do
