@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from connector import backlog
+from connector import backlog, quotas
 from connector.contract import DESTINATION
 from connector.keys import Keys
 from tests.support.delivery import (  # noqa: F401 - fixtures
@@ -28,7 +28,7 @@ from tests.support.delivery import (  # noqa: F401 - fixtures
     transport,
 )
 from workers import mapped, pipeline
-from workers.delivery import suppression
+from workers.delivery import leases, suppression
 from workers.delivery.deadletters import DeadLetters
 from workers.delivery.store import DelayedStore, Parked
 from workers.delivery.transport import TransportFailure
@@ -178,9 +178,12 @@ def test_rate_limit_parks_without_counting_an_attempt(
     assert len(items) == 3 and all(i["attempts"] == 0 for i in items)
     # Due when the budget can next grant (its 2 calls leave the window in 60 s), and none later:
     # spreading them at 60 s / 2 per slot parked the last past that window's end (SPEC 13: no
-    # parking slot outlives its window -- such slots drifted minutes and hours ahead).
+    # parking slot outlives its window -- such slots drifted minutes and hours ahead).  A grant
+    # leaves the window once the granule it was counted in has: counted up to a lease plus the
+    # count-ahead after it was taken (workers.delivery.leases), the granule a 30th of the window.
     now = time.time()
-    assert all(now + 55 <= e.due <= now + 62.5 for e in entries), [e.due - now for e in entries]
+    latest = 60 + leases.LEASE_SECONDS + leases.COUNT_AHEAD_SECONDS + 60 / quotas.SUBWINDOWS
+    assert all(now + 55 <= e.due <= now + latest for e in entries), [e.due - now for e in entries]
 
 
 def test_time_budget_parks_the_rest_for_another_task(rt: Runtime, transport: FakeTransport) -> None:
