@@ -53,18 +53,24 @@ FRESH_SECONDS = 1.0
 
 def _known(ctx: Context, subjects: Iterable[Any]) -> set[str]:
     """Which of ``subjects`` are suppressed: read from Redis only for those the task has not
-    read within FRESH_SECONDS (all of them once that is over)."""
+    read within FRESH_SECONDS (once that is over, all it knows are read again, in one command).
+    The read is made outside the lock: concurrent calls never wait for each other's."""
     wanted = {str(s) for s in subjects if s}
     seen = ctx.suppressed_seen
+    now = time.monotonic()
     with ctx.suppressed_lock:
-        if time.monotonic() - seen.at > FRESH_SECONDS:
-            seen.flags.clear()
-            seen.at = time.monotonic()
-        missing = wanted - seen.flags.keys()
-        if missing:
-            gone = regulations.suppressed_among(ctx.client, ctx.keys, ctx.connection_id, missing)
-            seen.flags.update((m, m in gone) for m in missing)
-        return {w for w in wanted if seen.flags.get(w)}
+        fresh = now - seen.at <= FRESH_SECONDS
+        flags = dict(seen.flags) if fresh else {}
+        ask = wanted - flags.keys() if fresh else wanted | seen.flags.keys()
+    if ask:
+        gone = regulations.suppressed_among(ctx.client, ctx.keys, ctx.connection_id, ask)
+        read = {a: a in gone for a in ask}
+        flags.update(read)
+        with ctx.suppressed_lock:
+            seen.flags.update(read)
+            if not fresh:
+                seen.at = now
+    return {w for w in wanted if flags.get(w)}
 
 
 def prefetch(ctx: Context, items: Iterable[Mapping[str, Any]]) -> None:
