@@ -79,6 +79,24 @@ def test_backlog_release_clamps_at_zero_and_counts_the_flow(client: redis.Redis)
     assert backlog._RELEASE(client, ["t:events", "t:bytes"], [0, 8]) == 4
 
 
+def test_backlog_flow_ttl_is_set_by_a_fields_first_write_only(client: redis.Redis) -> None:
+    """Redis counts commands: the hour's flow counters get their TTL when a field is first
+    written (the hour's first batch), not an EXPIRE per batch; a counter recreated after it was
+    lost (a Redis restart without persistence) gets it again."""
+    client.mset({"t:events": 100, "t:bytes": 100})
+    keys = ["t:events", "t:bytes", "t:flow"]
+    before = calls(client)
+    assert backlog._RESERVE(client, keys, [1, 1, 500, 5000, 60]) == 1  # 'in' first written
+    backlog._RESERVE(client, keys, [1, 1, 500, 5000, 60])
+    backlog._RELEASE(client, keys, [1, 1, 2, 60])  # 'out' and 'calls' first written
+    backlog._RELEASE(client, keys, [1, 1, 2, 60])
+    assert calls(client).get("expire", 0) - before.get("expire", 0) == 2
+    assert 0 < client.ttl("t:flow") <= 60
+    client.delete("t:flow")
+    backlog._RELEASE(client, keys, [0, 0, 1, 60])  # only 'calls': recreated, with its TTL
+    assert 0 < client.ttl("t:flow") <= 60
+
+
 def test_backlog_reset_if_resets_only_unmoved_counters(client: redis.Redis) -> None:
     client.mset({"t:events": 4, "t:bytes": 40})
     assert backlog._RESET_IF(client, ["t:events", "t:bytes"], [b"4", b"39"]) == 0
