@@ -60,7 +60,9 @@ def _known(ctx: Context, subjects: Iterable[Any]) -> set[str]:
     now = time.monotonic()
     with ctx.suppressed_lock:
         fresh = now - seen.at <= FRESH_SECONDS
-        flags = dict(seen.flags) if fresh else {}
+        # Only the wanted subjects' flags: a copy of all a task knows (thousands) per call
+        # would make its calls cost the square of its size.
+        flags = {w: seen.flags[w] for w in wanted if w in seen.flags} if fresh else {}
         ask = wanted - flags.keys() if fresh else wanted | seen.flags.keys()
     if ask:
         gone = regulations.suppressed_among(ctx.client, ctx.keys, ctx.connection_id, ask)
