@@ -340,6 +340,34 @@ def taken_from_broker(redis_url: str, tasks: int) -> bool:
     return sum(state["queues"].values()) == 0 and state["unacked"] >= tasks
 
 
+def _waiting(client: redis.Redis, keys: Keys, now: float) -> dict[str, Any]:
+    """Why work waits: each delayed entry's due (seconds from now), reason and message ids, the
+    held customers' dues, and the customers' ``out`` markers (value, ms left)."""
+    entries = []
+    for raw_id, due in client.zrange(keys.delayed, 0, 19, withscores=True):
+        raw = client.hget(keys.delayed_data, raw_id)
+        data = json.loads(raw) if raw else {}
+        items = data.get("items") or []
+        ids = [
+            m
+            for item in items
+            for m in [(item.get("request") or {}).get("message_id")]
+            + [p.get("message_id") for p in (item.get("request") or {}).get("parts") or ()]
+        ][:6]
+        entries.append((round(float(due) / 1000 - now, 1), data.get("reason"), len(items), ids))
+    holds = {
+        k.decode(): [
+            (m.decode(), round(float(s) / 1000 - now, 1)) for m, s in client.zrange(k, 0, 9, withscores=True)
+        ]
+        for k in client.scan_iter(keys.prefix + "holds:*")
+    }
+    markers = {
+        k.decode().rsplit(":", 1)[-1]: (client.get(k), client.pttl(k))
+        for k in list(client.scan_iter(keys.prefix + "holdout:*"))[:20]
+    }
+    return {"delayed_entries": entries, "holds": holds, "out_markers": markers}
+
+
 def broker_state(redis_url: str) -> dict[str, Any]:
     """What Redis holds, for failure messages: queues, kombu's unacked index, parked work."""
     client = redis.Redis.from_url(redis_url)
@@ -358,6 +386,7 @@ def broker_state(redis_url: str) -> dict[str, Any]:
             "unacked_mutex": client.get("unacked_mutex"),
             "delayed": client.zcard(keys.delayed),
             "dead_letters": client.zcard(keys.dlq),
+            **_waiting(client, keys, now),
         }
     finally:
         client.close()

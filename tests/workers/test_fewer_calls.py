@@ -317,6 +317,87 @@ def test_a_bulk_accepted_for_later_has_its_read_back_stored_at_once(
     assert entry.reason == "async_action" and entry.items[0]["async_action"]["id"] == "aa_1"
 
 
+class Killed(BaseException):
+    """The process killed -9 at this point: nothing after it runs, no handler sees it."""
+
+
+def test_a_worker_killed_at_any_point_after_a_bulks_202_leaves_it_done_and_read_back_or_neither(
+    client: redis.Redis, redis_db_url: str, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The keys were written done at the 202 and the read-back stored after them: a kill in
+    # between left the bulk done with nothing to read it back -- its task, run again, skipped
+    # it as a duplicate, and its customers' ``sending`` markers held their next upserts and
+    # events for the bound (seen in CI: a kill -9 test's customers waiting past two minutes).
+    # Here the process dies before each round trip to Redis the bookkeeping makes, in turn.
+    from collections import deque
+
+    from workers.delivery import engine, pending
+    from workers.runtime import context_for
+    from workers.targets.voucherify_coalesce import coalesce_items
+
+    state = {"armed": False, "left": 0}
+    real_command, real_execute, real_queued = (
+        redis.Redis.execute_command,
+        redis.client.Pipeline.execute,
+        pending.queued,
+    )
+
+    def round_trip() -> None:
+        if state["armed"]:
+            state["left"] -= 1
+            if state["left"] == 0:
+                raise Killed
+
+    def command(self: redis.Redis, *args: Any, **kw: Any) -> Any:
+        round_trip()
+        return real_command(self, *args, **kw)
+
+    def execute(self: redis.client.Pipeline, *args: Any, **kw: Any) -> Any:
+        round_trip()
+        return real_execute(self, *args, **kw)
+
+    def queued(*args: Any, **kw: Any) -> Any:
+        state["armed"] = True
+        try:
+            return real_queued(*args, **kw)
+        finally:
+            state["armed"] = False
+
+    monkeypatch.setattr(redis.Redis, "execute_command", command)
+    monkeypatch.setattr(redis.client.Pipeline, "execute", execute)
+    monkeypatch.setattr(pending, "queued", queued)
+    when = "2024-05-01T10:00:00.000Z"
+    for n in range(1, 50):
+        transport = FakeTransport()
+        rt = bulk_rt(client, redis_db_url, Keys(f"{keys.prefix}{n}:"), transport, per_hour=10)
+        conn = rt.settings.connections[0]
+        transport.by_url["http://vf.test" + BULK_PATH] = deque([ACCEPTED])
+        items = [new_item(upsert(f"m{i}", c, when, name=c), {}, time.time(), 1) for i, c in enumerate("abc")]
+        [bulk] = coalesce_items(items, allow_bulk=lambda: True)
+        state["left"] = n
+        try:
+            engine.deliver_one(context_for(rt, conn, DESTINATION), bulk)
+            killed = False
+        except Killed:
+            killed = True
+        keys_done = Ledger(rt.redis, rt.keys, conn.id).done_many(
+            [bulk["request"]["idempotency_key"], *(p["idempotency_key"] for p in bulk["request"]["parts"])]
+        )
+        read_back = DelayedStore(rt.redis, rt.keys).claim_due(now=time.time() + 60)
+        markers = rt.redis.mget([rt.keys.hold_out(conn.id, c) for c in "abc"])
+        where = f"killed before round trip {n} of the bookkeeping" if killed else "not killed"
+        assert len(set(keys_done)) == 1, where
+        if keys_done[0]:
+            assert [e.reason for e in read_back] == ["async_action"], where
+            assert markers == [b"queued"] * 3, where
+        else:  # the task runs again and sends it again (Voucherify's idempotency key)
+            assert read_back == [], where
+        if not killed:
+            break
+    assert n > 2, "the bookkeeping made no round trips to die between"
+    assert keys_done[0]
+
+
 def test_bulk_is_read_back_and_each_failed_customer_dead_lettered_with_voucherifys_reason(
     client: redis.Redis, redis_db_url: str, keys: Keys, transport: FakeTransport
 ) -> None:

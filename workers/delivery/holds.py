@@ -44,6 +44,7 @@ from typing import Any, Protocol
 
 import orjson
 import redis
+from redis.client import Pipeline
 
 from connector import kept, metrics
 from connector.contract import DeliveryItem
@@ -233,14 +234,19 @@ class Holds:
                 self.client, [self.keys.hold_out(self.connection_id, c) for c in marks], list(marks.values())
             )
 
-    def mark_out(self, customers: Iterable[str], seconds: float, kind: str = "queued") -> None:
+    def mark_out(
+        self, customers: Iterable[str], seconds: float, kind: str = "queued", pipe: Pipeline | None = None
+    ) -> None:
+        """The customers' markers set to ``kind``; by ``pipe`` when given (the caller executes)."""
         customers = list(customers)
         if not customers:
             return
-        pipe = self.client.pipeline(transaction=False)
+        own = pipe is None
+        pipe = self.client.pipeline(transaction=False) if pipe is None else pipe
         for customer in customers:
             pipe.set(self.keys.hold_out(self.connection_id, customer), kind, px=max(1, int(seconds * 1000)))
-        pipe.execute()
+        if own:
+            pipe.execute()
 
     def size(self) -> int:
         return int(self.client.zcard(self.keys.holds(self.connection_id)))

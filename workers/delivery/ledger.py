@@ -165,9 +165,14 @@ class Ledger:
         if not idempotency_keys:
             return
         pipe = self.client.pipeline(transaction=False)
+        self.complete_in(pipe, idempotency_keys, keep)
+        pipe.execute()
+
+    def complete_in(self, pipe: redis.client.Pipeline, idempotency_keys: list[str], keep: float) -> None:
+        """The keys' ``done`` written by ``pipe`` (a caller's transaction: with what must not be
+        without them)."""
         for key in idempotency_keys:
             pipe.set(self._key(key), "done", ex=max(1, int(keep)))
-        pipe.execute()
         self._count(len(idempotency_keys), max(1, int(keep)))
 
     def done_many(self, idempotency_keys: list[str]) -> list[bool]:

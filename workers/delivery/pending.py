@@ -123,29 +123,34 @@ def unsent(ctx: Context, marks: dict[str, str]) -> None:
 def queued(ctx: Context, request: OutboundRequest, item: DeliveryItem, action_id: str) -> Step:
     """``request`` was accepted for later: park it to be read back."""
     now = time.time()
-    ctx.ledger.complete(request.idempotency_key, ctx.ledger_keep)
     parts = list(request.parts or ())
-    ctx.ledger.complete_many([p["idempotency_key"] for p in parts], ctx.ledger_keep)
     customers = {str(p["customer"]) for p in parts if p.get("customer")}
     # Raised now, as for a delivered call: Voucherify will apply these in the order accepted,
-    # so an older upsert arriving meanwhile must still be skipped as stale.
+    # so an older upsert arriving meanwhile must still be skipped as stale.  (True from the
+    # 202 on: should the process die before the rest, the bulk sent again is not older.)
     endings.raise_stale(ctx, parts)
-    # Voucherify applies the queued upserts later: a newer upsert sent meanwhile would be
-    # overwritten by the older queued one, so the customers' next upserts wait for it.
-    bound = ctx.tuning.async_action_bound
-    Holds(ctx.client, ctx.keys, ctx.connection_id).mark_out(customers, bound + WATCH_SECONDS + 60.0)
     item["async_action"] = {"id": action_id, "at": now, "polls": 0}
-    metrics.child(metrics.ASYNC_ACTIONS, ctx.connection_id, "accepted").inc()
-    attempts.parked(ctx, request, item, REASON, now + FIRST_POLL_SECONDS)
-    # Its read-back goes to the delayed store now, not with the task's other parked work at
-    # its end: a worker killed meanwhile left the call done in the ledger (its task, run again,
-    # skips it as a duplicate) with no read-back to lift its customers' markers, and their next
-    # upserts waited for the bound (seen: a kill -9 test waiting past its two minutes).
     item["parked"] = True
     due = now + FIRST_POLL_SECONDS
-    DelayedStore(ctx.client, ctx.keys).add(
-        [Parked(ctx.connection_id, ctx.direction, ctx.queue, [item], due, REASON)]
+    # One transaction: the keys done, the customers' markers ``queued`` (Voucherify applies the
+    # queued upserts later: a newer one sent meanwhile would be overwritten by the older queued
+    # one, so the customers' next upserts wait for it) and the read-back stored.  Written one
+    # after the other, a worker killed between them left the keys done (its task, run again,
+    # skipped the bulk as a duplicate) with nothing to read it back and lift its customers'
+    # ``sending`` markers: their next upserts and events waited for the bound (seen: a kill -9
+    # test's customers waiting past its two minutes, their bulk "skipped duplicate").
+    pipe = ctx.client.pipeline(transaction=True)
+    keys = [request.idempotency_key, *(p["idempotency_key"] for p in parts)]
+    ctx.ledger.complete_in(pipe, keys, ctx.ledger_keep)
+    bound = ctx.tuning.async_action_bound
+    Holds(ctx.client, ctx.keys, ctx.connection_id).mark_out(
+        customers, bound + WATCH_SECONDS + 60.0, pipe=pipe
     )
+    parked = Parked(ctx.connection_id, ctx.direction, ctx.queue, [item], due, REASON)
+    DelayedStore(ctx.client, ctx.keys).add([parked], pipe=pipe)
+    pipe.execute()
+    metrics.child(metrics.ASYNC_ACTIONS, ctx.connection_id, "accepted").inc()
+    attempts.parked(ctx, request, item, REASON, due)
     return Step.done(REASON)
 
 

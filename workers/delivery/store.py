@@ -26,6 +26,7 @@ from pathlib import Path
 
 import orjson
 import redis
+from redis.client import Pipeline
 
 from connector.contract import DeliveryItem
 from connector.keys import Keys
@@ -84,17 +85,21 @@ class DelayedStore:
         self.client = client
         self.keys = keys
 
-    def add(self, entries: list[Parked]) -> list[str]:
+    def add(self, entries: list[Parked], pipe: Pipeline | None = None) -> list[str]:
+        """The entries stored (their ids), in one transaction; or by ``pipe`` when given, a
+        caller's transaction that stores them together with what they must not be without."""
         if not entries:
             return []
         ids: list[str] = []
-        pipe = self.client.pipeline(transaction=True)
+        own = pipe is None
+        pipe = self.client.pipeline(transaction=True) if pipe is None else pipe
         for entry in entries:
             entry_id = entry.id or uuid.uuid4().hex
             ids.append(entry_id)
             pipe.hset(self.keys.delayed_data, entry_id, entry.to_json())
             pipe.zadd(self.keys.delayed, {entry_id: _ms(entry.due)})
-        pipe.execute()
+        if own:
+            pipe.execute()
         return ids
 
     def claim_due(self, *, now: float | None = None, limit: int = 100, lease: float = 30.0) -> list[Parked]:
