@@ -41,7 +41,7 @@ lint: $(STAMP)
 # gathers the workers' secret and Redis-isolation findings).
 TEST_WORKERS ?= 3
 test: $(STAMP) lint chromium
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The status-page test drives a headless Chromium from the system; on a fresh CI machine (root)
 # it is installed here.  Not root and missing: that one test is skipped.

@@ -179,7 +179,11 @@ def test_nothing_configured_leaves_the_shops_reserve_and_still_delivers(
         assert window["used_by"]["connector"] <= 50  # its share, never more
         # Delivers steadily at its share: what the shop leaves of the connector's half (the
         # shop's 30 come evenly; at most a few calls in flight when the reserve is reached).
-        assert window["used_by"]["connector"] >= 25, [(w["window_start"], w["used_by"]) for w in full]
+        assert window["used_by"]["connector"] >= 25, (
+            [(w["window_start"], w["used_by"]) for w in full],
+            taken_in,
+            [(w["window_start"], w["used_by"]) for w in quota["buckets"]["api_calls_per_minute"]["history"]],
+        )
     assert worker.log().count("no quota configured") == 1  # the one warning: the assumed plan
     assert 25 * len(full) <= delivered < events
     assert dead_letters(private_redis) == []
