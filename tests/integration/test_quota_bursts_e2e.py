@@ -7,7 +7,7 @@ The project allows 120 calls a "minute"; the connector's share is half, so the s
 - calls granted since that answer - 60 > 0``.  With the shop's own 40 calls in a window, that
 leaves the connector 20 (its own counters would allow 60).
 
-- a 240-event burst drains at that rate: no window over it, no full window under half of it
+- a 400-event burst drains at that rate: no window over it, no full window under half of it
   (it drained at 1-4 calls a window, parked "throttled until" minutes and hours ahead);
 - the first window, before any answer came back, is no burst past the reserve (it took every
   grant its own counters allowed before the first headers arrived);
@@ -84,12 +84,12 @@ def test_a_burst_drains_at_the_rate_the_reserve_leaves_never_over_it_never_starv
     stack.scheduler()
 
     sender = Sender(stack.web_url)
-    events = 240
-    for chunk in range(0, events, 40):
-        assert sender.batch([track(f"burst-{i:03d}") for i in range(chunk, chunk + 40)]) == 200
-    # At 20 a window of 6 s, 72 s; starved (1-4 a window) it would take many minutes.
+    events = 400
+    for chunk in range(0, events, 50):
+        assert sender.batch([track(f"burst-{i:03d}") for i in range(chunk, chunk + 50)]) == 200
+    # At 20 a window of 6 s, 120 s; starved (1-4 a window) it would take many minutes.
     wait_until(
-        lambda: len(delivered_ids(voucherify)) == events, timeout=150, interval=1.0, what="all delivered"
+        lambda: len(delivered_ids(voucherify)) == events, timeout=240, interval=1.0, what="all delivered"
     )
 
     quota = voucherify.quota()
