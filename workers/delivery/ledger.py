@@ -160,19 +160,19 @@ class Ledger:
         for key in (idempotency_key, *more):
             _RELEASE(self.client, [self._key(key)], [token])
 
-    def complete_many(self, idempotency_keys: list[str], keep: float) -> None:
-        """Several keys delivered by one call (a coalesced request): one round trip."""
+    def complete_many(
+        self, idempotency_keys: list[str], keep: float, pipe: redis.client.Pipeline | None = None
+    ) -> None:
+        """Several keys delivered by one call (a coalesced request): one round trip; or written
+        by ``pipe`` when given, a caller's transaction with what must not be without them."""
         if not idempotency_keys:
             return
-        pipe = self.client.pipeline(transaction=False)
-        self.complete_in(pipe, idempotency_keys, keep)
-        pipe.execute()
-
-    def complete_in(self, pipe: redis.client.Pipeline, idempotency_keys: list[str], keep: float) -> None:
-        """The keys' ``done`` written by ``pipe`` (a caller's transaction: with what must not be
-        without them)."""
+        own = pipe is None
+        pipe = self.client.pipeline(transaction=False) if pipe is None else pipe
         for key in idempotency_keys:
             pipe.set(self._key(key), "done", ex=max(1, int(keep)))
+        if own:
+            pipe.execute()
         self._count(len(idempotency_keys), max(1, int(keep)))
 
     def done_many(self, idempotency_keys: list[str]) -> list[bool]:

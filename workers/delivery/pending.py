@@ -141,7 +141,7 @@ def queued(ctx: Context, request: OutboundRequest, item: DeliveryItem, action_id
     # test's customers waiting past its two minutes, their bulk "skipped duplicate").
     pipe = ctx.client.pipeline(transaction=True)
     keys = [request.idempotency_key, *(p["idempotency_key"] for p in parts)]
-    ctx.ledger.complete_in(pipe, keys, ctx.ledger_keep)
+    ctx.ledger.complete_many(keys, ctx.ledger_keep, pipe=pipe)
     bound = ctx.tuning.async_action_bound
     Holds(ctx.client, ctx.keys, ctx.connection_id).mark_out(
         customers, bound + WATCH_SECONDS + 60.0, pipe=pipe
