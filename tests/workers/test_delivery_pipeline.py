@@ -314,3 +314,39 @@ def test_suppression_is_read_once_per_run_and_seen_within_a_second(
     assert suppression._known(ctx, ["u4", "u3"]) == {"u3"}  # u3 unread so far: read now
     clock[0] += suppression.FRESH_SECONDS
     assert suppression._known(ctx, ["u1", "u4"]) == {"u4"}
+
+
+def test_a_tasks_suppression_refresh_is_one_read_while_its_other_calls_trust_what_is_known(
+    rt: Runtime, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the second is over, the first call reads every subject the task knows again; calls
+    made while that read is out take what is known (read within the second before), and read
+    only subjects new to the task -- not all of them again, each."""
+    import threading
+
+    conn = rt.settings.connections[0]
+    rt.redis.sadd(keys.suppressed(conn.id), "u2")
+    ctx = context_for(rt, conn, DESTINATION)
+    clock = [1000.0]
+    monkeypatch.setattr(suppression.time, "monotonic", lambda: clock[0])
+    suppression.prefetch(ctx, [{"request": {"customer": c}} for c in ("u1", "u2", "u3")])
+    clock[0] += suppression.FRESH_SECONDS * 2
+    real = suppression.regulations.suppressed_among
+    asked: list[set[str]] = []
+    out, go = threading.Event(), threading.Event()
+
+    def slow(client: Any, k: Keys, cid: str, subjects: Any) -> set[str]:
+        asked.append(set(subjects))
+        if len(asked) == 1:  # the refresh: out on the wire until the other call is done
+            out.set()
+            go.wait(5)
+        return real(client, k, cid, subjects)
+
+    monkeypatch.setattr(suppression.regulations, "suppressed_among", slow)
+    refresh = threading.Thread(target=lambda: suppression._known(ctx, ["u1"]))
+    refresh.start()
+    assert out.wait(5)
+    assert suppression._known(ctx, ["u2", "u9"]) == {"u2"}  # u2 as known, u9 read alone
+    go.set()
+    refresh.join(5)
+    assert asked == [{"u1", "u2", "u3"}, {"u9"}]

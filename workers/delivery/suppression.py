@@ -60,6 +60,8 @@ def _known(ctx: Context, subjects: Iterable[Any]) -> set[str]:
     now = time.monotonic()
     with ctx.suppressed_lock:
         fresh = now - seen.at <= FRESH_SECONDS
+        if not fresh:  # this call reads all again; calls meanwhile trust what is known, not read it too
+            seen.at = now
         # Only the wanted subjects' flags: a copy of all a task knows (thousands) per call
         # would make its calls cost the square of its size.
         flags = {w: seen.flags[w] for w in wanted if w in seen.flags} if fresh else {}
@@ -70,8 +72,6 @@ def _known(ctx: Context, subjects: Iterable[Any]) -> set[str]:
         flags.update(read)
         with ctx.suppressed_lock:
             seen.flags.update(read)
-            if not fresh:
-                seen.at = now
     return {w for w in wanted if flags.get(w)}
 
 
